@@ -1,0 +1,289 @@
+"""Typed config: one frozen pydantic model per section, loaded from YAML with ``--set a.b=c`` overrides.
+
+A config is data. Code takes the section it needs (``cfg.train``), never the whole object, and every
+run saves its resolved config next to its results.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medtl.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors and values never change after load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    manifest: Path | None = None
+    """Manifest CSV; relative paths resolve against the config file's folder."""
+    task: Literal["classification", "segmentation"] = "classification"
+    classes: list[str] | None = None
+    """Class names in label order; None takes them from the manifest, sorted."""
+    spatial_dims: Literal[2, 3] = 2
+    image_size: list[int] = Field(default_factory=lambda: [64, 64])
+    modality: Literal["ct", "mr", "xray", "us", "none"] = "xray"
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    spacing: list[float] | None = None
+    """Resample to this voxel spacing in mm (3D); None keeps the native spacing."""
+    orientation: str = "RAS"
+    crop_foreground: bool = False
+    augment: bool = True
+    cache: Literal["none", "memory", "disk"] = "memory"
+    cache_dir: Path | None = None
+    data_root: Path | None = None
+    """Allow image paths outside the manifest's folder, but only under this root."""
+    subgroups: list[str] = Field(default_factory=list)
+    num_workers: int | Literal["auto"] = "auto"
+    skip_bad_cases: bool = False
+
+    @model_validator(mode="after")
+    def _size_matches_dims(self) -> "DataConfig":
+        if len(self.image_size) != self.spatial_dims:
+            raise ValueError(f"image_size has {len(self.image_size)} values but spatial_dims is {self.spatial_dims}")
+        return self
+
+
+class ModelConfig(Section):
+    backbone: str = "efficientnet-lite0"
+    pretrained: Literal["imagenet", "medicalnet", "none"] = "imagenet"
+    weights: Path | None = None
+    """Explicit weight file; skips the cache and download."""
+    in_channels: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    stem_rule: Literal["sum", "mean"] = "sum"
+    """How pretrained 3-channel stem kernels become in_channels kernels (sum keeps activations' scale for grey inputs)."""
+
+
+class TransferConfig(Section):
+    strategy: Literal["feature_extraction", "fine_tune", "full", "scratch"] = "fine_tune"
+    freeze_until: str | None = None
+    """Stages up to and including this one stay frozen (fine_tune)."""
+    gradual_unfreeze: int | None = Field(None, ge=1)
+    """Unfreeze one more stage every N epochs."""
+    layer_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
+    head: Literal["linear", "logistic"] = "linear"
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    loss: Literal["ce", "focal", "dice_ce", "dice_focal"] = "ce"
+    class_weights: Literal["none", "inverse_frequency", "effective_number"] | dict[str, float] = "none"
+    effective_number_beta: float = Field(0.999, gt=0.0, lt=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+    focal_alpha: float | None = Field(None, ge=0.0, le=1.0)
+    include_background: bool = False
+    sampler: Literal["none", "balanced"] = "none"
+    pos_neg_ratio: float = Field(1.0, gt=0.0)
+    patch_size: list[int] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    early_stopping_patience: int | None = Field(5, ge=1)
+    threshold_rule: Literal["youden", "sensitivity", "fixed"] = "youden"
+    target_sensitivity: float = Field(0.9, gt=0.0, le=1.0)
+    seed: int = 0
+    out_dir: Path = Path("runs")
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+
+
+class EvaluateConfig(Section):
+    split: str = "test"
+    bootstrap: int = Field(1000, ge=0)
+    ci: float = Field(0.95, gt=0.0, lt=1.0)
+    bins: int = Field(15, ge=2)
+    min_subgroup_size: int = Field(10, ge=1)
+    calibrate: bool = True
+    gradcam: int = Field(4, ge=0)
+    seed: int = 0
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    uri: str | None = None
+    """None: MLFLOW_TRACKING_URI, else MLflow's local SQLite default."""
+    experiment: str = "medtl"
+    registered_model: str | None = None
+    alias: str = "candidate"
+
+
+class ScoreConfig(Section):
+    batch_size: int = Field(16, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int | Literal["auto"] = "auto"
+
+
+class AdaptationConfig(Section):
+    method: Literal["none", "adabn", "coral", "dann"] = "none"
+    target_manifest: Path | None = None
+    weight: float = Field(1.0, ge=0.0)
+
+
+class Config(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
+    name: str = "medtl"
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\"):
+            raise ValueError("name must be non-empty and hold no slashes")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-safe dict (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=0.01", "data.classes=[a,b]"]`` -> nested dict; values parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.001")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is a value, not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _key_path(loc: tuple[Any, ...], extra: bool) -> tuple[str, str]:
+    """Walks pydantic's error location along the config's fields: (dotted key, allowed keys there)."""
+    model: Any = Config
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        fields = getattr(model, "model_fields", None) or {}
+        if isinstance(part, str) and part in fields:
+            parts.append(part)
+            model = fields[part].annotation
+        elif isinstance(part, int):
+            parts.append(str(part))
+        elif extra and i == len(loc) - 1:
+            return ".".join(parts + [str(part)]), ", ".join(fields)
+        else:
+            break
+    return ".".join(parts) or "(top level)", ""
+
+
+def describe_errors(err: ValidationError, source: str) -> list[str]:
+    """One line per problem: source, dotted key path, what is wrong, what is allowed."""
+    lines = []
+    for e in err.errors():
+        extra = e["type"] == "extra_forbidden"
+        key, allowed = _key_path(tuple(e["loc"]), extra)
+        if extra:
+            lines.append(f"{source}: {key}: unknown key; allowed keys here: {allowed}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {key}: {msg} (got {e.get('input')!r})")
+    # pydantic reports one error per union member; keep each line once, in order
+    return list(dict.fromkeys(lines))
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict into a Config, or raise ConfigError listing every problem."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        problems = describe_errors(err, source)
+        raise ConfigError("\n".join(problems)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read YAML, apply overrides, validate; relative paths in ``data`` resolve against the file's folder."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found; check the path or copy one from configs/")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} is not valid YAML; fix the indentation or quoting there") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config is a mapping of sections (data:, model:, train: ...), not a {type(loaded).__name__}")
+        raw = loaded
+        base_dir = path.resolve().parent
+    raw = _merge(raw, parse_overrides(overrides))
+    cfg = build_config(raw, source)
+    return _resolve_paths(cfg, base_dir)
+
+
+def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else (base_dir / p)
+
+    data = cfg.data.model_copy(
+        update={k: fix(getattr(cfg.data, k)) for k in ("manifest", "cache_dir", "data_root") if getattr(cfg.data, k)}
+    )
+    model = cfg.model.model_copy(update={"weights": fix(cfg.model.weights)} if cfg.model.weights else {})
+    adaptation = cfg.adaptation.model_copy(
+        update={"target_manifest": fix(cfg.adaptation.target_manifest)} if cfg.adaptation.target_manifest else {}
+    )
+    return cfg.model_copy(update={"data": data, "model": model, "adaptation": adaptation})
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``, for MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

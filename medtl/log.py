@@ -1,0 +1,64 @@
+"""One logger for the package, rendered with rich; progress bars for long work."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+console = Console(stderr=True)
+logger = logging.getLogger("medtl")
+
+
+def setup_logging(level: str | int | None = None) -> None:
+    """Send medtl's log to stderr through rich; ``MEDTL_LOG_LEVEL`` overrides the level."""
+    level = level or os.environ.get("MEDTL_LOG_LEVEL", "INFO")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def progress_enabled() -> bool:
+    """Progress bars only where a person watches: not in tests, not when MEDTL_PROGRESS=0."""
+    return os.environ.get("MEDTL_PROGRESS", "1") != "0" and "PYTEST_CURRENT_TEST" not in os.environ
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not progress_enabled(),
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar (no bar when progress is disabled)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with make_progress() as progress:
+        task = progress.add_task(description, total=total, info="")
+        for item in items:
+            yield item
+            progress.advance(task)

@@ -1,0 +1,42 @@
+"""The CLI through the installed ``medtl`` script, in real subprocesses."""
+
+from medtl import __version__
+from tests.conftest import run_cli
+
+
+def test_version():
+    res = run_cli("--version")
+    assert res.returncode == 0
+    assert __version__ in res.stdout
+
+
+def test_config_show_resolves_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  lr: 0.01\n")
+    res = run_cli("config", "show", str(cfg), "--set", "train.epochs=3")
+    assert res.returncode == 0, res.stderr
+    assert "epochs: 3" in res.stdout and "lr: 0.01" in res.stdout
+
+
+def test_config_validate_ok_and_every_problem(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  lr: 0.01\n")
+    assert run_cli("config", "validate", str(good)).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: -1\n  loss: hinge\n")
+    res = run_cli("config", "validate", str(bad))
+    assert res.returncode != 0
+    assert "train.lr" in res.stderr and "train.loss" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_errors_are_one_line_without_debug_and_traceback_with_it(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    res = run_cli("config", "show", str(missing))
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "missing.yaml" in res.stderr
+    res = run_cli("--debug", "config", "show", str(missing))
+    assert res.returncode != 0
+    assert "Traceback" in res.stderr

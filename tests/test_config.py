@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from medtl.config import Config, flatten, load_config, parse_overrides
+from medtl.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_file_values(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  manifest: m.csv\ntrain:\n  lr: 0.01\n"))
+    assert cfg.train.lr == 0.01
+    assert cfg.train.epochs == Config().train.epochs
+    assert cfg.data.manifest == tmp_path / "m.csv"  # resolved against the config's folder
+
+
+def test_overrides_parse_yaml_values_and_nest(tmp_path):
+    cfg = load_config(
+        write(tmp_path, "train:\n  lr: 0.01\n"),
+        ["train.lr=0.5", "data.image_size=[32,32]", "transfer.strategy=full", "data.subgroups=[site, sex]"],
+    )
+    assert cfg.train.lr == 0.5
+    assert cfg.data.image_size == [32, 32]
+    assert cfg.transfer.strategy == "full"
+    assert cfg.data.subgroups == ["site", "sex"]
+    assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+def test_config_is_frozen():
+    cfg = Config()
+    with pytest.raises(Exception):
+        cfg.train.lr = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("data:\n  bogus: 1\n", ["data.bogus", "unknown key", "manifest"]),
+        ("nonsense: 1\n", ["nonsense", "unknown key", "train"]),
+        ("train:\n  lr: fast\n", ["train.lr", "valid number"]),
+        ("train:\n  lr: -1\n", ["train.lr", "greater than 0"]),
+        ("train:\n  loss: hinge\n", ["train.loss", "'focal'", "hinge"]),
+        ("data:\n  spatial_dims: 3\n  image_size: [32, 32]\n", ["data", "spatial_dims is 3"]),
+        ("- a\n- b\n", ["mapping of sections"]),
+        ("data: [\n", ["not valid YAML"]),
+    ],
+)
+def test_errors_name_file_key_and_allowed_values(tmp_path, text, fragments):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    for fragment in fragments:
+        assert fragment in msg
+
+
+def test_every_problem_is_listed(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "train:\n  lr: -1\n  epochs: 0\n  bogus: 2\n"))
+    lines = str(info.value).splitlines()
+    assert len(lines) == 3
+    assert any("train.epochs" in line for line in lines)
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["trainlr"])
+    with pytest.raises(ConfigError, match="train.nope"):
+        load_config(None, ["train.nope=1"])
+
+
+def test_flatten_for_params():
+    flat = flatten(Config().to_dict())
+    assert flat["train.lr"] == Config().train.lr
+    assert "transfer.strategy" in flat
