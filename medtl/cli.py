@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show and validate configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+manifest_app = typer.Typer(help="Build, check and split manifests.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -60,6 +62,75 @@ def config_validate(config: ConfigArg, set_: SetOption = None) -> None:
 
     load_config(config, set_)
     typer.echo(f"{config}: valid")
+
+
+@manifest_app.command("build")
+def manifest_build(
+    folder: Annotated[Path, typer.Argument(help="Folder holding DICOM series, NIfTI or PNG files.")],
+    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
+    labels: Annotated[Optional[Path], typer.Option(help="CSV with case_id and label (and any subgroup columns).")] = None,
+    masks: Annotated[Optional[Path], typer.Option(help="Folder of masks named like their cases.")] = None,
+) -> None:
+    """Walk a folder and write a manifest (one row per series or file)."""
+    from medtl.data.build import build_manifest
+
+    table = build_manifest(folder, out, labels, masks)
+    typer.echo(f"{out}: {len(table)} cases")
+
+
+@manifest_app.command("check")
+def manifest_check(
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV.")],
+    deep: Annotated[bool, typer.Option("--deep", help="Also read every voxel (NaN/Inf, decoding).")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="Config naming classes and spatial_dims.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Print every problem in a manifest; exit 1 when there is any."""
+    from medtl.config import load_config
+    from medtl.data.check import check_manifest
+    from medtl.data.manifest import read_manifest
+    from medtl.reports import print_check
+
+    cfg = load_config(config, set_).data if (config or set_) else None
+    m = read_manifest(manifest, cfg.data_root if cfg else None)
+    problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep)
+    print_check(m, problems)
+    if problems:
+        raise typer.Exit(1)
+
+
+@manifest_app.command("split")
+def manifest_split(
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV.")],
+    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write, with a split (or fold) column.")],
+    val: Annotated[float, typer.Option(help="Fraction of patients for validation.")] = 0.15,
+    test: Annotated[float, typer.Option(help="Fraction of patients for test.")] = 0.15,
+    folds: Annotated[Optional[int], typer.Option(help="Write k cross-validation folds instead.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same split.")] = 0,
+) -> None:
+    """Patient-grouped, label-stratified split."""
+    from medtl.data.manifest import read_manifest
+    from medtl.data.splits import fold_manifest, split_manifest
+    from medtl.reports import print_counts
+
+    m = read_manifest(manifest)
+    table = m.table.drop(columns=[c for c in ("image_path", "mask_path") if c in m.table])
+    table = fold_manifest(table, folds, seed) if folds else split_manifest(table, val, test, seed)
+    table.to_csv(out, index=False)
+    print_counts(table, "fold" if folds else "split")
+
+
+@manifest_app.command("import-medmnist")
+def manifest_import_medmnist(
+    npz: Annotated[Path, typer.Argument(help="MedMNIST .npz file.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write images and manifest.csv into.")],
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names in label order.")] = None,
+) -> None:
+    """Write a MedMNIST file as real image files with a manifest keeping the official splits."""
+    from medtl.data.sources import import_medmnist
+
+    path = import_medmnist(npz, out, classes.split(",") if classes else None)
+    typer.echo(f"{path}: written")
 
 
 def main() -> None:

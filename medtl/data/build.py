@@ -1,0 +1,114 @@
+"""``medtl manifest build``: a manifest from a folder of scans, with no patient identifier copied in.
+
+DICOM files are grouped into series by SeriesInstanceUID wherever they lie and whatever their names;
+NIfTI and PNG files are one case each. ``patient_id`` comes from the labels sheet, or is a salted hash
+of the case id, never a DICOM header value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from medtl.data import dicom
+from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+from medtl.errors import ManifestError
+
+
+def _case_id_from_file(path: Path) -> str:
+    name = path.name
+    for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def discover_cases(folder: Path) -> list[tuple[str, str]]:
+    """(case_id, image reference) for every scan under ``folder``: one per DICOM series, NIfTI or image file.
+
+    A series alone in its folder is that folder; a series sharing a folder with others is referenced as
+    ``folder#series=UID`` so one row is always one series, and nothing is written next to the data.
+    """
+    folder = Path(folder)
+    cases: list[tuple[str, str]] = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name.lower().endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)):
+            cases.append((_case_id_from_file(path), str(path)))
+    series = dicom.find_series(folder)
+    by_parent: dict[Path, list[str]] = {}
+    for uid, headers in series.items():
+        for parent in {h.path.parent for h in headers}:
+            by_parent.setdefault(parent, []).append(uid)
+    for uid, headers in sorted(series.items(), key=lambda kv: str(kv[1][0].path)):
+        parents = {h.path.parent for h in headers}
+        parent = headers[0].path.parent
+        if len(headers) == 1 and len(by_parent[parent]) > 1:
+            cases.append((_case_id_from_file(headers[0].path), str(headers[0].path)))
+        elif len(parents) == 1 and len(by_parent[parent]) == 1:
+            cases.append((parent.name if parent != folder else f"series_{uid[-8:]}", str(parent)))
+        else:
+            cases.append((f"{parent.name}_{uid[-8:]}", dicom.series_ref(parent if len(parents) == 1 else folder, uid)))
+    return cases
+
+
+def _relative(ref: str, base: Path) -> str:
+    path, uid = dicom.parse_series_ref(ref)
+    rel = os.path.relpath(path.resolve(), base)
+    return dicom.series_ref(Path(rel), uid) if uid else rel
+
+
+def salted_patient_id(case_id: str, salt: str) -> str:
+    return "p_" + hashlib.sha256(f"{salt}:{case_id}".encode()).hexdigest()[:12]
+
+
+def build_manifest(
+    folder: Path,
+    out: Path,
+    labels: Path | None = None,
+    masks: Path | None = None,
+    salt: str = "medtl",
+) -> pd.DataFrame:
+    """Writes the manifest CSV at ``out`` with paths relative to it and returns the table."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
+    cases = discover_cases(folder)
+    if not cases:
+        raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found")
+    out = Path(out)
+    base = out.resolve().parent
+    rows = [{"case_id": c, "image": _relative(ref, base)} for c, ref in cases]
+    table = pd.DataFrame(rows)
+    if table["case_id"].duplicated().any():
+        dup = table.loc[table["case_id"].duplicated(), "case_id"].iloc[0]
+        raise ManifestError(f"two scans would both be case {dup!r}; rename one of the files")
+    if masks is not None:
+        found = {c: p for c, p in ((_case_id_from_file(p), p) for p in Path(masks).rglob("*") if p.is_file())}
+        table["mask"] = [os.path.relpath(found[c].resolve(), base) if c in found else None for c in table["case_id"]]
+    if labels is not None:
+        table = _join_labels(table, Path(labels))
+    if "patient_id" not in table:
+        table["patient_id"] = [salted_patient_id(c, salt) for c in table["case_id"]]
+    table["patient_id"] = table["patient_id"].fillna(pd.Series([salted_patient_id(c, salt) for c in table["case_id"]]))
+    front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
+    table = table[front + [c for c in table.columns if c not in front]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    return table
+
+
+def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
+    if not labels.is_file():
+        raise ManifestError(f"{labels}: labels file not found")
+    sheet = pd.read_csv(labels, dtype=str)
+    if "case_id" not in sheet:
+        raise ManifestError(f"{labels}: needs a case_id column to join on (has {', '.join(sheet.columns)})")
+    unmatched = sorted(set(sheet["case_id"]) - set(table["case_id"]))
+    if unmatched:
+        from medtl.log import logger
+
+        logger.warning("%d label rows match no scan (e.g. %s)", len(unmatched), unmatched[0])
+    return table.merge(sheet, on="case_id", how="left")

@@ -1,0 +1,176 @@
+"""``medtl manifest check``: every problem in a manifest, each named by case id, before any training starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+from PIL import Image
+
+from medtl.data import dicom
+from medtl.data.manifest import Manifest
+from medtl.data.readers import dicom_headers, scan_kind
+from medtl.errors import DataError
+
+
+@dataclass(frozen=True)
+class Problem:
+    case_id: str
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Geometry:
+    shape: tuple[int, ...]
+    affine: np.ndarray | None
+
+
+def _dicom_file_geometry(path: Path) -> Geometry:
+    header = dicom.read_header(path)
+    if not header.has_pixels:
+        raise DataError("DICOM without pixel data")
+    try:
+        ds = pydicom.dcmread(path)
+        raw = ds.get("PixelData")
+    except Exception:  # noqa: BLE001 - a header that parses but a body that does not
+        raise DataError("truncated DICOM: the pixel data cannot be read") from None
+    per_pixel = int(ds.get("SamplesPerPixel", 1)) * int(ds.get("BitsAllocated", 16)) // 8
+    expected = header.rows * header.columns * header.frames * per_pixel
+    if raw is not None and not ds.file_meta.TransferSyntaxUID.is_compressed and len(raw) < expected:
+        raise DataError(f"truncated DICOM: pixel data holds {len(raw)} of {expected} bytes")
+    shape = (header.columns, header.rows) if header.frames == 1 else (header.columns, header.rows, header.frames)
+    return Geometry(shape, None)
+
+
+def _geometry(ref: str, deep: bool) -> Geometry:
+    """Shape (and affine where the format has one) from headers; with ``deep``, every voxel is read too."""
+    path, uid = dicom.parse_series_ref(ref)
+    if not path.exists():
+        raise DataError("missing file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError("empty file")
+    kind = scan_kind(ref)
+    if kind == "nifti":
+        try:
+            img = nib.load(str(path))
+            shape = tuple(int(s) for s in img.shape)
+            if deep:
+                data = np.asanyarray(img.dataobj)
+                if not np.all(np.isfinite(data)):
+                    raise DataError(f"{int(np.sum(~np.isfinite(data)))} NaN/Inf voxels")
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
+            raise DataError(f"unreadable NIfTI ({type(exc).__name__})") from None
+        return Geometry(shape, img.affine)
+    if kind == "image":
+        try:
+            with Image.open(path) as im:
+                im.verify()
+                size = im.size
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"unreadable image ({type(exc).__name__})") from None
+        return Geometry((size[0], size[1]), None)
+    if path.is_file():
+        geometry = _dicom_file_geometry(path)
+    else:
+        headers = dicom_headers(path, uid)
+        problems = dicom.series_problems(headers)
+        if problems:
+            raise DataError("; ".join(problems))
+        ordered, positions = dicom.order_slices(headers)
+        first = ordered[0]
+        spacing = float(np.median(np.diff(positions))) if len(ordered) > 1 else 1.0
+        geometry = Geometry((first.columns, first.rows, len(ordered)), dicom.series_affine(first, spacing))
+    if deep:
+        from medtl.data.readers import load_scan
+
+        arr = load_scan(ref).numpy()
+        if not np.all(np.isfinite(arr)):
+            raise DataError(f"{int(np.sum(~np.isfinite(arr)))} NaN/Inf voxels")
+    return geometry
+
+
+def check_manifest(
+    manifest: Manifest,
+    classes: list[str] | None = None,
+    spatial_dims: int | None = None,
+    deep: bool = False,
+) -> list[Problem]:
+    """Every problem found, in manifest order; an empty list means the manifest is safe to train on."""
+    table = manifest.table
+    problems: list[Problem] = []
+    for case in table.loc[table["case_id"].duplicated(), "case_id"].unique():
+        problems.append(Problem(str(case), "duplicate case_id", f"{int((table['case_id'] == case).sum())} rows"))
+    for row in table.itertuples(index=False):
+        case = str(row.case_id)
+        image_geometry = None
+        try:
+            image_geometry = _geometry(str(row.image_path), deep)
+            _check_dims(image_geometry, spatial_dims)
+        except DataError as exc:
+            problems.append(Problem(case, _kind_of(str(exc)), f"{row.image}: {exc}"))
+        mask_path = getattr(row, "mask_path", None)
+        if isinstance(mask_path, str):
+            try:
+                mask_geometry = _geometry(mask_path, deep)
+                if image_geometry is not None:
+                    _check_mask(image_geometry, mask_geometry)
+            except DataError as exc:
+                problems.append(Problem(case, "mask " + _kind_of(str(exc)), f"{row.mask}: {exc}"))
+        label = getattr(row, "label", None)
+        if classes and isinstance(label, str) and label not in classes:
+            problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}"))
+    problems.extend(_leakage(table))
+    return problems
+
+
+def _check_dims(geometry: Geometry, spatial_dims: int | None) -> None:
+    shape = geometry.shape
+    spatial = tuple(s for s in shape[:3])
+    if len(shape) > 4 or (len(shape) == 4 and shape[3] > 1):
+        raise DataError(f"unexpected dimensionality: {len(shape)}-D image {shape}")
+    if spatial_dims is not None:
+        got = len([s for s in spatial if s > 1]) if len(spatial) == 3 else len(spatial)
+        if got != spatial_dims:
+            raise DataError(f"unexpected dimensionality: {got}-D image {shape}, config expects {spatial_dims}-D")
+
+
+def _check_mask(image: Geometry, mask: Geometry) -> None:
+    if tuple(image.shape[:3]) != tuple(mask.shape[:3]):
+        raise DataError(f"shape mismatch: mask {mask.shape} vs image {image.shape}")
+    if image.affine is not None and mask.affine is not None and not np.allclose(image.affine, mask.affine, atol=1e-3):
+        raise DataError("affine mismatch: mask and image are not in the same space")
+
+
+def _kind_of(message: str) -> str:
+    for key in ("missing file", "empty file", "truncated DICOM", "DICOM without pixel data", "several series",
+                "missing slice", "duplicate slice", "inconsistent", "NaN/Inf", "unexpected dimensionality",
+                "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable"):
+        if key in message:
+            return key
+    return "unreadable"
+
+
+def _leakage(table: pd.DataFrame) -> list[Problem]:
+    problems = []
+    with_split = table[table["split"].notna()]
+    for patient, group in with_split.groupby("patient_id"):
+        splits = sorted(group["split"].unique())
+        if len(splits) > 1:
+            for case in group["case_id"]:
+                problems.append(Problem(str(case), "patient in two splits", f"patient {patient} is in {' and '.join(splits)}"))
+    return problems
+
+
+def class_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Cases per class and split, the table every check prints."""
+    if "label" not in table or table["label"].isna().all():
+        return pd.DataFrame()
+    split = table["split"].fillna("(none)")
+    return pd.crosstab(table["label"], split)

@@ -1,0 +1,80 @@
+"""Datasets over manifest rows, with MONAI's caching of deterministic preprocessing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import Compose
+
+from medtl.config import DataConfig
+from medtl.data.transforms import find_data_error
+from medtl.errors import DataError
+from medtl.log import progress_enabled
+
+
+def case_items(table: pd.DataFrame, classes: list[str] | None, with_mask: bool = False) -> list[dict[str, Any]]:
+    """Plain dicts MONAI transforms read: image path, class index, mask path, case id."""
+    index = {name: i for i, name in enumerate(classes or [])}
+    items = []
+    for row in table.itertuples(index=False):
+        item: dict[str, Any] = {"case_id": str(row.case_id), "image": row.image_path}
+        label = getattr(row, "label", None)
+        if classes and isinstance(label, str):
+            if label not in index:
+                raise DataError(f"case {row.case_id}: label {label!r} is not one of {', '.join(classes)}")
+            item["label"] = index[label]
+        if with_mask:
+            item["mask"] = row.mask_path
+        items.append(item)
+    return items
+
+
+def default_workers(requested: int | str) -> int:
+    if requested != "auto":
+        return int(requested)
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def make_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataConfig, cache_key: str = "") -> Dataset:
+    """``cache: memory`` → CacheDataset, ``disk`` → PersistentDataset under ``cache_dir``, ``none`` → Dataset.
+
+    Errors while caching are re-raised as the DataError that names the case.
+    """
+    try:
+        if cfg.cache == "memory":
+            return CacheDataset(items, transform, num_workers=None if len(items) < 64 else default_workers(cfg.num_workers) or None,
+                                progress=progress_enabled(), copy_cache=False)
+        if cfg.cache == "disk":
+            root = Path(cfg.cache_dir or Path.home() / ".cache" / "medtl" / "preprocessed")
+            digest = hashlib.sha256((cache_key + repr(cfg.model_dump(mode="json"))).encode()).hexdigest()[:16]
+            return PersistentDataset(items, transform, cache_dir=root / digest)
+        return Dataset(items, transform)
+    except Exception as exc:  # noqa: BLE001
+        err = find_data_error(exc)
+        if err is not None:
+            raise err from None
+        raise
+
+
+class GuardedDataset(Dataset):
+    """Wraps a dataset so that a failing case raises its DataError rather than MONAI's nested wrapping."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.inner[index]
+        except Exception as exc:  # noqa: BLE001
+            err = find_data_error(exc)
+            if err is not None:
+                raise err from None
+            raise

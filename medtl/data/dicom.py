@@ -1,0 +1,195 @@
+"""DICOM series: discovery by SeriesInstanceUID, slice order by position along the slice normal, affine.
+
+MONAI's PydicomReader orders slices by InstanceNumber and measures spacing along z alone (see DESIGN.md),
+so medtl orders by the projection of ImagePositionPatient on the slice normal and measures the spacing
+there. Patient-module tags are never read into anything that leaves this module.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from medtl.errors import DataError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+HEADER_TAGS = [
+    "SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+    "ImagerPixelSpacing", "InstanceNumber", "Rows", "Columns", "RescaleSlope", "RescaleIntercept",
+    "Modality", "NumberOfFrames", "SamplesPerPixel",
+]
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """The geometry of one DICOM file, nothing about the patient."""
+
+    path: Path
+    series_uid: str
+    position: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+    has_pixels: bool
+    frames: int
+
+
+def series_ref(folder: Path, uid: str) -> str:
+    """Names one series inside a folder that holds several: ``folder#series=UID``."""
+    return f"{folder}#series={uid}"
+
+
+def parse_series_ref(ref: str) -> tuple[Path, str | None]:
+    path, sep, rest = str(ref).partition("#series=")
+    return Path(path), (rest if sep else None)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when the file has the DICM preamble (or at least parses as DICOM)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+        if len(head) == 132 and head[128:132] == b"DICM":
+            return True
+        return path.suffix.lower() == ".dcm"
+    except OSError:
+        return False
+
+
+def read_header(path: Path) -> SliceHeader:
+    """Reads geometry tags only (no pixels); raises DataError naming the file when it is not usable DICOM."""
+    try:
+        ds = pydicom.dcmread(path, defer_size="1 KB")
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise DataError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from None
+    has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or [1.0, 1.0]
+    pos = ds.get("ImagePositionPatient")
+    ori = ds.get("ImageOrientationPatient")
+    return SliceHeader(
+        path=path,
+        series_uid=str(ds.get("SeriesInstanceUID", "")) or f"file:{path.name}",
+        position=tuple(float(v) for v in pos) if pos is not None else None,
+        orientation=tuple(float(v) for v in ori) if ori is not None else None,
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        rows=int(ds.get("Rows", 0) or 0),
+        columns=int(ds.get("Columns", 0) or 0),
+        has_pixels=has_pixels,
+        frames=int(ds.get("NumberOfFrames", 1) or 1),
+    )
+
+
+def find_series(folder: Path) -> dict[str, list[SliceHeader]]:
+    """Groups every DICOM file under ``folder`` (recursively, any file names) by SeriesInstanceUID."""
+    series: dict[str, list[SliceHeader]] = defaultdict(list)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if not is_dicom_file(path):
+            continue
+        try:
+            header = read_header(path)
+        except DataError:
+            continue
+        series[header.series_uid].append(header)
+    return dict(series)
+
+
+def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
+    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:6])
+    return np.cross(row, col)
+
+
+def order_slices(headers: list[SliceHeader]) -> tuple[list[SliceHeader], np.ndarray]:
+    """Sorts slices by position along the slice normal; returns them with their positions (mm)."""
+    if len(headers) == 1:
+        return headers, np.zeros(1)
+    if any(h.position is None or h.orientation is None for h in headers):
+        raise DataError(f"{headers[0].path.parent.name}: series without ImagePositionPatient/ImageOrientationPatient; cannot order its slices")
+    normal = slice_normal(headers[0].orientation)  # type: ignore[arg-type]
+    proj = np.array([float(np.dot(normal, h.position)) for h in headers])  # type: ignore[arg-type]
+    order = np.argsort(proj, kind="stable")
+    return [headers[i] for i in order], proj[order]
+
+
+def series_problems(headers: list[SliceHeader], tol: float = 1e-3) -> list[str]:
+    """Geometry problems that make a series unsafe to stack: mixed orientation/size, duplicates, gaps."""
+    problems: list[str] = []
+    if not all(h.has_pixels for h in headers):
+        missing = [h.path.name for h in headers if not h.has_pixels]
+        problems.append(f"DICOM without pixel data ({', '.join(missing[:3])})")
+    if len(headers) < 2:
+        return problems
+    oris = {tuple(np.round(h.orientation, 4)) for h in headers if h.orientation is not None}
+    if len(oris) > 1:
+        problems.append("slices with inconsistent ImageOrientationPatient")
+    if len({(h.rows, h.columns) for h in headers}) > 1:
+        problems.append("slices with different sizes")
+    if len({tuple(np.round(h.pixel_spacing, 4)) for h in headers}) > 1:
+        problems.append("slices with inconsistent PixelSpacing")
+    if problems or any(h.position is None or h.orientation is None for h in headers):
+        return problems or ["slices without ImagePositionPatient/ImageOrientationPatient"]
+    _, pos = order_slices(headers)
+    steps = np.diff(pos)
+    if np.any(steps < tol):
+        problems.append("two slices at the same position (duplicate slice)")
+    elif steps.size:
+        step = float(np.median(steps))
+        gaps = np.flatnonzero(steps > 1.5 * step)
+        if gaps.size:
+            problems.append(f"missing slice: gap of {steps[gaps[0]]:.2f} mm where spacing is {step:.2f} mm")
+        elif np.max(np.abs(steps - step)) > max(tol, 0.01 * step):
+            problems.append("inconsistent slice spacing")
+    return problems
+
+
+def _pixels(header: SliceHeader) -> np.ndarray:
+    try:
+        ds = pydicom.dcmread(header.path)
+        arr = ds.pixel_array.astype(np.float32)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
+        raise DataError(f"{header.path.name}: cannot decode pixel data ({type(exc).__name__}: {exc})") from None
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return arr * slope + intercept
+
+
+def load_series(headers: list[SliceHeader]) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks a series into an (i, j, k) array in real units with its RAS affine.
+
+    i runs along the row direction (columns of the pixel array), j along the column direction, k along the
+    slice normal, matching NibabelReader's convention so both readers feed the same transforms.
+    """
+    problems = series_problems(headers)
+    if problems:
+        raise DataError(f"{headers[0].path.parent.name}: {problems[0]}")
+    ordered, pos = order_slices(headers)
+    first = ordered[0]
+    if len(ordered) == 1:
+        arr = _pixels(first)
+        if arr.ndim == 3 and first.frames == 1:  # RGB single frame
+            arr = arr.mean(axis=-1)
+        arr = np.swapaxes(arr, 0, 1)
+        ps = first.pixel_spacing
+        affine = np.diag([ps[1], ps[0], 1.0, 1.0])
+        if first.orientation is not None and first.position is not None:
+            affine = series_affine(first, 1.0)
+        return arr, affine
+    volume = np.stack([_pixels(h).T for h in ordered], axis=-1)
+    spacing = float(np.median(np.diff(pos)))
+    return volume, series_affine(first, spacing)
+
+
+def series_affine(first: SliceHeader, slice_spacing: float) -> np.ndarray:
+    row, col = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:6])  # type: ignore[index]
+    normal = np.cross(row, col)
+    lps = np.eye(4)
+    lps[:3, 0] = row * first.pixel_spacing[1]
+    lps[:3, 1] = col * first.pixel_spacing[0]
+    lps[:3, 2] = normal * slice_spacing
+    lps[:3, 3] = first.position  # type: ignore[assignment]
+    return LPS_TO_RAS @ lps

@@ -1,0 +1,117 @@
+"""The manifest: one row per case, the only way data enters medtl. Schema in data_manifests/README.md."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from medtl.data.dicom import parse_series_ref, series_ref
+from medtl.errors import ManifestError
+
+REQUIRED = ("case_id", "image")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest table with absolute paths in ``image_path`` / ``mask_path``."""
+
+    table: pd.DataFrame
+    path: Path
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.table[self.table["split"] == name].reset_index(drop=True)
+
+    @property
+    def has_labels(self) -> bool:
+        return "label" in self.table and self.table["label"].notna().any()
+
+    @property
+    def has_masks(self) -> bool:
+        return "mask" in self.table and self.table["mask"].notna().any()
+
+    def digest(self) -> str:
+        return file_digest(self.path)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_case_path(raw: str, root: Path, data_root: Path | None, case_id: str, column: str) -> str:
+    """Resolves a manifest path relative to the manifest; refuses one that escapes unless under data_root.
+
+    A ``folder#series=UID`` reference keeps its series part.
+    """
+    p, uid = parse_series_ref(raw)
+    full = (p if p.is_absolute() else root / p).resolve()
+    allowed = [root.resolve()] + ([data_root.resolve()] if data_root else [])
+    if not any(full == a or a in full.parents for a in allowed):
+        raise ManifestError(
+            f"case {case_id}: {column} path {raw!r} points outside the manifest's folder; "
+            "move the file under it or set data.data_root to the folder that holds it"
+        )
+    return series_ref(full, uid) if uid else str(full)
+
+
+def read_manifest(path: str | Path, data_root: Path | None = None) -> Manifest:
+    """Reads and validates the schema: required columns, unique case ids, known splits, safe paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; build one with `medtl manifest build DIR --out {path.name}`")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise ManifestError(f"{path}: not a readable CSV ({type(exc).__name__}); save it as comma-separated UTF-8") from None
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; a manifest needs case_id and image")
+    if table["case_id"].isna().any():
+        raise ManifestError(f"{path}: row {int(table['case_id'].isna().idxmax()) + 2} has an empty case_id")
+    if "patient_id" not in table:
+        table["patient_id"] = table["case_id"]
+    table["patient_id"] = table["patient_id"].fillna(table["case_id"])
+    if "split" not in table:
+        table["split"] = pd.NA
+    bad = table["split"].notna() & ~table["split"].isin(SPLITS)
+    if bad.any():
+        row = table[bad].iloc[0]
+        raise ManifestError(f"{path}: case {row['case_id']}: split {row['split']!r} is not one of train, val, test (or empty)")
+    root = path.resolve().parent
+    table["image_path"] = [
+        resolve_case_path(str(r), root, data_root, c, "image") if pd.notna(r) else None
+        for r, c in zip(table["image"], table["case_id"])
+    ]
+    if "mask" in table:
+        table["mask_path"] = [
+            resolve_case_path(str(r), root, data_root, c, "mask") if pd.notna(r) else None
+            for r, c in zip(table["mask"], table["case_id"])
+        ]
+    return Manifest(table=table, path=path.resolve())
+
+
+def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:
+    """Configured classes, else the manifest's labels sorted (integers numerically)."""
+    if configured:
+        return list(configured)
+    labels = manifest.table["label"].dropna().unique().tolist() if manifest.has_labels else []
+    try:
+        return [str(v) for v in sorted(labels, key=lambda v: int(v))]
+    except ValueError:
+        return sorted(str(v) for v in labels)
+
+
+def public_columns(subgroups: list[str]) -> list[str]:
+    """The only manifest columns allowed into logs and MLflow: ids, labels and configured subgroups."""
+    return ["case_id", "label", "split", *subgroups]

@@ -1,0 +1,120 @@
+"""One MONAI ImageReader for every scan medtl accepts: DICOM series or file, NIfTI, PNG/JPEG.
+
+NIfTI and PNG go to MONAI's NibabelReader and PILReader; DICOM goes through medtl's series loader, which
+orders slices by position (see ``medtl.data.dicom``). Every failure becomes a DataError naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.data import ImageReader, NibabelReader, PILReader
+from monai.utils import MetaKeys, SpaceKeys
+
+from medtl.data import dicom
+from medtl.errors import DataError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def scan_kind(path: Path | str) -> str:
+    """'dicom', 'nifti' or 'image' from what the path is; DataError when it is none of them."""
+    path, uid = dicom.parse_series_ref(str(path))
+    if uid:
+        return "dicom"
+    name = path.name.lower()
+    if path.is_dir():
+        return "dicom"
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if dicom.is_dicom_file(path):
+        return "dicom"
+    raise DataError(f"{path.name}: not a DICOM, NIfTI or PNG file")
+
+
+def _grey(img: Any) -> Any:
+    return img.convert("F") if img.mode not in ("L", "I", "F", "I;16") else img
+
+
+class ScanReader(ImageReader):
+    """Reads one scan path (a file, or a folder holding one DICOM series) into (array, meta)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._nifti = NibabelReader()
+        self._image = PILReader(converter=_grey, reverse_indexing=True)
+
+    def verify_suffix(self, filename: Any) -> bool:
+        return True
+
+    def read(self, data: Any, **kwargs: Any) -> tuple[str, Any, Path]:
+        ref = str(data if not isinstance(data, (list, tuple)) else data[0])
+        kind = scan_kind(ref)
+        path, uid = dicom.parse_series_ref(ref)
+        if not path.exists():
+            raise DataError(f"{path}: file not found")
+        try:
+            if kind == "nifti":
+                return kind, self._nifti.read(str(path)), path
+            if kind == "image":
+                return kind, self._image.read(str(path)), path
+        except Exception as exc:  # noqa: BLE001 - the library's own errors name no case
+            raise DataError(f"{path.name}: unreadable {kind} file ({type(exc).__name__}: {exc})") from None
+        headers = dicom_headers(path, uid)
+        return kind, headers, path
+
+    def get_data(self, img: tuple[str, Any, Path]) -> tuple[np.ndarray, dict]:
+        kind, payload, path = img
+        try:
+            if kind == "nifti":
+                return self._nifti.get_data(payload)
+            if kind == "image":
+                return self._image.get_data(payload)
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{path.name}: cannot decode {kind} voxels ({type(exc).__name__}: {exc})") from None
+        array, affine = dicom.load_series(payload)
+        rank = array.ndim
+        if rank == 2:
+            affine = np.array([[affine[0, 0], 0, 0], [0, affine[1, 1], 0], [0, 0, 1.0]])
+        meta = {
+            MetaKeys.AFFINE: affine,
+            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape),
+            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+        }
+        return array.astype(np.float32), meta
+
+
+def dicom_headers(path: Path, uid: str | None = None) -> list[dicom.SliceHeader]:
+    """The slices of the one series at ``path`` (a file, a folder, or a folder plus a series UID)."""
+    if path.is_file():
+        return [dicom.read_header(path)]
+    if not path.exists():
+        raise DataError(f"{path}: folder not found")
+    series = dicom.find_series(path)
+    if uid is not None:
+        if uid not in series:
+            raise DataError(f"{path.name}: no series {uid} in this folder")
+        return series[uid]
+    if not series:
+        raise DataError(f"{path.name}: folder holds no readable DICOM file")
+    if len(series) > 1:
+        raise DataError(f"{path.name}: several series in one folder ({len(series)}); give each series its own row")
+    return next(iter(series.values()))
+
+
+def load_scan(path: str | Path) -> Any:
+    """Loads one scan as a channel-first MONAI MetaTensor (C, spatial...) with its affine."""
+    from monai.transforms import EnsureChannelFirst, LoadImage
+
+    # a runtime reader is used alone: MONAI would otherwise retry every default reader on failure
+    img = LoadImage(reader=ScanReader(), image_only=True)(str(path), reader=ScanReader())
+    return EnsureChannelFirst()(img)

@@ -1,0 +1,59 @@
+"""Patient-grouped, label-stratified splits: a patient never appears in two splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from medtl.errors import ManifestError
+
+
+def _labels_or_constant(table: pd.DataFrame) -> np.ndarray:
+    if "label" in table and table["label"].notna().all():
+        return table["label"].astype(str).to_numpy()
+    return np.zeros(len(table), dtype=int)
+
+
+def _holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a patient-grouped, stratified holdout of about ``fraction`` of the cases."""
+    n_splits = max(2, int(round(1.0 / fraction)))
+    groups = table["patient_id"].to_numpy()
+    if len(np.unique(groups)) < n_splits:
+        raise ManifestError(f"only {len(np.unique(groups))} patients: too few for a {fraction:.0%} split; lower --val/--test")
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(cv.split(np.zeros(len(table)), _labels_or_constant(table), groups))
+    mask = np.zeros(len(table), bool)
+    mask[held] = True
+    return mask
+
+
+def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed: int = 0) -> pd.DataFrame:
+    """Assigns train/val/test to every row; rows keep their order. Deterministic for a seed."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ManifestError(f"--val {val} and --test {test} must be fractions that add up to less than 1")
+    out = table.copy()
+    out["split"] = "train"
+    remaining = np.ones(len(out), bool)
+    if test > 0:
+        is_test = _holdout(out, test, seed)
+        out.loc[is_test, "split"] = "test"
+        remaining = ~is_test
+    if val > 0:
+        rest = out[remaining]
+        is_val = _holdout(rest, val / (1 - test), seed + 1)
+        out.loc[rest.index[is_val], "split"] = "val"
+    return out
+
+
+def fold_manifest(table: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFrame:
+    """Adds a ``fold`` column (0..k-1) for k-fold cross-validation, patient-grouped and stratified."""
+    groups = table["patient_id"].to_numpy()
+    if len(np.unique(groups)) < folds:
+        raise ManifestError(f"only {len(np.unique(groups))} patients: too few for {folds} folds")
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = table.copy()
+    out["fold"] = -1
+    for k, (_, held) in enumerate(cv.split(np.zeros(len(out)), _labels_or_constant(out), groups)):
+        out.iloc[held, out.columns.get_loc("fold")] = k
+    return out

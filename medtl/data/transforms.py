@@ -1,0 +1,131 @@
+"""Transform chains from config, all MONAI dict transforms. Deterministic steps come first, so MONAI's
+caching datasets store their output and epoch 2 onwards never decodes a scan again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RepeatChanneld,
+    Resized,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+
+from medtl.config import DataConfig
+from medtl.data.readers import ScanReader
+from medtl.errors import DataError
+
+
+class LoadScand(LoadImaged):
+    """LoadImaged through medtl's ScanReader; a failure names the case and file, never a library traceback."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(keys, reader=ScanReader(), image_only=True)
+        self.scan_reader = ScanReader()
+
+    def __call__(self, data: Any, reader: Any = None) -> Any:
+        try:
+            # a runtime reader is used alone: MONAI would otherwise retry every default reader on failure
+            return super().__call__(data, reader or self.scan_reader)
+        except Exception as exc:  # noqa: BLE001 - every reader failure becomes one readable line
+            cause = find_data_error(exc)
+            reason = str(cause) if cause else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise DataError(f"case {data.get('case_id', '?')}: {reason}") from None
+
+
+class CheckFinited(MapTransform):
+    """Refuses NaN/Inf voxels, which would silently poison a batch."""
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if not torch.isfinite(torch.as_tensor(d[key])).all():
+                raise DataError(f"case {d.get('case_id', '?')}: {key} holds NaN/Inf voxels; fix or drop the scan")
+        return d
+
+
+def find_data_error(exc: BaseException | None) -> DataError | None:
+    """The DataError inside MONAI's wrapping of transform errors, if any."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, DataError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def intensity_transform(cfg: DataConfig) -> list[Any]:
+    if cfg.modality == "ct":
+        lo, hi = cfg.ct_window
+        return [ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
+    if cfg.modality == "mr":
+        return [NormalizeIntensityd("image", nonzero=True)]
+    if cfg.modality in ("xray", "us"):
+        return [ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)]
+    return []
+
+
+def deterministic_transforms(cfg: DataConfig, with_mask: bool = False) -> list[Any]:
+    """Load → channel first → orientation/spacing (3D) → intensity preset → crop → resize. Cacheable."""
+    keys = ["image", "mask"] if with_mask else ["image"]
+    steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckFinited(keys)]
+    if cfg.spatial_dims == 3:
+        steps.append(Orientationd(keys, axcodes=cfg.orientation))
+        if cfg.spacing:
+            steps.append(Spacingd(keys, pixdim=cfg.spacing, mode=["bilinear", "nearest"][: len(keys)]))
+    steps += intensity_transform(cfg)
+    if cfg.crop_foreground:
+        steps.append(CropForegroundd(keys, source_key="image", allow_smaller=True))
+    modes = ["area", "nearest"][: len(keys)] if cfg.spatial_dims == 2 else ["trilinear", "nearest"][: len(keys)]
+    steps.append(Resized(keys, spatial_size=cfg.image_size, mode=modes))
+    steps.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
+    return steps
+
+
+def augmentation_transforms(cfg: DataConfig, with_mask: bool = False, patch_size: list[int] | None = None,
+                            pos_neg_ratio: float = 1.0) -> list[Any]:
+    """Random steps for training only: small affine, intensity jitter, flips where anatomy allows."""
+    keys = ["image", "mask"] if with_mask else ["image"]
+    steps: list[Any] = []
+    if with_mask and patch_size:
+        steps.append(RandCropByPosNegLabeld(keys, label_key="mask", spatial_size=patch_size,
+                                            pos=pos_neg_ratio, neg=1.0, num_samples=1, allow_smaller=True))
+    if not cfg.augment:
+        return steps
+    if cfg.modality not in ("xray",):  # chest films are not left-right symmetric
+        steps.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
+    rot = 0.15 if cfg.spatial_dims == 2 else (0.1, 0.1, 0.1)
+    steps.append(RandAffined(keys, prob=0.5, rotate_range=rot, scale_range=0.1,
+                             mode=["bilinear", "nearest"][: len(keys)], padding_mode="border"))
+    steps.append(RandScaleIntensityd("image", factors=0.1, prob=0.5))
+    steps.append(RandShiftIntensityd("image", offsets=0.05, prob=0.5))
+    return steps
+
+
+def build_transforms(cfg: DataConfig, train: bool, in_channels: int = 1, with_mask: bool = False,
+                     patch_size: list[int] | None = None, pos_neg_ratio: float = 1.0) -> Compose:
+    """The whole chain; random steps last, so caching datasets cache everything before them."""
+    steps = deterministic_transforms(cfg, with_mask)
+    if train:
+        steps += augmentation_transforms(cfg, with_mask, patch_size, pos_neg_ratio)
+    if in_channels > 1:
+        steps.append(RepeatChanneld("image", repeats=in_channels))
+    steps.append(EnsureTyped(["image", "mask"] if with_mask else ["image"], dtype=torch.float32, track_meta=False))
+    return Compose(steps)

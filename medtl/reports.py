@@ -1,0 +1,45 @@
+"""Terminal tables a person reads: check results, class counts, metric summaries."""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from medtl.data.check import Problem, class_counts
+from medtl.data.manifest import Manifest
+
+out = Console()
+
+
+def print_check(manifest: Manifest, problems: list[Problem]) -> None:
+    """One table per kind of problem (case id and detail), then class counts per split."""
+    by_kind: dict[str, list[Problem]] = {}
+    for p in problems:
+        by_kind.setdefault(p.kind, []).append(p)
+    for kind, items in by_kind.items():
+        table = Table(title=f"{kind} ({len(items)})", title_justify="left")
+        table.add_column("case_id")
+        table.add_column("detail")
+        for p in items:
+            table.add_row(p.case_id, p.detail)
+        out.print(table)
+    print_counts(manifest.table, "split")
+    cases = manifest.table["case_id"].nunique()
+    if problems:
+        out.print(f"[red]{len(problems)} problem(s) in {len({p.case_id for p in problems})} of {cases} cases[/]")
+    else:
+        out.print(f"[green]{manifest.path.name}: {cases} cases, no problem found[/]")
+
+
+def print_counts(table: pd.DataFrame, by: str) -> None:
+    counts = class_counts(table.assign(split=table[by].astype(str)) if by in table else table)
+    if counts.empty:
+        return
+    t = Table(title="cases per class and " + by, title_justify="left")
+    t.add_column("label")
+    for col in counts.columns:
+        t.add_column(str(col), justify="right")
+    for label, row in counts.iterrows():
+        t.add_row(str(label), *[str(int(v)) for v in row])
+    out.print(t)

@@ -1,0 +1,104 @@
+"""Manifest building from a mixed folder, patient-level splits, and the MedMNIST importer."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtl.data.build import build_manifest
+from medtl.data.manifest import read_manifest
+from medtl.data.readers import load_scan
+from medtl.data.sources import import_medmnist
+from medtl.data.splits import fold_manifest, split_manifest
+from medtl.data.synthetic import synthetic_volume, write_ct_series, write_nifti
+from tests.conftest import run_cli
+
+PNEUMONIA = Path(__file__).resolve().parents[2] / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
+
+
+def test_build_groups_two_series_in_one_folder_and_joins_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    scans = tmp_path / "scans"
+    a, _ = synthetic_volume(rng, (8, 8, 5), False)
+    b, _ = synthetic_volume(rng, (8, 8, 3), True)
+    uid_a = write_ct_series(scans / "mixed", a, patient_tag="SECRET", seed=1)
+    uid_b = write_ct_series(scans / "mixed", b, patient_tag="SECRET", seed=2)
+    write_ct_series(scans / "alone", a, seed=3)
+    write_nifti(scans / "nii" / "vol1.nii.gz", a)
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"case_id": ["alone", "vol1"], "label": ["normal", "lesion"], "site": ["A", "B"]}).to_csv(labels, index=False)
+    out = tmp_path / "m.csv"
+    table = build_manifest(scans, out, labels=labels)
+    assert len(table) == 4
+    assert set(table.loc[table["label"].notna(), "case_id"]) == {"alone", "vol1"}
+    assert "SECRET" not in out.read_text()
+    m = read_manifest(out)
+    shapes = sorted(tuple(load_scan(p).shape) for p in m.table["image_path"])
+    assert shapes == [(1, 8, 8, 3), (1, 8, 8, 5), (1, 8, 8, 5), (1, 8, 8, 5)]
+    mixed = m.table[m.table["image"].str.contains("#series=")]
+    assert {r.split("#series=")[1] for r in mixed["image"]} == {uid_a, uid_b}
+    depths = sorted(load_scan(p).shape[-1] for p in mixed["image_path"])
+    assert depths == [3, 5]
+    assert m.table["patient_id"].str.startswith("p_").all()  # the sheet had no patient_id: salted hashes
+
+
+def make_table(n_patients=40, per_patient=2, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        label = "pos" if rng.random() < 0.3 else "neg"
+        for k in range(per_patient):
+            rows.append({"case_id": f"c{p}_{k}", "patient_id": f"p{p}", "image": "x", "label": label})
+    return pd.DataFrame(rows)
+
+
+def test_split_is_patient_disjoint_stratified_and_deterministic():
+    table = make_table()
+    a = split_manifest(table, 0.2, 0.2, seed=3)
+    b = split_manifest(table, 0.2, 0.2, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert a.groupby("patient_id")["split"].nunique().max() == 1
+    overall = (table["label"] == "pos").mean()
+    for split in ("train", "val", "test"):
+        part = a[a["split"] == split]
+        assert 0.1 < len(part) / len(a) < 0.7
+        assert abs((part["label"] == "pos").mean() - overall) < 0.2
+    c = split_manifest(table, 0.2, 0.2, seed=4)
+    assert not c["split"].equals(a["split"])
+
+
+def test_folds_are_patient_disjoint():
+    folds = fold_manifest(make_table(), 5, seed=0)
+    assert folds.groupby("patient_id")["fold"].nunique().max() == 1
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+
+
+def test_cli_split_writes_manifest(tmp_path):
+    table = make_table()
+    table.to_csv(tmp_path / "m.csv", index=False)
+    res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "m2.csv"), "--seed", "1")
+    assert res.returncode == 0, res.stderr
+    assert set(pd.read_csv(tmp_path / "m2.csv")["split"]) == {"train", "val", "test"}
+
+
+def test_medmnist_importer_keeps_official_split_counts(tmp_path):
+    manifest = import_medmnist(PNEUMONIA, tmp_path / "pm", ["normal", "pneumonia"],
+                               limit={"train": 300})
+    table = pd.read_csv(manifest)
+    counts = table.groupby(["split", "label"]).size()
+    assert counts["val", "normal"] == 135 and counts["val", "pneumonia"] == 389
+    assert counts["test", "normal"] == 234 and counts["test", "pneumonia"] == 390
+    assert 290 <= (table["split"] == "train").sum() <= 310
+    # round trip: the PNG holds exactly the array's pixels
+    arrays = np.load(PNEUMONIA)
+    row = table[table["case_id"] == "test_00007"].iloc[0]
+    img = load_scan(tmp_path / "pm" / row["image"])
+    np.testing.assert_array_equal(img[0].numpy().T, arrays["test_images"][7].astype(np.float32))
+    assert row["label"] == ["normal", "pneumonia"][int(arrays["test_labels"][7, 0])]
+
+
+def test_medmnist_full_train_count():
+    arrays = np.load(PNEUMONIA)
+    assert arrays["train_images"].shape[0] == 4708
+    assert int((arrays["train_labels"] == 0).sum()) == 1214

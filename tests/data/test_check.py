@@ -1,0 +1,120 @@
+"""``manifest check`` finds each problem on purpose-made bad files, by case id, without a traceback."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtl.data.check import check_manifest
+from medtl.data.manifest import read_manifest
+from medtl.data.synthetic import synthetic_volume, write_ct_series, write_nifti, write_xray_dicom
+from medtl.errors import ManifestError
+from tests.conftest import run_cli
+
+
+@pytest.fixture()
+def bad_manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    vol, mask = synthetic_volume(rng, (16, 16, 8), True)
+    rows = []
+
+    def add(case, image, split="train", patient=None, **extra):
+        rows.append({"case_id": case, "patient_id": patient or case, "image": image, "label": "lesion", "split": split, **extra})
+
+    write_nifti(tmp_path / "good.nii.gz", vol)
+    write_nifti(tmp_path / "good_mask.nii.gz", mask)
+    add("good", "good.nii.gz", mask="good_mask.nii.gz")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    add("empty", "empty.dcm")
+    write_xray_dicom(tmp_path / "xr.dcm", np.full((16, 16), 500.0))
+    data = (tmp_path / "xr.dcm").read_bytes()
+    (tmp_path / "trunc.dcm").write_bytes(data[: len(data) - 200])
+    add("truncated", "trunc.dcm")
+    (tmp_path / "junk.dcm").write_bytes(b"GIF89a not a dicom" * 20)
+    add("junk", "junk.dcm")
+    nan = vol.copy()
+    nan[2, 2, 2] = np.nan
+    write_nifti(tmp_path / "nan.nii.gz", nan)
+    add("nan", "nan.nii.gz")
+    write_nifti(tmp_path / "five.nii.gz", np.zeros((4, 4, 4, 2, 2), np.float32))
+    add("fived", "five.nii.gz")
+    write_ct_series(tmp_path / "gap", vol, skip_slices=[4])
+    add("gap", "gap")
+    write_nifti(tmp_path / "small_mask.nii.gz", np.zeros((8, 8, 8), np.uint8))
+    add("badmask", "good.nii.gz", mask="small_mask.nii.gz")
+    add("leak1", "good.nii.gz", split="train", patient="P9")
+    add("leak2", "good.nii.gz", split="test", patient="P9")
+    add("missing", "not_there.nii.gz")
+    add("good", "good.nii.gz")  # duplicate id
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    return tmp_path / "m.csv"
+
+
+EXPECTED = {
+    "empty": "empty file",
+    "truncated": "truncated DICOM",
+    "junk": "not a readable DICOM",
+    "nan": "NaN/Inf",
+    "fived": "unexpected dimensionality",
+    "gap": "missing slice",
+    "badmask": "mask shape mismatch",
+    "leak1": "patient in two splits",
+    "leak2": "patient in two splits",
+    "missing": "missing file",
+    "good": "duplicate case_id",
+}
+
+
+def test_check_finds_every_planted_problem(bad_manifest):
+    problems = check_manifest(read_manifest(bad_manifest), classes=["normal", "lesion"], deep=True)
+    found = {(p.case_id, p.kind) for p in problems}
+    for case, kind in EXPECTED.items():
+        assert (case, kind) in found, (case, kind, sorted(found))
+    flagged = {p.case_id for p in problems}
+    assert flagged == set(EXPECTED)
+
+
+def test_header_only_check_misses_nan_but_not_structure(bad_manifest):
+    problems = check_manifest(read_manifest(bad_manifest), deep=False)
+    kinds = {p.case_id: p.kind for p in problems}
+    assert "nan" not in kinds
+    assert kinds["gap"] == "missing slice"
+
+
+def test_clean_manifest_has_no_problem_and_label_outside_classes_is_found(tmp_path):
+    rng = np.random.default_rng(1)
+    vol, _ = synthetic_volume(rng, (8, 8, 4), False)
+    write_nifti(tmp_path / "a.nii.gz", vol)
+    pd.DataFrame([{"case_id": "a", "image": "a.nii.gz", "label": "cat"}]).to_csv(tmp_path / "m.csv", index=False)
+    m = read_manifest(tmp_path / "m.csv")
+    assert check_manifest(m, spatial_dims=3, deep=True) == []
+    problems = check_manifest(m, classes=["normal", "lesion"], spatial_dims=2)
+    assert {p.kind for p in problems} == {"unknown label", "unexpected dimensionality"}
+
+
+def test_cli_check_lists_cases_and_exits_nonzero_without_traceback(bad_manifest):
+    res = run_cli("manifest", "check", str(bad_manifest), "--deep")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stdout + res.stderr
+    for case in EXPECTED:
+        assert case in res.stdout
+
+
+def test_paths_escaping_the_manifest_are_refused_unless_data_root(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write_nifti(tmp_path / "outside.nii.gz", np.zeros((4, 4, 4), np.float32))
+    pd.DataFrame([{"case_id": "a", "image": "../outside.nii.gz"}]).to_csv(tmp_path / "sub" / "m.csv", index=False)
+    with pytest.raises(ManifestError, match="case a.*outside the manifest"):
+        read_manifest(tmp_path / "sub" / "m.csv")
+    m = read_manifest(tmp_path / "sub" / "m.csv", data_root=tmp_path)
+    assert m.table["image_path"][0] == str((tmp_path / "outside.nii.gz").resolve())
+
+
+def test_manifest_schema_errors(tmp_path):
+    (tmp_path / "m.csv").write_text("case,image\na,b\n")
+    with pytest.raises(ManifestError, match="case_id"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("case_id,image,split\na,b,training\n")
+    with pytest.raises(ManifestError, match="case a.*training"):
+        read_manifest(tmp_path / "m.csv")
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest(tmp_path / "none.csv")
