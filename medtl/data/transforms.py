@@ -60,6 +60,19 @@ class CheckFinited(MapTransform):
         return d
 
 
+class CaseCompose(Compose):
+    """Compose that re-raises the DataError naming the case instead of MONAI's nested wrapping."""
+
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            err = find_data_error(exc)
+            if err is not None:
+                raise err from None
+            raise
+
+
 def find_data_error(exc: BaseException | None) -> DataError | None:
     """The DataError inside MONAI's wrapping of transform errors, if any."""
     seen = 0
@@ -120,7 +133,7 @@ def augmentation_transforms(cfg: DataConfig, with_mask: bool = False, patch_size
 
 
 def build_transforms(cfg: DataConfig, train: bool, in_channels: int = 1, with_mask: bool = False,
-                     patch_size: list[int] | None = None, pos_neg_ratio: float = 1.0) -> Compose:
+                     patch_size: list[int] | None = None, pos_neg_ratio: float = 1.0) -> CaseCompose:
     """The whole chain; random steps last, so caching datasets cache everything before them."""
     steps = deterministic_transforms(cfg, with_mask)
     if train:
@@ -128,4 +141,4 @@ def build_transforms(cfg: DataConfig, train: bool, in_channels: int = 1, with_ma
     if in_channels > 1:
         steps.append(RepeatChanneld("image", repeats=in_channels))
     steps.append(EnsureTyped(["image", "mask"] if with_mask else ["image"], dtype=torch.float32, track_meta=False))
-    return Compose(steps)
+    return CaseCompose(steps)

@@ -1,0 +1,75 @@
+"""Transform chains and caching: epoch 2 never decodes a scan again; a bad case names itself."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medtl.config import DataConfig
+from medtl.data import dicom
+from medtl.data.datasets import GuardedDataset, case_items, make_dataset
+from medtl.data.manifest import read_manifest
+from medtl.data.synthetic import make_classification_set, make_segmentation_set
+from medtl.data.transforms import build_transforms
+from medtl.errors import DataError
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_cached_dataset_decodes_each_scan_once(tmp_path, monkeypatch, cache):
+    manifest = make_classification_set(tmp_path / "d", n=6, kind="dicom", size=(16, 16, 6))
+    m = read_manifest(manifest)
+    cfg = DataConfig(spatial_dims=3, image_size=[8, 8, 4], modality="ct", cache=cache, cache_dir=tmp_path / "cache")
+    calls = {"n": 0}
+    real = dicom.load_series
+
+    def counting(headers):
+        calls["n"] += 1
+        return real(headers)
+
+    monkeypatch.setattr(dicom, "load_series", counting)
+    items = case_items(m.table, ["normal", "lesion"])
+    ds = make_dataset(items, build_transforms(cfg, train=True), cfg)
+    first = [ds[i]["image"] for i in range(len(ds))]
+    second = [ds[i]["image"] for i in range(len(ds))]
+    assert calls["n"] == 6
+    assert first[0].shape == (1, 8, 8, 4)
+    assert all(float(x.min()) >= -0.2 and float(x.max()) <= 1.3 for x in second)
+    assert [ds[i]["label"] for i in range(6)] == [it["label"] for it in items]
+
+
+def test_channel_repeat_and_segmentation_pair(tmp_path):
+    manifest = make_segmentation_set(tmp_path / "s", n=2, size=(16, 16, 8))
+    m = read_manifest(manifest)
+    cfg = DataConfig(spatial_dims=3, image_size=[16, 16, 8], modality="ct", cache="none")
+    t = build_transforms(cfg, train=True, in_channels=3, with_mask=True, patch_size=[8, 8, 8])
+    item = t(case_items(m.table, None, with_mask=True)[0])
+    if isinstance(item, list):
+        item = item[0]
+    assert item["image"].shape == (3, 8, 8, 8) and item["mask"].shape == (1, 8, 8, 8)
+    assert set(torch.unique(item["mask"]).tolist()) <= {0.0, 1.0}
+
+
+def test_bad_case_raises_data_error_with_case_id(tmp_path):
+    manifest = make_classification_set(tmp_path / "d", n=3, kind="png", size=(16, 16))
+    table = pd.read_csv(manifest)
+    (tmp_path / "d" / table["image"][1]).write_bytes(b"broken")
+    m = read_manifest(manifest)
+    cfg = DataConfig(cache="none", image_size=[16, 16])
+    ds = GuardedDataset(make_dataset(case_items(m.table, ["normal", "lesion"]), build_transforms(cfg, False), cfg))
+    assert ds[0]["image"].shape == (1, 16, 16)
+    with pytest.raises(DataError, match="case case001"):
+        ds[1]
+    cfg_mem = DataConfig(cache="memory", image_size=[16, 16])
+    with pytest.raises(DataError, match="case case001"):
+        make_dataset(case_items(m.table, ["normal", "lesion"]), build_transforms(cfg_mem, False), cfg_mem)
+
+
+def test_nan_volume_is_refused(tmp_path):
+    from medtl.data.synthetic import write_nifti
+
+    arr = np.zeros((8, 8, 4), np.float32)
+    arr[1, 1, 1] = np.nan
+    write_nifti(tmp_path / "n.nii.gz", arr)
+    cfg = DataConfig(spatial_dims=3, image_size=[8, 8, 4], cache="none", modality="ct")
+    with pytest.raises(DataError, match="case x: image holds NaN"):
+        build_transforms(cfg, False)({"case_id": "x", "image": str(tmp_path / "n.nii.gz")})
