@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from medtl import __version__
@@ -24,6 +25,8 @@ config_app = typer.Typer(help="Show and validate configs.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 manifest_app = typer.Typer(help="Build, check and split manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
+weights_app = typer.Typer(help="List, import and verify pretrained weights (offline cache).", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -131,6 +134,46 @@ def manifest_import_medmnist(
 
     path = import_medmnist(npz, out, classes.split(",") if classes else None)
     typer.echo(f"{path}: written")
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Known weights: name, dims, source, where found, SHA-256."""
+    from rich.table import Table
+
+    from medtl.models.weights import cache_dir, weights_table
+
+    rows = weights_table()
+    table = Table(title=f"pretrained weights (cache: {cache_dir()})", title_justify="left")
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row.values())
+    Console().print(table)
+
+
+@weights_app.command("import")
+def weights_import(
+    name: Annotated[str, typer.Argument(help="Weight name from `medtl weights list`.")],
+    file: Annotated[Path, typer.Argument(help="The downloaded file.")],
+) -> None:
+    """Verify a downloaded weight file and copy it into medtl's cache."""
+    from medtl.models.weights import import_weights
+
+    typer.echo(f"{name}: imported to {import_weights(name, file)}")
+
+
+@weights_app.command("verify")
+def weights_verify() -> None:
+    """Check the SHA-256 of every cached or packaged weight file."""
+    from medtl.models.weights import verify_all
+
+    problems = verify_all()
+    for p in problems:
+        typer.echo(p, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("all present weight files verified")
 
 
 def main() -> None:

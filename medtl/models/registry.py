@@ -1,0 +1,200 @@
+"""One registry, one factory: ``build_model(model_cfg, task=..., spatial_dims=..., num_classes=...)``.
+
+Each entry declares its pretrained weights, stem and head names and its stages (for freezing and
+layer-wise learning rates), so head swapping, channel adaptation and transfer strategies are generic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from monai.networks.nets import DenseNet121, EfficientNet, EfficientNetBN, ResNet
+from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
+from torch import nn
+
+from medtl.config import ModelConfig
+from medtl.errors import ConfigError
+from medtl.models import convert
+from medtl.models.weights import load_state, resolve_weights
+
+LITE0_BLOCKS = [
+    "r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40", "r3_k3_s22_e6_i40_o80",
+    "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192", "r1_k3_s11_e6_i192_o320",
+]
+EFFNET_STAGES = [("stem", ["_conv_stem", "_bn0"])] + [(f"block{i}", [f"_blocks.{i}"]) for i in range(7)] + [("top", ["_conv_head", "_bn1"])]
+EFFNET_TAPS = ["_blocks.0", "_blocks.1", "_blocks.2", "_blocks.4", "_blocks.6"]
+RESNET_STAGES = [("stem", ["conv1", "bn1"]), *[(f"layer{i}", [f"layer{i}"]) for i in range(1, 5)]]
+RESNET_TAPS = ["act", "layer1", "layer2", "layer3", "layer4"]
+DENSENET_STAGES = [("stem", ["features.conv0", "features.norm0"])] + [
+    (f"block{i}", [f"features.denseblock{i}", f"features.transition{i}" if i < 4 else "features.norm5"]) for i in range(1, 5)
+]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    dims: tuple[int, ...]
+    build: Callable[[int, int, list[int]], nn.Module]
+    """(spatial_dims, in_channels, image_size) -> network whose forward returns pooled features."""
+    feature_dim: int
+    stages: list[tuple[str, list[str]]]
+    stem_key: str
+    weights: dict[str, str] = field(default_factory=dict)
+    """pretrained source ('imagenet', 'medicalnet') -> weight name in medtl.models.weights."""
+    key_format: str = "plain"
+    taps: list[str] = field(default_factory=list)
+    """Modules whose outputs feed a U-Net decoder, shallow to deep."""
+    head_prefixes: tuple[str, ...] = ()
+
+
+def _relu6(net: nn.Module) -> nn.Module:
+    """EfficientNet-Lite swaps swish for ReLU6 (quantisation-friendly); its weights expect it."""
+    for module in net.modules():
+        if hasattr(module, "_swish"):
+            module._swish = nn.ReLU6()
+    return net
+
+
+class DepthReplicatePad(nn.Module):
+    """Zero 'same' padding in-plane, replicate along depth: inflated 2D kernels then see a volume that is
+    constant along depth exactly as the 2D network sees its slice."""
+
+    def __init__(self, padding: tuple[int, ...]) -> None:
+        super().__init__()
+        self.depth = tuple(padding[:2])
+        self.plane = (0, 0) + tuple(padding[2:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.depth):
+            x = nn.functional.pad(x, self.depth + (0, 0, 0, 0), mode="replicate")
+        return nn.functional.pad(x, self.plane)
+
+
+def _lite0(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Module:
+    net = EfficientNet(LITE0_BLOCKS, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1000,
+                       image_size=max(image_size), dropout_rate=0.0, drop_connect_rate=0.2)
+    net._fc = nn.Identity()
+    net = _relu6(net)
+    if spatial_dims == 3:
+        for name, module in list(net.named_modules()):
+            if isinstance(module, nn.ConstantPad3d):
+                parent = net.get_submodule(name.rsplit(".", 1)[0]) if "." in name else net
+                setattr(parent, name.rsplit(".", 1)[-1], DepthReplicatePad(tuple(module.padding)))
+    return net
+
+
+def _effnet_bn(variant: str) -> Callable[[int, int, list[int]], nn.Module]:
+    def build(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Module:
+        net = EfficientNetBN(variant, pretrained=False, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1000)
+        net._fc = nn.Identity()
+        net._dropout = nn.Identity()
+        return net
+    return build
+
+
+def _densenet(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Module:
+    net = DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1000)
+    net.class_layers.out = nn.Identity()
+    return net
+
+
+def _resnet(depth: int) -> Callable[[int, int, list[int]], nn.Module]:
+    block, layers = {10: ("basic", [1, 1, 1, 1]), 18: ("basic", [2, 2, 2, 2]),
+                     34: ("basic", [3, 4, 6, 3]), 50: ("bottleneck", [3, 4, 6, 3])}[depth]
+
+    def build(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Module:
+        bias_downsample, shortcut = get_medicalnet_pretrained_resnet_args(depth)
+        return ResNet(block, layers, [64, 128, 256, 512], spatial_dims=spatial_dims, n_input_channels=in_channels,
+                      conv1_t_size=7, conv1_t_stride=2, shortcut_type=shortcut, bias_downsample=bias_downsample,
+                      feed_forward=False)
+    return build
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    "efficientnet-lite0": BackboneSpec("efficientnet-lite0", (2,), _lite0, 1280, EFFNET_STAGES, "_conv_stem.weight",
+                                       {"imagenet": "efficientnet-lite0-imagenet"}, "lukemelas", EFFNET_TAPS, ("_fc.",)),
+    "efficientnet-lite0-3d": BackboneSpec("efficientnet-lite0-3d", (3,), _lite0, 1280, EFFNET_STAGES, "_conv_stem.weight",
+                                          {"imagenet": "efficientnet-lite0-imagenet"}, "lukemelas-inflate", EFFNET_TAPS, ("_fc.",)),
+    **{
+        f"efficientnet-b{i}": BackboneSpec(f"efficientnet-b{i}", (2, 3), _effnet_bn(f"efficientnet-b{i}"), dim, EFFNET_STAGES,
+                                           "_conv_stem.weight", {"imagenet": f"efficientnet-b{i}-imagenet"}, "lukemelas",
+                                           EFFNET_TAPS, ("_fc.",))
+        for i, dim in enumerate([1280, 1280, 1408, 1536, 1792])
+    },
+    "densenet121": BackboneSpec("densenet121", (2, 3), _densenet, 1024, DENSENET_STAGES, "features.conv0.weight",
+                                {"imagenet": "densenet121-imagenet"}, "torchvision-densenet", [], ("classifier.", "class_layers.out.")),
+    **{
+        f"resnet{d}": BackboneSpec(f"resnet{d}", (2, 3), _resnet(d), 512 * (4 if d == 50 else 1), RESNET_STAGES, "conv1.weight",
+                                   {"medicalnet": f"resnet{d}-medicalnet"}, "medicalnet", RESNET_TAPS, ("fc.", "conv_seg."))
+        for d in (10, 18, 34, 50)
+    },
+}
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    if name not in REGISTRY:
+        raise ConfigError(f"model.backbone: unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def build_backbone(cfg: ModelConfig, spatial_dims: int, image_size: list[int]) -> tuple[nn.Module, BackboneSpec, str | None]:
+    """The feature network with pretrained weights loaded; returns it, its spec and the weights' SHA-256."""
+    spec = get_backbone(cfg.backbone)
+    if spatial_dims not in spec.dims:
+        raise ConfigError(f"model.backbone: {spec.name} is for {'/'.join(map(str, spec.dims))}D data, data.spatial_dims is {spatial_dims}")
+    net = spec.build(spatial_dims, cfg.in_channels, image_size)
+    if cfg.pretrained == "none":
+        return net, spec, None
+    if cfg.pretrained not in spec.weights:
+        raise ConfigError(f"model.pretrained: {spec.name} has no {cfg.pretrained} weights; use {', '.join(spec.weights) or 'none'}")
+    path, digest = resolve_weights(spec.weights[cfg.pretrained], cfg.weights)
+    state = load_state(path)
+    if spec.key_format == "medicalnet":
+        state = convert.unwrap_medicalnet(state)
+    elif spec.key_format.startswith("lukemelas"):
+        state = convert.remap_lukemelas(state, list(net.state_dict()))
+    elif spec.key_format == "torchvision-densenet":
+        state = convert.remap_torchvision_densenet(state)
+    if spec.key_format.endswith("inflate") or spatial_dims == 3 and spec.weights.get(cfg.pretrained, "").endswith("imagenet"):
+        stem = state[spec.stem_key]
+        state = convert.inflate({**state, spec.stem_key: convert.adapt_stem(stem, cfg.in_channels, cfg.stem_rule)}, net.state_dict())
+    convert.load_backbone(net, state, spec.stem_key, spec.head_prefixes, cfg.in_channels, cfg.stem_rule)
+    return net, spec, digest
+
+
+class Classifier(nn.Module):
+    """A pretrained feature network and a new linear head; ``features`` is what feature extraction caches."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, dropout: float, spec_name: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
+        self.spec_name = spec_name
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    spec: BackboneSpec
+    weights_sha256: str | None
+
+
+def build_model(cfg: ModelConfig, task: str, spatial_dims: int, num_classes: int, image_size: list[int]) -> BuiltModel:
+    """Classifier or segmentation U-Net on a registry backbone, pretrained as configured."""
+    backbone, spec, digest = build_backbone(cfg, spatial_dims, image_size)
+    if task == "classification":
+        return BuiltModel(Classifier(backbone, spec.feature_dim, num_classes, cfg.dropout, spec.name), spec, digest)
+    from medtl.models.segmentation import EncoderUNet
+
+    if not spec.taps:
+        raise ConfigError(f"model.backbone: {spec.name} has no segmentation encoder; use an efficientnet or resnet backbone")
+    net = EncoderUNet(backbone, spec.taps, spatial_dims, cfg.in_channels, num_classes, image_size)
+    return BuiltModel(net, spec, digest)
