@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from medtl import __version__
 from medtl.errors import MedtlError
-from medtl.log import console, setup_logging
+from medtl.log import console, setup_logging, wide_console
 
 app = typer.Typer(
     name="medtl",
@@ -149,7 +149,7 @@ def weights_list() -> None:
         table.add_column(col)
     for row in rows:
         table.add_row(*row.values())
-    Console().print(table)
+    wide_console().print(table)
 
 
 @weights_app.command("import")

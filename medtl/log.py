@@ -23,6 +23,12 @@ console = Console(stderr=True)
 logger = logging.getLogger("medtl")
 
 
+def wide_console() -> Console:
+    """stdout console; tables are not cut to 80 columns when the output goes to a file or pipe."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=200)
+
+
 def setup_logging(level: str | int | None = None) -> None:
     """Send medtl's log to stderr through rich; ``MEDTL_LOG_LEVEL`` overrides the level."""
     level = level or os.environ.get("MEDTL_LOG_LEVEL", "INFO")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pandas as pd
-from rich.console import Console
 from rich.table import Table
 
 from medtl.data.check import Problem, class_counts
 from medtl.data.manifest import Manifest
+from medtl.log import wide_console
 
-out = Console()
+out = wide_console()
 
 
 def print_check(manifest: Manifest, problems: list[Problem]) -> None:
