@@ -176,6 +176,24 @@ def weights_verify() -> None:
     typer.echo("all present weight files verified")
 
 
+@app.command("train")
+def train_cmd(
+    config: ConfigArg,
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the same folder from its last checkpoint.")] = False,
+) -> None:
+    """Fine-tune a model as configured (classification or segmentation, 2D or 3D)."""
+    from medtl.config import load_config
+    from medtl.train.run import train
+
+    cfg = load_config(config, set_)
+    try:
+        result = train(cfg, resume=resume)
+    except KeyboardInterrupt:
+        raise MedtlError("interrupted: the last completed epoch is saved; rerun the same command with --resume") from None
+    typer.echo(f"model: {result.model_path}")
+
+
 def main() -> None:
     """Entry point: MedtlError becomes one line on stderr and a non-zero exit; --debug shows the traceback."""
     debug = "--debug" in sys.argv[1:]

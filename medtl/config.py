@@ -261,7 +261,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else (base_dir / p)
+        return p if p is None or p.is_absolute() else (base_dir / p)
 
     data = cfg.data.model_copy(
         update={k: fix(getattr(cfg.data, k)) for k in ("manifest", "cache_dir", "data_root") if getattr(cfg.data, k)}

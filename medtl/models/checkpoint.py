@@ -1,0 +1,108 @@
+"""Self-describing checkpoints: weights plus everything needed to use them (config, classes, threshold,
+temperature), written atomically. Scoring and evaluation load models from here, never from training."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medtl import __version__
+from medtl.config import Config, build_config
+from medtl.errors import ModelError
+
+FORMAT = "medtl-model/1"
+
+
+@dataclass
+class ModelBundle:
+    """A model ready for inference and what it needs: its config, class names, threshold, temperature."""
+
+    model: nn.Module
+    config: Config
+    classes: list[str]
+    threshold: float = 0.5
+    temperature: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.config.data.task
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def model_payload(bundle: ModelBundle) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "medtl_version": __version__,
+        "state_dict": {k: v.detach().cpu() for k, v in unwrap(bundle.model).state_dict().items()},
+        "config": bundle.config.to_dict(),
+        "classes": list(bundle.classes),
+        "threshold": float(bundle.threshold),
+        "temperature": float(bundle.temperature),
+        "extra": bundle.extra,
+    }
+
+
+def save_model(bundle: ModelBundle, path: Path, train_state: dict[str, Any] | None = None) -> None:
+    payload = model_payload(bundle)
+    if train_state is not None:
+        payload["train_state"] = train_state
+    atomic_save(payload, Path(path))
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found; train a model first or give the right path")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: not a readable checkpoint ({type(exc).__name__}); it may be truncated") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a medtl checkpoint (format {payload.get('format') if isinstance(payload, dict) else '?'})")
+    return payload
+
+
+def bundle_from_payload(payload: dict[str, Any]) -> ModelBundle:
+    """Rebuilds the architecture with no pretrained download (weights come from the checkpoint)."""
+    from medtl.models.registry import build_model
+
+    cfg = build_config(payload["config"], "checkpoint config")
+    model_cfg = cfg.model.model_copy(update={"pretrained": "none", "weights": None})
+    classes = payload["classes"]
+    n_out = len(classes) if cfg.data.task == "classification" else max(2, len(classes))
+    built = build_model(model_cfg, cfg.data.task, cfg.data.spatial_dims, n_out, cfg.data.image_size)
+    built.model.load_state_dict(payload["state_dict"])
+    built.model.eval()
+    return ModelBundle(built.model, cfg, classes, payload.get("threshold", 0.5), payload.get("temperature", 1.0),
+                       payload.get("extra", {}))
+
+
+def load_bundle(path: Path) -> ModelBundle:
+    return bundle_from_payload(read_checkpoint(path))

@@ -1,0 +1,115 @@
+"""From a config to checked, split cases and data loaders: the part of training that touches data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import DataLoader
+
+from medtl.config import Config
+from medtl.data.check import check_manifest
+from medtl.data.datasets import GuardedDataset, case_items, make_dataset
+from medtl.data.manifest import Manifest, class_names, read_manifest
+from medtl.data.splits import split_manifest
+from medtl.data.transforms import build_transforms
+from medtl.errors import ConfigError, DataError
+from medtl.log import logger
+from medtl.train.runtime import Runtime, default_workers
+from medtl.train.samplers import ShardedSampler, balanced_sampler
+
+
+@dataclass
+class PreparedData:
+    manifest: Manifest
+    table: pd.DataFrame
+    """Cases that train/validate/test, with their split (bad cases removed when skipping was asked for)."""
+    classes: list[str]
+    skipped: list[str]
+
+
+def preflight(cfg: Config) -> Manifest:
+    """Config-vs-manifest checks that need no image: refuse before any scan is read."""
+    if cfg.data.manifest is None:
+        raise ConfigError("data.manifest: no manifest given; set it in the config or with --set data.manifest=PATH")
+    manifest = read_manifest(cfg.data.manifest, cfg.data.data_root)
+    if cfg.data.task == "segmentation" and not manifest.has_masks:
+        raise ConfigError(f"data.task: segmentation needs a mask column, and {manifest.path.name} has none; "
+                          "add masks or set data.task=classification")
+    if cfg.data.task == "classification" and not manifest.has_labels:
+        raise ConfigError(f"data.task: classification needs a label column, and {manifest.path.name} has none")
+    if cfg.data.task == "classification" and cfg.train.loss not in ("ce", "focal"):
+        raise ConfigError(f"train.loss: {cfg.train.loss} is for segmentation; use ce or focal for classification")
+    if cfg.data.task == "segmentation" and cfg.train.loss not in ("dice_ce", "dice_focal"):
+        raise ConfigError(f"train.loss: {cfg.train.loss} is for classification; use dice_ce or dice_focal for segmentation")
+    classes = class_names(manifest, cfg.data.classes)
+    if isinstance(cfg.train.class_weights, dict):
+        unknown = sorted(set(cfg.train.class_weights) - set(classes))
+        if unknown:
+            raise ConfigError(f"train.class_weights: {unknown[0]!r} is not a class; classes are {', '.join(classes)}")
+    missing = [c for c in cfg.data.subgroups if c not in manifest.table]
+    if missing:
+        raise ConfigError(f"data.subgroups: {missing[0]!r} is not a column of {manifest.path.name}")
+    return manifest
+
+
+def prepare_cases(cfg: Config, manifest: Manifest, out_dir: Path, check: bool = True) -> PreparedData:
+    """Checks every case (header level), drops listed bad cases if allowed, and splits once (splits.csv)."""
+    classes = class_names(manifest, cfg.data.classes) if cfg.data.task == "classification" else (cfg.data.classes or ["background", "foreground"])
+    table = manifest.table
+    skipped: list[str] = []
+    if check:
+        problems = check_manifest(manifest, classes if cfg.data.task == "classification" else None, cfg.data.spatial_dims)
+        if problems:
+            bad = sorted({p.case_id for p in problems})
+            if not cfg.data.skip_bad_cases:
+                first = problems[0]
+                raise DataError(f"{manifest.path.name}: {len(problems)} problem(s) in {len(bad)} case(s), first: case {first.case_id}: "
+                                f"{first.detail}; run `medtl manifest check {manifest.path}` for all, or set data.skip_bad_cases=true")
+            logger.warning("skipping %d bad case(s): %s", len(bad), ", ".join(bad))
+            skipped = bad
+            table = table[~table["case_id"].isin(bad)]
+    splits_file = out_dir / "splits.csv"
+    if table["split"].isna().all():
+        if splits_file.is_file():
+            saved = pd.read_csv(splits_file, dtype=str).set_index("case_id")["split"]
+            table = table.assign(split=table["case_id"].map(saved))
+        else:
+            table = split_manifest(table, 0.15, 0.15, cfg.train.seed)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            table[["case_id", "split"]].to_csv(splits_file, index=False)
+    return PreparedData(manifest, table.reset_index(drop=True), classes, skipped)
+
+
+def class_counts(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    labels = table.loc[table["split"] == "train", "label"]
+    return np.array([(labels == c).sum() for c in classes])
+
+
+def make_loader(cfg: Config, prepared: PreparedData, split: str, train: bool, rt: Runtime,
+                generator: torch.Generator | None = None, transform_override=None) -> DataLoader | None:
+    """A loader over one split; the training one draws class-balanced batches when configured."""
+    part = prepared.table[prepared.table["split"] == split]
+    if part.empty:
+        return None
+    seg = cfg.data.task == "segmentation"
+    items = case_items(part, prepared.classes if not seg else None, with_mask=seg)
+    transform = transform_override or build_transforms(cfg.data, train, cfg.model.in_channels, seg,
+                                                       cfg.train.patch_size if train else None, cfg.train.pos_neg_ratio)
+    dataset = GuardedDataset(make_dataset(items, transform, cfg.data, cache_key=f"{split}:{train}"))
+    sampler = None
+    if train and cfg.train.sampler == "balanced" and not seg:
+        sampler = balanced_sampler(np.array([it["label"] for it in items]), cfg.train.seed)
+        if generator is not None:
+            sampler.generator = generator
+    if rt.distributed:
+        base = sampler or (torch.utils.data.RandomSampler(dataset, generator=generator) if train else range(len(dataset)))
+        sampler = ShardedSampler(base, rt.rank, rt.world)
+    workers = default_workers(rt.device, cfg.data.num_workers)
+    return DataLoader(dataset, batch_size=cfg.train.batch_size if train else max(1, cfg.train.batch_size),
+                      shuffle=train and sampler is None, sampler=sampler, generator=generator,
+                      num_workers=workers, pin_memory=rt.device.type == "cuda", drop_last=False,
+                      persistent_workers=workers > 0)

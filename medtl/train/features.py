@@ -1,0 +1,78 @@
+"""Feature extraction: the frozen backbone runs once per case, then only the head is fitted on the cached
+features (scikit-learn logistic regression, or a linear layer trained with torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from medtl.config import Config
+from medtl.log import logger
+from medtl.observe import Tracker
+from medtl.train.data import PreparedData, make_loader
+from medtl.train.runtime import Runtime
+
+
+@torch.no_grad()
+def extract(model: nn.Module, loader: Any, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    feats, labels = [], []
+    for batch in loader:
+        with rt.autocast():
+            feats.append(model.features(batch["image"].to(rt.device)).float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+
+
+def _auroc(y: np.ndarray, p: np.ndarray) -> float:
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return float(roc_auc_score(y, p[:, 1]) if p.shape[1] == 2 else roc_auc_score(y, p, multi_class="ovr"))
+
+
+def fit_head(cfg: Config, model: nn.Module, prepared: PreparedData, rt: Runtime,
+             class_weights: np.ndarray | None, tracker: Tracker) -> list[dict[str, float]]:
+    """Fits ``model.head`` on cached backbone features; returns a one-row history with validation AUROC."""
+    train_x, train_y = extract(model, make_loader(cfg, prepared, "train", False, rt), rt)
+    val_loader = make_loader(cfg, prepared, "val", False, rt)
+    val_x, val_y = extract(model, val_loader, rt) if val_loader is not None else (None, None)
+    linear: nn.Linear = model.head[1]
+    k = len(prepared.classes)
+    if cfg.transfer.head == "logistic":
+        cw = None if class_weights is None else {i: float(w) for i, w in enumerate(class_weights)}
+        clf = LogisticRegression(C=1.0, max_iter=2000, class_weight=cw).fit(train_x, train_y)
+        coef, bias = clf.coef_, clf.intercept_
+        if k == 2:  # sklearn's binary model is one logit; a 2-way softmax over [0, z] is the same model
+            coef, bias = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, bias]
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(coef, dtype=torch.float32))
+            linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+    else:
+        _train_linear(linear, train_x, train_y, cfg, class_weights, rt)
+    row: dict[str, float] = {"epoch": 1}
+    if val_x is not None:
+        with torch.no_grad():
+            logits = linear(torch.as_tensor(val_x).to(rt.device)).cpu()
+        row["val_loss"] = float(nn.functional.cross_entropy(logits, torch.as_tensor(val_y).long()))
+        row["val_auroc"] = _auroc(val_y, torch.softmax(logits, 1).numpy())
+        tracker.log_metrics({k2: v for k2, v in row.items() if k2 != "epoch" and not np.isnan(v)}, step=1)
+        logger.info("feature extraction head: val AUROC %.4f", row["val_auroc"])
+    return [row]
+
+
+def _train_linear(linear: nn.Linear, x: np.ndarray, y: np.ndarray, cfg: Config, w: np.ndarray | None, rt: Runtime) -> None:
+    xt, yt = torch.as_tensor(x).to(rt.device), torch.as_tensor(y).long().to(rt.device)
+    loss_fn = nn.CrossEntropyLoss(weight=None if w is None else torch.as_tensor(w, dtype=torch.float32, device=rt.device))
+    opt = torch.optim.AdamW(linear.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    for _ in range(cfg.train.epochs * 10):
+        for idx in torch.randperm(len(xt), generator=gen).split(cfg.train.batch_size):
+            loss = loss_fn(linear(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()

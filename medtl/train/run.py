@@ -1,0 +1,164 @@
+"""``medtl train``: config → checked data → pretrained model + transfer strategy → fit → threshold → model.pt."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.utils import set_determinism
+from torch import nn
+
+from medtl.config import Config, dump_config
+from medtl.errors import MedtlError
+from medtl.log import logger
+from medtl.models.checkpoint import ModelBundle, read_checkpoint, save_model, unwrap
+from medtl.models.registry import build_model
+from medtl.models.transfer import TransferSchedule
+from medtl.observe import NullTracker, Tracker
+from medtl.train import features
+from medtl.train.data import PreparedData, class_counts, make_loader, prepare_cases, preflight
+from medtl.train.loop import FitState, Loop, fit, make_optimizer, predict_loader, restore, warmup_cosine
+from medtl.train.losses import build_loss
+from medtl.train.runtime import Runtime, make_runtime, seed_everything
+from medtl.train.threshold import choose_threshold
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model_path: Path
+    bundle: ModelBundle
+    prepared: PreparedData
+    history: list[dict[str, float]]
+    class_weights: list[float] | None
+    threshold: float
+    val: dict[str, Any] | None
+    weights_sha256: str | None
+    summary: list[dict] = field(default_factory=list)
+
+
+def run_dir(cfg: Config) -> Path:
+    return Path(cfg.train.out_dir) / cfg.name
+
+
+def train(cfg: Config, resume: bool = False, tracker: Tracker | None = None) -> TrainResult:
+    """Trains as configured; with ``resume`` continues from ``last.pt`` of the same run folder."""
+    tracker = tracker or NullTracker()
+    manifest = preflight(cfg)
+    rt = make_runtime(cfg.train, cfg.data.spatial_dims)
+    if not rt.is_main:
+        tracker = NullTracker()
+    out_dir = run_dir(cfg)
+    ckpt_dir = out_dir / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    if resume and not last.is_file():
+        raise MedtlError(f"--resume: no checkpoint at {last}; start without --resume")
+    if not resume and last.is_file():
+        raise MedtlError(f"{out_dir} already holds a run; add --resume to continue it or set name=... for a new one")
+    set_determinism(cfg.train.seed)
+    seed_everything(cfg.train.seed)
+    prepared = prepare_cases(cfg, manifest, out_dir)
+    if rt.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(dump_config(cfg))
+    seg = cfg.data.task == "segmentation"
+    n_out = len(prepared.classes)
+    built = build_model(cfg.model, cfg.data.task, cfg.data.spatial_dims, n_out, cfg.data.image_size)
+    model = built.model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last if cfg.data.spatial_dims == 2 else torch.channels_last_3d)
+    schedule = TransferSchedule(model, built.spec, cfg.transfer, cfg.train.lr)
+    counts = None if seg else class_counts(prepared.table, prepared.classes)
+    loss_fn, weights = build_loss(cfg.train, cfg.data.task, counts, prepared.classes)
+    loss_fn = loss_fn.to(rt.device)
+    _report_start(cfg, schedule, prepared, weights, counts, tracker, built.weights_sha256)
+    bundle = ModelBundle(model, cfg, prepared.classes, extra={"weights_sha256": built.weights_sha256, "backbone": built.spec.name})
+    if cfg.transfer.strategy == "feature_extraction" and not seg:
+        history = features.fit_head(cfg, model, prepared, rt, weights, tracker)
+        state = FitState(epoch=cfg.train.epochs, history=history)
+        if rt.is_main:
+            save_model(bundle, ckpt_dir / "best.pt")
+    else:
+        state = _fit(cfg, model, schedule, loss_fn, prepared, rt, tracker, bundle, ckpt_dir, resume)
+        best = read_checkpoint(ckpt_dir / "best.pt")
+        unwrap(model).load_state_dict(best["state_dict"])
+    return _finish(cfg, model, bundle, prepared, rt, state, weights, built.weights_sha256, out_dir, tracker, schedule)
+
+
+def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, loss_fn: nn.Module, prepared: PreparedData,
+         rt: Runtime, tracker: Tracker, bundle: ModelBundle, ckpt_dir: Path, resume: bool) -> FitState:
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    train_loader = make_loader(cfg, prepared, "train", True, rt, generator)
+    if train_loader is None:
+        raise MedtlError("no case in the train split; check the manifest's split column")
+    val_loader = make_loader(cfg, prepared, "val", False, rt)
+    wrapped: nn.Module = model
+    if rt.distributed:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if cfg.train.compile:
+        wrapped = torch.compile(wrapped)
+    optimizer = make_optimizer(schedule, cfg.train)
+    steps = len(train_loader) if cfg.train.max_steps_per_epoch is None else min(len(train_loader), cfg.train.max_steps_per_epoch)
+    per_epoch = math.ceil(steps / cfg.train.grad_accum)
+    lr_sched = warmup_cosine(optimizer, per_epoch * cfg.train.epochs, int(per_epoch * cfg.train.warmup_epochs))
+    dataset = train_loader.dataset.inner  # type: ignore[attr-defined]
+
+    def on_epoch(epoch: int) -> None:
+        generator.manual_seed(cfg.train.seed * 1000 + epoch)
+        if hasattr(dataset, "transform") and hasattr(dataset.transform, "set_random_state"):
+            dataset.transform.set_random_state(seed=cfg.train.seed * 1000 + epoch)
+
+    def save(path: Path, train_state: dict[str, Any] | None) -> None:
+        save_model(bundle, path, train_state)
+
+    loop = Loop(wrapped, schedule, loss_fn, optimizer, lr_sched, train_loader, val_loader, cfg.train, rt,
+                cfg.data.task, tracker, on_epoch, save, cfg.train.patch_size)
+    state = None
+    if resume:
+        saved = read_checkpoint(ckpt_dir / "last.pt")
+        unwrap(model).load_state_dict(saved["state_dict"])
+        state = restore(loop, saved["train_state"])
+        logger.info("resuming after epoch %d of %d", state.epoch, cfg.train.epochs)
+    return fit(loop, ckpt_dir, state)
+
+
+def _report_start(cfg: Config, schedule: TransferSchedule, prepared: PreparedData, weights: np.ndarray | None,
+                  counts: np.ndarray | None, tracker: Tracker, sha: str | None) -> None:
+    rows = schedule.summary()
+    lines = [f"  {r['stage']:<16} {r['trainable']:>10,d} / {r['params']:>10,d} trainable  lr {r['lr']:.2e}" for r in rows]
+    logger.info("transfer strategy %s, per stage:\n%s", cfg.transfer.strategy, "\n".join(lines))
+    if counts is not None:
+        logger.info("train class counts: %s", dict(zip(prepared.classes, counts.tolist())))
+    if weights is not None:
+        logger.info("class weights: %s", {c: round(float(w), 4) for c, w in zip(prepared.classes, weights)})
+    tracker.log_table(rows, "transfer_stages.json")
+
+
+def _finish(cfg: Config, model: nn.Module, bundle: ModelBundle, prepared: PreparedData, rt: Runtime, state: FitState,
+            weights: np.ndarray | None, sha: str | None, out_dir: Path, tracker: Tracker,
+            schedule: TransferSchedule) -> TrainResult:
+    """Threshold on validation (binary classification), then the self-describing model.pt."""
+    threshold, val = 0.5, None
+    val_loader = make_loader(cfg, prepared, "val", False, rt)
+    if val_loader is not None and cfg.data.task == "classification":
+        val = predict_loader(unwrap(model), val_loader, rt, cfg.data.task)
+        if len(prepared.classes) == 2:
+            probs = torch.softmax(val["logits"], 1)[:, 1].numpy()
+            threshold = choose_threshold(val["labels"].numpy(), probs, cfg.train.threshold_rule, cfg.train.target_sensitivity)
+    bundle.threshold = threshold
+    model_path = out_dir / "model.pt"
+    if rt.is_main:
+        save_model(bundle, model_path)
+        summary = {"classes": prepared.classes, "class_weights": None if weights is None else [float(w) for w in weights],
+                   "threshold": threshold, "threshold_rule": cfg.train.threshold_rule, "best_epoch": state.best_epoch,
+                   "epochs_completed": state.epoch, "stopped_early": state.stopped_early, "skipped_cases": prepared.skipped,
+                   "weights_sha256": sha, "history": state.history}
+        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        logger.info("decision threshold (%s on validation): %.4f", cfg.train.threshold_rule, threshold)
+    return TrainResult(out_dir, model_path, bundle, prepared, state.history,
+                       None if weights is None else [float(w) for w in weights], threshold, val, sha, schedule.summary())

@@ -1,0 +1,73 @@
+"""Losses against hand-computed values, the balanced sampler's frequencies, and threshold rules."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medtl.config import TrainConfig
+from medtl.errors import ConfigError
+from medtl.train.losses import FocalLoss, build_loss, class_weights
+from medtl.train.samplers import balanced_sampler
+from medtl.train.threshold import choose_threshold
+
+
+def test_class_weight_rules():
+    counts = np.array([90, 10])
+    w = class_weights(counts, "inverse_frequency", ["a", "b"])
+    np.testing.assert_allclose(w, np.array([100 / 180, 100 / 20]) / np.mean([100 / 180, 100 / 20]))
+    beta = 0.99
+    raw = np.array([(1 - beta) / (1 - beta**90), (1 - beta) / (1 - beta**10)])
+    np.testing.assert_allclose(class_weights(counts, "effective_number", ["a", "b"], beta), raw / raw.mean())
+    np.testing.assert_allclose(class_weights(counts, {"b": 3.0}, ["a", "b"]), np.array([1.0, 3.0]) / 2.0)
+    with pytest.raises(ConfigError, match="'c' is not a class"):
+        class_weights(counts, {"c": 2.0}, ["a", "b"])
+
+
+def test_focal_loss_matches_hand_computation():
+    logits = torch.tensor([[2.0, 0.0], [0.5, 1.5]])
+    target = torch.tensor([0, 1])
+    p0 = math.exp(2) / (math.exp(2) + 1)
+    p1 = math.exp(1.5) / (math.exp(0.5) + math.exp(1.5))
+    gamma, alpha = 2.0, 0.25
+    want = np.mean([-(1 - alpha) * (1 - p0) ** gamma * math.log(p0), -alpha * (1 - p1) ** gamma * math.log(p1)])
+    got = FocalLoss(gamma, alpha)(logits, target)
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    # gamma 0 and no alpha is plain cross-entropy
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert float(FocalLoss(0.0)(logits, target)) == pytest.approx(float(ce), rel=1e-6)
+
+
+def test_weighted_ce_matches_hand_computation():
+    loss, w = build_loss(TrainConfig(loss="ce", class_weights={"b": 4.0}), "classification", np.array([5, 5]), ["a", "b"])
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([0, 1])
+    lp = torch.log_softmax(logits, 1)
+    want = -(w[0] * lp[0, 0] + w[1] * lp[1, 1]) / (w[0] + w[1])
+    assert float(loss(logits, target)) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_losses_refuse_wrong_task():
+    with pytest.raises(ConfigError, match="segmentation loss"):
+        build_loss(TrainConfig(loss="dice_ce"), "classification", np.array([1, 1]), ["a", "b"])
+    seg, _ = build_loss(TrainConfig(loss="dice_ce"), "segmentation", None, ["bg", "fg"])
+    assert float(seg(torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 1, 8, 8)).float())) > 0
+
+
+def test_balanced_sampler_draws_classes_equally():
+    labels = np.array([0] * 900 + [1] * 100)
+    drawn = labels[list(balanced_sampler(labels, seed=0, num_samples=20000))]
+    assert abs(drawn.mean() - 0.5) < 0.02
+    assert list(balanced_sampler(labels, 1, 50)) == list(balanced_sampler(labels, 1, 50))
+
+
+def test_threshold_rules_on_crafted_example():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    # Youden: threshold 0.7 gives sens 0.75, spec 1.0 (J 0.75); 0.4 gives sens 1.0 spec 0.75 (J 0.75); first max wins
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.7)
+    assert choose_threshold(y, p, "sensitivity", 1.0) == pytest.approx(0.4)
+    assert choose_threshold(y, p, "sensitivity", 0.5) == pytest.approx(0.8)
+    assert choose_threshold(y, p, "fixed") == 0.5
+    assert choose_threshold(np.ones(4), p[:4], "youden") == 0.5
