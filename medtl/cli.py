@@ -33,6 +33,7 @@ SetOption = Annotated[
     typer.Option("--set", help="Override a config value: --set train.lr=0.001 (repeatable)."),
 ]
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.")]
+OptionalConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config file (defaults plus --set values when omitted).")]
 
 
 def _version(value: bool) -> None:
@@ -178,7 +179,7 @@ def weights_verify() -> None:
 
 @app.command("train")
 def train_cmd(
-    config: ConfigArg,
+    config: OptionalConfigArg = None,
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the same folder from its last checkpoint.")] = False,
 ) -> None:

@@ -1,0 +1,135 @@
+"""Training end to end on small synthetic scans: loss falls, resume after kill -9, DDP, config refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medtl.config import load_config
+from medtl.data.synthetic import make_classification_set, make_segmentation_set
+from medtl.errors import ConfigError
+from medtl.models.checkpoint import load_bundle
+from medtl.train.run import train
+from tests.conftest import medtl_exe, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def cls_overrides(manifest, out, extra=()):
+    return [f"data.manifest={manifest}", "data.classes=[normal,lesion]", f"train.out_dir={out}",
+            "train.batch_size=8", "train.early_stopping_patience=null", *extra]
+
+
+def test_2d_classification_loss_falls_and_model_is_self_describing(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=48, kind="png", size=(32, 32))
+    cfg = load_config(None, cls_overrides(m, tmp_path / "runs", ["data.image_size=[32,32]", "train.epochs=5",
+                                                                  "train.lr=0.003", "transfer.strategy=full",
+                                                                  "train.loss=focal", "train.sampler=balanced"]))
+    result = train(cfg)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    bundle = load_bundle(result.model_path)
+    assert bundle.classes == ["normal", "lesion"] and 0 < bundle.threshold < 1
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(bundle.model(x), result.bundle.model.eval()(x))
+    assert json.loads((result.out_dir / "train_summary.json").read_text())["epochs_completed"] == 5
+
+
+def test_3d_classification_on_dicom_series(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=20, kind="dicom", size=(16, 16, 8))
+    cfg = load_config(None, cls_overrides(m, tmp_path / "runs", [
+        "data.spatial_dims=3", "data.image_size=[16,16,16]", "data.modality=ct", "model.backbone=resnet10",
+        "model.pretrained=none", "transfer.strategy=scratch", "train.epochs=4", "train.lr=0.003"]))
+    result = train(cfg)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("dims, size, backbone, pretrained", [
+    (2, [32, 32], "efficientnet-lite0", "imagenet"),
+    (3, [32, 32, 16], "resnet10", "none"),
+])
+def test_segmentation_loss_falls_with_sliding_window_validation(tmp_path, dims, size, backbone, pretrained):
+    m = make_segmentation_set(tmp_path / "s", n=10, size=size)
+    patch = "[32,32]" if dims == 2 else "[32,32,16]"
+    cfg = load_config(None, [f"data.manifest={m}", "data.task=segmentation", f"data.spatial_dims={dims}",
+                             f"data.image_size={size}".replace(" ", ""), "data.modality=ct", f"model.backbone={backbone}",
+                             f"model.pretrained={pretrained}", "train.loss=dice_ce", f"train.patch_size={patch}",
+                             "train.epochs=6", "train.batch_size=4", "train.lr=0.005", "transfer.strategy=full",
+                             f"train.out_dir={tmp_path / 'runs'}", "train.early_stopping_patience=null"])
+    result = train(cfg)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert all(0.0 <= h["val_dice"] <= 1.0 for h in result.history)
+
+
+def test_bad_configs_are_refused_before_any_scan_is_read(tmp_path, monkeypatch):
+    m = make_classification_set(tmp_path / "d", n=8, kind="png", size=(16, 16))
+    import medtl.data.readers as readers
+
+    def boom(*a, **k):
+        raise AssertionError("a scan was read")
+
+    monkeypatch.setattr(readers.ScanReader, "read", boom)
+    base = cls_overrides(m, tmp_path / "runs")
+    with pytest.raises(ConfigError, match="train.loss"):
+        load_config(None, base + ["train.loss=hinge"])
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, base + ["train.lr=-1"])
+    with pytest.raises(ConfigError, match="'tumour' is not a class"):
+        train(load_config(None, base + ["train.class_weights={tumour: 2.0}"]))
+    with pytest.raises(ConfigError, match="segmentation needs a mask column"):
+        train(load_config(None, base + ["data.task=segmentation", "train.loss=dice_ce"]))
+
+
+def _count_epochs(out: Path) -> int:
+    return json.loads((out / "train_summary.json").read_text())["epochs_completed"]
+
+
+def test_kill9_then_resume_completes_the_same_epochs(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=40, kind="png", size=(32, 32))
+    sets = cls_overrides(m, tmp_path / "runs", ["data.image_size=[32,32]", "train.epochs=4", "model.pretrained=none",
+                                                 "transfer.strategy=scratch"])
+    args = [x for s in sets for x in ("--set", s)]
+    env = {**os.environ, "MEDTL_PROGRESS": "0", "MEDTL_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen([medtl_exe(), "train", "--set", "name=killed", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "runs" / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "runs" / "killed" / "model.pt").exists()
+    res = run_cli("train", "--set", "name=killed", *args, "--resume", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "resuming after epoch" in res.stderr
+    res = run_cli("train", "--set", "name=whole", *args, env=env)
+    assert res.returncode == 0, res.stderr
+    assert _count_epochs(tmp_path / "runs" / "killed") == _count_epochs(tmp_path / "runs" / "whole") == 4
+    again = run_cli("train", "--set", "name=whole", *args, env=env)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_ddp_two_cpu_processes_only_rank0_writes(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(32, 32))
+    sets = cls_overrides(m, tmp_path / "runs", ["data.image_size=[32,32]", "train.epochs=2", "model.pretrained=none",
+                                                 "transfer.strategy=scratch", "name=ddp"])
+    args = [x for s in sets for x in ("--set", s)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "medtl.cli", "train", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "MEDTL_PROGRESS": "0"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "runs" / "ddp"
+    assert _count_epochs(out) == 2
+    assert res.stdout.count("model:") == 2  # both ranks finish
+    written = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert written == ["best.pt", "last.pt"]
