@@ -195,6 +195,37 @@ def train_cmd(
     typer.echo(f"model: {result.model_path}")
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    manifest: Annotated[Path, typer.Option("--manifest", help="Manifest with labels (or masks).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md, metrics.json and plots.")],
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A medtl model.pt.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="models:/NAME@ALIAS, runs:/RUN/model or a model folder.")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate, or 'all'.")] = "test",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Evaluate a trained model: outcome and calibration metrics with CIs, subgroups, plots, report."""
+    from medtl.evaluate.report import fmt
+    from medtl.evaluate.run import evaluate_bundle
+
+    bundle = _load_model(checkpoint, model)
+    ev = evaluate_bundle(bundle, manifest, split, out, device=device)
+    key = "auroc" if "auroc" in ev.metrics else ("auroc_macro" if "auroc_macro" in ev.metrics else "dice_mean")
+    typer.echo(f"{key}: {fmt(ev.metrics, key)}  report: {out / 'report.md'}")
+
+
+def _load_model(checkpoint: Optional[Path], model: Optional[str]):
+    from medtl.models.checkpoint import load_bundle
+
+    if bool(checkpoint) == bool(model):
+        raise MedtlError("give exactly one of --checkpoint PATH or --model URI")
+    if checkpoint:
+        return load_bundle(checkpoint)
+    from medtl.tracking import load_registered_bundle
+
+    return load_registered_bundle(str(model))
+
+
 def main() -> None:
     """Entry point: MedtlError becomes one line on stderr and a non-zero exit; --debug shows the traceback."""
     debug = "--debug" in sys.argv[1:]

@@ -1,0 +1,2 @@
+"""Evaluation: pure metric functions (outcome, calibration, segmentation), bootstrap CIs, temperature
+scaling, plots and reports."""

@@ -1,0 +1,58 @@
+"""Confidence intervals by bootstrap resampling of patients, stratified by label.
+
+A patient with several scans is drawn as a unit, so correlated scans do not narrow the interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def patient_strata(y: np.ndarray, groups: np.ndarray) -> list[list[np.ndarray]]:
+    """Case indices per patient, grouped by the patient's label (max over their cases)."""
+    by_patient: dict[object, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_patient.setdefault(g, []).append(i)
+    strata: dict[int, list[np.ndarray]] = {}
+    for idx in by_patient.values():
+        strata.setdefault(int(np.max(y[idx])), []).append(np.asarray(idx))
+    return list(strata.values())
+
+
+def resample_indices(strata: list[list[np.ndarray]], rng: np.random.Generator) -> np.ndarray:
+    picks = []
+    for patients in strata:
+        chosen = rng.integers(0, len(patients), len(patients))
+        picks.extend(patients[i] for i in chosen)
+    return np.concatenate(picks) if picks else np.array([], dtype=int)
+
+
+def bootstrap_ci(
+    metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    y: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray | None = None,
+    n_resamples: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile interval of every metric ``metric_fn`` returns; resamples that make a metric undefined
+    are left out of that metric's interval."""
+    y = np.asarray(y)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    strata = patient_strata(y, groups)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_resamples):
+        idx = resample_indices(strata, rng)
+        for name, value in metric_fn(y[idx], probs[idx]).items():
+            draws.setdefault(name, []).append(value)
+    alpha = (1 - ci) / 2
+    out = {}
+    for name, values in draws.items():
+        v = np.asarray(values, dtype=float)
+        v = v[np.isfinite(v)]
+        out[name] = (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) if v.size else (float("nan"), float("nan"))
+    return out

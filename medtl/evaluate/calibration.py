@@ -1,0 +1,80 @@
+"""Calibration metrics and temperature scaling.
+
+Binary ECE is measured on the positive-class probability against the observed positive rate per bin
+(the quantity a reliability diagram shows); multi-class ECE on the top-label confidence, with class-wise
+ECE averaging the one-vs-rest ECE of every class. Bins are equal-width (``uniform``) or equal-mass
+(``quantile``), with scikit-learn's ``calibration_curve`` edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import log_loss
+
+from medtl.evaluate.metrics import check_inputs
+
+
+def bin_edges(p: np.ndarray, bins: int, strategy: str) -> np.ndarray:
+    if strategy == "quantile":
+        return np.percentile(p, np.linspace(0, 100, bins + 1))
+    return np.linspace(0.0, 1.0, bins + 1)
+
+
+def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 15, strategy: str = "uniform") -> dict[str, np.ndarray]:
+    """Per non-empty bin: mean predicted probability, observed frequency, count."""
+    edges = bin_edges(p, bins, strategy)
+    ids = np.searchsorted(edges[1:-1], p)
+    counts = np.bincount(ids, minlength=len(edges) - 1)
+    sum_p = np.bincount(ids, weights=p, minlength=len(edges) - 1)
+    sum_y = np.bincount(ids, weights=y.astype(float), minlength=len(edges) - 1)
+    keep = counts > 0
+    return {"confidence": sum_p[keep] / counts[keep], "frequency": sum_y[keep] / counts[keep], "count": counts[keep],
+            "edges": edges}
+
+
+def ece_binary(y: np.ndarray, p: np.ndarray, bins: int = 15, strategy: str = "uniform") -> tuple[float, float]:
+    """(ECE, MCE) of positive-class probabilities."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    r = reliability_bins(np.asarray(y), np.asarray(p, dtype=float), bins, strategy)
+    gaps = np.abs(r["frequency"] - r["confidence"])
+    return float(np.sum(r["count"] * gaps) / len(y)), float(gaps.max())
+
+
+def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict[str, float]:
+    """ECE (equal width and equal mass), MCE, Brier score and NLL; class-wise ECE for multi-class."""
+    y, p = check_inputs(y_true, probs)
+    p2 = np.column_stack([1 - p, p]) if p.ndim == 1 else p
+    k = p2.shape[1]
+    onehot = np.eye(k)[y]
+    out = {"brier": float(np.mean(np.sum((p2 - onehot) ** 2, axis=1)) / (2 if k == 2 else 1)),
+           "nll": float(log_loss(y, np.clip(p2, 1e-12, 1), labels=list(range(k))))}
+    if k == 2:
+        out["ece"], out["mce"] = ece_binary(y, p2[:, 1], bins, "uniform")
+        out["ece_equal_mass"], _ = ece_binary(y, p2[:, 1], bins, "quantile")
+    else:
+        conf, correct = p2.max(1), (p2.argmax(1) == y)
+        out["ece"], out["mce"] = ece_binary(correct, conf, bins, "uniform")
+        out["ece_equal_mass"], _ = ece_binary(correct, conf, bins, "quantile")
+        out["ece_classwise"] = float(np.mean([ece_binary(y == c, p2[:, c], bins)[0] for c in range(k)]))
+    return out
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """The T > 0 minimising the NLL of softmax(logits / T) on validation cases (Guo et al. 2017)."""
+    z = np.asarray(logits, dtype=float)
+    y = np.asarray(y_true).astype(int)
+    if len(y) == 0 or len(np.unique(y)) < 2:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        return float(-np.mean(log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y]))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(np.asarray(logits, dtype=float) / temperature, axis=1)

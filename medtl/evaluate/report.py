@@ -1,0 +1,132 @@
+"""A classification or segmentation evaluation: every number (metrics.json), tables a person reads
+(report.md), per-case predictions and plots, all in one output folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medtl.config import EvaluateConfig
+from medtl.evaluate import plots
+from medtl.evaluate.bootstrap import bootstrap_ci
+from medtl.evaluate.calibration import apply_temperature, calibration_metrics
+from medtl.evaluate.metrics import classification_metrics, undefined_reasons
+
+CI_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "balanced_accuracy", "auroc_macro", "accuracy")
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    """Flat names, e.g. auroc, auroc_ci_low, ece, ece_calibrated, subgroup_site_A_auroc."""
+    notes: list[str]
+    files: list[Path] = field(default_factory=list)
+    predictions: pd.DataFrame | None = None
+
+
+def _point_and_ci(y: np.ndarray, probs: np.ndarray, threshold: float, groups: np.ndarray, cfg: EvaluateConfig) -> dict[str, float]:
+    def fn(yy: np.ndarray, pp: np.ndarray) -> dict[str, float]:
+        m = classification_metrics(yy, pp, threshold)
+        return {k: v for k, v in m.items() if k in CI_METRICS}
+
+    out = classification_metrics(y, probs, threshold)
+    if cfg.bootstrap > 0 and len(y):
+        for name, (lo, hi) in bootstrap_ci(fn, y, probs, groups, cfg.bootstrap, cfg.ci, cfg.seed).items():
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
+    return out
+
+
+def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold: float, columns: list[str],
+               cfg: EvaluateConfig, notes: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for col in columns:
+        for value, idx in table.groupby(col, dropna=False).indices.items():
+            key = f"subgroup_{col}_{value}"
+            out[f"{key}_n"] = float(len(idx))
+            if len(idx) < cfg.min_subgroup_size:
+                notes.append(f"{col}={value}: {len(idx)} cases, below the minimum of {cfg.min_subgroup_size}; not reported")
+                continue
+            for name, v in classification_metrics(y[idx], probs[idx], threshold).items():
+                if name in CI_METRICS:
+                    out[f"{key}_{name}"] = v
+    return out
+
+
+def evaluate_classification(
+    table: pd.DataFrame, logits: np.ndarray, classes: list[str], threshold: float, temperature: float,
+    cfg: EvaluateConfig, out_dir: Path, subgroups: list[str] | None = None, history: list[dict] | None = None,
+) -> Evaluation:
+    """``table`` holds case_id, label (class name), patient_id and subgroup columns, aligned with ``logits``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = {c: i for i, c in enumerate(classes)}
+    y = table["label"].map(index).to_numpy().astype(int)
+    groups = table["patient_id"].astype(str).to_numpy()
+    raw, cal = apply_temperature(logits, 1.0), apply_temperature(logits, temperature)
+    notes = undefined_reasons(y, {})
+    metrics = _point_and_ci(y, cal, threshold, groups, cfg)
+    metrics.update(calibration_metrics(y, raw, cfg.bins))
+    metrics.update({f"{k}_calibrated": v for k, v in calibration_metrics(y, cal, cfg.bins).items()})
+    metrics["temperature"], metrics["threshold"] = float(temperature), float(threshold)
+    metrics.update(_subgroups(table, y, cal, threshold, subgroups or [], cfg, notes))
+    pred = (cal[:, 1] >= threshold).astype(int) if len(classes) == 2 else cal.argmax(1)
+    predictions = pd.DataFrame({"case_id": table["case_id"].to_numpy(), "label": table["label"].to_numpy(),
+                                **{f"prob_{c}": cal[:, i] for i, c in enumerate(classes)},
+                                "predicted": [classes[i] for i in pred]})
+    files = [out_dir / "predictions.csv"]
+    predictions.to_csv(files[0], index=False)
+    files += _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, history, cfg)
+    ev = Evaluation(metrics, notes, files, predictions)
+    files += write_report(ev, out_dir, classes)
+    return ev
+
+
+def _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, history, cfg) -> list[Path]:
+    files = [plots.confusion_plot(y, pred, classes, out_dir / "confusion_matrix.png")]
+    if len(classes) == 2 and len(np.unique(y)) == 2:
+        files.append(plots.roc_plot(y, cal[:, 1], threshold, out_dir / "roc.png", groups, seed=cfg.seed))
+        files.append(plots.pr_plot(y, cal[:, 1], out_dir / "precision_recall.png"))
+        files.append(plots.reliability_plot(y, {"before temperature": raw[:, 1], "after temperature": cal[:, 1]},
+                                            out_dir / "reliability.png", cfg.bins))
+    if history:
+        files.append(plots.training_curves(history, out_dir / "training_curves.png"))
+    return files
+
+
+def fmt(metrics: dict[str, float], name: str) -> str:
+    v = metrics.get(name, float("nan"))
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "undefined"
+    lo, hi = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None and not math.isnan(lo) else f"{v:.3f}"
+
+
+def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path]:
+    m = ev.metrics
+    (out_dir / "metrics.json").write_text(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                                      for k, v in m.items()}, indent=1))
+    lines = ["# Evaluation", "", f"Classes: {', '.join(classes)}; cases: {int(m.get('n', 0))}", "",
+             "| metric | value [95% CI] |", "| --- | --- |"]
+    for name in ("auroc", "auroc_macro", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
+                 "ppv", "npv", "f1", "threshold"):
+        if name in m:
+            lines.append(f"| {name} | {fmt(m, name)} |")
+    lines += ["", "| calibration | before temperature | after temperature |", "| --- | --- | --- |"]
+    for name in ("ece", "ece_equal_mass", "mce", "brier", "nll", "ece_classwise"):
+        if name in m:
+            lines.append(f"| {name} | {fmt(m, name)} | {fmt(m, name + '_calibrated')} |")
+    lines.append(f"\nTemperature: {m.get('temperature', 1.0):.3f}")
+    sub = sorted({k.rsplit('_', 1)[0] for k in m if k.startswith("subgroup_") and k.endswith("_n")})
+    if sub:
+        lines += ["", "| subgroup | n | AUROC | sensitivity | specificity |", "| --- | --- | --- | --- | --- |"]
+        for s in sub:
+            lines.append(f"| {s.removeprefix('subgroup_')} | {int(m[s + '_n'])} | {fmt(m, s + '_auroc')} | "
+                         f"{fmt(m, s + '_sensitivity')} | {fmt(m, s + '_specificity')} |")
+    if ev.notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in ev.notes]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return [out_dir / "metrics.json", out_dir / "report.md"]

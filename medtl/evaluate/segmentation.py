@@ -1,0 +1,42 @@
+"""Segmentation metrics per case, in millimetres, through MONAI.
+
+Conventions for empty masks: prediction and reference both empty → Dice 1, IoU 1, distances 0;
+exactly one empty → Dice 0, IoU 0, distances undefined (NaN, listed in the report's notes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
+
+
+def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
+    """Dice, IoU, HD95 and ASD (symmetric) of binary masks with the voxel spacing in mm."""
+    p = torch.as_tensor(np.asarray(pred) > 0)[None, None].float()
+    r = torch.as_tensor(np.asarray(ref) > 0)[None, None].float()
+    pe, re_ = not bool(p.any()), not bool(r.any())
+    if pe and re_:
+        return {"dice": 1.0, "iou": 1.0, "hd95_mm": 0.0, "asd_mm": 0.0}
+    if pe or re_:
+        return {"dice": 0.0, "iou": 0.0, "hd95_mm": float("nan"), "asd_mm": float("nan")}
+    sp = [float(s) for s in spacing]
+    return {
+        "dice": float(compute_dice(p, r, include_background=True)),
+        "iou": float(compute_iou(p, r, include_background=True)),
+        "hd95_mm": float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)),
+        "asd_mm": float(compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=sp)),
+    }
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean, median and IQR of each metric over cases (NaN cases left out, their count kept)."""
+    out: dict[str, float] = {"n": float(len(rows))}
+    for key in ("dice", "iou", "hd95_mm", "asd_mm"):
+        v = np.array([r[key] for r in rows], dtype=float)
+        finite = v[np.isfinite(v)]
+        out[f"{key}_mean"] = float(finite.mean()) if finite.size else float("nan")
+        out[f"{key}_median"] = float(np.median(finite)) if finite.size else float("nan")
+        out[f"{key}_iqr"] = float(np.subtract(*np.percentile(finite, [75, 25]))) if finite.size else float("nan")
+        out[f"{key}_undefined"] = float(len(v) - finite.size)
+    return out

@@ -1,0 +1,151 @@
+"""Metrics against scikit-learn and MONAI, calibration, temperature scaling, patient bootstrap, edge cases."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.metrics import compute_hausdorff_distance
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+)
+
+from medtl.config import EvaluateConfig
+from medtl.errors import MedtlError
+from medtl.evaluate.bootstrap import bootstrap_ci
+from medtl.evaluate.calibration import apply_temperature, calibration_metrics, ece_binary, fit_temperature
+from medtl.evaluate.metrics import binary_metrics, multiclass_metrics
+from medtl.evaluate.report import evaluate_classification
+from medtl.evaluate.segmentation import case_metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_binary_metrics_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
+    m = binary_metrics(y, p, 0.5)
+    pred = (p >= 0.5).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred).ravel()
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["auprc"] == pytest.approx(average_precision_score(y, p))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    assert m["sensitivity"] == pytest.approx(tp / (tp + fn)) and m["specificity"] == pytest.approx(tn / (tn + fp))
+    assert m["ppv"] == pytest.approx(tp / (tp + fp)) and m["npv"] == pytest.approx(tn / (tn + fn))
+
+
+def test_multiclass_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[y]
+    p = apply_temperature(logits, 1.0)
+    m = multiclass_metrics(y, p)
+    assert m["auroc_macro"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    assert m["auroc_weighted"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="weighted"))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p.argmax(1)))
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "quantile"])
+def test_ece_matches_sklearn_calibration_curve_and_brier_nll(strategy):
+    rng = np.random.default_rng(3)
+    p = rng.random(500)
+    y = (rng.random(500) < p**1.5).astype(int)
+    frac, mean_p = calibration_curve(y, p, n_bins=10, strategy=strategy)
+    edges = np.percentile(p, np.linspace(0, 100, 11)) if strategy == "quantile" else np.linspace(0, 1, 11)
+    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=10)
+    counts = counts[counts > 0]
+    want = np.sum(counts * np.abs(frac - mean_p)) / len(p)
+    assert ece_binary(y, p, 10, strategy)[0] == pytest.approx(want)
+    c = calibration_metrics(y, p, 10)
+    assert c["brier"] == pytest.approx(brier_score_loss(y, p))
+    assert c["nll"] == pytest.approx(log_loss(y, p))
+
+
+def test_ece_hand_worked_example():
+    # two bins of width 0.5: [0.2, 0.4] with outcomes [0, 1] -> |0.5 - 0.3| ; [0.9, 0.9] with [1, 1] -> |1 - 0.9|
+    y = np.array([0, 1, 1, 1])
+    p = np.array([0.2, 0.4, 0.9, 0.9])
+    ece, mce = ece_binary(y, p, bins=2)
+    assert ece == pytest.approx((2 * 0.2 + 2 * 0.1) / 4)
+    assert mce == pytest.approx(0.2)
+
+
+def test_temperature_scaling_lowers_nll_and_keeps_auroc():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    logits = np.column_stack([np.zeros(400), 1.0 * (2 * y - 1) + rng.normal(0, 1.2, 400)]) * 5  # over-confident
+    t = fit_temperature(logits, y)
+    assert t > 1.5
+    before, after = apply_temperature(logits, 1.0), apply_temperature(logits, t)
+    assert log_loss(y, after) < log_loss(y, before)
+    assert roc_auc_score(y, after[:, 1]) == pytest.approx(roc_auc_score(y, before[:, 1]))
+
+
+def test_bootstrap_resamples_patients_not_images():
+    # one patient holds 50 positive images; the others hold one image each
+    y = np.array([1] * 50 + [0] * 25 + [1] * 25)
+    groups = np.array(["big"] * 50 + [f"p{i}" for i in range(50)])
+    p = np.where(np.arange(100) < 50, 0.9, np.linspace(0.1, 0.6, 100))
+    mean_fn = lambda yy, pp: {"share_big": float(np.mean(pp == 0.9))}  # noqa: E731
+    image_ci = bootstrap_ci(mean_fn, y, p, None, 300, seed=0)["share_big"]
+    patient_ci = bootstrap_ci(mean_fn, y, p, groups, 300, seed=0)["share_big"]
+    # resampling the big patient as a unit makes its share jump in steps of ~50 images: a much wider interval
+    assert (patient_ci[1] - patient_ci[0]) > 2 * (image_ci[1] - image_ci[0])
+
+
+def test_edge_cases_answer_with_reasons(tmp_path):
+    y = np.zeros(10, int)
+    p = np.linspace(0, 1, 10)
+    m = binary_metrics(y, p)
+    assert np.isnan(m["auroc"]) and np.isnan(m["sensitivity"]) and m["specificity"] == pytest.approx(0.5)
+    with pytest.raises(MedtlError, match="NaN"):
+        binary_metrics(y, np.full(10, np.nan))
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(10)], "label": ["a"] * 10, "patient_id": range(10),
+                          "site": ["X"] * 9 + ["Y"]})
+    logits = np.column_stack([np.zeros(10), np.linspace(-2, 2, 10)])
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20, min_subgroup_size=5),
+                                 tmp_path, ["site"])
+    assert any("one class" in n for n in ev.notes) and any("site=Y" in n for n in ev.notes)
+    assert "subgroup_site_Y_auroc" not in ev.metrics and ev.metrics["subgroup_site_Y_n"] == 1
+    assert "undefined" in (tmp_path / "report.md").read_text()
+
+
+def test_segmentation_metrics_match_monai_and_empty_conventions():
+    ref = np.zeros((20, 20, 10), bool)
+    ref[5:12, 5:12, 3:7] = True
+    pred = np.zeros_like(ref)
+    pred[6:13, 5:12, 3:8] = True
+    m = case_metrics(pred, ref, (0.5, 0.5, 2.0))
+    inter = (pred & ref).sum()
+    assert m["dice"] == pytest.approx(2 * inter / (pred.sum() + ref.sum()))
+    assert m["iou"] == pytest.approx(inter / (pred | ref).sum())
+    want = compute_hausdorff_distance(torch.tensor(pred)[None, None].float(), torch.tensor(ref)[None, None].float(),
+                                      percentile=95, spacing=[0.5, 0.5, 2.0])
+    assert m["hd95_mm"] == pytest.approx(float(want))
+    empty = np.zeros_like(ref)
+    assert case_metrics(empty, empty, (1, 1, 1)) == {"dice": 1.0, "iou": 1.0, "hd95_mm": 0.0, "asd_mm": 0.0}
+    one = case_metrics(empty, ref, (1, 1, 1))
+    assert one["dice"] == 0.0 and np.isnan(one["hd95_mm"])
+
+
+def test_report_writes_plots_and_ci(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 120
+    lab = rng.integers(0, 2, n)
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.where(lab, "b", "a"),
+                          "patient_id": [f"p{i // 2}" for i in range(n)], "site": np.where(np.arange(n) % 2, "A", "B")})
+    logits = np.column_stack([np.zeros(n), 2.5 * (2 * lab - 1) + rng.normal(0, 1.5, n)])
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.7, EvaluateConfig(bootstrap=100), tmp_path, ["site"])
+    m = ev.metrics
+    assert m["auroc_ci_low"] <= m["auroc"] <= m["auroc_ci_high"]
+    assert m["auroc"] == pytest.approx(roc_auc_score(lab, logits[:, 1]))
+    assert "ece_calibrated" in m and "subgroup_site_A_auroc" in m
+    for name in ("roc.png", "reliability.png", "confusion_matrix.png", "precision_recall.png", "report.md", "metrics.json"):
+        assert (tmp_path / name).stat().st_size > 0
