@@ -221,9 +221,100 @@ def _load_model(checkpoint: Optional[Path], model: Optional[str]):
         raise MedtlError("give exactly one of --checkpoint PATH or --model URI")
     if checkpoint:
         return load_bundle(checkpoint)
-    from medtl.tracking import load_registered_bundle
+    from medtl.mlflow_model import load_registered_bundle
 
     return load_registered_bundle(str(model))
+
+
+@app.command("score")
+def score_cmd(
+    model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS, runs:/RUN/model, a model folder or a model.pt.")],
+    out: Annotated[Path, typer.Option("--out", help="predictions.csv (or .parquet).")],
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest of the cases to score.")] = None,
+    input_dir: Annotated[Optional[Path], typer.Option("--input", help="Folder of DICOM series / NIfTI / PNG files.")] = None,
+    masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Cases per batch.")] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow.")] = True,
+) -> None:
+    """Score new studies with a registered model; reruns resume where a crash stopped."""
+    from medtl.scoring import input_cases, load_any_model, score
+    from medtl.steps import run_context
+
+    bundle = load_any_model(model)
+    cases = input_cases(manifest, input_dir)
+    tracking = bundle.config.tracking.model_copy(update={"enabled": track and bundle.config.tracking.enabled})
+    with run_context(tracking, f"score-{bundle.config.name}") as tracker:
+        summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker)
+    typer.echo(f"{out}: {summary.scored} scored now, {summary.skipped_existing} already there, "
+               f"{len(summary.errors)} error(s), {summary.cases_per_s:.1f} cases/s")
+    if len(summary.errors):
+        from rich.table import Table
+
+        table = Table(title="cases that failed", title_justify="left")
+        table.add_column("case_id")
+        table.add_column("error")
+        for row in summary.errors.itertuples(index=False):
+            table.add_row(str(row.case_id), str(row.error))
+        wide_console().print(table)
+        raise typer.Exit(1)
+
+
+models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[int, typer.Argument(help="Version to point the alias at.")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. champion.")],
+) -> None:
+    """Move an alias (e.g. champion) to a model version."""
+    from medtl.config import TrackingConfig
+    from medtl.mlflow_model import promote
+    from medtl.tracking import check_store, resolve_uri
+
+    uri = resolve_uri(TrackingConfig())
+    check_store(uri)
+    promote(name, version, alias, uri)
+    typer.echo(f"models:/{name}@{alias} -> version {version}")
+
+
+def load_pipeline(name: str):
+    """A pipeline by name (a file in the repository's pipelines/) or by the path of a .py file."""
+    import importlib.util
+
+    path = Path(name)
+    if not path.suffix:
+        path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
+    if not path.is_file():
+        raise MedtlError(f"pipeline {name!r} not found; use diagnosis, segmentation, batch_score, compare or a .py path")
+    spec = importlib.util.spec_from_file_location(f"medtl_pipeline_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@app.command("run")
+def run_cmd(
+    pipeline: Annotated[str, typer.Argument(help="diagnosis, segmentation, batch_score, compare, or a .py path.")],
+    config: OptionalConfigArg = None,
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
+) -> None:
+    """Run a pipeline end to end from a config."""
+    from medtl.config import load_config
+
+    cfg = load_config(config, set_)
+    module = load_pipeline(pipeline)
+    kwargs = {"resume": resume} if "resume" in module.run.__code__.co_varnames else {}
+    out = module.run(cfg, **kwargs)
+    summary = out.get("summary") if isinstance(out, dict) else None
+    if summary:
+        typer.echo(summary)
+    if isinstance(out, dict) and out.get("registered"):
+        typer.echo(f"registered: {out['registered']} (version {out['version']})")
 
 
 def main() -> None:

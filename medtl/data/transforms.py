@@ -73,6 +73,26 @@ class CaseCompose(Compose):
             raise
 
 
+class CheckDimsd(MapTransform):
+    """Refuses a scan whose dimensionality is not the configured one, naming both."""
+
+    def __init__(self, keys: list[str], spatial_dims: int) -> None:
+        super().__init__(keys)
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            shape = tuple(d[key].shape[1:])
+            dims = len([s for s in shape if s > 1]) if len(shape) == 3 and self.spatial_dims == 2 else len(shape)
+            if dims != self.spatial_dims:
+                raise DataError(f"case {d.get('case_id', '?')}: {len(shape)}-D scan {shape}, "
+                                f"the model expects {self.spatial_dims}-D input")
+            if len(shape) == 3 and self.spatial_dims == 2:
+                d[key] = d[key][..., 0] if shape[2] == 1 else d[key][:, :, 0] if shape[1] == 1 else d[key][:, 0]
+        return d
+
+
 def find_data_error(exc: BaseException | None) -> DataError | None:
     """The DataError inside MONAI's wrapping of transform errors, if any."""
     seen = 0
@@ -98,7 +118,7 @@ def intensity_transform(cfg: DataConfig) -> list[Any]:
 def deterministic_transforms(cfg: DataConfig, with_mask: bool = False) -> list[Any]:
     """Load → channel first → orientation/spacing (3D) → intensity preset → crop → resize. Cacheable."""
     keys = ["image", "mask"] if with_mask else ["image"]
-    steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckFinited(keys)]
+    steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckDimsd(keys, cfg.spatial_dims), CheckFinited(keys)]
     if cfg.spatial_dims == 3:
         steps.append(Orientationd(keys, axcodes=cfg.orientation))
         if cfg.spacing:

@@ -78,3 +78,15 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=float) / temperature, axis=1)
+
+
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_sensitivity: float = 0.9) -> tuple[float, float]:
+    """Temperature fitted on validation, then the decision threshold chosen on the calibrated validation
+    probabilities (binary); returns (temperature, threshold)."""
+    from medtl.train.threshold import choose_threshold
+
+    temperature = fit_temperature(val_logits, val_labels)
+    threshold = 0.5
+    if val_logits.shape[1] == 2:
+        threshold = choose_threshold(val_labels, apply_temperature(val_logits, temperature)[:, 1], rule, target_sensitivity)
+    return temperature, threshold

@@ -42,9 +42,15 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
 
 def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None, out_dir: Path,
                     cfg: EvaluateConfig | None = None, device: str = "auto", history: list[dict] | None = None) -> Evaluation:
-    cfg = cfg or bundle.config.evaluate
     manifest = read_manifest(manifest_path, bundle.config.data.data_root)
-    table = select_split(manifest.table, split)
+    return evaluate_table(bundle, select_split(manifest.table, split), out_dir, cfg, device, history)
+
+
+def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg: EvaluateConfig | None = None,
+                   device: str = "auto", history: list[dict] | None = None) -> Evaluation:
+    """Evaluates the cases of ``table`` (manifest rows with resolved paths)."""
+    cfg = cfg or bundle.config.evaluate
+    table = table.reset_index(drop=True)
     dev = device_for(device)
     if bundle.task == "segmentation":
         return evaluate_segmentation(bundle, table, dev, out_dir)
@@ -106,4 +112,4 @@ def _write_seg_report(ev: Evaluation, out_dir: Path) -> list[Path]:
     return [out_dir / "metrics.json", out_dir / "report.md"]
 
 
-__all__ = ["evaluate_bundle", "select_split", "predict_logits", "write_report"]
+__all__ = ["evaluate_bundle", "evaluate_table", "select_split", "predict_logits", "write_report"]

@@ -1,0 +1,111 @@
+"""The registered model: an MLflow pyfunc that carries medtl's self-describing checkpoint (weights,
+preprocessing config, class names, temperature, threshold), its registration and aliases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from medtl import __version__
+from medtl.errors import ModelError, TrackingError
+from medtl.models.checkpoint import ModelBundle, load_bundle
+
+
+class MedtlPyfunc(mlflow.pyfunc.PythonModel):
+    """``predict(DataFrame with an 'image' column of paths)`` → calibrated probabilities and the label
+    at the stored threshold; unreadable cases get status 'error' and a reason."""
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = load_bundle(Path(context.artifacts["checkpoint"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from medtl.models.inference import device_for, iter_predictions
+
+        if "image" not in model_input:
+            raise ModelError("input needs an 'image' column of file or series-folder paths")
+        ids = model_input["case_id"].astype(str) if "case_id" in model_input else model_input.index.astype(str)
+        items = [{"case_id": c, "image": str(p)} for c, p in zip(ids, model_input["image"])]
+        rows = [prediction_row(self.bundle, rec) for rec in iter_predictions(self.bundle, items, device_for("auto"))]
+        return pd.DataFrame(rows).drop(columns=["case_id"])
+
+
+def prediction_row(bundle: ModelBundle, rec: dict[str, Any]) -> dict[str, Any]:
+    """One output row: probability per class, the predicted label, status and error."""
+    row: dict[str, Any] = {"case_id": rec["case_id"]}
+    if bundle.task == "classification":
+        probs = rec.get("probs")
+        for i, c in enumerate(bundle.classes):
+            row[f"prob_{c}"] = float(probs[i]) if probs is not None else float("nan")
+        if probs is None:
+            row["predicted"] = None
+        elif len(bundle.classes) == 2:
+            row["predicted"] = bundle.classes[int(probs[1] >= bundle.threshold)]
+        else:
+            row["predicted"] = bundle.classes[int(probs.argmax())]
+    row["status"] = "error" if rec["error"] else "ok"
+    row["error"] = rec["error"] or ""
+    return row
+
+
+def signature(bundle: ModelBundle) -> ModelSignature:
+    outputs = [ColSpec("double", f"prob_{c}") for c in bundle.classes] if bundle.task == "classification" else []
+    outputs += [ColSpec("string", "predicted"), ColSpec("string", "status"), ColSpec("string", "error")]
+    return ModelSignature(inputs=Schema([ColSpec("string", "image")]), outputs=Schema(outputs))
+
+
+def log_pyfunc(bundle: ModelBundle, checkpoint: Path) -> str:
+    """Logs the model to the active run; returns its ``runs:/`` URI."""
+    import torch
+
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=MedtlPyfunc(),
+        artifacts={"checkpoint": str(checkpoint)},
+        signature=signature(bundle),
+        pip_requirements=[f"medtl=={__version__}", f"torch=={torch.__version__.split('+')[0]}"],
+        metadata={"classes": bundle.classes, "threshold": bundle.threshold, "temperature": bundle.temperature,
+                  "task": bundle.task},
+    )
+    return info.model_uri
+
+
+def register(model_uri: str, name: str, alias: str) -> int:
+    """Registers a version under ``name`` and points ``alias`` at it; returns the version number."""
+    version = mlflow.register_model(model_uri, name)
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return int(version.version)
+
+
+def promote(name: str, version: int, alias: str, uri: str | None = None) -> None:
+    client = mlflow.MlflowClient(uri)
+    try:
+        client.get_model_version(name, str(version))
+    except Exception:  # noqa: BLE001
+        raise TrackingError(f"model {name} has no version {version}; `mlflow ui` lists its versions") from None
+    client.set_registered_model_alias(name, alias, str(version))
+
+
+def load_registered_bundle(uri: str) -> ModelBundle:
+    """``models:/NAME@ALIAS``, ``runs:/RUN/model`` or a local model folder → the medtl bundle inside."""
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
+        raise ModelError(f"{uri}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                         "check the name, alias and MLFLOW_TRACKING_URI") from None
+    bundle: ModelBundle = model.unwrap_python_model().bundle
+    bundle.extra["model_uri"] = uri
+    meta = model.metadata
+    bundle.extra["run_id"] = meta.run_id
+    if uri.startswith("models:/"):
+        bundle.extra["model_name"], _, ref = uri.removeprefix("models:/").partition("@")
+        try:
+            mv = mlflow.MlflowClient().get_model_version_by_alias(bundle.extra["model_name"], ref) if ref else None
+            bundle.extra["model_version"] = mv.version if mv else uri.rsplit("/", 1)[-1]
+        except Exception:  # noqa: BLE001
+            bundle.extra["model_version"] = ""
+    return bundle

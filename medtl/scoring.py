@@ -1,0 +1,142 @@
+"""Batch scoring: stream cases through the stored preprocessing and model, append each row as it completes,
+resume after a crash, and turn every bad input into an error row instead of a stopped batch."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+from medtl.data.build import discover_cases
+from medtl.data.manifest import read_manifest
+from medtl.errors import MedtlError
+from medtl.log import make_progress
+from medtl.models.checkpoint import ModelBundle, load_bundle
+from medtl.models.inference import device_for, iter_predictions
+from medtl.observe import NullTracker, Tracker
+
+
+@dataclass
+class ScoreSummary:
+    out: Path
+    scored: int
+    skipped_existing: int
+    errors: pd.DataFrame
+    cases_per_s: float
+
+
+def load_any_model(ref: str) -> ModelBundle:
+    """A medtl .pt checkpoint, an MLflow model folder, or a models:/ / runs:/ URI."""
+    path = Path(ref)
+    if path.suffix == ".pt":
+        return load_bundle(path)
+    from medtl.mlflow_model import load_registered_bundle
+
+    return load_registered_bundle(ref)
+
+
+def input_cases(manifest: Path | None, input_dir: Path | None) -> list[dict[str, str]]:
+    if bool(manifest) == bool(input_dir):
+        raise MedtlError("give exactly one of --manifest M.csv or --input DIR")
+    if manifest:
+        m = read_manifest(manifest)
+        return [{"case_id": str(r.case_id), "image": r.image_path} for r in m.table.itertuples(index=False)]
+    if not Path(input_dir).is_dir():  # type: ignore[arg-type]
+        raise MedtlError(f"--input {input_dir}: not a folder")
+    return [{"case_id": c, "image": ref} for c, ref in discover_cases(Path(input_dir))]  # type: ignore[arg-type]
+
+
+def input_digest(cases: list[dict[str, str]]) -> str:
+    h = hashlib.sha256()
+    for c in sorted(cases, key=lambda c: c["case_id"]):
+        h.update(c["case_id"].encode())
+    return h.hexdigest()
+
+
+def _stream_path(out: Path) -> Path:
+    return out if out.suffix == ".csv" else out.with_name(out.name + ".partial.csv")
+
+
+def done_cases(stream: Path) -> set[str]:
+    """Case ids already in the output; a half-written last line (crash mid-write) is cut off first."""
+    if not stream.is_file():
+        return set()
+    data = stream.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(stream, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+    if stream.stat().st_size == 0:
+        return set()
+    return set(pd.read_csv(stream, usecols=["case_id"], dtype=str)["case_id"])
+
+
+def _mask_row(bundle: ModelBundle, rec: dict[str, Any], image_ref: str, masks_out: Path | None) -> dict[str, Any]:
+    """Writes the mask on the source grid with the source affine; adds lesion volume (ml) and the path."""
+    from medtl.data.readers import load_scan
+
+    src = load_scan(image_ref)
+    mask = torch.nn.functional.interpolate(torch.as_tensor(rec["mask"])[None, None].float(), size=src.shape[1:],
+                                           mode="nearest")[0, 0].numpy().astype(np.uint8)
+    affine = np.asarray(src.affine)
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    row = {"lesion_volume_ml": float((mask > 0).sum() * voxel_ml), "mask_path": ""}
+    if masks_out is not None:
+        masks_out.mkdir(parents=True, exist_ok=True)
+        path = masks_out / f"{rec['case_id']}.nii.gz"
+        nib.save(nib.Nifti1Image(mask, affine), str(path))
+        row["mask_path"] = str(path)
+    return row
+
+
+def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out: Path | None = None,
+          batch_size: int = 16, device: str = "auto", num_workers: int = 0, tracker: Tracker | None = None) -> ScoreSummary:
+    """Scores every case not yet in ``out``; rows are appended and flushed as each batch completes."""
+    from medtl.mlflow_model import prediction_row
+
+    tracker = tracker or NullTracker()
+    stream = _stream_path(out)
+    stream.parent.mkdir(parents=True, exist_ok=True)
+    done = done_cases(stream)
+    todo = [c for c in cases if c["case_id"] not in done]
+    refs = {c["case_id"]: c["image"] for c in todo}
+    meta = {"model_name": bundle.extra.get("model_name", ""), "model_version": bundle.extra.get("model_version", ""),
+            "run_id": bundle.extra.get("run_id", "")}
+    start, n = time.perf_counter(), 0
+    with open(stream, "a", newline="") as fh, make_progress() as progress:
+        writer = None
+        task = progress.add_task("scoring", total=len(todo), info="")
+        for rec in iter_predictions(bundle, todo, device_for(device), batch_size, num_workers):
+            row = prediction_row(bundle, rec)
+            if bundle.task == "segmentation":
+                row.update(_mask_row(bundle, rec, refs[rec["case_id"]], masks_out) if not rec["error"]
+                           else {"lesion_volume_ml": float("nan"), "mask_path": ""})
+            row.update(meta, scored_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            row = {"case_id": row.pop("case_id"), **row}
+            if writer is None:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                if fh.tell() == 0:
+                    writer.writeheader()
+            writer.writerow(row)
+            fh.flush()
+            os.fsync(fh.fileno())
+            n += 1
+            progress.update(task, advance=1, info=f"{n / max(1e-9, time.perf_counter() - start):.1f} cases/s")
+    rate = n / max(1e-9, time.perf_counter() - start)
+    table = pd.read_csv(stream, dtype={"case_id": str}, keep_default_na=False) if stream.stat().st_size else pd.DataFrame()
+    if out != stream and not table.empty:
+        table.to_parquet(out, index=False)
+    errors = table[table["status"] == "error"][["case_id", "error"]] if not table.empty else pd.DataFrame()
+    tracker.log_metrics({"cases_scored": float(n), "cases_ok": float(len(table) - len(errors)),
+                         "cases_error": float(len(errors)), "cases_per_s": rate})
+    tracker.set_tags({"input_digest": input_digest(cases), **{k: str(v) for k, v in meta.items()}})
+    return ScoreSummary(out, n, len(done), errors, rate)

@@ -1,0 +1,99 @@
+"""The steps pipelines compose: each takes plain inputs from the step before and reports to the run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from medtl.config import Config, TrackingConfig
+from medtl.evaluate.calibration import calibrate
+from medtl.evaluate.report import Evaluation
+from medtl.evaluate.run import evaluate_table
+from medtl.log import logger
+from medtl.models.checkpoint import save_model
+from medtl.observe import NullTracker, Tracker
+from medtl.train.run import TrainResult, run_dir, train
+
+
+@contextmanager
+def run_context(cfg: TrackingConfig, name: str, nested: bool = False, checkpoint_dir: Path | None = None,
+                tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+    """An MLflow run when tracking is on (the store checked before anything else), else a no-op tracker."""
+    if not cfg.enabled:
+        with nullcontext():
+            yield NullTracker()
+        return
+    from medtl.tracking import tracked_run
+
+    with tracked_run(cfg, name, nested, checkpoint_dir, tags) as tracker:
+        yield tracker
+
+
+def is_tracked(tracker: Tracker) -> bool:
+    return type(tracker).__name__ == "MlflowTracker"
+
+
+def train_step(cfg: Config, tracker: Tracker, resume: bool = False) -> TrainResult:
+    if is_tracked(tracker):
+        from medtl.config import flatten
+        from medtl.tracking import run_tags
+
+        tracker.set_tags(run_tags(cfg, {}))
+        tracker.log_params(flatten(cfg.to_dict()))
+    result = train(cfg, resume=resume, tracker=tracker)
+    if is_tracked(tracker):
+        from medtl.tracking import log_dataset
+
+        tracker.log_artifact(result.out_dir / "config.yaml")
+        m = result.prepared.manifest
+        tracker.set_tags({"weights_sha256": result.weights_sha256 or "none", "manifest_sha256": m.digest(),
+                          "device": "cuda" if result.bundle.model.parameters().__next__().is_cuda else "cpu"})
+        log_dataset(result.prepared.table, m.path, m.digest(), cfg.data.subgroups)
+    return result
+
+
+def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
+    """Temperature and threshold from validation, stored in the bundle and model.pt."""
+    bundle, cfg = result.bundle, result.bundle.config
+    if result.val is None or not cfg.evaluate.calibrate:
+        return
+    temperature, threshold = calibrate(result.val["logits"].numpy(), result.val["labels"].numpy(),
+                                       cfg.train.threshold_rule, cfg.train.target_sensitivity)
+    bundle.temperature, bundle.threshold = temperature, threshold
+    save_model(bundle, result.model_path)
+    tracker.log_metrics({"temperature": temperature, "threshold": threshold})
+    logger.info("temperature %.3f; threshold on calibrated validation probabilities %.4f", temperature, threshold)
+
+
+def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", prefix: str = "test_") -> Evaluation | None:
+    table = result.prepared.table
+    part = table[table["split"] == split]
+    if part.empty:
+        logger.warning("no %s split: skipping evaluation", split)
+        return None
+    out = result.out_dir / f"evaluation_{split}"
+    ev = evaluate_table(result.bundle, part, out, history=result.history)
+    tracker.log_metrics({f"{prefix}{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)})
+    for f in ev.files:
+        tracker.log_artifact(f, "evaluation")
+    return ev
+
+
+def register_step(result: TrainResult, tracker: Tracker) -> dict[str, Any]:
+    """Logs the pyfunc model (and the best checkpoint); registers it when tracking.registered_model is set."""
+    if not is_tracked(tracker):
+        return {}
+    from medtl.mlflow_model import log_pyfunc, register
+
+    cfg = result.bundle.config.tracking
+    tracker.log_artifact(result.model_path, "checkpoints")
+    uri = log_pyfunc(result.bundle, result.model_path)
+    info: dict[str, Any] = {"model_uri": uri}
+    if cfg.registered_model:
+        info["version"] = register(uri, cfg.registered_model, cfg.alias)
+        info["registered"] = f"models:/{cfg.registered_model}@{cfg.alias}"
+        logger.info("registered %s version %s as @%s", cfg.registered_model, info["version"], cfg.alias)
+    return info

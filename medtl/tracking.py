@@ -1,0 +1,168 @@
+"""Everything MLflow: store checks, run lifecycle, params/tags/metrics/artifacts, dataset lineage, the PHI
+guard, registration. Training and scoring see only the ``Tracker`` interface."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medtl import __version__
+from medtl.config import Config, TrackingConfig, flatten
+from medtl.errors import TrackingError
+from medtl.log import logger
+from medtl.observe import Tracker
+
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def resolve_uri(cfg: TrackingConfig) -> str:
+    """Config, then MLFLOW_TRACKING_URI, then MLflow's local SQLite default in the working folder."""
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fails in seconds, naming the URI, when the store cannot be reached or written."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise OSError(f"HTTP {resp.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            raise TrackingError(f"tracking server {uri} is unreachable ({exc}); start it, fix tracking.uri, "
+                                "or unset MLFLOW_TRACKING_URI to use the local store") from None
+        return
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    elif uri.startswith("file:") or "://" not in uri:
+        folder = Path(uri.removeprefix("file://").removeprefix("file:"))
+    else:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise TrackingError(f"tracking store {uri} is not writable ({exc.strerror}); choose another tracking.uri") from None
+
+
+def scrub(value: Any) -> Any:
+    """Absolute paths become relative to the working folder (or their file name): no path reveals a patient folder."""
+    if isinstance(value, str) and value.startswith("/"):
+        p = Path(value)
+        try:
+            return str(p.relative_to(Path.cwd()))
+        except ValueError:
+            return p.name
+    return value
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except OSError:
+        return None
+
+
+class MlflowTracker(Tracker):
+    """The Tracker interface on the active MLflow run."""
+
+    def __init__(self, run_id: str) -> None:
+        import mlflow
+
+        self.mlflow, self.run_id = mlflow, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        clean = {k: str(scrub(v))[:500] for k, v in params.items()}
+        for start in range(0, len(clean), 90):
+            self.mlflow.log_params(dict(list(clean.items())[start : start + 90]))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.mlflow.set_tags({k: str(scrub(v)) for k, v in tags.items() if v is not None})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and v == v and abs(v) != float("inf")}
+        if finite:
+            self.mlflow.log_metrics(finite, step=step)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.mlflow.log_artifact(str(path), folder)
+
+    def log_table(self, rows: Any, name: str) -> None:
+        self.mlflow.log_text(json.dumps(rows, indent=1, default=str), name)
+
+
+@contextmanager
+def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False, checkpoint_dir: Path | None = None,
+                tags: dict[str, str] | None = None) -> Iterator[MlflowTracker]:
+    """An MLflow run: checked store, FINISHED on success; FAILED with its last checkpoint logged on error."""
+    import mlflow
+
+    uri = resolve_uri(cfg)
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(cfg.experiment)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad store
+        raise TrackingError(f"tracking store {uri}: cannot open experiment {cfg.experiment!r} ({type(exc).__name__})") from None
+    run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+    tracker = MlflowTracker(run.info.run_id)
+    try:
+        yield tracker
+    except BaseException:
+        if checkpoint_dir is not None and (checkpoint_dir / "last.pt").is_file():
+            try:
+                mlflow.log_artifact(str(checkpoint_dir / "last.pt"), "checkpoints")
+            except Exception:  # noqa: BLE001 - never hide the original failure
+                logger.warning("could not log the last checkpoint of the failed run")
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def run_tags(cfg: Config, extra: dict[str, Any]) -> dict[str, str]:
+    tags = {"medtl.version": __version__, "medtl.git_commit": git_commit(), "task": cfg.data.task,
+            "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained, "transfer.strategy": cfg.transfer.strategy}
+    tags.update({k: v for k, v in extra.items() if v is not None})
+    return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+def log_config(tracker: MlflowTracker, cfg: Config, out_dir: Path) -> None:
+    tracker.log_params(flatten(cfg.to_dict()))
+    path = out_dir / "config.yaml"
+    if path.is_file():
+        tracker.log_artifact(path)
+
+
+def log_dataset(table: pd.DataFrame, manifest_path: Path, digest: str, subgroups: list[str]) -> None:
+    """The manifest as an MLflow dataset per split (only case_id, label, split and subgroups), with its digest."""
+    import mlflow
+
+    public = [c for c in ["case_id", "label", "split", *subgroups] if c in table]
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+        part = table.loc[table["split"] == split, public]
+        if part.empty:
+            continue
+        ds = mlflow.data.from_pandas(part.reset_index(drop=True), source=manifest_path.name,
+                                     name=f"{manifest_path.stem}:{split}", digest=digest[:16])
+        mlflow.log_input(ds, context=context)
+    counts = table.groupby(["split", "label"]).size() if "label" in table else table.groupby("split").size()
+    mlflow.log_dict({" / ".join(map(str, k)) if isinstance(k, tuple) else str(k): int(v) for k, v in counts.items()},
+                    "dataset_counts.json")

@@ -1,0 +1,14 @@
+"""Segmentation: manifest with masks → check → split → train (Dice loss, patches) → evaluate Dice/HD95 → register."""
+
+from __future__ import annotations
+
+from medtl.config import Config
+from medtl.steps import evaluate_step, register_step, run_context, train_step
+
+
+def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
+    with run_context(cfg.tracking, cfg.name, nested=nested) as tracker:
+        result = train_step(cfg, tracker, resume)
+        evaluation = evaluate_step(result, tracker, "test")
+        registered = register_step(result, tracker)
+    return {"result": result, "evaluation": evaluation, **registered}
