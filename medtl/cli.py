@@ -260,6 +260,34 @@ def score_cmd(
         raise typer.Exit(1)
 
 
+@app.command("synthetic")
+def synthetic_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write scans and manifest.csv into.")],
+    task: Annotated[str, typer.Option(help="classification or segmentation.")] = "classification",
+    kind: Annotated[str, typer.Option(help="png, nifti or dicom (classification).")] = "png",
+    n: Annotated[int, typer.Option(help="Number of cases.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same scans.")] = 0,
+) -> None:
+    """Write small synthetic scans with labels or masks and a manifest, to try medtl."""
+    from medtl.data.synthetic import make_classification_set, make_segmentation_set
+
+    if task == "segmentation":
+        path = make_segmentation_set(out, n=n, seed=seed)
+    elif task == "classification":
+        path = make_classification_set(out, n=n, kind=kind, seed=seed, size=(32, 32) if kind != "nifti" else (32, 32, 16))
+    else:
+        raise MedtlError(f"--task {task!r}: use classification or segmentation")
+    typer.echo(f"{path}: {n} cases")
+
+
+@app.command("demo")
+def demo_cmd(set_: SetOption = None) -> None:
+    """Fine-tune ImageNet EfficientNet-Lite0 on real chest X-rays vs scratch, evaluate, register, score."""
+    from medtl.demo import run_demo
+
+    run_demo(set_)
+
+
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -281,21 +309,6 @@ def models_promote(
     typer.echo(f"models:/{name}@{alias} -> version {version}")
 
 
-def load_pipeline(name: str):
-    """A pipeline by name (a file in the repository's pipelines/) or by the path of a .py file."""
-    import importlib.util
-
-    path = Path(name)
-    if not path.suffix:
-        path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
-    if not path.is_file():
-        raise MedtlError(f"pipeline {name!r} not found; use diagnosis, segmentation, batch_score, compare or a .py path")
-    spec = importlib.util.spec_from_file_location(f"medtl_pipeline_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 @app.command("run")
 def run_cmd(
     pipeline: Annotated[str, typer.Argument(help="diagnosis, segmentation, batch_score, compare, or a .py path.")],
@@ -307,6 +320,8 @@ def run_cmd(
     from medtl.config import load_config
 
     cfg = load_config(config, set_)
+    from medtl.steps import load_pipeline
+
     module = load_pipeline(pipeline)
     kwargs = {"resume": resume} if "resume" in module.run.__code__.co_varnames else {}
     out = module.run(cfg, **kwargs)

@@ -7,6 +7,7 @@ run saves its resolved config next to its results.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -233,7 +234,8 @@ def build_config(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read YAML, apply overrides, validate; relative paths in ``data`` resolve against the file's folder."""
+    """Read YAML, apply overrides, validate; relative paths resolve against the config file's folder
+    (the working folder when there is no file)."""
     raw: dict[str, Any] = {}
     source = "defaults"
     base_dir = Path.cwd()
@@ -254,6 +256,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: a config is a mapping of sections (data:, model:, train: ...), not a {type(loaded).__name__}")
         raw = loaded
         base_dir = path.resolve().parent
+    base_dir = base_dir.resolve()
     raw = _merge(raw, parse_overrides(overrides))
     cfg = build_config(raw, source)
     return _resolve_paths(cfg, base_dir)
@@ -261,7 +264,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
     def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base_dir / p)
+        return p if p is None or p.is_absolute() else Path(os.path.normpath(base_dir / p))
 
     data = cfg.data.model_copy(
         update={k: fix(getattr(cfg.data, k)) for k in ("manifest", "cache_dir", "data_root") if getattr(cfg.data, k)}
@@ -270,7 +273,8 @@ def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
     adaptation = cfg.adaptation.model_copy(
         update={"target_manifest": fix(cfg.adaptation.target_manifest)} if cfg.adaptation.target_manifest else {}
     )
-    return cfg.model_copy(update={"data": data, "model": model, "adaptation": adaptation})
+    train = cfg.train.model_copy(update={"out_dir": fix(cfg.train.out_dir)})
+    return cfg.model_copy(update={"data": data, "model": model, "adaptation": adaptation, "train": train})
 
 
 def dump_config(cfg: Config) -> str:

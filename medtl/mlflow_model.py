@@ -60,7 +60,12 @@ def signature(bundle: ModelBundle) -> ModelSignature:
 
 def log_pyfunc(bundle: ModelBundle, checkpoint: Path) -> str:
     """Logs the model to the active run; returns its ``runs:/`` URI."""
+    import logging
+
     import torch
+
+    # MLflow warns that a PythonModel instance is pickled; ours holds no state until load_context.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
 
     info = mlflow.pyfunc.log_model(
         name="model",

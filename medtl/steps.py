@@ -97,3 +97,47 @@ def register_step(result: TrainResult, tracker: Tracker) -> dict[str, Any]:
         info["registered"] = f"models:/{cfg.registered_model}@{cfg.alias}"
         logger.info("registered %s version %s as @%s", cfg.registered_model, info["version"], cfg.alias)
     return info
+
+
+def strategy_variant(cfg: Config, strategy: str, register: bool = True) -> Config:
+    """The same config under another transfer strategy (scratch: same architecture, random init)."""
+    model = cfg.model.model_copy(update={"pretrained": "none"}) if strategy == "scratch" else cfg.model
+    update: dict[str, Any] = {"strategy": strategy}
+    if strategy == "scratch":
+        update["layer_lr_decay"] = 1.0  # random weights: no stage has anything to preserve
+    transfer = cfg.transfer.model_copy(update=update)
+    tracking = cfg.tracking if register else cfg.tracking.model_copy(update={"registered_model": None})
+    return cfg.model_copy(update={"model": model, "transfer": transfer, "tracking": tracking, "name": f"{cfg.name}-{strategy}"})
+
+
+def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
+    """One row per run: AUROC [CI], sensitivity/specificity at the threshold, ECE before/after temperature."""
+    import pandas as pd
+
+    from medtl.evaluate.report import fmt
+
+    return pd.DataFrame([{
+        "strategy": name,
+        "test AUROC [95% CI]": fmt(m, "auroc"),
+        "sensitivity": fmt(m, "sensitivity"),
+        "specificity": fmt(m, "specificity"),
+        "ECE before": fmt(m, "ece"),
+        "ECE after": fmt(m, "ece_calibrated"),
+    } for name, m in rows])
+
+
+def load_pipeline(name: str) -> Any:
+    """A pipeline by name (a file in the repository's pipelines/) or by the path of a .py file."""
+    import importlib.util
+
+    from medtl.errors import MedtlError
+
+    path = Path(name)
+    if not path.suffix:
+        path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
+    if not path.is_file():
+        raise MedtlError(f"pipeline {name!r} not found; use diagnosis, segmentation, batch_score, compare or a .py path")
+    spec = importlib.util.spec_from_file_location(f"medtl_pipeline_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module

@@ -22,7 +22,11 @@ from medtl.errors import TrackingError
 from medtl.log import logger
 from medtl.observe import Tracker
 
+import warnings
+
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
+warnings.filterwarnings("ignore", message=".*input example was not provided.*")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 

@@ -42,6 +42,10 @@ def discover_cases(folder: Path) -> list[tuple[str, str]]:
     for uid, headers in series.items():
         for parent in {h.path.parent for h in headers}:
             by_parent.setdefault(parent, []).append(uid)
+    in_series = {h.path for headers in series.values() for h in headers}
+    for path in sorted(folder.rglob("*.dcm")):
+        if path.is_file() and path not in in_series:  # unreadable DICOM: listed so the problem is reported, not lost
+            cases.append((_case_id_from_file(path), str(path)))
     for uid, headers in sorted(series.items(), key=lambda kv: str(kv[1][0].path)):
         parents = {h.path.parent for h in headers}
         parent = headers[0].path.parent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,9 @@ def make_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataConfi
     """
     try:
         if cfg.cache == "memory":
-            return CacheDataset(items, transform, num_workers=None if len(items) < 64 else default_workers(cfg.num_workers) or None,
-                                progress=progress_enabled(), copy_cache=False)
+            workers = None if len(items) < 64 else (os.cpu_count() if cfg.num_workers == "auto" else int(cfg.num_workers) or None)
+            return CacheDataset(items, transform, num_workers=workers, progress=progress_enabled() and sys.stderr.isatty(),
+                                copy_cache=False)
         if cfg.cache == "disk":
             root = Path(cfg.cache_dir or Path.home() / ".cache" / "medtl" / "preprocessed")
             digest = hashlib.sha256((cache_key + repr(cfg.model_dump(mode="json"))).encode()).hexdigest()[:16]

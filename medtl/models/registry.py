@@ -32,6 +32,12 @@ DENSENET_STAGES = [("stem", ["features.conv0", "features.norm0"])] + [
 ]
 
 
+# TF's EfficientNet BatchNorm momentum (0.01 in PyTorch terms) leaves running statistics near their
+# initial values after a short fine-tune; PyTorch's 0.1 lets them follow the new domain (and lets a
+# scratch baseline evaluate at all after a few hundred steps).
+BN = ("batch", {"eps": 1e-3, "momentum": 0.1})
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
@@ -74,7 +80,7 @@ class DepthReplicatePad(nn.Module):
 
 def _lite0(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Module:
     net = EfficientNet(LITE0_BLOCKS, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1000,
-                       image_size=max(image_size), dropout_rate=0.0, drop_connect_rate=0.2)
+                       image_size=max(image_size), dropout_rate=0.0, drop_connect_rate=0.2, norm=BN)
     net._fc = nn.Identity()
     net = _relu6(net)
     if spatial_dims == 3:
@@ -87,7 +93,8 @@ def _lite0(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Mod
 
 def _effnet_bn(variant: str) -> Callable[[int, int, list[int]], nn.Module]:
     def build(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Module:
-        net = EfficientNetBN(variant, pretrained=False, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1000)
+        net = EfficientNetBN(variant, pretrained=False, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1000,
+                             norm=BN)
         net._fc = nn.Identity()
         net._dropout = nn.Identity()
         return net

@@ -1,0 +1,103 @@
+"""Batch scoring: mixed good and bad inputs, resume after SIGKILL, agreement with pyfunc and evaluation."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtl.config import load_config
+from medtl.data.synthetic import make_classification_set, synthetic_volume, write_ct_series, write_nifti
+from medtl.train.run import train
+from tests.conftest import medtl_exe, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_3d(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("m3d")
+    m = make_classification_set(tmp / "d", n=12, kind="nifti", size=(16, 16, 8))
+    cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.spatial_dims=3",
+                             "data.image_size=[16,16,8]", "data.modality=ct", "model.backbone=resnet10",
+                             "model.pretrained=none", "transfer.strategy=scratch", "train.epochs=1",
+                             "train.batch_size=4", f"train.out_dir={tmp / 'runs'}", "tracking.enabled=false"])
+    return train(cfg).model_path
+
+
+def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, model_3d):
+    rng = np.random.default_rng(0)
+    vol, _ = synthetic_volume(rng, (16, 16, 8), True)
+    d = tmp_path / "in"
+    write_ct_series(d / "good_series", vol, seed=1)
+    write_nifti(d / "good_nifti.nii.gz", vol)
+    nan = vol.copy()
+    nan[1, 1, 1] = np.nan
+    write_nifti(d / "nan_vol.nii.gz", nan)
+    write_nifti(d / "flat.nii.gz", vol[:, :, 0])
+    write_ct_series(d / "gap_series", vol, seed=2, skip_slices=[3])
+    (d / "broken").mkdir()
+    (d / "broken" / "junk.dcm").write_bytes(b"DICM" * 50)
+    write_ct_series(d / "tilted", vol, seed=3)
+    import pydicom
+
+    f = sorted((d / "tilted").iterdir())[0]
+    ds = pydicom.dcmread(f)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.8, 0.6]
+    ds.save_as(f)
+    f2 = sorted((d / "good_series").iterdir())[0]
+    nopix = pydicom.dcmread(f2)
+    del nopix.PixelData
+    (d / "nopixels").mkdir()
+    nopix.SeriesInstanceUID = "1.2.3.4.5"
+    nopix.save_as(d / "nopixels" / "x.dcm")
+    res = run_cli("score", "--model", str(model_3d), "--input", str(d), "--out", str(tmp_path / "p.csv"), "--no-track")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stdout + res.stderr
+    out = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("case_id")
+    assert out.loc["good_series", "status"] == "ok" and out.loc["good_nifti", "status"] == "ok"
+    reasons = {"nan_vol": "NaN", "flat": "model expects 3-D", "gap_series": "missing slice", "tilted": "orientation",
+               "nopixels": "pixel data", "junk": "not a readable DICOM"}
+    for case, reason in reasons.items():
+        assert out.loc[case, "status"] == "error" and reason in out.loc[case, "error"], (case, out.loc[case, "error"])
+    missing = tmp_path / "m.csv"
+    pd.DataFrame({"case_id": ["gone", "ok"], "image": ["nope.nii.gz", "in/good_nifti.nii.gz"]}).to_csv(missing, index=False)
+    res = run_cli("score", "--model", str(model_3d), "--manifest", str(missing), "--out", str(tmp_path / "q.csv"), "--no-track")
+    q = pd.read_csv(tmp_path / "q.csv", keep_default_na=False).set_index("case_id")
+    assert res.returncode == 1 and q.loc["gone", "status"] == "error" and "not found" in q.loc["gone", "error"]
+    assert q.loc["ok", "prob_lesion"] == pytest.approx(out.loc["good_nifti", "prob_lesion"])
+
+
+def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=160, kind="png", size=(32, 32))
+    cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
+                             "train.epochs=1", "train.max_steps_per_epoch=2", f"train.out_dir={tmp_path / 'runs'}",
+                             "tracking.enabled=false"])
+    model = str(train(cfg).model_path)
+    whole = tmp_path / "whole.csv"
+    assert run_cli("score", "--model", model, "--manifest", str(m), "--out", str(whole), "--no-track").returncode == 0
+    out = tmp_path / "killed.csv"
+    proc = subprocess.Popen([medtl_exe(), "score", "--model", model, "--manifest", str(m), "--out", str(out),
+                             "--batch-size", "1", "--no-track"], env={**os.environ, "MEDTL_PROGRESS": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 20):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = out.read_text().count("\n") - 1
+    assert 0 < partial < 160
+    with open(out, "a") as fh:  # a crash in the middle of a write leaves half a row
+        fh.write("case999,0.1")
+    res = run_cli("score", "--model", model, "--manifest", str(m), "--out", str(out), "--no-track")
+    assert res.returncode == 0, res.stderr
+    got, want = pd.read_csv(out), pd.read_csv(whole)
+    assert sorted(got["case_id"]) == sorted(want["case_id"]) and not got["case_id"].duplicated().any()
+    merged = got.merge(want, on="case_id", suffixes=("", "_w"))
+    np.testing.assert_allclose(merged["prob_lesion"], merged["prob_lesion_w"], rtol=1e-6)
+    parquet = tmp_path / "p.parquet"
+    assert run_cli("score", "--model", model, "--manifest", str(m), "--out", str(parquet), "--no-track").returncode == 0
+    assert len(pd.read_parquet(parquet)) == 160

@@ -1,0 +1,135 @@
+"""MLflow end to end against a real `mlflow server` on loopback, the PHI guard, and an unreachable store."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtl.data.synthetic import make_classification_set
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    port = free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def overrides(manifest, out, uri, extra=()):
+    sets = [f"data.manifest={manifest}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
+            "data.subgroups=[site]", f"train.out_dir={out}", "train.epochs=2", "train.batch_size=8",
+            "train.early_stopping_patience=null", "evaluate.bootstrap=50", "evaluate.min_subgroup_size=3",
+            f"tracking.uri={uri}", "tracking.experiment=test", "tracking.registered_model=tiny", *extra]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+
+    m = make_classification_set(tmp_path / "d", n=40, kind="png", size=(32, 32))
+    res = run_cli("run", "diagnosis", *overrides(m, tmp_path / "runs", mlflow_server), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "models:/tiny@candidate" in res.stdout
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("test")
+    run = client.search_runs([exp.experiment_id])[0]
+    assert run.data.params["train.epochs"] == "2" and run.data.params["transfer.strategy"] == "fine_tune"
+    assert run.data.tags["backbone"] == "efficientnet-lite0" and len(run.data.tags["weights_sha256"]) == 64
+    assert len(run.data.tags["manifest_sha256"]) == 64
+    history = client.get_metric_history(run.info.run_id, "val_auroc")
+    assert [h.step for h in history] == [1, 2]
+    for key in ("test_auroc", "test_auroc_ci_low", "test_auroc_ci_high", "test_ece", "test_ece_calibrated",
+                "test_brier", "test_subgroup_site_A_auroc"):
+        assert key in run.data.metrics, key
+    contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
+    assert contexts == ["testing", "training", "validation"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/roc.png", "evaluation/report.md", "evaluation/predictions.csv"} <= artifacts
+    assert client.get_model_version_by_alias("tiny", "candidate").version == "1"
+    # the registered model, loaded in a fresh process, gives the probabilities the training process computed
+    preds = pd.read_csv(tmp_path / "runs" / "medtl" / "evaluation_test" / "predictions.csv")
+    table = pd.read_csv(m)
+    images = [str(m.parent / table.set_index("case_id").loc[c, "image"]) for c in preds["case_id"]]
+    code = ("import sys, json, mlflow, pandas as pd; mlflow.set_tracking_uri(sys.argv[1]);"
+            "out = mlflow.pyfunc.load_model('models:/tiny@candidate').predict(pd.DataFrame({'image': json.loads(sys.argv[2])}));"
+            "print(json.dumps(out['prob_lesion'].tolist()))")
+    fresh = subprocess.run([sys.executable, "-c", code, mlflow_server, json.dumps(images)], capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    np.testing.assert_allclose(json.loads(fresh.stdout.strip().splitlines()[-1]), preds["prob_lesion"], rtol=1e-5, atol=1e-6)
+    promoted = run_cli("models", "promote", "tiny", "1", "champion", env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert promoted.returncode == 0, promoted.stderr
+    assert client.get_model_version_by_alias("tiny", "champion").version == "1"
+
+
+def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=8, kind="png", size=(16, 16))
+    start = time.time()
+    res = run_cli("run", "diagnosis", *overrides(m, tmp_path / "runs", "http://127.0.0.1:9"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert time.time() - start < 60
+    assert "http://127.0.0.1:9" in res.stderr and "unreachable" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _grep_tree(root: Path, needle: bytes, skip: Path) -> list[Path]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and skip not in path.parents:
+            if needle in path.read_bytes():
+                hits.append(path)
+    return hits
+
+
+def test_no_patient_tag_reaches_store_artifacts_or_logs(tmp_path):
+    data = tmp_path / "data"
+    m = make_classification_set(data, n=16, kind="dicom", size=(32, 32))
+    pd.read_csv(m).assign(secret_note="PHISENTINEL in a manifest column").to_csv(m, index=False)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = overrides(m, tmp_path / "runs", store, ["train.epochs=1", "evaluate.bootstrap=10"])
+    train = run_cli("run", "diagnosis", *sets, cwd=tmp_path, env={"MEDTL_LOG_LEVEL": "DEBUG"})
+    assert train.returncode == 0, train.stderr[-3000:]
+    score = run_cli("score", "--model", "models:/tiny@candidate", "--input", str(data / "images"),
+                    "--out", str(tmp_path / "scores.csv"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store})
+    assert score.returncode == 0, score.stderr[-3000:]
+    assert b"PHISENTINEL" in next((data / "images").glob("*.dcm")).read_bytes()  # the sentinel is really there
+    for text in (train.stdout, train.stderr, score.stdout, score.stderr):
+        assert "PHISENTINEL" not in text
+    assert _grep_tree(tmp_path, b"PHISENTINEL", data) == []
