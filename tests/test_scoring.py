@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def model_3d(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("m3d")
-    m = make_classification_set(tmp / "d", n=12, kind="nifti", size=(16, 16, 8))
+    m = make_classification_set(tmp / "d", n=16, kind="nifti", size=(16, 16, 8))
     cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.spatial_dims=3",
                              "data.image_size=[16,16,8]", "data.modality=ct", "model.backbone=resnet10",
                              "model.pretrained=none", "transfer.strategy=scratch", "train.epochs=1",
@@ -40,7 +40,7 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     write_nifti(d / "flat.nii.gz", vol[:, :, 0])
     write_ct_series(d / "gap_series", vol, seed=2, skip_slices=[3])
     (d / "broken").mkdir()
-    (d / "broken" / "junk.dcm").write_bytes(b"DICM" * 50)
+    (d / "broken" / "junk.dcm").write_bytes(b"GIF89a, not a DICOM file" * 20)
     write_ct_series(d / "tilted", vol, seed=3)
     import pydicom
 
@@ -59,7 +59,7 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     assert "Traceback" not in res.stdout + res.stderr
     out = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("case_id")
     assert out.loc["good_series", "status"] == "ok" and out.loc["good_nifti", "status"] == "ok"
-    reasons = {"nan_vol": "NaN", "flat": "model expects 3-D", "gap_series": "missing slice", "tilted": "orientation",
+    reasons = {"nan_vol": "NaN", "flat": "model expects 3-D", "gap_series": "missing slice", "tilted": "ImageOrientationPatient",
                "nopixels": "pixel data", "junk": "not a readable DICOM"}
     for case, reason in reasons.items():
         assert out.loc[case, "status"] == "error" and reason in out.loc[case, "error"], (case, out.loc[case, "error"])

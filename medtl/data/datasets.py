@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -48,9 +49,7 @@ def make_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataConfi
     """
     try:
         if cfg.cache == "memory":
-            workers = None if len(items) < 64 else (os.cpu_count() if cfg.num_workers == "auto" else int(cfg.num_workers) or None)
-            return CacheDataset(items, transform, num_workers=workers, progress=progress_enabled() and sys.stderr.isatty(),
-                                copy_cache=False)
+            return _memory_dataset(items, transform, cfg)
         if cfg.cache == "disk":
             root = Path(cfg.cache_dir or Path.home() / ".cache" / "medtl" / "preprocessed")
             digest = hashlib.sha256((cache_key + repr(cfg.model_dump(mode="json"))).encode()).hexdigest()[:16]
@@ -61,6 +60,25 @@ def make_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataConfi
         if err is not None:
             raise err from None
         raise
+
+
+_MEMO: dict[str, list] = {}
+
+
+def _memory_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataConfig) -> CacheDataset:
+    """CacheDataset whose cached (deterministic) items are shared between datasets over the same cases and
+    data config in one process: a pretrained-vs-scratch comparison decodes each scan once, not once per run."""
+    key = hashlib.sha256(json.dumps([items, cfg.model_dump(mode="json")], sort_keys=True, default=str).encode()).hexdigest()
+    shared = _MEMO.get(key)
+    if shared is not None:
+        return CacheDataset(items, transform, runtime_cache=shared, copy_cache=False)
+    workers = None if len(items) < 64 else (os.cpu_count() if cfg.num_workers == "auto" else int(cfg.num_workers) or None)
+    ds = CacheDataset(items, transform, num_workers=workers, progress=progress_enabled() and sys.stderr.isatty(),
+                      copy_cache=False)
+    if len(_MEMO) >= 4:
+        _MEMO.pop(next(iter(_MEMO)))
+    _MEMO[key] = ds._cache
+    return ds
 
 
 class GuardedDataset(Dataset):

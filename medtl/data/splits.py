@@ -20,7 +20,8 @@ def _holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     n_splits = max(2, int(round(1.0 / fraction)))
     groups = table["patient_id"].to_numpy()
     if len(np.unique(groups)) < n_splits:
-        raise ManifestError(f"only {len(np.unique(groups))} patients: too few for a {fraction:.0%} split; lower --val/--test")
+        raise ManifestError(f"only {len(np.unique(groups))} patients: too few for a {fraction:.0%} patient-level split; "
+                            "add cases, lower the fraction, or fill the manifest's split column yourself")
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held = next(cv.split(np.zeros(len(table)), _labels_or_constant(table), groups))
     mask = np.zeros(len(table), bool)

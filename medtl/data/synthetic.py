@@ -51,7 +51,7 @@ def _base_dataset(path: Path, sop_class: str, patient_tag: str, series_uid: str,
     ds.PatientName = f"{patient_tag}^Name"
     ds.PatientID = f"{patient_tag}-ID"
     ds.PatientBirthDate = "19700101"
-    ds.AccessionNumber = f"{patient_tag}-ACC"
+    ds.AccessionNumber = f"{patient_tag}-ACC"[-16:]
     ds.InstitutionName = f"{patient_tag} Hospital"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
