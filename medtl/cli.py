@@ -124,6 +124,24 @@ def manifest_split(
     print_counts(table, "fold" if folds else "split")
 
 
+@manifest_app.command("shift")
+def manifest_shift(
+    manifest: Annotated[Path, typer.Argument(help="Source-domain manifest of 2D PNG images.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the shifted images and their manifest.")],
+    gamma: Annotated[float, typer.Option(help="Intensity gamma.")] = 1.6,
+    contrast: Annotated[float, typer.Option(help="Contrast factor around mid-grey.")] = 0.7,
+    blur: Annotated[float, typer.Option(help="Gaussian blur sigma (pixels).")] = 0.8,
+    noise: Annotated[float, typer.Option(help="Gaussian noise std (intensity 0-1).")] = 0.04,
+    downsample: Annotated[float, typer.Option(help="Resolution factor (resample down and back up).")] = 0.6,
+    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+) -> None:
+    """Make a target domain from real images with a scanner-like shift (for domain adaptation)."""
+    from medtl.data.shift import Shift, make_shifted_domain
+
+    path = make_shifted_domain(manifest, out, Shift(gamma, contrast, blur, noise, downsample), seed)
+    typer.echo(f"{path}: written")
+
+
 @manifest_app.command("import-medmnist")
 def manifest_import_medmnist(
     npz: Annotated[Path, typer.Argument(help="MedMNIST .npz file.")],

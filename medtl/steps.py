@@ -141,3 +141,37 @@ def load_pipeline(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
+
+
+def adabn_step(result: TrainResult, tracker: Tracker) -> None:
+    """AdaBN: BatchNorm statistics re-estimated on the target domain's images, saved into model.pt."""
+    from medtl.models.adaptation import adabn
+    from medtl.train.run import target_loader
+    from medtl.train.runtime import make_runtime
+
+    cfg = result.bundle.config
+    rt = make_runtime(cfg.train, cfg.data.spatial_dims)
+    loader = target_loader(cfg, rt, train=False)
+    seen = adabn(result.bundle.model, (b["image"] for b in loader), rt.device)
+    save_model(result.bundle, result.model_path)
+    tracker.log_metrics({"adabn_target_images": float(seen)})
+    logger.info("AdaBN: BatchNorm statistics re-estimated on %d target images", seen)
+
+
+def evaluate_target_step(result: TrainResult, tracker: Tracker) -> Evaluation | None:
+    """Every outcome and calibration metric on the target domain's test cases (its labels used only here)."""
+    from medtl.data.manifest import read_manifest
+
+    cfg = result.bundle.config
+    target = read_manifest(cfg.adaptation.target_manifest, cfg.data.data_root)  # type: ignore[arg-type]
+    table = target.table
+    if (table["split"] == "test").any():
+        table = table[table["split"] == "test"]
+    if "label" not in table or table["label"].isna().any():
+        logger.warning("target manifest has no labels for its test cases: no target-domain evaluation")
+        return None
+    ev = evaluate_table(result.bundle, table, result.out_dir / "evaluation_target_test")
+    tracker.log_metrics({f"target_test_{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)})
+    for f in ev.files:
+        tracker.log_artifact(f, "evaluation_target")
+    return ev

@@ -66,3 +66,26 @@ def test_segmentation_pipeline_and_evaluate_command(tmp_path):
     src = nib.load(str(m.parent / "images" / "seg000.nii.gz"))
     out_mask = nib.load(str(masks / "seg000.nii.gz"))
     assert out_mask.shape == src.shape and (abs(out_mask.affine - src.affine) < 1e-5).all()
+
+
+@pytest.mark.parametrize("method", ["dann", "adabn"])
+def test_adaptation_pipeline_logs_source_and_target_metrics(tmp_path, method):
+    from mlflow import MlflowClient
+
+    m = make_classification_set(tmp_path / "d", n=32, kind="png", size=(32, 32))
+    res = run_cli("manifest", "shift", str(m), "--out", str(tmp_path / "shifted"))
+    assert res.returncode == 0, res.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = run_cli("run", "adaptation", *sets(
+        f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]", f"train.out_dir={tmp_path / 'runs'}",
+        "train.epochs=2", "train.batch_size=8", "evaluate.bootstrap=20", f"adaptation.method={method}",
+        f"adaptation.target_manifest={tmp_path / 'shifted' / 'manifest.csv'}", f"tracking.uri={uri}", "name=ad"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("medtl").experiment_id])[0]
+    assert "source_test_auroc" in run.data.metrics or "source_test_accuracy" in run.data.metrics
+    assert "target_test_accuracy" in run.data.metrics and "target_test_ece" in run.data.metrics
+    if method == "dann":
+        assert [h.step for h in client.get_metric_history(run.info.run_id, "domain_accuracy")] == [1, 2]
+    else:
+        assert run.data.metrics["adabn_target_images"] > 0

@@ -81,7 +81,7 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
     contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
     assert contexts == ["testing", "training", "validation"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/roc.png", "evaluation/report.md", "evaluation/predictions.csv"} <= artifacts
+    assert {"evaluation/roc.png", "evaluation/report.md", "evaluation/predictions.csv", "evaluation/gradcam.png"} <= artifacts
     assert client.get_model_version_by_alias("tiny", "candidate").version == "1"
     # the registered model, loaded in a fresh process, gives the probabilities the training process computed
     preds = pd.read_csv(tmp_path / "runs" / "medtl" / "evaluation_test" / "predictions.csv")
@@ -94,6 +94,15 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
                            text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     np.testing.assert_allclose(json.loads(fresh.stdout.strip().splitlines()[-1]), preds["prob_lesion"], rtol=1e-5, atol=1e-6)
+    # medtl score with the registered model gives the same probabilities too
+    test_manifest = tmp_path / "test_cases.csv"
+    pd.DataFrame({"case_id": preds["case_id"], "image": images}).to_csv(test_manifest, index=False)
+    scored = run_cli("score", "--model", "models:/tiny@candidate", "--manifest", str(test_manifest), "--out",
+                     str(tmp_path / "scores.csv"), env={"MLFLOW_TRACKING_URI": mlflow_server}, cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    merged = preds.merge(pd.read_csv(tmp_path / "scores.csv"), on="case_id", suffixes=("", "_scored"))
+    np.testing.assert_allclose(merged["prob_lesion_scored"], merged["prob_lesion"], rtol=1e-5, atol=1e-6)
+    assert (merged["predicted_scored"] == merged["predicted"]).all()
     promoted = run_cli("models", "promote", "tiny", "1", "champion", env={"MLFLOW_TRACKING_URI": mlflow_server})
     assert promoted.returncode == 0, promoted.stderr
     assert client.get_model_version_by_alias("tiny", "champion").version == "1"

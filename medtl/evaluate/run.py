@@ -59,8 +59,42 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
         raise ManifestError(f"label {unknown[0]!r} is not one of the model's classes ({', '.join(bundle.classes)})")
     logits = predict_logits(bundle, table, dev)
     subgroups = [c for c in bundle.config.data.subgroups if c in table]
-    return evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,
-                                   out_dir, subgroups, history)
+    ev = evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,
+                                 out_dir, subgroups, history)
+    if cfg.gradcam and bundle.config.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
+        path = gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png")
+        if path is not None:
+            ev.files.append(path)
+    return ev
+
+
+CAM_LAYERS = {"efficientnet": "backbone._conv_head", "densenet": "backbone.features.denseblock4", "resnet": "backbone.layer4"}
+
+
+def gradcam_examples(bundle: ModelBundle, table: pd.DataFrame, predictions: pd.DataFrame, n: int,
+                     device: torch.device, path: Path) -> Path | None:
+    """Grad-CAM (MONAI) of the positive class for the most confident true and false positives."""
+    from monai.visualize import GradCAM
+
+    from medtl.data.transforms import build_transforms
+
+    positive = bundle.classes[1]
+    preds = predictions.assign(p=predictions[f"prob_{positive}"])
+    called = preds["predicted"] == positive
+    tp = preds[called & (preds["label"] == positive)].nlargest(max(1, n // 2), "p")
+    fp = preds[called & (preds["label"] != positive)].nlargest(n - len(tp), "p")
+    picks = pd.concat([tp.assign(kind="TP"), fp.assign(kind="FP")])
+    layer = next((v for k, v in CAM_LAYERS.items() if bundle.config.model.backbone.startswith(k)), None)
+    if picks.empty or layer is None:
+        return None
+    transform = build_transforms(bundle.config.data, train=False, in_channels=bundle.config.model.in_channels)
+    rows = table.set_index("case_id").loc[picks["case_id"]]
+    images = torch.stack([transform({"case_id": c, "image": r.image_path})["image"] for c, r in rows.iterrows()])
+    model = bundle.model.to(device).eval()
+    cam = GradCAM(nn_module=model, target_layers=layer)
+    maps = cam(images.to(device), class_idx=1).detach().cpu().numpy()[:, 0]
+    titles = [f"{k} {c} p={p:.2f}" for k, c, p in zip(picks["kind"], picks["case_id"], picks["p"])]
+    return plots.gradcam_plot([im[0].numpy() for im in images], list(maps), titles, path)
 
 
 def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torch.device, out_dir: Path) -> Evaluation:

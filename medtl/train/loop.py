@@ -55,6 +55,9 @@ class Loop:
     save: Callable[[Path, dict[str, Any] | None], None]
     """Writes a self-describing checkpoint (with training state when given) atomically."""
     patch_size: list[int] | None = None
+    adapter: nn.Module | None = None
+    """Domain adaptation term (CORAL or DANN) on source and target features; None trains on source only."""
+    next_target: Callable[[], torch.Tensor] | None = None
 
 
 def make_optimizer(schedule: TransferSchedule, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -91,6 +94,7 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
     loop.schedule.train_mode()
     total = len(loop.train_loader) if cfg.max_steps_per_epoch is None else min(len(loop.train_loader), cfg.max_steps_per_epoch)
     losses, seen, start = [], 0, time.perf_counter()
+    extra: dict[str, list[float]] = {}
     with make_progress() as progress:
         task_id = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=total, info="")
         loop.optimizer.zero_grad(set_to_none=True)
@@ -99,7 +103,12 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
                 break
             x, y = _to_device(batch["image"], rt), _target(batch, loop.task, rt)
             with rt.autocast():
-                loss = loop.loss_fn(loop.model(x).float(), y)
+                if loop.adapter is None:
+                    loss = loop.loss_fn(loop.model(x).float(), y)
+                else:
+                    loss, info = _adapted_loss(loop, x, y, (epoch + step / total) / cfg.epochs)
+                    for k, v in info.items():
+                        extra.setdefault(k, []).append(v)
             (loss / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or step + 1 == total:
                 if cfg.grad_clip:
@@ -113,7 +122,20 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
             progress.update(task_id, advance=1, info=f"loss {np.mean(losses):.4f}  {rate:.1f} img/s")
     return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
             "images_per_s": seen / max(1e-9, time.perf_counter() - start),
-            "lr": float(loop.optimizer.param_groups[-1]["lr"])}
+            "lr": float(loop.optimizer.param_groups[-1 if loop.adapter is None else -2]["lr"]),
+            **{k: float(np.mean(v)) for k, v in extra.items()}}
+
+
+def _adapted_loss(loop: Loop, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Task loss on source features plus the adaptation term on source and target features."""
+    from medtl.models.checkpoint import unwrap
+
+    core = unwrap(loop.model)
+    xt = _to_device(loop.next_target(), loop.rt)  # type: ignore[misc]
+    fs, ft = core.features(x), core.features(xt)
+    task = loop.loss_fn(core.head(fs).float(), y)
+    extra, info = loop.adapter(fs, ft, progress)  # type: ignore[misc]
+    return task + extra, {"task_loss": float(task.detach()), **info}
 
 
 @torch.no_grad()

@@ -102,7 +102,11 @@ def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, loss_fn: nn.
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.train.compile:
         wrapped = torch.compile(wrapped)
+    adapter, next_target = _adaptation(cfg, prepared, rt, model)
     optimizer = make_optimizer(schedule, cfg.train)
+    if adapter is not None:
+        optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.train.lr, "initial_lr": cfg.train.lr,
+                                   "name": "domain"})
     steps = len(train_loader) if cfg.train.max_steps_per_epoch is None else min(len(train_loader), cfg.train.max_steps_per_epoch)
     per_epoch = math.ceil(steps / cfg.train.grad_accum)
     lr_sched = warmup_cosine(optimizer, per_epoch * cfg.train.epochs, int(per_epoch * cfg.train.warmup_epochs))
@@ -117,7 +121,7 @@ def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, loss_fn: nn.
         save_model(bundle, path, train_state)
 
     loop = Loop(wrapped, schedule, loss_fn, optimizer, lr_sched, train_loader, val_loader, cfg.train, rt,
-                cfg.data.task, tracker, on_epoch, save, cfg.train.patch_size)
+                cfg.data.task, tracker, on_epoch, save, cfg.train.patch_size, adapter, next_target)
     state = None
     if resume:
         saved = read_checkpoint(ckpt_dir / "last.pt")
@@ -125,6 +129,43 @@ def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, loss_fn: nn.
         state = restore(loop, saved["train_state"])
         logger.info("resuming after epoch %d of %d", state.epoch, cfg.train.epochs)
     return fit(loop, ckpt_dir, state)
+
+
+def target_loader(cfg: Config, rt: Runtime, train: bool = True):
+    """Images of the target domain (labels, if any, are ignored here: they serve evaluation only)."""
+    from medtl.data.datasets import GuardedDataset, case_items, make_dataset
+    from medtl.data.manifest import read_manifest
+    from medtl.data.transforms import build_transforms
+
+    if cfg.adaptation.target_manifest is None:
+        raise MedtlError(f"adaptation.method {cfg.adaptation.method} needs adaptation.target_manifest")
+    target = read_manifest(cfg.adaptation.target_manifest, cfg.data.data_root)
+    table = target.table
+    if "split" in table and (table["split"] == "train").any():
+        table = table[table["split"] == "train"]
+    items = case_items(table, None)
+    ds = GuardedDataset(make_dataset(items, build_transforms(cfg.data, train, cfg.model.in_channels), cfg.data, "target"))
+    gen = torch.Generator().manual_seed(cfg.train.seed + 7)
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen, drop_last=len(ds) > cfg.train.batch_size)
+
+
+def _adaptation(cfg: Config, prepared: PreparedData, rt: Runtime, model: nn.Module):
+    if cfg.adaptation.method not in ("coral", "dann"):
+        return None, None
+    from medtl.models.adaptation import Adapter
+
+    loader = target_loader(cfg, rt)
+    state = {"it": iter(loader)}
+
+    def next_target() -> torch.Tensor:
+        try:
+            return next(state["it"])["image"]
+        except StopIteration:
+            state["it"] = iter(loader)
+            return next(state["it"])["image"]
+
+    feature_dim = unwrap(model).head[1].in_features
+    return Adapter(cfg.adaptation.method, feature_dim, cfg.adaptation.weight).to(rt.device), next_target
 
 
 def _report_start(cfg: Config, schedule: TransferSchedule, prepared: PreparedData, weights: np.ndarray | None,

@@ -133,3 +133,24 @@ def test_ddp_two_cpu_processes_only_rank0_writes(tmp_path):
     assert res.stdout.count("model:") == 2  # both ranks finish
     written = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert written == ["best.pt", "last.pt"]
+
+
+def test_same_config_same_machine_same_metrics(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=32, kind="png", size=(32, 32))
+    runs = []
+    for name in ("a", "b"):
+        cfg = load_config(None, cls_overrides(m, tmp_path / "runs", ["data.image_size=[32,32]", "train.epochs=2",
+                                                                      "train.sampler=balanced", f"name={name}"]))
+        runs.append(train(cfg).history)
+    strip = [[{k: v for k, v in h.items() if k != "images_per_s"} for h in r] for r in runs]
+    assert strip[0] == strip[1]
+
+
+def test_other_registry_backbones_build_and_run():
+    from medtl.config import ModelConfig
+    from medtl.models.registry import build_model
+
+    for name, dims, size in (("densenet121", 2, [32, 32]), ("efficientnet-b0", 2, [32, 32]), ("resnet18", 3, [16, 16, 16]),
+                             ("efficientnet-lite0-3d", 3, [16, 16, 16])):
+        model = build_model(ModelConfig(backbone=name, pretrained="none", in_channels=1), "classification", dims, 3, size).model
+        assert model(torch.randn(2, 1, *size)).shape == (2, 3)
