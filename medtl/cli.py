@@ -333,6 +333,7 @@ def run_cmd(
     config: OptionalConfigArg = None,
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
+    folds: Annotated[Optional[int], typer.Option("--folds", help="crossval: number of folds (default 5).")] = None,
 ) -> None:
     """Run a pipeline end to end from a config."""
     from medtl.config import load_config
@@ -341,7 +342,11 @@ def run_cmd(
     from medtl.steps import load_pipeline
 
     module = load_pipeline(pipeline)
-    kwargs = {"resume": resume} if "resume" in module.run.__code__.co_varnames else {}
+    kwargs: dict = {"resume": resume} if "resume" in module.run.__code__.co_varnames else {}
+    if folds is not None:
+        if "folds" not in module.run.__code__.co_varnames:
+            raise MedtlError(f"--folds: pipeline {pipeline} does not take folds; use crossval")
+        kwargs["folds"] = folds
     out = module.run(cfg, **kwargs)
     summary = out.get("summary") if isinstance(out, dict) else None
     if summary:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,7 +24,7 @@ def test_every_shipped_config_validates(config):
 
 
 def test_compare_and_batch_score_pipelines(tmp_path):
-    m = make_classification_set(tmp_path / "d", n=32, kind="png", size=(32, 32))
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(32, 32))
     common = sets(f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
                   f"train.out_dir={tmp_path / 'runs'}", "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20",
                   f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.registered_model=cmp", "name=cmp")
@@ -37,7 +38,7 @@ def test_compare_and_batch_score_pipelines(tmp_path):
     assert res.returncode != 0 and "cmp" in res.stderr  # compare registers nothing: a clear error, no traceback
     assert "Traceback" not in res.stderr
     res = run_cli("score", "--model", str(model), "--manifest", str(m), "--out", str(tmp_path / "s.csv"), "--no-track")
-    assert res.returncode == 0 and len(pd.read_csv(tmp_path / "s.csv")) == 32
+    assert res.returncode == 0 and len(pd.read_csv(tmp_path / "s.csv")) == 24
 
 
 def test_segmentation_pipeline_and_evaluate_command(tmp_path):
@@ -89,3 +90,25 @@ def test_adaptation_pipeline_logs_source_and_target_metrics(tmp_path, method):
         assert [h.step for h in client.get_metric_history(run.info.run_id, "domain_accuracy")] == [1, 2]
     else:
         assert run.data.metrics["adabn_target_images"] > 0
+
+
+def test_crossval_nested_fold_runs_and_parent_mean_sd(tmp_path):
+    from mlflow import MlflowClient
+
+    m = make_classification_set(tmp_path / "d", n=36, kind="png", size=(32, 32))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = run_cli("run", "crossval", "--folds", "3", *sets(
+        f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]", f"train.out_dir={tmp_path / 'runs'}",
+        "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=10", "transfer.strategy=feature_extraction",
+        f"tracking.uri={uri}", "name=cv"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "cv-cv3")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3
+    aurocs = [c.data.metrics["test_accuracy"] for c in children]
+    assert parent.data.metrics["cv_test_accuracy_mean"] == pytest.approx(float(np.mean(aurocs)))
+    assert parent.data.metrics["cv_test_accuracy_sd"] == pytest.approx(float(np.std(aurocs, ddof=1)))
+    tests = pd.concat([pd.read_csv(tmp_path / "runs" / "cv" / f"fold{k}_manifest.csv").query("split == 'test'") for k in range(3)])
+    assert sorted(tests["case_id"]) == sorted(pd.read_csv(m)["case_id"])  # every case tested exactly once

@@ -14,6 +14,7 @@ from medtl.data.manifest import read_manifest
 from medtl.data.readers import load_scan
 from medtl.errors import DataError, ManifestError
 from medtl.evaluate import plots
+from medtl.log import logger
 from medtl.evaluate.report import Evaluation, evaluate_classification, write_report
 from medtl.evaluate.segmentation import case_metrics, summarise
 from medtl.models.checkpoint import ModelBundle
@@ -91,8 +92,17 @@ def gradcam_examples(bundle: ModelBundle, table: pd.DataFrame, predictions: pd.D
     rows = table.set_index("case_id").loc[picks["case_id"]]
     images = torch.stack([transform({"case_id": c, "image": r.image_path})["image"] for c, r in rows.iterrows()])
     model = bundle.model.to(device).eval()
-    cam = GradCAM(nn_module=model, target_layers=layer)
-    maps = cam(images.to(device), class_idx=1).detach().cpu().numpy()[:, 0]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:  # Grad-CAM needs gradients through the target layer, even in a frozen backbone
+        p.requires_grad_(True)
+    try:
+        maps = GradCAM(nn_module=model, target_layers=layer)(images.to(device), class_idx=1).detach().cpu().numpy()[:, 0]
+    except Exception as exc:  # noqa: BLE001 - a missing picture must not cost the evaluation
+        logger.warning("Grad-CAM skipped: %s", exc)
+        return None
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
     titles = [f"{k} {c} p={p:.2f}" for k, c, p in zip(picks["kind"], picks["case_id"], picks["p"])]
     return plots.gradcam_plot([im[0].numpy() for im in images], list(maps), titles, path)
 
