@@ -8,8 +8,9 @@ there. Patient-module tags are never read into anything that leaves this module.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -27,7 +28,8 @@ HEADER_TAGS = [
 
 @dataclass(frozen=True)
 class SliceHeader:
-    """The geometry of one DICOM file, nothing about the patient."""
+    """The geometry of one DICOM file. The parsed dataset rides along for pixel loading only: nothing from it
+    other than geometry is ever copied out, logged or written."""
 
     path: Path
     series_uid: str
@@ -38,6 +40,8 @@ class SliceHeader:
     columns: int
     has_pixels: bool
     frames: int
+    dataset: Any = field(default=None, repr=False, compare=False)
+    """The parsed file with its pixel data deferred, so loading does not parse the file a second time."""
 
 
 def series_ref(folder: Path, uid: str) -> str:
@@ -82,6 +86,7 @@ def read_header(path: Path) -> SliceHeader:
         columns=int(ds.get("Columns", 0) or 0),
         has_pixels=has_pixels,
         frames=int(ds.get("NumberOfFrames", 1) or 1),
+        dataset=ds,
     )
 
 
@@ -149,7 +154,7 @@ def series_problems(headers: list[SliceHeader], tol: float = 1e-3) -> list[str]:
 
 def _pixels(header: SliceHeader) -> np.ndarray:
     try:
-        ds = pydicom.dcmread(header.path)
+        ds = header.dataset if header.dataset is not None else pydicom.dcmread(header.path)
         arr = ds.pixel_array.astype(np.float32)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
         raise DataError(f"{header.path.name}: cannot decode pixel data ({type(exc).__name__}: {exc})") from None
