@@ -1,43 +1,55 @@
-"""Scoring throughput and memory: `medtl score` (batched, streaming) vs a plain per-file loop (read →
-transform → model → write, one case at a time), on the same model and cases, at N and 10×N cases.
-Prints cases/s, peak RSS and the ratios.   python bench/score_throughput.py --n 200"""
+"""Scoring throughput and memory: medtl's scorer (batched, streaming, rows flushed as they complete) vs a
+plain per-file loop (read → transform → model → write, one case at a time), on the same model and cases,
+at N and 10×N cases. Each runs in its own process; start-up and model loading are excluded from cases/s,
+peak RSS is the whole process.   python bench/score_throughput.py --n 100"""
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-PLAIN = r"""
-import sys, csv, time, torch, pandas as pd
+RUNNER = r"""
+import json, resource, sys, time, csv
+import pandas as pd, torch
+from pathlib import Path
 from medtl.models.checkpoint import load_bundle
-from medtl.data.transforms import build_transforms
-b = load_bundle(sys.argv[1]); t = build_transforms(b.config.data, False, b.config.model.in_channels)
-table = pd.read_csv(sys.argv[2]); root = __import__("pathlib").Path(sys.argv[2]).parent
+model, manifest, out, mode = sys.argv[1:5]
+bundle = load_bundle(model)
+table = pd.read_csv(manifest); root = Path(manifest).parent
 start = time.perf_counter()
-with open(sys.argv[3], "w", newline="") as fh:
-    w = csv.writer(fh)
-    for r in table.itertuples():
-        x = t({"case_id": r.case_id, "image": str(root / r.image)})["image"][None]
-        with torch.no_grad():
-            p = torch.softmax(b.model(x) / b.temperature, 1)[0]
-        w.writerow([r.case_id, *p.tolist()])
-print(len(table) / (time.perf_counter() - start))
+if mode == "medtl":
+    from medtl.scoring import score
+    score(bundle, [{"case_id": r.case_id, "image": str(root / r.image)} for r in table.itertuples()], Path(out), batch_size=32)
+else:
+    from medtl.data.transforms import build_transforms
+    t = build_transforms(bundle.config.data, False, bundle.config.model.in_channels)
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        for r in table.itertuples():
+            x = t({"case_id": r.case_id, "image": str(root / r.image)})["image"][None]
+            with torch.no_grad():
+                p = torch.softmax(bundle.model(x) / bundle.temperature, 1)[0]
+            w.writerow([r.case_id, *p.tolist()])
+            fh.flush()
+rate = len(table) / (time.perf_counter() - start)
+print(json.dumps({"rate": rate, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def peak_rss_mb(cmd: list[str]) -> tuple[float, str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, proc.stdout
+def measure(model: str, manifest: Path, out: Path, mode: str) -> dict:
+    res = subprocess.run([sys.executable, "-c", RUNNER, model, str(manifest), str(out), mode],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--size", type=int, default=64)
     args = ap.parse_args()
     from medtl.config import load_config
     from medtl.data.synthetic import make_classification_set
@@ -45,23 +57,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        small = make_classification_set(tmp / "train", n=40, kind="png", size=(64, 64))
-        cfg = load_config(None, [f"data.manifest={small}", "data.classes=[normal,lesion]", "data.image_size=[64,64]",
-                                 "train.epochs=1", f"train.out_dir={tmp / 'runs'}", "tracking.enabled=false"])
+        small = make_classification_set(tmp / "train", n=40, kind="png", size=(args.size, args.size))
+        cfg = load_config(None, [f"data.manifest={small}", "data.classes=[normal,lesion]",
+                                 f"data.image_size=[{args.size},{args.size}]", "train.epochs=1",
+                                 f"train.out_dir={tmp / 'runs'}", "tracking.enabled=false"])
         model = str(train(cfg).model_path)
+        print(f"EfficientNet-Lite0, {args.size}x{args.size} PNG inputs")
         for n in (args.n, 10 * args.n):
-            m = make_classification_set(tmp / f"s{n}", n=n, kind="png", size=(64, 64), seed=n)
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "medtl.cli", "score", "--model", model, "--manifest", str(m),
-                            "--out", str(tmp / f"o{n}.csv"), "--no-track", "--batch-size", "32"], check=True,
-                           capture_output=True)
-            ours = n / (time.perf_counter() - t0)
-            rss_ours = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            plain_rate = float(subprocess.run([sys.executable, "-c", PLAIN, model, str(m), str(tmp / f"p{n}.csv")],
-                                              capture_output=True, text=True, check=True).stdout.strip())
-            print(f"N={n:5d}: medtl score {ours:7.1f} cases/s (whole command, start-up included; "
-                  f"peak RSS of children so far {rss_ours:.0f} MB) | plain loop {plain_rate:7.1f} cases/s "
-                  f"(loop only) | ratio {ours / plain_rate:.2f}x")
+            m = make_classification_set(tmp / f"s{n}", n=n, kind="png", size=(args.size, args.size), seed=n)
+            ours = measure(model, m, tmp / f"o{n}.csv", "medtl")
+            plain = measure(model, m, tmp / f"p{n}.csv", "plain")
+            print(f"N={n:5d}: medtl {ours['rate']:7.1f} cases/s, peak RSS {ours['rss_mb']:5.0f} MB | plain loop "
+                  f"{plain['rate']:7.1f} cases/s, peak RSS {plain['rss_mb']:5.0f} MB | speed ratio {ours['rate'] / plain['rate']:.2f}x")
 
 
 if __name__ == "__main__":
