@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pandas as pd
 
 from medtl.data.dicom import parse_series_ref, series_ref
 from medtl.errors import ManifestError
+from medtl.files import sha256_file
 
 REQUIRED = ("case_id", "image")
 SPLITS = ("train", "val", "test")
@@ -42,11 +42,7 @@ class Manifest:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def resolve_case_path(raw: str, root: Path, data_root: Path | None, case_id: str, column: str) -> str:

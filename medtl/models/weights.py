@@ -7,7 +7,6 @@ source and the import command. ``MEDTL_OFFLINE=1`` skips the download step.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from medtl.errors import WeightsError
+from medtl.files import sha256_file
 from medtl.log import logger
 
 
@@ -91,11 +91,7 @@ def cache_dir() -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _recorded_digests() -> dict[str, str]:
