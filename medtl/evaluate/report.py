@@ -124,6 +124,9 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
     if sub:
         lines += ["", "| subgroup | n | AUROC | sensitivity | specificity |", "| --- | --- | --- | --- | --- |"]
         for s in sub:
+            if f"{s}_sensitivity" not in m and f"{s}_accuracy" not in m:
+                lines.append(f"| {s.removeprefix('subgroup_')} | {int(m[s + '_n'])} | too small | too small | too small |")
+                continue
             lines.append(f"| {s.removeprefix('subgroup_')} | {int(m[s + '_n'])} | {fmt(m, s + '_auroc')} | "
                          f"{fmt(m, s + '_sensitivity')} | {fmt(m, s + '_specificity')} |")
     if ev.notes:

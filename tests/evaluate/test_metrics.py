@@ -114,7 +114,8 @@ def test_edge_cases_answer_with_reasons(tmp_path):
                                  tmp_path, ["site"])
     assert any("one class" in n for n in ev.notes) and any("site=Y" in n for n in ev.notes)
     assert "subgroup_site_Y_auroc" not in ev.metrics and ev.metrics["subgroup_site_Y_n"] == 1
-    assert "undefined" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "undefined" in report and "| site_Y | 1 | too small" in report
 
 
 def test_segmentation_metrics_match_monai_and_empty_conventions():
