@@ -99,11 +99,16 @@ def _mask_row(bundle: ModelBundle, rec: dict[str, Any], image_ref: str, masks_ou
 
 
 def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out: Path | None = None,
-          batch_size: int = 16, device: str = "auto", num_workers: int = 0, tracker: Tracker | None = None) -> ScoreSummary:
+          batch_size: int = 16, device: str = "auto", num_workers: int | None = None,
+          tracker: Tracker | None = None) -> ScoreSummary:
     """Scores every case not yet in ``out``; rows are appended and flushed as each batch completes."""
     from medtl.mlflow_model import prediction_row
 
     tracker = tracker or NullTracker()
+    if num_workers is None:
+        # On a GPU, workers decode while the device computes; on a CPU they would take the cores that
+        # inference uses (measured here: 2.08x vs 2.76x the plain loop with one worker on 2 cores).
+        num_workers = max(1, min(8, (os.cpu_count() or 2) - 1)) if device_for(device).type == "cuda" else 0
     stream = _stream_path(out)
     stream.parent.mkdir(parents=True, exist_ok=True)
     done = done_cases(stream)
