@@ -15,7 +15,7 @@ from medtl.evaluate.run import evaluate_table
 from medtl.log import logger
 from medtl.models.checkpoint import save_model
 from medtl.observe import NullTracker, Tracker
-from medtl.train.run import TrainResult, run_dir, train
+from medtl.train.run import TrainResult, train
 
 
 @contextmanager

@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 
 from medtl import __version__
-from medtl.config import Config, TrackingConfig, flatten
+from medtl.config import Config, TrackingConfig
+from medtl.data.manifest import public_columns
 from medtl.errors import TrackingError
 from medtl.log import logger
 from medtl.observe import Tracker
@@ -148,18 +149,11 @@ def run_tags(cfg: Config, extra: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def log_config(tracker: MlflowTracker, cfg: Config, out_dir: Path) -> None:
-    tracker.log_params(flatten(cfg.to_dict()))
-    path = out_dir / "config.yaml"
-    if path.is_file():
-        tracker.log_artifact(path)
-
-
 def log_dataset(table: pd.DataFrame, manifest_path: Path, digest: str, subgroups: list[str]) -> None:
     """The manifest as an MLflow dataset per split (only case_id, label, split and subgroups), with its digest."""
     import mlflow
 
-    public = [c for c in ["case_id", "label", "split", *subgroups] if c in table]
+    public = [c for c in public_columns(subgroups) if c in table]
     for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
         part = table.loc[table["split"] == split, public]
         if part.empty:

@@ -36,12 +36,6 @@ def case_items(table: pd.DataFrame, classes: list[str] | None, with_mask: bool =
     return items
 
 
-def default_workers(requested: int | str) -> int:
-    if requested != "auto":
-        return int(requested)
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
 def make_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataConfig, cache_key: str = "") -> Dataset:
     """``cache: memory`` → CacheDataset, ``disk`` → PersistentDataset under ``cache_dir``, ``none`` → Dataset.
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pydicom
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -187,8 +186,3 @@ def make_segmentation_set(root: Path, n: int = 8, size: Sequence[int] = (32, 32,
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
 
-
-def read_pixel_tags(path: Path) -> dict[str, str]:
-    """For tests: the patient tags a synthetic file carries."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return {"PatientName": str(ds.PatientName), "PatientID": str(ds.PatientID)}

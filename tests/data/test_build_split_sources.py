@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from medtl.data.build import build_manifest
 from medtl.data.manifest import read_manifest
