@@ -164,9 +164,8 @@ def build_backbone(cfg: ModelConfig, spatial_dims: int, image_size: list[int]) -
         state = convert.remap_lukemelas(state, list(net.state_dict()))
     elif spec.key_format == "torchvision-densenet":
         state = convert.remap_torchvision_densenet(state)
-    if spec.key_format.endswith("inflate") or spatial_dims == 3 and spec.weights.get(cfg.pretrained, "").endswith("imagenet"):
-        stem = state[spec.stem_key]
-        state = convert.inflate({**state, spec.stem_key: convert.adapt_stem(stem, cfg.in_channels, cfg.stem_rule)}, net.state_dict())
+    if spatial_dims == 3 and spec.weights[cfg.pretrained].endswith("imagenet"):
+        state = convert.inflate(state, net.state_dict())  # load_backbone adapts the stem's channels afterwards
     convert.load_backbone(net, state, spec.stem_key, spec.head_prefixes, cfg.in_channels, cfg.stem_rule)
     return net, spec, digest
 
