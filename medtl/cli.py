@@ -199,6 +199,7 @@ def train_cmd(
     config: OptionalConfigArg = None,
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the same folder from its last checkpoint.")] = False,
+    resume_changed: Annotated[bool, typer.Option("--resume-changed", help="Resume although the config or manifest changed (recorded).")] = False,
 ) -> None:
     """Fine-tune a model as configured (classification or segmentation, 2D or 3D)."""
     from medtl.config import load_config
@@ -206,7 +207,7 @@ def train_cmd(
 
     cfg = load_config(config, set_)
     try:
-        result = train(cfg, resume=resume)
+        result = train(cfg, resume="changed" if resume_changed else resume)
     except KeyboardInterrupt:
         raise MedtlError("interrupted: the last completed epoch is saved; rerun the same command with --resume") from None
     typer.echo(f"model: {result.model_path}")
@@ -332,6 +333,7 @@ def run_cmd(
     config: OptionalConfigArg = None,
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
+    resume_changed: Annotated[bool, typer.Option("--resume-changed", help="Resume although the config or manifest changed (recorded).")] = False,
     folds: Annotated[Optional[int], typer.Option("--folds", help="crossval: number of folds (default 5).")] = None,
 ) -> None:
     """Run a pipeline end to end from a config."""
@@ -341,7 +343,8 @@ def run_cmd(
     from medtl.steps import load_pipeline
 
     module = load_pipeline(pipeline)
-    kwargs: dict = {"resume": resume} if "resume" in module.run.__code__.co_varnames else {}
+    mode = "changed" if resume_changed else resume
+    kwargs: dict = {"resume": mode} if "resume" in module.run.__code__.co_varnames else {}
     if folds is not None:
         if "folds" not in module.run.__code__.co_varnames:
             raise MedtlError(f"--folds: pipeline {pipeline} does not take folds; use crossval")
@@ -367,6 +370,13 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+        if debug:
+            raise
+        where = err.filename or "a file"
+        console.print(f"[bold red]error:[/] {escape(str(where))}: {escape(err.strerror or type(err).__name__)}; choose a "
+                      "path you can write, or fix its permissions", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as err:  # noqa: BLE001 - the last line of defence for users
         if debug:
             raise

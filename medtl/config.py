@@ -31,6 +31,7 @@ class DataConfig(Section):
     """Class names in label order; None takes them from the manifest, sorted."""
     spatial_dims: Literal[2, 3] = 2
     image_size: list[int] = Field(default_factory=lambda: [64, 64])
+    """Model input size per axis; each between 2 and 4096 voxels."""
     modality: Literal["ct", "mr", "xray", "us", "none"] = "xray"
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
     spacing: list[float] | None = None
@@ -50,6 +51,8 @@ class DataConfig(Section):
     def _size_matches_dims(self) -> "DataConfig":
         if len(self.image_size) != self.spatial_dims:
             raise ValueError(f"image_size has {len(self.image_size)} values but spatial_dims is {self.spatial_dims}")
+        if any(not 2 <= n <= 4096 for n in self.image_size):
+            raise ValueError(f"image_size {self.image_size}: every size must be between 2 and 4096")
         return self
 
 
@@ -150,8 +153,11 @@ class Config(Section):
     @field_validator("name")
     @classmethod
     def _name_is_simple(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\"):
-            raise ValueError("name must be non-empty and hold no slashes")
+        import re
+
+        if v in (".", "..") or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v):
+            raise ValueError(f"name {v!r} must be one folder name: letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit (it names the run's folder)")
         return v
 
     def to_dict(self) -> dict[str, Any]:

@@ -34,6 +34,10 @@ def setup_logging(level: str | int | None = None) -> None:
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    quiet = "WARNING" if logging.getLevelName(logger.level) != "DEBUG" else "DEBUG"
+    # MLflow's own INFO lines ("Creating initial MLflow database tables...") are not the user's business
+    os.environ["MLFLOW_LOGGING_LEVEL"] = quiet  # read when mlflow is first imported
+    logging.getLogger("mlflow").setLevel(quiet)  # and for an mlflow imported already
 
 
 def progress_enabled() -> bool:

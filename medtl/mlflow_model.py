@@ -14,6 +14,7 @@ from mlflow.types import ColSpec, Schema
 from medtl import __version__
 from medtl.errors import ModelError, TrackingError
 from medtl.models.checkpoint import ModelBundle, load_bundle
+from medtl.probability import decide_labels
 
 
 class MedtlPyfunc(mlflow.pyfunc.PythonModel):
@@ -29,9 +30,44 @@ class MedtlPyfunc(mlflow.pyfunc.PythonModel):
         if "image" not in model_input:
             raise ModelError("input needs an 'image' column of file or series-folder paths")
         ids = model_input["case_id"].astype(str) if "case_id" in model_input else model_input.index.astype(str)
-        items = [{"case_id": c, "image": str(p)} for c, p in zip(ids, model_input["image"])]
-        rows = [prediction_row(self.bundle, rec) for rec in iter_predictions(self.bundle, items, device_for("auto"))]
+        root = served_root()
+        items, refused = [], {}
+        for c, p in zip(ids, model_input["image"]):
+            if allowed_path(str(p), root):
+                items.append({"case_id": c, "image": str(p)})
+            else:
+                refused[c] = {"case_id": c, "error": REFUSED, "affine": None}
+        preds = {rec["case_id"]: rec for rec in iter_predictions(self.bundle, items, device_for("auto"))}
+        rows = [prediction_row(self.bundle, preds.get(c) or refused[c]) for c in ids]
         return pd.DataFrame(rows).drop(columns=["case_id"])
+
+
+REFUSED = "path refused: not under the data root this model serves (MEDTL_DATA_ROOT)"
+
+
+def served_root() -> Path | None:
+    """The one folder a served or Spark-scored model may read (``MEDTL_DATA_ROOT``); None refuses every path."""
+    import os
+
+    root = os.environ.get("MEDTL_DATA_ROOT")
+    return Path(root).resolve() if root else None
+
+
+def allowed_path(ref: str, root: Path | None) -> bool:
+    """True when ``ref`` (a file, a folder, or ``folder#series=UID``) resolves, links followed, inside ``root``.
+
+    Whatever a client names, the answer for a refused path is the same, so a request cannot probe which
+    files exist on the server."""
+    from medtl.data.dicom import parse_series_ref
+
+    if root is None:
+        return False
+    path, _ = parse_series_ref(ref)
+    try:
+        path.resolve().relative_to(root)
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
 
 
 def prediction_row(bundle: ModelBundle, rec: dict[str, Any]) -> dict[str, Any]:
@@ -41,12 +77,7 @@ def prediction_row(bundle: ModelBundle, rec: dict[str, Any]) -> dict[str, Any]:
         probs = rec.get("probs")
         for i, c in enumerate(bundle.classes):
             row[f"prob_{c}"] = float(probs[i]) if probs is not None else float("nan")
-        if probs is None:
-            row["predicted"] = None
-        elif len(bundle.classes) == 2:
-            row["predicted"] = bundle.classes[int(probs[1] >= bundle.threshold)]
-        else:
-            row["predicted"] = bundle.classes[int(probs.argmax())]
+        row["predicted"] = None if probs is None else decide_labels(probs, bundle.threshold, bundle.classes)[0]
     row["status"] = "error" if rec["error"] else "ok"
     row["error"] = rec["error"] or ""
     return row

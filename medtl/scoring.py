@@ -20,8 +20,9 @@ import torch
 from medtl.data.build import discover_cases
 from medtl.data.manifest import read_manifest
 from medtl.errors import MedtlError
+from medtl.faults import fault_point
 from medtl.log import make_progress
-from medtl.models.checkpoint import ModelBundle, load_bundle
+from medtl.models.checkpoint import ModelBundle, bundle_digest, load_bundle
 from medtl.models.inference import device_for, iter_predictions
 from medtl.observe import NullTracker, Tracker
 
@@ -67,17 +68,49 @@ def _stream_path(out: Path) -> Path:
     return out if out.suffix == ".csv" else out.with_name(out.name + ".partial.csv")
 
 
-def done_cases(stream: Path) -> set[str]:
-    """Case ids already in the output; a half-written last line (crash mid-write) is cut off first."""
-    if not stream.is_file():
+PREDICTION_COLUMNS = {"case_id", "status", "error", "model_id", "scored_at"}
+"""Columns every predictions file medtl writes holds: what identifies one, and the model that wrote it."""
+
+
+def read_text_table(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """A CSV medtl wrote, every value as text: case ids like ``nan``, ``NA`` or ``007`` stay what they are."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, **kwargs)
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """A predictions file with its text columns kept as text (case ids like ``nan`` included) and its
+    numeric columns (probabilities, volumes) as numbers, NaN where a case failed."""
+    columns = read_text_table(path, nrows=0).columns
+    numeric = [c for c in columns if c.startswith("prob_") or c == "lesion_volume_ml"]
+    table = pd.read_csv(path, dtype={c: str for c in columns if c not in numeric}, keep_default_na=False,
+                        na_values={c: ["", "nan", "NaN"] for c in numeric})
+    return table
+
+
+def done_cases(stream: Path, model_id: str) -> set[str]:
+    """Case ids already scored by this model in ``stream``.
+
+    The file must be a medtl predictions file (its header names the columns medtl writes) before anything
+    in it is touched; only then is a half-written last line (a crash mid-write) cut off. Rows of another
+    model are refused, never mixed."""
+    if not stream.is_file() or stream.stat().st_size == 0:
         return set()
+    with open(stream, "rb") as fh:
+        header = fh.readline()
+    columns = set(header.decode("utf-8", "replace").strip().split(","))
+    if not header.endswith(b"\n") or not PREDICTION_COLUMNS <= columns:
+        raise MedtlError(f"--out {stream}: this file exists and is not a medtl predictions file; medtl leaves files "
+                         "it did not write alone: choose another --out")
     data = stream.read_bytes()
-    if data and not data.endswith(b"\n"):
+    if not data.endswith(b"\n"):
         with open(stream, "r+b") as fh:
             fh.truncate(data.rfind(b"\n") + 1)
-    if stream.stat().st_size == 0:
-        return set()
-    return set(pd.read_csv(stream, usecols=["case_id"], dtype=str)["case_id"])
+    table = read_text_table(stream, usecols=["case_id", "model_id"])
+    others = sorted(set(table["model_id"]) - {model_id})
+    if others:
+        raise MedtlError(f"--out {stream}: holds predictions of another model (model_id {others[0]}); this model is "
+                         f"{model_id}: write to a new --out")
+    return set(table["case_id"])
 
 
 def _mask_row(bundle: ModelBundle, rec: dict[str, Any], image_ref: str, masks_out: Path | None) -> dict[str, Any]:
@@ -111,11 +144,12 @@ def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out
         num_workers = max(1, min(8, (os.cpu_count() or 2) - 1)) if device_for(device).type == "cuda" else 0
     stream = _stream_path(out)
     stream.parent.mkdir(parents=True, exist_ok=True)
-    done = done_cases(stream)
+    model_id = bundle_digest(bundle)
+    done = done_cases(stream, model_id)
     todo = [c for c in cases if c["case_id"] not in done]
     refs = {c["case_id"]: c["image"] for c in todo}
     meta = {"model_name": bundle.extra.get("model_name", ""), "model_version": bundle.extra.get("model_version", ""),
-            "run_id": bundle.extra.get("run_id", "")}
+            "run_id": bundle.extra.get("run_id", ""), "model_id": model_id}
     start, n = time.perf_counter(), 0
     with open(stream, "a", newline="") as fh, make_progress() as progress:
         writer = None
@@ -135,9 +169,10 @@ def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out
             fh.flush()
             os.fsync(fh.fileno())
             n += 1
+            fault_point("after_rows", n)
             progress.update(task, advance=1, info=f"{n / max(1e-9, time.perf_counter() - start):.1f} cases/s")
     rate = n / max(1e-9, time.perf_counter() - start)
-    table = pd.read_csv(stream, dtype={"case_id": str}, keep_default_na=False) if stream.stat().st_size else pd.DataFrame()
+    table = read_predictions(stream) if stream.stat().st_size else pd.DataFrame()
     if out != stream and not table.empty:
         table.to_parquet(out, index=False)
     errors = table[table["status"] == "error"][["case_id", "error"]] if not table.empty else pd.DataFrame()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medtl.config import Config, TrackingConfig
+from medtl.errors import TrackingError
 from medtl.evaluate.calibration import calibrate
 from medtl.evaluate.report import Evaluation
 from medtl.evaluate.run import evaluate_table
@@ -20,7 +21,7 @@ from medtl.train.run import TrainResult, train
 
 @contextmanager
 def run_context(cfg: TrackingConfig, name: str, nested: bool = False, checkpoint_dir: Path | None = None,
-                tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+                tags: dict[str, str] | None = None, resume: bool = False) -> Iterator[Tracker]:
     """An MLflow run when tracking is on (the store checked before anything else), else a no-op tracker."""
     if not cfg.enabled:
         with nullcontext():
@@ -28,7 +29,7 @@ def run_context(cfg: TrackingConfig, name: str, nested: bool = False, checkpoint
         return
     from medtl.tracking import tracked_run
 
-    with tracked_run(cfg, name, nested, checkpoint_dir, tags) as tracker:
+    with tracked_run(cfg, name, nested, checkpoint_dir, tags, resume) as tracker:
         yield tracker
 
 
@@ -51,7 +52,11 @@ def train_step(cfg: Config, tracker: Tracker, resume: bool = False) -> TrainResu
         m = result.prepared.manifest
         tracker.set_tags({"weights_sha256": result.weights_sha256 or "none", "manifest_sha256": m.digest(),
                           "device": "cuda" if result.bundle.model.parameters().__next__().is_cuda else "cpu"})
-        log_dataset(result.prepared.table, m.path, m.digest(), cfg.data.subgroups)
+        if not tracker.offline:  # type: ignore[attr-defined]
+            try:
+                log_dataset(result.prepared.table, m.path, m.digest(), cfg.data.subgroups)
+            except Exception as exc:  # noqa: BLE001 - lineage is worth a warning, never the training
+                logger.warning("dataset lineage not logged (%s)", type(exc).__name__)
     return result
 
 
@@ -90,12 +95,22 @@ def register_step(result: TrainResult, tracker: Tracker) -> dict[str, Any]:
 
     cfg = result.bundle.config.tracking
     tracker.log_artifact(result.model_path, "checkpoints")
-    uri = log_pyfunc(result.bundle, result.model_path)
-    info: dict[str, Any] = {"model_uri": uri}
-    if cfg.registered_model:
-        info["version"] = register(uri, cfg.registered_model, cfg.alias)
-        info["registered"] = f"models:/{cfg.registered_model}@{cfg.alias}"
-        logger.info("registered %s version %s as @%s", cfg.registered_model, info["version"], cfg.alias)
+    if tracker.offline:  # type: ignore[attr-defined]
+        logger.warning("model not registered: tracking is unavailable; %s holds everything needed to score", result.model_path)
+        return {}
+    try:
+        uri = log_pyfunc(result.bundle, result.model_path)
+        info: dict[str, Any] = {"model_uri": uri}
+        if cfg.registered_model:
+            info["version"] = register(uri, cfg.registered_model, cfg.alias)
+            info["registered"] = f"models:/{cfg.registered_model}@{cfg.alias}"
+            logger.info("registered %s version %s as @%s", cfg.registered_model, info["version"], cfg.alias)
+    except TrackingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an outage at the end must not cost the trained model
+        logger.warning("model not registered (%s: tracking unavailable); %s holds everything needed to score",
+                       type(exc).__name__, result.model_path)
+        return {}
     return info
 
 

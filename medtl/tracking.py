@@ -87,37 +87,74 @@ def git_commit() -> str | None:
 
 
 class MlflowTracker(Tracker):
-    """The Tracker interface on the active MLflow run."""
+    """The Tracker interface on one MLflow run.
 
-    def __init__(self, run_id: str) -> None:
+    A tracking outage never stops the work it observes: the first failed call warns once, and every later
+    call is written to ``offline_log`` (JSON lines) instead; ``medtl tracking sync RUN_FOLDER`` replays
+    them into the same run once the server is back."""
+
+    def __init__(self, run_id: str, offline_log: Path | None = None) -> None:
         import mlflow
 
-        self.mlflow, self.run_id = mlflow, run_id
+        self.mlflow, self.run_id, self.offline_log = mlflow, run_id, offline_log
+        self.offline = False
+
+    def _call(self, kind: str, fn: Any, *args: Any) -> None:
+        if not self.offline:
+            try:
+                fn(*args)
+                return
+            except Exception as exc:  # noqa: BLE001 - MLflow and requests raise many types for an outage
+                self.offline = True
+                where = f"kept in {self.offline_log}" if self.offline_log else "dropped (no run folder)"
+                logger.warning("tracking unavailable (%s): the run goes on; what it logs is %s%s", type(exc).__name__, where,
+                               f"; replay it with `medtl tracking sync {self.offline_log.parent}`" if self.offline_log else "")
+        if self.offline_log is not None:
+            self.offline_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.offline_log, "a") as fh:
+                fh.write(json.dumps({"kind": kind, "args": [str(a) if isinstance(a, Path) else a for a in args]},
+                                    default=str) + "\n")
 
     def log_params(self, params: dict[str, Any]) -> None:
         clean = {k: str(scrub(v))[:500] for k, v in params.items()}
         for start in range(0, len(clean), 90):
-            self.mlflow.log_params(dict(list(clean.items())[start : start + 90]))
+            self._call("params", self.mlflow.log_params, dict(list(clean.items())[start : start + 90]))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.mlflow.set_tags({k: str(scrub(v)) for k, v in tags.items() if v is not None})
+        self._call("tags", self.mlflow.set_tags, {k: str(scrub(v)) for k, v in tags.items() if v is not None})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         finite = {k: float(v) for k, v in metrics.items() if v is not None and v == v and abs(v) != float("inf")}
         if finite:
-            self.mlflow.log_metrics(finite, step=step)
+            self._call("metrics", self.mlflow.log_metrics, finite, step)
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self.mlflow.log_artifact(str(path), folder)
+        self._call("artifact", self.mlflow.log_artifact, str(Path(path).resolve()), folder)
 
     def log_table(self, rows: Any, name: str) -> None:
-        self.mlflow.log_text(json.dumps(rows, indent=1, default=str), name)
+        self._call("text", self.mlflow.log_text, json.dumps(rows, indent=1, default=str), name)
+
+
+RUN_RECORD = "mlflow_run.json"
+OFFLINE_LOG = "tracking_offline.jsonl"
+
+
+def _previous_run(run_folder: Path | None, uri: str) -> str | None:
+    """The MLflow run a resumed training continues: the one its folder recorded, on the same store."""
+    record = run_folder / RUN_RECORD if run_folder else None
+    if record is None or not record.is_file():
+        return None
+    saved = json.loads(record.read_text())
+    return saved["run_id"] if saved.get("uri") == uri else None
 
 
 @contextmanager
 def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False, checkpoint_dir: Path | None = None,
-                tags: dict[str, str] | None = None) -> Iterator[MlflowTracker]:
-    """An MLflow run: checked store, FINISHED on success; FAILED with its last checkpoint logged on error."""
+                tags: dict[str, str] | None = None, resume: bool = False) -> Iterator[MlflowTracker]:
+    """An MLflow run: checked store, FINISHED on success; FAILED with its last checkpoint logged on error.
+
+    The run folder records the run id, so ``resume`` continues the same MLflow run: one record per
+    training, however often it was interrupted."""
     import mlflow
 
     uri = resolve_uri(cfg)
@@ -127,19 +164,65 @@ def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False, checkp
         mlflow.set_experiment(cfg.experiment)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad store
         raise TrackingError(f"tracking store {uri}: cannot open experiment {cfg.experiment!r} ({type(exc).__name__})") from None
-    run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
-    tracker = MlflowTracker(run.info.run_id)
+    folder = checkpoint_dir.parent if checkpoint_dir is not None else None
+    previous = _previous_run(folder, uri) if resume else None
+    if previous:
+        run = mlflow.start_run(run_id=previous, nested=nested)
+        logger.info("continuing MLflow run %s", previous)
+    else:
+        run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RUN_RECORD).write_text(json.dumps({"run_id": run.info.run_id, "uri": uri}))
+    tracker = MlflowTracker(run.info.run_id, folder / OFFLINE_LOG if folder is not None else None)
     try:
         yield tracker
     except BaseException:
         if checkpoint_dir is not None and (checkpoint_dir / "last.pt").is_file():
-            try:
-                mlflow.log_artifact(str(checkpoint_dir / "last.pt"), "checkpoints")
-            except Exception:  # noqa: BLE001 - never hide the original failure
-                logger.warning("could not log the last checkpoint of the failed run")
-        mlflow.end_run(status="FAILED")
+            tracker.log_artifact(checkpoint_dir / "last.pt", "checkpoints")
+        _end_run("FAILED")
         raise
-    mlflow.end_run(status="FINISHED")
+    _end_run("KILLED" if tracker.offline else "FINISHED")
+
+
+def _end_run(status: str) -> None:
+    import mlflow
+
+    try:
+        mlflow.end_run(status=status)
+    except Exception:  # noqa: BLE001 - the server may be gone; the local results are what matter now
+        logger.warning("could not close the MLflow run (tracking unavailable); its results are in the run folder")
+
+
+def sync_offline(run_folder: Path) -> int:
+    """Replays a run folder's offline tracking log into its MLflow run; returns the number of calls sent."""
+    import mlflow
+
+    record, log = run_folder / RUN_RECORD, run_folder / OFFLINE_LOG
+    if not record.is_file() or not log.is_file():
+        raise TrackingError(f"{run_folder}: nothing to sync (no {RUN_RECORD} or {OFFLINE_LOG} there)")
+    saved = json.loads(record.read_text())
+    check_store(saved["uri"])
+    client = mlflow.MlflowClient(saved["uri"])
+    calls = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    for call in calls:
+        kind, args = call["kind"], call["args"]
+        if kind == "metrics":
+            for key, value in args[0].items():
+                client.log_metric(saved["run_id"], key, value, step=args[1] or 0)
+        elif kind == "params":
+            for key, value in args[0].items():
+                client.log_param(saved["run_id"], key, value)
+        elif kind == "tags":
+            for key, value in args[0].items():
+                client.set_tag(saved["run_id"], key, value)
+        elif kind == "artifact":
+            client.log_artifact(saved["run_id"], args[0], args[1])
+        elif kind == "text":
+            client.log_text(saved["run_id"], args[0], args[1])
+    client.set_terminated(saved["run_id"], "FINISHED")
+    log.rename(log.with_suffix(".synced.jsonl"))
+    return len(calls)
 
 
 def run_tags(cfg: Config, extra: dict[str, Any]) -> dict[str, str]:

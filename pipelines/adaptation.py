@@ -10,7 +10,8 @@ from medtl.steps import (adabn_step, calibrate_step, evaluate_step, evaluate_tar
 
 
 def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
-    with run_context(cfg.tracking, cfg.name, nested=nested, checkpoint_dir=run_dir(cfg) / "checkpoints") as tracker:
+    with run_context(cfg.tracking, cfg.name, nested=nested, checkpoint_dir=run_dir(cfg) / "checkpoints",
+                     resume=resume) as tracker:
         tracker.set_tags({"adaptation.method": cfg.adaptation.method})
         result = train_step(cfg, tracker, resume)
         if cfg.adaptation.method == "adabn":

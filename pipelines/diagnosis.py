@@ -8,7 +8,8 @@ from medtl.steps import calibrate_step, evaluate_step, register_step, run_contex
 
 
 def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
-    with run_context(cfg.tracking, cfg.name, nested=nested, checkpoint_dir=run_dir(cfg) / "checkpoints") as tracker:
+    with run_context(cfg.tracking, cfg.name, nested=nested, checkpoint_dir=run_dir(cfg) / "checkpoints",
+                     resume=resume) as tracker:
         result = train_step(cfg, tracker, resume)            # checks the manifest first, splits once
         calibrate_step(result, tracker)                       # temperature + threshold from validation
         evaluation = evaluate_step(result, tracker, "test")   # outcome + calibration with CIs, plots

@@ -8,7 +8,8 @@ from medtl.steps import evaluate_step, register_step, run_context, train_step
 
 
 def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
-    with run_context(cfg.tracking, cfg.name, nested=nested, checkpoint_dir=run_dir(cfg) / "checkpoints") as tracker:
+    with run_context(cfg.tracking, cfg.name, nested=nested, checkpoint_dir=run_dir(cfg) / "checkpoints",
+                     resume=resume) as tracker:
         result = train_step(cfg, tracker, resume)
         evaluation = evaluate_step(result, tracker, "test")
         registered = register_step(result, tracker)

@@ -1,11 +1,19 @@
-"""Shared fixtures: quiet logs, no progress bars, no network, a private MEDTL_HOME and MLflow store per test."""
+"""Shared fixtures: quiet logs, no progress bars, no network, a private MEDTL_HOME and MLflow store per test,
+and the ``medtl`` command run in-process (``run_cli``) or, where a real process is the point, as one."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import traceback
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,11 +25,25 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     home = tmp_path_factory.mktemp("medtl_home")
     monkeypatch.setenv("MEDTL_HOME", str(home))
     monkeypatch.setenv("MEDTL_OFFLINE", "1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MEDTL_FAULT", raising=False)
+    yield
+    if "mlflow" in sys.modules:  # MLflow keeps the URI and the active run in globals: leave none behind
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def medtl_exe() -> str:
@@ -30,9 +52,78 @@ def medtl_exe() -> str:
     return exe
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600):
-    """Runs the installed ``medtl`` script in a real subprocess."""
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+    """Runs ``medtl ARGS`` in this process, exactly as the console script does (``medtl.cli.main``): same
+    argument parsing, same one-line errors and exit codes, with stdout and stderr captured."""
+    from medtl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    os.environ.update({"MEDTL_PROGRESS": "0", **(env or {})})
+    sys.argv = ["medtl", *map(str, args)]
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # noqa: BLE001 - what the interpreter does with an uncaught error (--debug)
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def run_cli_process(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                    timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the installed ``medtl`` script in a real subprocess (kill -9, a fresh interpreter)."""
     full_env = {**os.environ, "MEDTL_PROGRESS": "0", **(env or {})}
-    return subprocess.run(
-        [medtl_exe(), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([medtl_exe(), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture()
+def mlflow_server_process(tmp_path):
+    """A real ``mlflow server`` on a free loopback port: (uri, process); stopped after the test."""
+    port = free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job workers competing for 2 cores
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri, proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def mlflow_server(mlflow_server_process):
+    return mlflow_server_process[0]

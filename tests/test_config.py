@@ -32,9 +32,12 @@ def test_overrides_parse_yaml_values_and_nest(tmp_path):
 
 
 def test_config_is_frozen():
+    from pydantic import ValidationError
+
     cfg = Config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.train.lr = 3  # type: ignore[misc]
+    assert cfg.train.lr == Config().train.lr
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pandas as pd
@@ -80,16 +79,11 @@ def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_pa
     whole = tmp_path / "whole.csv"
     assert run_cli("score", "--model", model, "--manifest", str(m), "--out", str(whole), "--no-track").returncode == 0
     out = tmp_path / "killed.csv"
-    proc = subprocess.Popen([medtl_exe(), "score", "--model", model, "--manifest", str(m), "--out", str(out),
-                             "--batch-size", "1", "--no-track"], env={**os.environ, "MEDTL_PROGRESS": "0"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 20):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = out.read_text().count("\n") - 1
-    assert 0 < partial < 120
+    killed = subprocess.run([medtl_exe(), "score", "--model", model, "--manifest", str(m), "--out", str(out),
+                             "--batch-size", "1", "--no-track"], capture_output=True, timeout=600,
+                            env={**os.environ, "MEDTL_PROGRESS": "0", "MEDTL_FAULT": "after_rows:20"})
+    assert killed.returncode == -signal.SIGKILL
+    assert len(pd.read_csv(out)) == 20
     with open(out, "a") as fh:  # a crash in the middle of a write leaves half a row
         fh.write("case999,0.1")
     res = run_cli("score", "--model", model, "--manifest", str(m), "--out", str(out), "--no-track")

@@ -2,54 +2,19 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medtl.data.synthetic import make_classification_set
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture()
-def mlflow_server(tmp_path):
-    port = free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
-    yield uri
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
 
 
 def overrides(manifest, out, uri, extra=()):
@@ -63,7 +28,8 @@ def overrides(manifest, out, uri, extra=()):
 def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, mlflow_server):
     from mlflow import MlflowClient
 
-    m = make_classification_set(tmp_path / "d", n=40, kind="png", size=(32, 32))
+    # every split, and site A within the test split, holds both classes: AUROCs are defined whatever the model learns
+    m = make_classification_set(tmp_path / "d", n=40, kind="png", size=(32, 32), split=True)
     res = run_cli("run", "diagnosis", *overrides(m, tmp_path / "runs", mlflow_server), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "models:/tiny@candidate" in res.stdout
@@ -75,23 +41,28 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
     assert len(run.data.tags["manifest_sha256"]) == 64
     history = client.get_metric_history(run.info.run_id, "val_auroc")
     assert [h.step for h in history] == [1, 2]
-    for key in ("test_auroc", "test_auroc_ci_low", "test_auroc_ci_high", "test_ece", "test_ece_calibrated",
-                "test_brier", "test_subgroup_site_A_auroc"):
+    for key in ("test_auroc_ci_low", "test_auroc_ci_high", "test_ece", "test_ece_calibrated", "test_brier"):
         assert key in run.data.metrics, key
+    preds = pd.read_csv(tmp_path / "runs" / "medtl" / "evaluation_test" / "predictions.csv", dtype={"case_id": str})
+    sites = pd.read_csv(m, dtype={"case_id": str}).set_index("case_id")["site"]
+    y = (preds["label"] == "lesion").to_numpy()
+    assert run.data.metrics["test_auroc"] == pytest.approx(roc_auc_score(y, preds["prob_lesion"]))
+    in_a = (preds["case_id"].map(sites) == "A").to_numpy()
+    assert run.data.metrics["test_subgroup_site_A_auroc"] == pytest.approx(roc_auc_score(y[in_a], preds["prob_lesion"][in_a]))
     contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
     assert contexts == ["testing", "training", "validation"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/roc.png", "evaluation/report.md", "evaluation/predictions.csv", "evaluation/gradcam.png"} <= artifacts
     assert client.get_model_version_by_alias("tiny", "candidate").version == "1"
     # the registered model, loaded in a fresh process, gives the probabilities the training process computed
-    preds = pd.read_csv(tmp_path / "runs" / "medtl" / "evaluation_test" / "predictions.csv")
     table = pd.read_csv(m)
     images = [str(m.parent / table.set_index("case_id").loc[c, "image"]) for c in preds["case_id"]]
     code = ("import sys, json, mlflow, pandas as pd; mlflow.set_tracking_uri(sys.argv[1]);"
             "out = mlflow.pyfunc.load_model('models:/tiny@candidate').predict(pd.DataFrame({'image': json.loads(sys.argv[2])}));"
             "print(json.dumps(out['prob_lesion'].tolist()))")
     fresh = subprocess.run([sys.executable, "-c", code, mlflow_server, json.dumps(images)], capture_output=True,
-                           text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
+                           text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+                                                             "MEDTL_DATA_ROOT": str(tmp_path)})
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     np.testing.assert_allclose(json.loads(fresh.stdout.strip().splitlines()[-1]), preds["prob_lesion"], rtol=1e-5, atol=1e-6)
     # medtl score with the registered model gives the same probabilities too
@@ -100,15 +71,18 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
     scored = run_cli("score", "--model", "models:/tiny@candidate", "--manifest", str(test_manifest), "--out",
                      str(tmp_path / "scores.csv"), env={"MLFLOW_TRACKING_URI": mlflow_server}, cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr[-2000:]
-    merged = preds.merge(pd.read_csv(tmp_path / "scores.csv"), on="case_id", suffixes=("", "_scored"))
+    merged = preds.merge(pd.read_csv(tmp_path / "scores.csv", dtype={"case_id": str}), on="case_id", suffixes=("", "_scored"))
     np.testing.assert_allclose(merged["prob_lesion_scored"], merged["prob_lesion"], rtol=1e-5, atol=1e-6)
-    assert (merged["predicted_scored"] == merged["predicted"]).all()
+    threshold = run.data.metrics["test_threshold"]
+    for col in ("", "_scored"):  # both apply the stored threshold to their own probabilities, the same way
+        called = np.where(merged[f"prob_lesion{col}"] >= threshold, "lesion", "normal")
+        assert (merged[f"predicted{col}"] == called).all()
     # and the MLflow CLI serves it with no medtl code of its own
     pd.DataFrame({"image": images[:3]}).to_csv(tmp_path / "input.csv", index=False)
     served = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", "models:/tiny@candidate",
                              "-i", str(tmp_path / "input.csv"), "-t", "csv", "-o", str(tmp_path / "served.json"),
                              "--env-manager", "local"], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
+                            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MEDTL_DATA_ROOT": str(tmp_path)})
     assert served.returncode == 0, served.stderr[-2000:]
     got = json.loads((tmp_path / "served.json").read_text())
     rows = got["predictions"] if isinstance(got, dict) else got
@@ -120,11 +94,10 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
 
 def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
     m = make_classification_set(tmp_path / "d", n=8, kind="png", size=(16, 16))
-    start = time.time()
-    res = run_cli("run", "diagnosis", *overrides(m, tmp_path / "runs", "http://127.0.0.1:9"), cwd=tmp_path)
+    closed = f"http://127.0.0.1:{free_port()}"  # bound and released just now: nothing listens there
+    res = run_cli("run", "diagnosis", *overrides(m, tmp_path / "runs", closed), cwd=tmp_path)
     assert res.returncode == 2
-    assert time.time() - start < 60
-    assert "http://127.0.0.1:9" in res.stderr and "unreachable" in res.stderr and "Traceback" not in res.stderr
+    assert closed in res.stderr and "unreachable" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "runs").exists()
 
 

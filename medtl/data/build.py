@@ -107,7 +107,7 @@ def build_manifest(
 def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
     if not labels.is_file():
         raise ManifestError(f"{labels}: labels file not found")
-    sheet = pd.read_csv(labels, dtype=str)
+    sheet = pd.read_csv(labels, dtype=str, keep_default_na=False, na_values=[""])
     if "case_id" not in sheet:
         raise ManifestError(f"{labels}: needs a case_id column to join on (has {', '.join(sheet.columns)})")
     unmatched = sorted(set(sheet["case_id"]) - set(table["case_id"]))

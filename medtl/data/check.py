@@ -13,7 +13,7 @@ from PIL import Image
 
 from medtl.data import dicom
 from medtl.data.manifest import Manifest
-from medtl.data.readers import dicom_headers, scan_kind
+from medtl.data.readers import check_nifti_size, dicom_headers, scan_kind
 from medtl.errors import DataError
 
 
@@ -32,6 +32,8 @@ class Geometry:
 
 def _dicom_file_geometry(path: Path) -> Geometry:
     header = dicom.read_header(path)
+    if header.problem:
+        raise DataError(header.problem)
     if not header.has_pixels:
         raise DataError("DICOM without pixel data")
     try:
@@ -56,6 +58,7 @@ def _geometry(ref: str, deep: bool) -> Geometry:
         raise DataError("empty file")
     kind = scan_kind(ref)
     if kind == "nifti":
+        check_nifti_size(path)
         try:
             img = nib.load(str(path))
             shape = tuple(int(s) for s in img.shape)
@@ -105,6 +108,9 @@ def check_manifest(
     """Every problem found, in manifest order; an empty list means the manifest is safe to train on."""
     table = manifest.table
     problems: list[Problem] = []
+    if table.empty:
+        return [Problem("-", "no cases", f"{manifest.path.name} lists no case; add rows (case_id, image, label)")]
+    needs_label = "label" in table and "mask" not in table  # a labelled (classification) manifest
     for case in table.loc[table["case_id"].duplicated(), "case_id"].unique():
         problems.append(Problem(str(case), "duplicate case_id", f"{int((table['case_id'] == case).sum())} rows"))
     for row in table.itertuples(index=False):
@@ -124,7 +130,9 @@ def check_manifest(
             except DataError as exc:
                 problems.append(Problem(case, "mask " + _kind_of(str(exc)), f"{row.mask}: {exc}"))
         label = getattr(row, "label", None)
-        if classes and isinstance(label, str) and label not in classes:
+        if needs_label and not isinstance(label, str):
+            problems.append(Problem(case, "no label", "empty label; label the case or remove its row"))
+        elif classes and isinstance(label, str) and label not in classes:
             problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}"))
     problems.extend(_leakage(table))
     return problems
@@ -149,7 +157,7 @@ def _check_mask(image: Geometry, mask: Geometry) -> None:
 
 
 def _kind_of(message: str) -> str:
-    for key in ("missing file", "empty file", "truncated DICOM", "DICOM without pixel data", "several series",
+    for key in ("header declares", "missing file", "empty file", "truncated DICOM", "DICOM without pixel data", "several series",
                 "missing slice", "duplicate slice", "inconsistent", "NaN/Inf", "unexpected dimensionality",
                 "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable"):
         if key in message:

@@ -76,19 +76,31 @@ def _memory_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataCo
 
 
 class GuardedDataset(Dataset):
-    """Wraps a dataset so that a failing case raises its DataError rather than MONAI's nested wrapping."""
+    """Wraps a dataset so that a failing case raises its DataError rather than MONAI's nested wrapping.
 
-    def __init__(self, inner: Dataset) -> None:
-        self.inner = inner
+    With ``skip_bad`` a case that fails at load time is reported once and replaced by the next case, so a
+    scan that only shows its fault when read does not end a run that was told to skip bad cases."""
+
+    def __init__(self, inner: Dataset, skip_bad: bool = False) -> None:
+        self.inner, self.skip_bad = inner, skip_bad
+        self.reported: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.inner)
 
     def __getitem__(self, index: int) -> Any:
-        try:
-            return self.inner[index]
-        except Exception as exc:  # noqa: BLE001
-            err = find_data_error(exc)
-            if err is not None:
-                raise err from None
-            raise
+        for attempt in range(len(self.inner)):
+            try:
+                return self.inner[(index + attempt) % len(self.inner)]
+            except Exception as exc:  # noqa: BLE001
+                err = find_data_error(exc)
+                if err is None:
+                    raise
+                if not self.skip_bad:
+                    raise err from None
+                if str(err) not in self.reported:
+                    self.reported.add(str(err))
+                    from medtl.log import logger
+
+                    logger.warning("skipping a case that failed to load: %s", err)
+        raise DataError("every case failed to load; see the warnings above")

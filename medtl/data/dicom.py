@@ -41,6 +41,8 @@ class SliceHeader:
     has_pixels: bool
     frames: int
     dataset: Any = field(default=None, repr=False, compare=False)
+    problem: str | None = None
+    """Why the file's geometry cannot be trusted (a malformed numeric tag), reported for its series."""
     """The parsed file with its pixel data deferred, so loading does not parse the file a second time."""
 
 
@@ -66,6 +68,22 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def numbers(ds: Any, keyword: str, count: int, path: Path) -> tuple[float, ...] | None:
+    """``count`` finite numbers from a numeric tag, None when absent. A malformed value is a DataError that
+    names the file and the tag but never echoes the raw text (it may hold anything, PHI included)."""
+    try:
+        raw = ds.get(keyword)
+        if raw is None or raw == "":
+            return None
+        values = [raw] if count == 1 and not isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else list(raw)
+        out = tuple(float(v) for v in values)
+    except Exception:  # noqa: BLE001 - pydicom raises several types for a bad DS/IS string
+        out = ()
+    if len(out) != count or not all(np.isfinite(out)):
+        raise DataError(f"{path.name}: {keyword} is not {count} number(s); fix or remove the tag")
+    return out
+
+
 def read_header(path: Path) -> SliceHeader:
     """Reads geometry tags only (no pixels); raises DataError naming the file when it is not usable DICOM."""
     try:
@@ -73,19 +91,24 @@ def read_header(path: Path) -> SliceHeader:
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise DataError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from None
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or [1.0, 1.0]
-    pos = ds.get("ImagePositionPatient")
-    ori = ds.get("ImageOrientationPatient")
+    series_uid = str(ds.get("SeriesInstanceUID", "")) or f"file:{path.name}"
+    try:
+        spacing = numbers(ds, "PixelSpacing", 2, path) or numbers(ds, "ImagerPixelSpacing", 2, path) or (1.0, 1.0)
+        size = [numbers(ds, k, 1, path) for k in ("Rows", "Columns", "NumberOfFrames")]
+        position = numbers(ds, "ImagePositionPatient", 3, path)
+        orientation = numbers(ds, "ImageOrientationPatient", 6, path)
+    except DataError as err:
+        return SliceHeader(path, series_uid, None, None, (1.0, 1.0), 0, 0, has_pixels, 1, ds, problem=str(err))
     return SliceHeader(
         path=path,
-        series_uid=str(ds.get("SeriesInstanceUID", "")) or f"file:{path.name}",
-        position=tuple(float(v) for v in pos) if pos is not None else None,
-        orientation=tuple(float(v) for v in ori) if ori is not None else None,
-        pixel_spacing=(float(spacing[0]), float(spacing[1])),
-        rows=int(ds.get("Rows", 0) or 0),
-        columns=int(ds.get("Columns", 0) or 0),
+        series_uid=series_uid,
+        position=position,
+        orientation=orientation,
+        pixel_spacing=(spacing[0], spacing[1]),
+        rows=int(size[0][0]) if size[0] else 0,
+        columns=int(size[1][0]) if size[1] else 0,
         has_pixels=has_pixels,
-        frames=int(ds.get("NumberOfFrames", 1) or 1),
+        frames=int(size[2][0]) if size[2] else 1,
         dataset=ds,
     )
 
@@ -123,7 +146,9 @@ def order_slices(headers: list[SliceHeader]) -> tuple[list[SliceHeader], np.ndar
 
 def series_problems(headers: list[SliceHeader], tol: float = 1e-3) -> list[str]:
     """Geometry problems that make a series unsafe to stack: mixed orientation/size, duplicates, gaps."""
-    problems: list[str] = []
+    problems: list[str] = [h.problem for h in headers if h.problem]
+    if problems:
+        return problems[:1]
     if not all(h.has_pixels for h in headers):
         missing = [h.path.name for h in headers if not h.has_pixels]
         problems.append(f"DICOM without pixel data ({', '.join(missing[:3])})")
@@ -156,10 +181,10 @@ def _pixels(header: SliceHeader) -> np.ndarray:
     try:
         ds = header.dataset if header.dataset is not None else pydicom.dcmread(header.path)
         arr = ds.pixel_array.astype(np.float32)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
-        raise DataError(f"{header.path.name}: cannot decode pixel data ({type(exc).__name__}: {exc})") from None
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault; its text may quote the header
+        raise DataError(f"{header.path.name}: cannot decode pixel data ({type(exc).__name__})") from None
+    slope = (numbers(ds, "RescaleSlope", 1, header.path) or (1.0,))[0] or 1.0
+    intercept = (numbers(ds, "RescaleIntercept", 1, header.path) or (0.0,))[0]
     return arr * slope + intercept
 
 

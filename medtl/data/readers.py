@@ -6,6 +6,7 @@ orders slices by position (see ``medtl.data.dicom``). Every failure becomes a Da
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,41 @@ from medtl.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this: a larger claim is a forged header
+DEFAULT_MAX_VOXELS = 2**29  # 2 GiB as float32; MEDTL_MAX_VOXELS raises or lowers it
+
+
+def max_voxels() -> int:
+    try:
+        return int(os.environ.get("MEDTL_MAX_VOXELS", DEFAULT_MAX_VOXELS))
+    except ValueError:
+        raise DataError("MEDTL_MAX_VOXELS: not a whole number; unset it or give e.g. 536870912") from None
+
+
+def check_nifti_size(path: Path) -> tuple[int, ...]:
+    """The shape a NIfTI header declares, once it is shown to fit the voxel limit and the file's length.
+
+    A header is a claim: a 147-byte file may declare 30000 x 30000 voxels. Nothing is allocated before the
+    claim is checked against the bytes that are really there."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape)
+        itemsize = np.dtype(img.get_data_dtype()).itemsize
+        offset = int(getattr(img, "dataobj").offset)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken headers
+        raise DataError(f"{path.name}: unreadable NIfTI header ({type(exc).__name__})") from None
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > max_voxels():
+        raise DataError(f"{path.name}: header declares {voxels:,} voxels, above the limit of {max_voxels():,} "
+                        "(set MEDTL_MAX_VOXELS to allow larger scans)")
+    needed, size = offset + voxels * itemsize, path.stat().st_size
+    available = size * DEFLATE_MAX_RATIO if path.name.lower().endswith(".gz") else size
+    if needed > available:
+        raise DataError(f"{path.name}: header declares {voxels:,} voxels ({needed:,} bytes) but the file cannot hold "
+                        "them; it is truncated or its header is wrong")
+    return shape
 
 
 def scan_kind(path: Path | str) -> str:
@@ -60,6 +96,8 @@ class ScanReader(ImageReader):
         path, uid = dicom.parse_series_ref(ref)
         if not path.exists():
             raise DataError(f"{path}: file not found")
+        if kind == "nifti":
+            check_nifti_size(path)
         try:
             if kind == "nifti":
                 return kind, self._nifti.read(str(path)), path

@@ -24,14 +24,16 @@ def _blob(shape: Sequence[int], centre: Sequence[float], radius: float) -> np.nd
     return dist2 <= radius**2
 
 
-def synthetic_volume(rng: np.random.Generator, shape: Sequence[int], positive: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A body-like ellipse of soft tissue (HU ~ 40) in air, with a bright lesion when positive."""
+def synthetic_volume(rng: np.random.Generator, shape: Sequence[int], positive: bool,
+                     lesion_scale: float = 0.12) -> tuple[np.ndarray, np.ndarray]:
+    """A body-like ellipse of soft tissue (HU ~ 40) in air, with a bright lesion when positive; the lesion's
+    radius is ``lesion_scale`` of the smallest side (at least 2 voxels)."""
     shape = tuple(shape)
     body = _blob(shape, [n / 2 for n in shape], min(shape) * 0.4)
     vol = np.where(body, 40.0, -1000.0) + rng.normal(0, 15, shape)
     mask = np.zeros(shape, np.uint8)
     if positive:
-        r = max(2.0, min(shape) * 0.12)
+        r = max(2.0, min(shape) * lesion_scale)
         centre = [rng.uniform(n * 0.35, n * 0.65) for n in shape]
         lesion = _blob(shape, centre, r) & body
         vol[lesion] += 160.0
@@ -130,10 +132,15 @@ def make_classification_set(
     seed: int = 0,
     positive_fraction: float = 0.4,
     subgroup: bool = True,
+    split: bool = False,
+    lesion_scale: float = 0.12,
 ) -> Path:
     """Writes n labelled scans ('png', 'nifti' or 'dicom') and ``manifest.csv``; returns the manifest path.
 
-    Positive cases hold a bright lesion, so a small network can learn the task in a few steps.
+    Positive cases hold a bright lesion, so a small network can learn the task in a few steps; a larger
+    ``lesion_scale`` makes the label visible at a glance (tests that must see learning use it).
+    ``split=True`` writes a split column (one patient per case) in which every (label, site) group with
+    at least five cases reaches train, validation and test, so every split holds both classes.
     """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -141,7 +148,7 @@ def make_classification_set(
     labels = (rng.random(n) < positive_fraction).astype(int)
     labels[:2] = [0, 1]
     for i, label in enumerate(labels):
-        vol, _ = synthetic_volume(rng, size, bool(label))
+        vol, _ = synthetic_volume(rng, size, bool(label), lesion_scale)
         case = f"case{i:03d}"
         if kind == "png":
             img = np.clip((vol + 1000.0) / 1300.0 * 255.0, 0, 255).astype(np.uint8)
@@ -164,12 +171,23 @@ def make_classification_set(
         if subgroup:
             row["site"] = "A" if i % 3 else "B"
         rows.append(row)
+    table = pd.DataFrame(rows)
+    if split:
+        table = table.assign(patient_id=[f"p{i:03d}" for i in range(n)], split=_stratified_splits(table))
     manifest = root / "manifest.csv"
-    pd.DataFrame(rows).to_csv(manifest, index=False)
+    table.to_csv(manifest, index=False)
     return manifest
 
 
-def make_segmentation_set(root: Path, n: int = 8, size: Sequence[int] = (32, 32, 16), seed: int = 0) -> Path:
+def _stratified_splits(table: pd.DataFrame) -> list[str]:
+    """Within each (label, site) group in case order: every fifth case test, the next validation, the rest train."""
+    keys = ["label", "site"] if "site" in table else ["label"]
+    position = table.groupby(keys).cumcount().to_numpy()
+    return ["test" if k % 5 == 0 else "val" if k % 5 == 1 else "train" for k in position]
+
+
+def make_segmentation_set(root: Path, n: int = 8, size: Sequence[int] = (32, 32, 16), seed: int = 0,
+                          lesion_scale: float = 0.12) -> Path:
     """Writes NIfTI images with lesion masks (every case has a lesion) and ``manifest.csv``."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -177,7 +195,7 @@ def make_segmentation_set(root: Path, n: int = 8, size: Sequence[int] = (32, 32,
     if len(size) == 2:
         affine = np.diag([1.2, 1.2, 1.0, 1.0])
     for i in range(n):
-        vol, mask = synthetic_volume(rng, size, True)
+        vol, mask = synthetic_volume(rng, size, True, lesion_scale)
         case = f"seg{i:03d}"
         write_nifti(root / f"images/{case}.nii.gz", vol, affine)
         write_nifti(root / f"masks/{case}.nii.gz", mask, affine)

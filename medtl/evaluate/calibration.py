@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 from sklearn.metrics import log_loss
 
 from medtl.evaluate.metrics import check_inputs
+from medtl.probability import probabilities
 
 
 def bin_edges(p: np.ndarray, bins: int, strategy: str) -> np.ndarray:
@@ -77,7 +78,7 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return softmax(np.asarray(logits, dtype=float) / temperature, axis=1)
+    return probabilities(logits, temperature)
 
 
 def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_sensitivity: float = 0.9) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from medtl.evaluate import plots
 from medtl.evaluate.bootstrap import bootstrap_ci
 from medtl.evaluate.calibration import apply_temperature, calibration_metrics
 from medtl.evaluate.metrics import classification_metrics, undefined_reasons
+from medtl.probability import decide
 
 CI_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "balanced_accuracy", "auroc_macro", "accuracy")
 
@@ -73,7 +74,7 @@ def evaluate_classification(
     metrics.update({f"{k}_calibrated": v for k, v in calibration_metrics(y, cal, cfg.bins).items()})
     metrics["temperature"], metrics["threshold"] = float(temperature), float(threshold)
     metrics.update(_subgroups(table, y, cal, threshold, subgroups or [], cfg, notes))
-    pred = (cal[:, 1] >= threshold).astype(int) if len(classes) == 2 else cal.argmax(1)
+    pred = decide(cal, threshold)
     predictions = pd.DataFrame({"case_id": table["case_id"].to_numpy(), "label": table["label"].to_numpy(),
                                 **{f"prob_{c}": cal[:, i] for i, c in enumerate(classes)},
                                 "predicted": [classes[i] for i in pred]})

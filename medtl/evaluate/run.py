@@ -30,15 +30,23 @@ def select_split(table: pd.DataFrame, split: str | None) -> pd.DataFrame:
     return part.reset_index(drop=True)
 
 
-def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.device, batch_size: int = 32) -> np.ndarray:
-    """Uncalibrated logits for every case in order; a case that cannot be read is an error naming it."""
+def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.device,
+                   batch_size: int = 32) -> tuple[np.ndarray, pd.DataFrame]:
+    """Uncalibrated logits for every case in order, with the cases they belong to. A case that cannot be
+    read is an error naming it, or, when the model's config skips bad cases, a warning and one case less."""
     items = case_items(table, None)
-    logits = []
-    for rec in iter_predictions(bundle, items, device, batch_size):
+    logits, kept = [], []
+    for i, rec in enumerate(iter_predictions(bundle, items, device, batch_size)):
         if rec["error"]:
-            raise DataError(f"case {rec['case_id']}: {rec['error']}")
+            if not bundle.config.data.skip_bad_cases:
+                raise DataError(f"case {rec['case_id']}: {rec['error']}")
+            logger.warning("case %s left out of the evaluation: %s", rec["case_id"], rec["error"])
+            continue
         logits.append(rec["logits"])
-    return np.stack(logits)
+        kept.append(i)
+    if not logits:
+        raise DataError("no case of the evaluated split could be read")
+    return np.stack(logits), table.iloc[kept].reset_index(drop=True)
 
 
 def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None, out_dir: Path,
@@ -58,53 +66,80 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     unknown = sorted(set(table["label"].dropna()) - set(bundle.classes))
     if unknown:
         raise ManifestError(f"label {unknown[0]!r} is not one of the model's classes ({', '.join(bundle.classes)})")
-    logits = predict_logits(bundle, table, dev)
+    logits, table = predict_logits(bundle, table, dev)
     subgroups = [c for c in bundle.config.data.subgroups if c in table]
     ev = evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,
                                  out_dir, subgroups, history)
     if cfg.gradcam and bundle.config.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
-        path = gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png")
-        if path is not None:
-            ev.files.append(path)
+        ev.files.append(gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png"))
     return ev
 
 
 CAM_LAYERS = {"efficientnet": "backbone._conv_head", "densenet": "backbone.features.denseblock4", "resnet": "backbone.layer4"}
 
 
+CAM_KINDS = ("TP", "FP", "FN", "TN")
+
+
+def gradcam_picks(predictions: pd.DataFrame, positive: str, n: int) -> pd.DataFrame:
+    """Up to ``n`` cases spread over true/false positives/negatives, the most confident of each kind first.
+
+    Whatever the model predicts, the result names every kind (``case_id`` empty where none exists), so the
+    figure always says which kinds the test split had."""
+    p = predictions[f"prob_{positive}"]
+    called, truth = predictions["predicted"] == positive, predictions["label"] == positive
+    pools = {"TP": called & truth, "FP": called & ~truth, "FN": ~called & truth, "TN": ~called & ~truth}
+    per_kind = max(1, n // len(CAM_KINDS))
+    rows = []
+    for kind in CAM_KINDS:
+        pool = predictions[pools[kind]].assign(p=p[pools[kind]])
+        chosen = pool.nlargest(per_kind, "p") if kind in ("TP", "FP") else pool.nsmallest(per_kind, "p")
+        if chosen.empty:
+            rows.append(pd.DataFrame({"case_id": [""], "p": [float("nan")], "kind": [kind]}))
+        else:
+            rows.append(chosen[["case_id", "p"]].assign(kind=kind))
+    return pd.concat(rows, ignore_index=True)
+
+
 def gradcam_examples(bundle: ModelBundle, table: pd.DataFrame, predictions: pd.DataFrame, n: int,
-                     device: torch.device, path: Path) -> Path | None:
-    """Grad-CAM (MONAI) of the positive class for the most confident true and false positives."""
+                     device: torch.device, path: Path) -> Path:
+    """Grad-CAM (MONAI) of the positive class beside the raw image, for TP, FP, FN and TN examples.
+
+    The figure is always written: a kind without a case, or a backbone without a known target layer, is
+    said in the figure instead of silently dropping it."""
+    picks = gradcam_picks(predictions, bundle.classes[1], n)
+    layer = next((v for k, v in CAM_LAYERS.items() if bundle.config.model.backbone.startswith(k)), None)
+    present = picks[picks["case_id"] != ""]
+    images, maps = {}, {}
+    if not present.empty:
+        from medtl.data.transforms import build_transforms
+
+        transform = build_transforms(bundle.config.data, train=False, in_channels=bundle.config.model.in_channels)
+        rows = table.set_index("case_id").loc[present["case_id"]]
+        batch = torch.stack([transform({"case_id": c, "image": r.image_path})["image"] for c, r in rows.iterrows()])
+        images = {c: im[0].numpy() for c, im in zip(present["case_id"], batch)}
+        if layer is not None:
+            maps = dict(zip(present["case_id"], _cam_maps(bundle, batch, layer, device)))
+    panels = [(row.kind, row.case_id, row.p, images.get(row.case_id), maps.get(row.case_id))
+              for row in picks.itertuples(index=False)]
+    return plots.gradcam_plot(panels, path, note=None if layer else f"no Grad-CAM layer known for {bundle.config.model.backbone}")
+
+
+def _cam_maps(bundle: ModelBundle, batch: torch.Tensor, layer: str, device: torch.device) -> list[np.ndarray]:
     from monai.visualize import GradCAM
 
-    from medtl.data.transforms import build_transforms
-
-    positive = bundle.classes[1]
-    preds = predictions.assign(p=predictions[f"prob_{positive}"])
-    called = preds["predicted"] == positive
-    tp = preds[called & (preds["label"] == positive)].nlargest(max(1, n // 2), "p")
-    fp = preds[called & (preds["label"] != positive)].nlargest(n - len(tp), "p")
-    picks = pd.concat([tp.assign(kind="TP"), fp.assign(kind="FP")])
-    layer = next((v for k, v in CAM_LAYERS.items() if bundle.config.model.backbone.startswith(k)), None)
-    if picks.empty or layer is None:
-        return None
-    transform = build_transforms(bundle.config.data, train=False, in_channels=bundle.config.model.in_channels)
-    rows = table.set_index("case_id").loc[picks["case_id"]]
-    images = torch.stack([transform({"case_id": c, "image": r.image_path})["image"] for c, r in rows.iterrows()])
     model = bundle.model.to(device).eval()
     frozen = [p for p in model.parameters() if not p.requires_grad]
     for p in frozen:  # Grad-CAM needs gradients through the target layer, even in a frozen backbone
         p.requires_grad_(True)
     try:
-        maps = GradCAM(nn_module=model, target_layers=layer)(images.to(device), class_idx=1).detach().cpu().numpy()[:, 0]
-    except Exception as exc:  # noqa: BLE001 - a missing picture must not cost the evaluation
-        logger.warning("Grad-CAM skipped: %s", exc)
-        return None
+        return list(GradCAM(nn_module=model, target_layers=layer)(batch.to(device), class_idx=1).detach().cpu().numpy()[:, 0])
+    except Exception as exc:  # noqa: BLE001 - a missing heat map must not cost the evaluation
+        logger.warning("Grad-CAM maps skipped: %s", exc)
+        return []
     finally:
         for p in frozen:
             p.requires_grad_(False)
-    titles = [f"{k} {c} p={p:.2f}" for k, c, p in zip(picks["kind"], picks["case_id"], picks["p"])]
-    return plots.gradcam_plot([im[0].numpy() for im in images], list(maps), titles, path)
 
 
 def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torch.device, out_dir: Path) -> Evaluation:

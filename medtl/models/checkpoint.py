@@ -69,6 +69,19 @@ def model_payload(bundle: ModelBundle) -> dict[str, Any]:
     }
 
 
+def bundle_digest(bundle: ModelBundle) -> str:
+    """A short fingerprint of what decides a prediction: weights, classes, temperature and threshold.
+    Two predictions files with the same digest came from the same model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in unwrap(bundle.model).state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr((list(bundle.classes), float(bundle.temperature), float(bundle.threshold))).encode())
+    return h.hexdigest()[:16]
+
+
 def save_model(bundle: ModelBundle, path: Path, train_state: dict[str, Any] | None = None) -> None:
     payload = model_payload(bundle)
     if train_state is not None:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medtl.data.transforms import build_transforms, find_data_error
 from medtl.models.checkpoint import ModelBundle
+from medtl.probability import probabilities
 
 
 class SafeCases(Dataset):
@@ -66,9 +67,7 @@ def iter_predictions(bundle: ModelBundle, items: list[dict[str, Any]], device: t
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 if bundle.task == "classification":
                     logits = model(x).float().cpu().numpy()
-                    z = logits / bundle.temperature
-                    probs = np.exp(z - z.max(1, keepdims=True))
-                    probs /= probs.sum(1, keepdims=True)
+                    probs = probabilities(logits, bundle.temperature)
                     outputs = {r["case_id"]: {"logits": lg, "probs": pr} for r, lg, pr in zip(good, logits, probs)}
                 else:
                     roi = cfg.train.patch_size or list(x.shape[2:])

@@ -75,13 +75,31 @@ def prepare_cases(cfg: Config, manifest: Manifest, out_dir: Path, check: bool = 
     splits_file = out_dir / "splits.csv"
     if table["split"].isna().all():
         if splits_file.is_file():
-            saved = pd.read_csv(splits_file, dtype=str).set_index("case_id")["split"]
+            saved = pd.read_csv(splits_file, dtype=str, keep_default_na=False).set_index("case_id")["split"]
             table = table.assign(split=table["case_id"].map(saved))
         else:
             table = split_manifest(table, 0.15, 0.15, cfg.train.seed)
             out_dir.mkdir(parents=True, exist_ok=True)
             table[["case_id", "split"]].to_csv(splits_file, index=False)
     return PreparedData(manifest, table.reset_index(drop=True), classes, skipped)
+
+
+def _dataset_skipping_bad(items: list[dict], transform, cfg: Config, key: str, skipped: list[str]):
+    """The dataset over ``items``; with ``data.skip_bad_cases`` a case that fails while being cached (a NaN
+    volume the header check could not see) is dropped, named and added to ``skipped``, like one found in
+    preflight, instead of ending the run."""
+    while True:
+        try:
+            return items, make_dataset(items, transform, cfg.data, cache_key=key)
+        except DataError as err:
+            bad = next((it["case_id"] for it in items if str(err).startswith(f"case {it['case_id']}:")), None)
+            if not cfg.data.skip_bad_cases or bad is None:
+                raise
+            logger.warning("skipping case found bad while loading: %s", err)
+            skipped.append(bad)
+            items = [it for it in items if it["case_id"] != bad]
+            if not items:
+                raise DataError("every case of a split failed to load; see the warnings above") from None
 
 
 def class_counts(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
@@ -99,7 +117,8 @@ def make_loader(cfg: Config, prepared: PreparedData, split: str, train: bool, rt
     items = case_items(part, prepared.classes if not seg else None, with_mask=seg)
     transform = transform_override or build_transforms(cfg.data, train, cfg.model.in_channels, seg,
                                                        cfg.train.patch_size if train else None, cfg.train.pos_neg_ratio)
-    dataset = GuardedDataset(make_dataset(items, transform, cfg.data, cache_key=f"{split}:{train}"))
+    items, inner = _dataset_skipping_bad(items, transform, cfg, f"{split}:{train}", prepared.skipped)
+    dataset = GuardedDataset(inner, skip_bad=cfg.data.skip_bad_cases)
     sampler = None
     if train and cfg.train.sampler == "balanced" and not seg:
         sampler = balanced_sampler(np.array([it["label"] for it in items]), cfg.train.seed)

@@ -14,6 +14,7 @@ from torch import nn
 from medtl.config import Config
 from medtl.log import logger
 from medtl.observe import Tracker
+from medtl.probability import probabilities
 from medtl.train.data import PreparedData, make_loader
 from medtl.train.runtime import Runtime
 
@@ -59,7 +60,7 @@ def fit_head(cfg: Config, model: nn.Module, prepared: PreparedData, rt: Runtime,
         with torch.no_grad():
             logits = linear(torch.as_tensor(val_x).to(rt.device)).cpu()
         row["val_loss"] = float(nn.functional.cross_entropy(logits, torch.as_tensor(val_y).long()))
-        row["val_auroc"] = _auroc(val_y, torch.softmax(logits, 1).numpy())
+        row["val_auroc"] = _auroc(val_y, probabilities(logits.numpy()))
         tracker.log_metrics({k2: v for k2, v in row.items() if k2 != "epoch" and not np.isnan(v)}, step=1)
         logger.info("feature extraction head: val AUROC %.4f", row["val_auroc"])
     return [row]

@@ -19,9 +19,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medtl.config import TrainConfig
+from medtl.faults import fault_point
 from medtl.log import logger, make_progress
 from medtl.models.transfer import TransferSchedule
 from medtl.observe import Tracker
+from medtl.probability import probabilities
 from medtl.train.runtime import Runtime, rng_state, set_rng_state
 
 
@@ -170,7 +172,7 @@ def validate(loop: Loop) -> dict[str, float]:
         return {"val_dice": out["dice"]}
     logits, labels = out["logits"], out["labels"]
     val_loss = float(nn.functional.cross_entropy(logits, labels))
-    probs = torch.softmax(logits, 1).numpy()
+    probs = probabilities(logits.numpy())
     y = labels.numpy()
     auroc = float("nan")
     if len(np.unique(y)) > 1:
@@ -237,6 +239,7 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
             if improved:
                 loop.save(ckpt_dir / "best.pt", None)
             loop.save(ckpt_dir / "last.pt", train_state(loop, state))
+            fault_point("after_epoch", epoch + 1)
             logger.info("epoch %d: %s%s", epoch + 1, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
                         "  (best)" if improved else "")
     return state

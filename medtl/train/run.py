@@ -20,6 +20,7 @@ from medtl.models.checkpoint import ModelBundle, read_checkpoint, save_model, un
 from medtl.models.registry import build_model
 from medtl.models.transfer import TransferSchedule
 from medtl.observe import NullTracker, Tracker
+from medtl.probability import probabilities
 from medtl.train import features
 from medtl.train.data import PreparedData, class_counts, make_loader, prepare_cases, preflight
 from medtl.train.loop import FitState, Loop, fit, make_optimizer, predict_loader, restore, warmup_cosine
@@ -46,8 +47,44 @@ def run_dir(cfg: Config) -> Path:
     return Path(cfg.train.out_dir) / cfg.name
 
 
-def train(cfg: Config, resume: bool = False, tracker: Tracker | None = None) -> TrainResult:
-    """Trains as configured; with ``resume`` continues from ``last.pt`` of the same run folder."""
+def config_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    """Flat keys whose values differ between two resolved configs: {key: [before, after]}."""
+    from medtl.config import flatten
+
+    a, b = flatten(before), flatten(after)
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume(cfg: Config, last: Path, manifest_digest: str, allow_changes: bool) -> None:
+    """Resume means the same run: the config and the manifest must be those the checkpoint was trained with.
+
+    With ``allow_changes`` a change is accepted and recorded in ``config_changes.json``, and the earlier
+    config is kept beside the new one, so the run folder still says what each epoch used."""
+    saved = read_checkpoint(last)
+    changes = config_changes(saved["config"], cfg.to_dict())
+    old_digest = saved.get("extra", {}).get("manifest_sha256")
+    if old_digest and old_digest != manifest_digest:
+        changes["manifest (sha256)"] = [old_digest[:12], manifest_digest[:12]]
+    if not changes:
+        return
+    listed = "; ".join(f"{k}: {v[0]} -> {v[1]}" for k, v in changes.items())
+    if not allow_changes:
+        raise MedtlError(f"--resume: this run was trained with another config or manifest ({listed}); rerun with the "
+                         "same ones, or use --resume-changed to continue anyway (the change is recorded)")
+    out_dir = last.parent.parent
+    epoch = int(saved.get("train_state", {}).get("epoch", 0))
+    record = out_dir / "config_changes.json"
+    history = json.loads(record.read_text()) if record.is_file() else []
+    history.append({"after_epoch": epoch, "changes": changes})
+    record.write_text(json.dumps(history, indent=1, default=str))
+    if (out_dir / "config.yaml").is_file():
+        (out_dir / "config.yaml").replace(out_dir / f"config.until_epoch{epoch}.yaml")
+    logger.warning("resuming with changes after epoch %d: %s (recorded in %s)", epoch, listed, record.name)
+
+
+def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = None) -> TrainResult:
+    """Trains as configured; with ``resume`` continues from ``last.pt`` of the same run folder
+    (``resume="changed"`` accepts a changed config or manifest and records the change)."""
     tracker = tracker or NullTracker()
     manifest = preflight(cfg)
     rt = make_runtime(cfg.train, cfg.data.spatial_dims)
@@ -60,6 +97,8 @@ def train(cfg: Config, resume: bool = False, tracker: Tracker | None = None) -> 
         raise MedtlError(f"--resume: no checkpoint at {last}; start without --resume")
     if not resume and last.is_file():
         raise MedtlError(f"{out_dir} already holds a run; add --resume to continue it or set name=... for a new one")
+    if resume:
+        check_resume(cfg, last, manifest.digest(), allow_changes=resume == "changed")
     set_determinism(cfg.train.seed)
     seed_everything(cfg.train.seed)
     prepared = prepare_cases(cfg, manifest, out_dir)
@@ -77,7 +116,8 @@ def train(cfg: Config, resume: bool = False, tracker: Tracker | None = None) -> 
     loss_fn, weights = build_loss(cfg.train, cfg.data.task, counts, prepared.classes)
     loss_fn = loss_fn.to(rt.device)
     _report_start(cfg, schedule, prepared, weights, counts, tracker, built.weights_sha256)
-    bundle = ModelBundle(model, cfg, prepared.classes, extra={"weights_sha256": built.weights_sha256, "backbone": built.spec.name})
+    bundle = ModelBundle(model, cfg, prepared.classes, extra={"weights_sha256": built.weights_sha256, "backbone": built.spec.name,
+                                                               "manifest_sha256": manifest.digest()})
     if cfg.transfer.strategy == "feature_extraction" and not seg:
         history = features.fit_head(cfg, model, prepared, rt, weights, tracker)
         state = FitState(epoch=cfg.train.epochs, history=history)
@@ -189,7 +229,7 @@ def _finish(cfg: Config, model: nn.Module, bundle: ModelBundle, prepared: Prepar
     if val_loader is not None and cfg.data.task == "classification":
         val = predict_loader(unwrap(model), val_loader, rt, cfg.data.task)
         if len(prepared.classes) == 2:
-            probs = torch.softmax(val["logits"], 1)[:, 1].numpy()
+            probs = probabilities(val["logits"].numpy())[:, 1]
             threshold = choose_threshold(val["labels"].numpy(), probs, cfg.train.threshold_rule, cfg.train.target_sensitivity)
     bundle.threshold = threshold
     model_path = out_dir / "model.pt"

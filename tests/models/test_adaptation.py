@@ -49,18 +49,24 @@ def test_adabn_moves_only_bn_statistics_toward_target():
     assert not torch.allclose(before["backbone._bn0.running_mean"], stem.running_mean, atol=1e-3)
 
 
-def test_dann_step_runs_and_reports_domain_accuracy():
+def test_dann_step_reports_the_domain_classifiers_accuracy_and_trains_it():
     model = build_model(ModelConfig(pretrained="none"), "classification", 2, 2, [32, 32]).model
-    adapter = Adapter("dann", 1280, 0.5)
+    adapter = Adapter("dann", 1280, 0.5).eval()  # no dropout: the reported numbers can be recomputed
     opt = torch.optim.AdamW(list(model.parameters()) + list(adapter.parameters()), 1e-3)
     xs, xt, y = torch.randn(4, 1, 32, 32), torch.randn(4, 1, 32, 32) + 1, torch.tensor([0, 1, 0, 1])
     fs, ft = model.features(xs), model.features(xt)
     extra, info = adapter(fs, ft, progress=0.5)
+    with torch.no_grad():
+        logits = adapter.domain(torch.cat([fs, ft]))
+    domain = torch.tensor([0.0] * 4 + [1.0] * 4)
+    assert info["domain_accuracy"] == pytest.approx(float(((logits > 0).float() == domain).float().mean()))
+    assert info["domain_loss"] == pytest.approx(float(torch.nn.functional.binary_cross_entropy_with_logits(logits, domain)), rel=1e-5)
+    assert float(extra.detach()) == pytest.approx(0.5 * info["domain_loss"], rel=1e-5)
+    assert info["grl_coefficient"] == pytest.approx(dann_coefficient(0.5))
     loss = torch.nn.functional.cross_entropy(model.head(fs), y) + extra
     opt.zero_grad()
     loss.backward()
     opt.step()
-    assert 0.0 <= info["domain_accuracy"] <= 1.0 and info["grl_coefficient"] == pytest.approx(dann_coefficient(0.5))
     assert adapter.domain.net[0].weight.grad is not None
 
 

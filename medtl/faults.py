@@ -1,0 +1,15 @@
+"""Named fault points, so reliability tests kill the process at an exact step instead of guessing a time.
+
+``MEDTL_FAULT=after_epoch:1`` sends SIGKILL to the process right after epoch 1's checkpoint is on disk;
+``MEDTL_FAULT=after_rows:20`` right after the 20th predictions row is flushed. Unset, a point costs one
+environment lookup."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def fault_point(name: str, count: int) -> None:
+    if os.environ.get("MEDTL_FAULT") == f"{name}:{count}":
+        os.kill(os.getpid(), signal.SIGKILL)

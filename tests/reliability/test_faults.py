@@ -1,0 +1,121 @@
+"""Faults at chosen points: kill -9 then resume (one MLflow record, same config or a recorded change), a
+tracking server that dies mid-training, a case that only shows its fault when read, a read-only folder."""
+
+import json
+import os
+import signal
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtl.data.synthetic import make_classification_set
+from tests.conftest import medtl_exe, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def sets(*pairs: str) -> list[str]:
+    return [x for p in pairs for x in ("--set", p)]
+
+
+def base(m, tmp_path, *extra):
+    return sets(f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]",
+                f"train.out_dir={tmp_path / 'runs'}", "train.epochs=3", "train.batch_size=8", "model.pretrained=none",
+                "transfer.strategy=scratch", "train.early_stopping_patience=null", "evaluate.bootstrap=20",
+                "evaluate.gradcam=0", *extra)
+
+
+def killed_after_epoch_1(*args, cwd):
+    env = {**os.environ, "MEDTL_PROGRESS": "0", "MEDTL_FAULT": "after_epoch:1"}
+    res = subprocess.run([medtl_exe(), *args], env=env, cwd=cwd, capture_output=True, timeout=600)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+
+
+def test_resume_after_kill9_continues_the_same_mlflow_run(tmp_path):
+    from mlflow import MlflowClient
+
+    m = make_classification_set(tmp_path / "d", n=20, kind="png", size=(16, 16), split=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["run", "diagnosis", *base(m, tmp_path, f"tracking.uri={uri}", "name=r")]
+    killed_after_epoch_1(*args, cwd=tmp_path)
+    res = run_cli(*args, "--resume", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [h.step for h in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2, 3]
+    assert "test_auroc" in runs[0].data.metrics
+
+
+def test_resume_with_another_config_is_refused_unless_asked_and_then_recorded(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=20, kind="png", size=(16, 16), split=True)
+    args = ["train", *base(m, tmp_path, "name=c")]
+    killed_after_epoch_1(*args, cwd=tmp_path)
+    run = tmp_path / "runs" / "c"
+    first_config = (run / "config.yaml").read_text()
+    changed = [*args, "--set", "train.lr=0.01"]
+    refused = run_cli(*changed, "--resume")
+    assert refused.returncode == 2 and "train.lr" in refused.stderr and "--resume-changed" in refused.stderr
+    assert (run / "config.yaml").read_text() == first_config
+    res = run_cli(*changed, "--resume-changed")
+    assert res.returncode == 0, res.stderr
+    record = json.loads((run / "config_changes.json").read_text())
+    assert record[0]["after_epoch"] == 1 and record[0]["changes"]["train.lr"][1] == 0.01
+    assert (run / "config.until_epoch1.yaml").read_text() == first_config
+    assert "lr: 0.01" in (run / "config.yaml").read_text()
+
+
+def test_a_tracking_server_that_dies_mid_training_costs_nothing(tmp_path, mlflow_server_process, monkeypatch):
+    import medtl.train.loop as loop
+
+    uri, server = mlflow_server_process
+
+    def server_dies(name: str, count: int) -> None:
+        if (name, count) == ("after_epoch", 1):
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+    monkeypatch.setattr(loop, "fault_point", server_dies)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    m = make_classification_set(tmp_path / "d", n=20, kind="png", size=(16, 16), split=True)
+    res = run_cli("run", "diagnosis", *base(m, tmp_path, f"tracking.uri={uri}", "name=t"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "tracking unavailable" in res.stderr
+    run = tmp_path / "runs" / "t"
+    assert json.loads((run / "train_summary.json").read_text())["epochs_completed"] == 3
+    assert (run / "model.pt").is_file() and (run / "evaluation_test" / "metrics.json").is_file()
+    kept = [json.loads(line) for line in (run / "tracking_offline.jsonl").read_text().splitlines()]
+    steps = [c["args"][1] for c in kept if c["kind"] == "metrics" and "val_loss" in c["args"][0]]
+    assert steps == [2, 3]  # epoch 1 reached the server; the rest waits in the run folder
+
+
+def test_skip_bad_cases_also_skips_a_case_found_bad_at_load_time(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=20, kind="nifti", size=(16, 16, 4), split=True)
+    table = pd.read_csv(m, dtype=str)
+    bad = table[table["split"] == "train"]["case_id"].iloc[0]
+    path = m.parent / table.set_index("case_id").loc[bad, "image"]
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj).copy()
+    data[2, 2, 2] = np.nan  # headers are fine: only reading the voxels shows it
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    args = ["train", *sets(f"data.manifest={m}", "data.classes=[normal,lesion]", "data.spatial_dims=3",
+                          "data.image_size=[16,16,8]", "model.backbone=resnet10", "model.pretrained=none",
+                          "transfer.strategy=scratch", "train.epochs=1", f"train.out_dir={tmp_path / 'runs'}")]
+    refused = run_cli(*args, "--set", "name=strict")
+    assert refused.returncode == 2 and bad in refused.stderr
+    res = run_cli(*args, "--set", "name=lenient", "--set", "data.skip_bad_cases=true")
+    assert res.returncode == 0, res.stderr
+    assert bad in res.stderr
+    assert bad in json.loads((tmp_path / "runs" / "lenient" / "train_summary.json").read_text())["skipped_cases"]
+
+
+def test_an_unwritable_output_folder_is_one_line(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=20, kind="png", size=(16, 16), split=True)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the run folder should go")  # unwritable even for root, unlike chmod
+    res = run_cli("train", *base(m, tmp_path, f"train.out_dir={blocker}"))
+    assert res.returncode == 2 and "unexpected error" not in res.stderr and "not_a_folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

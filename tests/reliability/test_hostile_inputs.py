@@ -1,0 +1,189 @@
+"""Hostile files and bad input: files medtl did not write are never touched, ids like ``nan`` are ids,
+headers are claims checked before allocating, malformed DICOM numbers are per-case errors that echo
+nothing, names are names, and a served model reads only under its data root."""
+
+import gzip
+import shutil
+import struct
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from medtl.config import load_config
+from medtl.data.synthetic import make_classification_set, synthetic_volume, write_ct_series
+from medtl.errors import ConfigError
+from medtl.models.checkpoint import load_bundle, save_model
+from medtl.train.run import train
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def model_2d(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("m2d")
+    m = make_classification_set(tmp / "d", n=10, kind="png", size=(16, 16), split=True)
+    cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]",
+                             "model.pretrained=none", "transfer.strategy=scratch", "train.epochs=1",
+                             "train.max_steps_per_epoch=1", f"train.out_dir={tmp / 'runs'}"])
+    return train(cfg).model_path, m
+
+
+def score(model, manifest, out, *extra):
+    return run_cli("score", "--model", str(model), "--manifest", str(manifest), "--out", str(out), "--no-track", *extra)
+
+
+@pytest.mark.parametrize("content", [b"hello world, my notes", b"name,age\nalice,30\nbob,41", b"case_id,image\nx,y.png\n"])
+def test_score_never_touches_an_out_file_it_did_not_write(tmp_path, model_2d, content):
+    model, manifest = model_2d
+    out = tmp_path / "notes.csv"
+    out.write_bytes(content)
+    res = score(model, manifest, out)
+    assert res.returncode == 2 and "not a medtl predictions file" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == content
+
+
+def test_a_copy_of_the_manifest_as_out_is_refused_byte_for_byte(tmp_path, model_2d):
+    model, manifest = model_2d
+    out = tmp_path / "copy.csv"
+    shutil.copy(manifest, out)
+    before = out.read_bytes()
+    assert score(model, manifest, out).returncode == 2
+    assert out.read_bytes() == before
+
+
+def test_case_ids_that_look_missing_are_scored_once(tmp_path, model_2d):
+    model, manifest = model_2d
+    shutil.copy(manifest.parent / pd.read_csv(manifest)["image"][0], tmp_path / "scan.png")
+    ids = ["nan", "NA", "None", "null"]
+    cases = tmp_path / "cases.csv"
+    pd.DataFrame({"case_id": ids, "image": ["scan.png"] * 4}).to_csv(cases, index=False)
+    out = tmp_path / "p.csv"
+    assert score(model, cases, out).returncode == 0
+    again = score(model, cases, out)
+    assert again.returncode == 0
+    table = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert sorted(table["case_id"]) == sorted(ids)
+
+
+def test_rerun_with_another_model_is_refused_and_rows_name_their_model(tmp_path, model_2d):
+    model, manifest = model_2d
+    out = tmp_path / "p.csv"
+    assert score(model, manifest, out).returncode == 0
+    other = load_bundle(model)
+    other.threshold = 0.123  # another operating point decides other labels: another model
+    save_model(other, tmp_path / "other.pt")
+    res = score(tmp_path / "other.pt", manifest, out)
+    assert res.returncode == 2 and "another model" in res.stderr
+    table = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert table["model_id"].nunique() == 1 and len(table["model_id"][0]) == 16
+
+
+def _nifti_bomb(path, shape=(30000, 30000, 1)):
+    """A tiny gzip file whose header declares ``shape`` float32 voxels."""
+    small = path.with_name("seed.nii")
+    nib.save(nib.Nifti1Image(np.zeros((1, 1, 1), np.float32), np.eye(4)), str(small))
+    raw = bytearray(small.read_bytes())
+    raw[40:48] = struct.pack("<4h", 3, *shape)
+    path.write_bytes(gzip.compress(bytes(raw)))
+    small.unlink()
+
+
+@pytest.mark.parametrize("shape", [(30000, 30000, 1), (16000, 16000, 1)])
+def test_a_header_bomb_is_a_per_case_problem_before_any_allocation(tmp_path, model_2d, shape):
+    model, _ = model_2d
+    _nifti_bomb(tmp_path / "bomb.nii.gz", shape)
+    assert (tmp_path / "bomb.nii.gz").stat().st_size < 400
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"case_id": ["bomb"], "image": ["bomb.nii.gz"], "label": ["normal"]}).to_csv(manifest, index=False)
+    res = run_cli("manifest", "check", str(manifest), "--deep")
+    assert res.returncode == 1 and "header declares" in res.stdout + res.stderr
+    out = tmp_path / "p.csv"
+    assert score(model, manifest, out).returncode == 1  # exit 1: some cases failed
+    row = pd.read_csv(out, dtype=str, keep_default_na=False).iloc[0]
+    assert row["status"] == "error" and "header declares" in row["error"]
+
+
+def _malformed_series(folder, keyword):
+    vol, _ = synthetic_volume(np.random.default_rng(0), (16, 16, 4), False)
+    write_ct_series(folder, vol, seed=1)
+    path = sorted(folder.iterdir())[1]
+    ds = pydicom.dcmread(path)
+    tag = pydicom.tag.Tag(pydicom.datadict.tag_for_keyword(keyword))
+    value = b"PHISENTINEL\\1\\2 " if keyword != "RescaleSlope" else b"PHISENTINEL "
+    ds._dict[tag] = pydicom.dataelem.RawDataElement(tag, "DS", len(value), value, 0, False, True)  # as a bad writer would
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("keyword", ["ImagePositionPatient", "PixelSpacing", "RescaleSlope"])
+def test_malformed_dicom_numbers_are_per_case_errors_that_echo_nothing(tmp_path, keyword):
+    scans = tmp_path / "scans"
+    bad = _malformed_series(scans / "bad", keyword)
+    vol, _ = synthetic_volume(np.random.default_rng(1), (16, 16, 4), True)
+    write_ct_series(scans / "good", vol, seed=2)
+    built = run_cli("manifest", "build", str(scans), "--out", str(tmp_path / "m.csv"))
+    assert built.returncode == 0, built.stderr
+    table = pd.read_csv(tmp_path / "m.csv", dtype=str)
+    assert sorted(table["case_id"]) == ["bad", "good"]
+    check = run_cli("manifest", "check", str(tmp_path / "m.csv"), "--deep")
+    printed = check.stdout + check.stderr
+    assert check.returncode == 1 and bad.name in printed and keyword in printed
+    assert "PHISENTINEL" not in printed and "unexpected error" not in printed
+    m = make_classification_set(tmp_path / "d", n=10, kind="dicom", size=(16, 16, 4), split=True)
+    cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.spatial_dims=3",
+                             "data.image_size=[16,16,8]", "model.backbone=resnet10", "model.pretrained=none",
+                             "transfer.strategy=scratch", "train.epochs=1", "train.max_steps_per_epoch=1",
+                             f"train.out_dir={tmp_path / 'runs'}"])
+    model = train(cfg).model_path
+    res = run_cli("score", "--model", str(model), "--input", str(scans), "--out", str(tmp_path / "p.csv"), "--no-track")
+    assert res.returncode == 1 and "PHISENTINEL" not in res.stdout + res.stderr
+    out = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False).set_index("case_id")
+    assert out.loc["good", "status"] == "ok" and out.loc["bad", "status"] == "error"
+    assert keyword in out.loc["bad", "error"] and "PHISENTINEL" not in (tmp_path / "p.csv").read_text()
+
+
+def test_unlabelled_rows_and_empty_manifests_fail_check_naming_the_cases(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=6, kind="png", size=(16, 16))
+    table = pd.read_csv(m, dtype=str)
+    table.loc[[1, 4], "label"] = ""
+    table.to_csv(m, index=False)
+    res = run_cli("manifest", "check", str(m))
+    assert res.returncode == 1 and "no label" in res.stdout and "case001" in res.stdout and "case004" in res.stdout
+    table.iloc[:0].to_csv(m, index=False)
+    res = run_cli("manifest", "check", str(m))
+    assert res.returncode == 1 and "no case" in res.stdout
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../elsewhere", "a/b", "", "-rf"])
+def test_run_names_are_single_folder_names(name):
+    with pytest.raises(ConfigError, match="name"):
+        load_config(None, [f"name={name}"])
+
+
+@pytest.mark.parametrize("size", ["[0,-32]", "[100000,100000]", "[1,64]"])
+def test_image_sizes_must_be_plausible(size):
+    with pytest.raises(ConfigError, match="image_size"):
+        load_config(None, [f"data.image_size={size}"])
+
+
+def test_a_served_model_reads_only_under_its_data_root(tmp_path, model_2d, monkeypatch):
+    from medtl.mlflow_model import REFUSED, MedtlPyfunc
+
+    model, manifest = model_2d
+    root = tmp_path / "root"
+    root.mkdir()
+    inside = root / "scan.png"
+    shutil.copy(manifest.parent / pd.read_csv(manifest)["image"][0], inside)
+    (root / "escape.png").symlink_to(manifest.parent / pd.read_csv(manifest)["image"][1])
+    monkeypatch.setenv("MEDTL_DATA_ROOT", str(root))
+    served = MedtlPyfunc()
+    served.bundle = load_bundle(model)
+    asked = ["/etc/passwd", str(tmp_path / "missing.png"), str(root / "escape.png"), str(root / ".." / "x.png"), str(inside)]
+    out = served.predict(None, pd.DataFrame({"image": asked}))
+    assert list(out["error"][:4]) == [REFUSED] * 4  # the same answer whether a refused file exists or not
+    assert out["status"][4] == "ok" and out["error"][4] == ""
+    monkeypatch.delenv("MEDTL_DATA_ROOT")
+    assert (served.predict(None, pd.DataFrame({"image": [str(inside)]}))["error"] == REFUSED).all()
