@@ -327,6 +327,18 @@ def models_promote(
     typer.echo(f"models:/{name}@{alias} -> version {version}")
 
 
+tracking_app = typer.Typer(help="Tracking that could not reach the server.", no_args_is_help=True)
+app.add_typer(tracking_app, name="tracking")
+
+
+@tracking_app.command("sync")
+def tracking_sync(run_folder: Annotated[Path, typer.Argument(help="Run folder holding tracking_offline.jsonl.")]) -> None:
+    """Replay what a run logged while the tracking server was unreachable into its MLflow run."""
+    from medtl.tracking import sync_offline
+
+    typer.echo(f"{sync_offline(run_folder)} logged call(s) replayed into the run")
+
+
 @app.command("run")
 def run_cmd(
     pipeline: Annotated[str, typer.Argument(help="diagnosis, segmentation, batch_score, compare, or a .py path.")],

@@ -41,6 +41,11 @@ def load_any_model(ref: str) -> ModelBundle:
     path = Path(ref)
     if path.suffix == ".pt":
         return load_bundle(path)
+    if path.is_dir() and not (path / "MLmodel").is_file():
+        if (path / "model.pt").is_file():  # a run folder: its model.pt is the model
+            return load_bundle(path / "model.pt")
+        raise MedtlError(f"--model {ref}: a folder with neither model.pt (a medtl run folder) nor MLmodel (an MLflow "
+                         "model); give a model.pt, a run folder, runs:/RUN/model or models:/NAME@ALIAS")
     from medtl.mlflow_model import load_registered_bundle
 
     return load_registered_bundle(ref)

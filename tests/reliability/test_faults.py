@@ -119,3 +119,25 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
     res = run_cli("train", *base(m, tmp_path, f"train.out_dir={blocker}"))
     assert res.returncode == 2 and "unexpected error" not in res.stderr and "not_a_folder" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_offline_tracking_is_replayed_into_the_same_run(tmp_path):
+    from mlflow import MlflowClient
+
+    from medtl.tracking import OFFLINE_LOG, RUN_RECORD
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e"))
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / RUN_RECORD).write_text(json.dumps({"run_id": run.info.run_id, "uri": uri}))
+    calls = [{"kind": "metrics", "args": [{"val_loss": 0.5}, 2]}, {"kind": "params", "args": [{"train.lr": "0.1"}]},
+             {"kind": "tags", "args": [{"note": "offline"}]}]
+    (folder / OFFLINE_LOG).write_text("".join(json.dumps(c) + "\n" for c in calls))
+    res = run_cli("tracking", "sync", str(folder))
+    assert res.returncode == 0 and "3 logged call(s)" in res.stdout, res.stderr
+    got = client.get_run(run.info.run_id)
+    assert [(h.step, h.value) for h in client.get_metric_history(run.info.run_id, "val_loss")] == [(2, 0.5)]
+    assert got.data.params["train.lr"] == "0.1" and got.data.tags["note"] == "offline" and got.info.status == "FINISHED"
+    assert run_cli("tracking", "sync", str(folder)).returncode == 2  # replayed once, never twice

@@ -187,3 +187,13 @@ def test_a_served_model_reads_only_under_its_data_root(tmp_path, model_2d, monke
     assert out["status"][4] == "ok" and out["error"][4] == ""
     monkeypatch.delenv("MEDTL_DATA_ROOT")
     assert (served.predict(None, pd.DataFrame({"image": [str(inside)]}))["error"] == REFUSED).all()
+
+
+def test_a_run_folder_as_model_means_its_model_pt(tmp_path, model_2d):
+    model, manifest = model_2d
+    res = score(model.parent, manifest, tmp_path / "p.csv")
+    assert res.returncode == 0, res.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = score(empty, manifest, tmp_path / "q.csv")
+    assert res.returncode == 2 and "model.pt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
