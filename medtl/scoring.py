@@ -19,6 +19,7 @@ import torch
 
 from medtl.data.build import discover_cases
 from medtl.data.manifest import read_manifest
+from medtl.data.readers import IMAGE_SUFFIXES, scan_kind
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
 from medtl.log import make_progress
@@ -118,22 +119,38 @@ def done_cases(stream: Path, model_id: str) -> set[str]:
     return set(table["case_id"])
 
 
-def _mask_row(bundle: ModelBundle, rec: dict[str, Any], image_ref: str, masks_out: Path | None) -> dict[str, Any]:
-    """Writes the mask on the source grid with the source affine; adds lesion volume (ml) and the path."""
-    from medtl.data.readers import load_scan
-
-    src = load_scan(image_ref)
-    mask = torch.nn.functional.interpolate(torch.as_tensor(rec["mask"])[None, None].float(), size=src.shape[1:],
-                                           mode="nearest")[0, 0].numpy().astype(np.uint8)
-    affine = np.asarray(src.affine)
-    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    row = {"lesion_volume_ml": float((mask > 0).sum() * voxel_ml), "mask_path": ""}
+def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundle: ModelBundle,
+              model_id: str) -> dict[str, Any]:
+    """Writes the mask on the source grid: PNG for a film, NIfTI with the source affine otherwise, and for a
+    DICOM series also a DICOM-SEG referencing it; adds the lesion volume (mL) and the path."""
+    mask = rec["mask"]
+    row = {"lesion_volume_ml": float((mask.labels > 0).sum() * mask.voxel_ml), "mask_path": ""}
     if masks_out is not None:
         masks_out.mkdir(parents=True, exist_ok=True)
-        path = masks_out / f"{rec['case_id']}.nii.gz"
-        nib.save(nib.Nifti1Image(mask, affine), str(path))
+        if image_ref.lower().endswith(IMAGE_SUFFIXES):  # a film in, a PNG of the same size out
+            from PIL import Image
+
+            path = masks_out / f"{rec['case_id']}.png"
+            labels = mask.labels * (255 if mask.labels.max(initial=0) <= 1 else 1)
+            Image.fromarray(labels.astype(np.uint8).T).save(path)
+        else:
+            path = masks_out / f"{rec['case_id']}.nii.gz"
+            affine = mask.affine if mask.affine.shape == (4, 4) else _affine_3d(mask.affine)
+            nib.save(nib.Nifti1Image(mask.labels, affine), str(path))
+            if scan_kind(image_ref) == "dicom":
+                from medtl.dicom_seg import write_dicom_seg
+
+                name = bundle.extra.get("model_name") or bundle.extra.get("backbone") or "medtl model"
+                version = str(bundle.extra.get("model_version") or model_id)
+                write_dicom_seg(image_ref, mask.labels, bundle.classes, masks_out / f"{rec['case_id']}.seg.dcm", name, version)
         row["mask_path"] = str(path)
     return row
+
+
+def _affine_3d(affine_2d: np.ndarray) -> np.ndarray:
+    out = np.eye(4)
+    out[:2, :2], out[:2, 3] = affine_2d[:2, :2], affine_2d[:2, 2]
+    return out
 
 
 def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out: Path | None = None,
@@ -162,7 +179,7 @@ def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out
         for rec in iter_predictions(bundle, todo, device_for(device), batch_size, num_workers):
             row = prediction_row(bundle, rec)
             if bundle.task == "segmentation":
-                row.update(_mask_row(bundle, rec, refs[rec["case_id"]], masks_out) if not rec["error"]
+                row.update(_mask_row(rec, refs[rec["case_id"]], masks_out, bundle, model_id) if not rec["error"]
                            else {"lesion_volume_ml": float("nan"), "mask_path": ""})
             row.update(meta, scored_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             row = {"case_id": row.pop("case_id"), **row}

@@ -134,3 +134,33 @@ def test_crossval_nested_fold_runs_and_parent_mean_sd(tmp_path):
     assert parent.data.metrics["cv_test_accuracy_sd"] == pytest.approx(float(np.std(aurocs, ddof=1)))
     tests = pd.concat([pd.read_csv(tmp_path / "runs" / "cv" / f"fold{k}_manifest.csv").query("split == 'test'") for k in range(3)])
     assert sorted(tests["case_id"]) == sorted(pd.read_csv(m)["case_id"])  # every case tested exactly once
+
+
+@pytest.mark.slow
+def test_2d_segmentation_from_png_with_masks_beside_their_images(tmp_path):
+    from PIL import Image
+
+    make_segmentation_set(tmp_path / "s", n=12, size=(32, 32), kind="png", lesion_scale=0.3)
+    built = run_cli("manifest", "build", str(tmp_path / "s" / "images"), "--out", str(tmp_path / "m.csv"))
+    assert built.returncode == 0, built.stderr
+    table = pd.read_csv(tmp_path / "m.csv", dtype=str)
+    assert len(table) == 12 and not table["case_id"].str.endswith("_mask").any()  # masks are never cases
+    assert (table["mask"] == table["image"].str.replace(".png", "_mask.png")).all()
+    res = run_cli("run", "segmentation", *sets(
+        f"data.manifest={tmp_path / 'm.csv'}", "data.task=segmentation", "data.spatial_dims=2", "data.image_size=[32,32]",
+        "train.loss=dice_ce", "train.epochs=1", "train.batch_size=4", f"train.out_dir={tmp_path / 'runs'}",
+        "tracking.enabled=false", "name=seg2d"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    per_case = pd.read_csv(tmp_path / "runs" / "seg2d" / "evaluation_test" / "per_case.csv", dtype={"case_id": str})
+    out = tmp_path / "masks"
+    res = run_cli("score", "--model", str(tmp_path / "runs" / "seg2d" / "model.pt"), "--manifest", str(tmp_path / "m.csv"),
+                  "--out", str(tmp_path / "p.csv"), "--masks-out", str(out), "--no-track")
+    assert res.returncode == 0, res.stderr[-2000:]
+    for case in table["case_id"]:
+        with Image.open(out / f"{case}.png") as written, Image.open(tmp_path / "s" / "images" / f"{case}.png") as src:
+            assert written.size == src.size
+    for case, dice in zip(per_case["case_id"], per_case["dice"]):  # the written mask is the evaluated one
+        pred = np.asarray(Image.open(out / f"{case}.png")) > 0
+        ref = np.asarray(Image.open(tmp_path / "s" / "images" / f"{case}_mask.png")) > 0
+        hand = 2 * (pred & ref).sum() / (pred.sum() + ref.sum()) if pred.sum() + ref.sum() else 1.0
+        assert dice == pytest.approx(hand)

@@ -58,6 +58,39 @@ def discover_cases(folder: Path) -> list[tuple[str, str]]:
     return cases
 
 
+MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
+
+
+def _mask_of(case_id: str) -> str | None:
+    """The image case a mask-named file belongs to (``mr000_mask`` → ``mr000``), else None."""
+    for suffix in MASK_SUFFIXES:
+        if case_id.lower().endswith(suffix) and len(case_id) > len(suffix):
+            return case_id[: -len(suffix)]
+    return None
+
+
+def pair_masks(cases: list[tuple[str, str]], masks: Path | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Splits discovered files into image cases and their masks: files under ``masks`` (named like their
+    image, optionally with a mask suffix), and files beside their image named ``<case>_mask`` (or ``_seg``,
+    ``_label``, ``_gt``). A mask is never listed as a case of its own."""
+    found: dict[str, str] = {}
+    if masks is not None:
+        root = Path(masks).resolve()
+        for path in sorted(p for p in Path(masks).rglob("*") if p.is_file()):
+            c = _case_id_from_file(path)
+            found[_mask_of(c) or c] = str(path)
+        cases = [(c, ref) for c, ref in cases if root not in Path(dicom.parse_series_ref(ref)[0]).resolve().parents]
+    ids = {c for c, _ in cases}
+    images = []
+    for c, ref in cases:
+        owner = _mask_of(c)
+        if owner is not None and owner in ids:
+            found.setdefault(owner, ref)
+        else:
+            images.append((c, ref))
+    return images, found
+
+
 def _relative(ref: str, base: Path) -> str:
     path, uid = dicom.parse_series_ref(ref)
     rel = os.path.relpath(path.resolve(), base)
@@ -79,7 +112,7 @@ def build_manifest(
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
-    cases = discover_cases(folder)
+    cases, mask_refs = pair_masks(discover_cases(folder), masks)
     if not cases:
         raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found")
     out = Path(out)
@@ -89,9 +122,8 @@ def build_manifest(
     if table["case_id"].duplicated().any():
         dup = table.loc[table["case_id"].duplicated(), "case_id"].iloc[0]
         raise ManifestError(f"two scans would both be case {dup!r}; rename one of the files")
-    if masks is not None:
-        found = {c: p for c, p in ((_case_id_from_file(p), p) for p in Path(masks).rglob("*") if p.is_file())}
-        table["mask"] = [os.path.relpath(found[c].resolve(), base) if c in found else None for c in table["case_id"]]
+    if mask_refs:
+        table["mask"] = [_relative(mask_refs[c], base) if c in mask_refs else None for c in table["case_id"]]
     if labels is not None:
         table = _join_labels(table, Path(labels))
     if "patient_id" not in table:

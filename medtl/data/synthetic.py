@@ -56,6 +56,9 @@ def _base_dataset(path: Path, sop_class: str, patient_tag: str, series_uid: str,
     ds.InstitutionName = f"{patient_tag} Hospital"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498." + str(int(series_uid.replace(".", "")[-20:]) % 10**18)
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.PatientSex = "20260101", "120000", "1", "O"
+    ds.ReferringPhysicianName = f"{patient_tag}^Referrer"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
@@ -75,10 +78,12 @@ def write_ct_series(
     instance_order: str = "reversed",
     skip_slices: Sequence[int] = (),
     series_uid: str | None = None,
+    orientation: Sequence[float] = (1, 0, 0, 0, 1, 0),
 ) -> str:
     """Writes ``volume`` (i=column, j=row, k=slice, in HU) as an axial CT series in shuffled file names.
 
     ``instance_order='reversed'`` numbers slices against their position, the trap in MONAI's reader.
+    ``orientation`` is ImageOrientationPatient; slice k lies at ``origin + k * spacing[2]`` along its normal.
     Returns the SeriesInstanceUID.
     """
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,8 +102,9 @@ def write_ct_series(
         ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
         ds.PixelSpacing = [spacing[1], spacing[0]]
         ds.SliceThickness = spacing[2]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing[2]]
+        ds.ImageOrientationPatient = list(orientation)
+        normal = np.cross(orientation[:3], orientation[3:])
+        ds.ImagePositionPatient = [float(o + k * spacing[2] * n) for o, n in zip(origin, normal)]
         ds.InstanceNumber = (n - k) if instance_order == "reversed" else int(rng.integers(1, 10 * n))
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         stored = np.round((volume[:, :, k].T - intercept) / slope).astype(np.int16)
@@ -187,8 +193,9 @@ def _stratified_splits(table: pd.DataFrame) -> list[str]:
 
 
 def make_segmentation_set(root: Path, n: int = 8, size: Sequence[int] = (32, 32, 16), seed: int = 0,
-                          lesion_scale: float = 0.12) -> Path:
-    """Writes NIfTI images with lesion masks (every case has a lesion) and ``manifest.csv``."""
+                          lesion_scale: float = 0.12, kind: str = "nifti") -> Path:
+    """Writes images with lesion masks (every case has a lesion) and ``manifest.csv``: NIfTI, or for 2D
+    ``kind="png"`` 8-bit PNG films with PNG masks named ``<case>_mask.png`` beside them."""
     rng = np.random.default_rng(seed)
     rows = []
     affine = np.diag([1.2, 1.2, 2.0, 1.0])
@@ -197,6 +204,12 @@ def make_segmentation_set(root: Path, n: int = 8, size: Sequence[int] = (32, 32,
     for i in range(n):
         vol, mask = synthetic_volume(rng, size, True, lesion_scale)
         case = f"seg{i:03d}"
+        if kind == "png":
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip((vol + 1000.0) / 1300.0 * 255.0, 0, 255).astype(np.uint8).T).save(root / f"images/{case}.png")
+            Image.fromarray((mask * 255).astype(np.uint8).T).save(root / f"images/{case}_mask.png")
+            rows.append({"case_id": case, "image": f"images/{case}.png", "mask": f"images/{case}_mask.png"})
+            continue
         write_nifti(root / f"images/{case}.nii.gz", vol, affine)
         write_nifti(root / f"masks/{case}.nii.gz", mask, affine)
         rows.append({"case_id": case, "image": f"images/{case}.nii.gz", "mask": f"masks/{case}.nii.gz"})

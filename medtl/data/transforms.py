@@ -60,6 +60,18 @@ class CheckFinited(MapTransform):
         return d
 
 
+class MaskIndicesd(MapTransform):
+    """8-bit masks drawn as 0/255 (the usual PNG convention) become class indices 0/1; index masks pass."""
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            values = torch.unique(torch.as_tensor(d[key]))
+            if values.numel() <= 2 and float(values.max()) == 255.0:
+                d[key] = d[key] / 255.0
+        return d
+
+
 class CaseCompose(Compose):
     """Compose that re-raises the DataError naming the case instead of MONAI's nested wrapping."""
 
@@ -115,10 +127,15 @@ def intensity_transform(cfg: DataConfig) -> list[Any]:
     return []
 
 
-def deterministic_transforms(cfg: DataConfig, with_mask: bool = False) -> list[Any]:
-    """Load → channel first → orientation/spacing (3D) → intensity preset → crop → resize. Cacheable."""
+def deterministic_transforms(cfg: DataConfig, with_mask: bool = False, keep_meta: bool = False) -> list[Any]:
+    """Load → channel first → orientation/spacing (3D) → intensity preset → crop → resize. Cacheable.
+
+    ``keep_meta`` keeps MONAI's record of every spatial step on the image, so a prediction can be inverted
+    back to the source grid (``medtl.data.inverse``)."""
     keys = ["image", "mask"] if with_mask else ["image"]
     steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckDimsd(keys, cfg.spatial_dims), CheckFinited(keys)]
+    if with_mask:
+        steps.append(MaskIndicesd(["mask"]))
     if cfg.spatial_dims == 3:
         steps.append(Orientationd(keys, axcodes=cfg.orientation))
         if cfg.spacing:
@@ -128,7 +145,7 @@ def deterministic_transforms(cfg: DataConfig, with_mask: bool = False) -> list[A
         steps.append(CropForegroundd(keys, source_key="image", allow_smaller=True))
     modes = ["area", "nearest"][: len(keys)] if cfg.spatial_dims == 2 else ["trilinear", "nearest"][: len(keys)]
     steps.append(Resized(keys, spatial_size=cfg.image_size, mode=modes))
-    steps.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
+    steps.append(EnsureTyped(keys, dtype=torch.float32, track_meta=keep_meta))
     return steps
 
 
@@ -153,12 +170,12 @@ def augmentation_transforms(cfg: DataConfig, with_mask: bool = False, patch_size
 
 
 def build_transforms(cfg: DataConfig, train: bool, in_channels: int = 1, with_mask: bool = False,
-                     patch_size: list[int] | None = None, pos_neg_ratio: float = 1.0) -> CaseCompose:
+                     patch_size: list[int] | None = None, pos_neg_ratio: float = 1.0, keep_meta: bool = False) -> CaseCompose:
     """The whole chain; random steps last, so caching datasets cache everything before them."""
-    steps = deterministic_transforms(cfg, with_mask)
+    steps = deterministic_transforms(cfg, with_mask, keep_meta)
     if train:
         steps += augmentation_transforms(cfg, with_mask, patch_size, pos_neg_ratio)
     if in_channels > 1:
         steps.append(RepeatChanneld("image", repeats=in_channels))
-    steps.append(EnsureTyped(["image", "mask"] if with_mask else ["image"], dtype=torch.float32, track_meta=False))
+    steps.append(EnsureTyped(["image", "mask"] if with_mask else ["image"], dtype=torch.float32, track_meta=keep_meta))
     return CaseCompose(steps)

@@ -143,7 +143,8 @@ def _cam_maps(bundle: ModelBundle, batch: torch.Tensor, layer: str, device: torc
 
 
 def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torch.device, out_dir: Path) -> Evaluation:
-    """Predicted masks are resized back to each reference mask's native grid; distances use its spacing."""
+    """Predictions come back on each scan's own grid (the inverse of its preprocessing); they are compared
+    with the reference mask there, distances in the source spacing (mm where the scan says so)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, views = [], []
     items = case_items(table, None)
@@ -151,12 +152,13 @@ def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torc
         if rec["error"]:
             raise DataError(f"case {rec['case_id']}: {rec['error']}")
         ref = load_scan(row.mask_path)
-        spacing = tuple(float(s) for s in np.sqrt((np.asarray(ref.affine)[:-1, :-1] ** 2).sum(0)))
-        pred = torch.nn.functional.interpolate(torch.as_tensor(rec["mask"])[None, None].float(), size=ref.shape[1:],
-                                               mode="nearest")[0, 0].numpy()
         ref_np = ref[0].numpy() > 0.5
-        rows.append({"case_id": rec["case_id"], **case_metrics(pred > 0, ref_np, spacing)})
-        views.append((row.image_path, ref_np, pred > 0))
+        pred = rec["mask"].labels > 0
+        if pred.shape != ref_np.shape:
+            raise DataError(f"case {rec['case_id']}: mask grid {ref_np.shape} differs from the image grid {pred.shape}; "
+                            "run `medtl manifest check` and give each image the mask drawn on it")
+        rows.append({"case_id": rec["case_id"], **case_metrics(pred, ref_np, rec["mask"].spacing[: pred.ndim])})
+        views.append((row.image_path, ref_np, pred))
     per_case = pd.DataFrame(rows)
     per_case.to_csv(out_dir / "per_case.csv", index=False)
     metrics = summarise(rows)

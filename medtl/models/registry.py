@@ -6,6 +6,8 @@ layer-wise learning rates), so head swapping, channel adaptation and transfer st
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,32 +65,50 @@ def _relu6(net: nn.Module) -> nn.Module:
     return net
 
 
-class DepthReplicatePad(nn.Module):
-    """Zero 'same' padding in-plane, replicate along depth: inflated 2D kernels then see a volume that is
-    constant along depth exactly as the 2D network sees its slice."""
+class SamePad(nn.Module):
+    """TensorFlow 'same' padding computed from the input's own shape at every call, axis by axis.
 
-    def __init__(self, padding: tuple[int, ...]) -> None:
+    MONAI's EfficientNet fixes its padding at build time for a cube of side ``image_size``; a CT patch of
+    128 x 128 x 32 then gets the padding of a 128-cube along depth and the kernels outgrow the input.
+    ``replicate_depth`` pads the last axis by repeating the edge slice (inflated 2D kernels then see a
+    volume constant along depth exactly as the 2D network sees its slice)."""
+
+    def __init__(self, conv: nn.Module, replicate_depth: bool = False) -> None:
         super().__init__()
-        self.depth = tuple(padding[:2])
-        self.plane = (0, 0) + tuple(padding[2:])
+        n = conv.weight.dim() - 2
+        as_tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * n  # noqa: E731
+        self.kernel, self.stride, self.dilation = as_tuple(conv.kernel_size), as_tuple(conv.stride), as_tuple(conv.dilation)
+        self.replicate_depth = replicate_depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.depth):
-            x = nn.functional.pad(x, self.depth + (0, 0, 0, 0), mode="replicate")
-        return nn.functional.pad(x, self.plane)
+        pads = []
+        for size, k, s, d in zip(x.shape[2:], self.kernel, self.stride, self.dilation):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        flat = [p for pair in reversed(pads) for p in pair]  # F.pad wants the last axis first
+        if not any(flat):
+            return x
+        if self.replicate_depth and any(flat[:2]):
+            x = nn.functional.pad(x, tuple(flat[:2]) + (0,) * (len(flat) - 2), mode="replicate")
+            flat[:2] = [0, 0]
+        return nn.functional.pad(x, tuple(flat))
+
+
+def dynamic_same_padding(net: nn.Module, replicate_depth: bool = False) -> nn.Module:
+    """Replaces every fixed '<conv>_padding' of a MONAI EfficientNet with SamePad for that conv."""
+    for module in list(net.modules()):
+        for name in [n for n in module._modules if n.endswith("_padding")]:
+            conv = getattr(module, name.removesuffix("_padding"), None)
+            if isinstance(conv, nn.modules.conv._ConvNd):
+                setattr(module, name, SamePad(conv, replicate_depth))
+    return net
 
 
 def _lite0(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Module:
     net = EfficientNet(LITE0_BLOCKS, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1000,
                        image_size=max(image_size), dropout_rate=0.0, drop_connect_rate=0.2, norm=BN)
     net._fc = nn.Identity()
-    net = _relu6(net)
-    if spatial_dims == 3:
-        for name, module in list(net.named_modules()):
-            if isinstance(module, nn.ConstantPad3d):
-                parent = net.get_submodule(name.rsplit(".", 1)[0]) if "." in name else net
-                setattr(parent, name.rsplit(".", 1)[-1], DepthReplicatePad(tuple(module.padding)))
-    return net
+    return dynamic_same_padding(_relu6(net), replicate_depth=spatial_dims == 3)
 
 
 def _effnet_bn(variant: str) -> Callable[[int, int, list[int]], nn.Module]:
@@ -97,7 +117,7 @@ def _effnet_bn(variant: str) -> Callable[[int, int, list[int]], nn.Module]:
                              norm=BN)
         net._fc = nn.Identity()
         net._dropout = nn.Identity()
-        return net
+        return dynamic_same_padding(net)
     return build
 
 

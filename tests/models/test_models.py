@@ -47,13 +47,26 @@ def test_grey_stem_sums_rgb_kernels():
         torch.testing.assert_close(grey.features(x), rgb.features(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
 
 
-def test_inflated_3d_matches_2d_on_depth_constant_volume():
-    m2 = build_model(ModelConfig(backbone="efficientnet-lite0", in_channels=1), "classification", 2, 2, [64, 64]).model.eval()
-    m3 = build_model(ModelConfig(backbone="efficientnet-lite0-3d", in_channels=1), "classification", 3, 2, [64, 64, 64]).model.eval()
-    sl = torch.rand(1, 1, 64, 64)
-    vol = sl[..., None].repeat(1, 1, 1, 1, 64)
+@pytest.mark.parametrize("plane, depth", [((64, 64), 64), ((32, 32), 40), ((32, 32), 8), ((48, 32), 16), ((32, 48), 5)])
+def test_inflated_3d_matches_2d_on_depth_constant_volume(plane, depth):
+    m2 = build_model(ModelConfig(backbone="efficientnet-lite0", in_channels=1), "classification", 2, 2, list(plane)).model.eval()
+    m3 = build_model(ModelConfig(backbone="efficientnet-lite0-3d", in_channels=1), "classification", 3, 2,
+                     [*plane, depth]).model.eval()
+    sl = torch.rand(1, 1, *plane)
+    vol = sl[..., None].repeat(1, 1, 1, 1, depth)
     with torch.no_grad():
-        torch.testing.assert_close(m3.features(vol), m2.features(sl), rtol=1e-3, atol=1e-4)
+        diff = (m3.features(vol) - m2.features(sl)).abs().max()
+    assert float(diff) < 1e-4
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet-lite0-3d", "efficientnet-b0", "resnet10", "resnet18"])
+@pytest.mark.parametrize("size", [[32, 32, 16], [32, 32, 8], [64, 64, 16], [16, 16, 32], [24, 40, 12]])
+def test_every_3d_backbone_takes_any_patch_shape(backbone, size):
+    x = torch.randn(1, 1, *size)
+    for task, want in (("classification", (1, 2)), ("segmentation", (1, 2, *size))):
+        model = build_model(ModelConfig(backbone=backbone, pretrained="none", in_channels=1), task, 3, 2, size).model.eval()
+        with torch.no_grad():
+            assert tuple(model(x).shape) == want
 
 
 def medicalnet_checkpoint(tmp_path, depth=10):

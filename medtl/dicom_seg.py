@@ -1,0 +1,62 @@
+"""DICOM in, DICOM out: a segmentation scored from a DICOM series goes back to PACS as a DICOM
+Segmentation object (highdicom) that references the source series and its Frame of Reference.
+
+This is the one output that carries the patient and study modules, because the standard requires them
+for the object to file with its study; it is written only to the folder the user names
+(``score --masks-out``) and never reaches MLflow or a log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from medtl import __version__
+from medtl.data import dicom
+from medtl.data.readers import dicom_headers
+
+
+TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+         "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """Type 2 patient/study attributes must be present in the SEG, if empty; some exports omit them."""
+    for keyword in TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def write_dicom_seg(image_ref: str, labels: np.ndarray, classes: list[str], out: Path, algorithm: str,
+                    version: str) -> Path:
+    """Writes ``labels`` (the source grid of ``image_ref``: i column, j row, k slice along the normal) as a
+    binary DICOM-SEG with one segment per foreground class; returns its path."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    path, uid = dicom.parse_series_ref(image_ref)
+    ordered, _ = dicom.order_slices(dicom_headers(path, uid))
+    sources = [_with_type2(pydicom.dcmread(h.path)) for h in ordered]
+    volume = labels if labels.ndim == 3 else labels[:, :, None]
+    frames = np.stack([volume[:, :, k].T for k in range(volume.shape[2])])  # (slice, row, column)
+    algorithm_id = hd.AlgorithmIdentificationSequence(name=algorithm[:64], version=version[:64],
+                                                      family=codes.cid7162.ArtificialIntelligence)
+    segments, stacked = [], []
+    for number, name in enumerate(classes[1:], start=1):
+        segments.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=name[:64],
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm_id))
+        stacked.append(frames == number)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=np.stack(stacked, axis=-1).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
+        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="medtl", manufacturer_model_name=algorithm[:64], software_versions=__version__,
+        device_serial_number="medtl", omit_empty_frames=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(out)
+    return out

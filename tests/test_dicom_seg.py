@@ -1,0 +1,58 @@
+"""DICOM in, DICOM out: a series whose slice normal points the other way is segmented on its own voxels,
+and the DICOM-SEG written back references each source instance with that slice's pixels."""
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from medtl.data.readers import load_scan
+from medtl.data.synthetic import synthetic_volume, write_ct_series
+from medtl.evaluate.run import evaluate_table
+from medtl.data.manifest import read_manifest
+from medtl.scoring import score
+from tests.data.test_inverse import bundle_for
+
+FLIPPED = (1, 0, 0, 0, -1, 0)  # columns run posterior to anterior: the slice normal points to the feet
+
+
+@pytest.fixture()
+def flipped_series(tmp_path):
+    vol, mask = synthetic_volume(np.random.default_rng(5), (32, 28, 12), True, lesion_scale=0.3)
+    uid = write_ct_series(tmp_path / "series", vol, orientation=FLIPPED, patient_tag="PACSPATIENT", seed=4)
+    grid = load_scan(tmp_path / "series")
+    nib.save(nib.Nifti1Image(mask, np.asarray(grid.affine)), str(tmp_path / "ref.nii.gz"))
+    pd.DataFrame({"case_id": ["ct"], "image": ["series"], "mask": ["ref.nii.gz"]}).to_csv(tmp_path / "m.csv", index=False)
+    return tmp_path, mask, uid
+
+
+def test_a_perfect_prediction_on_a_flipped_series_is_dice_one(flipped_series):
+    root, _, _ = flipped_series
+    ev = evaluate_table(bundle_for([32, 28, 12]), read_manifest(root / "m.csv").table, root / "ev")
+    assert ev.metrics["dice_mean"] == pytest.approx(1.0)
+
+
+def test_dicom_seg_references_the_source_series_frame_by_frame(flipped_series):
+    import highdicom as hd
+
+    root, mask, uid = flipped_series
+    score(bundle_for([32, 28, 12]), [{"case_id": "ct", "image": str(root / "series")}], root / "p.csv",
+          masks_out=root / "out", device="cpu")
+    assert np.array_equal(np.asarray(nib.load(str(root / "out" / "ct.nii.gz")).dataobj), mask)
+    seg = hd.seg.segread(root / "out" / "ct.seg.dcm")
+    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in (root / "series").iterdir())}
+    first = next(iter(sources.values()))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
+    assert seg.SegmentSequence[0].SegmentLabel == "lesion"
+    assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.PatientID == first.PatientID
+    normal = np.cross(FLIPPED[:3], FLIPPED[3:])
+    origin_k = {u: float(np.dot(normal, ds.ImagePositionPatient)) for u, ds in sources.items()}
+    order = sorted(origin_k, key=origin_k.get)  # slice k of the source grid = k-th along the normal
+    pixels = seg.pixel_array
+    assert pixels.shape[0] == len(sources)
+    for f, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        k = order.index(ref)
+        assert np.array_equal(pixels[f] > 0, mask[:, :, k].T > 0), f
