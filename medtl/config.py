@@ -97,6 +97,8 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    data_on_device: Literal["auto"] | bool = "auto"
+    """Keep the preprocessed training split on the device and augment there (auto: on a GPU, when it fits)."""
     grad_accum: int = Field(1, ge=1)
     grad_clip: float | None = Field(1.0, gt=0.0)
     early_stopping_patience: int | None = Field(5, ge=1)

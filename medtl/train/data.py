@@ -84,6 +84,40 @@ def prepare_cases(cfg: Config, manifest: Manifest, out_dir: Path, check: bool = 
     return PreparedData(manifest, table.reset_index(drop=True), classes, skipped)
 
 
+def device_loader(cfg: Config, prepared: PreparedData, rt: Runtime, generator: torch.Generator | None):
+    """The training split as a DeviceLoader when ``train.data_on_device`` asks for it (and it fits), else
+    None. Samples in the order the DataLoader's sampler would give; image-level augmentation only (flip,
+    intensity), so the random affine and patch crops of the CPU chain stay with the DataLoader path."""
+    from medtl.train.device_data import DeviceAugment, DeviceLoader, fits_on_device
+
+    seg = cfg.data.task == "segmentation"
+    wanted = cfg.train.data_on_device is True or (cfg.train.data_on_device == "auto" and rt.device.type == "cuda")
+    if not wanted or rt.distributed or (seg and cfg.train.patch_size):
+        return None
+    part = prepared.table[prepared.table["split"] == "train"]
+    items = case_items(part, prepared.classes if not seg else None, with_mask=seg)
+    transform = build_transforms(cfg.data, False, cfg.model.in_channels, seg)
+    items, dataset = _dataset_skipping_bad(items, transform, cfg, "train:device", prepared.skipped)
+    first = dataset[0]["image"]
+    if not fits_on_device(len(items), tuple(first.shape), rt.device):
+        logger.info("training split does not fit in device memory: batches come through the DataLoader")
+        return None
+    samples = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([torch.as_tensor(s["image"]) for s in samples]).to(rt.device)
+    key = "mask" if seg else "label"
+    targets = torch.stack([torch.as_tensor(s[key]) for s in samples]).to(rt.device) if seg else \
+        torch.as_tensor([s["label"] for s in samples], device=rt.device)
+    if cfg.train.sampler == "balanced" and not seg:
+        sampler = balanced_sampler(np.array([it["label"] for it in items]), cfg.train.seed)
+        if generator is not None:
+            sampler.generator = generator
+    else:
+        sampler = torch.utils.data.RandomSampler(range(len(items)), generator=generator)
+    augment = DeviceAugment(rt.device, flip=cfg.data.modality != "xray") if cfg.data.augment else None
+    logger.info("training split on %s: %d images, augmented there", rt.device, len(items))
+    return DeviceLoader(images, targets, key, cfg.train.batch_size, sampler, augment, generator)
+
+
 def _dataset_skipping_bad(items: list[dict], transform, cfg: Config, key: str, skipped: list[str]):
     """The dataset over ``items``; with ``data.skip_bad_cases`` a case that fails while being cached (a NaN
     volume the header check could not see) is dropped, named and added to ``skipped``, like one found in

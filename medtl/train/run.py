@@ -22,7 +22,7 @@ from medtl.models.transfer import TransferSchedule
 from medtl.observe import NullTracker, Tracker
 from medtl.probability import probabilities
 from medtl.train import features
-from medtl.train.data import PreparedData, class_counts, make_loader, prepare_cases, preflight
+from medtl.train.data import PreparedData, class_counts, device_loader, make_loader, prepare_cases, preflight
 from medtl.train.loop import FitState, Loop, fit, make_optimizer, predict_loader, restore, warmup_cosine
 from medtl.train.losses import build_loss
 from medtl.train.runtime import Runtime, make_runtime, seed_everything
@@ -133,7 +133,7 @@ def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = Non
 def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, loss_fn: nn.Module, prepared: PreparedData,
          rt: Runtime, tracker: Tracker, bundle: ModelBundle, ckpt_dir: Path, resume: bool) -> FitState:
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    train_loader = make_loader(cfg, prepared, "train", True, rt, generator)
+    train_loader = device_loader(cfg, prepared, rt, generator) or make_loader(cfg, prepared, "train", True, rt, generator)
     if train_loader is None:
         raise MedtlError("no case in the train split; check the manifest's split column")
     val_loader = make_loader(cfg, prepared, "val", False, rt)
@@ -143,19 +143,21 @@ def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, loss_fn: nn.
     if cfg.train.compile:
         wrapped = torch.compile(wrapped)
     adapter, next_target = _adaptation(cfg, prepared, rt, model)
-    optimizer = make_optimizer(schedule, cfg.train)
+    optimizer = make_optimizer(schedule, cfg.train, fused=rt.device.type == "cuda")
     if adapter is not None:
         optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.train.lr, "initial_lr": cfg.train.lr,
                                    "name": "domain"})
     steps = len(train_loader) if cfg.train.max_steps_per_epoch is None else min(len(train_loader), cfg.train.max_steps_per_epoch)
     per_epoch = math.ceil(steps / cfg.train.grad_accum)
     lr_sched = warmup_cosine(optimizer, per_epoch * cfg.train.epochs, int(per_epoch * cfg.train.warmup_epochs))
-    dataset = train_loader.dataset.inner  # type: ignore[attr-defined]
+    dataset = getattr(getattr(train_loader, "dataset", None), "inner", train_loader)
 
     def on_epoch(epoch: int) -> None:
         generator.manual_seed(cfg.train.seed * 1000 + epoch)
         if hasattr(dataset, "transform") and hasattr(dataset.transform, "set_random_state"):
             dataset.transform.set_random_state(seed=cfg.train.seed * 1000 + epoch)
+        if hasattr(dataset, "reseed"):
+            dataset.reseed(cfg.train.seed * 1000 + epoch)
 
     def save(path: Path, train_state: dict[str, Any] | None) -> None:
         save_model(bundle, path, train_state)
