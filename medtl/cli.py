@@ -254,12 +254,15 @@ def score_cmd(
     batch_size: Annotated[int, typer.Option(help="Cases per batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow.")] = True,
+    prevalence: Annotated[Optional[float], typer.Option(help="This site's prevalence of the positive class (prior-shift correction).")] = None,
 ) -> None:
     """Score new studies with a registered model; reruns resume where a crash stopped."""
-    from medtl.scoring import input_cases, load_any_model, score
+    from medtl.scoring import input_cases, load_any_model, score, set_prevalence
     from medtl.steps import run_context
 
     bundle = load_any_model(model)
+    if prevalence is not None:
+        set_prevalence(bundle, prevalence)
     cases = input_cases(manifest, input_dir)
     tracking = bundle.config.tracking.model_copy(update={"enabled": track and bundle.config.tracking.enabled})
     with run_context(tracking, f"score-{bundle.config.name}") as tracker:
@@ -325,6 +328,27 @@ def models_promote(
     check_store(uri)
     promote(name, version, alias, uri)
     typer.echo(f"models:/{name}@{alias} -> version {version}")
+
+
+@app.command("compare")
+def compare_cmd(
+    a: Annotated[Path, typer.Argument(help="predictions.csv of model A (an evaluation folder's).")],
+    b: Annotated[Path, typer.Argument(help="predictions.csv of model B, on the same cases.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the comparison, its table and decision curve.")],
+    names: Annotated[str, typer.Option(help="Names of A and B, comma-separated.")] = "A,B",
+    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 1000,
+) -> None:
+    """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE, decision curve."""
+    from medtl.evaluate.paired import compare_predictions, write_comparison
+    from medtl.scoring import read_predictions
+
+    for path in (a, b):
+        if not path.is_file():
+            raise MedtlError(f"{path}: predictions file not found; give the predictions.csv of an evaluation")
+    label_a, _, label_b = names.partition(",")
+    cmp = compare_predictions(read_predictions(a), read_predictions(b), (label_a or "A", label_b or "B"), bootstrap)
+    write_comparison(cmp, out)
+    typer.echo((out / "paired_comparison.md").read_text())
 
 
 tracking_app = typer.Typer(help="Tracking that could not reach the server.", no_args_is_help=True)

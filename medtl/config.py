@@ -116,8 +116,19 @@ class EvaluateConfig(Section):
     bins: int = Field(15, ge=2)
     min_subgroup_size: int = Field(10, ge=1)
     calibrate: bool = True
+    prevalence: float | Literal["em"] | None = None
+    """Deployment prevalence of the positive class: a known value in (0, 1), ``em`` to estimate it from the
+    evaluated cases' unlabelled scores (Saerens et al. 2002), or None for no prior-shift correction."""
     gradcam: int = Field(4, ge=0)
     seed: int = 0
+
+
+    @field_validator("prevalence")
+    @classmethod
+    def _prevalence_is_a_fraction(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, float) and not 0.0 < v < 1.0:
+            raise ValueError("prevalence must be between 0 and 1 (exclusive), 'em', or null")
+        return v
 
 
 class TrackingConfig(Section):
@@ -127,6 +138,8 @@ class TrackingConfig(Section):
     experiment: str = "medtl"
     registered_model: str | None = None
     alias: str = "candidate"
+    log_model: bool = True
+    """Log the MLflow pyfunc model with each training run (studies of many small runs turn it off)."""
 
 
 class ScoreConfig(Section):
@@ -141,6 +154,27 @@ class AdaptationConfig(Section):
     weight: float = Field(1.0, ge=0.0)
 
 
+class StudyConfig(Section):
+    """The label-efficiency study (``medtl run label_efficiency``)."""
+
+    strategies: list[Literal["scratch", "feature_extraction", "fine_tune", "full"]] = Field(
+        default_factory=lambda: ["scratch", "feature_extraction", "fine_tune"])
+    fractions: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.10, 0.25, 1.0])
+    """Shares of the training split, nested: each smaller subset lies inside the larger ones."""
+    seeds: int = Field(3, ge=1)
+    """Repeats, each with another draw of the subset, for fractions up to ``small``."""
+    small: float = Field(0.10, gt=0.0, le=1.0)
+    compare: tuple[str, str] = ("fine_tune", "scratch")
+    """The pair whose paired difference (ΔAUROC, DeLong, decision curve) is reported at every size."""
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_in_range(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < f <= 1.0 for f in v):
+            raise ValueError("fractions must be shares of the training split in (0, 1]")
+        return sorted(set(v))
+
+
 class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -150,6 +184,7 @@ class Config(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
     name: str = "medtl"
 
     @field_validator("name")

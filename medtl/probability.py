@@ -8,12 +8,15 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Softmax of ``logits / temperature`` over the last axis, computed in float64.
+def probabilities(logits: np.ndarray, temperature: float = 1.0, log_prior_ratio: np.ndarray | None = None) -> np.ndarray:
+    """Softmax of ``logits / temperature (+ log_prior_ratio)`` over the last axis, computed in float64.
 
     float32 logits from the network are widened first, so a probability does not depend on the dtype the
-    caller happened to hold."""
+    caller happened to hold. ``log_prior_ratio`` (log target prior - log source prior, per class) is the
+    prior-shift correction of Saerens et al. (2002), applied after temperature scaling."""
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if log_prior_ratio is not None:
+        z = z + np.asarray(log_prior_ratio, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
@@ -29,3 +32,10 @@ def decide(probs: np.ndarray, threshold: float) -> np.ndarray:
 
 def decide_labels(probs: np.ndarray, threshold: float, classes: Sequence[str]) -> list[str]:
     return [classes[i] for i in decide(probs, threshold)]
+
+
+def log_prior_ratio(source: np.ndarray | None, target: np.ndarray | None) -> np.ndarray | None:
+    """log(target / source) per class, or None when either prior is unknown."""
+    if source is None or target is None:
+        return None
+    return np.log(np.asarray(target, dtype=np.float64)) - np.log(np.asarray(source, dtype=np.float64))

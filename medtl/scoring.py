@@ -52,6 +52,16 @@ def load_any_model(ref: str) -> ModelBundle:
     return load_registered_bundle(ref)
 
 
+def set_prevalence(bundle: ModelBundle, prevalence: float) -> None:
+    """Scores for a site whose positive-class prevalence is known: a prior-shift offset after temperature."""
+    if not 0.0 < prevalence < 1.0:
+        raise MedtlError(f"--prevalence {prevalence}: give the positive-class fraction, between 0 and 1")
+    if len(bundle.classes) != 2 or "source_prior" not in bundle.extra:
+        raise MedtlError("--prevalence: this model has no calibration prevalence (binary models calibrated by "
+                         "`medtl run diagnosis` have one); score without --prevalence")
+    bundle.extra["target_prior"] = [1.0 - prevalence, prevalence]
+
+
 def input_cases(manifest: Path | None, input_dir: Path | None) -> list[dict[str, str]]:
     if bool(manifest) == bool(input_dir):
         raise MedtlError("give exactly one of --manifest M.csv or --input DIR")

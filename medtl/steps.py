@@ -8,6 +8,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medtl.config import Config, TrackingConfig
 from medtl.errors import TrackingError
 from medtl.evaluate.calibration import calibrate
@@ -65,9 +67,12 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     bundle, cfg = result.bundle, result.bundle.config
     if result.val is None or not cfg.evaluate.calibrate:
         return
-    temperature, threshold = calibrate(result.val["logits"].numpy(), result.val["labels"].numpy(),
-                                       cfg.train.threshold_rule, cfg.train.target_sensitivity)
+    labels = result.val["labels"].numpy()
+    temperature, threshold = calibrate(result.val["logits"].numpy(), labels, cfg.train.threshold_rule,
+                                       cfg.train.target_sensitivity)
     bundle.temperature, bundle.threshold = temperature, threshold
+    counts = np.bincount(labels, minlength=len(bundle.classes)).astype(float)
+    bundle.extra["source_prior"] = [float(c) for c in (counts + 0.5) / (counts + 0.5).sum()]  # the mix T was fitted on
     save_model(bundle, result.model_path)
     tracker.log_metrics({"temperature": temperature, "threshold": threshold})
     logger.info("temperature %.3f; threshold on calibrated validation probabilities %.4f", temperature, threshold)
@@ -81,6 +86,9 @@ def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", pr
         return None
     out = result.out_dir / f"evaluation_{split}"
     ev = evaluate_table(result.bundle, part, out, history=result.history)
+    if ev.target_prior is not None:  # the deployment prevalence chosen by evaluate.prevalence goes with the model
+        result.bundle.extra["target_prior"] = ev.target_prior
+        save_model(result.bundle, result.model_path)
     tracker.log_metrics({f"{prefix}{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)})
     for f in ev.files:
         tracker.log_artifact(f, "evaluation")
@@ -94,6 +102,8 @@ def register_step(result: TrainResult, tracker: Tracker) -> dict[str, Any]:
     from medtl.mlflow_model import log_pyfunc, register
 
     cfg = result.bundle.config.tracking
+    if not cfg.log_model and not cfg.registered_model:
+        return {}
     tracker.log_artifact(result.model_path, "checkpoints")
     if tracker.offline:  # type: ignore[attr-defined]
         logger.warning("model not registered: tracking is unavailable; %s holds everything needed to score", result.model_path)

@@ -4,19 +4,31 @@ test AUROC / ECE side by side — what transfer learning bought you."""
 from __future__ import annotations
 
 from medtl.config import Config
+from medtl.evaluate.paired import compare_predictions, write_comparison
 from medtl.steps import load_pipeline, run_context, strategy_variant, summary_table
+from medtl.train.run import run_dir
 
 STRATEGIES = ("scratch", "feature_extraction", "fine_tune", "full")
 
 
 def run(cfg: Config, strategies: tuple[str, ...] = STRATEGIES) -> dict:
     diagnosis = load_pipeline("diagnosis")
-    rows = []
+    rows, predictions = [], {}
     with run_context(cfg.tracking, f"{cfg.name}-compare") as parent:
         for strategy in strategies:
             variant = strategy_variant(cfg, strategy, register=False)
             out = diagnosis.run(variant, nested=True)
             rows.append((strategy, out["evaluation"].metrics if out["evaluation"] else {}))
+            if out["evaluation"] is not None:
+                predictions[strategy] = out["evaluation"].predictions
         table = summary_table(rows)
         parent.log_table(table.to_dict(orient="records"), "comparison.json")
-    return {"table": table, "summary": table.to_string(index=False)}
+        summary = table.to_string(index=False)
+        pair = cfg.study.compare
+        if all(s in predictions and predictions[s] is not None for s in pair):
+            cmp = compare_predictions(predictions[pair[0]], predictions[pair[1]], pair, cfg.evaluate.bootstrap or 1000)
+            for f in write_comparison(cmp, run_dir(cfg) / "paired"):
+                parent.log_artifact(f, "paired")
+            parent.log_metrics({f"paired_{k}": v for k, v in cmp.metrics.items()})
+            summary += "\n\n" + (run_dir(cfg) / "paired" / "paired_comparison.md").read_text()
+    return {"table": table, "summary": summary}

@@ -32,7 +32,10 @@ def test_batch_score_pipeline_without_a_registered_model_is_one_clear_line(tmp_p
 
 @pytest.mark.slow
 def test_compare_pipeline_trains_every_strategy_and_its_models_score(tmp_path):
-    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(32, 32))
+    from mlflow import MlflowClient
+    from sklearn.metrics import roc_auc_score
+
+    m = make_classification_set(tmp_path / "d", n=30, kind="png", size=(32, 32), split=True)
     common = sets(f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
                   f"train.out_dir={tmp_path / 'runs'}", "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20",
                   f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.registered_model=cmp", "name=cmp")
@@ -41,6 +44,19 @@ def test_compare_pipeline_trains_every_strategy_and_its_models_score(tmp_path):
     for strategy in ("scratch", "feature_extraction", "fine_tune", "full"):
         assert strategy in res.stdout
         assert (tmp_path / "runs" / f"cmp-{strategy}" / "model.pt").is_file()
+    preds = {s: pd.read_csv(tmp_path / "runs" / f"cmp-{s}" / "evaluation_test" / "predictions.csv") for s in ("fine_tune", "scratch")}
+    y = preds["fine_tune"]["label"] == "lesion"
+    want = roc_auc_score(y, preds["fine_tune"]["prob_lesion"]) - roc_auc_score(y, preds["scratch"]["prob_lesion"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = next(r for r in client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
+                  if r.info.run_name == "cmp-compare")
+    assert parent.data.metrics["paired_delta_auroc"] == pytest.approx(want)
+    assert {"paired/decision_curve.png", "paired/decision_curve.svg", "paired/paired_comparison.md"} <= \
+        {a.path for a in client.list_artifacts(parent.info.run_id, "paired")}
+    cli = run_cli("compare", str(tmp_path / "runs" / "cmp-fine_tune" / "evaluation_test" / "predictions.csv"),
+                  str(tmp_path / "runs" / "cmp-scratch" / "evaluation_test" / "predictions.csv"), "--out",
+                  str(tmp_path / "cmp"), "--names", "fine_tune,scratch", "--bootstrap", "50")
+    assert cli.returncode == 0 and "DeLong" in cli.stdout, cli.stderr
     model = tmp_path / "runs" / "cmp-fine_tune" / "model.pt"
     res = run_cli("score", "--model", str(model), "--manifest", str(m), "--out", str(tmp_path / "s.csv"), "--no-track")
     assert res.returncode == 0, res.stderr
@@ -48,6 +64,32 @@ def test_compare_pipeline_trains_every_strategy_and_its_models_score(tmp_path):
     assert sorted(scored["case_id"]) == sorted(pd.read_csv(m, dtype={"case_id": str})["case_id"])
     assert (scored["status"] == "ok").all()
     np.testing.assert_allclose(scored["prob_normal"] + scored["prob_lesion"], 1.0, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_label_efficiency_trains_nested_subsets_and_logs_the_curve(tmp_path):
+    from mlflow import MlflowClient
+
+    m = make_classification_set(tmp_path / "d", n=40, kind="png", size=(16, 16), split=True)
+    res = run_cli("run", "label_efficiency", *sets(
+        f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", f"train.out_dir={tmp_path / 'runs'}",
+        "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20", "evaluate.gradcam=0",
+        "study.strategies=[scratch,fine_tune]", "study.fractions=[0.5,1.0]", "study.seeds=1",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "name=le"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    curve = pd.read_csv(tmp_path / "runs" / "le" / "learning_curve.csv")
+    assert sorted(zip(curve["strategy"], curve["fraction"])) == [("fine_tune", 0.5), ("fine_tune", 1.0),
+                                                                  ("scratch", 0.5), ("scratch", 1.0)]
+    half = pd.read_csv(tmp_path / "runs" / "le" / "f0.5_s0.csv", dtype=str)
+    full = pd.read_csv(tmp_path / "runs" / "le" / "f1_s0.csv", dtype=str)
+    assert set(half.loc[half["split"] == "train", "case_id"]) < set(full.loc[full["split"] == "train", "case_id"])
+    assert (half["split"] != "train").sum() == (full["split"] != "train").sum()  # the same val and test cases
+    assert set(half.loc[half["split"] == "train", "label"]) == {"normal", "lesion"}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = next(r for r in client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
+                  if r.info.run_name == "le-label-efficiency")
+    assert {"learning_curve.png", "learning_curve.svg", "learning_curve.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert len(pd.read_csv(tmp_path / "runs" / "le" / "paired_by_size.csv")) == 2
 
 
 @pytest.mark.slow

@@ -58,3 +58,21 @@ def fold_manifest(table: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFram
     for k, (_, held) in enumerate(cv.split(np.zeros(len(out)), _labels_or_constant(out), groups)):
         out.iloc[held, out.columns.get_loc("fold")] = k
     return out
+
+
+def nested_subsets(table: pd.DataFrame, fractions: list[float], seed: int = 0, min_per_class: int = 2) -> dict[float, set[str]]:
+    """Case ids of nested, patient-grouped, class-stratified subsets of ``table``'s rows: one fixed random
+    order of patients per class, and each fraction takes the first share of every class, so a smaller
+    subset always lies inside a larger one (at least ``min_per_class`` patients per class)."""
+    rng = np.random.default_rng(seed)
+    labels = _labels_or_constant(table)
+    patient_label = pd.Series(labels, index=table.index).groupby(table["patient_id"]).max()
+    order = {c: rng.permutation(patient_label.index[patient_label == c].to_numpy()) for c in sorted(set(patient_label))}
+    out = {}
+    for f in sorted(fractions):
+        chosen = set()
+        for patients in order.values():
+            k = min(len(patients), max(min_per_class, int(np.ceil(f * len(patients)))))
+            chosen.update(patients[:k])
+        out[f] = set(table.loc[table["patient_id"].isin(chosen), "case_id"].astype(str))
+    return out

@@ -91,3 +91,22 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_
     if val_logits.shape[1] == 2:
         threshold = choose_threshold(val_labels, apply_temperature(val_logits, temperature)[:, 1], rule, target_sensitivity)
     return temperature, threshold
+
+
+def em_prior(probs: np.ndarray, source_prior: np.ndarray, tol: float = 1e-6, max_iter: int = 1000) -> np.ndarray:
+    """The class priors of an unlabelled set, by the EM algorithm of Saerens, Latinne & Decaestecker (2002).
+
+    ``probs`` are calibrated posteriors under ``source_prior``; each step re-weights them by the current
+    prior ratio and takes the mean posterior as the next prior. No label is used."""
+    p = np.asarray(probs, dtype=float)
+    p = np.column_stack([1 - p, p]) if p.ndim == 1 else p
+    source = np.asarray(source_prior, dtype=float)
+    prior = source.copy()
+    for _ in range(max_iter):
+        w = p * (prior / source)
+        w /= w.sum(1, keepdims=True)
+        new = w.mean(0)
+        if np.max(np.abs(new - prior)) < tol:
+            return new
+        prior = new
+    return prior

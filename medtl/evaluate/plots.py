@@ -136,3 +136,45 @@ def gradcam_plot(panels: list[tuple[str, str, float, np.ndarray | None, np.ndarr
         else:
             cam_ax.set_title(note or "Grad-CAM unavailable", fontsize=8)
     return _save(fig, path)
+
+
+def decision_curve_plot(curve: Any, names: tuple[str, ...], path: Path) -> list[Path]:
+    """Net benefit against threshold probability for each model, with treat-all and treat-none; PNG and SVG."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for name in names:
+        ax.plot(curve["threshold"], curve[name], label=name, lw=1.8)
+    ax.plot(curve["threshold"], curve["treat_all"], color="0.4", ls="--", lw=1, label="treat all")
+    ax.axhline(0, color="0.2", lw=1, label="treat none")
+    top = float(np.nanmax(curve[list(names) + ["treat_all"]].to_numpy()))
+    ax.set(xlabel="threshold probability", ylabel="net benefit", ylim=(-0.05, max(0.05, top * 1.1)), xlim=(0, 1),
+           title="Decision curve")
+    ax.legend(frameon=False, fontsize=8)
+    png = _save_both(fig, path)
+    return png
+
+
+def _save_both(fig: Any, path: Path) -> list[Path]:
+    """PNG (300 dpi) and SVG of one figure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=300)
+    svg = path.with_suffix(".svg")
+    fig.savefig(svg)
+    plt.close(fig)
+    return [path, svg]
+
+
+def learning_curve_plot(curve: Any, metric: str, path: Path) -> list[Path]:
+    """Test metric against labelled training cases (log x), one line per strategy: mean over seeds, with the
+    span of the bootstrap CIs as a band."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for strategy, part in curve.groupby("strategy"):
+        g = part.groupby("n_labelled").agg(mean=(metric, "mean"), low=("ci_low", "min"), high=("ci_high", "max"))
+        ax.plot(g.index, g["mean"], marker="o", lw=1.8, label=strategy)
+        ax.fill_between(g.index, g["low"], g["high"], alpha=0.15)
+    ax.set_xscale("log")
+    ax.set(xlabel="labelled training cases", ylabel=f"test {metric.replace('_mean', '')} (95% CI)",
+           title=f"Label efficiency (test n = same cases for every model)")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return _save_both(fig, path)

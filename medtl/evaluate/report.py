@@ -14,9 +14,9 @@ import pandas as pd
 from medtl.config import EvaluateConfig
 from medtl.evaluate import plots
 from medtl.evaluate.bootstrap import bootstrap_ci
-from medtl.evaluate.calibration import apply_temperature, calibration_metrics
+from medtl.evaluate.calibration import apply_temperature, calibration_metrics, em_prior
 from medtl.evaluate.metrics import classification_metrics, undefined_reasons
-from medtl.probability import decide
+from medtl.probability import decide, log_prior_ratio, probabilities
 
 CI_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "balanced_accuracy", "auroc_macro", "accuracy")
 
@@ -28,6 +28,8 @@ class Evaluation:
     notes: list[str]
     files: list[Path] = field(default_factory=list)
     predictions: pd.DataFrame | None = None
+    target_prior: list[float] | None = None
+    """The deployment class prior chosen by ``evaluate.prevalence``, if any."""
 
 
 def _point_and_ci(y: np.ndarray, probs: np.ndarray, threshold: float, groups: np.ndarray, cfg: EvaluateConfig) -> dict[str, float]:
@@ -61,8 +63,10 @@ def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold:
 def evaluate_classification(
     table: pd.DataFrame, logits: np.ndarray, classes: list[str], threshold: float, temperature: float,
     cfg: EvaluateConfig, out_dir: Path, subgroups: list[str] | None = None, history: list[dict] | None = None,
+    source_prior: list[float] | None = None,
 ) -> Evaluation:
-    """``table`` holds case_id, label (class name), patient_id and subgroup columns, aligned with ``logits``."""
+    """``table`` holds case_id, label (class name), patient_id and subgroup columns, aligned with ``logits``.
+    ``source_prior`` is the class mix the temperature was fitted on, needed for a prior-shift correction."""
     out_dir.mkdir(parents=True, exist_ok=True)
     index = {c: i for i, c in enumerate(classes)}
     y = table["label"].map(index).to_numpy().astype(int)
@@ -73,6 +77,7 @@ def evaluate_classification(
     metrics.update(calibration_metrics(y, raw, cfg.bins))
     metrics.update({f"{k}_calibrated": v for k, v in calibration_metrics(y, cal, cfg.bins).items()})
     metrics["temperature"], metrics["threshold"] = float(temperature), float(threshold)
+    prior = _prior_shift(logits, y, cal, temperature, source_prior, cfg, metrics, notes)
     metrics.update(_subgroups(table, y, cal, threshold, subgroups or [], cfg, notes))
     pred = decide(cal, threshold)
     predictions = pd.DataFrame({"case_id": table["case_id"].to_numpy(), "label": table["label"].to_numpy(),
@@ -81,9 +86,29 @@ def evaluate_classification(
     files = [out_dir / "predictions.csv"]
     predictions.to_csv(files[0], index=False)
     files += _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, history, cfg)
-    ev = Evaluation(metrics, notes, files, predictions)
+    ev = Evaluation(metrics, notes, files, predictions, prior)
     files += write_report(ev, out_dir, classes)
     return ev
+
+
+def _prior_shift(logits: np.ndarray, y: np.ndarray, cal: np.ndarray, temperature: float, source_prior: list[float] | None,
+                 cfg: EvaluateConfig, metrics: dict[str, float], notes: list[str]) -> list[float] | None:
+    """Calibration after the prior-shift correction (known prevalence, or EM on the unlabelled scores)."""
+    if cfg.prevalence is None or source_prior is None or cal.shape[1] != 2:
+        return None
+    source = np.asarray(source_prior, dtype=float)
+    if cfg.prevalence == "em":
+        target = em_prior(cal, source)
+        how = f"estimated by EM from the {len(y)} cases' scores, labels unused"
+    else:
+        target = np.array([1 - cfg.prevalence, cfg.prevalence])
+        how = "given in evaluate.prevalence"
+    adjusted = probabilities(logits, temperature, log_prior_ratio(source, target))
+    metrics.update({f"{k}_prior_adjusted": v for k, v in calibration_metrics(y, adjusted, cfg.bins).items()})
+    metrics["prevalence_used"], metrics["prevalence_calibration"] = float(target[1]), float(source[1])
+    notes.append(f"prior shift: positive-class prevalence {target[1]:.3f} ({how}) instead of {source[1]:.3f} "
+                 "(the validation cases the temperature was fitted on); applied as a logit offset after temperature")
+    return [float(v) for v in target]
 
 
 def _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, history, cfg) -> list[Path]:
@@ -116,10 +141,13 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
                  "ppv", "npv", "f1", "threshold"):
         if name in m:
             lines.append(f"| {name} | {fmt(m, name)} |")
-    lines += ["", "| calibration | before temperature | after temperature |", "| --- | --- | --- |"]
+    shifted = "ece_prior_adjusted" in m
+    lines += ["", "| calibration | before temperature | after temperature |" + (" after prior shift |" if shifted else ""),
+              "| --- | --- | --- |" + (" --- |" if shifted else "")]
     for name in ("ece", "ece_equal_mass", "mce", "brier", "nll", "ece_classwise"):
         if name in m:
-            lines.append(f"| {name} | {fmt(m, name)} | {fmt(m, name + '_calibrated')} |")
+            lines.append(f"| {name} | {fmt(m, name)} | {fmt(m, name + '_calibrated')} |"
+                         + (f" {fmt(m, name + '_prior_adjusted')} |" if shifted else ""))
     lines.append(f"\nTemperature: {m.get('temperature', 1.0):.3f}")
     sub = sorted({k.rsplit('_', 1)[0] for k in m if k.startswith("subgroup_") and k.endswith("_n")})
     if sub:

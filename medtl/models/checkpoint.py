@@ -34,6 +34,13 @@ class ModelBundle:
     def task(self) -> str:
         return self.config.data.task
 
+    @property
+    def log_prior_ratio(self) -> "Any":
+        """Prior-shift correction when a deployment prevalence was chosen (``extra['target_prior']``)."""
+        from medtl.probability import log_prior_ratio
+
+        return log_prior_ratio(self.extra.get("source_prior"), self.extra.get("target_prior"))
+
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
@@ -78,7 +85,8 @@ def bundle_digest(bundle: ModelBundle) -> str:
     for name, tensor in unwrap(bundle.model).state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(repr((list(bundle.classes), float(bundle.temperature), float(bundle.threshold))).encode())
+    h.update(repr((list(bundle.classes), float(bundle.temperature), float(bundle.threshold),
+                   bundle.extra.get("source_prior"), bundle.extra.get("target_prior"))).encode())
     return h.hexdigest()[:16]
 
 

@@ -73,7 +73,7 @@ def iter_predictions(bundle: ModelBundle, items: list[dict[str, Any]], device: t
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 if bundle.task == "classification":
                     logits = model(x).float().cpu().numpy()
-                    probs = probabilities(logits, bundle.temperature)
+                    probs = probabilities(logits, bundle.temperature, bundle.log_prior_ratio)
                     outputs = {r["case_id"]: {"logits": lg, "probs": pr} for r, lg, pr in zip(good, logits, probs)}
                 else:
                     roi = cfg.train.patch_size or list(x.shape[2:])

@@ -95,3 +95,18 @@ def test_medmnist_importer_keeps_official_split_counts(tmp_path):
     img = load_scan(tmp_path / "pm" / row["image"])
     np.testing.assert_array_equal(img[0].numpy().T, arrays["test_images"][7].astype(np.float32))
     assert row["label"] == ["normal", "pneumonia"][int(arrays["test_labels"][7, 0])]
+
+
+def test_nested_subsets_are_nested_patient_grouped_and_stratified():
+    from medtl.data.splits import nested_subsets
+
+    table = make_table(n_patients=60, per_patient=2)
+    subsets = nested_subsets(table, [0.1, 0.25, 1.0], seed=3)
+    small, mid, full = subsets[0.1], subsets[0.25], subsets[1.0]
+    assert small < mid < full and full == set(table["case_id"])
+    for chosen in (small, mid):
+        part = table[table["case_id"].isin(chosen)]
+        assert set(part["label"]) == {"pos", "neg"}  # every class, however small the share
+        whole = table[table["patient_id"].isin(part["patient_id"])]
+        assert set(whole["case_id"]) == chosen  # a patient comes with all their cases
+    assert nested_subsets(table, [0.1], seed=4)[0.1] != small  # another seed, another draw

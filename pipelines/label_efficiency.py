@@ -1,0 +1,99 @@
+"""Label efficiency: how many labelled cases each transfer strategy needs. Every strategy trains on nested,
+patient-grouped, class-stratified subsets of the training split (several seeds where a subset is small),
+every model is tested on the same test cases, and the parent run holds the learning curve, the table and the
+paired comparison (study.compare) at every size."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from medtl.config import Config
+from medtl.data.manifest import read_manifest
+from medtl.data.splits import nested_subsets, split_manifest
+from medtl.evaluate.paired import compare_predictions, write_comparison
+from medtl.evaluate.plots import learning_curve_plot
+from medtl.steps import load_pipeline, run_context, strategy_variant
+from medtl.train.run import run_dir
+
+
+def run(cfg: Config) -> dict:
+    study, seg = cfg.study, cfg.data.task == "segmentation"
+    pipeline = load_pipeline("segmentation" if seg else "diagnosis")
+    manifest = read_manifest(cfg.data.manifest, cfg.data.data_root)  # type: ignore[arg-type]
+    table = manifest.table if manifest.table["split"].notna().all() else split_manifest(manifest.table, 0.15, 0.15, cfg.train.seed)
+    train = table[table["split"] == "train"]
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    metric = "dice_mean" if seg else "auroc"
+    rows, predictions = [], {}
+    with run_context(cfg.tracking, f"{cfg.name}-label-efficiency") as parent:
+        for seed in range(study.seeds):
+            subsets = nested_subsets(train, study.fractions, cfg.train.seed + seed)
+            for fraction, cases in subsets.items():
+                if seed > 0 and fraction > study.small:
+                    continue
+                path = _subset_manifest(table, cases, out / f"f{fraction:g}_s{seed}.csv")
+                for strategy in study.strategies:
+                    variant = _variant(cfg, strategy, path, manifest.root, f"{fraction:g}-s{seed}")
+                    result = pipeline.run(variant, nested=True)
+                    m = result["evaluation"].metrics if result["evaluation"] else {}
+                    rows.append({"strategy": strategy, "fraction": fraction, "n_labelled": len(cases), "seed": seed,
+                                 metric: m.get(metric, math.nan), "ci_low": m.get(f"{metric}_ci_low", math.nan),
+                                 "ci_high": m.get(f"{metric}_ci_high", math.nan)})
+                    if result["evaluation"] is not None and result["evaluation"].predictions is not None:
+                        predictions[(strategy, fraction, seed)] = result["evaluation"].predictions
+        curve = pd.DataFrame(rows)
+        paired = _paired(predictions, study.compare, out, parent) if not seg else pd.DataFrame()
+        curve.to_csv(out / "learning_curve.csv", index=False)
+        paired.to_csv(out / "paired_by_size.csv", index=False)
+        files = [out / "learning_curve.csv", out / "paired_by_size.csv",
+                 *learning_curve_plot(curve, metric, out / "learning_curve.png")]
+        for f in files:
+            parent.log_artifact(f)
+    return {"table": curve, "paired": paired, "summary": _summary(curve, paired, metric)}
+
+
+def _subset_manifest(table: pd.DataFrame, train_cases: set[str], path: Path) -> Path:
+    keep = (table["split"] != "train") | table["case_id"].astype(str).isin(train_cases)
+    part = table[keep]
+    cols = [c for c in part.columns if c not in ("image", "mask", "image_path", "mask_path")]
+    written = part[cols].assign(image=part["image_path"])
+    if "mask_path" in part:
+        written["mask"] = part["mask_path"]
+    written.to_csv(path, index=False)
+    return path
+
+
+def _variant(cfg: Config, strategy: str, manifest: Path, root: Path, tag: str) -> Config:
+    v = strategy_variant(cfg, strategy, register=False)
+    data = v.data.model_copy(update={"manifest": manifest, "data_root": cfg.data.data_root or root})
+    tracking = v.tracking.model_copy(update={"log_model": False})  # dozens of small models: their model.pt is kept
+    return v.model_copy(update={"data": data, "tracking": tracking, "name": f"{cfg.name}-{strategy}-{tag}"})
+
+
+def _paired(predictions: dict, pair: tuple[str, str], out: Path, parent) -> pd.DataFrame:
+    """The paired comparison of ``pair`` on the same test cases at every size (seed 0)."""
+    rows = []
+    for (strategy, fraction, seed), a in sorted(predictions.items(), key=lambda kv: kv[0][1]):
+        if strategy != pair[0] or seed != 0 or (pair[1], fraction, 0) not in predictions:
+            continue
+        cmp = compare_predictions(a, predictions[(pair[1], fraction, 0)], pair)
+        files = write_comparison(cmp, out / f"paired_f{fraction:g}")
+        for f in files:
+            parent.log_artifact(f, f"paired/f{fraction:g}")
+        rows.append({"fraction": fraction, **{k: cmp.metrics.get(k, math.nan) for k in (
+            "delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high", "delong_p", "delta_brier", "delta_ece")}})
+    return pd.DataFrame(rows)
+
+
+def _summary(curve: pd.DataFrame, paired: pd.DataFrame, metric: str) -> str:
+    if curve.empty:
+        return "no model was trained"
+    table = curve.groupby(["strategy", "n_labelled"])[metric].agg(["mean", "count"]).unstack(0)["mean"].round(3)
+    text = f"test {metric} (mean over seeds) by labelled cases:\n{table.to_string()}"
+    if not paired.empty:
+        text += "\n\npaired difference at each size (seed 0):\n" + paired.round(4).to_string(index=False)
+    return text

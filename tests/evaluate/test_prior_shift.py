@@ -1,0 +1,50 @@
+"""Calibration under prevalence shift: EM recovers a new site's prevalence from unlabelled scores, and the
+correction is Bayes' rule with the priors swapped."""
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from medtl.config import EvaluateConfig
+from medtl.evaluate.calibration import em_prior
+from medtl.evaluate.report import evaluate_classification
+from medtl.probability import log_prior_ratio, probabilities
+
+
+def site(rng, n, prevalence):
+    """Scores x ~ N(+1, 1) for positives, N(-1, 1) for negatives; true posterior under a 50 % prior."""
+    y = (rng.random(n) < prevalence).astype(int)
+    x = rng.normal(2 * y - 1, 1.0)
+    p = norm.pdf(x, 1, 1) / (norm.pdf(x, 1, 1) + norm.pdf(x, -1, 1))
+    return y, p
+
+
+@pytest.mark.parametrize("prevalence", [0.15, 0.5, 0.8])
+def test_em_recovers_the_new_sites_prevalence_without_labels(prevalence):
+    _, p = site(np.random.default_rng(0), 8000, prevalence)
+    assert em_prior(p, np.array([0.5, 0.5]))[1] == pytest.approx(prevalence, abs=0.03)
+
+
+def test_the_correction_is_bayes_rule_with_the_priors_swapped():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(50, 2))
+    t, source, target = 1.7, np.array([0.26, 0.74]), np.array([0.375, 0.625])
+    p = probabilities(logits, t)[:, 1]
+    by_hand = p * 0.625 / 0.74 / (p * 0.625 / 0.74 + (1 - p) * 0.375 / 0.26)
+    np.testing.assert_allclose(probabilities(logits, t, log_prior_ratio(source, target))[:, 1], by_hand, rtol=1e-12)
+
+
+def test_evaluation_reports_calibration_after_the_prior_shift(tmp_path):
+    import pandas as pd
+
+    y, p = site(np.random.default_rng(2), 3000, 0.25)
+    logits = np.column_stack([np.zeros_like(p), np.log(p / (1 - p))])  # calibrated for a 50 % prior
+    table = pd.DataFrame({"case_id": [str(i) for i in range(len(y))], "label": np.where(y == 1, "pos", "neg"),
+                          "patient_id": [str(i) for i in range(len(y))]})
+    cfg = EvaluateConfig(bootstrap=0, prevalence="em")
+    ev = evaluate_classification(table, logits, ["neg", "pos"], 0.5, 1.0, cfg, tmp_path, source_prior=[0.5, 0.5])
+    m = ev.metrics
+    assert m["prevalence_used"] == pytest.approx(0.25, abs=0.03) and ev.target_prior[1] == m["prevalence_used"]
+    assert m["ece_prior_adjusted"] < 0.5 * m["ece_calibrated"]  # the shift is what miscalibrated it
+    assert "after prior shift" in (tmp_path / "report.md").read_text()
+    assert any("labels unused" in n for n in ev.notes)
