@@ -14,7 +14,7 @@ from medtl.config import load_config
 from medtl.data.shift import Shift, make_shifted_domain
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.evaluate.report import fmt
-from medtl.steps import load_pipeline
+from medtl.pipelines import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     adaptation = load_pipeline("adaptation")
     with tempfile.TemporaryDirectory() as tmp:
-        src = import_medmnist(REPO / "data/pneumoniamnist/pneumoniamnist.npz", Path(tmp) / "src", PNEUMONIA_CLASSES,
+        src = import_medmnist(REPO / "medtl/resources/pneumoniamnist.npz", Path(tmp) / "src", PNEUMONIA_CLASSES,
                               limit={"train": args.train_limit})
         tgt = make_shifted_domain(src, Path(tmp) / "tgt", Shift(), seed=0)
         rows = []

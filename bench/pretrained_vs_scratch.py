@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=None, help="cap train films for a quicker run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        m = import_medmnist(REPO / "data/pneumoniamnist/pneumoniamnist.npz", Path(tmp) / "pm", PNEUMONIA_CLASSES,
+        m = import_medmnist(REPO / "medtl/resources/pneumoniamnist.npz", Path(tmp) / "pm", PNEUMONIA_CLASSES,
                             limit={"train": args.train_limit} if args.train_limit else None)
         base = load_config(REPO / "configs" / "demo.yaml", [f"data.manifest={m}", f"train.epochs={args.epochs}",
                                                              f"data.image_size=[{args.size},{args.size}]",

@@ -365,7 +365,7 @@ def tracking_sync(run_folder: Annotated[Path, typer.Argument(help="Run folder ho
 
 @app.command("run")
 def run_cmd(
-    pipeline: Annotated[str, typer.Argument(help="diagnosis, segmentation, batch_score, compare, or a .py path.")],
+    pipeline: Annotated[str, typer.Argument(help="diagnosis, segmentation, compare, crossval, label_efficiency, adaptation, batch_score, or a .py path.")],
     config: OptionalConfigArg = None,
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
@@ -376,13 +376,13 @@ def run_cmd(
     from medtl.config import load_config
 
     cfg = load_config(config, set_)
-    from medtl.steps import load_pipeline
+    from medtl.pipelines import accepts, load_pipeline
 
     module = load_pipeline(pipeline)
     mode = "changed" if resume_changed else resume
-    kwargs: dict = {"resume": mode} if "resume" in module.run.__code__.co_varnames else {}
+    kwargs: dict = {"resume": mode} if accepts(module.run, "resume") else {}
     if folds is not None:
-        if "folds" not in module.run.__code__.co_varnames:
+        if not accepts(module.run, "folds"):
             raise MedtlError(f"--folds: pipeline {pipeline} does not take folds; use crossval")
         kwargs["folds"] = folds
     out = module.run(cfg, **kwargs)

@@ -15,16 +15,20 @@ from medtl.config import Config, load_config
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.log import logger, wide_console
 from medtl.scoring import load_any_model, score
-from medtl.steps import load_pipeline, run_context, strategy_variant, summary_table
+from medtl.pipelines import load_pipeline
+from medtl.steps import run_context, strategy_variant, summary_table
 
-REPO = Path(__file__).resolve().parents[1]
-NPZ = REPO / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
-CONFIG = REPO / "configs" / "demo.yaml"
+PACKAGE = Path(__file__).resolve().parent
+NPZ = PACKAGE / "resources" / "pneumoniamnist.npz"
+CONFIG = PACKAGE / "configs" / "demo.yaml"
 
 
 def run_demo(overrides: list[str] | None = None, limit_train: int | None = None) -> dict:
+    """Runs the demo in ``./demo_out`` (films, runs) with the MLflow store in the working folder."""
     start = time.perf_counter()
-    cfg: Config = load_config(CONFIG, overrides)
+    here = Path.cwd() / "demo_out"
+    cfg: Config = load_config(CONFIG, [f"data.manifest={here / 'pneumoniamnist' / 'manifest.csv'}",
+                                       f"train.out_dir={here / 'runs'}", *(overrides or [])])
     manifest = Path(cfg.data.manifest)  # type: ignore[arg-type]
     if not manifest.is_file():
         logger.info("writing PneumoniaMNIST films as PNG files with a manifest (official splits)")

@@ -151,23 +151,6 @@ def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
     } for name, m in rows])
 
 
-def load_pipeline(name: str) -> Any:
-    """A pipeline by name (a file in the repository's pipelines/) or by the path of a .py file."""
-    import importlib.util
-
-    from medtl.errors import MedtlError
-
-    path = Path(name)
-    if not path.suffix:
-        path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
-    if not path.is_file():
-        raise MedtlError(f"pipeline {name!r} not found; use diagnosis, segmentation, batch_score, compare or a .py path")
-    spec = importlib.util.spec_from_file_location(f"medtl_pipeline_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def adabn_step(result: TrainResult, tracker: Tracker) -> None:
     """AdaBN: BatchNorm statistics re-estimated on the target domain's images, saved into model.pt."""
     from medtl.models.adaptation import adabn

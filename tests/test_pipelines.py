@@ -16,10 +16,20 @@ def sets(*pairs: str) -> list[str]:
     return [x for p in pairs for x in ("--set", p)]
 
 
-@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("config", sorted([*(REPO / "configs").glob("*.yaml"), *(REPO / "medtl" / "configs").glob("*.yaml")]),
+                         ids=lambda p: p.name)
 def test_every_shipped_config_validates(config):
     res = run_cli("config", "validate", str(config))
     assert res.returncode == 0, res.stderr
+
+
+def test_a_users_own_pipeline_file_runs_by_path_and_unknown_names_are_one_line(tmp_path):
+    own = tmp_path / "mine.py"
+    own.write_text("def run(cfg, folds=3):\n    return {'summary': f'{cfg.name} with {folds} folds'}\n")
+    res = run_cli("run", str(own), "--folds", "4", "--set", "name=study")
+    assert res.returncode == 0 and "study with 4 folds" in res.stdout, res.stderr
+    res = run_cli("run", "diagnosys")
+    assert res.returncode == 2 and "diagnosis" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_batch_score_pipeline_without_a_registered_model_is_one_clear_line(tmp_path):

@@ -13,7 +13,7 @@ from medtl.data.splits import fold_manifest, split_manifest
 from medtl.data.synthetic import synthetic_volume, write_ct_series, write_nifti
 from tests.conftest import run_cli
 
-PNEUMONIA = Path(__file__).resolve().parents[2] / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
+PNEUMONIA = Path(__file__).resolve().parents[2] / "medtl" / "resources" / "pneumoniamnist.npz"
 
 
 def test_build_groups_two_series_in_one_folder_and_joins_labels(tmp_path):

@@ -15,7 +15,8 @@ from medtl.data.manifest import read_manifest
 from medtl.data.splits import nested_subsets, split_manifest
 from medtl.evaluate.paired import compare_predictions, write_comparison
 from medtl.evaluate.plots import learning_curve_plot
-from medtl.steps import load_pipeline, run_context, strategy_variant
+from medtl.pipelines import load_pipeline
+from medtl.steps import run_context, strategy_variant
 from medtl.train.run import run_dir
 
 

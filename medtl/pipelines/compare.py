@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from medtl.config import Config
 from medtl.evaluate.paired import compare_predictions, write_comparison
-from medtl.steps import load_pipeline, run_context, strategy_variant, summary_table
+from medtl.pipelines import load_pipeline
+from medtl.steps import run_context, strategy_variant, summary_table
 from medtl.train.run import run_dir
 
 STRATEGIES = ("scratch", "feature_extraction", "fine_tune", "full")

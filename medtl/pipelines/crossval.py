@@ -9,7 +9,8 @@ import pandas as pd
 from medtl.config import Config
 from medtl.data.manifest import read_manifest
 from medtl.data.splits import fold_manifest
-from medtl.steps import load_pipeline, run_context
+from medtl.pipelines import load_pipeline
+from medtl.steps import run_context
 from medtl.train.run import run_dir
 
 
