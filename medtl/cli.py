@@ -318,16 +318,17 @@ def models_promote(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[int, typer.Argument(help="Version to point the alias at.")],
     alias: Annotated[str, typer.Argument(help="Alias, e.g. champion.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote although a gate fails (recorded on the version).")] = False,
 ) -> None:
-    """Move an alias (e.g. champion) to a model version."""
+    """Move an alias (e.g. champion) to a model version that passes the model's gates (CI, calibration)."""
     from medtl.config import TrackingConfig
     from medtl.mlflow_model import promote
     from medtl.tracking import check_store, resolve_uri
 
     uri = resolve_uri(TrackingConfig())
     check_store(uri)
-    promote(name, version, alias, uri)
-    typer.echo(f"models:/{name}@{alias} -> version {version}")
+    forced = promote(name, version, alias, uri, force)
+    typer.echo(f"models:/{name}@{alias} -> version {version}" + (f" (forced past: {'; '.join(forced)})" if forced else ""))
 
 
 @app.command("compare")

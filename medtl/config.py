@@ -140,6 +140,12 @@ class TrackingConfig(Section):
     alias: str = "candidate"
     log_model: bool = True
     """Log the MLflow pyfunc model with each training run (studies of many small runs turn it off)."""
+    intended_use: str | None = None
+    """One paragraph for the model card: clinical question, population, setting, user."""
+    gate_min_auroc_ci_low: float | None = Field(0.7, ge=0.0, le=1.0)
+    """``medtl models promote`` refuses a version whose test AUROC CI lower bound is below this."""
+    gate_max_ece: float | None = Field(0.1, ge=0.0, le=1.0)
+    """... or whose calibrated test ECE is above this (``--force`` overrides and is recorded)."""
 
 
 class ScoreConfig(Section):

@@ -34,19 +34,55 @@ def run_demo(overrides: list[str] | None = None, limit_train: int | None = None)
         logger.info("writing PneumoniaMNIST films as PNG files with a manifest (official splits)")
         import_medmnist(NPZ, manifest.parent, PNEUMONIA_CLASSES, limit={"train": limit_train} if limit_train else None)
     diagnosis = load_pipeline("diagnosis")
-    rows, registered = [], None
+    rows, registered, paired = [], None, []
     with run_context(cfg.tracking, f"{cfg.name}-pretrained-vs-scratch") as parent:
-        for strategy in (cfg.transfer.strategy, "scratch"):
-            variant = strategy_variant(cfg, strategy, register=strategy != "scratch")
-            logger.info("training %s (%s)", variant.name, "ImageNet weights" if strategy != "scratch" else "random init")
-            out = diagnosis.run(variant, nested=cfg.tracking.enabled)
-            rows.append((f"{strategy} ({'ImageNet' if strategy != 'scratch' else 'random init'})", out["evaluation"].metrics))
-            registered = registered or out.get("registered") or str(out["result"].model_path)
+        for share in (1.0, SCARCE):
+            runs = {}
+            for strategy in (cfg.transfer.strategy, "scratch"):
+                variant = _demo_variant(cfg, strategy, share)
+                logger.info("training %s (%s)", variant.name, "ImageNet weights" if strategy != "scratch" else "random init")
+                out = diagnosis.run(variant, nested=cfg.tracking.enabled)
+                n = int((out["result"].prepared.table["split"] == "train").sum())
+                label = f"{strategy} ({'ImageNet' if strategy != 'scratch' else 'random init'}), {n:,} films"
+                rows.append((label, out["evaluation"].metrics))
+                runs[strategy] = out["evaluation"].predictions
+                registered = registered or out.get("registered") or str(out["result"].model_path)
+            paired.append((share, _paired(cfg, runs, parent, share)))
         table = summary_table(rows)
         parent.log_table(table.to_dict(orient="records"), "comparison.json")
     scores = _score_test(cfg, registered, manifest)
-    _print(table, scores, registered, time.perf_counter() - start, cfg)
-    return {"table": table, "registered": registered, "scores": scores}
+    _print(table, paired, scores, registered, time.perf_counter() - start, cfg)
+    return {"table": table, "paired": paired, "registered": registered, "scores": scores}
+
+
+SCARCE = 0.10
+"""The label-scarce row: a tenth of the training films (nested, class-stratified), same val and test."""
+
+
+def _demo_variant(cfg: Config, strategy: str, share: float) -> Config:
+    if share == 1.0:
+        return strategy_variant(cfg, strategy, register=strategy != "scratch")
+    from medtl.data.manifest import read_manifest
+    from medtl.data.splits import nested_subsets
+    from medtl.pipelines.label_efficiency import study_variant, subset_manifest
+
+    manifest = read_manifest(cfg.data.manifest)  # type: ignore[arg-type]
+    train = manifest.table[manifest.table["split"] == "train"]
+    cases = nested_subsets(train, [share], cfg.train.seed)[share]
+    path = subset_manifest(manifest.table, cases, Path(cfg.train.out_dir) / f"train_{share:.0%}.csv")
+    return study_variant(cfg, strategy, path, manifest.root, f"{share:.0%}".replace("%", "pct"))
+
+
+def _paired(cfg: Config, runs: dict, parent, share: float) -> dict[str, float]:
+    from medtl.evaluate.paired import compare_predictions, write_comparison
+
+    pair = (cfg.transfer.strategy, "scratch")
+    cmp = compare_predictions(runs[pair[0]], runs[pair[1]], pair, cfg.evaluate.bootstrap)
+    folder = Path(cfg.train.out_dir) / f"paired_{share:.0%}".replace("%", "pct")
+    for f in write_comparison(cmp, folder):
+        parent.log_artifact(f, folder.name)
+    parent.log_metrics({f"{folder.name}_{k}": v for k, v in cmp.metrics.items()})
+    return cmp.metrics
 
 
 def _score_test(cfg: Config, model_ref: str, manifest: Path) -> Path:
@@ -63,7 +99,7 @@ def _score_test(cfg: Config, model_ref: str, manifest: Path) -> Path:
     return out
 
 
-def _print(table, scores: Path, registered: str, seconds: float, cfg: Config) -> None:
+def _print(table, paired: list, scores: Path, registered: str, seconds: float, cfg: Config) -> None:
     from rich.table import Table
 
     console = wide_console()
@@ -73,6 +109,10 @@ def _print(table, scores: Path, registered: str, seconds: float, cfg: Config) ->
     for row in table.itertuples(index=False):
         t.add_row(*map(str, row))
     console.print(t)
+    for share, m in paired:
+        console.print(f"{share:.0%} of the training films: ΔAUROC fine_tune − scratch {m['delta_auroc']:+.3f} "
+                      f"[{m['delta_auroc_ci_low']:+.3f}, {m['delta_auroc_ci_high']:+.3f}] (paired bootstrap), "
+                      f"DeLong p = {m.get('delong_p', float('nan')):.3g}")
     console.print(f"registered model: {registered}")
     console.print(f"test films scored with it: {scores}")
     console.print(f"finished in {seconds / 60:.1f} min. Open the dashboard with:  mlflow ui --backend-store-uri "

@@ -110,20 +110,51 @@ def log_pyfunc(bundle: ModelBundle, checkpoint: Path) -> str:
     return info.model_uri
 
 
-def register(model_uri: str, name: str, alias: str) -> int:
-    """Registers a version under ``name`` and points ``alias`` at it; returns the version number."""
+def register(model_uri: str, name: str, alias: str, card: str = "", tags: dict[str, Any] | None = None,
+             gates: dict[str, float | None] | None = None) -> int:
+    """Registers a version under ``name`` with its model card (description) and tags, points ``alias`` at it,
+    and records the promotion gates on the registered model; returns the version number."""
     version = mlflow.register_model(model_uri, name)
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+    client = mlflow.MlflowClient()
+    if card:
+        client.update_model_version(name, version.version, description=card)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, version.version, key, str(value))
+    for key, value in (gates or {}).items():
+        client.set_registered_model_tag(name, f"gate.{key}", "none" if value is None else str(value))
+    client.set_registered_model_alias(name, alias, version.version)
     return int(version.version)
 
 
-def promote(name: str, version: int, alias: str, uri: str | None = None) -> None:
+def promote(name: str, version: int, alias: str, uri: str | None = None, force: bool = False) -> list[str]:
+    """Points ``alias`` at a version that passes the model's gates; ``force`` overrides and records who forced
+    what (returns the failures that were forced)."""
+    import getpass
+    from datetime import datetime, timezone
+
+    from medtl.model_card import gate_failures
+
     client = mlflow.MlflowClient(uri)
     try:
-        client.get_model_version(name, str(version))
+        mv = client.get_model_version(name, str(version))
+        gates = client.get_registered_model(name).tags
     except Exception:  # noqa: BLE001
         raise TrackingError(f"model {name} has no version {version}; `mlflow ui` lists its versions") from None
+
+    def gate(key: str) -> float | None:
+        value = gates.get(f"gate.{key}")
+        return None if value in (None, "none") else float(value)
+
+    failures = gate_failures(mv.tags, gate("min_auroc_ci_low"), gate("max_ece"))
+    if failures and not force:
+        raise TrackingError(f"{name} version {version} not promoted to @{alias}: {'; '.join(failures)}; "
+                            "retrain or recalibrate, or pass --force (recorded on the version)")
+    if failures:
+        client.set_model_version_tag(name, str(version), f"forced.{alias}",
+                                     f"{getpass.getuser()} at {datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
+                                     + "; ".join(failures))
     client.set_registered_model_alias(name, alias, str(version))
+    return failures
 
 
 def load_registered_bundle(uri: str) -> ModelBundle:

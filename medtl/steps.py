@@ -13,7 +13,7 @@ import numpy as np
 from medtl.config import Config, TrackingConfig
 from medtl.errors import TrackingError
 from medtl.evaluate.calibration import calibrate
-from medtl.evaluate.report import Evaluation
+from medtl.evaluate.report import Evaluation, headline
 from medtl.evaluate.run import evaluate_table
 from medtl.log import logger
 from medtl.models.checkpoint import save_model
@@ -41,11 +41,10 @@ def is_tracked(tracker: Tracker) -> bool:
 
 def train_step(cfg: Config, tracker: Tracker, resume: bool = False) -> TrainResult:
     if is_tracked(tracker):
-        from medtl.config import flatten
-        from medtl.tracking import run_tags
+        from medtl.tracking import applied_params, run_tags
 
         tracker.set_tags(run_tags(cfg, {}))
-        tracker.log_params(flatten(cfg.to_dict()))
+        tracker.log_params(applied_params(cfg))
     result = train(cfg, resume=resume, tracker=tracker)
     if is_tracked(tracker):
         from medtl.tracking import log_dataset
@@ -74,8 +73,8 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     counts = np.bincount(labels, minlength=len(bundle.classes)).astype(float)
     bundle.extra["source_prior"] = [float(c) for c in (counts + 0.5) / (counts + 0.5).sum()]  # the mix T was fitted on
     save_model(bundle, result.model_path)
-    tracker.log_metrics({"temperature": temperature, "threshold": threshold})
-    logger.info("temperature %.3f; threshold on calibrated validation probabilities %.4f", temperature, threshold)
+    logger.info("temperature %.3f; decision threshold %.4f (%s on calibrated validation probabilities): the one applied",
+                temperature, threshold, cfg.train.threshold_rule)
 
 
 def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", prefix: str = "test_") -> Evaluation | None:
@@ -86,17 +85,27 @@ def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", pr
         return None
     out = result.out_dir / f"evaluation_{split}"
     ev = evaluate_table(result.bundle, part, out, history=result.history)
+    cfg = result.bundle.config
+    tracker.set_tags({"mlflow.note.content": headline(ev.metrics, f"{cfg.name}: {split} split, {cfg.model.backbone}, "
+                                                                 f"{cfg.transfer.strategy}")})
     if ev.target_prior is not None:  # the deployment prevalence chosen by evaluate.prevalence goes with the model
         result.bundle.extra["target_prior"] = ev.target_prior
         save_model(result.bundle, result.model_path)
     tracker.log_metrics({f"{prefix}{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)})
-    for f in ev.files:
+    for f in _with_svg(ev.files):
         tracker.log_artifact(f, "evaluation")
     return ev
 
 
-def register_step(result: TrainResult, tracker: Tracker) -> dict[str, Any]:
-    """Logs the pyfunc model (and the best checkpoint); registers it when tracking.registered_model is set."""
+def _with_svg(files: list[Path]) -> list[Path]:
+    """Every figure's SVG goes wherever its PNG goes."""
+    svgs = [f.with_suffix(".svg") for f in files if f.suffix == ".png" and f.with_suffix(".svg").is_file()]
+    return list(dict.fromkeys([*files, *svgs]))
+
+
+def register_step(result: TrainResult, tracker: Tracker, evaluation: Evaluation | None = None) -> dict[str, Any]:
+    """Logs the pyfunc model (and the best checkpoint); registers it, with its model card and promotion gates,
+    when tracking.registered_model is set."""
     if not is_tracked(tracker):
         return {}
     from medtl.mlflow_model import log_pyfunc, register
@@ -112,7 +121,13 @@ def register_step(result: TrainResult, tracker: Tracker) -> dict[str, Any]:
         uri = log_pyfunc(result.bundle, result.model_path)
         info: dict[str, Any] = {"model_uri": uri}
         if cfg.registered_model:
-            info["version"] = register(uri, cfg.registered_model, cfg.alias)
+            from medtl.model_card import card_tags, model_card
+
+            metrics = evaluation.metrics if evaluation else {}
+            digest = result.prepared.manifest.digest()
+            card = model_card(result.bundle.config, result.prepared.table, metrics, digest, evaluation.notes if evaluation else [])
+            gates = {"min_auroc_ci_low": cfg.gate_min_auroc_ci_low, "max_ece": cfg.gate_max_ece}
+            info["version"] = register(uri, cfg.registered_model, cfg.alias, card, card_tags(metrics, digest), gates)
             info["registered"] = f"models:/{cfg.registered_model}@{cfg.alias}"
             logger.info("registered %s version %s as @%s", cfg.registered_model, info["version"], cfg.alias)
     except TrackingError:
@@ -148,6 +163,7 @@ def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
         "specificity": fmt(m, "specificity"),
         "ECE before": fmt(m, "ece"),
         "ECE after": fmt(m, "ece_calibrated"),
+        **({"ECE after prior shift": fmt(m, "ece_prior_adjusted")} if "ece_prior_adjusted" in m else {}),
     } for name, m in rows])
 
 
@@ -180,6 +196,6 @@ def evaluate_target_step(result: TrainResult, tracker: Tracker) -> Evaluation | 
         return None
     ev = evaluate_table(result.bundle, table, result.out_dir / "evaluation_target_test")
     tracker.log_metrics({f"target_test_{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)})
-    for f in ev.files:
+    for f in _with_svg(ev.files):
         tracker.log_artifact(f, "evaluation_target")
     return ev

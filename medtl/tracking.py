@@ -183,6 +183,19 @@ def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False, checkp
         _end_run("FAILED")
         raise
     _end_run("KILLED" if tracker.offline else "FINISHED")
+    if not nested:
+        logger.info("dashboard: %s", dashboard_link(uri, run.info.experiment_id))
+
+
+def dashboard_link(uri: str, experiment_id: str) -> str:
+    """The experiment's runs in MLflow's training view (a fresh browser otherwise opens the GenAI view)."""
+    view = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{view}"
+    import sys
+
+    ui = Path(sys.executable).parent / "mlflow"
+    return f"http://127.0.0.1:5000/{view}  (start it with: {ui} ui --backend-store-uri {uri})"
 
 
 def _end_run(status: str) -> None:
@@ -223,6 +236,41 @@ def sync_offline(run_folder: Path) -> int:
     client.set_terminated(saved["run_id"], "FINISHED")
     log.rename(log.with_suffix(".synced.jsonl"))
     return len(calls)
+
+
+def applied_params(cfg: Config) -> dict[str, Any]:
+    """The config keys this run used, flattened: sections and settings that change nothing here are left out
+    (the whole resolved config stays an artifact). A 2D X-ray run gets no CT window, a run without domain
+    adaptation no ``adaptation.*``, cross-entropy no focal settings, a training run no ``score.*``."""
+    from medtl.config import flatten
+
+    flat = flatten(cfg.to_dict())
+    d, t = cfg.data, cfg.train
+    drop = {"score.", "study.", "tracking."}
+    if cfg.adaptation.method == "none":
+        drop.add("adaptation.")
+    skip = set()
+    if d.modality != "ct":
+        skip.add("data.ct_window")
+    if d.spatial_dims == 2:
+        skip |= {"data.orientation", "data.spacing"}
+    if d.cache != "disk":
+        skip.add("data.cache_dir")
+    if t.loss not in ("focal", "dice_focal"):
+        skip |= {"train.focal_gamma", "train.focal_alpha"}
+    if t.class_weights != "effective_number":
+        skip.add("train.effective_number_beta")
+    if d.task == "classification":
+        skip |= {"train.include_background", "train.pos_neg_ratio", "train.patch_size"}
+    else:
+        skip |= {"train.sampler", "train.threshold_rule", "train.target_sensitivity", "train.class_weights"}
+    if t.threshold_rule != "sensitivity":
+        skip.add("train.target_sensitivity")
+    if cfg.transfer.strategy in ("scratch", "feature_extraction"):
+        skip |= {k for k in flat if k.startswith("transfer.") and k not in ("transfer.strategy", "transfer.head")}
+    if cfg.transfer.strategy != "feature_extraction":
+        skip.add("transfer.head")
+    return {k: v for k, v in flat.items() if k not in skip and not any(k.startswith(p) for p in drop) and v is not None}
 
 
 def run_tags(cfg: Config, extra: dict[str, Any]) -> dict[str, str]:

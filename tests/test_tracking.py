@@ -21,7 +21,8 @@ def overrides(manifest, out, uri, extra=()):
     sets = [f"data.manifest={manifest}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
             "data.subgroups=[site]", f"train.out_dir={out}", "train.epochs=2", "train.batch_size=8",
             "train.early_stopping_patience=null", "evaluate.bootstrap=50", "evaluate.min_subgroup_size=3",
-            f"tracking.uri={uri}", "tracking.experiment=test", "tracking.registered_model=tiny", *extra]
+            f"tracking.uri={uri}", "tracking.experiment=test", "tracking.registered_model=tiny",
+            "tracking.gate_min_auroc_ci_low=null", "tracking.gate_max_ece=null", *extra]
     return [x for s in sets for x in ("--set", s)]
 
 
@@ -52,8 +53,16 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
     contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
     assert contexts == ["testing", "training", "validation"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/roc.png", "evaluation/report.md", "evaluation/predictions.csv", "evaluation/gradcam.png"} <= artifacts
-    assert client.get_model_version_by_alias("tiny", "candidate").version == "1"
+    assert {"evaluation/roc.png", "evaluation/roc.svg", "evaluation/report.md", "evaluation/predictions.csv",
+            "evaluation/gradcam.png", "evaluation/reliability.svg"} <= artifacts
+    version = client.get_model_version_by_alias("tiny", "candidate")
+    assert version.version == "1"
+    assert "## Intended use" in version.description and "NEEDS INPUT" in version.description
+    assert float(version.tags["test_auroc"]) == pytest.approx(run.data.metrics["test_auroc"], abs=1e-4)
+    assert version.tags["dataset_sha256"] == run.data.tags["manifest_sha256"][:16]
+    assert "| AUROC [95% CI] |" in run.data.tags["mlflow.note.content"]
+    assert "adaptation.method" not in run.data.params and "data.ct_window" not in run.data.params  # params that apply
+    assert "threshold" not in run.data.metrics and "test_threshold" in run.data.metrics  # logged once
     # the registered model, loaded in a fresh process, gives the probabilities the training process computed
     table = pd.read_csv(m)
     images = [str(m.parent / table.set_index("case_id").loc[c, "image"]) for c in preds["case_id"]]
@@ -125,3 +134,27 @@ def test_no_patient_tag_reaches_store_artifacts_or_logs(tmp_path):
     for text in (train.stdout, train.stderr, score.stdout, score.stderr):
         assert "PHISENTINEL" not in text
     assert _grep_tree(tmp_path, b"PHISENTINEL", data) == []
+
+
+def test_promotion_is_gated_on_ci_and_calibration_and_forcing_is_recorded(tmp_path):
+    from mlflow import MlflowClient
+
+    from medtl.mlflow_model import register
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    version = register(str(model_dir), "gated", "candidate", "card", {"test_auroc_ci_low": "0.65", "test_ece_calibrated": "0.02"},
+                       {"min_auroc_ci_low": 0.7, "max_ece": 0.1})
+    refused = run_cli("models", "promote", "gated", str(version), "champion", env={"MLFLOW_TRACKING_URI": uri})
+    assert refused.returncode == 2 and "AUROC CI lower bound 0.650 is below the gate 0.700" in refused.stderr
+    client = MlflowClient(uri)
+    assert "champion" not in client.get_registered_model("gated").aliases
+    forced = run_cli("models", "promote", "gated", str(version), "champion", "--force", env={"MLFLOW_TRACKING_URI": uri})
+    assert forced.returncode == 0 and "forced past" in forced.stdout
+    mv = client.get_model_version("gated", str(version))
+    assert "AUROC CI lower bound" in mv.tags["forced.champion"]
+    assert str(client.get_model_version_by_alias("gated", "champion").version) == str(version)

@@ -11,92 +11,142 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score,  # noqa: E402
+                             roc_curve)
 
 from medtl.evaluate.bootstrap import patient_strata, resample_indices  # noqa: E402
 from medtl.evaluate.calibration import reliability_bins  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """PNG at 200 dpi for the dashboard and an SVG beside it for the paper; returns the PNG's path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=200)
+    fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)
     return path
 
 
+def _resampling(groups: np.ndarray | None, n: int) -> str:
+    return "cases" if groups is None or len(np.unique(groups)) == n else "patients"
+
+
 def roc_plot(y: np.ndarray, p: np.ndarray, threshold: float, path: Path, groups: np.ndarray | None = None,
-             n_boot: int = 200, seed: int = 0) -> Path:
-    """ROC curve, its 95% band from patient-level bootstrap, and the operating point at the threshold."""
+             n_boot: int = 200, seed: int = 0, title: str = "ROC") -> Path:
+    """ROC curve with AUROC [95% CI] in the legend, its bootstrap band, and the operating point."""
     fig, ax = plt.subplots(figsize=(5, 5))
     fpr, tpr, _ = roc_curve(y, p)
     grid = np.linspace(0, 1, 101)
     strata = patient_strata(y, np.arange(len(y)) if groups is None else groups)
     rng = np.random.default_rng(seed)
-    curves = []
+    curves, aucs = [], []
     for _ in range(n_boot):
         idx = resample_indices(strata, rng)
         if len(np.unique(y[idx])) == 2:
             f, t, _ = roc_curve(y[idx], p[idx])
             curves.append(np.interp(grid, f, t))
+            aucs.append(roc_auc_score(y[idx], p[idx]))
+    auc = roc_auc_score(y, p)
+    label = f"AUROC {auc:.3f}" + (f" [{np.percentile(aucs, 2.5):.3f}, {np.percentile(aucs, 97.5):.3f}]" if aucs else "")
     if curves:
         lo, hi = np.percentile(curves, [2.5, 97.5], axis=0)
-        ax.fill_between(grid, lo, hi, alpha=0.25, label="95% CI (patient bootstrap)")
-    ax.plot(fpr, tpr, lw=2, label="ROC")
+        ax.fill_between(grid, lo, hi, alpha=0.25, label=f"95% CI (bootstrap over {_resampling(groups, len(y))})")
+    ax.plot(fpr, tpr, lw=2, label=label)
     pred = p >= threshold
     sens = pred[y == 1].mean() if (y == 1).any() else np.nan
     spec = (~pred[y == 0]).mean() if (y == 0).any() else np.nan
-    ax.plot([1 - spec], [sens], "o", color="crimson", ms=8, label=f"threshold {threshold:.3f}")
+    ax.plot([1 - spec], [sens], "o", color="crimson", ms=8,
+            label=f"threshold {threshold:.3f}: sens {sens:.2f}, spec {spec:.2f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=f"{title} (n = {len(y)})", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 
-def pr_plot(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
+def pr_plot(y: np.ndarray, p: np.ndarray, path: Path, threshold: float | None = None, title: str = "Precision-recall") -> Path:
+    """Precision-recall with AUPRC in the legend, prevalence as the no-skill line, and the operating point."""
     fig, ax = plt.subplots(figsize=(5, 5))
     prec, rec, _ = precision_recall_curve(y, p)
-    ax.plot(rec, prec, lw=2)
-    ax.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"prevalence {y.mean():.2f}")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(fontsize=8)
+    ax.plot(rec, prec, lw=2, label=f"AUPRC {average_precision_score(y, p):.3f}")
+    ax.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"no skill (prevalence {y.mean():.2f})")
+    if threshold is not None:
+        called = p >= threshold
+        if called.any():
+            ax.plot([called[y == 1].mean()], [y[called].mean()], "o", color="crimson", ms=8, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=f"{title} (n = {len(y)})", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=8, loc="lower left")
     return _save(fig, path)
 
 
-def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, bins: int = 15) -> Path:
-    """One reliability curve per named probability vector (e.g. before/after temperature), with bin counts."""
+def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, bins: int = 10,
+                     positive: str = "positive class", strategy: str = "quantile") -> Path:
+    """Observed frequency against mean predicted probability in equal-mass bins (each holds ~n/bins cases),
+    with a 95% Wilson interval per bin and each curve's ECE in the legend; bin counts below."""
+    from medtl.evaluate.calibration import ece_binary
+
     fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
-    width = 1.0 / bins / (len(curves) + 1)
     for i, (name, p) in enumerate(curves.items()):
-        r = reliability_bins(y, p, bins)
-        ax.plot(r["confidence"], r["frequency"], "o-", label=name)
-        centres = (r["edges"][:-1] + r["edges"][1:]) / 2
-        counts = np.histogram(p, bins=r["edges"])[0]
-        axc.bar(centres + (i - 0.5) * width, counts, width=width, label=name)
-    ax.set(ylabel="observed frequency", title="Reliability diagram", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(fontsize=8)
-    axc.set(xlabel="predicted probability", ylabel="cases per bin")
+        r = reliability_bins(y, p, bins, strategy)
+        n, f = r["count"], r["frequency"]
+        z = 1.96
+        centre = (f + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        ece = ece_binary(y, p, bins, strategy)[0]
+        ax.errorbar(r["confidence"], f, yerr=[f - (centre - half), centre + half - f], fmt="o-", capsize=2, ms=4,
+                    label=f"{name}: ECE {ece:.3f}")
+        axc.plot(r["confidence"], n, "o-", ms=3, label=name)
+    ax.set(ylabel="observed frequency", title=f"Reliability, {positive} (n = {len(y)}, {bins} equal-mass bins)",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper left")
+    axc.set(xlabel=f"predicted probability of {positive}", ylabel="cases per bin")
     return _save(fig, path)
 
 
 def confusion_plot(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> Path:
+    """Counts and row percentages (the share of each true class given each prediction)."""
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
+    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(4 + 0.3 * len(classes), 4 + 0.3 * len(classes)))
-    ax.imshow(cm, cmap="Blues")
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+        ax.text(j, i, f"{v}\n{rows[i, j]:.0%}", ha="center", va="center", color="white" if rows[i, j] > 0.5 else "black")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-           xlabel="predicted", ylabel="true", title="Confusion matrix")
+           xlabel="predicted", ylabel="true", title=f"Confusion matrix (n = {int(cm.sum())}, row %)")
     return _save(fig, path)
 
 
 def training_curves(history: list[dict[str, float]], path: Path) -> Path:
-    keys = [k for k in ("train_loss", "val_loss", "val_auroc", "val_dice") if any(k in h for h in history)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        ax.plot([h["epoch"] for h in history if key in h], [h[key] for h in history if key in h], "o-")
-        ax.set(xlabel="epoch", title=key)
+    """One progress figure in the manner of nnU-Net's: train and validation loss on one axis, the monitored
+    validation metric on the other, learning rate below, the best epoch marked."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax, axl) = plt.subplots(2, 1, figsize=(6.5, 5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for key, style in (("train_loss", "o-"), ("val_loss", "s-")):
+        pts = [(h["epoch"], h[key]) for h in history if key in h]
+        if pts:
+            ax.plot(*zip(*pts), style, ms=4, label=key.replace("_", " "))
+    ax.set_ylabel("loss")
+    metric = next((k for k in ("val_auroc", "val_dice") if any(k in h for h in history)), None)
+    if metric:
+        axm = ax.twinx()
+        pts = [(h["epoch"], h[metric]) for h in history if metric in h and h[metric] == h[metric]]
+        if pts:
+            axm.plot(*zip(*pts), "^-", color="tab:green", ms=4, label=metric.replace("_", " "))
+            best = max(pts, key=lambda t: t[1])
+            axm.axvline(best[0], color="tab:green", ls=":", lw=1)
+            axm.annotate(f"best epoch {best[0]}: {best[1]:.3f}", (best[0], best[1]), fontsize=8, xytext=(4, -12),
+                         textcoords="offset points")
+        axm.set_ylabel(metric.replace("_", " "))
+        axm.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    lrs = [(h["epoch"], h["lr"]) for h in history if "lr" in h]
+    if lrs:
+        axl.plot(*zip(*lrs), "o-", color="tab:purple", ms=3)
+    axl.set(xlabel="epoch", ylabel="learning rate")
+    axl.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title(f"Training progress ({len(epochs)} epochs)")
     return _save(fig, path)
 
 
@@ -149,19 +199,7 @@ def decision_curve_plot(curve: Any, names: tuple[str, ...], path: Path) -> list[
     ax.set(xlabel="threshold probability", ylabel="net benefit", ylim=(-0.05, max(0.05, top * 1.1)), xlim=(0, 1),
            title="Decision curve")
     ax.legend(frameon=False, fontsize=8)
-    png = _save_both(fig, path)
-    return png
-
-
-def _save_both(fig: Any, path: Path) -> list[Path]:
-    """PNG (300 dpi) and SVG of one figure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=300)
-    svg = path.with_suffix(".svg")
-    fig.savefig(svg)
-    plt.close(fig)
-    return [path, svg]
+    return [_save(fig, path), path.with_suffix(".svg")]
 
 
 def learning_curve_plot(curve: Any, metric: str, path: Path) -> list[Path]:
@@ -177,4 +215,4 @@ def learning_curve_plot(curve: Any, metric: str, path: Path) -> list[Path]:
            title=f"Label efficiency (test n = same cases for every model)")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    return _save_both(fig, path)
+    return [_save(fig, path), path.with_suffix(".svg")]

@@ -115,12 +115,12 @@ def _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir
     files = [plots.confusion_plot(y, pred, classes, out_dir / "confusion_matrix.png")]
     if len(classes) == 2 and len(np.unique(y)) == 2:
         files.append(plots.roc_plot(y, cal[:, 1], threshold, out_dir / "roc.png", groups, seed=cfg.seed))
-        files.append(plots.pr_plot(y, cal[:, 1], out_dir / "precision_recall.png"))
+        files.append(plots.pr_plot(y, cal[:, 1], out_dir / "precision_recall.png", threshold))
         files.append(plots.reliability_plot(y, {"before temperature": raw[:, 1], "after temperature": cal[:, 1]},
-                                            out_dir / "reliability.png", cfg.bins))
+                                            out_dir / "reliability.png", min(cfg.bins, 10), classes[1]))
     if history:
         files.append(plots.training_curves(history, out_dir / "training_curves.png"))
-    return files
+    return files + [f.with_suffix(".svg") for f in files if f.with_suffix(".svg").is_file()]
 
 
 def fmt(metrics: dict[str, float], name: str) -> str:
@@ -162,3 +162,20 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
         lines += ["", "Notes:"] + [f"- {n}" for n in ev.notes]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     return [out_dir / "metrics.json", out_dir / "report.md"]
+
+
+def headline(m: dict[str, float], title: str) -> str:
+    """The few numbers a reader wants first, as the run's description (MLflow's note): discrimination with
+    its CI, the operating point, calibration before and after each step, and n."""
+    if "dice_mean" in m:
+        rows = [("Dice (mean)", f"{m['dice_mean']:.3f}"), ("HD95 mm (mean)", f"{m.get('hd95_mm_mean', float('nan')):.2f}"),
+                ("cases", f"{int(m['n'])}")]
+    else:
+        rows = [("AUROC [95% CI]", fmt(m, "auroc") if "auroc" in m else fmt(m, "auroc_macro")),
+                ("sensitivity at the threshold", fmt(m, "sensitivity")), ("specificity at the threshold", fmt(m, "specificity")),
+                ("threshold (chosen on validation)", fmt(m, "threshold")),
+                ("ECE before / after temperature", f"{fmt(m, 'ece')} / {fmt(m, 'ece_calibrated')}")]
+        if "ece_prior_adjusted" in m:
+            rows.append(("ECE after prior shift", f"{fmt(m, 'ece_prior_adjusted')} (prevalence {m['prevalence_used']:.3f})"))
+        rows.append(("cases", f"{int(m.get('n', 0))}"))
+    return "\n".join([f"**{title}**", "", "| | |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])

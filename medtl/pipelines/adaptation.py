@@ -19,5 +19,5 @@ def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
         calibrate_step(result, tracker)
         source = evaluate_step(result, tracker, "test", prefix="source_test_")
         target = evaluate_target_step(result, tracker)
-        registered = register_step(result, tracker)
+        registered = register_step(result, tracker, source)
     return {"result": result, "evaluation": source, "source": source, "target": target, **registered}

@@ -13,5 +13,5 @@ def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
         result = train_step(cfg, tracker, resume)            # checks the manifest first, splits once
         calibrate_step(result, tracker)                       # temperature + threshold from validation
         evaluation = evaluate_step(result, tracker, "test")   # outcome + calibration with CIs, plots
-        registered = register_step(result, tracker)          # pyfunc model, registry alias
+        registered = register_step(result, tracker, evaluation)          # pyfunc model, registry alias
     return {"result": result, "evaluation": evaluation, **registered}

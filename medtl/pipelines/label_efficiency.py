@@ -36,9 +36,9 @@ def run(cfg: Config) -> dict:
             for fraction, cases in subsets.items():
                 if seed > 0 and fraction > study.small:
                     continue
-                path = _subset_manifest(table, cases, out / f"f{fraction:g}_s{seed}.csv")
+                path = subset_manifest(table, cases, out / f"f{fraction:g}_s{seed}.csv")
                 for strategy in study.strategies:
-                    variant = _variant(cfg, strategy, path, manifest.root, f"{fraction:g}-s{seed}")
+                    variant = study_variant(cfg, strategy, path, manifest.root, f"{fraction:g}-s{seed}")
                     result = pipeline.run(variant, nested=True)
                     m = result["evaluation"].metrics if result["evaluation"] else {}
                     rows.append({"strategy": strategy, "fraction": fraction, "n_labelled": len(cases), "seed": seed,
@@ -57,7 +57,7 @@ def run(cfg: Config) -> dict:
     return {"table": curve, "paired": paired, "summary": _summary(curve, paired, metric)}
 
 
-def _subset_manifest(table: pd.DataFrame, train_cases: set[str], path: Path) -> Path:
+def subset_manifest(table: pd.DataFrame, train_cases: set[str], path: Path) -> Path:
     keep = (table["split"] != "train") | table["case_id"].astype(str).isin(train_cases)
     part = table[keep]
     cols = [c for c in part.columns if c not in ("image", "mask", "image_path", "mask_path")]
@@ -68,8 +68,8 @@ def _subset_manifest(table: pd.DataFrame, train_cases: set[str], path: Path) -> 
     return path
 
 
-def _variant(cfg: Config, strategy: str, manifest: Path, root: Path, tag: str) -> Config:
-    v = strategy_variant(cfg, strategy, register=False)
+def study_variant(cfg: Config, strategy: str, manifest: Path, root: Path, tag: str) -> Config:
+    v = strategystudy_variant(cfg, strategy, register=False)
     data = v.data.model_copy(update={"manifest": manifest, "data_root": cfg.data.data_root or root})
     tracking = v.tracking.model_copy(update={"log_model": False})  # dozens of small models: their model.pt is kept
     return v.model_copy(update={"data": data, "tracking": tracking, "name": f"{cfg.name}-{strategy}-{tag}"})

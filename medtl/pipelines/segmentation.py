@@ -12,5 +12,5 @@ def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
                      resume=resume) as tracker:
         result = train_step(cfg, tracker, resume)
         evaluation = evaluate_step(result, tracker, "test")
-        registered = register_step(result, tracker)
+        registered = register_step(result, tracker, evaluation)
     return {"result": result, "evaluation": evaluation, **registered}

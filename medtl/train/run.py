@@ -242,6 +242,6 @@ def _finish(cfg: Config, model: nn.Module, bundle: ModelBundle, prepared: Prepar
                    "epochs_completed": state.epoch, "stopped_early": state.stopped_early, "skipped_cases": prepared.skipped,
                    "weights_sha256": sha, "history": state.history}
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
-        logger.info("decision threshold (%s on validation): %.4f", cfg.train.threshold_rule, threshold)
+        logger.debug("threshold on uncalibrated validation probabilities (%s): %.4f", cfg.train.threshold_rule, threshold)
     return TrainResult(out_dir, model_path, bundle, prepared, state.history,
                        None if weights is None else [float(w) for w in weights], threshold, val, sha, schedule.summary())

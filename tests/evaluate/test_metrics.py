@@ -148,5 +148,9 @@ def test_report_writes_plots_and_ci(tmp_path):
     assert m["auroc_ci_low"] <= m["auroc"] <= m["auroc_ci_high"]
     assert m["auroc"] == pytest.approx(roc_auc_score(lab, logits[:, 1]))
     assert "ece_calibrated" in m and "subgroup_site_A_auroc" in m
-    for name in ("roc.png", "reliability.png", "confusion_matrix.png", "precision_recall.png", "report.md", "metrics.json"):
+    for name in ("roc", "reliability", "confusion_matrix", "precision_recall"):
+        for suffix in (".png", ".svg"):  # the dashboard's and the paper's
+            assert (tmp_path / f"{name}{suffix}").stat().st_size > 0
+            assert tmp_path / f"{name}{suffix}" in ev.files
+    for name in ("report.md", "metrics.json"):
         assert (tmp_path / name).stat().st_size > 0

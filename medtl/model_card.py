@@ -1,0 +1,80 @@
+"""The model card a registered version carries (its MLflow description and tags): what the model is for,
+the data it saw, how well it did with CIs, how calibrated it is, where it may fail, and the TRIPOD+AI items
+a run can fill. What only a person can say is marked NEEDS INPUT, never invented."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from medtl.config import Config
+from medtl.evaluate.report import fmt
+
+NEEDS = "NEEDS INPUT"
+
+
+def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], dataset_digest: str, notes: list[str]) -> str:
+    """Markdown, short enough to read in the registry page."""
+    counts = table.groupby(["split", "label"]).size().unstack(fill_value=0) if "label" in table else table.groupby("split").size()
+    sites = [c for c in cfg.data.subgroups if c in table]
+    lines = [f"# {cfg.tracking.registered_model or cfg.name}", "",
+             "## Intended use", cfg.tracking.intended_use or f"{NEEDS}: clinical question, population, setting, user.", "",
+             "## Model", f"{cfg.model.backbone} ({cfg.model.pretrained} weights), transfer strategy {cfg.transfer.strategy}, "
+             f"{cfg.data.spatial_dims}D input {cfg.data.image_size}, {cfg.data.modality}; classes: "
+             f"{', '.join(cfg.data.classes or [])}.", "",
+             "## Data", f"Manifest digest (SHA-256) `{dataset_digest[:16]}`; patient-level splits.", "",
+             counts.to_markdown() if hasattr(counts, "to_markdown") and _has_tabulate() else f"```\n{counts}\n```", ""]
+    if sites:
+        lines += [f"Subgroups recorded: {', '.join(sites)}.", ""]
+    lines += ["## Performance (test split, 95% CI by patient bootstrap)",
+              "| metric | value |", "| --- | --- |",
+              *[f"| {name} | {fmt(metrics, key)} |" for name, key in (("AUROC", "auroc"), ("sensitivity", "sensitivity"),
+                                                                       ("specificity", "specificity"), ("PPV", "ppv"),
+                                                                       ("NPV", "npv"), ("Dice (mean)", "dice_mean"))
+                if key in metrics], "",
+              "## Calibration", f"ECE {fmt(metrics, 'ece')} before and {fmt(metrics, 'ece_calibrated')} after temperature "
+              f"scaling (T = {metrics.get('temperature', math.nan):.3f}, fitted on validation)"
+              + (f"; {fmt(metrics, 'ece_prior_adjusted')} after the prior-shift correction to prevalence "
+                 f"{metrics['prevalence_used']:.3f}." if "ece_prior_adjusted" in metrics else "."), "",
+              "## Subgroups"]
+    sub = sorted({k.rsplit("_", 1)[0] for k in metrics if k.startswith("subgroup_") and k.endswith("_n")})
+    lines += [f"- {s.removeprefix('subgroup_')}: n {int(metrics[s + '_n'])}, AUROC {fmt(metrics, s + '_auroc')}" for s in sub] or \
+        ["- none recorded (set data.subgroups)"]
+    lines += ["", "## Limitations", *[f"- {n}" for n in notes],
+              f"- {NEEDS}: populations, scanners and sites not represented in the training data; measured shift, if any.",
+              "", "## TRIPOD+AI items this run fills",
+              "- 5 (data source: manifest digest), 6 (outcome: classes), 9 (missing data: cases skipped are listed in the run),",
+              "- 12 (model and training: config artifact), 16 (performance with CIs), 17 (calibration), 19 (subgroups).",
+              f"- {NEEDS}: 3 (objectives), 7 (predictors' clinical meaning), 8 (sample size rationale), 22 (funding)."]
+    return "\n".join(lines)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def card_tags(metrics: dict[str, float], dataset_digest: str) -> dict[str, Any]:
+    """Registry tags to sort and filter versions by, and that the promotion gate reads."""
+    keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "ece_calibrated", "dice_mean")
+    tags = {f"test_{k}": f"{metrics[k]:.4f}" for k in keys if k in metrics and not math.isnan(metrics[k])}
+    return {**tags, "dataset_sha256": dataset_digest[:16]}
+
+
+def gate_failures(tags: dict[str, str], min_auroc_ci_low: float | None, max_ece: float | None) -> list[str]:
+    """Why a version may not be promoted under the configured gates (empty: it may)."""
+    failures = []
+    if min_auroc_ci_low is not None:
+        low = float(tags.get("test_auroc_ci_low", "nan"))
+        if not low >= min_auroc_ci_low:
+            failures.append(f"AUROC CI lower bound {low:.3f} is below the gate {min_auroc_ci_low:.3f}")
+    if max_ece is not None:
+        ece = float(tags.get("test_ece_calibrated", "nan"))
+        if not ece <= max_ece:
+            failures.append(f"calibrated ECE {ece:.3f} is above the gate {max_ece:.3f}")
+    return failures
