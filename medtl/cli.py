@@ -255,10 +255,26 @@ def score_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow.")] = True,
     prevalence: Annotated[Optional[float], typer.Option(help="This site's prevalence of the positive class (prior-shift correction).")] = None,
+    engine: Annotated[str, typer.Option(help="local (this machine) or spark (mlflow spark_udf, Parquet out).")] = "local",
+    spark_master: Annotated[str, typer.Option("--spark-master", help="Spark master URL (spark-submit's MASTER wins).")] = "local[*]",
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Spark: the only folder executors may read (default: the manifest's).")] = None,
+    spark_chunk: Annotated[int, typer.Option("--spark-chunk", help="Spark: cases per committed job (a crash costs at most one).")] = 1000,
 ) -> None:
     """Score new studies with a registered model; reruns resume where a crash stopped."""
     from medtl.scoring import input_cases, load_any_model, score, set_prevalence
     from medtl.steps import run_context
+
+    if engine == "spark":
+        from medtl.spark_scoring import score_spark
+
+        if manifest is None:
+            raise MedtlError("--engine spark scores a --manifest (executors read the paths it lists)")
+        s = score_spark(model, manifest, out, spark_master, data_root, spark_chunk)
+        typer.echo(f"{out}: {s.scored} scored now, {s.skipped_existing} already there, {s.errors} error row(s), "
+                   f"{s.cases_per_s:.1f} cases/s")
+        raise typer.Exit(1 if s.errors else 0)
+    if engine != "local":
+        raise MedtlError(f"--engine {engine}: use local or spark")
 
     bundle = load_any_model(model)
     if prevalence is not None:

@@ -37,6 +37,7 @@ def setup_logging(level: str | int | None = None) -> None:
     quiet = "WARNING" if logging.getLevelName(logger.level) != "DEBUG" else "DEBUG"
     # MLflow's own INFO lines ("Creating initial MLflow database tables...") are not the user's business
     os.environ["MLFLOW_LOGGING_LEVEL"] = quiet  # read when mlflow is first imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no "Downloading artifacts" bars
     logging.getLogger("mlflow").setLevel(quiet)  # and for an mlflow imported already
 
 

@@ -25,7 +25,7 @@ from medtl.train.run import TrainResult, train
 def run_context(cfg: TrackingConfig, name: str, nested: bool = False, checkpoint_dir: Path | None = None,
                 tags: dict[str, str] | None = None, resume: bool = False) -> Iterator[Tracker]:
     """An MLflow run when tracking is on (the store checked before anything else), else a no-op tracker."""
-    if not cfg.enabled:
+    if not cfg.enabled or not is_main_process():  # under torchrun, rank 0 alone keeps the record
         with nullcontext():
             yield NullTracker()
         return
@@ -33,6 +33,13 @@ def run_context(cfg: TrackingConfig, name: str, nested: bool = False, checkpoint
 
     with tracked_run(cfg, name, nested, checkpoint_dir, tags, resume) as tracker:
         yield tracker
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (every process otherwise): the one that evaluates, logs and registers."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def is_tracked(tracker: Tracker) -> bool:
@@ -64,7 +71,7 @@ def train_step(cfg: Config, tracker: Tracker, resume: bool = False) -> TrainResu
 def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     """Temperature and threshold from validation, stored in the bundle and model.pt."""
     bundle, cfg = result.bundle, result.bundle.config
-    if result.val is None or not cfg.evaluate.calibrate:
+    if result.val is None or not cfg.evaluate.calibrate or not is_main_process():
         return
     labels = result.val["labels"].numpy()
     temperature, threshold = calibrate(result.val["logits"].numpy(), labels, cfg.train.threshold_rule,
@@ -80,6 +87,8 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
 def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", prefix: str = "test_") -> Evaluation | None:
     table = result.prepared.table
     part = table[table["split"] == split]
+    if not is_main_process():
+        return None
     if part.empty:
         logger.warning("no %s split: skipping evaluation", split)
         return None

@@ -136,7 +136,7 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
             axm.plot(*zip(*pts), "^-", color="tab:green", ms=4, label=metric.replace("_", " "))
             best = max(pts, key=lambda t: t[1])
             axm.axvline(best[0], color="tab:green", ls=":", lw=1)
-            axm.annotate(f"best epoch {best[0]}: {best[1]:.3f}", (best[0], best[1]), fontsize=8, xytext=(4, -12),
+            axm.annotate(f"best epoch {best[0]}: {best[1]:.3f}", (best[0], best[1]), fontsize=8, xytext=(-4, -12), ha="right",
                          textcoords="offset points")
         axm.set_ylabel(metric.replace("_", " "))
         axm.legend(loc="upper right", fontsize=8)

@@ -69,7 +69,7 @@ def subset_manifest(table: pd.DataFrame, train_cases: set[str], path: Path) -> P
 
 
 def study_variant(cfg: Config, strategy: str, manifest: Path, root: Path, tag: str) -> Config:
-    v = strategystudy_variant(cfg, strategy, register=False)
+    v = strategy_variant(cfg, strategy, register=False)
     data = v.data.model_copy(update={"manifest": manifest, "data_root": cfg.data.data_root or root})
     tracking = v.tracking.model_copy(update={"log_model": False})  # dozens of small models: their model.pt is kept
     return v.model_copy(update={"data": data, "tracking": tracking, "name": f"{cfg.name}-{strategy}-{tag}"})

@@ -243,7 +243,7 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
             if improved:
                 loop.save(ckpt_dir / "best.pt", None)
             loop.save(ckpt_dir / "last.pt", train_state(loop, state))
-            fault_point("after_epoch", epoch + 1)
             logger.info("epoch %d: %s%s", epoch + 1, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
                         "  (best)" if improved else "")
+        fault_point("after_epoch", epoch + 1)  # every rank: a test can kill rank 1 alone
     return state

@@ -126,20 +126,50 @@ def test_kill9_then_resume_completes_the_same_epochs(tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
-def test_ddp_two_cpu_processes_only_rank0_writes(tmp_path):
-    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(32, 32))
-    sets = cls_overrides(m, tmp_path / "runs", ["data.image_size=[32,32]", "train.epochs=2", "model.pretrained=none",
-                                                 "transfer.strategy=scratch", "name=ddp"])
-    args = [x for s in sets for x in ("--set", s)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",  # a free port
-           "-m", "medtl.cli", "train", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "MEDTL_PROGRESS": "0"})
-    assert res.returncode == 0, res.stderr[-2000:]
+def _nodes(args: list[str], port: int, fault_on_node1: str | None = None) -> list[subprocess.CompletedProcess]:
+    """Two single-process torchrun "nodes" on this machine over gloo, meeting at a free port."""
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "MEDTL_PROGRESS": "0", **({"MEDTL_FAULT": fault_on_node1} if rank == 1 and fault_on_node1 else {})}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "medtl.cli", *args]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=600), *p.communicate()) for p in procs]
+
+
+def test_two_nodes_log_once_and_resume_after_one_rank_is_killed(tmp_path):
+    from mlflow import MlflowClient
+
+    from tests.conftest import free_port
+
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(16, 16), split=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = cls_overrides(m, tmp_path / "runs", ["data.image_size=[16,16]", "train.epochs=3", "model.pretrained=none",
+                                                 "transfer.strategy=scratch", "name=ddp", "evaluate.bootstrap=10",
+                                                 "evaluate.gradcam=0", f"tracking.uri={uri}"])
+    args = ["run", "diagnosis", *[x for s in sets for x in ("--set", s)]]
+    killed = _nodes(args, free_port(), fault_on_node1="after_epoch:1")
+    assert killed[1].returncode != 0 and killed[0].returncode != 0  # rank 1 died; rank 0 cannot go on alone
     out = tmp_path / "runs" / "ddp"
-    assert _count_epochs(out) == 2
-    assert res.stdout.count("model:") == 2  # both ranks finish
-    written = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert written == ["best.pt", "last.pt"]
+    assert (out / "checkpoints" / "last.pt").is_file() and not (out / "model.pt").exists()
+    resumed = _nodes([*args, "--resume"], free_port())
+    assert [r.returncode for r in resumed] == [0, 0], resumed[0].stderr[-2000:] + resumed[1].stderr[-2000:]
+    assert _count_epochs(out) == 3
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # written by rank 0 only
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one record, both launches
+    assert [h.step for h in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2, 3]
+
+
+def test_sharded_sampler_gives_each_rank_its_own_cases():
+    from medtl.train.samplers import ShardedSampler
+
+    base = list(range(10))
+    shards = [list(ShardedSampler(base, r, 2)) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == base and not set(shards[0]) & set(shards[1])  # each case once per epoch
+    odd = [list(ShardedSampler(list(range(7)), r, 2)) for r in (0, 1)]
+    assert len(odd[0]) == len(odd[1]) == 4 and set(odd[0] + odd[1]) == set(range(7))  # equal steps: one case padded
 
 
 def test_same_config_same_machine_same_metrics(tmp_path):

@@ -1,0 +1,60 @@
+"""Scoring on a real local Spark (local[2]): the same rows as ``medtl score``, broken cases as error rows,
+and a job killed between chunks loses nothing and writes nothing twice when rerun."""
+
+import os
+import shutil
+import signal
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtl.data.synthetic import make_classification_set
+from tests.conftest import medtl_exe, run_cli
+
+pyspark = pytest.importorskip("pyspark")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("spark")
+    m = make_classification_set(tmp / "d", n=24, kind="png", size=(16, 16), split=True)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    sets = [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", "train.epochs=1",
+            "model.pretrained=none", "transfer.strategy=scratch", "evaluate.bootstrap=10", "evaluate.gradcam=0",
+            f"train.out_dir={tmp / 'runs'}", f"tracking.uri={uri}", "tracking.registered_model=sparky",
+            "tracking.gate_min_auroc_ci_low=null", "tracking.gate_max_ece=null"]
+    res = run_cli("run", "diagnosis", *[x for s in sets for x in ("--set", s)], cwd=tmp)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cases = pd.read_csv(m, dtype=str)[["case_id", "image"]]
+    (m.parent / "broken.png").write_bytes(b"not a png at all")
+    cases = pd.concat([cases, pd.DataFrame({"case_id": ["broken", "gone"], "image": ["broken.png", "nowhere.png"]})])
+    cases.to_csv(m.parent / "to_score.csv", index=False)
+    return uri, m.parent / "to_score.csv", tmp
+
+
+def test_spark_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(registered, tmp_path):
+    uri, manifest, _ = registered
+    env = {"MLFLOW_TRACKING_URI": uri}
+    local = run_cli("score", "--model", "models:/sparky@candidate", "--manifest", str(manifest), "--out",
+                    str(tmp_path / "local.csv"), "--no-track", env=env)
+    assert local.returncode == 1  # two broken cases
+    out = tmp_path / "spark.parquet"
+    args = ["score", "--model", "models:/sparky@candidate", "--manifest", str(manifest), "--out", str(out),
+            "--engine", "spark", "--spark-master", "local[2]", "--spark-chunk", "10"]
+    killed = subprocess.run([medtl_exe(), *args], env={**os.environ, **env, "MEDTL_PROGRESS": "0",
+                                                       "MEDTL_FAULT": "after_chunks:1"}, capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(pd.read_parquet(out)) == 10  # one committed chunk survived
+    rerun = run_cli(*args, env=env)
+    assert rerun.returncode == 1 and "10 already there" in rerun.stdout, rerun.stderr[-2000:]
+    spark = pd.read_parquet(out).set_index("case_id").sort_index()
+    want = pd.read_csv(tmp_path / "local.csv", dtype={"case_id": str}, keep_default_na=False).set_index("case_id").sort_index()
+    assert list(spark.index) == list(want.index) and not spark.index.duplicated().any()
+    np.testing.assert_allclose(spark["prob_lesion"].fillna(-1), want["prob_lesion"].replace("", np.nan).astype(float).fillna(-1),
+                               atol=1e-6)
+    assert (spark["status"] == want["status"]).all()
+    assert spark.loc["broken", "status"] == "error" and spark.loc["gone", "status"] == "error"
+    assert (spark["model_name"] == "sparky").all() and (spark["model_version"] == "1").all() and spark["run_id"].str.len().min() > 0
