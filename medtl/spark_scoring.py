@@ -63,9 +63,14 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
         raise MedtlError("--engine spark needs pyspark (pip install pyspark) and a Java runtime") from None
     from medtl.scoring import input_cases
 
+    import logging
+    import sys
+
     cases = input_cases(manifest, None)
     root = Path(data_root or manifest.parent).resolve()
     os.environ["MEDTL_DATA_ROOT"] = str(root)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # this environment's Python unless the cluster says otherwise
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # env_manager="local" is the choice: executors share it
     identity, classes = _model_identity(model_uri)
     spark = (SparkSession.builder.master(os.environ.get("MASTER", master)).appName("medtl-score")
              .config("spark.executorEnv.MEDTL_DATA_ROOT", str(root)).config("spark.ui.showConsoleProgress", "false")

@@ -14,7 +14,8 @@ from medtl.data.synthetic import make_classification_set
 from tests.conftest import medtl_exe, run_cli
 
 pyspark = pytest.importorskip("pyspark")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (make install brings one as root)")]
 
 
 @pytest.fixture(scope="module")
