@@ -21,11 +21,11 @@ demo: $(STAMP)
 	$(VENV)/bin/medtl demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --maxschedchunk 1
 
 # The edit loop: everything but the end-to-end tests that train (CI runs them all).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -n 2 --maxschedchunk 1 -m "not slow"
 
 clean:
 	rm -rf $(VENV) demo_out mlruns mlflow.db .pytest_cache

@@ -120,6 +120,8 @@ class EvaluateConfig(Section):
     """Deployment prevalence of the positive class: a known value in (0, 1), ``em`` to estimate it from the
     evaluated cases' unlabelled scores (Saerens et al. 2002), or None for no prior-shift correction."""
     gradcam: int = Field(4, ge=0)
+    figures: bool = True
+    """Write the figures (PNG and SVG); a study of many small runs, or a test, may skip them."""
     seed: int = 0
 
 

@@ -25,7 +25,7 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
              f"{cfg.data.spatial_dims}D input {cfg.data.image_size}, {cfg.data.modality}; classes: "
              f"{', '.join(cfg.data.classes or [])}.", "",
              "## Data", f"Manifest digest (SHA-256) `{dataset_digest[:16]}`; patient-level splits.", "",
-             counts.to_markdown() if hasattr(counts, "to_markdown") and _has_tabulate() else f"```\n{counts}\n```", ""]
+             *_markdown_counts(counts), ""]
     if sites:
         lines += [f"Subgroups recorded: {', '.join(sites)}.", ""]
     lines += ["## Performance (test split, 95% CI by patient bootstrap)",
@@ -51,12 +51,11 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
     return "\n".join(lines)
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _markdown_counts(counts: pd.DataFrame | pd.Series) -> list[str]:
+    """Cases per split (rows) and class (columns) as a markdown table."""
+    frame = counts.to_frame("cases") if isinstance(counts, pd.Series) else counts
+    head = ["| split | " + " | ".join(map(str, frame.columns)) + " |", "| --- |" + " --- |" * len(frame.columns)]
+    return head + [f"| {split} | " + " | ".join(str(int(v)) for v in row) + " |" for split, row in frame.iterrows()]
 
 
 def card_tags(metrics: dict[str, float], dataset_digest: str) -> dict[str, Any]:

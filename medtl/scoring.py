@@ -15,7 +15,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import torch
 
 from medtl.data.build import discover_cases
 from medtl.data.manifest import read_manifest

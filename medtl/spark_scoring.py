@@ -74,6 +74,8 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     identity, classes = _model_identity(model_uri)
     spark = (SparkSession.builder.master(os.environ.get("MASTER", master)).appName("medtl-score")
              .config("spark.executorEnv.MEDTL_DATA_ROOT", str(root)).config("spark.ui.showConsoleProgress", "false")
+             .config("spark.sql.shuffle.partitions", str(max(2, os.cpu_count() or 2)))  # not 200 tiny tasks
+             .config("spark.locality.wait", "0s").config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     done = done_in(out, spark)

@@ -22,6 +22,11 @@ os.environ.setdefault("MEDTL_PROGRESS", "0")
 os.environ.setdefault("MEDTL_LOG_LEVEL", "WARNING")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, no oversubscription
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +43,33 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
         while mlflow.active_run() is not None:
             mlflow.end_run()
         mlflow.set_tracking_uri(None)
+
+
+_TEMPLATE: list[Path] = []
+MLFLOW_MODULES = {"test_pipelines", "test_faults", "test_fit", "test_tracking", "test_hostile_inputs"}
+
+
+def seed_mlflow_store(path: Path) -> str:
+    """Puts an empty, already-migrated MLflow SQLite store at ``path`` and returns its URI: creating one runs
+    MLflow's schema migrations (~3 s of CPU), so each test process does it once and copies it."""
+    if not _TEMPLATE:
+        import tempfile
+
+        from mlflow import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="medtl-mlflow-template-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments()
+        _TEMPLATE.append(template)
+    if not path.exists():
+        shutil.copyfile(_TEMPLATE[0], path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Tests of modules that track get ``tmp_path / 'mlflow.db'`` ready-made (the URI they name)."""
+    if request.module.__name__.rsplit(".", 1)[-1] in MLFLOW_MODULES:
+        seed_mlflow_store(tmp_path / "mlflow.db")
 
 
 def free_port() -> int:
@@ -127,3 +159,15 @@ def mlflow_server_process(tmp_path):
 @pytest.fixture()
 def mlflow_server(mlflow_server_process):
     return mlflow_server_process[0]
+
+
+HEAVY_FIRST = ("test_spark.py", "test_two_nodes_log_once", "test_training_run_is_fully_tracked", "test_packaging.py",
+               "test_label_efficiency", "test_kill9_then_resume", "test_resume_after_kill9")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest end-to-end tests start first, so on two workers they overlap the many short ones."""
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, key in enumerate(HEAVY_FIRST) if key in item.nodeid), len(HEAVY_FIRST))
+
+    items.sort(key=rank)

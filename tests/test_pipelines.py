@@ -47,7 +47,7 @@ def test_compare_pipeline_trains_every_strategy_and_its_models_score(tmp_path):
 
     m = make_classification_set(tmp_path / "d", n=30, kind="png", size=(32, 32), split=True)
     common = sets(f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
-                  f"train.out_dir={tmp_path / 'runs'}", "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20",
+                  f"train.out_dir={tmp_path / 'runs'}", "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20", "evaluate.figures=false",
                   f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.registered_model=cmp", "name=cmp")
     res = run_cli("run", "compare", *common, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -83,7 +83,7 @@ def test_label_efficiency_trains_nested_subsets_and_logs_the_curve(tmp_path):
     m = make_classification_set(tmp_path / "d", n=40, kind="png", size=(16, 16), split=True)
     res = run_cli("run", "label_efficiency", *sets(
         f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", f"train.out_dir={tmp_path / 'runs'}",
-        "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20", "evaluate.gradcam=0",
+        "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20", "evaluate.figures=false",
         "study.strategies=[scratch,fine_tune]", "study.fractions=[0.5,1.0]", "study.seeds=1",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "name=le"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -152,7 +152,7 @@ def test_adaptation_pipeline_logs_source_and_target_metrics(tmp_path, method):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     res = run_cli("run", "adaptation", *sets(
         f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]", f"train.out_dir={tmp_path / 'runs'}",
-        "train.epochs=2", "train.batch_size=8", "evaluate.bootstrap=20", f"adaptation.method={method}",
+        "train.epochs=2", "train.batch_size=8", "evaluate.bootstrap=20", "evaluate.figures=false", f"adaptation.method={method}",
         f"adaptation.target_manifest={tmp_path / 'shifted' / 'manifest.csv'}", f"tracking.uri={uri}", "name=ad"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     client = MlflowClient(uri)
@@ -173,7 +173,7 @@ def test_crossval_nested_fold_runs_and_parent_mean_sd(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     res = run_cli("run", "crossval", "--folds", "3", *sets(
         f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]", f"train.out_dir={tmp_path / 'runs'}",
-        "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=10", "transfer.strategy=feature_extraction",
+        "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=10", "evaluate.figures=false", "transfer.strategy=feature_extraction",
         f"tracking.uri={uri}", "name=cv"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     client = MlflowClient(uri)

@@ -67,7 +67,7 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     res = run_cli("score", "--model", str(model_3d), "--manifest", str(missing), "--out", str(tmp_path / "q.csv"), "--no-track")
     q = pd.read_csv(tmp_path / "q.csv", keep_default_na=False).set_index("case_id")
     assert res.returncode == 1 and q.loc["gone", "status"] == "error" and "not found" in q.loc["gone", "error"]
-    assert q.loc["ok", "prob_lesion"] == pytest.approx(out.loc["good_nifti", "prob_lesion"])
+    assert float(q.loc["ok", "prob_lesion"]) == pytest.approx(float(out.loc["good_nifti", "prob_lesion"]))
 
 
 def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_path):

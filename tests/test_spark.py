@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from medtl.data.synthetic import make_classification_set
-from tests.conftest import medtl_exe, run_cli
+from tests.conftest import medtl_exe, run_cli, seed_mlflow_store
 
 pyspark = pytest.importorskip("pyspark")
 pytestmark = [pytest.mark.slow,
@@ -21,10 +21,10 @@ pytestmark = [pytest.mark.slow,
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("spark")
-    m = make_classification_set(tmp / "d", n=24, kind="png", size=(16, 16), split=True)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    m = make_classification_set(tmp / "d", n=16, kind="png", size=(16, 16), split=True)
+    uri = seed_mlflow_store(tmp / "mlflow.db")
     sets = [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", "train.epochs=1",
-            "model.pretrained=none", "transfer.strategy=scratch", "evaluate.bootstrap=10", "evaluate.gradcam=0",
+            "model.pretrained=none", "transfer.strategy=scratch", "evaluate.bootstrap=10", "evaluate.gradcam=0", "evaluate.figures=false",
             f"train.out_dir={tmp / 'runs'}", f"tracking.uri={uri}", "tracking.registered_model=sparky",
             "tracking.gate_min_auroc_ci_low=null", "tracking.gate_max_ece=null"]
     res = run_cli("run", "diagnosis", *[x for s in sets for x in ("--set", s)], cwd=tmp)
@@ -44,13 +44,13 @@ def test_spark_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(re
     assert local.returncode == 1  # two broken cases
     out = tmp_path / "spark.parquet"
     args = ["score", "--model", "models:/sparky@candidate", "--manifest", str(manifest), "--out", str(out),
-            "--engine", "spark", "--spark-master", "local[2]", "--spark-chunk", "10"]
+            "--engine", "spark", "--spark-master", "local[2]", "--spark-chunk", "8"]
     killed = subprocess.run([medtl_exe(), *args], env={**os.environ, **env, "MEDTL_PROGRESS": "0",
                                                        "MEDTL_FAULT": "after_chunks:1"}, capture_output=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert len(pd.read_parquet(out)) == 10  # one committed chunk survived
+    assert len(pd.read_parquet(out)) == 8  # one committed chunk survived
     rerun = run_cli(*args, env=env)
-    assert rerun.returncode == 1 and "10 already there" in rerun.stdout, rerun.stderr[-2000:]
+    assert rerun.returncode == 1 and "8 already there" in rerun.stdout, rerun.stderr[-2000:]
     spark = pd.read_parquet(out).set_index("case_id").sort_index()
     want = pd.read_csv(tmp_path / "local.csv", dtype={"case_id": str}, keep_default_na=False).set_index("case_id").sort_index()
     assert list(spark.index) == list(want.index) and not spark.index.duplicated().any()

@@ -212,7 +212,7 @@ def learning_curve_plot(curve: Any, metric: str, path: Path) -> list[Path]:
         ax.fill_between(g.index, g["low"], g["high"], alpha=0.15)
     ax.set_xscale("log")
     ax.set(xlabel="labelled training cases", ylabel=f"test {metric.replace('_mean', '')} (95% CI)",
-           title=f"Label efficiency (test n = same cases for every model)")
+           title="Label efficiency (the same test cases for every model)")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return [_save(fig, path), path.with_suffix(".svg")]

@@ -85,7 +85,8 @@ def evaluate_classification(
                                 "predicted": [classes[i] for i in pred]})
     files = [out_dir / "predictions.csv"]
     predictions.to_csv(files[0], index=False)
-    files += _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, history, cfg)
+    if cfg.figures:
+        files += _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, history, cfg)
     ev = Evaluation(metrics, notes, files, predictions, prior)
     files += write_report(ev, out_dir, classes)
     return ev

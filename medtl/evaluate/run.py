@@ -70,7 +70,7 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     subgroups = [c for c in bundle.config.data.subgroups if c in table]
     ev = evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,
                                  out_dir, subgroups, history, bundle.extra.get("source_prior"))
-    if cfg.gradcam and bundle.config.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
+    if cfg.figures and cfg.gradcam and bundle.config.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
         ev.files.append(gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png"))
     return ev
 

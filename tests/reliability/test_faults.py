@@ -24,7 +24,7 @@ def sets(*pairs: str) -> list[str]:
 def base(m, tmp_path, *extra):
     return sets(f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]",
                 f"train.out_dir={tmp_path / 'runs'}", "train.epochs=3", "train.batch_size=8", "model.pretrained=none",
-                "transfer.strategy=scratch", "train.early_stopping_patience=null", "evaluate.bootstrap=20",
+                "transfer.strategy=scratch", "train.early_stopping_patience=null", "evaluate.bootstrap=20", "evaluate.figures=false",
                 "evaluate.gradcam=0", *extra)
 
 
@@ -48,6 +48,8 @@ def test_resume_after_kill9_continues_the_same_mlflow_run(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [h.step for h in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2, 3]
     assert "test_auroc" in runs[0].data.metrics
+    again = run_cli(*args, cwd=tmp_path)  # a finished run is never silently overwritten
+    assert again.returncode == 2 and "--resume" in again.stderr
 
 
 def test_resume_with_another_config_is_refused_unless_asked_and_then_recorded(tmp_path):
