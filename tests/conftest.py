@@ -22,7 +22,7 @@ os.environ.setdefault("MEDTL_PROGRESS", "0")
 os.environ.setdefault("MEDTL_LOG_LEVEL", "WARNING")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, no oversubscription
+if os.environ.get("PYTEST_XDIST_WORKER"):  # workers share two cores: one thread each
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 

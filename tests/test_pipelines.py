@@ -84,11 +84,12 @@ def test_label_efficiency_trains_nested_subsets_and_logs_the_curve(tmp_path):
     res = run_cli("run", "label_efficiency", *sets(
         f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", f"train.out_dir={tmp_path / 'runs'}",
         "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20", "evaluate.figures=false",
-        "study.strategies=[scratch,fine_tune]", "study.fractions=[0.5,1.0]", "study.seeds=1",
+        "study.strategies=[scratch,feature_extraction]", "study.fractions=[0.5,1.0]", "study.seeds=1",
+        "study.compare=[feature_extraction,scratch]",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "name=le"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     curve = pd.read_csv(tmp_path / "runs" / "le" / "learning_curve.csv")
-    assert sorted(zip(curve["strategy"], curve["fraction"])) == [("fine_tune", 0.5), ("fine_tune", 1.0),
+    assert sorted(zip(curve["strategy"], curve["fraction"])) == [("feature_extraction", 0.5), ("feature_extraction", 1.0),
                                                                   ("scratch", 0.5), ("scratch", 1.0)]
     half = pd.read_csv(tmp_path / "runs" / "le" / "f0.5_s0.csv", dtype=str)
     full = pd.read_csv(tmp_path / "runs" / "le" / "f1_s0.csv", dtype=str)

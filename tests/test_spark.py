@@ -44,12 +44,12 @@ def test_spark_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(re
     assert local.returncode == 1  # two broken cases
     out = tmp_path / "spark.parquet"
     args = ["score", "--model", "models:/sparky@candidate", "--manifest", str(manifest), "--out", str(out),
-            "--engine", "spark", "--spark-master", "local[2]", "--spark-chunk", "8"]
-    killed = subprocess.run([medtl_exe(), *args], env={**os.environ, **env, "MEDTL_PROGRESS": "0",
+            "--engine", "spark", "--spark-chunk", "8"]
+    killed = subprocess.run([medtl_exe(), *args, "--spark-master", "local[1]"], env={**os.environ, **env, "MEDTL_PROGRESS": "0",
                                                        "MEDTL_FAULT": "after_chunks:1"}, capture_output=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert len(pd.read_parquet(out)) == 8  # one committed chunk survived
-    rerun = run_cli(*args, env=env)
+    rerun = run_cli(*args, "--spark-master", "local[2]", env=env)
     assert rerun.returncode == 1 and "8 already there" in rerun.stdout, rerun.stderr[-2000:]
     spark = pd.read_parquet(out).set_index("case_id").sort_index()
     want = pd.read_csv(tmp_path / "local.csv", dtype={"case_id": str}, keep_default_na=False).set_index("case_id").sort_index()

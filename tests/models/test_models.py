@@ -60,7 +60,7 @@ def test_inflated_3d_matches_2d_on_depth_constant_volume(plane, depth):
 
 
 @pytest.mark.parametrize("backbone", ["efficientnet-lite0-3d", "efficientnet-b0", "resnet10"])
-@pytest.mark.parametrize("size", [[32, 32, 8], [64, 64, 16], [16, 16, 32], [24, 40, 12]])
+@pytest.mark.parametrize("size", [[32, 32, 8], [16, 16, 32], [24, 40, 12]])
 def test_every_3d_backbone_takes_any_patch_shape(backbone, size):
     x = torch.randn(1, 1, *size)
     for task, want in (("classification", (1, 2)), ("segmentation", (1, 2, *size))):
