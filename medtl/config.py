@@ -260,27 +260,31 @@ def _key_path(loc: tuple[Any, ...], extra: bool) -> tuple[str, str]:
     return ".".join(parts) or "(top level)", ""
 
 
-def describe_errors(err: ValidationError, source: str) -> list[str]:
-    """One line per problem: source, dotted key path, what is wrong, what is allowed."""
+def describe_errors(err: ValidationError, source: str, overridden: set[str] | None = None) -> list[str]:
+    """One line per problem: source (the file, or ``--set`` for a key given there), dotted key path, what is
+    wrong, what is allowed."""
     lines = []
     for e in err.errors():
         extra = e["type"] == "extra_forbidden"
         key, allowed = _key_path(tuple(e["loc"]), extra)
+        where = "--set" if overridden and any(key == k or key.startswith(k + ".") or k.startswith(key + ".")
+                                              for k in overridden) else source
+        source_here = where
         if extra:
-            lines.append(f"{source}: {key}: unknown key; allowed keys here: {allowed}")
+            lines.append(f"{source_here}: {key}: unknown key; allowed keys here: {allowed}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {key}: {msg} (got {e.get('input')!r})")
+            lines.append(f"{source_here}: {key}: {msg} (got {e.get('input')!r})")
     # pydantic reports one error per union member; keep each line once, in order
     return list(dict.fromkeys(lines))
 
 
-def build_config(raw: dict[str, Any], source: str = "config") -> Config:
+def build_config(raw: dict[str, Any], source: str = "config", overridden: set[str] | None = None) -> Config:
     """Validate a plain dict into a Config, or raise ConfigError listing every problem."""
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        problems = describe_errors(err, source)
+        problems = describe_errors(err, source, overridden)
         raise ConfigError("\n".join(problems)) from None
 
 
@@ -308,8 +312,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = loaded
         base_dir = path.resolve().parent
     base_dir = base_dir.resolve()
-    raw = _merge(raw, parse_overrides(overrides))
-    cfg = build_config(raw, source)
+    parsed = parse_overrides(overrides)
+    raw = _merge(raw, parsed)
+    cfg = build_config(raw, source, set(flatten(parsed)))
     return _resolve_paths(cfg, base_dir)
 
 

@@ -84,3 +84,12 @@ def test_flatten_for_params():
     flat = flatten(Config().to_dict())
     assert flat["train.lr"] == Config().train.lr
     assert "transfer.strategy" in flat
+
+
+def test_a_bad_set_value_is_attributed_to_set_not_to_the_file(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.01\n  epochs: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.lr=-5"])
+    lines = str(info.value).splitlines()
+    assert any(line.startswith("--set: train.lr") for line in lines)
+    assert any(line.startswith(f"{path}: train.epochs") for line in lines)
