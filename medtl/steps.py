@@ -160,11 +160,15 @@ def strategy_variant(cfg: Config, strategy: str, register: bool = True) -> Confi
 
 
 def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
-    """One row per run: AUROC [CI], sensitivity/specificity at the threshold, ECE before/after temperature."""
+    """One row per run: AUROC [CI], sensitivity/specificity at the threshold, ECE before/after temperature;
+    for segmentation, Dice and HD95 (mean, median)."""
     import pandas as pd
 
     from medtl.evaluate.report import fmt
 
+    if any("dice_mean" in m for _, m in rows):
+        return pd.DataFrame([{"strategy": name, "test Dice (mean)": fmt(m, "dice_mean"), "Dice (median)": fmt(m, "dice_median"),
+                              "HD95 mm (mean)": fmt(m, "hd95_mm_mean"), "cases": fmt(m, "n")} for name, m in rows])
     return pd.DataFrame([{
         "strategy": name,
         "test AUROC [95% CI]": fmt(m, "auroc"),

@@ -199,14 +199,14 @@ def test_2d_segmentation_from_png_with_masks_beside_their_images(tmp_path):
     table = pd.read_csv(tmp_path / "m.csv", dtype=str)
     assert len(table) == 12 and not table["case_id"].str.endswith("_mask").any()  # masks are never cases
     assert (table["mask"] == table["image"].str.replace(".png", "_mask.png")).all()
-    res = run_cli("run", "segmentation", *sets(
-        f"data.manifest={tmp_path / 'm.csv'}", "data.task=segmentation", "data.spatial_dims=2", "data.image_size=[32,32]",
-        "train.loss=dice_ce", "train.epochs=1", "train.batch_size=4", f"train.out_dir={tmp_path / 'runs'}",
-        "tracking.enabled=false", "name=seg2d"), cwd=tmp_path)
+    res = run_cli("run", "compare", str(REPO / "configs" / "xray_segmentation.yaml"), *sets(
+        f"data.manifest={tmp_path / 'm.csv'}", "data.image_size=[32,32]", "train.epochs=1", "train.batch_size=4",
+        f"train.out_dir={tmp_path / 'runs'}", "tracking.enabled=false", "name=seg2d"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    per_case = pd.read_csv(tmp_path / "runs" / "seg2d" / "evaluation_test" / "per_case.csv", dtype={"case_id": str})
+    assert "test Dice (mean)" in res.stdout and "scratch" in res.stdout and "fine_tune" in res.stdout
+    per_case = pd.read_csv(tmp_path / "runs" / "seg2d-fine_tune" / "evaluation_test" / "per_case.csv", dtype={"case_id": str})
     out = tmp_path / "masks"
-    res = run_cli("score", "--model", str(tmp_path / "runs" / "seg2d" / "model.pt"), "--manifest", str(tmp_path / "m.csv"),
+    res = run_cli("score", "--model", str(tmp_path / "runs" / "seg2d-fine_tune" / "model.pt"), "--manifest", str(tmp_path / "m.csv"),
                   "--out", str(tmp_path / "p.csv"), "--masks-out", str(out), "--no-track")
     assert res.returncode == 0, res.stderr[-2000:]
     for case in table["case_id"]:

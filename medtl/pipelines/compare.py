@@ -13,7 +13,7 @@ STRATEGIES = ("scratch", "feature_extraction", "fine_tune", "full")
 
 
 def run(cfg: Config, strategies: tuple[str, ...] = STRATEGIES) -> dict:
-    diagnosis = load_pipeline("diagnosis")
+    diagnosis = load_pipeline("segmentation" if cfg.data.task == "segmentation" else "diagnosis")
     rows, predictions = [], {}
     with run_context(cfg.tracking, f"{cfg.name}-compare") as parent:
         for strategy in strategies:
@@ -26,7 +26,7 @@ def run(cfg: Config, strategies: tuple[str, ...] = STRATEGIES) -> dict:
         parent.log_table(table.to_dict(orient="records"), "comparison.json")
         summary = table.to_string(index=False)
         pair = cfg.study.compare
-        if all(s in predictions and predictions[s] is not None for s in pair):
+        if cfg.data.task == "classification" and all(predictions.get(s) is not None for s in pair):
             cmp = compare_predictions(predictions[pair[0]], predictions[pair[1]], pair, cfg.evaluate.bootstrap or 1000)
             for f in write_comparison(cmp, run_dir(cfg) / "paired"):
                 parent.log_artifact(f, "paired")
