@@ -115,5 +115,9 @@ def _print(table, paired: list, scores: Path, registered: str, seconds: float, c
                       f"DeLong p = {m.get('delong_p', float('nan')):.3g}")
     console.print(f"registered model: {registered}")
     console.print(f"test films scored with it: {scores}")
-    console.print(f"finished in {seconds / 60:.1f} min. Open the dashboard with:  mlflow ui --backend-store-uri "
-                  f"sqlite:///{Path.cwd() / 'mlflow.db'}  (experiment '{cfg.tracking.experiment}')")
+    import sys
+
+    ui = Path(sys.executable).parent / "mlflow"  # the venv's: plain `mlflow` is not on PATH outside it
+    console.print(f"finished in {seconds / 60:.1f} min. Open the dashboard with:  {ui} ui --backend-store-uri "
+                  f"sqlite:///{Path.cwd() / 'mlflow.db'}  then http://127.0.0.1:5000 (experiment "
+                  f"'{cfg.tracking.experiment}', view 'Model training')")

@@ -126,10 +126,12 @@ def test_no_patient_tag_reaches_store_artifacts_or_logs(tmp_path):
     assert _grep_tree(tmp_path, b"PHISENTINEL", data) == []
 
 
-def test_promotion_is_gated_on_ci_and_calibration_and_forcing_is_recorded(tmp_path):
+def test_promotion_is_gated_on_ci_and_calibration_and_forcing_is_recorded(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from medtl.mlflow_model import register
+
+    monkeypatch.chdir(tmp_path)  # MLflow puts a registered local folder's copy under ./mlruns
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     import mlflow
