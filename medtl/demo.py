@@ -74,15 +74,11 @@ def _demo_variant(cfg: Config, strategy: str, share: float) -> Config:
 
 
 def _paired(cfg: Config, runs: dict, parent, share: float) -> dict[str, float]:
-    from medtl.evaluate.paired import compare_predictions, write_comparison
+    from medtl.steps import paired_step
 
     pair = (cfg.transfer.strategy, "scratch")
-    cmp = compare_predictions(runs[pair[0]], runs[pair[1]], pair, cfg.evaluate.bootstrap)
     folder = Path(cfg.train.out_dir) / f"paired_{share:.0%}".replace("%", "pct")
-    for f in write_comparison(cmp, folder):
-        parent.log_artifact(f, folder.name)
-    parent.log_metrics({f"{folder.name}_{k}": v for k, v in cmp.metrics.items()})
-    return cmp.metrics
+    return paired_step(parent, runs[pair[0]], runs[pair[1]], pair, folder, cfg.evaluate.bootstrap, f"{folder.name}_").metrics
 
 
 def _score_test(cfg: Config, model_ref: str, manifest: Path) -> Path:

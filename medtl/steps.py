@@ -106,6 +106,20 @@ def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", pr
     return ev
 
 
+def paired_step(tracker: Tracker, a: Any, b: Any, names: tuple[str, str], folder: Path, n_resamples: int,
+                metric_prefix: str | None = None) -> Any:
+    """Two models' test predictions compared on the same cases; files under ``folder`` are logged to the
+    run (in an artifact folder of the same name), metrics too when ``metric_prefix`` is given."""
+    from medtl.evaluate.paired import compare_predictions, write_comparison
+
+    cmp = compare_predictions(a, b, names, n_resamples or 1000)
+    for f in write_comparison(cmp, folder):
+        tracker.log_artifact(f, folder.name)
+    if metric_prefix is not None:
+        tracker.log_metrics({f"{metric_prefix}{k}": v for k, v in cmp.metrics.items()})
+    return cmp
+
+
 def _with_svg(files: list[Path]) -> list[Path]:
     """Every figure's SVG goes wherever its PNG goes."""
     svgs = [f.with_suffix(".svg") for f in files if f.suffix == ".png" and f.with_suffix(".svg").is_file()]

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.stats import norm, rankdata
 from sklearn.metrics import roc_auc_score
 
-from medtl.evaluate.bootstrap import patient_strata, resample_indices
+from medtl.evaluate.bootstrap import bootstrap_ci
 from medtl.evaluate.calibration import ece_binary
 from medtl.evaluate.metrics import check_inputs
 
@@ -83,29 +83,20 @@ def compare_models(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, names: 
     """Model a minus model b on the same cases (positive-class probabilities, aligned by case)."""
     y, pa = check_inputs(y_true, p_a)
     _, pb = check_inputs(y_true, p_b)
-    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
 
-    def deltas(idx: np.ndarray) -> dict[str, float]:
-        yy, a, b = y[idx], pa[idx], pb[idx]
+    def deltas(yy: np.ndarray, both: np.ndarray) -> dict[str, float]:
+        a, b = both[:, 0], both[:, 1]
         out = {"delta_brier": float(np.mean((a - yy) ** 2) - np.mean((b - yy) ** 2)),
                "delta_ece": ece_binary(yy, a, bins)[0] - ece_binary(yy, b, bins)[0]}
         out["delta_auroc"] = float(roc_auc_score(yy, a) - roc_auc_score(yy, b)) if len(np.unique(yy)) == 2 else np.nan
         return out
 
-    metrics: dict[str, float] = {"n": float(len(y)), **deltas(np.arange(len(y)))}
+    both = np.column_stack([pa, pb])  # one resample of patients scores both models: the pairing
+    metrics: dict[str, float] = {"n": float(len(y)), **deltas(y, both)}
     if len(np.unique(y)) == 2:
         metrics.update({k: v for k, v in delong_test(y, pa, pb).items() if k != "delta_auroc"})
-    strata, rng = patient_strata(y, groups), np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(n_resamples):
-        for key, value in deltas(resample_indices(strata, rng)).items():
-            draws.setdefault(key, []).append(value)
-    alpha = (1 - ci) / 2
-    for key, values in draws.items():
-        v = np.asarray(values, dtype=float)
-        v = v[np.isfinite(v)]
-        metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) \
-            if v.size else (np.nan, np.nan)
+    for key, (low, high) in bootstrap_ci(deltas, y, both, groups, n_resamples, ci, seed).items():
+        metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = low, high
     return PairedComparison(names, metrics, decision_curve(y, {names[0]: pa, names[1]: pb}))
 
 

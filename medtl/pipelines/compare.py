@@ -4,9 +4,8 @@ test AUROC / ECE side by side — what transfer learning bought you."""
 from __future__ import annotations
 
 from medtl.config import Config
-from medtl.evaluate.paired import compare_predictions, write_comparison
 from medtl.pipelines import load_pipeline
-from medtl.steps import run_context, strategy_variant, summary_table
+from medtl.steps import paired_step, run_context, strategy_variant, summary_table
 from medtl.train.run import run_dir
 
 STRATEGIES = ("scratch", "feature_extraction", "fine_tune", "full")
@@ -27,9 +26,7 @@ def run(cfg: Config, strategies: tuple[str, ...] = STRATEGIES) -> dict:
         summary = table.to_string(index=False)
         pair = cfg.study.compare
         if cfg.data.task == "classification" and all(predictions.get(s) is not None for s in pair):
-            cmp = compare_predictions(predictions[pair[0]], predictions[pair[1]], pair, cfg.evaluate.bootstrap or 1000)
-            for f in write_comparison(cmp, run_dir(cfg) / "paired"):
-                parent.log_artifact(f, "paired")
-            parent.log_metrics({f"paired_{k}": v for k, v in cmp.metrics.items()})
+            paired_step(parent, predictions[pair[0]], predictions[pair[1]], pair, run_dir(cfg) / "paired",
+                        cfg.evaluate.bootstrap, "paired_")
             summary += "\n\n" + (run_dir(cfg) / "paired" / "paired_comparison.md").read_text()
     return {"table": table, "summary": summary}
