@@ -61,20 +61,23 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
         from pyspark.sql import functions as F
     except ImportError:
         raise MedtlError("--engine spark needs pyspark (pip install pyspark) and a Java runtime") from None
-    from medtl.scoring import input_cases
-
     import logging
     import sys
+    import warnings
 
-    cases = input_cases(manifest, None)
+    from medtl.data.manifest import read_manifest  # not medtl.scoring: the driver never reads a scan
+
+    cases = [{"case_id": str(r.case_id), "image": r.image_path} for r in read_manifest(manifest).table.itertuples(index=False)]
     root = Path(data_root or manifest.parent).resolve()
     os.environ["MEDTL_DATA_ROOT"] = str(root)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # this environment's Python unless the cluster says otherwise
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # env_manager="local" is the choice: executors share it
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)  # env_manager="local" is the choice: executors share it
     identity, classes = _model_identity(model_uri)
     spark = (SparkSession.builder.master(os.environ.get("MASTER", master)).appName("medtl-score")
              .config("spark.executorEnv.MEDTL_DATA_ROOT", str(root)).config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.shuffle.partitions", str(max(2, os.cpu_count() or 2)))  # not 200 tiny tasks
+             .config("spark.python.daemon.module", "medtl.spark_daemon")
              .config("spark.locality.wait", "0s").config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")

@@ -57,6 +57,8 @@ def train_step(cfg: Config, tracker: Tracker, resume: bool = False) -> TrainResu
         from medtl.tracking import log_dataset
 
         tracker.log_artifact(result.out_dir / "config.yaml")
+        if (result.out_dir / "config_changes.json").is_file():  # resumed with another config: what changed when
+            tracker.log_artifact(result.out_dir / "config_changes.json")
         m = result.prepared.manifest
         tracker.set_tags({"weights_sha256": result.weights_sha256 or "none", "manifest_sha256": m.digest(),
                           "device": "cuda" if result.bundle.model.parameters().__next__().is_cuda else "cpu"})

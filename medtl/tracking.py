@@ -116,7 +116,14 @@ class MlflowTracker(Tracker):
                                     default=str) + "\n")
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """MLflow params are write-once: on a continued run a key already logged keeps its first value (a
+        change accepted by --resume-changed is in the run's config_changes.json)."""
         clean = {k: str(scrub(v))[:500] for k, v in params.items()}
+        try:
+            logged = self.mlflow.MlflowClient().get_run(self.run_id).data.params if not self.offline else {}
+        except Exception:  # noqa: BLE001 - an outage shows at the logging call below
+            logged = {}
+        clean = {k: v for k, v in clean.items() if k not in logged}
         for start in range(0, len(clean), 90):
             self._call("params", self.mlflow.log_params, dict(list(clean.items())[start : start + 90]))
 

@@ -162,7 +162,7 @@ def mlflow_server(mlflow_server_process):
 
 
 HEAVY_FIRST = ("test_spark.py", "test_two_nodes_log_once", "test_training_run_is_fully_tracked", "test_packaging.py",
-               "test_label_efficiency", "test_kill9_then_resume", "test_resume_after_kill9")
+               "test_label_efficiency", "test_resume_after_kill9")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

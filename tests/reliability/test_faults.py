@@ -34,40 +34,37 @@ def killed_after_epoch_1(*args, cwd):
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
 
 
-def test_resume_after_kill9_continues_the_same_mlflow_run(tmp_path):
+def test_resume_after_kill9_continues_the_same_mlflow_run_and_a_changed_config_only_when_asked(tmp_path):
+    """One kill -9 after epoch 1 (a real process), then: a changed config is refused, --resume-changed
+    continues and records the change, the MLflow run is the same one, and a finished run is never
+    overwritten."""
     from mlflow import MlflowClient
 
     m = make_classification_set(tmp_path / "d", n=20, kind="png", size=(16, 16), split=True)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["run", "diagnosis", *base(m, tmp_path, f"tracking.uri={uri}", "name=r")]
     killed_after_epoch_1(*args, cwd=tmp_path)
-    res = run_cli(*args, "--resume", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert [h.step for h in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2, 3]
-    assert "test_auroc" in runs[0].data.metrics
-    again = run_cli(*args, cwd=tmp_path)  # a finished run is never silently overwritten
-    assert again.returncode == 2 and "--resume" in again.stderr
-
-
-def test_resume_with_another_config_is_refused_unless_asked_and_then_recorded(tmp_path):
-    m = make_classification_set(tmp_path / "d", n=20, kind="png", size=(16, 16), split=True)
-    args = ["train", *base(m, tmp_path, "name=c")]
-    killed_after_epoch_1(*args, cwd=tmp_path)
-    run = tmp_path / "runs" / "c"
+    run = tmp_path / "runs" / "r"
     first_config = (run / "config.yaml").read_text()
     changed = [*args, "--set", "train.lr=0.01"]
-    refused = run_cli(*changed, "--resume")
+    refused = run_cli(*changed, "--resume", cwd=tmp_path)
     assert refused.returncode == 2 and "train.lr" in refused.stderr and "--resume-changed" in refused.stderr
     assert (run / "config.yaml").read_text() == first_config
-    res = run_cli(*changed, "--resume-changed")
+    res = run_cli(*changed, "--resume-changed", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     record = json.loads((run / "config_changes.json").read_text())
     assert record[0]["after_epoch"] == 1 and record[0]["changes"]["train.lr"][1] == 0.01
     assert (run / "config.until_epoch1.yaml").read_text() == first_config
     assert "lr: 0.01" in (run / "config.yaml").read_text()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [h.step for h in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2, 3]
+    assert "test_auroc" in runs[0].data.metrics
+    assert runs[0].data.params["train.lr"] != "0.01"  # MLflow params are write-once: the change is its own record
+    assert "config_changes.json" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    again = run_cli(*changed, cwd=tmp_path)  # a finished run is never silently overwritten
+    assert again.returncode == 2 and "--resume" in again.stderr
 
 
 def test_a_tracking_server_that_dies_mid_training_costs_nothing(tmp_path, mlflow_server_process, monkeypatch):

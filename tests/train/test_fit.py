@@ -124,7 +124,7 @@ def test_two_nodes_log_once_and_resume_after_one_rank_is_killed(tmp_path):
 
     m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(16, 16), split=True)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sets = cls_overrides(m, tmp_path / "runs", ["data.image_size=[16,16]", "train.epochs=3", "model.pretrained=none",
+    sets = cls_overrides(m, tmp_path / "runs", ["data.image_size=[16,16]", "train.epochs=2", "model.pretrained=none",
                                                  "transfer.strategy=scratch", "name=ddp", "evaluate.bootstrap=10", "evaluate.figures=false",
                                                  "evaluate.gradcam=0", f"tracking.uri={uri}"])
     args = ["run", "diagnosis", *[x for s in sets for x in ("--set", s)]]
@@ -134,12 +134,12 @@ def test_two_nodes_log_once_and_resume_after_one_rank_is_killed(tmp_path):
     assert (out / "checkpoints" / "last.pt").is_file() and not (out / "model.pt").exists()
     resumed = _nodes([*args, "--resume"], free_port())
     assert [r.returncode for r in resumed] == [0, 0], resumed[0].stderr[-2000:] + resumed[1].stderr[-2000:]
-    assert _count_epochs(out) == 3
+    assert _count_epochs(out) == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # written by rank 0 only
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one record, both launches
-    assert [h.step for h in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2, 3]
+    assert [h.step for h in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2]
 
 
 def test_sharded_sampler_gives_each_rank_its_own_cases():
