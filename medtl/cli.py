@@ -19,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: typer's rich tables print "<bool>" after every flag
 )
 config_app = typer.Typer(help="Show and validate configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -156,18 +157,26 @@ def manifest_import_medmnist(
 
 @weights_app.command("list")
 def weights_list() -> None:
-    """Known weights: name, dims, source, where found, SHA-256."""
+    """Known weights: name, dims, where found, SHA-256; how to import the missing ones."""
+    from rich.console import Console
     from rich.table import Table
 
     from medtl.models.weights import cache_dir, weights_table
 
     rows = weights_table()
     table = Table(title=f"pretrained weights (cache: {cache_dir()})", title_justify="left")
-    for col in rows[0]:
-        table.add_column(col)
+    for col in ("name", "dims", "found", "sha256"):
+        table.add_column(col, no_wrap=col == "name")
     for row in rows:
-        table.add_row(*row.values())
-    wide_console().print(table)
+        table.add_row(row["name"], row["dims"], row["found"], row["sha256"])
+    console = Console(width=min(Console().width, 100))  # fits an 80-column terminal; a pipe gets the same
+    console.print(table)
+    missing = [r for r in rows if r["found"] == "missing"]
+    if missing:
+        console.print("\nTo use a missing one, download its file where you have internet, then import it:")
+        for row in missing:
+            console.print(f"  medtl weights import {row['name']} FILE", highlight=False)
+            console.print(f"    {row['url'] or row['source']}", highlight=False, soft_wrap=True)
 
 
 @weights_app.command("import")

@@ -1,4 +1,4 @@
-"""The CLI through the installed ``medtl`` script, in real subprocesses."""
+"""The CLI in-process (typer's runner through medtl.cli.main): version, help, config commands."""
 
 from medtl import __version__
 from tests.conftest import run_cli
@@ -40,3 +40,10 @@ def test_errors_are_one_line_without_debug_and_traceback_with_it(tmp_path):
     res = run_cli("--debug", "config", "show", str(missing))
     assert res.returncode != 0
     assert "Traceback" in res.stderr
+
+
+def test_help_shows_flags_as_flags_and_fits_80_columns():
+    res = run_cli("score", "--help", env={"COLUMNS": "80"})
+    assert res.returncode == 0 and "--track / --no-track" in res.stdout
+    assert "<bool>" not in res.stdout  # a flag takes no value
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80

@@ -201,13 +201,14 @@ def import_weights(name: str, file: Path) -> Path:
 
 
 def weights_table() -> list[dict[str, str]]:
-    """One row per known weight: name, dims, source, where it is found, digest."""
+    """One row per known weight: name, dims, where it is found, digest prefix, and the upstream file for the
+    missing ones (what ``medtl weights import`` needs)."""
     rows = []
     for spec in WEIGHTS.values():
         cached = cache_dir() / spec.filename
         where = "cache" if cached.is_file() else ("package" if _package_file(spec) else "missing")
-        rows.append({"name": spec.name, "dims": f"{spec.dims}D", "source": spec.source, "found": where,
-                     "sha256": (expected_digest(spec) or "(recorded on import)")[:16]})
+        rows.append({"name": spec.name, "dims": f"{spec.dims}D", "found": where,
+                     "sha256": (expected_digest(spec) or "on import")[:12], "source": spec.source, "url": spec.url or ""})
     return rows
 
 

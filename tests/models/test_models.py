@@ -185,9 +185,12 @@ def test_weights_cli_list_import_verify(tmp_path):
 
     res = run_cli("weights", "list")
     assert res.returncode == 0 and "efficientnet-lite0-imagenet" in res.stdout and "package" in res.stdout
+    assert max(len(line) for line in res.stdout.splitlines() if "│" in line) <= 80  # the table fits a terminal
+    assert "medtl weights import resnet10-medicalnet FILE" in res.stdout  # a missing one says how to get it
     path, _ = medicalnet_checkpoint(tmp_path, 10)
     res = run_cli("weights", "import", "resnet10-medicalnet", str(path))
     assert res.returncode == 0, res.stderr
+    assert "import resnet10-medicalnet FILE" not in run_cli("weights", "list").stdout
     assert run_cli("weights", "verify").returncode == 0
     res = run_cli("weights", "import", "nope", str(path))
     assert res.returncode == 2 and "unknown weights" in res.stderr and "Traceback" not in res.stderr
