@@ -38,6 +38,7 @@ def setup_logging(level: str | int | None = None) -> None:
     # MLflow's own INFO lines ("Creating initial MLflow database tables...") are not the user's business
     os.environ["MLFLOW_LOGGING_LEVEL"] = quiet  # read when mlflow is first imported
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no "Downloading artifacts" bars
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # medtl prints the training view's link
     logging.getLogger("mlflow").setLevel(quiet)  # and for an mlflow imported already
 
 

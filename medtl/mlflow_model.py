@@ -89,8 +89,10 @@ def signature(bundle: ModelBundle) -> ModelSignature:
     return ModelSignature(inputs=Schema([ColSpec("string", "image")]), outputs=Schema(outputs))
 
 
-def log_pyfunc(bundle: ModelBundle, checkpoint: Path) -> str:
-    """Logs the model to the active run; returns its ``runs:/`` URI."""
+def log_pyfunc(bundle: ModelBundle, checkpoint: Path, name: str, run_id: str, epoch: int) -> tuple[str, str]:
+    """Logs the model as ``name`` (the run's name: every logged model says which run made it) to run
+    ``run_id`` as the output of ``epoch`` (MLflow links that step's metrics to it); returns its URI and
+    MLflow model id."""
     import logging
 
     import torch
@@ -98,8 +100,12 @@ def log_pyfunc(bundle: ModelBundle, checkpoint: Path) -> str:
     # MLflow warns that a PythonModel instance is pickled; ours holds no state until load_context.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
 
-    info = mlflow.pyfunc.log_model(
-        name="model",
+    info = mlflow.models.Model.log(  # pyfunc.log_model's own call, with the run named rather than taken as "active"
+        artifact_path=None,
+        name=name,
+        run_id=run_id,
+        step=epoch,
+        flavor=mlflow.pyfunc,
         python_model=MedtlPyfunc(),
         artifacts={"checkpoint": str(checkpoint)},
         signature=signature(bundle),
@@ -107,14 +113,18 @@ def log_pyfunc(bundle: ModelBundle, checkpoint: Path) -> str:
         metadata={"classes": bundle.classes, "threshold": bundle.threshold, "temperature": bundle.temperature,
                   "task": bundle.task},
     )
-    return info.model_uri
+    return info.model_uri, info.model_id
 
 
 def register(model_uri: str, name: str, alias: str, card: str = "", tags: dict[str, Any] | None = None,
              gates: dict[str, float | None] | None = None) -> int:
     """Registers a version under ``name`` with its model card (description) and tags, points ``alias`` at it,
     and records the promotion gates on the registered model; returns the version number."""
-    version = mlflow.register_model(model_uri, name)
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Successfully registered model ..." itself
+        version = mlflow.register_model(model_uri, name)
     client = mlflow.MlflowClient()
     if card:
         client.update_model_version(name, version.version, description=card)

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from medtl.config import Config, TrackingConfig
-from medtl.errors import TrackingError
 from medtl.evaluate.calibration import calibrate
 from medtl.evaluate.report import Evaluation, headline
 from medtl.evaluate.run import evaluate_table
@@ -42,31 +41,25 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def is_tracked(tracker: Tracker) -> bool:
-    return type(tracker).__name__ == "MlflowTracker"
-
-
 def train_step(cfg: Config, tracker: Tracker, resume: bool = False) -> TrainResult:
-    if is_tracked(tracker):
-        from medtl.tracking import applied_params, run_tags
+    from medtl.tracking import applied_params, run_tags
 
-        tracker.set_tags(run_tags(cfg, {}))
-        tracker.log_params(applied_params(cfg))
+    tracker.set_tags(run_tags(cfg, {}))
+    tracker.log_params(applied_params(cfg))
     result = train(cfg, resume=resume, tracker=tracker)
-    if is_tracked(tracker):
-        from medtl.tracking import log_dataset
+    tracker.log_artifact(result.out_dir / "config.yaml")
+    if cfg.evaluate.figures and result.history and is_main_process():
+        from medtl.train.progress import training_curves
 
-        tracker.log_artifact(result.out_dir / "config.yaml")
-        if (result.out_dir / "config_changes.json").is_file():  # resumed with another config: what changed when
-            tracker.log_artifact(result.out_dir / "config_changes.json")
-        m = result.prepared.manifest
-        tracker.set_tags({"weights_sha256": result.weights_sha256 or "none", "manifest_sha256": m.digest(),
-                          "device": "cuda" if result.bundle.model.parameters().__next__().is_cuda else "cpu"})
-        if not tracker.offline:  # type: ignore[attr-defined]
-            try:
-                log_dataset(result.prepared.table, m.path, m.digest(), cfg.data.subgroups)
-            except Exception as exc:  # noqa: BLE001 - lineage is worth a warning, never the training
-                logger.warning("dataset lineage not logged (%s)", type(exc).__name__)
+        figure = training_curves(result.history, result.out_dir / "progress.png")
+        for path in (figure, figure.with_suffix(".svg")):
+            tracker.log_artifact(path)
+    if (result.out_dir / "config_changes.json").is_file():  # resumed with another config: what changed when
+        tracker.log_artifact(result.out_dir / "config_changes.json")
+    m = result.prepared.manifest
+    tracker.set_tags({"weights_sha256": result.weights_sha256 or "none", "manifest_sha256": m.digest(),
+                      "device": "cuda" if next(result.bundle.model.parameters()).is_cuda else "cpu"})
+    tracker.log_dataset(result.prepared.table, m.path, m.digest(), cfg.data.subgroups)
     return result
 
 
@@ -95,27 +88,30 @@ def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", pr
         logger.warning("no %s split: skipping evaluation", split)
         return None
     out = result.out_dir / f"evaluation_{split}"
-    ev = evaluate_table(result.bundle, part, out, history=result.history)
+    ev = evaluate_table(result.bundle, part, out)
     cfg = result.bundle.config
     tracker.set_tags({"mlflow.note.content": headline(ev.metrics, f"{cfg.name}: {split} split, {cfg.model.backbone}, "
                                                                  f"{cfg.transfer.strategy}")})
     if ev.target_prior is not None:  # the deployment prevalence chosen by evaluate.prevalence goes with the model
         result.bundle.extra["target_prior"] = ev.target_prior
         save_model(result.bundle, result.model_path)
-    tracker.log_metrics({f"{prefix}{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)})
+    from medtl.tracking import SPLIT_CONTEXT
+
+    tracker.log_metrics({f"{prefix}{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)},
+                        dataset=SPLIT_CONTEXT.get(split))
     for f in _with_svg(ev.files):
         tracker.log_artifact(f, "evaluation")
     return ev
 
 
 def paired_step(tracker: Tracker, a: Any, b: Any, names: tuple[str, str], folder: Path, n_resamples: int,
-                metric_prefix: str | None = None) -> Any:
+                metric_prefix: str | None = None, figures: bool = True) -> Any:
     """Two models' test predictions compared on the same cases; files under ``folder`` are logged to the
     run (in an artifact folder of the same name), metrics too when ``metric_prefix`` is given."""
     from medtl.evaluate.paired import compare_predictions, write_comparison
 
     cmp = compare_predictions(a, b, names, n_resamples or 1000)
-    for f in write_comparison(cmp, folder):
+    for f in write_comparison(cmp, folder, figures):
         tracker.log_artifact(f, folder.name)
     if metric_prefix is not None:
         tracker.log_metrics({f"{metric_prefix}{k}": v for k, v in cmp.metrics.items()})
@@ -129,39 +125,35 @@ def _with_svg(files: list[Path]) -> list[Path]:
 
 
 def register_step(result: TrainResult, tracker: Tracker, evaluation: Evaluation | None = None) -> dict[str, Any]:
-    """Logs the pyfunc model (and the best checkpoint); registers it, with its model card and promotion gates,
-    when tracking.registered_model is set."""
-    if not is_tracked(tracker):
-        return {}
-    from medtl.mlflow_model import log_pyfunc, register
-
+    """Logs the pyfunc model under the run's name (and the best checkpoint); registers it, with its model card
+    and promotion gates, when tracking.registered_model is set."""
     cfg = result.bundle.config.tracking
     if not cfg.log_model and not cfg.registered_model:
         return {}
     tracker.log_artifact(result.model_path, "checkpoints")
-    if tracker.offline:  # type: ignore[attr-defined]
-        logger.warning("model not registered: tracking is unavailable; %s holds everything needed to score", result.model_path)
+    epoch = int(result.history[-1]["epoch"]) if result.history else 1
+    uri = tracker.log_model(result.bundle, result.model_path, logged_model_name(result.bundle.config), epoch)
+    if uri is None:
         return {}
-    try:
-        uri = log_pyfunc(result.bundle, result.model_path)
-        info: dict[str, Any] = {"model_uri": uri}
-        if cfg.registered_model:
-            from medtl.model_card import card_tags, model_card
+    info: dict[str, Any] = {"model_uri": uri}
+    if cfg.registered_model:
+        from medtl.model_card import card_tags, model_card
 
-            metrics = evaluation.metrics if evaluation else {}
-            digest = result.prepared.manifest.digest()
-            card = model_card(result.bundle.config, result.prepared.table, metrics, digest, evaluation.notes if evaluation else [])
-            gates = {"min_auroc_ci_low": cfg.gate_min_auroc_ci_low, "max_ece": cfg.gate_max_ece}
-            info["version"] = register(uri, cfg.registered_model, cfg.alias, card, card_tags(metrics, digest), gates)
-            info["registered"] = f"models:/{cfg.registered_model}@{cfg.alias}"
-            logger.info("registered %s version %s as @%s", cfg.registered_model, info["version"], cfg.alias)
-    except TrackingError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - an outage at the end must not cost the trained model
-        logger.warning("model not registered (%s: tracking unavailable); %s holds everything needed to score",
-                       type(exc).__name__, result.model_path)
-        return {}
+        metrics = evaluation.metrics if evaluation else {}
+        digest = result.prepared.manifest.digest()
+        card = model_card(result.bundle.config, result.prepared.table, metrics, digest, evaluation.notes if evaluation else [])
+        gates = {"min_auroc_ci_low": cfg.gate_min_auroc_ci_low, "max_ece": cfg.gate_max_ece}
+        version = tracker.register(uri, cfg.registered_model, cfg.alias, card, card_tags(metrics, digest), gates)
+        if version is not None:
+            info.update(version=version, registered=f"models:/{cfg.registered_model}@{cfg.alias}")
+            logger.info("registered %s version %s as @%s", cfg.registered_model, version, cfg.alias)
     return info
+
+
+def logged_model_name(cfg: Config) -> str:
+    """The run's name with its transfer strategy (``pneumonia-fine_tune``), not MLflow's default "model"."""
+    strategy = cfg.transfer.strategy
+    return cfg.name if cfg.name.endswith(strategy) else f"{cfg.name}-{strategy}"
 
 
 def strategy_variant(cfg: Config, strategy: str, register: bool = True) -> Config:

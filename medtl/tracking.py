@@ -86,8 +86,12 @@ def git_commit() -> str | None:
         return None
 
 
+SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}
+"""Manifest split → MLflow dataset context."""
+
+
 class MlflowTracker(Tracker):
-    """The Tracker interface on one MLflow run.
+    """The Tracker interface on one MLflow run, addressed by its id.
 
     A tracking outage never stops the work it observes: the first failed call warns once, and every later
     call is written to ``offline_log`` (JSON lines) instead; ``medtl tracking sync RUN_FOLDER`` replays
@@ -97,7 +101,10 @@ class MlflowTracker(Tracker):
         import mlflow
 
         self.mlflow, self.run_id, self.offline_log = mlflow, run_id, offline_log
+        self.client = mlflow.MlflowClient()
         self.offline = False
+        self.datasets: dict[str, Any] = {}  # context → the mlflow Dataset metrics link to
+        self.dataset_metrics: list[tuple[dict[str, float], int | None, int, str]] = []  # linked again to the model
 
     def _call(self, kind: str, fn: Any, *args: Any) -> None:
         if not self.offline:
@@ -120,26 +127,92 @@ class MlflowTracker(Tracker):
         change accepted by --resume-changed is in the run's config_changes.json)."""
         clean = {k: str(scrub(v))[:500] for k, v in params.items()}
         try:
-            logged = self.mlflow.MlflowClient().get_run(self.run_id).data.params if not self.offline else {}
+            logged = self.client.get_run(self.run_id).data.params if not self.offline else {}
         except Exception:  # noqa: BLE001 - an outage shows at the logging call below
             logged = {}
         clean = {k: v for k, v in clean.items() if k not in logged}
         for start in range(0, len(clean), 90):
-            self._call("params", self.mlflow.log_params, dict(list(clean.items())[start : start + 90]))
+            self._call("params", lambda p: self.mlflow.log_params(p, run_id=self.run_id),
+                       dict(list(clean.items())[start : start + 90]))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._call("tags", self.mlflow.set_tags, {k: str(scrub(v)) for k, v in tags.items() if v is not None})
+        from mlflow.entities import RunTag
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._call("tags", lambda t: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in t.items()]),
+                   {k: str(scrub(v)) for k, v in tags.items() if v is not None})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, dataset: str | None = None) -> None:
+        import time
+
         finite = {k: float(v) for k, v in metrics.items() if v is not None and v == v and abs(v) != float("inf")}
+        linked = self.datasets.get(dataset) if dataset else None
+        stamp = int(time.time() * 1000)
         if finite:
-            self._call("metrics", self.mlflow.log_metrics, finite, step)
+            self._call("metrics", lambda m, s: self.mlflow.log_metrics(m, step=s, run_id=self.run_id, dataset=linked,
+                                                                        timestamp=stamp), finite, step)
+            if linked is not None:
+                self.dataset_metrics.append((finite, step, stamp, dataset))  # type: ignore[arg-type]
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self._call("artifact", self.mlflow.log_artifact, str(Path(path).resolve()), folder)
+        self._call("artifact", lambda p, f: self.client.log_artifact(self.run_id, p, f), str(Path(path).resolve()), folder)
 
     def log_table(self, rows: Any, name: str) -> None:
-        self._call("text", self.mlflow.log_text, json.dumps(rows, indent=1, default=str), name)
+        self._call("text", lambda t, n: self.client.log_text(self.run_id, t, n), json.dumps(rows, indent=1, default=str), name)
+
+    def log_dataset(self, table: pd.DataFrame, source: Path, digest: str, subgroups: list[str]) -> None:
+        """One MLflow dataset per split (only case_id, label, split and subgroups), with the manifest digest, and
+        the counts per split and class. Lineage is worth a warning, never the training."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        if self.offline:
+            return
+        try:
+            public = [c for c in public_columns(subgroups) if c in table]
+            inputs = []
+            for split, context in SPLIT_CONTEXT.items():
+                part = table.loc[table["split"] == split, public]
+                if part.empty:
+                    continue
+                ds = self.mlflow.data.from_pandas(part.reset_index(drop=True), source=source.name,
+                                                  name=f"{source.stem}:{split}", digest=digest[:16])
+                self.datasets[context] = ds
+                inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+            self.client.log_inputs(self.run_id, inputs)
+            counts = table.groupby(["split", "label"]).size() if "label" in table else table.groupby("split").size()
+            self.client.log_dict(self.run_id, {" / ".join(map(str, k)) if isinstance(k, tuple) else str(k): int(v)
+                                               for k, v in counts.items()}, "dataset_counts.json")
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("dataset lineage not logged (%s)", type(exc).__name__)
+
+    def log_model(self, bundle: Any, checkpoint: Path, name: str, epoch: int) -> str | None:
+        from medtl.mlflow_model import log_pyfunc
+
+        try:
+            if self.offline:
+                raise ConnectionError("tracking went offline during the run")
+            uri, model_id = log_pyfunc(bundle, checkpoint, name, self.run_id, max(1, epoch))
+            for metrics, step, stamp, context in self.dataset_metrics:  # the model's metrics, each with its split
+                self.mlflow.log_metrics(metrics, step=step, run_id=self.run_id, timestamp=stamp, model_id=model_id,
+                                        dataset=self.datasets[context])
+            return uri
+        except Exception as exc:  # noqa: BLE001 - an outage at the end must not cost the trained model
+            logger.warning("model not logged or registered (%s: %s); %s holds everything needed to score",
+                           type(exc).__name__, str(exc).splitlines()[0][:160] if str(exc) else "tracking unavailable", checkpoint)
+            return None
+
+    def register(self, model_uri: str, name: str, alias: str, card: str, tags: dict[str, Any],
+                 gates: dict[str, float | None]) -> int | None:
+        from medtl.mlflow_model import register
+
+        try:
+            return register(model_uri, name, alias, card, tags, gates)
+        except TrackingError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("model not registered (%s: %s); it is logged at %s", type(exc).__name__,
+                           str(exc).splitlines()[0][:160] if str(exc) else "tracking unavailable", model_uri)
+            return None
 
 
 RUN_RECORD = "mlflow_run.json"
@@ -285,20 +358,3 @@ def run_tags(cfg: Config, extra: dict[str, Any]) -> dict[str, str]:
             "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained, "transfer.strategy": cfg.transfer.strategy}
     tags.update({k: v for k, v in extra.items() if v is not None})
     return {k: str(v) for k, v in tags.items() if v is not None}
-
-
-def log_dataset(table: pd.DataFrame, manifest_path: Path, digest: str, subgroups: list[str]) -> None:
-    """The manifest as an MLflow dataset per split (only case_id, label, split and subgroups), with its digest."""
-    import mlflow
-
-    public = [c for c in public_columns(subgroups) if c in table]
-    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
-        part = table.loc[table["split"] == split, public]
-        if part.empty:
-            continue
-        ds = mlflow.data.from_pandas(part.reset_index(drop=True), source=manifest_path.name,
-                                     name=f"{manifest_path.stem}:{split}", digest=digest[:16])
-        mlflow.log_input(ds, context=context)
-    counts = table.groupby(["split", "label"]).size() if "label" in table else table.groupby("split").size()
-    mlflow.log_dict({" / ".join(map(str, k)) if isinstance(k, tuple) else str(k): int(v) for k, v in counts.items()},
-                    "dataset_counts.json")

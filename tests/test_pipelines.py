@@ -61,7 +61,8 @@ def test_compare_pipeline_trains_every_strategy_and_its_models_score(tmp_path):
     parent = next(r for r in client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
                   if r.info.run_name == "cmp-compare")
     assert parent.data.metrics["paired_delta_auroc"] == pytest.approx(want)
-    assert {"paired/decision_curve.png", "paired/decision_curve.svg", "paired/paired_comparison.md"} <= \
+    assert {"paired/decision_curve.png", "paired/decision_curve.svg", "paired/paired_comparison.md", "paired/roc_both.png",
+            "paired/reliability_both.svg"} <= \
         {a.path for a in client.list_artifacts(parent.info.run_id, "paired")}
     cli = run_cli("compare", str(tmp_path / "runs" / "cmp-fine_tune" / "evaluation_test" / "predictions.csv"),
                   str(tmp_path / "runs" / "cmp-scratch" / "evaluation_test" / "predictions.csv"), "--out",

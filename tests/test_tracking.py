@@ -30,6 +30,8 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
     res = run_cli("run", "diagnosis", *overrides(m, tmp_path / "runs", mlflow_server), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "models:/tiny@candidate" in res.stdout
+    for mlflows_own in ("Successfully registered", "Created version", "View run", "INFO mlflow"):  # medtl's lines only
+        assert mlflows_own not in res.stdout + res.stderr, mlflows_own
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("test")
     run = client.search_runs([exp.experiment_id])[0]
@@ -48,6 +50,11 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
     assert run.data.metrics["test_subgroup_site_A_auroc"] == pytest.approx(roc_auc_score(y[in_a], preds["prob_lesion"][in_a]))
     contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
     assert contexts == ["testing", "training", "validation"]
+    logged = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    assert [lm.name for lm in logged] == ["medtl-fine_tune"]  # named by the run and its strategy, not "model"
+    linked = {(x.key, x.dataset_name) for x in logged[0].metrics}  # the model's metrics name the split they were measured on
+    assert ("test_auroc", "manifest:test") in linked and ("test_ece_calibrated", "manifest:test") in linked
+    assert {"progress.png", "progress.svg"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/roc.png", "evaluation/roc.svg", "evaluation/report.md", "evaluation/predictions.csv",
             "evaluation/gradcam.png", "evaluation/reliability.svg"} <= artifacts

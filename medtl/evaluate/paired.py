@@ -75,6 +75,9 @@ class PairedComparison:
     metrics: dict[str, float]
     """delta_* (a minus b) with *_ci_low/high, DeLong's z and p, n."""
     curve: pd.DataFrame = field(repr=False)
+    y: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    probs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    """Each model's positive-class probabilities on the paired cases, for the overlay figures."""
 
 
 def compare_models(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, names: tuple[str, str] = ("a", "b"),
@@ -97,11 +100,13 @@ def compare_models(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, names: 
         metrics.update({k: v for k, v in delong_test(y, pa, pb).items() if k != "delta_auroc"})
     for key, (low, high) in bootstrap_ci(deltas, y, both, groups, n_resamples, ci, seed).items():
         metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = low, high
-    return PairedComparison(names, metrics, decision_curve(y, {names[0]: pa, names[1]: pb}))
+    both_probs = {names[0]: pa, names[1]: pb}
+    return PairedComparison(names, metrics, decision_curve(y, both_probs), y, both_probs)
 
 
-def write_comparison(cmp: PairedComparison, out_dir: Path) -> list[Path]:
-    """comparison.json, decision_curve.csv, decision_curve.png/.svg and a markdown summary."""
+def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True) -> list[Path]:
+    """comparison.json, decision_curve.csv, a markdown summary, and figures (PNG + SVG): the decision curve,
+    and both models on one ROC and one reliability diagram."""
     import json
 
     from medtl.evaluate import plots
@@ -121,7 +126,12 @@ def write_comparison(cmp: PairedComparison, out_dir: Path) -> list[Path]:
     if "delong_p" in m:
         lines += ["", f"DeLong: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}, z = {m['delong_z']:.2f}, p = {m['delong_p']:.3g}"]
     files[2].write_text("\n".join(lines) + "\n")
+    if not figures:
+        return files
     files += plots.decision_curve_plot(cmp.curve, (a, b), out_dir / "decision_curve.png")
+    if len(np.unique(cmp.y)) == 2:  # both arms on one ROC and one reliability diagram
+        files += [plots.roc_overlay_plot(cmp.y, cmp.probs, out_dir / "roc_both.png"), out_dir / "roc_both.svg",
+                  plots.reliability_plot(cmp.y, cmp.probs, out_dir / "reliability_both.png"), out_dir / "reliability_both.svg"]
     return files
 
 

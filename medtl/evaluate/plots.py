@@ -1,5 +1,5 @@
 """PNG figures a person would rather look at than read: ROC with CI band, PR, reliability, confusion
-matrix, training curves, segmentation overlays, Grad-CAM."""
+matrix, segmentation overlays, Grad-CAM."""
 
 from __future__ import annotations
 
@@ -17,16 +17,7 @@ from sklearn.metrics import (average_precision_score, confusion_matrix, precisio
 
 from medtl.evaluate.bootstrap import patient_strata, resample_indices  # noqa: E402
 from medtl.evaluate.calibration import reliability_bins  # noqa: E402
-
-
-def _save(fig: Any, path: Path) -> Path:
-    """PNG at 200 dpi for the dashboard and an SVG beside it for the paper; returns the PNG's path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=200)
-    fig.savefig(path.with_suffix(".svg"))
-    plt.close(fig)
-    return path
+from medtl.figures import save_figure as _save  # noqa: E402
 
 
 def _resampling(groups: np.ndarray | None, n: int) -> str:
@@ -61,6 +52,18 @@ def roc_plot(y: np.ndarray, p: np.ndarray, threshold: float, path: Path, groups:
             label=f"threshold {threshold:.3f}: sens {sens:.2f}, spec {spec:.2f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=f"{title} (n = {len(y)})", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def roc_overlay_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, title: str = "ROC") -> Path:
+    """Several models' ROC curves on the same cases, AUROC in the legend."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, p in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, lw=2, label=f"{name}: AUROC {roc_auc_score(y, p):.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=f"{title}, same {len(y)} cases", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
@@ -115,38 +118,6 @@ def confusion_plot(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Pa
         ax.text(j, i, f"{v}\n{rows[i, j]:.0%}", ha="center", va="center", color="white" if rows[i, j] > 0.5 else "black")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="true", title=f"Confusion matrix (n = {int(cm.sum())}, row %)")
-    return _save(fig, path)
-
-
-def training_curves(history: list[dict[str, float]], path: Path) -> Path:
-    """One progress figure in the manner of nnU-Net's: train and validation loss on one axis, the monitored
-    validation metric on the other, learning rate below, the best epoch marked."""
-    epochs = [h["epoch"] for h in history]
-    fig, (ax, axl) = plt.subplots(2, 1, figsize=(6.5, 5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-    for key, style in (("train_loss", "o-"), ("val_loss", "s-")):
-        pts = [(h["epoch"], h[key]) for h in history if key in h]
-        if pts:
-            ax.plot(*zip(*pts), style, ms=4, label=key.replace("_", " "))
-    ax.set_ylabel("loss")
-    metric = next((k for k in ("val_auroc", "val_dice") if any(k in h for h in history)), None)
-    if metric:
-        axm = ax.twinx()
-        pts = [(h["epoch"], h[metric]) for h in history if metric in h and h[metric] == h[metric]]
-        if pts:
-            axm.plot(*zip(*pts), "^-", color="tab:green", ms=4, label=metric.replace("_", " "))
-            best = max(pts, key=lambda t: t[1])
-            axm.axvline(best[0], color="tab:green", ls=":", lw=1)
-            axm.annotate(f"best epoch {best[0]}: {best[1]:.3f}", (best[0], best[1]), fontsize=8, xytext=(-4, -12), ha="right",
-                         textcoords="offset points")
-        axm.set_ylabel(metric.replace("_", " "))
-        axm.legend(loc="upper right", fontsize=8)
-    ax.legend(loc="upper left", fontsize=8)
-    lrs = [(h["epoch"], h["lr"]) for h in history if "lr" in h]
-    if lrs:
-        axl.plot(*zip(*lrs), "o-", color="tab:purple", ms=3)
-    axl.set(xlabel="epoch", ylabel="learning rate")
-    axl.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_title(f"Training progress ({len(epochs)} epochs)")
     return _save(fig, path)
 
 

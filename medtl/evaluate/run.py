@@ -50,13 +50,13 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
 
 
 def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None, out_dir: Path,
-                    cfg: EvaluateConfig | None = None, device: str = "auto", history: list[dict] | None = None) -> Evaluation:
+                    cfg: EvaluateConfig | None = None, device: str = "auto") -> Evaluation:
     manifest = read_manifest(manifest_path, bundle.config.data.data_root)
-    return evaluate_table(bundle, select_split(manifest.table, split), out_dir, cfg, device, history)
+    return evaluate_table(bundle, select_split(manifest.table, split), out_dir, cfg, device)
 
 
 def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg: EvaluateConfig | None = None,
-                   device: str = "auto", history: list[dict] | None = None) -> Evaluation:
+                   device: str = "auto") -> Evaluation:
     """Evaluates the cases of ``table`` (manifest rows with resolved paths)."""
     cfg = cfg or bundle.config.evaluate
     table = table.reset_index(drop=True)
@@ -69,7 +69,7 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     logits, table = predict_logits(bundle, table, dev)
     subgroups = [c for c in bundle.config.data.subgroups if c in table]
     ev = evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,
-                                 out_dir, subgroups, history, bundle.extra.get("source_prior"))
+                                 out_dir, subgroups, bundle.extra.get("source_prior"))
     if cfg.figures and cfg.gradcam and bundle.config.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
         ev.files.append(gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png"))
     return ev

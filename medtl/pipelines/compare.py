@@ -27,6 +27,6 @@ def run(cfg: Config, strategies: tuple[str, ...] = STRATEGIES) -> dict:
         pair = cfg.study.compare
         if cfg.data.task == "classification" and all(predictions.get(s) is not None for s in pair):
             paired_step(parent, predictions[pair[0]], predictions[pair[1]], pair, run_dir(cfg) / "paired",
-                        cfg.evaluate.bootstrap, "paired_")
+                        cfg.evaluate.bootstrap, "paired_")  # the parent's figures: always
             summary += "\n\n" + (run_dir(cfg) / "paired" / "paired_comparison.md").read_text()
     return {"table": table, "summary": summary}

@@ -46,7 +46,7 @@ def run(cfg: Config) -> dict:
                     if result["evaluation"] is not None and result["evaluation"].predictions is not None:
                         predictions[(strategy, fraction, seed)] = result["evaluation"].predictions
         curve = pd.DataFrame(rows)
-        paired = _paired(predictions, study.compare, out, parent, cfg.evaluate.bootstrap) if not seg else pd.DataFrame()
+        paired = _paired(predictions, study.compare, out, parent, cfg.evaluate.bootstrap, cfg.evaluate.figures) if not seg else pd.DataFrame()
         curve.to_csv(out / "learning_curve.csv", index=False)
         paired.to_csv(out / "paired_by_size.csv", index=False)
         files = [out / "learning_curve.csv", out / "paired_by_size.csv",
@@ -74,13 +74,14 @@ def study_variant(cfg: Config, strategy: str, manifest: Path, root: Path, tag: s
     return v.model_copy(update={"data": data, "tracking": tracking, "name": f"{cfg.name}-{strategy}-{tag}"})
 
 
-def _paired(predictions: dict, pair: tuple[str, str], out: Path, parent, n_resamples: int) -> pd.DataFrame:
+def _paired(predictions: dict, pair: tuple[str, str], out: Path, parent, n_resamples: int, figures: bool) -> pd.DataFrame:
     """The paired comparison of ``pair`` on the same test cases at every size (seed 0)."""
     rows = []
     for (strategy, fraction, seed), a in sorted(predictions.items(), key=lambda kv: kv[0][1]):
         if strategy != pair[0] or seed != 0 or (pair[1], fraction, 0) not in predictions:
             continue
-        cmp = paired_step(parent, a, predictions[(pair[1], fraction, 0)], pair, out / f"paired_f{fraction:g}", n_resamples)
+        cmp = paired_step(parent, a, predictions[(pair[1], fraction, 0)], pair, out / f"paired_f{fraction:g}", n_resamples,
+                          figures=figures)
         rows.append({"fraction": fraction, **{k: cmp.metrics.get(k, math.nan) for k in (
             "delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high", "delong_p", "delta_brier", "delta_ece")}})
     return pd.DataFrame(rows)

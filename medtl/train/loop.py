@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from medtl.config import TrainConfig
 from medtl.faults import fault_point
 from medtl.log import logger, make_progress, progress_enabled
+from medtl.train.progress import training_curves
 from medtl.models.transfer import TransferSchedule
 from medtl.observe import Tracker
 from medtl.probability import probabilities
@@ -222,8 +223,10 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
         loop.on_epoch(epoch)
         if loop.schedule.on_epoch_start(epoch):
             logger.info("epoch %d: unfroze stage %s", epoch + 1, loop.schedule.groups[loop.schedule.frozen_upto].name)
+        started = time.perf_counter()
         try:
             metrics = {**train_one_epoch(loop, epoch), **validate(loop)}
+            metrics["epoch_s"] = time.perf_counter() - started
         except KeyboardInterrupt:
             if rt.is_main:
                 loop.save(ckpt_dir / "interrupted.pt", None)
@@ -245,5 +248,7 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
             loop.save(ckpt_dir / "last.pt", train_state(loop, state))
             logger.info("epoch %d: %s%s", epoch + 1, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
                         "  (best)" if improved else "")
+            if progress_enabled():  # refreshed while a person watches; train_step writes the final one
+                loop.tracker.log_artifact(training_curves(state.history, ckpt_dir.parent / "progress.png", svg=False))
         fault_point("after_epoch", epoch + 1)  # every rank: a test can kill rank 1 alone
     return state

@@ -63,5 +63,7 @@ def test_paired_bootstrap_brackets_the_observed_difference_and_files_are_written
     assert m["delta_auroc_ci_low"] < m["delta_auroc"] < m["delta_auroc_ci_high"] and m["delta_auroc_ci_low"] > 0
     assert m["delta_brier"] == pytest.approx(np.mean((a - y) ** 2) - np.mean((b - y) ** 2))
     files = write_comparison(cmp, tmp_path)
-    assert {f.name for f in files} >= {"decision_curve.png", "decision_curve.svg", "paired_comparison.md"}
+    assert {f.name for f in files} >= {"decision_curve.png", "decision_curve.svg", "paired_comparison.md", "roc_both.png",
+                                       "roc_both.svg", "reliability_both.png", "reliability_both.svg"}
+    assert all(f.is_file() for f in files)
     assert "DeLong" in (tmp_path / "paired_comparison.md").read_text()
