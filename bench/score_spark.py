@@ -66,8 +66,10 @@ def main() -> None:
         sets = [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[64,64]", "train.epochs=1",
                 "train.max_steps_per_epoch=2", "evaluate.bootstrap=10", "evaluate.gradcam=0", f"train.out_dir={tmp / 'runs'}",
                 "tracking.registered_model=bench", "tracking.gate_min_auroc_ci_low=null", "tracking.gate_max_ece=null"]
-        subprocess.run([exe, "run", "diagnosis", *[x for s in sets for x in ("--set", s)]], env=env, check=True,
-                       capture_output=True, cwd=tmp)
+        trained = subprocess.run([exe, "run", "diagnosis", *[x for s in sets for x in ("--set", s)]], env=env,
+                                 capture_output=True, text=True, cwd=tmp)
+        if trained.returncode != 0:
+            raise SystemExit(f"training the benchmark's model failed: {trained.stderr[-2000:]}")
         cases = pd.read_csv(m)[["case_id", "image"]].head(args.n)
         cases.to_csv(m.parent / "cases.csv", index=False)
         model = ["--model", "models:/bench@candidate", "--manifest", str(m.parent / "cases.csv")]

@@ -224,33 +224,20 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
+    model: Annotated[str, typer.Option("--model", help="A model.pt, a run folder, runs:/RUN/model or models:/NAME@ALIAS.")],
     manifest: Annotated[Path, typer.Option("--manifest", help="Manifest with labels (or masks).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.md, metrics.json and plots.")],
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A medtl model.pt.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="models:/NAME@ALIAS, runs:/RUN/model or a model folder.")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate, or 'all'.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Evaluate a trained model: outcome and calibration metrics with CIs, subgroups, plots, report."""
     from medtl.evaluate.report import fmt
     from medtl.evaluate.run import evaluate_bundle
+    from medtl.models.loader import load_any_model
 
-    bundle = _load_model(checkpoint, model)
-    ev = evaluate_bundle(bundle, manifest, split, out, device=device)
+    ev = evaluate_bundle(load_any_model(model), manifest, split, out, device=device)
     key = "auroc" if "auroc" in ev.metrics else ("auroc_macro" if "auroc_macro" in ev.metrics else "dice_mean")
     typer.echo(f"{key}: {fmt(ev.metrics, key)}  report: {out / 'report.md'}")
-
-
-def _load_model(checkpoint: Optional[Path], model: Optional[str]):
-    from medtl.models.checkpoint import load_bundle
-
-    if bool(checkpoint) == bool(model):
-        raise MedtlError("give exactly one of --checkpoint PATH or --model URI")
-    if checkpoint:
-        return load_bundle(checkpoint)
-    from medtl.mlflow_model import load_registered_bundle
-
-    return load_registered_bundle(str(model))
 
 
 @app.command("score")
@@ -270,7 +257,8 @@ def score_cmd(
     spark_chunk: Annotated[int, typer.Option("--spark-chunk", help="Spark: cases per committed job (a crash costs at most one).")] = 1000,
 ) -> None:
     """Score new studies with a registered model; reruns resume where a crash stopped."""
-    from medtl.scoring import input_cases, load_any_model, score, set_prevalence
+    from medtl.models.loader import load_any_model
+    from medtl.scoring import input_cases, score, set_prevalence
     from medtl.steps import run_context
 
     if engine == "spark":

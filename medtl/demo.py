@@ -14,7 +14,8 @@ from pathlib import Path
 from medtl.config import Config, load_config
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.log import logger, wide_console
-from medtl.scoring import load_any_model, score
+from medtl.models.loader import load_any_model
+from medtl.scoring import score
 from medtl.pipelines import load_pipeline
 from medtl.steps import run_context, strategy_variant, summary_table
 

@@ -22,7 +22,7 @@ from medtl.data.readers import IMAGE_SUFFIXES, scan_kind
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
 from medtl.log import make_progress
-from medtl.models.checkpoint import ModelBundle, bundle_digest, load_bundle
+from medtl.models.checkpoint import ModelBundle, bundle_digest
 from medtl.models.inference import device_for, iter_predictions
 from medtl.observe import NullTracker, Tracker
 
@@ -34,21 +34,6 @@ class ScoreSummary:
     skipped_existing: int
     errors: pd.DataFrame
     cases_per_s: float
-
-
-def load_any_model(ref: str) -> ModelBundle:
-    """A medtl .pt checkpoint, an MLflow model folder, or a models:/ / runs:/ URI."""
-    path = Path(ref)
-    if path.suffix == ".pt":
-        return load_bundle(path)
-    if path.is_dir() and not (path / "MLmodel").is_file():
-        if (path / "model.pt").is_file():  # a run folder: its model.pt is the model
-            return load_bundle(path / "model.pt")
-        raise MedtlError(f"--model {ref}: a folder with neither model.pt (a medtl run folder) nor MLmodel (an MLflow "
-                         "model); give a model.pt, a run folder, runs:/RUN/model or models:/NAME@ALIAS")
-    from medtl.mlflow_model import load_registered_bundle
-
-    return load_registered_bundle(ref)
 
 
 def set_prevalence(bundle: ModelBundle, prevalence: float) -> None:

@@ -119,7 +119,7 @@ def test_segmentation_pipeline_and_evaluate_command(tmp_path):
     assert f"| dice | {per_case['dice'].mean():.3f} | {per_case['dice'].median():.3f} |" in report
     assert (run / "evaluation_test" / "overlays.png").stat().st_size > 0
     out = tmp_path / "ev"
-    res = run_cli("evaluate", "--checkpoint", str(run / "model.pt"), "--manifest", str(m), "--split", "all", "--out", str(out))
+    res = run_cli("evaluate", "--model", str(run), "--manifest", str(m), "--split", "all", "--out", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "dice_mean" in res.stdout and (out / "per_case.csv").is_file()
     masks = tmp_path / "masks"

@@ -98,7 +98,8 @@ def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, b
         centre = (f + z * z / (2 * n)) / (1 + z * z / n)
         half = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
         ece = ece_binary(y, p, bins, strategy)[0]
-        ax.errorbar(r["confidence"], f, yerr=[f - (centre - half), centre + half - f], fmt="o-", capsize=2, ms=4,
+        below, above = np.clip(f - (centre - half), 0, None), np.clip(centre + half - f, 0, None)  # ≥ 0 despite rounding
+        ax.errorbar(r["confidence"], f, yerr=[below, above], fmt="o-", capsize=2, ms=4,
                     label=f"{name}: ECE {ece:.3f}")
         axc.plot(r["confidence"], n, "o-", ms=3, label=name)
     ax.set(ylabel="observed frequency", title=f"Reliability, {positive} (n = {len(y)}, {bins} equal-mass bins)",

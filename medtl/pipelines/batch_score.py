@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtl.config import Config
-from medtl.scoring import input_cases, load_any_model, score
+from medtl.models.loader import load_any_model
+from medtl.scoring import input_cases, score
 from medtl.steps import run_context
 
 

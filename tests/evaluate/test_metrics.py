@@ -154,3 +154,13 @@ def test_report_writes_plots_and_ci(tmp_path):
             assert tmp_path / f"{name}{suffix}" in ev.files
     for name in ("report.md", "metrics.json"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_reliability_figure_takes_a_bin_whose_cases_are_all_one_class(tmp_path):
+    """A pure bin of 6 positives puts the Wilson bound on the frequency up to rounding (-1e-16): no crash."""
+    from medtl.evaluate.plots import reliability_plot
+
+    y = np.array([0] * 6 + [1] * 6)
+    p = np.linspace(0.05, 0.95, 12)
+    path = reliability_plot(y, {"model": p}, tmp_path / "rel.png", bins=2)
+    assert path.is_file() and path.with_suffix(".svg").is_file()
