@@ -151,9 +151,16 @@ class TrackingConfig(Section):
 
 
 class ScoreConfig(Section):
+    """``medtl run batch_score``: how new studies are scored."""
+
     batch_size: int = Field(16, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int | Literal["auto"] = "auto"
+    """Decoding workers (auto: several on a GPU, none on a CPU, where they would take the inference cores)."""
+    engine: Literal["local", "spark"] = "local"
+    """spark: mlflow's spark_udf over a registered model, Parquet out (``--engine spark`` of ``medtl score``)."""
+    spark_master: str = "local[*]"
+    spark_chunk: int = Field(1000, ge=1)
 
 
 class AdaptationConfig(Section):

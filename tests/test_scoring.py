@@ -95,3 +95,23 @@ def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_pa
     parquet = tmp_path / "p.parquet"
     assert run_cli("score", "--model", model, "--manifest", str(m), "--out", str(parquet), "--no-track").returncode == 0
     assert len(pd.read_parquet(parquet)) == 120
+
+
+def test_batch_score_pipeline_hands_the_spark_engine_its_settings(tmp_path, monkeypatch):
+    """`score.engine: spark` in a config runs the same Spark path as `medtl score --engine spark`."""
+    import medtl.spark_scoring as spark_scoring
+
+    seen = {}
+
+    def fake(model_uri, manifest, out, master, data_root, chunk):
+        seen.update(model=model_uri, manifest=manifest, out=out, master=master, root=data_root, chunk=chunk)
+        return spark_scoring.SparkSummary(out, 3, 1, 0, 1.0)
+
+    monkeypatch.setattr(spark_scoring, "score_spark", fake)
+    m = make_classification_set(tmp_path / "d", n=4, kind="png", size=(16, 16))
+    res = run_cli("run", "batch_score", "--set", f"data.manifest={m}", "--set", "score.engine=spark", "--set",
+                  "score.spark_master=spark://head:7077", "--set", "score.spark_chunk=50", "--set", "tracking.registered_model=x",
+                  "--set", f"train.out_dir={tmp_path / 'runs'}")
+    assert res.returncode == 0, res.stderr
+    assert seen["model"] == "models:/x@candidate" and seen["master"] == "spark://head:7077" and seen["chunk"] == 50
+    assert seen["out"] == tmp_path / "runs" / "medtl" / "predictions.parquet" and "3 scored now, 1 already there" in res.stdout

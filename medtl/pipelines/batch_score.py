@@ -11,11 +11,21 @@ from medtl.steps import run_context
 
 
 def run(cfg: Config, model: str | None = None, out: str | None = None) -> dict:
-    """Scores ``cfg.data.manifest`` with ``model`` (default: the config's registered model at its alias)."""
+    """Scores ``cfg.data.manifest`` with ``model`` (default: the config's registered model at its alias), on this
+    machine or, with ``score.engine: spark``, on Spark (Parquet out)."""
     uri = model or f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
+    sc = cfg.score
+    if sc.engine == "spark":
+        from medtl.spark_scoring import score_spark
+
+        target = Path(out or Path(cfg.train.out_dir) / cfg.name / "predictions.parquet")
+        s = score_spark(uri, cfg.data.manifest, target, sc.spark_master, cfg.data.data_root, sc.spark_chunk)  # type: ignore[arg-type]
+        return {"summary": f"{target}: {s.scored} scored now, {s.skipped_existing} already there, {s.errors} error row(s)",
+                "score": s}
     bundle = load_any_model(uri)
     cases = input_cases(cfg.data.manifest, None)
     target = Path(out or Path(cfg.train.out_dir) / cfg.name / "predictions.csv")
+    workers = None if sc.num_workers == "auto" else int(sc.num_workers)
     with run_context(cfg.tracking, f"score-{cfg.name}") as tracker:
-        summary = score(bundle, cases, target, batch_size=cfg.score.batch_size, device=cfg.score.device, tracker=tracker)
+        summary = score(bundle, cases, target, batch_size=sc.batch_size, device=sc.device, num_workers=workers, tracker=tracker)
     return {"summary": f"{target}: {summary.scored} scored, {len(summary.errors)} error(s)", "score": summary}
