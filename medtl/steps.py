@@ -176,7 +176,7 @@ def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
 
     if any("dice_mean" in m for _, m in rows):
         return pd.DataFrame([{"strategy": name, "test Dice (mean)": fmt(m, "dice_mean"), "Dice (median)": fmt(m, "dice_median"),
-                              "HD95 mm (mean)": fmt(m, "hd95_mm_mean"), "cases": fmt(m, "n")} for name, m in rows])
+                              "HD95 mm (mean)": fmt(m, "hd95_mm_mean"), "cases": int(m["n"]) if "n" in m else "undefined"} for name, m in rows])
     return pd.DataFrame([{
         "strategy": name,
         "test AUROC [95% CI]": fmt(m, "auroc"),

@@ -137,7 +137,7 @@ def deterministic_transforms(cfg: DataConfig, with_mask: bool = False, keep_meta
     if with_mask:
         steps.append(MaskIndicesd(["mask"]))
     if cfg.spatial_dims == 3:
-        steps.append(Orientationd(keys, axcodes=cfg.orientation))
+        steps.append(Orientationd(keys, axcodes=cfg.orientation, labels=(('L', 'R'), ('P', 'A'), ('I', 'S'))))  # RAS, said explicitly
         if cfg.spacing:
             steps.append(Spacingd(keys, pixdim=cfg.spacing, mode=["bilinear", "nearest"][: len(keys)]))
     steps += intensity_transform(cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from medtl.config import Config
 from medtl.train.run import run_dir
-from medtl.steps import calibrate_step, evaluate_step, register_step, run_context, train_step
+from medtl.steps import summary_table, calibrate_step, evaluate_step, register_step, run_context, train_step
 
 
 def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
@@ -14,4 +14,5 @@ def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
         calibrate_step(result, tracker)                       # temperature + threshold from validation
         evaluation = evaluate_step(result, tracker, "test")   # outcome + calibration with CIs, plots
         registered = register_step(result, tracker, evaluation)          # pyfunc model, registry alias
-    return {"result": result, "evaluation": evaluation, **registered}
+    summary = summary_table([(cfg.transfer.strategy, evaluation.metrics)]).to_string(index=False) if evaluation else None
+    return {"result": result, "evaluation": evaluation, "summary": summary, **registered}

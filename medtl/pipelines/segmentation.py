@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from medtl.config import Config
 from medtl.train.run import run_dir
-from medtl.steps import evaluate_step, register_step, run_context, train_step
+from medtl.steps import summary_table, evaluate_step, register_step, run_context, train_step
 
 
 def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
@@ -13,4 +13,5 @@ def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
         result = train_step(cfg, tracker, resume)
         evaluation = evaluate_step(result, tracker, "test")
         registered = register_step(result, tracker, evaluation)
-    return {"result": result, "evaluation": evaluation, **registered}
+    summary = summary_table([(cfg.transfer.strategy, evaluation.metrics)]).to_string(index=False) if evaluation else None
+    return {"result": result, "evaluation": evaluation, "summary": summary, **registered}
