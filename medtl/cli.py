@@ -93,7 +93,7 @@ def manifest_check(
     from medtl.config import load_config
     from medtl.data.check import check_manifest
     from medtl.data.manifest import read_manifest
-    from medtl.reports import print_check
+    from medtl.data.check_tables import print_check
 
     cfg = load_config(config, set_).data if (config or set_) else None
     m = read_manifest(manifest, cfg.data_root if cfg else None)
@@ -115,7 +115,7 @@ def manifest_split(
     """Patient-grouped, label-stratified split."""
     from medtl.data.manifest import read_manifest
     from medtl.data.splits import fold_manifest, split_manifest
-    from medtl.reports import print_counts
+    from medtl.data.check_tables import print_counts
 
     m = read_manifest(manifest)
     table = m.table.drop(columns=[c for c in ("image_path", "mask_path") if c in m.table])

@@ -110,7 +110,6 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    split: str = "test"
     bootstrap: int = Field(1000, ge=0)
     ci: float = Field(0.95, gt=0.0, lt=1.0)
     bins: int = Field(15, ge=2)
@@ -267,6 +266,12 @@ def _key_path(loc: tuple[Any, ...], extra: bool) -> tuple[str, str]:
     return ".".join(parts) or "(top level)", ""
 
 
+REMOVED_KEYS = {
+    "evaluate.split": "training evaluates its test split; evaluate another with `medtl evaluate --split NAME`",
+}
+"""Keys earlier versions read, with what to do instead: a config that still sets one is told so."""
+
+
 def describe_errors(err: ValidationError, source: str, overridden: set[str] | None = None) -> list[str]:
     """One line per problem: source (the file, or ``--set`` for a key given there), dotted key path, what is
     wrong, what is allowed."""
@@ -277,7 +282,9 @@ def describe_errors(err: ValidationError, source: str, overridden: set[str] | No
         where = "--set" if overridden and any(key == k or key.startswith(k + ".") or k.startswith(key + ".")
                                               for k in overridden) else source
         source_here = where
-        if extra:
+        if extra and key in REMOVED_KEYS:
+            lines.append(f"{source_here}: {key}: no longer used; {REMOVED_KEYS[key]}")
+        elif extra:
             lines.append(f"{source_here}: {key}: unknown key; allowed keys here: {allowed}")
         else:
             msg = e["msg"].removeprefix("Value error, ")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from medtl.config import Config, load_config
+from medtl.data.manifest import rows_of_split
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.log import logger, wide_console
 from medtl.models.loader import load_any_model
@@ -68,7 +69,7 @@ def _demo_variant(cfg: Config, strategy: str, share: float) -> Config:
     from medtl.pipelines.label_efficiency import study_variant, subset_manifest
 
     manifest = read_manifest(cfg.data.manifest)  # type: ignore[arg-type]
-    train = manifest.table[manifest.table["split"] == "train"]
+    train = rows_of_split(manifest.table, "train")
     cases = nested_subsets(train, [share], cfg.train.seed)[share]
     path = subset_manifest(manifest.table, cases, Path(cfg.train.out_dir) / f"train_{share:.0%}.csv")
     return study_variant(cfg, strategy, path, manifest.root, f"{share:.0%}".replace("%", "pct"))
@@ -87,7 +88,7 @@ def _score_test(cfg: Config, model_ref: str, manifest: Path) -> Path:
 
     bundle = load_any_model(model_ref)
     table = pd.read_csv(manifest)
-    test = table[table["split"] == "test"]
+    test = rows_of_split(table, "test")
     cases = [{"case_id": r.case_id, "image": str(manifest.parent / r.image)} for r in test.itertuples()]
     out = Path(cfg.train.out_dir) / "test_scores.csv"
     out.unlink(missing_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -39,7 +41,13 @@ def setup_logging(level: str | int | None = None) -> None:
     os.environ["MLFLOW_LOGGING_LEVEL"] = quiet  # read when mlflow is first imported
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no "Downloading artifacts" bars
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # medtl prints the training view's link
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # MLflow probes git for the source version
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # an unreachable server fails in seconds, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     logging.getLogger("mlflow").setLevel(quiet)  # and for an mlflow imported already
+    # MONAI probes an optional GPU DICOM decoder each time a loader is built; without it, every probe warns
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
 
 
 def progress_enabled() -> bool:

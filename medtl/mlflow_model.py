@@ -3,6 +3,7 @@ preprocessing config, class names, temperature, threshold), its registration and
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,19 +101,21 @@ def log_pyfunc(bundle: ModelBundle, checkpoint: Path, name: str, run_id: str, ep
     # MLflow warns that a PythonModel instance is pickled; ours holds no state until load_context.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
 
-    info = mlflow.models.Model.log(  # pyfunc.log_model's own call, with the run named rather than taken as "active"
-        artifact_path=None,
-        name=name,
-        run_id=run_id,
-        step=epoch,
-        flavor=mlflow.pyfunc,
-        python_model=MedtlPyfunc(),
-        artifacts={"checkpoint": str(checkpoint)},
-        signature=signature(bundle),
-        pip_requirements=[f"medtl=={__version__}", f"torch=={torch.__version__.split('+')[0]}"],
-        metadata={"classes": bundle.classes, "threshold": bundle.threshold, "temperature": bundle.temperature,
-                  "task": bundle.task},
-    )
+    with warnings.catch_warnings():  # images have no input example: the signature says what the model takes
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        info = mlflow.models.Model.log(  # pyfunc.log_model's own call, with the run named rather than taken as "active"
+            artifact_path=None,
+            name=name,
+            run_id=run_id,
+            step=epoch,
+            flavor=mlflow.pyfunc,
+            python_model=MedtlPyfunc(),
+            artifacts={"checkpoint": str(checkpoint)},
+            signature=signature(bundle),
+            pip_requirements=[f"medtl=={__version__}", f"torch=={torch.__version__.split('+')[0]}"],
+            metadata={"classes": bundle.classes, "threshold": bundle.threshold, "temperature": bundle.temperature,
+                      "task": bundle.task},
+        )
     return info.model_uri, info.model_id
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from medtl.config import Config, TrackingConfig
+from medtl.data.manifest import rows_of_split
 from medtl.evaluate.calibration import calibrate
 from medtl.evaluate.report import Evaluation, headline
 from medtl.evaluate.run import evaluate_table
@@ -81,7 +82,7 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
 
 def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", prefix: str = "test_") -> Evaluation | None:
     table = result.prepared.table
-    part = table[table["split"] == split]
+    part = rows_of_split(table, split)
     if not is_main_process():
         return None
     if part.empty:
@@ -211,7 +212,7 @@ def evaluate_target_step(result: TrainResult, tracker: Tracker) -> Evaluation | 
     target = read_manifest(cfg.adaptation.target_manifest, cfg.data.data_root)  # type: ignore[arg-type]
     table = target.table
     if (table["split"] == "test").any():
-        table = table[table["split"] == "test"]
+        table = rows_of_split(table, "test")
     if "label" not in table or table["label"].isna().any():
         logger.warning("target manifest has no labels for its test cases: no target-domain evaluation")
         return None

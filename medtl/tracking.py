@@ -25,12 +25,6 @@ from medtl.observe import Tracker
 
 import warnings
 
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
-warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
 
 def resolve_uri(cfg: TrackingConfig) -> str:
     """Config, then MLFLOW_TRACKING_URI, then MLflow's local SQLite default in the working folder."""
@@ -174,8 +168,10 @@ class MlflowTracker(Tracker):
                 part = table.loc[table["split"] == split, public]
                 if part.empty:
                     continue
-                ds = self.mlflow.data.from_pandas(part.reset_index(drop=True), source=source.name,
-                                                  name=f"{source.stem}:{split}", digest=digest[:16])
+                with warnings.catch_warnings():  # a bare file name is the point: no folder reaches the store
+                    warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
+                    ds = self.mlflow.data.from_pandas(part.reset_index(drop=True), source=source.name,
+                                                      name=f"{source.stem}:{split}", digest=digest[:16])
                 self.datasets[context] = ds
                 inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
             self.client.log_inputs(self.run_id, inputs)

@@ -93,3 +93,8 @@ def test_a_bad_set_value_is_attributed_to_set_not_to_the_file(tmp_path):
     lines = str(info.value).splitlines()
     assert any(line.startswith("--set: train.lr") for line in lines)
     assert any(line.startswith(f"{path}: train.epochs") for line in lines)
+
+
+def test_a_removed_key_says_it_is_no_longer_used_and_what_to_do():
+    with pytest.raises(ConfigError, match=r"--set: evaluate.split: no longer used; .*medtl evaluate --split"):
+        load_config(None, ["evaluate.split=val"])

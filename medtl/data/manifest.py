@@ -15,6 +15,11 @@ REQUIRED = ("case_id", "image")
 SPLITS = ("train", "val", "test")
 
 
+def rows_of_split(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows of one split: "train", "val" or "test"."""
+    return table[table["split"] == name]
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A validated manifest table with absolute paths in ``image_path`` / ``mask_path``."""
@@ -25,9 +30,6 @@ class Manifest:
     @property
     def root(self) -> Path:
         return self.path.parent
-
-    def split(self, name: str) -> pd.DataFrame:
-        return self.table[self.table["split"] == name].reset_index(drop=True)
 
     @property
     def has_labels(self) -> bool:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from medtl.data.manifest import SPLITS
 from medtl.errors import ManifestError
 
-MEDMNIST_SPLITS = {"train": "train", "val": "val", "test": "test"}
 PNEUMONIA_CLASSES = ["normal", "pneumonia"]
 
 
@@ -37,7 +37,7 @@ def import_medmnist(
         raise ManifestError(f"{npz}: not a MedMNIST .npz ({type(exc).__name__})") from None
     rows = []
     rng = np.random.default_rng(seed)
-    for split in MEDMNIST_SPLITS:
+    for split in SPLITS:  # MedMNIST names its arrays by medtl's split names
         if f"{split}_images" not in arrays:
             raise ManifestError(f"{npz}: has no {split}_images array; is it a MedMNIST file?")
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(len(arrays[f"{split}_images"]), -1)[:, 0]

@@ -10,7 +10,7 @@ import torch
 
 from medtl.config import EvaluateConfig
 from medtl.data.datasets import case_items
-from medtl.data.manifest import read_manifest
+from medtl.data.manifest import read_manifest, rows_of_split
 from medtl.data.readers import load_scan
 from medtl.errors import DataError, ManifestError
 from medtl.evaluate import plots
@@ -24,7 +24,7 @@ from medtl.models.inference import device_for, iter_predictions
 def select_split(table: pd.DataFrame, split: str | None) -> pd.DataFrame:
     if not split or split == "all":
         return table.reset_index(drop=True)
-    part = table[table["split"] == split]
+    part = rows_of_split(table, split)
     if part.empty:
         raise ManifestError(f"no case in split {split!r}; splits present: {', '.join(map(str, table['split'].dropna().unique())) or 'none'}")
     return part.reset_index(drop=True)

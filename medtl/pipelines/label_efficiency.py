@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from medtl.config import Config
-from medtl.data.manifest import read_manifest
+from medtl.data.manifest import read_manifest, rows_of_split
 from medtl.data.splits import nested_subsets, split_manifest
 from medtl.evaluate.plots import learning_curve_plot
 from medtl.pipelines import load_pipeline
@@ -24,7 +24,7 @@ def run(cfg: Config) -> dict:
     pipeline = load_pipeline("segmentation" if seg else "diagnosis")
     manifest = read_manifest(cfg.data.manifest, cfg.data.data_root)  # type: ignore[arg-type]
     table = manifest.table if manifest.table["split"].notna().all() else split_manifest(manifest.table, 0.15, 0.15, cfg.train.seed)
-    train = table[table["split"] == "train"]
+    train = rows_of_split(table, "train")
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     metric = "dice_mean" if seg else "auroc"

@@ -13,7 +13,7 @@ from monai.data import DataLoader
 from medtl.config import Config
 from medtl.data.check import check_manifest
 from medtl.data.datasets import GuardedDataset, case_items, make_dataset
-from medtl.data.manifest import Manifest, class_names, read_manifest
+from medtl.data.manifest import Manifest, class_names, read_manifest, rows_of_split
 from medtl.data.splits import split_manifest
 from medtl.data.transforms import build_transforms
 from medtl.errors import ConfigError, DataError
@@ -94,7 +94,7 @@ def device_loader(cfg: Config, prepared: PreparedData, rt: Runtime, generator: t
     wanted = cfg.train.data_on_device is True or (cfg.train.data_on_device == "auto" and rt.device.type == "cuda")
     if not wanted or rt.distributed or (seg and cfg.train.patch_size):
         return None
-    part = prepared.table[prepared.table["split"] == "train"]
+    part = rows_of_split(prepared.table, "train")
     items = case_items(part, prepared.classes if not seg else None, with_mask=seg)
     transform = build_transforms(cfg.data, False, cfg.model.in_channels, seg)
     items, dataset = _dataset_skipping_bad(items, transform, cfg, "train:device", prepared.skipped)
@@ -136,21 +136,22 @@ def _dataset_skipping_bad(items: list[dict], transform, cfg: Config, key: str, s
                 raise DataError("every case of a split failed to load; see the warnings above") from None
 
 
-def class_counts(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
+def train_label_counts(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """Training cases per class, in class order (for class weights and the sampler)."""
     labels = table.loc[table["split"] == "train", "label"]
     return np.array([(labels == c).sum() for c in classes])
 
 
 def make_loader(cfg: Config, prepared: PreparedData, split: str, train: bool, rt: Runtime,
-                generator: torch.Generator | None = None, transform_override=None) -> DataLoader | None:
+                generator: torch.Generator | None = None) -> DataLoader | None:
     """A loader over one split; the training one draws class-balanced batches when configured."""
-    part = prepared.table[prepared.table["split"] == split]
+    part = rows_of_split(prepared.table, split)
     if part.empty:
         return None
     seg = cfg.data.task == "segmentation"
     items = case_items(part, prepared.classes if not seg else None, with_mask=seg)
-    transform = transform_override or build_transforms(cfg.data, train, cfg.model.in_channels, seg,
-                                                       cfg.train.patch_size if train else None, cfg.train.pos_neg_ratio)
+    transform = build_transforms(cfg.data, train, cfg.model.in_channels, seg, cfg.train.patch_size if train else None,
+                                 cfg.train.pos_neg_ratio)
     items, inner = _dataset_skipping_bad(items, transform, cfg, f"{split}:{train}", prepared.skipped)
     dataset = GuardedDataset(inner, skip_bad=cfg.data.skip_bad_cases)
     sampler = None

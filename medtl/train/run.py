@@ -14,6 +14,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from medtl.config import Config, dump_config
+from medtl.data.manifest import rows_of_split
 from medtl.errors import MedtlError
 from medtl.log import logger
 from medtl.models.checkpoint import ModelBundle, read_checkpoint, save_model, unwrap
@@ -22,7 +23,7 @@ from medtl.models.transfer import TransferSchedule
 from medtl.observe import NullTracker, Tracker
 from medtl.probability import probabilities
 from medtl.train import features
-from medtl.train.data import PreparedData, class_counts, device_loader, make_loader, prepare_cases, preflight
+from medtl.train.data import PreparedData, device_loader, make_loader, prepare_cases, preflight, train_label_counts
 from medtl.train.loop import FitState, Loop, fit, make_optimizer, predict_loader, restore, warmup_cosine
 from medtl.train.losses import build_loss
 from medtl.train.runtime import Runtime, make_runtime, seed_everything
@@ -112,7 +113,7 @@ def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = Non
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last if cfg.data.spatial_dims == 2 else torch.channels_last_3d)
     schedule = TransferSchedule(model, built.spec, cfg.transfer, cfg.train.lr)
-    counts = None if seg else class_counts(prepared.table, prepared.classes)
+    counts = None if seg else train_label_counts(prepared.table, prepared.classes)
     loss_fn, weights = build_loss(cfg.train, cfg.data.task, counts, prepared.classes)
     loss_fn = loss_fn.to(rt.device)
     _report_start(cfg, schedule, prepared, weights, counts, tracker, built.weights_sha256)
@@ -184,7 +185,7 @@ def target_loader(cfg: Config, rt: Runtime, train: bool = True):
     target = read_manifest(cfg.adaptation.target_manifest, cfg.data.data_root)
     table = target.table
     if "split" in table and (table["split"] == "train").any():
-        table = table[table["split"] == "train"]
+        table = rows_of_split(table, "train")
     items = case_items(table, None)
     ds = GuardedDataset(make_dataset(items, build_transforms(cfg.data, train, cfg.model.in_channels), cfg.data, "target"))
     gen = torch.Generator().manual_seed(cfg.train.seed + 7)

@@ -1,4 +1,4 @@
-"""Terminal tables a person reads: check results, class counts, metric summaries."""
+"""What `medtl manifest check` and `manifest split` print: problems by kind, cases per class and split."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from medtl.data.check import Problem, class_counts
 from medtl.data.manifest import Manifest
 from medtl.log import wide_console
 
-out = wide_console()
-
 
 def print_check(manifest: Manifest, problems: list[Problem]) -> None:
     """One table per kind of problem (case id and detail), then class counts per split."""
+    out = wide_console()
     by_kind: dict[str, list[Problem]] = {}
     for p in problems:
         by_kind.setdefault(p.kind, []).append(p)
@@ -42,4 +41,4 @@ def print_counts(table: pd.DataFrame, by: str) -> None:
         t.add_column(str(col), justify="right")
     for label, row in counts.iterrows():
         t.add_row(str(label), *[str(int(v)) for v in row])
-    out.print(t)
+    wide_console().print(t)
