@@ -20,6 +20,11 @@ from medtl.evaluate.calibration import reliability_bins  # noqa: E402
 from medtl.figures import save_figure as _save  # noqa: E402
 
 
+def _of(subject: str) -> str:
+    """A figure title's "which model, which split" part."""
+    return f" — {subject}" if subject else ""
+
+
 def _resampling(groups: np.ndarray | None, n: int) -> str:
     return "cases" if groups is None or len(np.unique(groups)) == n else "patients"
 
@@ -84,7 +89,7 @@ def pr_plot(y: np.ndarray, p: np.ndarray, path: Path, threshold: float | None = 
 
 
 def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, bins: int = 10,
-                     positive: str = "positive class", strategy: str = "quantile") -> Path:
+                     positive: str = "positive class", strategy: str = "quantile", subject: str = "") -> Path:
     """Observed frequency against mean predicted probability in equal-mass bins (each holds ~n/bins cases),
     with a 95% Wilson interval per bin and each curve's ECE in the legend; bin counts below."""
     from medtl.evaluate.calibration import ece_binary
@@ -102,14 +107,14 @@ def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, b
         ax.errorbar(r["confidence"], f, yerr=[below, above], fmt="o-", capsize=2, ms=4,
                     label=f"{name}: ECE {ece:.3f}")
         axc.plot(r["confidence"], n, "o-", ms=3, label=name)
-    ax.set(ylabel="observed frequency", title=f"Reliability, {positive} (n = {len(y)}, {bins} equal-mass bins)",
+    ax.set(ylabel="observed frequency", title=f"Reliability, {positive}{_of(subject)} (n = {len(y)}, {bins} equal-mass bins)",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8, loc="upper left")
     axc.set(xlabel=f"predicted probability of {positive}", ylabel="cases per bin")
     return _save(fig, path)
 
 
-def confusion_plot(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> Path:
+def confusion_plot(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path, subject: str = "") -> Path:
     """Counts and row percentages (the share of each true class given each prediction)."""
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
     rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -118,7 +123,7 @@ def confusion_plot(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Pa
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, f"{v}\n{rows[i, j]:.0%}", ha="center", va="center", color="white" if rows[i, j] > 0.5 else "black")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-           xlabel="predicted", ylabel="true", title=f"Confusion matrix (n = {int(cm.sum())}, row %)")
+           xlabel="predicted", ylabel="true", title=f"Confusion matrix{_of(subject)} (n = {int(cm.sum())}, row %)")
     return _save(fig, path)
 
 

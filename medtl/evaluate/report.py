@@ -63,7 +63,7 @@ def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold:
 def evaluate_classification(
     table: pd.DataFrame, logits: np.ndarray, classes: list[str], threshold: float, temperature: float,
     cfg: EvaluateConfig, out_dir: Path, subgroups: list[str] | None = None,
-    source_prior: list[float] | None = None,
+    source_prior: list[float] | None = None, subject: str = "",
 ) -> Evaluation:
     """``table`` holds case_id, label (class name), patient_id and subgroup columns, aligned with ``logits``.
     ``source_prior`` is the class mix the temperature was fitted on, needed for a prior-shift correction."""
@@ -86,7 +86,7 @@ def evaluate_classification(
     files = [out_dir / "predictions.csv"]
     predictions.to_csv(files[0], index=False)
     if cfg.figures:
-        files += _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg)
+        files += _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg, subject)
     ev = Evaluation(metrics, notes, files, predictions, prior)
     files += write_report(ev, out_dir, classes)
     return ev
@@ -112,13 +112,16 @@ def _prior_shift(logits: np.ndarray, y: np.ndarray, cal: np.ndarray, temperature
     return [float(v) for v in target]
 
 
-def _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg) -> list[Path]:
-    files = [plots.confusion_plot(y, pred, classes, out_dir / "confusion_matrix.png")]
+def _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg, subject) -> list[Path]:
+    """Every title names the model, the split and n (``subject``: "MODEL, SPLIT split")."""
+    files = [plots.confusion_plot(y, pred, classes, out_dir / "confusion_matrix.png", subject)]
     if len(classes) == 2 and len(np.unique(y)) == 2:
-        files.append(plots.roc_plot(y, cal[:, 1], threshold, out_dir / "roc.png", groups, seed=cfg.seed))
-        files.append(plots.pr_plot(y, cal[:, 1], out_dir / "precision_recall.png", threshold))
+        files.append(plots.roc_plot(y, cal[:, 1], threshold, out_dir / "roc.png", groups, seed=cfg.seed,
+                                    title=f"ROC — {subject}" if subject else "ROC"))
+        files.append(plots.pr_plot(y, cal[:, 1], out_dir / "precision_recall.png", threshold,
+                                   title=f"Precision-recall — {subject}" if subject else "Precision-recall"))
         files.append(plots.reliability_plot(y, {"before temperature": raw[:, 1], "after temperature": cal[:, 1]},
-                                            out_dir / "reliability.png", min(cfg.bins, 10), classes[1]))
+                                            out_dir / "reliability.png", min(cfg.bins, 10), classes[1], subject=subject))
     return files + [f.with_suffix(".svg") for f in files if f.with_suffix(".svg").is_file()]
 
 

@@ -69,10 +69,16 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     logits, table = predict_logits(bundle, table, dev)
     subgroups = [c for c in bundle.config.data.subgroups if c in table]
     ev = evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,
-                                 out_dir, subgroups, bundle.extra.get("source_prior"))
+                                 out_dir, subgroups, bundle.extra.get("source_prior"), figure_subject(bundle, table))
     if cfg.figures and cfg.gradcam and bundle.config.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
         ev.files.append(gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png"))
     return ev
+
+
+def figure_subject(bundle: ModelBundle, table: pd.DataFrame) -> str:
+    """"MODEL, SPLIT split" for figure titles (the split from the rows evaluated)."""
+    splits = sorted(set(table["split"].astype(str))) if "split" in table else []
+    return f"{bundle.config.name}, " + (f"{splits[0]} split" if len(splits) == 1 else "all splits")
 
 
 CAM_LAYERS = {"efficientnet": "backbone._conv_head", "densenet": "backbone.features.denseblock4", "resnet": "backbone.layer4"}

@@ -164,3 +164,26 @@ def test_reliability_figure_takes_a_bin_whose_cases_are_all_one_class(tmp_path):
     p = np.linspace(0.05, 0.95, 12)
     path = reliability_plot(y, {"model": p}, tmp_path / "rel.png", bins=2)
     assert path.is_file() and path.with_suffix(".svg").is_file()
+
+
+def test_every_figure_title_names_the_model_and_the_split(tmp_path, monkeypatch):
+    import medtl.evaluate.plots as plots
+    from medtl.evaluate.run import figure_subject
+
+    titles = []
+    monkeypatch.setattr(plots.plt.Axes, "set_title", lambda ax, t, *a, **k: titles.append(t))
+    real_set = plots.plt.Axes.set
+
+    def record_set(ax, **kw):
+        if "title" in kw:
+            titles.append(kw["title"])
+        return real_set(ax, **kw)
+
+    monkeypatch.setattr(plots.plt.Axes, "set", record_set)
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(20)], "label": ["a", "b"] * 10, "patient_id": range(20),
+                          "split": ["test"] * 20})
+    logits = np.column_stack([np.zeros(20), np.tile([-1.0, 1.0], 10) + np.linspace(-0.5, 0.5, 20)])
+    subject = figure_subject(type("B", (), {"config": type("C", (), {"name": "pneu-fine_tune"})()})(), table)
+    assert subject == "pneu-fine_tune, test split"
+    evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20), tmp_path, subject=subject)
+    assert len(titles) >= 4 and all("pneu-fine_tune, test split" in t and "n = 20" in t for t in titles), titles
