@@ -96,7 +96,7 @@ def manifest_check(
     from medtl.data.check_tables import print_check
 
     cfg = load_config(config, set_).data if (config or set_) else None
-    m = read_manifest(manifest, cfg.data_root if cfg else None)
+    m = read_manifest(manifest, cfg.data_root if cfg else None, keep_going=True)
     problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep)
     print_check(m, problems)
     if problems:

@@ -113,8 +113,12 @@ def check_manifest(
     needs_label = "label" in table and "mask" not in table  # a labelled (classification) manifest
     for case in table.loc[table["case_id"].duplicated(), "case_id"].unique():
         problems.append(Problem(str(case), "duplicate case_id", f"{int((table['case_id'] == case).sum())} rows"))
+    escaped = {case for case, _ in manifest.escapes}
+    problems += [Problem(case, "path outside the manifest's folder", message) for case, message in manifest.escapes]
     for row in table.itertuples(index=False):
         case = str(row.case_id)
+        if case in escaped:
+            continue
         image_geometry = None
         try:
             image_geometry = _geometry(str(row.image_path), deep)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -26,6 +27,8 @@ class Manifest:
 
     table: pd.DataFrame
     path: Path
+    escapes: tuple[tuple[str, str], ...] = ()
+    """(case_id, message) for each path outside the manifest's folder, when read with ``keep_going``."""
 
     @property
     def root(self) -> Path:
@@ -63,8 +66,11 @@ def resolve_case_path(raw: str, root: Path, data_root: Path | None, case_id: str
     return series_ref(full, uid) if uid else str(full)
 
 
-def read_manifest(path: str | Path, data_root: Path | None = None) -> Manifest:
-    """Reads and validates the schema: required columns, unique case ids, known splits, safe paths."""
+def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: bool = False) -> Manifest:
+    """Reads and validates the schema: required columns, unique case ids, known splits, safe paths.
+
+    ``keep_going`` (for ``manifest check``) records every path that escapes the manifest's folder instead of
+    stopping at the first; such a case gets no resolved path."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; build one with `medtl manifest build DIR --out {path.name}`")
@@ -87,16 +93,23 @@ def read_manifest(path: str | Path, data_root: Path | None = None) -> Manifest:
         row = table[bad].iloc[0]
         raise ManifestError(f"{path}: case {row['case_id']}: split {row['split']!r} is not one of train, val, test (or empty)")
     root = path.resolve().parent
-    table["image_path"] = [
-        resolve_case_path(str(r), root, data_root, c, "image") if pd.notna(r) else None
-        for r, c in zip(table["image"], table["case_id"])
-    ]
+    escapes: list[tuple[str, str]] = []
+
+    def resolve(raw: Any, case: str, column: str) -> str | None:
+        if pd.isna(raw):
+            return None
+        try:
+            return resolve_case_path(str(raw), root, data_root, case, column)
+        except ManifestError as exc:
+            if not keep_going:
+                raise
+            escapes.append((case, str(exc).removeprefix(f"case {case}: ")))
+            return None
+
+    table["image_path"] = [resolve(r, c, "image") for r, c in zip(table["image"], table["case_id"])]
     if "mask" in table:
-        table["mask_path"] = [
-            resolve_case_path(str(r), root, data_root, c, "mask") if pd.notna(r) else None
-            for r, c in zip(table["mask"], table["case_id"])
-        ]
-    return Manifest(table=table, path=path.resolve())
+        table["mask_path"] = [resolve(r, c, "mask") for r, c in zip(table["mask"], table["case_id"])]
+    return Manifest(table=table, path=path.resolve(), escapes=tuple(escapes))
 
 
 def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:

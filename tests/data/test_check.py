@@ -109,6 +109,19 @@ def test_paths_escaping_the_manifest_are_refused_unless_data_root(tmp_path):
     assert m.table["image_path"][0] == str((tmp_path / "outside.nii.gz").resolve())
 
 
+def test_manifest_check_lists_every_escaping_path_and_goes_on(tmp_path):
+    from tests.conftest import run_cli
+
+    (tmp_path / "sub").mkdir()
+    write_nifti(tmp_path / "sub" / "ok.nii.gz", np.zeros((4, 4, 4), np.float32))
+    pd.DataFrame([{"case_id": "a", "image": "../x.nii.gz"}, {"case_id": "b", "image": "ok.nii.gz"},
+                  {"case_id": "c", "image": "/etc/passwd"}]).to_csv(tmp_path / "sub" / "m.csv", index=False)
+    res = run_cli("manifest", "check", str(tmp_path / "sub" / "m.csv"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "2 problem(s) in 2 of 3 cases" in res.stdout  # a and c listed, b checked
+    assert "../x.nii.gz" in res.stdout and "/etc/passwd" in res.stdout
+
+
 def test_manifest_schema_errors(tmp_path):
     (tmp_path / "m.csv").write_text("case,image\na,b\n")
     with pytest.raises(ManifestError, match="case_id"):
