@@ -1,6 +1,7 @@
 """medtl as a user installs it: a built wheel (not the editable checkout) holds its pipelines, the demo's
 config and data, and runs train, run and score from a folder far from the repository."""
 
+import json
 import os
 import subprocess
 import sys
@@ -27,12 +28,6 @@ def installed(tmp_path_factory):
     return wheel, target
 
 
-def medtl_from(target: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(target), "MEDTL_PROGRESS": "0"}
-    return subprocess.run([sys.executable, "-m", "medtl.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
-
-
 def test_the_wheel_carries_pipelines_demo_config_and_data(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -47,10 +42,17 @@ def test_installed_medtl_runs_a_pipeline_and_scores_far_from_the_repository(inst
     sets = [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", "train.epochs=1",
             "model.pretrained=none", "transfer.strategy=scratch", "evaluate.bootstrap=10", "evaluate.figures=false", "tracking.enabled=false",
             f"train.out_dir={tmp_path / 'runs'}"]
-    res = medtl_from(target, "run", "diagnosis", *[x for s in sets for x in ("--set", s)], cwd=tmp_path)
+    commands = [["run", "diagnosis", *[x for s in sets for x in ("--set", s)]],
+                ["score", "--model", str(tmp_path / "runs" / "medtl"), "--manifest", str(m), "--out", str(tmp_path / "p.csv"),
+                 "--no-track"]]
+    # the installed console entry point, once per command, in one fresh interpreter (one start-up, not two)
+    code = ("import json, sys\nfrom medtl.cli import main\nimport medtl\nprint(medtl.__file__)\n"
+            "for argv in json.loads(sys.argv[1]):\n    sys.argv = ['medtl', *argv]\n    try:\n        main()\n"
+            "    except SystemExit as stop:\n        assert not stop.code, (argv[0], stop.code)\n")
+    env = {**os.environ, "PYTHONPATH": str(target), "MEDTL_PROGRESS": "0"}
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert (tmp_path / "runs" / "medtl" / "model.pt").is_file()  # PYTHONPATH puts the installed copy before the checkout
-    res = medtl_from(target, "score", "--model", str(tmp_path / "runs" / "medtl"), "--manifest", str(m), "--out",
-                     str(tmp_path / "p.csv"), "--no-track", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.splitlines()[0].startswith(str(target))  # PYTHONPATH puts the installed copy before the checkout
+    assert (tmp_path / "runs" / "medtl" / "model.pt").is_file()
     assert (tmp_path / "p.csv").read_text().count("\n") == 21

@@ -71,7 +71,7 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
 
 
 def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_path):
-    m = make_classification_set(tmp_path / "d", n=120, kind="png", size=(32, 32))
+    m = make_classification_set(tmp_path / "d", n=48, kind="png", size=(32, 32))
     cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
                              "train.epochs=1", "train.max_steps_per_epoch=2", f"train.out_dir={tmp_path / 'runs'}",
                              "tracking.enabled=false"])
@@ -94,7 +94,7 @@ def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_pa
     np.testing.assert_allclose(merged["prob_lesion"], merged["prob_lesion_w"], rtol=1e-6)
     parquet = tmp_path / "p.parquet"
     assert run_cli("score", "--model", model, "--manifest", str(m), "--out", str(parquet), "--no-track").returncode == 0
-    assert len(pd.read_parquet(parquet)) == 120
+    assert len(pd.read_parquet(parquet)) == 48
 
 
 def test_batch_score_pipeline_hands_the_spark_engine_its_settings(tmp_path, monkeypatch):
