@@ -16,8 +16,8 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None: ...
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, dataset: str | None = None) -> None:
-        """``dataset`` names a split logged with ``log_dataset`` ("training", "validation", "testing"): the
-        metrics are linked to it."""
+        """``dataset`` names a split logged with ``log_dataset`` ("train", "val", "test"): the metrics are
+        linked to it."""
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
 

@@ -96,10 +96,8 @@ def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", pr
     if ev.target_prior is not None:  # the deployment prevalence chosen by evaluate.prevalence goes with the model
         result.bundle.extra["target_prior"] = ev.target_prior
         save_model(result.bundle, result.model_path)
-    from medtl.tracking import SPLIT_CONTEXT
-
     tracker.log_metrics({f"{prefix}{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)},
-                        dataset=SPLIT_CONTEXT.get(split))
+                        dataset=split)
     for f in _with_svg(ev.files):
         tracker.log_artifact(f, "evaluation")
     return ev

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -97,7 +98,7 @@ class MlflowTracker(Tracker):
         self.mlflow, self.run_id, self.offline_log = mlflow, run_id, offline_log
         self.client = mlflow.MlflowClient()
         self.offline = False
-        self.datasets: dict[str, Any] = {}  # context → the mlflow Dataset metrics link to
+        self.datasets: dict[str, Any] = {}  # split → the mlflow Dataset metrics link to
         self.dataset_metrics: list[tuple[dict[str, float], int | None, int, str]] = []  # linked again to the model
 
     def _call(self, kind: str, fn: Any, *args: Any) -> None:
@@ -136,8 +137,6 @@ class MlflowTracker(Tracker):
                    {k: str(scrub(v)) for k, v in tags.items() if v is not None})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, dataset: str | None = None) -> None:
-        import time
-
         finite = {k: float(v) for k, v in metrics.items() if v is not None and v == v and abs(v) != float("inf")}
         linked = self.datasets.get(dataset) if dataset else None
         stamp = int(time.time() * 1000)
@@ -172,7 +171,7 @@ class MlflowTracker(Tracker):
                     warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
                     ds = self.mlflow.data.from_pandas(part.reset_index(drop=True), source=source.name,
                                                       name=f"{source.stem}:{split}", digest=digest[:16])
-                self.datasets[context] = ds
+                self.datasets[split] = ds
                 inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
             self.client.log_inputs(self.run_id, inputs)
             counts = table.groupby(["split", "label"]).size() if "label" in table else table.groupby("split").size()
@@ -188,9 +187,9 @@ class MlflowTracker(Tracker):
             if self.offline:
                 raise ConnectionError("tracking went offline during the run")
             uri, model_id = log_pyfunc(bundle, checkpoint, name, self.run_id, max(1, epoch))
-            for metrics, step, stamp, context in self.dataset_metrics:  # the model's metrics, each with its split
+            for metrics, step, stamp, split in self.dataset_metrics:  # the model's metrics, each with its split
                 self.mlflow.log_metrics(metrics, step=step, run_id=self.run_id, timestamp=stamp, model_id=model_id,
-                                        dataset=self.datasets[context])
+                                        dataset=self.datasets[split])
             return uri
         except Exception as exc:  # noqa: BLE001 - an outage at the end must not cost the trained model
             logger.warning("model not logged or registered (%s: %s); %s holds everything needed to score",
