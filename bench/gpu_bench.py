@@ -26,7 +26,7 @@ from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, RandFlip
 from medtl.config import load_config
 from medtl.data.synthetic import make_classification_set, make_segmentation_set
 from medtl.models.registry import build_model
-from medtl.train.run import train
+from medtl.steps import fit_model
 
 ROWS = {  # name: (backbone, task, dims, size, batch, n cases, epochs)
     "DenseNet121 2D 224 b64": ("densenet121", "classification", 2, 224, 64, 1024, 3),
@@ -118,7 +118,7 @@ def medtl_run(manifest: Path, out: Path, backbone: str, task: str, dims: int, si
     sets += ["train.loss=dice_ce"] if seg else ["data.classes=[normal,lesion]"]
     with GpuBusy() as busy:
         start = time.perf_counter()
-        result = train(load_config(None, sets))
+        result = fit_model(load_config(None, sets))
         wall = time.perf_counter() - start
     n_train = int((result.prepared.table["split"] == "train").sum())
     last = {k: v for k, v in result.history[-1].items() if k.startswith("val_")}

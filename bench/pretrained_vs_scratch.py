@@ -11,7 +11,7 @@ from medtl.config import load_config
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.steps import evaluate_step, strategy_variant
 from medtl.observe import NullTracker
-from medtl.train.run import train
+from medtl.steps import fit_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def main() -> None:
                                                              f"train.out_dir={tmp}/runs", "tracking.enabled=false",
                                                              "evaluate.bootstrap=200"])
         for strategy in ("fine_tune", "scratch"):
-            result = train(strategy_variant(base, strategy))
+            result = fit_model(strategy_variant(base, strategy))
             ev = evaluate_step(result, NullTracker())
             print(f"{strategy:>10} ({'imagenet' if strategy != 'scratch' else 'none'}): test AUROC "
                   f"{ev.metrics['auroc']:.3f} [{ev.metrics['auroc_ci_low']:.3f}, {ev.metrics['auroc_ci_high']:.3f}]")

@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     from medtl.config import load_config
     from medtl.data.synthetic import make_classification_set
-    from medtl.train.run import train
+    from medtl.steps import fit_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -61,7 +61,7 @@ def main() -> None:
         cfg = load_config(None, [f"data.manifest={small}", "data.classes=[normal,lesion]",
                                  f"data.image_size=[{args.size},{args.size}]", "train.epochs=1",
                                  f"train.out_dir={tmp / 'runs'}", "tracking.enabled=false"])
-        model = str(train(cfg).model_path)
+        model = str(fit_model(cfg).model_path)
         print(f"EfficientNet-Lite0, {args.size}x{args.size} PNG inputs")
         for n in (args.n, 10 * args.n):
             m = make_classification_set(tmp / f"s{n}", n=n, kind="png", size=(args.size, args.size), seed=n)

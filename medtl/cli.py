@@ -212,11 +212,11 @@ def train_cmd(
 ) -> None:
     """Fine-tune a model as configured (classification or segmentation, 2D or 3D)."""
     from medtl.config import load_config
-    from medtl.train.run import train
+    from medtl.steps import fit_model
 
     cfg = load_config(config, set_)
     try:
-        result = train(cfg, resume="changed" if resume_changed else resume)
+        result = fit_model(cfg, resume="changed" if resume_changed else resume)
     except KeyboardInterrupt:
         raise MedtlError("interrupted: the last completed epoch is saved; rerun the same command with --resume") from None
     typer.echo(f"model: {result.model_path}")

@@ -26,7 +26,7 @@ class MedtlPyfunc(mlflow.pyfunc.PythonModel):
         self.bundle = load_bundle(Path(context.artifacts["checkpoint"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from medtl.models.inference import device_for, iter_predictions
+        from medtl.models.predictor import Predictor, device_for
 
         if "image" not in model_input:
             raise ModelError("input needs an 'image' column of file or series-folder paths")
@@ -38,7 +38,7 @@ class MedtlPyfunc(mlflow.pyfunc.PythonModel):
                 items.append({"case_id": c, "image": str(p)})
             else:
                 refused[c] = {"case_id": c, "error": REFUSED, "affine": None}
-        preds = {rec["case_id"]: rec for rec in iter_predictions(self.bundle, items, device_for("auto"))}
+        preds = {rec["case_id"]: rec for rec in Predictor.of(self.bundle, device_for("auto")).predict(items)}
         rows = [prediction_row(self.bundle, preds.get(c) or refused[c]) for c in ids]
         return pd.DataFrame(rows).drop(columns=["case_id"])
 

@@ -23,7 +23,7 @@ from medtl.errors import MedtlError
 from medtl.faults import fault_point
 from medtl.log import make_progress
 from medtl.models.checkpoint import ModelBundle, bundle_digest
-from medtl.models.inference import device_for, iter_predictions
+from medtl.models.predictor import Predictor, device_for
 from medtl.observe import NullTracker, Tracker
 
 
@@ -170,7 +170,7 @@ def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out
     with open(stream, "a", newline="") as fh, make_progress() as progress:
         writer = None
         task = progress.add_task("scoring", total=len(todo), info="")
-        for rec in iter_predictions(bundle, todo, device_for(device), batch_size, num_workers):
+        for rec in Predictor.of(bundle, device_for(device), batch_size, num_workers).predict(todo):
             row = prediction_row(bundle, rec)
             if bundle.task == "segmentation":
                 row.update(_mask_row(rec, refs[rec["case_id"]], masks_out, bundle, model_id) if not rec["error"]

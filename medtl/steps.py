@@ -65,19 +65,39 @@ def train_step(cfg: Config, tracker: Tracker, resume: bool = False) -> TrainResu
 
 
 def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
-    """Temperature and threshold from validation, stored in the bundle and model.pt."""
+    """Temperature (when ``evaluate.calibrate``) and decision threshold from the validation predictions,
+    set on the bundle: chosen once, here. ``model.pt`` is written after them (``model_written``)."""
     bundle, cfg = result.bundle, result.bundle.config
-    if result.val is None or not cfg.evaluate.calibrate or not is_main_process():
+    if result.val is None or not is_main_process():
         return
-    labels = result.val["labels"].numpy()
-    temperature, threshold = calibrate(result.val["logits"].numpy(), labels, cfg.train.threshold_rule,
-                                       cfg.train.target_sensitivity)
+    labels = result.val["labels"]
+    temperature, threshold = calibrate(result.val["logits"], labels, cfg.train.threshold_rule,
+                                       cfg.train.target_sensitivity, cfg.evaluate.calibrate)
     bundle.temperature, bundle.threshold = temperature, threshold
     counts = np.bincount(labels, minlength=len(bundle.classes)).astype(float)
     bundle.extra["source_prior"] = [float(c) for c in (counts + 0.5) / (counts + 0.5).sum()]  # the mix T was fitted on
-    save_model(bundle, result.model_path)
-    logger.info("temperature %.3f; decision threshold %.4f (%s on calibrated validation probabilities): the one applied",
-                temperature, threshold, cfg.train.threshold_rule)
+    logger.info("temperature %.3f; decision threshold %.4f (%s on %s validation probabilities): the one applied",
+                temperature, threshold, cfg.train.threshold_rule, "calibrated" if cfg.evaluate.calibrate else "uncalibrated")
+
+
+@contextmanager
+def model_written(result: TrainResult) -> Iterator[None]:
+    """``model.pt`` is written once, when the steps inside (calibration, AdaBN, the prevalence evaluation
+    chooses) have set everything it carries — and also when one of them fails, so nothing trained is lost."""
+    try:
+        yield
+    finally:
+        if is_main_process():
+            save_model(result.bundle, result.model_path)
+
+
+def fit_model(cfg: Config, resume: bool | str = False, tracker: Tracker | None = None) -> TrainResult:
+    """``medtl train``: training, then calibration on validation, then ``model.pt``: a model ready to score."""
+    tracker = tracker or NullTracker()
+    result = train(cfg, resume=resume, tracker=tracker)
+    with model_written(result):
+        calibrate_step(result, tracker)
+    return result
 
 
 def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", prefix: str = "test_") -> Evaluation | None:
@@ -95,7 +115,6 @@ def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", pr
                                                                  f"{cfg.transfer.strategy}")})
     if ev.target_prior is not None:  # the deployment prevalence chosen by evaluate.prevalence goes with the model
         result.bundle.extra["target_prior"] = ev.target_prior
-        save_model(result.bundle, result.model_path)
     tracker.log_metrics({f"{prefix}{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)},
                         dataset=split)
     for f in _with_svg(ev.files):
@@ -188,7 +207,7 @@ def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
 
 
 def adabn_step(result: TrainResult, tracker: Tracker) -> None:
-    """AdaBN: BatchNorm statistics re-estimated on the target domain's images, saved into model.pt."""
+    """AdaBN: BatchNorm statistics re-estimated on the target domain's images (``model.pt`` carries them)."""
     from medtl.models.adaptation import adabn
     from medtl.train.run import target_loader
     from medtl.train.runtime import make_runtime
@@ -197,7 +216,6 @@ def adabn_step(result: TrainResult, tracker: Tracker) -> None:
     rt = make_runtime(cfg.train, cfg.data.spatial_dims)
     loader = target_loader(cfg, rt, train=False)
     seen = adabn(result.bundle.model, (b["image"] for b in loader), rt.device)
-    save_model(result.bundle, result.model_path)
     tracker.log_metrics({"adabn_target_images": float(seen)})
     logger.info("AdaBN: BatchNorm statistics re-estimated on %d target images", seen)
 

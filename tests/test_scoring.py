@@ -10,7 +10,7 @@ import pytest
 
 from medtl.config import load_config
 from medtl.data.synthetic import make_classification_set, synthetic_volume, write_ct_series, write_nifti
-from medtl.train.run import train
+from medtl.steps import fit_model
 from tests.conftest import medtl_exe, run_cli
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def model_3d(tmp_path_factory):
                              "data.image_size=[16,16,8]", "data.modality=ct", "model.backbone=resnet10",
                              "model.pretrained=none", "transfer.strategy=scratch", "train.epochs=1",
                              "train.batch_size=4", f"train.out_dir={tmp / 'runs'}", "tracking.enabled=false"])
-    return train(cfg).model_path
+    return fit_model(cfg).model_path
 
 
 def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, model_3d):
@@ -75,7 +75,7 @@ def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_pa
     cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
                              "train.epochs=1", "train.max_steps_per_epoch=2", f"train.out_dir={tmp_path / 'runs'}",
                              "tracking.enabled=false"])
-    model = str(train(cfg).model_path)
+    model = str(fit_model(cfg).model_path)
     whole = tmp_path / "whole.csv"
     assert run_cli("score", "--model", model, "--manifest", str(m), "--out", str(whole), "--no-track").returncode == 0
     out = tmp_path / "killed.csv"
@@ -91,7 +91,9 @@ def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_pa
     got, want = pd.read_csv(out), pd.read_csv(whole)
     assert sorted(got["case_id"]) == sorted(want["case_id"]) and not got["case_id"].duplicated().any()
     merged = got.merge(want, on="case_id", suffixes=("", "_w"))
-    np.testing.assert_allclose(merged["prob_lesion"], merged["prob_lesion_w"], rtol=1e-6)
+    # the first 20 were scored one at a time: float32 convolutions round differently by batch size (~1e-7
+    # on logits), which the fitted temperature scales; a duplicated or misattributed row would be off by far more
+    np.testing.assert_allclose(merged["prob_lesion"], merged["prob_lesion_w"], rtol=2e-5)
     parquet = tmp_path / "p.parquet"
     assert run_cli("score", "--model", model, "--manifest", str(m), "--out", str(parquet), "--no-track").returncode == 0
     assert len(pd.read_parquet(parquet)) == 48

@@ -81,12 +81,14 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return probabilities(logits, temperature)
 
 
-def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_sensitivity: float = 0.9) -> tuple[float, float]:
-    """Temperature fitted on validation, then the decision threshold chosen on the calibrated validation
-    probabilities (binary); returns (temperature, threshold)."""
-    from medtl.train.threshold import choose_threshold
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_sensitivity: float = 0.9,
+              temperature_scaling: bool = True) -> tuple[float, float]:
+    """Temperature fitted on validation (or 1 without ``temperature_scaling``), then the decision threshold
+    chosen on the validation probabilities it gives (binary): the one place either is chosen.
+    Returns (temperature, threshold)."""
+    from medtl.evaluate.threshold import choose_threshold
 
-    temperature = fit_temperature(val_logits, val_labels)
+    temperature = fit_temperature(val_logits, val_labels) if temperature_scaling else 1.0
     threshold = 0.5
     if val_logits.shape[1] == 2:
         threshold = choose_threshold(val_labels, apply_temperature(val_logits, temperature)[:, 1], rule, target_sensitivity)

@@ -18,7 +18,7 @@ from medtl.log import logger
 from medtl.evaluate.report import Evaluation, evaluate_classification, write_report
 from medtl.evaluate.segmentation import case_metrics, summarise
 from medtl.models.checkpoint import ModelBundle
-from medtl.models.inference import device_for, iter_predictions
+from medtl.models.predictor import Predictor, device_for
 
 
 def select_split(table: pd.DataFrame, split: str | None) -> pd.DataFrame:
@@ -36,9 +36,9 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
     read is an error naming it, or, when the model's config skips bad cases, a warning and one case less."""
     items = case_items(table, None)
     logits, kept = [], []
-    for i, rec in enumerate(iter_predictions(bundle, items, device, batch_size)):
+    for i, rec in enumerate(Predictor.of(bundle, device, batch_size).predict(items)):
         if rec["error"]:
-            if not bundle.config.data.skip_bad_cases:
+            if not bundle.spec.data.skip_bad_cases:
                 raise DataError(f"case {rec['case_id']}: {rec['error']}")
             logger.warning("case %s left out of the evaluation: %s", rec["case_id"], rec["error"])
             continue
@@ -51,7 +51,7 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
 
 def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None, out_dir: Path,
                     cfg: EvaluateConfig | None = None, device: str = "auto") -> Evaluation:
-    manifest = read_manifest(manifest_path, bundle.config.data.data_root)
+    manifest = read_manifest(manifest_path, bundle.spec.data.data_root)
     return evaluate_table(bundle, select_split(manifest.table, split), out_dir, cfg, device)
 
 
@@ -67,10 +67,10 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     if unknown:
         raise ManifestError(f"label {unknown[0]!r} is not one of the model's classes ({', '.join(bundle.classes)})")
     logits, table = predict_logits(bundle, table, dev)
-    subgroups = [c for c in bundle.config.data.subgroups if c in table]
+    subgroups = [c for c in bundle.spec.data.subgroups if c in table]
     ev = evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,
                                  out_dir, subgroups, bundle.extra.get("source_prior"), figure_subject(bundle, table))
-    if cfg.figures and cfg.gradcam and bundle.config.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
+    if cfg.figures and cfg.gradcam and bundle.spec.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
         ev.files.append(gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png"))
     return ev
 
@@ -78,7 +78,7 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
 def figure_subject(bundle: ModelBundle, table: pd.DataFrame) -> str:
     """"MODEL, SPLIT split" for figure titles (the split from the rows evaluated)."""
     splits = sorted(set(table["split"].astype(str))) if "split" in table else []
-    return f"{bundle.config.name}, " + (f"{splits[0]} split" if len(splits) == 1 else "all splits")
+    return f"{bundle.spec.name}, " + (f"{splits[0]} split" if len(splits) == 1 else "all splits")
 
 
 CAM_LAYERS = {"efficientnet": "backbone._conv_head", "densenet": "backbone.features.denseblock4", "resnet": "backbone.layer4"}
@@ -114,13 +114,11 @@ def gradcam_examples(bundle: ModelBundle, table: pd.DataFrame, predictions: pd.D
     The figure is always written: a kind without a case, or a backbone without a known target layer, is
     said in the figure instead of silently dropping it."""
     picks = gradcam_picks(predictions, bundle.classes[1], n)
-    layer = next((v for k, v in CAM_LAYERS.items() if bundle.config.model.backbone.startswith(k)), None)
+    layer = next((v for k, v in CAM_LAYERS.items() if bundle.spec.model.backbone.startswith(k)), None)
     present = picks[picks["case_id"] != ""]
     images, maps = {}, {}
     if not present.empty:
-        from medtl.data.transforms import build_transforms
-
-        transform = build_transforms(bundle.config.data, train=False, in_channels=bundle.config.model.in_channels)
+        transform = Predictor.of(bundle, device).transform
         rows = table.set_index("case_id").loc[present["case_id"]]
         batch = torch.stack([transform({"case_id": c, "image": r.image_path})["image"] for c, r in rows.iterrows()])
         images = {c: im[0].numpy() for c, im in zip(present["case_id"], batch)}
@@ -128,7 +126,7 @@ def gradcam_examples(bundle: ModelBundle, table: pd.DataFrame, predictions: pd.D
             maps = dict(zip(present["case_id"], _cam_maps(bundle, batch, layer, device)))
     panels = [(row.kind, row.case_id, row.p, images.get(row.case_id), maps.get(row.case_id))
               for row in picks.itertuples(index=False)]
-    return plots.gradcam_plot(panels, path, note=None if layer else f"no Grad-CAM layer known for {bundle.config.model.backbone}")
+    return plots.gradcam_plot(panels, path, note=None if layer else f"no Grad-CAM layer known for {bundle.spec.model.backbone}")
 
 
 def _cam_maps(bundle: ModelBundle, batch: torch.Tensor, layer: str, device: torch.device) -> list[np.ndarray]:
@@ -154,7 +152,7 @@ def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torc
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, views = [], []
     items = case_items(table, None)
-    for rec, row in zip(iter_predictions(bundle, items, device, 4), table.itertuples(index=False)):
+    for rec, row in zip(Predictor.of(bundle, device, 4).predict(items), table.itertuples(index=False)):
         if rec["error"]:
             raise DataError(f"case {rec['case_id']}: {rec['error']}")
         ref = load_scan(row.mask_path)

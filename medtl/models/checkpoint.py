@@ -1,5 +1,7 @@
-"""Self-describing checkpoints: weights plus everything needed to use them (config, classes, threshold,
-temperature), written atomically. Scoring and evaluation load models from here, never from training."""
+"""Self-describing checkpoints: weights plus everything needed to use them (the inference spec, classes,
+threshold, temperature, priors), written atomically. Scoring and evaluation load models from here, never
+from training. The training config rides along as the run's record (model card, tracking defaults);
+no prediction reads it."""
 
 from __future__ import annotations
 
@@ -13,15 +15,42 @@ import torch
 from torch import nn
 
 from medtl import __version__
-from medtl.config import Config, build_config
+from medtl.config import Config, DataConfig, ModelConfig, build_config
 from medtl.errors import ModelError
 
 FORMAT = "medtl-model/1"
 
 
+@dataclass(frozen=True)
+class InferenceSpec:
+    """What turns a scan into model input and model output into a result: the data section (reading,
+    intensity, geometry), the architecture, the sliding-window patch. Calibration lives beside it in the
+    bundle (temperature, threshold, priors), chosen after training."""
+
+    name: str
+    task: str
+    data: DataConfig
+    model: ModelConfig
+    patch_size: list[int] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "InferenceSpec":
+        return cls(cfg.name, cfg.data.task, cfg.data, cfg.model, cfg.train.patch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "data": self.data.model_dump(mode="json"),
+                "model": self.model.model_dump(mode="json"), "patch_size": self.patch_size}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InferenceSpec":
+        return cls(d["name"], d["task"], DataConfig(**d["data"]), ModelConfig(**d["model"]), d.get("patch_size"))
+
+
 @dataclass
 class ModelBundle:
-    """A model ready for inference and what it needs: its config, class names, threshold, temperature."""
+    """A model ready for inference and what it needs: the inference spec, class names and the calibration
+    chosen on validation (threshold, temperature; ``extra`` holds the priors). ``config`` is the training
+    record, for provenance only."""
 
     model: nn.Module
     config: Config
@@ -29,10 +58,15 @@ class ModelBundle:
     threshold: float = 0.5
     temperature: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
+    spec: InferenceSpec = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            self.spec = InferenceSpec.from_config(self.config)
 
     @property
     def task(self) -> str:
-        return self.config.data.task
+        return self.spec.task
 
     @property
     def log_prior_ratio(self) -> "Any":
@@ -68,6 +102,7 @@ def model_payload(bundle: ModelBundle) -> dict[str, Any]:
         "format": FORMAT,
         "medtl_version": __version__,
         "state_dict": {k: v.detach().cpu() for k, v in unwrap(bundle.model).state_dict().items()},
+        "inference": bundle.spec.to_dict(),
         "config": bundle.config.to_dict(),
         "classes": list(bundle.classes),
         "threshold": float(bundle.threshold),
@@ -115,14 +150,15 @@ def bundle_from_payload(payload: dict[str, Any]) -> ModelBundle:
     from medtl.models.registry import build_model
 
     cfg = build_config(payload["config"], "checkpoint config")
-    model_cfg = cfg.model.model_copy(update={"pretrained": "none", "weights": None})
+    spec = InferenceSpec.from_dict(payload["inference"]) if "inference" in payload else InferenceSpec.from_config(cfg)
+    model_cfg = spec.model.model_copy(update={"pretrained": "none", "weights": None})
     classes = payload["classes"]
-    n_out = len(classes) if cfg.data.task == "classification" else max(2, len(classes))
-    built = build_model(model_cfg, cfg.data.task, cfg.data.spatial_dims, n_out, cfg.data.image_size)
+    n_out = len(classes) if spec.task == "classification" else max(2, len(classes))
+    built = build_model(model_cfg, spec.task, spec.data.spatial_dims, n_out, spec.data.image_size)
     built.model.load_state_dict(payload["state_dict"])
     built.model.eval()
     return ModelBundle(built.model, cfg, classes, payload.get("threshold", 0.5), payload.get("temperature", 1.0),
-                       payload.get("extra", {}))
+                       payload.get("extra", {}), spec)
 
 
 def load_bundle(path: Path) -> ModelBundle:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from medtl.config import Config
 from medtl.train.run import run_dir
-from medtl.steps import (adabn_step, calibrate_step, evaluate_step, evaluate_target_step, register_step,
+from medtl.steps import (adabn_step, calibrate_step, evaluate_step, evaluate_target_step, model_written, register_step,
                          run_context, train_step)
 
 
@@ -14,10 +14,11 @@ def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
                      resume=resume) as tracker:
         tracker.set_tags({"adaptation.method": cfg.adaptation.method})
         result = train_step(cfg, tracker, resume)
-        if cfg.adaptation.method == "adabn":
-            adabn_step(result, tracker)
-        calibrate_step(result, tracker)
-        source = evaluate_step(result, tracker, "test", prefix="source_test_")
-        target = evaluate_target_step(result, tracker)
+        with model_written(result):
+            if cfg.adaptation.method == "adabn":
+                adabn_step(result, tracker)
+            calibrate_step(result, tracker)
+            source = evaluate_step(result, tracker, "test", prefix="source_test_")
+            target = evaluate_target_step(result, tracker)
         registered = register_step(result, tracker, source)
     return {"result": result, "evaluation": source, "source": source, "target": target, **registered}

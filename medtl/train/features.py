@@ -8,13 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from medtl.config import Config
-from medtl.log import logger
-from medtl.observe import Tracker
-from medtl.probability import probabilities
 from medtl.train.data import PreparedData, make_loader
 from medtl.train.runtime import Runtime
 
@@ -30,18 +26,10 @@ def extract(model: nn.Module, loader: Any, rt: Runtime) -> tuple[np.ndarray, np.
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
-def _auroc(y: np.ndarray, p: np.ndarray) -> float:
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, p[:, 1]) if p.shape[1] == 2 else roc_auc_score(y, p, multi_class="ovr"))
-
-
-def fit_head(cfg: Config, model: nn.Module, prepared: PreparedData, rt: Runtime,
-             class_weights: np.ndarray | None, tracker: Tracker) -> list[dict[str, float]]:
-    """Fits ``model.head`` on cached backbone features; returns a one-row history with validation AUROC."""
+def fit_head(cfg: Config, model: nn.Module, prepared: PreparedData, rt: Runtime, class_weights: np.ndarray | None) -> None:
+    """Fits ``model.head`` on the frozen backbone's features of the training split (validated by the caller,
+    through the same predictor as every other strategy)."""
     train_x, train_y = extract(model, make_loader(cfg, prepared, "train", False, rt), rt)
-    val_loader = make_loader(cfg, prepared, "val", False, rt)
-    val_x, val_y = extract(model, val_loader, rt) if val_loader is not None else (None, None)
     linear: nn.Linear = model.head[1]
     k = len(prepared.classes)
     if cfg.transfer.head == "logistic":
@@ -55,15 +43,6 @@ def fit_head(cfg: Config, model: nn.Module, prepared: PreparedData, rt: Runtime,
             linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
     else:
         _train_linear(linear, train_x, train_y, cfg, class_weights, rt)
-    row: dict[str, float] = {"epoch": 1}
-    if val_x is not None:
-        with torch.no_grad():
-            logits = linear(torch.as_tensor(val_x).to(rt.device)).cpu()
-        row["val_loss"] = float(nn.functional.cross_entropy(logits, torch.as_tensor(val_y).long()))
-        row["val_auroc"] = _auroc(val_y, probabilities(logits.numpy()))
-        tracker.log_metrics({k2: v for k2, v in row.items() if k2 != "epoch" and not np.isnan(v)}, step=1)
-        logger.info("feature extraction head: val AUROC %.4f", row["val_auroc"])
-    return [row]
 
 
 def _train_linear(linear: nn.Linear, x: np.ndarray, y: np.ndarray, cfg: Config, w: np.ndarray | None, rt: Runtime) -> None:

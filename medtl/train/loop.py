@@ -1,5 +1,5 @@
-"""The fit loop: the model says what is computed, this says how (device, precision, accumulation,
-clipping, schedule, early stopping, atomic checkpoints, resume)."""
+"""The fit loop: the task and its objective say what is computed, this says how (device, precision,
+accumulation, clipping, schedule, early stopping, atomic checkpoints, resume)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
-from monai.metrics import DiceMetric
-from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader
 
 from medtl.config import TrainConfig
 from medtl.faults import fault_point
@@ -24,7 +20,7 @@ from medtl.log import logger, make_progress, progress_enabled
 from medtl.train.progress import training_curves
 from medtl.models.transfer import TransferSchedule
 from medtl.observe import Tracker
-from medtl.probability import probabilities
+from medtl.train.tasks import Objective, Task
 from medtl.train.runtime import Runtime, rng_state, set_rng_state
 
 
@@ -40,27 +36,25 @@ class FitState:
 
 @dataclass
 class Loop:
-    """Everything the loop needs; built once by ``medtl.train.run``."""
+    """Everything the loop needs; built once by ``medtl.train.run``. The task gives targets and its metric
+    name, the objective the loss (the task's own, or with an adaptation term), ``validate`` the metrics."""
 
     model: nn.Module
     schedule: TransferSchedule
-    loss_fn: nn.Module
+    task: Task
+    objective: Objective
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: DataLoader
-    val_loader: DataLoader | None
+    train_loader: Any
+    validate: Callable[[], dict[str, float]]
+    """Validation metrics of the model as it stands ({} without a validation split)."""
     cfg: TrainConfig
     rt: Runtime
-    task: str
     tracker: Tracker
     on_epoch: Callable[[int], None]
     """Reseeds data order and augmentation for an epoch, so a resumed run replays the same epochs."""
     save: Callable[[Path, dict[str, Any] | None], None]
     """Writes a self-describing checkpoint (with training state when given) atomically."""
-    patch_size: list[int] | None = None
-    adapter: nn.Module | None = None
-    """Domain adaptation term (CORAL or DANN) on source and target features; None trains on source only."""
-    next_target: Callable[[], torch.Tensor] | None = None
 
 
 def make_optimizer(schedule: TransferSchedule, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
@@ -80,17 +74,11 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     x = x.to(rt.device, non_blocking=True)
     if rt.channels_last and x.ndim in (4, 5):
         x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
     return x
-
-
-def _target(batch: dict[str, Any], task: str, rt: Runtime) -> torch.Tensor:
-    if task == "classification":
-        return batch["label"].long().to(rt.device, non_blocking=True)
-    return batch["mask"].to(rt.device, non_blocking=True).round()
 
 
 def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
@@ -106,14 +94,11 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
         for step, batch in enumerate(loop.train_loader):
             if step >= total:
                 break
-            x, y = _to_device(batch["image"], rt), _target(batch, loop.task, rt)
+            x, y = to_device(batch["image"], rt), loop.task.target(batch, rt.device)
             with rt.autocast():
-                if loop.adapter is None:
-                    loss = loop.loss_fn(loop.model(x).float(), y)
-                else:
-                    loss, info = _adapted_loss(loop, x, y, (epoch + step / total) / cfg.epochs)
-                    for k, v in info.items():
-                        extra.setdefault(k, []).append(v)
+                loss, info = loop.objective(loop.model, x, y, (epoch + step / total) / cfg.epochs)
+            for k, v in info.items():
+                extra.setdefault(k, []).append(v)
             (loss / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or step + 1 == total:
                 if cfg.grad_clip:
@@ -129,68 +114,14 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
                 progress.update(task_id, completed=steps, info=f"loss {float(loss_sum) / steps:.4f}  {rate:.1f} img/s")
     return {"train_loss": float(loss_sum) / steps if steps else float("nan"),
             "images_per_s": seen / max(1e-9, time.perf_counter() - start),
-            "lr": float(loop.optimizer.param_groups[-1 if loop.adapter is None else -2]["lr"]),
+            "lr": float(next(g["lr"] for g in reversed(loop.optimizer.param_groups) if g.get("name") != "domain")),
             **{k: float(np.mean(v)) for k, v in extra.items()}}
 
 
-def _adapted_loss(loop: Loop, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Task loss on source features plus the adaptation term on source and target features."""
-    from medtl.models.checkpoint import unwrap
-
-    core = unwrap(loop.model)
-    xt = _to_device(loop.next_target(), loop.rt)  # type: ignore[misc]
-    fs, ft = core.features(x), core.features(xt)
-    task = loop.loss_fn(core.head(fs).float(), y)
-    extra, info = loop.adapter(fs, ft, progress)  # type: ignore[misc]
-    return task + extra, {"task_loss": float(task.detach()), **info}
-
-
-@torch.no_grad()
-def predict_loader(model: nn.Module, loader: DataLoader, rt: Runtime, task: str,
-                   roi_size: list[int] | None = None) -> dict[str, Any]:
-    """Logits (classification) or argmax masks with targets (segmentation), plus case ids."""
-    model.eval()
-    logits, labels, cases, dice = [], [], [], DiceMetric(include_background=False, reduction="mean")
-    for batch in loader:
-        x = _to_device(batch["image"], rt)
-        cases += list(batch["case_id"])
-        with rt.autocast():
-            if task == "classification":
-                logits.append(model(x).float().cpu())
-                labels.append(batch["label"].long())
-                continue
-            out = sliding_window_inference(x, roi_size or list(x.shape[2:]), 4, model, overlap=0.25)
-        n = out.shape[1]
-        pred = nn.functional.one_hot(out.float().argmax(1), n).movedim(-1, 1)
-        gt = nn.functional.one_hot(batch["mask"].to(rt.device).round().long()[:, 0], n).movedim(-1, 1)
-        dice(pred, gt)
-    if task == "classification":
-        return {"logits": torch.cat(logits), "labels": torch.cat(labels), "case_ids": cases}
-    return {"dice": float(dice.aggregate().item()), "case_ids": cases}
-
-
-def validate(loop: Loop) -> dict[str, float]:
-    if loop.val_loader is None:
-        return {}
-    out = predict_loader(loop.model, loop.val_loader, loop.rt, loop.task, loop.patch_size)
-    if loop.task != "classification":
-        return {"val_dice": out["dice"]}
-    logits, labels = out["logits"], out["labels"]
-    val_loss = float(nn.functional.cross_entropy(logits, labels))
-    probs = probabilities(logits.numpy())
-    y = labels.numpy()
-    auroc = float("nan")
-    if len(np.unique(y)) > 1:
-        auroc = float(roc_auc_score(y, probs[:, 1]) if probs.shape[1] == 2 else
-                      roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=list(range(probs.shape[1]))))
-    return {"val_loss": val_loss, "val_auroc": auroc}
-
-
-def monitored(metrics: dict[str, float]) -> float:
-    """AUROC (classification) or Dice (segmentation); minus the validation loss when AUROC is undefined."""
-    for key in ("val_auroc", "val_dice"):
-        if key in metrics and not math.isnan(metrics[key]):
-            return metrics[key]
+def monitored(metrics: dict[str, float], key: str) -> float:
+    """The task's validation metric (AUROC, Dice); minus the validation (or training) loss when it is undefined."""
+    if key in metrics and not math.isnan(metrics[key]):
+        return metrics[key]
     return -metrics.get("val_loss", metrics.get("train_loss", 0.0))
 
 
@@ -225,13 +156,13 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
             logger.info("epoch %d: unfroze stage %s", epoch + 1, loop.schedule.groups[loop.schedule.frozen_upto].name)
         started = time.perf_counter()
         try:
-            metrics = {**train_one_epoch(loop, epoch), **validate(loop)}
+            metrics = {**train_one_epoch(loop, epoch), **loop.validate()}
             metrics["epoch_s"] = time.perf_counter() - started
         except KeyboardInterrupt:
             if rt.is_main:
                 loop.save(ckpt_dir / "interrupted.pt", None)
             raise
-        score = monitored(metrics)
+        score = monitored(metrics, loop.task.monitor)
         improved = score > state.best_metric
         state.history.append({"epoch": epoch + 1, **metrics})
         state.epoch = epoch + 1

@@ -1,4 +1,6 @@
-"""``medtl train``: config → checked data → pretrained model + transfer strategy → fit → threshold → model.pt."""
+"""Training: config → checked data → pretrained model + transfer strategy → fit → the best weights, with
+their validation predictions. Calibration and the decision threshold are chosen after this, in
+``medtl.evaluate``, and ``model.pt`` is written once they are (``medtl.steps``)."""
 
 from __future__ import annotations
 
@@ -17,17 +19,17 @@ from medtl.config import Config, dump_config
 from medtl.data.manifest import rows_of_split
 from medtl.errors import MedtlError
 from medtl.log import logger
-from medtl.models.checkpoint import ModelBundle, read_checkpoint, save_model, unwrap
+from medtl.models.checkpoint import InferenceSpec, ModelBundle, read_checkpoint, save_model, unwrap
+from medtl.models.predictor import Predictor
 from medtl.models.registry import build_model
 from medtl.models.transfer import TransferSchedule
 from medtl.observe import NullTracker, Tracker
-from medtl.probability import probabilities
 from medtl.train import features
 from medtl.train.data import PreparedData, device_loader, make_loader, prepare_cases, preflight, train_label_counts
-from medtl.train.loop import FitState, Loop, fit, make_optimizer, predict_loader, restore, warmup_cosine
+from medtl.train.loop import FitState, Loop, fit, make_optimizer, restore, to_device, warmup_cosine
 from medtl.train.losses import build_loss
 from medtl.train.runtime import Runtime, make_runtime, seed_everything
-from medtl.train.threshold import choose_threshold
+from medtl.train.tasks import DomainAdapted, Objective, Task, make_task
 
 
 @dataclass
@@ -38,8 +40,8 @@ class TrainResult:
     prepared: PreparedData
     history: list[dict[str, float]]
     class_weights: list[float] | None
-    threshold: float
     val: dict[str, Any] | None
+    """The best model's uncalibrated validation logits, labels and case ids (classification)."""
     weights_sha256: str | None
     summary: list[dict] = field(default_factory=list)
 
@@ -85,7 +87,8 @@ def check_resume(cfg: Config, last: Path, manifest_digest: str, allow_changes: b
 
 def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = None) -> TrainResult:
     """Trains as configured; with ``resume`` continues from ``last.pt`` of the same run folder
-    (``resume="changed"`` accepts a changed config or manifest and records the change)."""
+    (``resume="changed"`` accepts a changed config or manifest and records the change). Writes checkpoints,
+    not ``model.pt``: that comes after calibration (``medtl.steps.fit_model`` for training alone)."""
     tracker = tracker or NullTracker()
     manifest = preflight(cfg)
     rt = make_runtime(cfg.train, cfg.data.spatial_dims)
@@ -119,31 +122,60 @@ def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = Non
     _report_start(cfg, schedule, prepared, weights, counts, tracker, built.weights_sha256)
     bundle = ModelBundle(model, cfg, prepared.classes, extra={"weights_sha256": built.weights_sha256, "backbone": built.spec.name,
                                                                "manifest_sha256": manifest.digest()})
+    task = make_task(cfg.data.task, loss_fn, cfg.data.skip_bad_cases)
+    validation = Validation(cfg, prepared, task, model, rt)
     if cfg.transfer.strategy == "feature_extraction" and not seg:
-        history = features.fit_head(cfg, model, prepared, rt, weights, tracker)
-        state = FitState(epoch=cfg.train.epochs, history=history)
+        features.fit_head(cfg, model, prepared, rt, weights)
+        state = FitState(epoch=cfg.train.epochs, history=[{"epoch": 1, **validation()}])
+        tracker.log_metrics({k: v for k, v in state.history[0].items() if k != "epoch" and not math.isnan(v)}, step=1)
         if rt.is_main:
             save_model(bundle, ckpt_dir / "best.pt")
     else:
-        state = _fit(cfg, model, schedule, loss_fn, prepared, rt, tracker, bundle, ckpt_dir, resume)
+        state = _fit(cfg, model, schedule, task, prepared, rt, tracker, bundle, ckpt_dir, resume, validation)
         best = read_checkpoint(ckpt_dir / "best.pt")
         unwrap(model).load_state_dict(best["state_dict"])
-    return _finish(cfg, model, bundle, prepared, rt, state, weights, built.weights_sha256, out_dir, tracker, schedule)
+    return _finish(cfg, bundle, prepared, rt, state, weights, out_dir, task, validation, schedule)
 
 
-def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, loss_fn: nn.Module, prepared: PreparedData,
-         rt: Runtime, tracker: Tracker, bundle: ModelBundle, ckpt_dir: Path, resume: bool) -> FitState:
+class Validation:
+    """The validation split through the one ``Predictor`` (each case preprocessed once, kept between
+    epochs): the metrics the task defines, on the model as it stands."""
+
+    def __init__(self, cfg: Config, prepared: PreparedData, task: Task, model: nn.Module, rt: Runtime) -> None:
+        part = rows_of_split(prepared.table, "val")
+        self.task = task
+        self.items = task.items(part, prepared.classes) if not part.empty else []
+        self.predictor = Predictor(unwrap(model), InferenceSpec.from_config(cfg), rt.device,
+                                   batch_size=max(1, cfg.train.batch_size), cache=True)
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self) -> dict[str, float]:
+        if not self.items:
+            return {}
+        self.records = list(self.predictor.predict(self.items))
+        return self.task.validation_metrics(self.records, self.items)
+
+    def predictions(self) -> dict[str, Any] | None:
+        """Logits, labels and case ids of the last pass (classification), for calibration."""
+        pairs = self.task.readable(self.records, self.items) if self.records and "label" in self.items[0] else []
+        if not pairs:
+            return None
+        return {"logits": np.stack([r["logits"] for r, _ in pairs]), "labels": np.array([it["label"] for _, it in pairs]),
+                "case_ids": [r["case_id"] for r, _ in pairs]}
+
+
+def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, task: Task, prepared: PreparedData, rt: Runtime,
+         tracker: Tracker, bundle: ModelBundle, ckpt_dir: Path, resume: bool, validation: Validation) -> FitState:
     generator = torch.Generator().manual_seed(cfg.train.seed)
     train_loader = device_loader(cfg, prepared, rt, generator) or make_loader(cfg, prepared, "train", True, rt, generator)
     if train_loader is None:
         raise MedtlError("no case in the train split; check the manifest's split column")
-    val_loader = make_loader(cfg, prepared, "val", False, rt)
     wrapped: nn.Module = model
     if rt.distributed:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.train.compile:
         wrapped = torch.compile(wrapped)
-    adapter, next_target = _adaptation(cfg, prepared, rt, model)
+    adapter, objective = _adaptation(cfg, rt, model, task)
     optimizer = make_optimizer(schedule, cfg.train, fused=rt.device.type == "cuda")
     if adapter is not None:
         optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.train.lr, "initial_lr": cfg.train.lr,
@@ -163,8 +195,9 @@ def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, loss_fn: nn.
     def save(path: Path, train_state: dict[str, Any] | None) -> None:
         save_model(bundle, path, train_state)
 
-    loop = Loop(wrapped, schedule, loss_fn, optimizer, lr_sched, train_loader, val_loader, cfg.train, rt,
-                cfg.data.task, tracker, on_epoch, save, cfg.train.patch_size, adapter, next_target)
+    loop = Loop(model=wrapped, schedule=schedule, task=task, objective=objective, optimizer=optimizer,
+                lr_scheduler=lr_sched, train_loader=train_loader, validate=validation, cfg=cfg.train, rt=rt,
+                tracker=tracker, on_epoch=on_epoch, save=save)
     state = None
     if resume:
         saved = read_checkpoint(ckpt_dir / "last.pt")
@@ -192,9 +225,11 @@ def target_loader(cfg: Config, rt: Runtime, train: bool = True):
     return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen, drop_last=len(ds) > cfg.train.batch_size)
 
 
-def _adaptation(cfg: Config, prepared: PreparedData, rt: Runtime, model: nn.Module):
+def _adaptation(cfg: Config, rt: Runtime, model: nn.Module, task: Task) -> tuple[nn.Module | None, Objective]:
+    """The adaptation module (its parameters join the optimizer) and the objective: the task's own, or the
+    task's loss plus CORAL or DANN on source and target features."""
     if cfg.adaptation.method not in ("coral", "dann"):
-        return None, None
+        return None, task.objective
     from medtl.models.adaptation import Adapter
 
     loader = target_loader(cfg, rt)
@@ -208,7 +243,8 @@ def _adaptation(cfg: Config, prepared: PreparedData, rt: Runtime, model: nn.Modu
             return next(state["it"])["image"]
 
     feature_dim = unwrap(model).head[1].in_features
-    return Adapter(cfg.adaptation.method, feature_dim, cfg.adaptation.weight).to(rt.device), next_target
+    adapter = Adapter(cfg.adaptation.method, feature_dim, cfg.adaptation.weight).to(rt.device)
+    return adapter, DomainAdapted(task.loss_fn, adapter, next_target, lambda x: to_device(x, rt))  # type: ignore[arg-type]
 
 
 def _report_start(cfg: Config, schedule: TransferSchedule, prepared: PreparedData, weights: np.ndarray | None,
@@ -223,26 +259,20 @@ def _report_start(cfg: Config, schedule: TransferSchedule, prepared: PreparedDat
     tracker.log_table(rows, "transfer_stages.json")
 
 
-def _finish(cfg: Config, model: nn.Module, bundle: ModelBundle, prepared: PreparedData, rt: Runtime, state: FitState,
-            weights: np.ndarray | None, sha: str | None, out_dir: Path, tracker: Tracker,
+def _finish(cfg: Config, bundle: ModelBundle, prepared: PreparedData, rt: Runtime, state: FitState,
+            weights: np.ndarray | None, out_dir: Path, task: Task, validation: Validation,
             schedule: TransferSchedule) -> TrainResult:
-    """Threshold on validation (binary classification), then the self-describing model.pt."""
-    threshold, val = 0.5, None
-    val_loader = make_loader(cfg, prepared, "val", False, rt)
-    if val_loader is not None and cfg.data.task == "classification":
-        val = predict_loader(unwrap(model), val_loader, rt, cfg.data.task)
-        if len(prepared.classes) == 2:
-            probs = probabilities(val["logits"].numpy())[:, 1]
-            threshold = choose_threshold(val["labels"].numpy(), probs, cfg.train.threshold_rule, cfg.train.target_sensitivity)
-    bundle.threshold = threshold
-    model_path = out_dir / "model.pt"
+    """The best weights' validation predictions (for calibration) and the training summary."""
+    val = None
+    if task.calibrated:
+        validation()  # the best weights, once more: calibration fits on these predictions
+        val = validation.predictions()
+    class_weights = None if weights is None else [float(w) for w in weights]
+    sha = bundle.extra.get("weights_sha256")
     if rt.is_main:
-        save_model(bundle, model_path)
-        summary = {"classes": prepared.classes, "class_weights": None if weights is None else [float(w) for w in weights],
-                   "threshold": threshold, "threshold_rule": cfg.train.threshold_rule, "best_epoch": state.best_epoch,
+        summary = {"classes": prepared.classes, "class_weights": class_weights, "best_epoch": state.best_epoch,
                    "epochs_completed": state.epoch, "stopped_early": state.stopped_early, "skipped_cases": prepared.skipped,
                    "weights_sha256": sha, "history": state.history}
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
-        logger.debug("threshold on uncalibrated validation probabilities (%s): %.4f", cfg.train.threshold_rule, threshold)
-    return TrainResult(out_dir, model_path, bundle, prepared, state.history,
-                       None if weights is None else [float(w) for w in weights], threshold, val, sha, schedule.summary())
+    return TrainResult(out_dir, out_dir / "model.pt", bundle, prepared, state.history, class_weights, val, sha,
+                       schedule.summary())

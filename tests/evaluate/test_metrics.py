@@ -183,7 +183,7 @@ def test_every_figure_title_names_the_model_and_the_split(tmp_path, monkeypatch)
     table = pd.DataFrame({"case_id": [f"c{i}" for i in range(20)], "label": ["a", "b"] * 10, "patient_id": range(20),
                           "split": ["test"] * 20})
     logits = np.column_stack([np.zeros(20), np.tile([-1.0, 1.0], 10) + np.linspace(-0.5, 0.5, 20)])
-    subject = figure_subject(type("B", (), {"config": type("C", (), {"name": "pneu-fine_tune"})()})(), table)
+    subject = figure_subject(type("B", (), {"spec": type("S", (), {"name": "pneu-fine_tune"})()})(), table)
     assert subject == "pneu-fine_tune, test split"
     evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20), tmp_path, subject=subject)
     assert len(titles) >= 4 and all("pneu-fine_tune, test split" in t and "n = 20" in t for t in titles), titles

@@ -16,7 +16,7 @@ from medtl.config import load_config
 from medtl.data.synthetic import make_classification_set, synthetic_volume, write_ct_series
 from medtl.errors import ConfigError
 from medtl.models.checkpoint import load_bundle, save_model
-from medtl.train.run import train
+from medtl.steps import fit_model
 from tests.conftest import run_cli
 
 
@@ -27,7 +27,7 @@ def model_2d(tmp_path_factory):
     cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]",
                              "model.pretrained=none", "transfer.strategy=scratch", "train.epochs=1",
                              "train.max_steps_per_epoch=1", f"train.out_dir={tmp / 'runs'}"])
-    return train(cfg).model_path, m
+    return fit_model(cfg).model_path, m
 
 
 def score(model, manifest, out, *extra):
@@ -137,7 +137,7 @@ def test_malformed_dicom_numbers_are_per_case_errors_that_echo_nothing(tmp_path,
                              "data.image_size=[16,16,8]", "model.backbone=resnet10", "model.pretrained=none",
                              "transfer.strategy=scratch", "train.epochs=1", "train.max_steps_per_epoch=1",
                              f"train.out_dir={tmp_path / 'runs'}"])
-    model = train(cfg).model_path
+    model = fit_model(cfg).model_path
     res = run_cli("score", "--model", str(model), "--input", str(scans), "--out", str(tmp_path / "p.csv"), "--no-track")
     assert res.returncode == 1 and "PHISENTINEL" not in res.stdout + res.stderr
     out = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False).set_index("case_id")

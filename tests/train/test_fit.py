@@ -14,6 +14,8 @@ from medtl.config import load_config
 from medtl.data.synthetic import make_classification_set, make_segmentation_set
 from medtl.errors import ConfigError
 from medtl.models.checkpoint import load_bundle
+from medtl.evaluate.calibration import fit_temperature
+from medtl.steps import fit_model
 from medtl.train.run import train
 
 
@@ -43,13 +45,20 @@ def test_2d_classification_loss_falls_and_model_is_self_describing(tmp_path):
     cfg = load_config(None, cls_overrides(m, tmp_path / "runs", ["data.image_size=[32,32]", "train.epochs=5",
                                                                   "train.lr=0.003", "transfer.strategy=full",
                                                                   "train.loss=focal", "train.sampler=balanced"]))
-    result = train(cfg)
+    result = fit_model(cfg)
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < 0.7 * losses[0], losses
     bundle = load_bundle(result.model_path)
-    val_p = torch.softmax(result.val["logits"].double(), 1)[:, 1].numpy()
     assert bundle.classes == ["normal", "lesion"]
-    assert bundle.threshold == pytest.approx(youden_by_hand(result.val["labels"].numpy(), val_p))
+    # the threshold is chosen once, on the temperature-scaled validation probabilities of the best model
+    logits, y = torch.as_tensor(result.val["logits"]).double(), result.val["labels"]
+    assert bundle.temperature == pytest.approx(fit_temperature(logits.numpy(), y))
+    val_p = torch.softmax(logits / bundle.temperature, 1)[:, 1].numpy()
+    assert bundle.threshold == pytest.approx(youden_by_hand(y, val_p))
+    # ... and those are the predictions of the saved weights on the validation cases
+    best = max(h["val_auroc"] for h in result.history)
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(y, val_p) == pytest.approx(best)
     x = torch.rand(2, 1, 32, 32)
     torch.testing.assert_close(bundle.model(x), result.bundle.model.eval()(x))
     assert json.loads((result.out_dir / "train_summary.json").read_text())["epochs_completed"] == 5

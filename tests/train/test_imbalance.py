@@ -10,7 +10,7 @@ from medtl.config import TrainConfig
 from medtl.errors import ConfigError
 from medtl.train.losses import FocalLoss, build_loss, class_weights
 from medtl.train.samplers import balanced_sampler
-from medtl.train.threshold import choose_threshold
+from medtl.evaluate.threshold import choose_threshold
 
 
 def test_class_weight_rules():

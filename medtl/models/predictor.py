@@ -1,0 +1,118 @@
+"""Predictions from a model: the stored preprocessing, temperature-scaled probabilities, sliding windows
+and the inverse to the source grid for segmentation. A bad case becomes an error record, never the end of
+the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from torch.utils.data import DataLoader, Dataset
+
+from medtl.data.inverse import to_source_grid
+from medtl.data.transforms import build_transforms, find_data_error
+from medtl.models.checkpoint import InferenceSpec, ModelBundle
+from medtl.probability import probabilities
+
+
+class SafeCases(Dataset):
+    """Applies the inference transforms; a failing case yields its error message instead of raising.
+    With ``memo`` (a dict kept by the caller) each case is read and preprocessed once: the chain is
+    deterministic, so validation epochs after the first reuse it."""
+
+    def __init__(self, items: list[dict[str, Any]], transform: Any, memo: dict[str, Any] | None = None) -> None:
+        self.items, self.transform, self.memo = items, transform, memo
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        key = self.items[i]["case_id"]
+        if self.memo is not None and key in self.memo:
+            return self.memo[key]
+        out = self._read(self.items[i])
+        if self.memo is not None and out["error"] is None:
+            self.memo[key] = out
+        return out
+
+    def _read(self, item: dict[str, Any]) -> dict[str, Any]:
+        try:
+            out = self.transform(dict(item))
+            image = out["image"]
+            affine = getattr(image, "affine", None)
+            plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+            return {"case_id": item["case_id"], "image": plain, "error": None, "meta_image": image,
+                    "affine": None if affine is None else np.asarray(affine)}
+        except Exception as exc:  # noqa: BLE001 - any reader or transform failure is this case's problem
+            err = find_data_error(exc)
+            message = str(err) if err else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return {"case_id": item["case_id"], "image": None, "error": message.removeprefix(f"case {item['case_id']}: "),
+                    "affine": None, "meta_image": None}
+
+
+def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+def device_for(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class Predictor:
+    """The one way a prediction is made — validation during training, ``medtl evaluate``, ``medtl score``,
+    the pyfunc, Spark, Grad-CAM: the spec's inference transforms, the model, the one softmax with the
+    bundle's calibration, sliding windows and the inverse to the source grid for segmentation.
+
+    Built from a bundle (``Predictor.of``), or around a model being trained and its spec (validation:
+    uncalibrated, temperature 1, ``cache=True`` keeping the preprocessed cases between epochs)."""
+
+    def __init__(self, model: torch.nn.Module, spec: InferenceSpec, device: torch.device, temperature: float = 1.0,
+                 log_prior_ratio: np.ndarray | None = None, batch_size: int = 16, num_workers: int = 0,
+                 cache: bool = False) -> None:
+        self.model, self.spec, self.device = model, spec, device
+        self.temperature, self.log_prior_ratio = temperature, log_prior_ratio
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.memo: dict[str, Any] | None = {} if cache else None
+        self.transform = build_transforms(spec.data, train=False, in_channels=spec.model.in_channels,
+                                          keep_meta=spec.task == "segmentation")
+
+    @classmethod
+    def of(cls, bundle: ModelBundle, device: torch.device, batch_size: int = 16, num_workers: int = 0) -> "Predictor":
+        return cls(bundle.model.to(device), bundle.spec, device, bundle.temperature, bundle.log_prior_ratio,
+                   batch_size, num_workers)
+
+    def predict(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Yields one record per case, in order: case_id, error (or None), and either logits and probs
+        (classification) or ``mask``, a SourceMask on the scan's own grid (segmentation)."""
+        loader = DataLoader(SafeCases(items, self.transform, self.memo), batch_size=self.batch_size, num_workers=self.num_workers,
+                            collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for batch in loader:
+                good = [r for r in batch if r["error"] is None]
+                outputs = self._outputs(good) if good else {}
+                for r in batch:
+                    yield {"case_id": r["case_id"], "error": r["error"], "affine": r["affine"], **outputs.get(r["case_id"], {})}
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def _outputs(self, good: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        x = torch.stack([r["image"] for r in good]).to(self.device, non_blocking=True)
+        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if self.spec.task == "classification":
+                logits = self.model(x).float().cpu().numpy()
+                probs = probabilities(logits, self.temperature, self.log_prior_ratio)
+                return {r["case_id"]: {"logits": lg, "probs": pr} for r, lg, pr in zip(good, logits, probs)}
+            roi = self.spec.patch_size or list(x.shape[2:])
+            out = sliding_window_inference(x, roi, 4, self.model, overlap=0.25).float()
+        probs = torch.softmax(out, 1).cpu()
+        return {r["case_id"]: {"mask": to_source_grid(self.transform, r["meta_image"], p)} for r, p in zip(good, probs)}

@@ -1,0 +1,141 @@
+"""What a task means to training: its target, its loss and its validation metrics. The fit loop holds a task
+and an objective and never asks which task it is; domain adaptation is an objective wrapping the task's.
+
+Validation goes through the same ``Predictor`` as evaluation and scoring, so a validation Dice is measured
+on each scan's own grid, as the final evaluation measures it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from medtl.data.datasets import case_items
+from medtl.errors import DataError
+from medtl.log import logger
+
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict[str, float]]]
+"""(model, images, targets, progress through training in [0, 1]) → (loss, extra numbers to log)."""
+
+
+class Task:
+    """Shared by both tasks: the loss on the model's output, and bad validation cases handled one way."""
+
+    monitor = ""
+    """The validation metric that picks the best epoch."""
+    calibrated = False
+    """Whether its probabilities get a temperature and a decision threshold after training."""
+
+    def __init__(self, loss_fn: nn.Module | None = None, skip_bad_cases: bool = False) -> None:
+        self.loss_fn, self.skip_bad_cases = loss_fn, skip_bad_cases
+
+    def target(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(model(x).float(), y), {}  # type: ignore[misc]
+
+    def items(self, table: pd.DataFrame, classes: list[str]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def validation_metrics(self, records: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def readable(self, records: Iterable[dict[str, Any]], items: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+        """(record, item) pairs of the cases that could be read; an unreadable one ends validation with its
+        name, or is left out with a warning when bad cases are skipped."""
+        pairs = []
+        for rec, item in zip(records, items):
+            if rec["error"]:
+                if not self.skip_bad_cases:
+                    raise DataError(f"case {rec['case_id']}: {rec['error']}")
+                logger.warning("validation case %s left out: %s", rec["case_id"], rec["error"])
+                continue
+            pairs.append((rec, item))
+        return pairs
+
+
+class Classification(Task):
+    monitor = "val_auroc"
+    calibrated = True
+
+    def target(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        return batch["label"].long().to(device, non_blocking=True)
+
+    def items(self, table: pd.DataFrame, classes: list[str]) -> list[dict[str, Any]]:
+        return case_items(table, classes)
+
+    def validation_metrics(self, records: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:
+        """Unweighted cross-entropy and AUROC (one-vs-rest macro for more than two classes) of the
+        uncalibrated validation predictions."""
+        pairs = self.readable(records, items)
+        logits = np.stack([r["logits"] for r, _ in pairs])
+        probs = np.stack([r["probs"] for r, _ in pairs])
+        y = np.array([it["label"] for _, it in pairs])
+        loss = float(nn.functional.cross_entropy(torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(y)))
+        auroc = float("nan")
+        if len(np.unique(y)) > 1:
+            auroc = float(roc_auc_score(y, probs[:, 1]) if probs.shape[1] == 2 else
+                          roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=list(range(probs.shape[1]))))
+        return {"val_loss": loss, "val_auroc": auroc}
+
+
+class Segmentation(Task):
+    monitor = "val_dice"
+
+    def __init__(self, loss_fn: nn.Module | None = None, skip_bad_cases: bool = False) -> None:
+        super().__init__(loss_fn, skip_bad_cases)
+        self._references: dict[str, np.ndarray] = {}
+
+    def target(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        return batch["mask"].to(device, non_blocking=True).round()
+
+    def items(self, table: pd.DataFrame, classes: list[str]) -> list[dict[str, Any]]:
+        return case_items(table, None, with_mask=True)
+
+    def validation_metrics(self, records: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:
+        """Mean foreground Dice over cases, each on its scan's own grid (both masks empty: Dice 1)."""
+        dice = []
+        for rec, item in self.readable(records, items):
+            ref = self._reference(item)
+            pred = rec["mask"].labels > 0
+            if pred.shape != ref.shape:
+                raise DataError(f"case {rec['case_id']}: mask grid {ref.shape} differs from the image grid {pred.shape}; "
+                                "run `medtl manifest check` and give each image the mask drawn on it")
+            total = pred.sum() + ref.sum()
+            dice.append(1.0 if total == 0 else 2.0 * float(np.logical_and(pred, ref).sum()) / float(total))
+        return {"val_dice": float(np.mean(dice)) if dice else float("nan")}
+
+    def _reference(self, item: dict[str, Any]) -> np.ndarray:
+        if item["case_id"] not in self._references:
+            from medtl.data.readers import load_scan
+
+            self._references[item["case_id"]] = load_scan(item["mask"])[0].numpy() > 0.5
+        return self._references[item["case_id"]]
+
+
+def make_task(task: str, loss_fn: nn.Module | None = None, skip_bad_cases: bool = False) -> Task:
+    return (Segmentation if task == "segmentation" else Classification)(loss_fn, skip_bad_cases)
+
+
+class DomainAdapted:
+    """The task's loss on source features plus an adaptation term (CORAL or DANN) on source and target
+    features: an objective like the task's own, so the loop does not know adaptation exists."""
+
+    def __init__(self, loss_fn: nn.Module, adapter: nn.Module, next_target: Callable[[], torch.Tensor],
+                 to_device: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.loss_fn, self.adapter, self.next_target, self.to_device = loss_fn, adapter, next_target, to_device
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        from medtl.models.checkpoint import unwrap
+
+        core = unwrap(model)
+        fs, ft = core.features(x), core.features(self.to_device(self.next_target()))
+        task = self.loss_fn(core.head(fs).float(), y)
+        extra, info = self.adapter(fs, ft, progress)
+        return task + extra, {"task_loss": float(task.detach()), **info}
