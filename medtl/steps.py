@@ -12,12 +12,13 @@ import numpy as np
 
 from medtl.config import Config, TrackingConfig
 from medtl.data.manifest import rows_of_split
-from medtl.evaluate.calibration import calibrate
+from medtl.evaluate.calibration import calibrate, call_rates
 from medtl.evaluate.report import Evaluation, headline
 from medtl.evaluate.run import evaluate_table
 from medtl.log import logger
 from medtl.models.checkpoint import save_model
 from medtl.observe import NullTracker, Tracker
+from medtl.probability import probabilities
 from medtl.train.run import TrainResult, train
 
 
@@ -76,6 +77,8 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     bundle.temperature, bundle.threshold = temperature, threshold
     counts = np.bincount(labels, minlength=len(bundle.classes)).astype(float)
     bundle.extra["source_prior"] = [float(c) for c in (counts + 0.5) / (counts + 0.5).sum()]  # the mix T was fitted on
+    if len(bundle.classes) == 2:  # how often it calls positive per class: checks a prevalence estimated later
+        bundle.extra["source_call_rates"] = call_rates(labels, probabilities(result.val["logits"], temperature)[:, 1], threshold)
     logger.info("temperature %.3f; decision threshold %.4f (%s on %s validation probabilities): the one applied",
                 temperature, threshold, cfg.train.threshold_rule, "calibrated" if cfg.evaluate.calibrate else "uncalibrated")
 

@@ -112,3 +112,43 @@ def em_prior(probs: np.ndarray, source_prior: np.ndarray, tol: float = 1e-6, max
             return new
         prior = new
     return prior
+
+
+EM_TOLERANCE = 0.1
+"""How far (in prevalence) the EM estimate may stray from the confusion-matrix estimate before it is not trusted."""
+
+
+def call_rates(y: np.ndarray, p_positive: np.ndarray, threshold: float) -> list[float]:
+    """[P(called positive | negative), P(called positive | positive)] on labelled (validation) cases."""
+    y, called = np.asarray(y).astype(int), np.asarray(p_positive) >= threshold
+    return [float(called[y == 0].mean()), float(called[y == 1].mean())]
+
+
+def confusion_prior(p_positive: np.ndarray, threshold: float, rates: list[float]) -> float | None:
+    """Positive prevalence of an unlabelled set from how often the model calls positive there and its call
+    rates on validation (black-box shift estimation, Lipton et al. 2018): consistent under label shift
+    however the scores are calibrated. None when the model barely separates the classes on validation."""
+    fpr, tpr = rates
+    if tpr - fpr < 0.2:
+        return None
+    q = float(np.mean(np.asarray(p_positive) >= threshold))
+    return float(np.clip((q - fpr) / (tpr - fpr), 0.01, 0.99))
+
+
+def estimate_prior(probs: np.ndarray, source_prior: np.ndarray, threshold: float,
+                   rates: list[float] | None) -> tuple[np.ndarray, str]:
+    """The unlabelled set's class priors (binary): EM on the calibrated scores, checked against the
+    confusion-matrix estimate when the model's validation call rates are known. EM is the sharper of the
+    two when scores are calibrated and can run away when they are not (a model trained on few cases); when
+    the two disagree by more than ``EM_TOLERANCE`` the confusion-matrix estimate is used. Returns the priors
+    and how they were obtained."""
+    em = em_prior(probs, source_prior)
+    how = f"estimated by EM from the {len(probs)} cases' scores, labels unused"
+    check = None if rates is None else confusion_prior(np.asarray(probs)[:, 1], threshold, rates)
+    if check is None:
+        return em, how
+    if abs(em[1] - check) > EM_TOLERANCE:
+        return np.array([1 - check, check]), (f"from the model's positive calls on the {len(probs)} cases and its validation "
+                                              f"call rates, labels unused: EM gave {em[1]:.3f}, more than {EM_TOLERANCE} away, "
+                                              "so its scores were not trusted for this")
+    return em, how + f"; the confusion-matrix estimate agrees ({check:.3f})"

@@ -14,7 +14,7 @@ import pandas as pd
 from medtl.config import EvaluateConfig
 from medtl.evaluate import plots
 from medtl.evaluate.bootstrap import bootstrap_ci
-from medtl.evaluate.calibration import apply_temperature, calibration_metrics, em_prior
+from medtl.evaluate.calibration import apply_temperature, calibration_metrics, estimate_prior
 from medtl.evaluate.metrics import classification_metrics, undefined_reasons
 from medtl.probability import decide, log_prior_ratio, probabilities
 
@@ -63,10 +63,11 @@ def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold:
 def evaluate_classification(
     table: pd.DataFrame, logits: np.ndarray, classes: list[str], threshold: float, temperature: float,
     cfg: EvaluateConfig, out_dir: Path, subgroups: list[str] | None = None,
-    source_prior: list[float] | None = None, subject: str = "",
+    source_prior: list[float] | None = None, subject: str = "", source_rates: list[float] | None = None,
 ) -> Evaluation:
     """``table`` holds case_id, label (class name), patient_id and subgroup columns, aligned with ``logits``.
-    ``source_prior`` is the class mix the temperature was fitted on, needed for a prior-shift correction."""
+    ``source_prior`` is the class mix the temperature was fitted on, needed for a prior-shift correction;
+    ``source_rates`` the model's validation call rates at its threshold, which check an EM estimate."""
     out_dir.mkdir(parents=True, exist_ok=True)
     index = {c: i for i, c in enumerate(classes)}
     y = table["label"].map(index).to_numpy().astype(int)
@@ -77,7 +78,7 @@ def evaluate_classification(
     metrics.update(calibration_metrics(y, raw, cfg.bins))
     metrics.update({f"{k}_calibrated": v for k, v in calibration_metrics(y, cal, cfg.bins).items()})
     metrics["temperature"], metrics["threshold"] = float(temperature), float(threshold)
-    prior = _prior_shift(logits, y, cal, temperature, source_prior, cfg, metrics, notes)
+    prior = _prior_shift(logits, y, cal, temperature, threshold, source_prior, source_rates, cfg, metrics, notes)
     metrics.update(_subgroups(table, y, cal, threshold, subgroups or [], cfg, notes))
     pred = decide(cal, threshold)
     predictions = pd.DataFrame({"case_id": table["case_id"].to_numpy(), "label": table["label"].to_numpy(),
@@ -92,15 +93,15 @@ def evaluate_classification(
     return ev
 
 
-def _prior_shift(logits: np.ndarray, y: np.ndarray, cal: np.ndarray, temperature: float, source_prior: list[float] | None,
-                 cfg: EvaluateConfig, metrics: dict[str, float], notes: list[str]) -> list[float] | None:
+def _prior_shift(logits: np.ndarray, y: np.ndarray, cal: np.ndarray, temperature: float, threshold: float,
+                 source_prior: list[float] | None, source_rates: list[float] | None, cfg: EvaluateConfig,
+                 metrics: dict[str, float], notes: list[str]) -> list[float] | None:
     """Calibration after the prior-shift correction (known prevalence, or EM on the unlabelled scores)."""
     if cfg.prevalence is None or source_prior is None or cal.shape[1] != 2:
         return None
     source = np.asarray(source_prior, dtype=float)
     if cfg.prevalence == "em":
-        target = em_prior(cal, source)
-        how = f"estimated by EM from the {len(y)} cases' scores, labels unused"
+        target, how = estimate_prior(cal, source, threshold, source_rates)
     else:
         target = np.array([1 - cfg.prevalence, cfg.prevalence])
         how = "given in evaluate.prevalence"

@@ -69,7 +69,8 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     logits, table = predict_logits(bundle, table, dev)
     subgroups = [c for c in bundle.spec.data.subgroups if c in table]
     ev = evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,
-                                 out_dir, subgroups, bundle.extra.get("source_prior"), figure_subject(bundle, table))
+                                 out_dir, subgroups, bundle.extra.get("source_prior"), figure_subject(bundle, table),
+                                 bundle.extra.get("source_call_rates"))
     if cfg.figures and cfg.gradcam and bundle.spec.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
         ev.files.append(gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png"))
     return ev

@@ -92,16 +92,12 @@ class Predictor:
         (classification) or ``mask``, a SourceMask on the scan's own grid (segmentation)."""
         loader = DataLoader(SafeCases(items, self.transform, self.memo), batch_size=self.batch_size, num_workers=self.num_workers,
                             collate_fn=_collate, pin_memory=self.device.type == "cuda")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for batch in loader:
-                good = [r for r in batch if r["error"] is None]
-                outputs = self._outputs(good) if good else {}
-                for r in batch:
-                    yield {"case_id": r["case_id"], "error": r["error"], "affine": r["affine"], **outputs.get(r["case_id"], {})}
-        finally:
-            self.model.train(was_training)
+        self.model.eval()  # the fit loop puts it back in its transfer strategy's training mode each epoch
+        for batch in loader:
+            good = [r for r in batch if r["error"] is None]
+            outputs = self._outputs(good) if good else {}
+            for r in batch:
+                yield {"case_id": r["case_id"], "error": r["error"], "affine": r["affine"], **outputs.get(r["case_id"], {})}
 
     @torch.no_grad()
     def _outputs(self, good: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from monai.data import DataLoader
 
-from medtl.config import Config
+from medtl.config import DataConfig, TrainConfig
 from medtl.data.check import check_manifest
 from medtl.data.datasets import GuardedDataset, case_items, make_dataset
 from medtl.data.manifest import Manifest, class_names, read_manifest, rows_of_split
@@ -31,41 +31,41 @@ class PreparedData:
     skipped: list[str]
 
 
-def preflight(cfg: Config) -> Manifest:
+def preflight(data: DataConfig, train: TrainConfig) -> Manifest:
     """Config-vs-manifest checks that need no image: refuse before any scan is read."""
-    if cfg.data.manifest is None:
+    if data.manifest is None:
         raise ConfigError("data.manifest: no manifest given; set it in the config or with --set data.manifest=PATH")
-    manifest = read_manifest(cfg.data.manifest, cfg.data.data_root)
-    if cfg.data.task == "segmentation" and not manifest.has_masks:
+    manifest = read_manifest(data.manifest, data.data_root)
+    if data.task == "segmentation" and not manifest.has_masks:
         raise ConfigError(f"data.task: segmentation needs a mask column, and {manifest.path.name} has none; "
                           "add masks or set data.task=classification")
-    if cfg.data.task == "classification" and not manifest.has_labels:
+    if data.task == "classification" and not manifest.has_labels:
         raise ConfigError(f"data.task: classification needs a label column, and {manifest.path.name} has none")
-    if cfg.data.task == "classification" and cfg.train.loss not in ("ce", "focal"):
-        raise ConfigError(f"train.loss: {cfg.train.loss} is for segmentation; use ce or focal for classification")
-    if cfg.data.task == "segmentation" and cfg.train.loss not in ("dice_ce", "dice_focal"):
-        raise ConfigError(f"train.loss: {cfg.train.loss} is for classification; use dice_ce or dice_focal for segmentation")
-    classes = class_names(manifest, cfg.data.classes)
-    if isinstance(cfg.train.class_weights, dict):
-        unknown = sorted(set(cfg.train.class_weights) - set(classes))
+    if data.task == "classification" and train.loss not in ("ce", "focal"):
+        raise ConfigError(f"train.loss: {train.loss} is for segmentation; use ce or focal for classification")
+    if data.task == "segmentation" and train.loss not in ("dice_ce", "dice_focal"):
+        raise ConfigError(f"train.loss: {train.loss} is for classification; use dice_ce or dice_focal for segmentation")
+    classes = class_names(manifest, data.classes)
+    if isinstance(train.class_weights, dict):
+        unknown = sorted(set(train.class_weights) - set(classes))
         if unknown:
             raise ConfigError(f"train.class_weights: {unknown[0]!r} is not a class; classes are {', '.join(classes)}")
-    missing = [c for c in cfg.data.subgroups if c not in manifest.table]
+    missing = [c for c in data.subgroups if c not in manifest.table]
     if missing:
         raise ConfigError(f"data.subgroups: {missing[0]!r} is not a column of {manifest.path.name}")
     return manifest
 
 
-def prepare_cases(cfg: Config, manifest: Manifest, out_dir: Path, check: bool = True) -> PreparedData:
+def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path, check: bool = True) -> PreparedData:
     """Checks every case (header level), drops listed bad cases if allowed, and splits once (splits.csv)."""
-    classes = class_names(manifest, cfg.data.classes) if cfg.data.task == "classification" else (cfg.data.classes or ["background", "foreground"])
+    classes = class_names(manifest, data.classes) if data.task == "classification" else (data.classes or ["background", "foreground"])
     table = manifest.table
     skipped: list[str] = []
     if check:
-        problems = check_manifest(manifest, classes if cfg.data.task == "classification" else None, cfg.data.spatial_dims)
+        problems = check_manifest(manifest, classes if data.task == "classification" else None, data.spatial_dims)
         if problems:
             bad = sorted({p.case_id for p in problems})
-            if not cfg.data.skip_bad_cases:
+            if not data.skip_bad_cases:
                 first = problems[0]
                 raise DataError(f"{manifest.path.name}: {len(problems)} problem(s) in {len(bad)} case(s), first: case {first.case_id}: "
                                 f"{first.detail}; run `medtl manifest check {manifest.path}` for all, or set data.skip_bad_cases=true")
@@ -78,26 +78,27 @@ def prepare_cases(cfg: Config, manifest: Manifest, out_dir: Path, check: bool = 
             saved = pd.read_csv(splits_file, dtype=str, keep_default_na=False).set_index("case_id")["split"]
             table = table.assign(split=table["case_id"].map(saved))
         else:
-            table = split_manifest(table, 0.15, 0.15, cfg.train.seed)
+            table = split_manifest(table, 0.15, 0.15, seed)
             out_dir.mkdir(parents=True, exist_ok=True)
             table[["case_id", "split"]].to_csv(splits_file, index=False)
     return PreparedData(manifest, table.reset_index(drop=True), classes, skipped)
 
 
-def device_loader(cfg: Config, prepared: PreparedData, rt: Runtime, generator: torch.Generator | None):
+def device_loader(data: DataConfig, train: TrainConfig, in_channels: int, prepared: PreparedData, rt: Runtime,
+                  generator: torch.Generator | None):
     """The training split as a DeviceLoader when ``train.data_on_device`` asks for it (and it fits), else
     None. Samples in the order the DataLoader's sampler would give; image-level augmentation only (flip,
     intensity), so the random affine and patch crops of the CPU chain stay with the DataLoader path."""
     from medtl.train.device_data import DeviceAugment, DeviceLoader, fits_on_device
 
-    seg = cfg.data.task == "segmentation"
-    wanted = cfg.train.data_on_device is True or (cfg.train.data_on_device == "auto" and rt.device.type == "cuda")
-    if not wanted or rt.distributed or (seg and cfg.train.patch_size):
+    seg = data.task == "segmentation"
+    wanted = train.data_on_device is True or (train.data_on_device == "auto" and rt.device.type == "cuda")
+    if not wanted or rt.distributed or (seg and train.patch_size):
         return None
     part = rows_of_split(prepared.table, "train")
     items = case_items(part, prepared.classes if not seg else None, with_mask=seg)
-    transform = build_transforms(cfg.data, False, cfg.model.in_channels, seg)
-    items, dataset = _dataset_skipping_bad(items, transform, cfg, "train:device", prepared.skipped)
+    transform = build_transforms(data, False, in_channels, seg)
+    items, dataset = _dataset_skipping_bad(items, transform, data, "train:device", prepared.skipped)
     first = dataset[0]["image"]
     if not fits_on_device(len(items), tuple(first.shape), rt.device):
         logger.info("training split does not fit in device memory: batches come through the DataLoader")
@@ -107,27 +108,27 @@ def device_loader(cfg: Config, prepared: PreparedData, rt: Runtime, generator: t
     key = "mask" if seg else "label"
     targets = torch.stack([torch.as_tensor(s[key]) for s in samples]).to(rt.device) if seg else \
         torch.as_tensor([s["label"] for s in samples], device=rt.device)
-    if cfg.train.sampler == "balanced" and not seg:
-        sampler = balanced_sampler(np.array([it["label"] for it in items]), cfg.train.seed)
+    if train.sampler == "balanced" and not seg:
+        sampler = balanced_sampler(np.array([it["label"] for it in items]), train.seed)
         if generator is not None:
             sampler.generator = generator
     else:
         sampler = torch.utils.data.RandomSampler(range(len(items)), generator=generator)
-    augment = DeviceAugment(rt.device, flip=cfg.data.modality != "xray") if cfg.data.augment else None
+    augment = DeviceAugment(rt.device, flip=data.modality != "xray") if data.augment else None
     logger.info("training split on %s: %d images, augmented there", rt.device, len(items))
-    return DeviceLoader(images, targets, key, cfg.train.batch_size, sampler, augment, generator)
+    return DeviceLoader(images, targets, key, train.batch_size, sampler, augment, generator)
 
 
-def _dataset_skipping_bad(items: list[dict], transform, cfg: Config, key: str, skipped: list[str]):
+def _dataset_skipping_bad(items: list[dict], transform, data: DataConfig, key: str, skipped: list[str]):
     """The dataset over ``items``; with ``data.skip_bad_cases`` a case that fails while being cached (a NaN
     volume the header check could not see) is dropped, named and added to ``skipped``, like one found in
     preflight, instead of ending the run."""
     while True:
         try:
-            return items, make_dataset(items, transform, cfg.data, cache_key=key)
+            return items, make_dataset(items, transform, data, cache_key=key)
         except DataError as err:
             bad = next((it["case_id"] for it in items if str(err).startswith(f"case {it['case_id']}:")), None)
-            if not cfg.data.skip_bad_cases or bad is None:
+            if not data.skip_bad_cases or bad is None:
                 raise
             logger.warning("skipping case found bad while loading: %s", err)
             skipped.append(bad)
@@ -142,28 +143,28 @@ def train_label_counts(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return np.array([(labels == c).sum() for c in classes])
 
 
-def make_loader(cfg: Config, prepared: PreparedData, split: str, train: bool, rt: Runtime,
-                generator: torch.Generator | None = None) -> DataLoader | None:
+def make_loader(data: DataConfig, train_cfg: TrainConfig, in_channels: int, prepared: PreparedData, split: str,
+                train: bool, rt: Runtime, generator: torch.Generator | None = None) -> DataLoader | None:
     """A loader over one split; the training one draws class-balanced batches when configured."""
     part = rows_of_split(prepared.table, split)
     if part.empty:
         return None
-    seg = cfg.data.task == "segmentation"
+    seg = data.task == "segmentation"
     items = case_items(part, prepared.classes if not seg else None, with_mask=seg)
-    transform = build_transforms(cfg.data, train, cfg.model.in_channels, seg, cfg.train.patch_size if train else None,
-                                 cfg.train.pos_neg_ratio)
-    items, inner = _dataset_skipping_bad(items, transform, cfg, f"{split}:{train}", prepared.skipped)
-    dataset = GuardedDataset(inner, skip_bad=cfg.data.skip_bad_cases)
+    transform = build_transforms(data, train, in_channels, seg, train_cfg.patch_size if train else None,
+                                 train_cfg.pos_neg_ratio)
+    items, inner = _dataset_skipping_bad(items, transform, data, f"{split}:{train}", prepared.skipped)
+    dataset = GuardedDataset(inner, skip_bad=data.skip_bad_cases)
     sampler = None
-    if train and cfg.train.sampler == "balanced" and not seg:
-        sampler = balanced_sampler(np.array([it["label"] for it in items]), cfg.train.seed)
+    if train and train_cfg.sampler == "balanced" and not seg:
+        sampler = balanced_sampler(np.array([it["label"] for it in items]), train_cfg.seed)
         if generator is not None:
             sampler.generator = generator
     if rt.distributed:
         base = sampler or (torch.utils.data.RandomSampler(dataset, generator=generator) if train else range(len(dataset)))
         sampler = ShardedSampler(base, rt.rank, rt.world)
-    workers = default_workers(rt.device, cfg.data.num_workers)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size if train else max(1, cfg.train.batch_size),
+    workers = default_workers(rt.device, data.num_workers)
+    return DataLoader(dataset, batch_size=train_cfg.batch_size if train else max(1, train_cfg.batch_size),
                       shuffle=train and sampler is None, sampler=sampler, generator=generator,
                       num_workers=workers, pin_memory=rt.device.type == "cuda", drop_last=False,
                       persistent_workers=workers > 0)

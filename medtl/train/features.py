@@ -10,8 +10,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from medtl.config import Config
-from medtl.train.data import PreparedData, make_loader
+from medtl.config import TrainConfig
 from medtl.train.runtime import Runtime
 
 
@@ -26,13 +25,14 @@ def extract(model: nn.Module, loader: Any, rt: Runtime) -> tuple[np.ndarray, np.
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
-def fit_head(cfg: Config, model: nn.Module, prepared: PreparedData, rt: Runtime, class_weights: np.ndarray | None) -> None:
-    """Fits ``model.head`` on the frozen backbone's features of the training split (validated by the caller,
-    through the same predictor as every other strategy)."""
-    train_x, train_y = extract(model, make_loader(cfg, prepared, "train", False, rt), rt)
+def fit_head(model: nn.Module, loader: Any, head: str, cfg: TrainConfig, class_weights: np.ndarray | None,
+             rt: Runtime) -> None:
+    """Fits ``model.head`` on the frozen backbone's features of the training cases in ``loader`` (validated by
+    the caller, through the same predictor as every other strategy)."""
+    train_x, train_y = extract(model, loader, rt)
     linear: nn.Linear = model.head[1]
-    k = len(prepared.classes)
-    if cfg.transfer.head == "logistic":
+    k = linear.out_features
+    if head == "logistic":
         cw = None if class_weights is None else {i: float(w) for i, w in enumerate(class_weights)}
         clf = LogisticRegression(C=1.0, max_iter=2000, class_weight=cw).fit(train_x, train_y)
         coef, bias = clf.coef_, clf.intercept_
@@ -45,13 +45,13 @@ def fit_head(cfg: Config, model: nn.Module, prepared: PreparedData, rt: Runtime,
         _train_linear(linear, train_x, train_y, cfg, class_weights, rt)
 
 
-def _train_linear(linear: nn.Linear, x: np.ndarray, y: np.ndarray, cfg: Config, w: np.ndarray | None, rt: Runtime) -> None:
+def _train_linear(linear: nn.Linear, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, w: np.ndarray | None, rt: Runtime) -> None:
     xt, yt = torch.as_tensor(x).to(rt.device), torch.as_tensor(y).long().to(rt.device)
     loss_fn = nn.CrossEntropyLoss(weight=None if w is None else torch.as_tensor(w, dtype=torch.float32, device=rt.device))
-    opt = torch.optim.AdamW(linear.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    for _ in range(cfg.train.epochs * 10):
-        for idx in torch.randperm(len(xt), generator=gen).split(cfg.train.batch_size):
+    opt = torch.optim.AdamW(linear.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(cfg.epochs * 10):
+        for idx in torch.randperm(len(xt), generator=gen).split(cfg.batch_size):
             loss = loss_fn(linear(xt[idx]), yt[idx])
             opt.zero_grad()
             loss.backward()

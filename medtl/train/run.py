@@ -89,14 +89,44 @@ def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = Non
     """Trains as configured; with ``resume`` continues from ``last.pt`` of the same run folder
     (``resume="changed"`` accepts a changed config or manifest and records the change). Writes checkpoints,
     not ``model.pt``: that comes after calibration (``medtl.steps.fit_model`` for training alone)."""
-    tracker = tracker or NullTracker()
-    manifest = preflight(cfg)
+    run = _set_up(cfg, resume, tracker or NullTracker())
+    if cfg.transfer.strategy == "feature_extraction" and run.task.calibrated:
+        state = _fit_head(run)
+    else:
+        state = _fit(run, bool(resume))
+        unwrap(run.model).load_state_dict(read_checkpoint(run.ckpt_dir / "best.pt")["state_dict"])
+    return _finish(run, state)
+
+
+@dataclass
+class Setup:
+    """What one training run is made of, built once by ``_set_up``; the fitting steps read it."""
+
+    cfg: Config
+    rt: Runtime
+    tracker: Tracker
+    out_dir: Path
+    prepared: PreparedData
+    model: nn.Module
+    schedule: TransferSchedule
+    task: Task
+    weights: np.ndarray | None
+    bundle: ModelBundle
+    validation: "Validation"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+
+def _set_up(cfg: Config, resume: bool | str, tracker: Tracker) -> Setup:
+    """Checks before anything is read, then the split cases, the pretrained model, its transfer schedule,
+    the task with its loss, and the validation cases."""
+    manifest = preflight(cfg.data, cfg.train)
     rt = make_runtime(cfg.train, cfg.data.spatial_dims)
-    if not rt.is_main:
-        tracker = NullTracker()
+    tracker = tracker if rt.is_main else NullTracker()
     out_dir = run_dir(cfg)
-    ckpt_dir = out_dir / "checkpoints"
-    last = ckpt_dir / "last.pt"
+    last = out_dir / "checkpoints" / "last.pt"
     if resume and not last.is_file():
         raise MedtlError(f"--resume: no checkpoint at {last}; start without --resume")
     if not resume and last.is_file():
@@ -105,48 +135,47 @@ def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = Non
         check_resume(cfg, last, manifest.digest(), allow_changes=resume == "changed")
     set_determinism(cfg.train.seed)
     seed_everything(cfg.train.seed)
-    prepared = prepare_cases(cfg, manifest, out_dir)
+    prepared = prepare_cases(cfg.data, cfg.train.seed, manifest, out_dir)
     if rt.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(dump_config(cfg))
-    seg = cfg.data.task == "segmentation"
-    n_out = len(prepared.classes)
-    built = build_model(cfg.model, cfg.data.task, cfg.data.spatial_dims, n_out, cfg.data.image_size)
+    built = build_model(cfg.model, cfg.data.task, cfg.data.spatial_dims, len(prepared.classes), cfg.data.image_size)
     model = built.model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last if cfg.data.spatial_dims == 2 else torch.channels_last_3d)
     schedule = TransferSchedule(model, built.spec, cfg.transfer, cfg.train.lr)
-    counts = None if seg else train_label_counts(prepared.table, prepared.classes)
+    counts = train_label_counts(prepared.table, prepared.classes) if cfg.data.task == "classification" else None
     loss_fn, weights = build_loss(cfg.train, cfg.data.task, counts, prepared.classes)
-    loss_fn = loss_fn.to(rt.device)
-    _report_start(cfg, schedule, prepared, weights, counts, tracker, built.weights_sha256)
+    _report_start(cfg, schedule, prepared, weights, counts, tracker)
     bundle = ModelBundle(model, cfg, prepared.classes, extra={"weights_sha256": built.weights_sha256, "backbone": built.spec.name,
                                                                "manifest_sha256": manifest.digest()})
-    task = make_task(cfg.data.task, loss_fn, cfg.data.skip_bad_cases)
-    validation = Validation(cfg, prepared, task, model, rt)
-    if cfg.transfer.strategy == "feature_extraction" and not seg:
-        features.fit_head(cfg, model, prepared, rt, weights)
-        state = FitState(epoch=cfg.train.epochs, history=[{"epoch": 1, **validation()}])
-        tracker.log_metrics({k: v for k, v in state.history[0].items() if k != "epoch" and not math.isnan(v)}, step=1)
-        if rt.is_main:
-            save_model(bundle, ckpt_dir / "best.pt")
-    else:
-        state = _fit(cfg, model, schedule, task, prepared, rt, tracker, bundle, ckpt_dir, resume, validation)
-        best = read_checkpoint(ckpt_dir / "best.pt")
-        unwrap(model).load_state_dict(best["state_dict"])
-    return _finish(cfg, bundle, prepared, rt, state, weights, out_dir, task, validation, schedule)
+    task = make_task(cfg.data.task, loss_fn.to(rt.device), cfg.data.skip_bad_cases)
+    return Setup(cfg, rt, tracker, out_dir, prepared, model, schedule, task, weights, bundle,
+                 Validation(bundle.spec, prepared, task, model, rt, cfg.train.batch_size))
+
+
+def _fit_head(run: Setup) -> FitState:
+    """Feature extraction: the head fitted on the frozen backbone's features, validated like any epoch."""
+    cfg = run.cfg
+    loader = make_loader(cfg.data, cfg.train, cfg.model.in_channels, run.prepared, "train", False, run.rt)
+    features.fit_head(run.model, loader, cfg.transfer.head, cfg.train, run.weights, run.rt)
+    state = FitState(epoch=cfg.train.epochs, history=[{"epoch": 1, **run.validation()}])
+    run.tracker.log_metrics({k: v for k, v in state.history[0].items() if k != "epoch" and not math.isnan(v)}, step=1)
+    if run.rt.is_main:
+        save_model(run.bundle, run.ckpt_dir / "best.pt")
+    return state
 
 
 class Validation:
     """The validation split through the one ``Predictor`` (each case preprocessed once, kept between
     epochs): the metrics the task defines, on the model as it stands."""
 
-    def __init__(self, cfg: Config, prepared: PreparedData, task: Task, model: nn.Module, rt: Runtime) -> None:
+    def __init__(self, spec: InferenceSpec, prepared: PreparedData, task: Task, model: nn.Module, rt: Runtime,
+                 batch_size: int = 16) -> None:
         part = rows_of_split(prepared.table, "val")
         self.task = task
         self.items = task.items(part, prepared.classes) if not part.empty else []
-        self.predictor = Predictor(unwrap(model), InferenceSpec.from_config(cfg), rt.device,
-                                   batch_size=max(1, cfg.train.batch_size), cache=True)
+        self.predictor = Predictor(unwrap(model), spec, rt.device, batch_size=batch_size, cache=True)
         self.records: list[dict[str, Any]] = []
 
     def __call__(self) -> dict[str, float]:
@@ -164,10 +193,11 @@ class Validation:
                 "case_ids": [r["case_id"] for r, _ in pairs]}
 
 
-def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, task: Task, prepared: PreparedData, rt: Runtime,
-         tracker: Tracker, bundle: ModelBundle, ckpt_dir: Path, resume: bool, validation: Validation) -> FitState:
+def _fit(run: Setup, resume: bool) -> FitState:
+    cfg, rt, model = run.cfg, run.rt, run.model
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    train_loader = device_loader(cfg, prepared, rt, generator) or make_loader(cfg, prepared, "train", True, rt, generator)
+    train_loader = (device_loader(cfg.data, cfg.train, cfg.model.in_channels, run.prepared, rt, generator)
+                    or make_loader(cfg.data, cfg.train, cfg.model.in_channels, run.prepared, "train", True, rt, generator))
     if train_loader is None:
         raise MedtlError("no case in the train split; check the manifest's split column")
     wrapped: nn.Module = model
@@ -175,8 +205,8 @@ def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, task: Task, 
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.train.compile:
         wrapped = torch.compile(wrapped)
-    adapter, objective = _adaptation(cfg, rt, model, task)
-    optimizer = make_optimizer(schedule, cfg.train, fused=rt.device.type == "cuda")
+    adapter, objective = _adaptation(cfg, rt, model, run.task)
+    optimizer = make_optimizer(run.schedule, cfg.train, fused=rt.device.type == "cuda")
     if adapter is not None:
         optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.train.lr, "initial_lr": cfg.train.lr,
                                    "name": "domain"})
@@ -193,18 +223,18 @@ def _fit(cfg: Config, model: nn.Module, schedule: TransferSchedule, task: Task, 
             dataset.reseed(cfg.train.seed * 1000 + epoch)
 
     def save(path: Path, train_state: dict[str, Any] | None) -> None:
-        save_model(bundle, path, train_state)
+        save_model(run.bundle, path, train_state)
 
-    loop = Loop(model=wrapped, schedule=schedule, task=task, objective=objective, optimizer=optimizer,
-                lr_scheduler=lr_sched, train_loader=train_loader, validate=validation, cfg=cfg.train, rt=rt,
-                tracker=tracker, on_epoch=on_epoch, save=save)
+    loop = Loop(model=wrapped, schedule=run.schedule, task=run.task, objective=objective, optimizer=optimizer,
+                lr_scheduler=lr_sched, train_loader=train_loader, validate=run.validation, cfg=cfg.train, rt=rt,
+                tracker=run.tracker, on_epoch=on_epoch, save=save)
     state = None
     if resume:
-        saved = read_checkpoint(ckpt_dir / "last.pt")
+        saved = read_checkpoint(run.ckpt_dir / "last.pt")
         unwrap(model).load_state_dict(saved["state_dict"])
         state = restore(loop, saved["train_state"])
         logger.info("resuming after epoch %d of %d", state.epoch, cfg.train.epochs)
-    return fit(loop, ckpt_dir, state)
+    return fit(loop, run.ckpt_dir, state)
 
 
 def target_loader(cfg: Config, rt: Runtime, train: bool = True):
@@ -248,7 +278,7 @@ def _adaptation(cfg: Config, rt: Runtime, model: nn.Module, task: Task) -> tuple
 
 
 def _report_start(cfg: Config, schedule: TransferSchedule, prepared: PreparedData, weights: np.ndarray | None,
-                  counts: np.ndarray | None, tracker: Tracker, sha: str | None) -> None:
+                  counts: np.ndarray | None, tracker: Tracker) -> None:
     rows = schedule.summary()
     lines = [f"  {r['stage']:<16} {r['trainable']:>10,d} / {r['params']:>10,d} trainable  lr {r['lr']:.2e}" for r in rows]
     logger.info("transfer strategy %s, per stage:\n%s", cfg.transfer.strategy, "\n".join(lines))
@@ -259,20 +289,18 @@ def _report_start(cfg: Config, schedule: TransferSchedule, prepared: PreparedDat
     tracker.log_table(rows, "transfer_stages.json")
 
 
-def _finish(cfg: Config, bundle: ModelBundle, prepared: PreparedData, rt: Runtime, state: FitState,
-            weights: np.ndarray | None, out_dir: Path, task: Task, validation: Validation,
-            schedule: TransferSchedule) -> TrainResult:
+def _finish(run: Setup, state: FitState) -> TrainResult:
     """The best weights' validation predictions (for calibration) and the training summary."""
     val = None
-    if task.calibrated:
-        validation()  # the best weights, once more: calibration fits on these predictions
-        val = validation.predictions()
-    class_weights = None if weights is None else [float(w) for w in weights]
-    sha = bundle.extra.get("weights_sha256")
-    if rt.is_main:
-        summary = {"classes": prepared.classes, "class_weights": class_weights, "best_epoch": state.best_epoch,
-                   "epochs_completed": state.epoch, "stopped_early": state.stopped_early, "skipped_cases": prepared.skipped,
-                   "weights_sha256": sha, "history": state.history}
-        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
-    return TrainResult(out_dir, out_dir / "model.pt", bundle, prepared, state.history, class_weights, val, sha,
-                       schedule.summary())
+    if run.task.calibrated:
+        run.validation()  # the best weights, once more: calibration fits on these predictions
+        val = run.validation.predictions()
+    class_weights = None if run.weights is None else [float(w) for w in run.weights]
+    sha = run.bundle.extra.get("weights_sha256")
+    if run.rt.is_main:
+        summary = {"classes": run.prepared.classes, "class_weights": class_weights, "best_epoch": state.best_epoch,
+                   "epochs_completed": state.epoch, "stopped_early": state.stopped_early,
+                   "skipped_cases": run.prepared.skipped, "weights_sha256": sha, "history": state.history}
+        (run.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    return TrainResult(run.out_dir, run.out_dir / "model.pt", run.bundle, run.prepared, state.history, class_weights,
+                       val, sha, run.schedule.summary())

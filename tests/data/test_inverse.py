@@ -109,7 +109,7 @@ def test_validation_dice_is_measured_on_the_source_grid_as_evaluation_measures_i
     bundle = bundle_for([32, 32, 16], spacing=[1.5, 1.5, 2.5], crop=True)
     table = read_manifest(m).table.assign(split="val")
     prepared = PreparedData(None, table, bundle.classes, [])  # type: ignore[arg-type]
-    validation = Validation(bundle.config, prepared, Segmentation(), bundle.model, make_runtime(bundle.config.train, 3))
+    validation = Validation(bundle.spec, prepared, Segmentation(), bundle.model, make_runtime(bundle.config.train, 3))
     first, again = validation()["val_dice"], validation()["val_dice"]  # the second from the cases kept in memory
     ev = evaluate_table(bundle, table, tmp_path / "ev")
     assert first == pytest.approx(ev.metrics["dice_mean"], abs=1e-6) and again == first  # MONAI sums in float32

@@ -48,3 +48,38 @@ def test_evaluation_reports_calibration_after_the_prior_shift(tmp_path):
     assert m["ece_prior_adjusted"] < 0.5 * m["ece_calibrated"]  # the shift is what miscalibrated it
     assert "after prior shift" in (tmp_path / "report.md").read_text()
     assert any("labels unused" in n for n in ev.notes)
+
+
+def test_confusion_prior_is_the_label_shift_formula():
+    """q = fpr (1 - π) + tpr π solved for π, with the call rates measured on validation."""
+    from medtl.evaluate.calibration import call_rates, confusion_prior
+
+    y_val = np.array([0] * 10 + [1] * 10)
+    p_val = np.r_[np.linspace(0, 0.6, 10), np.linspace(0.3, 1, 10)]
+    rates = call_rates(y_val, p_val, 0.5)
+    assert rates == [pytest.approx(np.mean(np.linspace(0, 0.6, 10) >= 0.5)), pytest.approx(np.mean(np.linspace(0.3, 1, 10) >= 0.5))]
+    p_new = np.r_[np.full(30, 0.9), np.full(70, 0.1)]  # 30 % called positive
+    assert confusion_prior(p_new, 0.5, rates) == pytest.approx((0.3 - rates[0]) / (rates[1] - rates[0]))
+    assert confusion_prior(p_new, 0.5, [0.4, 0.5]) is None  # no separation on validation: no estimate
+
+
+def test_em_is_not_trusted_when_it_runs_away_from_the_confusion_matrix_estimate(tmp_path):
+    """Scores far sharper than calibrated (a model fitted on few cases) drive EM away from the truth; the
+    evaluation then uses the confusion-matrix estimate and says so."""
+    import pandas as pd
+
+    from medtl.evaluate.calibration import call_rates, em_prior
+
+    rng = np.random.default_rng(4)
+    y_val, p_val = site(rng, 4000, 0.5)
+    y, p = site(rng, 4000, 0.7)
+    z = np.log(p / (1 - p)) * 4 - 2.0  # overconfident and biased towards the negative class
+    logits = np.column_stack([np.zeros_like(z), z])
+    rates = call_rates(y_val, 1 / (1 + np.exp(-(np.log(p_val / (1 - p_val)) * 4 - 2.0))), 0.5)
+    assert abs(em_prior(probabilities(logits), np.array([0.5, 0.5]))[1] - 0.7) > 0.1  # EM alone misses
+    table = pd.DataFrame({"case_id": [str(i) for i in range(len(y))], "label": np.where(y == 1, "pos", "neg"),
+                          "patient_id": [str(i) for i in range(len(y))]})
+    ev = evaluate_classification(table, logits, ["neg", "pos"], 0.5, 1.0, EvaluateConfig(bootstrap=0, prevalence="em"),
+                                 tmp_path, source_prior=[0.5, 0.5], source_rates=rates)
+    assert ev.metrics["prevalence_used"] == pytest.approx(0.7, abs=0.03)
+    assert any("not trusted" in n for n in ev.notes)
