@@ -77,8 +77,9 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     bundle.temperature, bundle.threshold = temperature, threshold
     counts = np.bincount(labels, minlength=len(bundle.classes)).astype(float)
     bundle.extra["source_prior"] = [float(c) for c in (counts + 0.5) / (counts + 0.5).sum()]  # the mix T was fitted on
-    if len(bundle.classes) == 2:  # how often it calls positive per class: checks a prevalence estimated later
-        bundle.extra["source_call_rates"] = call_rates(labels, probabilities(result.val["logits"], temperature)[:, 1], threshold)
+    rates = call_rates(labels, probabilities(result.val["logits"], temperature)[:, 1], threshold) if len(bundle.classes) == 2 else None
+    if rates is not None:  # how often it calls positive per class: checks a prevalence estimated later
+        bundle.extra["source_call_rates"] = rates
     logger.info("temperature %.3f; decision threshold %.4f (%s on %s validation probabilities): the one applied",
                 temperature, threshold, cfg.train.threshold_rule, "calibrated" if cfg.evaluate.calibrate else "uncalibrated")
 

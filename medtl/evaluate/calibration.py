@@ -118,9 +118,12 @@ EM_TOLERANCE = 0.1
 """How far (in prevalence) the EM estimate may stray from the confusion-matrix estimate before it is not trusted."""
 
 
-def call_rates(y: np.ndarray, p_positive: np.ndarray, threshold: float) -> list[float]:
-    """[P(called positive | negative), P(called positive | positive)] on labelled (validation) cases."""
+def call_rates(y: np.ndarray, p_positive: np.ndarray, threshold: float) -> list[float] | None:
+    """[P(called positive | negative), P(called positive | positive)] on labelled (validation) cases; None
+    when one class has no case."""
     y, called = np.asarray(y).astype(int), np.asarray(p_positive) >= threshold
+    if not ((y == 0).any() and (y == 1).any()):
+        return None
     return [float(called[y == 0].mean()), float(called[y == 1].mean())]
 
 

@@ -10,13 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
 from torch.utils.data import DataLoader, Dataset
 
-from medtl.data.inverse import to_source_grid
 from medtl.data.transforms import build_transforms, find_data_error
 from medtl.models.checkpoint import InferenceSpec, ModelBundle
-from medtl.probability import probabilities
+from medtl.tasks import make_task
 
 
 class SafeCases(Dataset):
@@ -66,8 +64,8 @@ def device_for(requested: str) -> torch.device:
 
 class Predictor:
     """The one way a prediction is made — validation during training, ``medtl evaluate``, ``medtl score``,
-    the pyfunc, Spark, Grad-CAM: the spec's inference transforms, the model, the one softmax with the
-    bundle's calibration, sliding windows and the inverse to the source grid for segmentation.
+    the pyfunc, Spark, Grad-CAM: the spec's inference transforms, the model, and the task's post-processing
+    (the one softmax with the bundle's calibration; sliding windows and the inverse to the source grid).
 
     Built from a bundle (``Predictor.of``), or around a model being trained and its spec (validation:
     uncalibrated, temperature 1, ``cache=True`` keeping the preprocessed cases between epochs)."""
@@ -79,8 +77,9 @@ class Predictor:
         self.temperature, self.log_prior_ratio = temperature, log_prior_ratio
         self.batch_size, self.num_workers = batch_size, num_workers
         self.memo: dict[str, Any] | None = {} if cache else None
+        self.task = make_task(spec.task)
         self.transform = build_transforms(spec.data, train=False, in_channels=spec.model.in_channels,
-                                          keep_meta=spec.task == "segmentation")
+                                          keep_meta=self.task.keeps_geometry)
 
     @classmethod
     def of(cls, bundle: ModelBundle, device: torch.device, batch_size: int = 16, num_workers: int = 0) -> "Predictor":
@@ -104,11 +103,4 @@ class Predictor:
         x = torch.stack([r["image"] for r in good]).to(self.device, non_blocking=True)
         bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            if self.spec.task == "classification":
-                logits = self.model(x).float().cpu().numpy()
-                probs = probabilities(logits, self.temperature, self.log_prior_ratio)
-                return {r["case_id"]: {"logits": lg, "probs": pr} for r, lg, pr in zip(good, logits, probs)}
-            roi = self.spec.patch_size or list(x.shape[2:])
-            out = sliding_window_inference(x, roi, 4, self.model, overlap=0.25).float()
-        probs = torch.softmax(out, 1).cpu()
-        return {r["case_id"]: {"mask": to_source_grid(self.transform, r["meta_image"], p)} for r, p in zip(good, probs)}
+            return self.task.outputs(self, x, good)

@@ -20,7 +20,7 @@ from medtl.log import logger, make_progress, progress_enabled
 from medtl.train.progress import training_curves
 from medtl.models.transfer import TransferSchedule
 from medtl.observe import Tracker
-from medtl.train.tasks import Objective, Task
+from medtl.tasks import Objective, Task
 from medtl.train.runtime import Runtime, rng_state, set_rng_state
 
 

@@ -29,7 +29,7 @@ from medtl.train.data import PreparedData, device_loader, make_loader, prepare_c
 from medtl.train.loop import FitState, Loop, fit, make_optimizer, restore, to_device, warmup_cosine
 from medtl.train.losses import build_loss
 from medtl.train.runtime import Runtime, make_runtime, seed_everything
-from medtl.train.tasks import DomainAdapted, Objective, Task, make_task
+from medtl.tasks import DomainAdapted, Objective, Task, make_task
 
 
 @dataclass

@@ -103,7 +103,7 @@ def test_validation_dice_is_measured_on_the_source_grid_as_evaluation_measures_i
     from medtl.train.data import PreparedData
     from medtl.train.run import Validation
     from medtl.train.runtime import make_runtime
-    from medtl.train.tasks import Segmentation
+    from medtl.tasks import Segmentation
 
     m = write_case(tmp_path, "PIR")
     bundle = bundle_for([32, 32, 16], spacing=[1.5, 1.5, 2.5], crop=True)

@@ -1,5 +1,6 @@
-"""What a task means to training: its target, its loss and its validation metrics. The fit loop holds a task
-and an objective and never asks which task it is; domain adaptation is an objective wrapping the task's.
+"""What a task means: its training target and loss, its validation metrics, and what a prediction is (the
+post-processing the ``Predictor`` applies). The fit loop and the predictor hold a task and never ask which
+one it is; domain adaptation is an objective wrapping the task's.
 
 Validation goes through the same ``Predictor`` as evaluation and scoring, so a validation Dice is measured
 on each scan's own grid, as the final evaluation measures it."""
@@ -18,6 +19,7 @@ from torch import nn
 from medtl.data.datasets import case_items
 from medtl.errors import DataError
 from medtl.log import logger
+from medtl.probability import probabilities
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict[str, float]]]
 """(model, images, targets, progress through training in [0, 1]) → (loss, extra numbers to log)."""
@@ -30,6 +32,8 @@ class Task:
     """The validation metric that picks the best epoch."""
     calibrated = False
     """Whether its probabilities get a temperature and a decision threshold after training."""
+    keeps_geometry = False
+    """Whether predictions go back to each scan's own grid (the inference chain keeps what it did)."""
 
     def __init__(self, loss_fn: nn.Module | None = None, skip_bad_cases: bool = False) -> None:
         self.loss_fn, self.skip_bad_cases = loss_fn, skip_bad_cases
@@ -41,6 +45,10 @@ class Task:
         return self.loss_fn(model(x).float(), y), {}  # type: ignore[misc]
 
     def items(self, table: pd.DataFrame, classes: list[str]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def outputs(self, predictor: Any, x: torch.Tensor, cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """One batch through ``predictor.model`` → a record per case id."""
         raise NotImplementedError
 
     def validation_metrics(self, records: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:
@@ -70,6 +78,12 @@ class Classification(Task):
     def items(self, table: pd.DataFrame, classes: list[str]) -> list[dict[str, Any]]:
         return case_items(table, classes)
 
+    def outputs(self, predictor: Any, x: torch.Tensor, cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Logits and probabilities through the one softmax, with the predictor's temperature and prior shift."""
+        logits = predictor.model(x).float().cpu().numpy()
+        probs = probabilities(logits, predictor.temperature, predictor.log_prior_ratio)
+        return {r["case_id"]: {"logits": lg, "probs": pr} for r, lg, pr in zip(cases, logits, probs)}
+
     def validation_metrics(self, records: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:
         """Unweighted cross-entropy and AUROC (one-vs-rest macro for more than two classes) of the
         uncalibrated validation predictions."""
@@ -87,6 +101,7 @@ class Classification(Task):
 
 class Segmentation(Task):
     monitor = "val_dice"
+    keeps_geometry = True
 
     def __init__(self, loss_fn: nn.Module | None = None, skip_bad_cases: bool = False) -> None:
         super().__init__(loss_fn, skip_bad_cases)
@@ -97,6 +112,17 @@ class Segmentation(Task):
 
     def items(self, table: pd.DataFrame, classes: list[str]) -> list[dict[str, Any]]:
         return case_items(table, None, with_mask=True)
+
+    def outputs(self, predictor: Any, x: torch.Tensor, cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Class probabilities over sliding windows of the patch size, taken back to each scan's own grid
+        (linear on probabilities, argmax there): a ``SourceMask`` per case."""
+        from monai.inferers import sliding_window_inference
+
+        from medtl.data.inverse import to_source_grid
+
+        roi = predictor.spec.patch_size or list(x.shape[2:])
+        probs = torch.softmax(sliding_window_inference(x, roi, 4, predictor.model, overlap=0.25).float(), 1).cpu()
+        return {r["case_id"]: {"mask": to_source_grid(predictor.transform, r["meta_image"], p)} for r, p in zip(cases, probs)}
 
     def validation_metrics(self, records: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:
         """Mean foreground Dice over cases, each on its scan's own grid (both masks empty: Dice 1)."""
