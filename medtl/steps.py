@@ -199,6 +199,7 @@ def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
     if any("dice_mean" in m for _, m in rows):
         return pd.DataFrame([{"strategy": name, "test Dice (mean)": fmt(m, "dice_mean"), "Dice (median)": fmt(m, "dice_median"),
                               "HD95 mm (mean)": fmt(m, "hd95_mm_mean"), "cases": int(m["n"]) if "n" in m else "undefined"} for name, m in rows])
+    shifted = any("ece_prior_adjusted" in m for _, m in rows)
     return pd.DataFrame([{
         "strategy": name,
         "test AUROC [95% CI]": fmt(m, "auroc"),
@@ -206,7 +207,8 @@ def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
         "specificity": fmt(m, "specificity"),
         "ECE before": fmt(m, "ece"),
         "ECE after": fmt(m, "ece_calibrated"),
-        **({"ECE after prior shift": fmt(m, "ece_prior_adjusted")} if "ece_prior_adjusted" in m else {}),
+        **({"ECE after prior shift": fmt(m, "ece_prior_adjusted") if "ece_prior_adjusted" in m else "not estimated"}
+           if shifted else {}),
     } for name, m in rows])
 
 

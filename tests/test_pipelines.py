@@ -41,9 +41,14 @@ def test_batch_score_pipeline_without_a_registered_model_is_one_clear_line(tmp_p
 
 
 @pytest.mark.slow
-def test_compare_pipeline_trains_every_strategy_and_its_models_score(tmp_path):
+def test_compare_pipeline_trains_every_strategy_and_its_models_score(tmp_path, monkeypatch):
     from mlflow import MlflowClient
     from sklearn.metrics import roc_auc_score
+
+    import medtl.steps as steps
+
+    written, real_save = [], steps.save_model
+    monkeypatch.setattr(steps, "save_model", lambda b, path, *a: (written.append(Path(path)), real_save(b, path, *a))[1])
 
     m = make_classification_set(tmp_path / "d", n=30, kind="png", size=(32, 32), split=True)
     common = sets(f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
@@ -54,6 +59,8 @@ def test_compare_pipeline_trains_every_strategy_and_its_models_score(tmp_path):
     for strategy in ("scratch", "feature_extraction", "fine_tune", "full"):
         assert strategy in res.stdout
         assert (tmp_path / "runs" / f"cmp-{strategy}" / "model.pt").is_file()
+    # model.pt is written once per run, when calibration and evaluation have set what it carries
+    assert sorted(p.parent.name for p in written) == sorted(f"cmp-{s}" for s in ("scratch", "feature_extraction", "fine_tune", "full"))
     preds = {s: pd.read_csv(tmp_path / "runs" / f"cmp-{s}" / "evaluation_test" / "predictions.csv") for s in ("fine_tune", "scratch")}
     y = preds["fine_tune"]["label"] == "lesion"
     want = roc_auc_score(y, preds["fine_tune"]["prob_lesion"]) - roc_auc_score(y, preds["scratch"]["prob_lesion"])

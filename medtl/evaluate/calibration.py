@@ -139,15 +139,18 @@ def confusion_prior(p_positive: np.ndarray, threshold: float, rates: list[float]
 
 
 def estimate_prior(probs: np.ndarray, source_prior: np.ndarray, threshold: float,
-                   rates: list[float] | None) -> tuple[np.ndarray, str]:
+                   rates: list[float] | None) -> tuple[np.ndarray | None, str]:
     """The unlabelled set's class priors (binary): EM on the calibrated scores, checked against the
     confusion-matrix estimate when the model's validation call rates are known. EM is the sharper of the
     two when scores are calibrated and can run away when they are not (a model trained on few cases); when
-    the two disagree by more than ``EM_TOLERANCE`` the confusion-matrix estimate is used. Returns the priors
-    and how they were obtained."""
+    the two disagree by more than ``EM_TOLERANCE`` the confusion-matrix estimate is used; a model that barely
+    separates the classes on validation gets no estimate (None). Returns the priors and how they were obtained."""
     em = em_prior(probs, source_prior)
     how = f"estimated by EM from the {len(probs)} cases' scores, labels unused"
     check = None if rates is None else confusion_prior(np.asarray(probs)[:, 1], threshold, rates)
+    if rates is not None and check is None:
+        return None, (f"not estimated: the model barely separates the classes on validation (positive calls "
+                      f"{rates[0]:.2f} of negatives, {rates[1]:.2f} of positives), so no prevalence can be read from its scores")
     if check is None:
         return em, how
     if abs(em[1] - check) > EM_TOLERANCE:

@@ -102,6 +102,9 @@ def _prior_shift(logits: np.ndarray, y: np.ndarray, cal: np.ndarray, temperature
     source = np.asarray(source_prior, dtype=float)
     if cfg.prevalence == "em":
         target, how = estimate_prior(cal, source, threshold, source_rates)
+        if target is None:
+            notes.append(f"prior shift: prevalence {how}; no correction applied")
+            return None
     else:
         target = np.array([1 - cfg.prevalence, cfg.prevalence])
         how = "given in evaluate.prevalence"

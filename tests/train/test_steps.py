@@ -1,0 +1,33 @@
+"""The steps between training and registration: calibration chosen once, model.pt written once after it."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from medtl.config import Config
+from medtl.evaluate.calibration import fit_temperature
+from medtl.evaluate.threshold import choose_threshold
+from medtl.models.checkpoint import ModelBundle, read_checkpoint
+from medtl.probability import probabilities
+from medtl import steps
+
+
+def test_calibration_is_chosen_once_and_model_pt_survives_a_failing_evaluation(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    logits = np.column_stack([np.zeros(200), 3.0 * (labels - 0.5) + rng.normal(0, 1.5, 200)])
+    bundle = ModelBundle(torch.nn.Linear(2, 2), Config(), ["normal", "lesion"])
+    result = SimpleNamespace(bundle=bundle, model_path=tmp_path / "model.pt", val={"logits": logits, "labels": labels})
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        with steps.model_written(result):
+            steps.calibrate_step(result, steps.NullTracker())
+            raise RuntimeError("evaluation failed")
+    saved = read_checkpoint(result.model_path)
+    t = fit_temperature(logits, labels)
+    assert saved["temperature"] == pytest.approx(t)
+    assert saved["threshold"] == pytest.approx(choose_threshold(labels, probabilities(logits, t)[:, 1], "youden"))
+    called = probabilities(logits, t)[:, 1] >= saved["threshold"]
+    assert saved["extra"]["source_call_rates"] == pytest.approx([called[labels == 0].mean(), called[labels == 1].mean()])
+    assert saved["inference"]["task"] == "classification" and "train" not in saved["inference"]
