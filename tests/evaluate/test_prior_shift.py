@@ -79,8 +79,9 @@ def test_em_is_not_trusted_when_it_runs_away_from_the_confusion_matrix_estimate(
     assert abs(em_prior(probabilities(logits), np.array([0.5, 0.5]))[1] - 0.7) > 0.1  # EM alone misses
     table = pd.DataFrame({"case_id": [str(i) for i in range(len(y))], "label": np.where(y == 1, "pos", "neg"),
                           "patient_id": [str(i) for i in range(len(y))]})
-    ev = evaluate_classification(table, logits, ["neg", "pos"], 0.5, 1.0, EvaluateConfig(bootstrap=0, prevalence="em"),
-                                 tmp_path, source_prior=[0.5, 0.5], source_rates=rates)
+    ev = evaluate_classification(table, logits, ["neg", "pos"], 0.5, 1.0,
+                                 EvaluateConfig(bootstrap=0, prevalence="em", figures=False), tmp_path,
+                                 source_prior=[0.5, 0.5], source_rates=rates)
     assert ev.metrics["prevalence_used"] == pytest.approx(0.7, abs=0.03)
     assert any("not trusted" in n for n in ev.notes)
 
@@ -93,7 +94,8 @@ def test_a_model_that_does_not_separate_the_classes_gets_no_prevalence_estimate(
     logits = np.column_stack([np.zeros(500), rng.normal(1.5, 1.0, 500)])  # scores unrelated to the label
     table = pd.DataFrame({"case_id": [str(i) for i in range(500)], "label": np.where(y == 1, "pos", "neg"),
                           "patient_id": [str(i) for i in range(500)]})
-    ev = evaluate_classification(table, logits, ["neg", "pos"], 0.5, 1.0, EvaluateConfig(bootstrap=0, prevalence="em"),
-                                 tmp_path, source_prior=[0.5, 0.5], source_rates=[0.9, 0.95])
+    ev = evaluate_classification(table, logits, ["neg", "pos"], 0.5, 1.0,
+                                 EvaluateConfig(bootstrap=0, prevalence="em", figures=False), tmp_path,
+                                 source_prior=[0.5, 0.5], source_rates=[0.9, 0.95])
     assert ev.target_prior is None and "ece_prior_adjusted" not in ev.metrics
     assert any("not estimated" in n for n in ev.notes)
