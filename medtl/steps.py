@@ -220,7 +220,7 @@ def adabn_step(result: TrainResult, tracker: Tracker) -> None:
 
     cfg = result.bundle.config
     rt = make_runtime(cfg.train, cfg.data.spatial_dims)
-    loader = target_loader(cfg, rt, train=False)
+    loader = target_loader(cfg, result.target, train=False)
     seen = adabn(result.bundle.model, (b["image"] for b in loader), rt.device)
     tracker.log_metrics({"adabn_target_images": float(seen)})
     logger.info("AdaBN: BatchNorm statistics re-estimated on %d target images", seen)
@@ -228,11 +228,10 @@ def adabn_step(result: TrainResult, tracker: Tracker) -> None:
 
 def evaluate_target_step(result: TrainResult, tracker: Tracker) -> Evaluation | None:
     """Every outcome and calibration metric on the target domain's test cases (its labels used only here)."""
-    from medtl.data.manifest import read_manifest
-
-    cfg = result.bundle.config
-    target = read_manifest(cfg.adaptation.target_manifest, cfg.data.data_root)  # type: ignore[arg-type]
-    table = target.table
+    if result.target is None:
+        logger.warning("no adaptation.target_manifest: no target-domain evaluation")
+        return None
+    table = result.target.table
     if (table["split"] == "test").any():
         table = rows_of_split(table, "test")
     if "label" not in table or table["label"].isna().any():

@@ -152,12 +152,18 @@ def test_segmentation_pipeline_and_evaluate_command(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dann", "adabn"])
-def test_adaptation_pipeline_logs_source_and_target_metrics(tmp_path, method):
+def test_adaptation_pipeline_logs_source_and_target_metrics(tmp_path, method, monkeypatch):
     from mlflow import MlflowClient
+
+    import medtl.data.manifest as manifests
 
     m = make_classification_set(tmp_path / "d", n=32, kind="png", size=(32, 32), split=True)
     res = run_cli("manifest", "shift", str(m), "--out", str(tmp_path / "shifted"))
     assert res.returncode == 0, res.stderr
+    reads, real_read = [], manifests.read_manifest
+    monkeypatch.setattr(manifests, "read_manifest", lambda path, *a, **k: (reads.append(Path(path).parent.name), real_read(path, *a, **k))[1])
+    import medtl.train.run
+    monkeypatch.setattr(medtl.train.run, "read_manifest", manifests.read_manifest)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     res = run_cli("run", "adaptation", *sets(
         f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]", f"train.out_dir={tmp_path / 'runs'}",
@@ -168,6 +174,7 @@ def test_adaptation_pipeline_logs_source_and_target_metrics(tmp_path, method):
     run = client.search_runs([client.get_experiment_by_name("medtl").experiment_id])[0]
     for key in ("source_test_auroc", "source_test_ece", "target_test_auroc", "target_test_ece"):
         assert key in run.data.metrics, key  # both classes in every test split: every metric is defined
+    assert reads.count("shifted") == 1  # the target manifest is read once for training, AdaBN and its evaluation
     if method == "dann":
         assert [h.step for h in client.get_metric_history(run.info.run_id, "domain_accuracy")] == [1, 2]
     else:

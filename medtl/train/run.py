@@ -16,7 +16,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from medtl.config import Config, dump_config
-from medtl.data.manifest import rows_of_split
+from medtl.data.manifest import Manifest, read_manifest, rows_of_split
 from medtl.errors import MedtlError
 from medtl.log import logger
 from medtl.models.checkpoint import InferenceSpec, ModelBundle, read_checkpoint, save_model, unwrap
@@ -44,6 +44,8 @@ class TrainResult:
     """The best model's uncalibrated validation logits, labels and case ids (classification)."""
     weights_sha256: str | None
     summary: list[dict] = field(default_factory=list)
+    target: Manifest | None = None
+    """The adaptation target's manifest (read once: training, AdaBN and the target evaluation share it)."""
 
 
 def run_dir(cfg: Config) -> Path:
@@ -113,6 +115,7 @@ class Setup:
     weights: np.ndarray | None
     bundle: ModelBundle
     validation: "Validation"
+    target: Manifest | None
 
     @property
     def ckpt_dir(self) -> Path:
@@ -150,8 +153,9 @@ def _set_up(cfg: Config, resume: bool | str, tracker: Tracker) -> Setup:
     bundle = ModelBundle(model, cfg, prepared.classes, extra={"weights_sha256": built.weights_sha256, "backbone": built.spec.name,
                                                                "manifest_sha256": manifest.digest()})
     task = make_task(cfg.data.task, loss_fn.to(rt.device), cfg.data.skip_bad_cases)
+    target = read_manifest(cfg.adaptation.target_manifest, cfg.data.data_root) if cfg.adaptation.target_manifest else None
     return Setup(cfg, rt, tracker, out_dir, prepared, model, schedule, task, weights, bundle,
-                 Validation(bundle.spec, prepared, task, model, rt, cfg.train.batch_size))
+                 Validation(bundle.spec, prepared, task, model, rt, cfg.train.batch_size), target)
 
 
 def _fit_head(run: Setup) -> FitState:
@@ -205,7 +209,7 @@ def _fit(run: Setup, resume: bool) -> FitState:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.train.compile:
         wrapped = torch.compile(wrapped)
-    adapter, objective = _adaptation(cfg, rt, model, run.task)
+    adapter, objective = _adaptation(cfg, rt, model, run.task, run.target)
     optimizer = make_optimizer(run.schedule, cfg.train, fused=rt.device.type == "cuda")
     if adapter is not None:
         optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.train.lr, "initial_lr": cfg.train.lr,
@@ -237,15 +241,13 @@ def _fit(run: Setup, resume: bool) -> FitState:
     return fit(loop, run.ckpt_dir, state)
 
 
-def target_loader(cfg: Config, rt: Runtime, train: bool = True):
+def target_loader(cfg: Config, target: Manifest | None, train: bool = True):
     """Images of the target domain (labels, if any, are ignored here: they serve evaluation only)."""
     from medtl.data.datasets import GuardedDataset, case_items, make_dataset
-    from medtl.data.manifest import read_manifest
     from medtl.data.transforms import build_transforms
 
-    if cfg.adaptation.target_manifest is None:
+    if target is None:
         raise MedtlError(f"adaptation.method {cfg.adaptation.method} needs adaptation.target_manifest")
-    target = read_manifest(cfg.adaptation.target_manifest, cfg.data.data_root)
     table = target.table
     if "split" in table and (table["split"] == "train").any():
         table = rows_of_split(table, "train")
@@ -255,14 +257,15 @@ def target_loader(cfg: Config, rt: Runtime, train: bool = True):
     return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen, drop_last=len(ds) > cfg.train.batch_size)
 
 
-def _adaptation(cfg: Config, rt: Runtime, model: nn.Module, task: Task) -> tuple[nn.Module | None, Objective]:
+def _adaptation(cfg: Config, rt: Runtime, model: nn.Module, task: Task,
+                target: Manifest | None) -> tuple[nn.Module | None, Objective]:
     """The adaptation module (its parameters join the optimizer) and the objective: the task's own, or the
     task's loss plus CORAL or DANN on source and target features."""
     if cfg.adaptation.method not in ("coral", "dann"):
         return None, task.objective
     from medtl.models.adaptation import Adapter
 
-    loader = target_loader(cfg, rt)
+    loader = target_loader(cfg, target)
     state = {"it": iter(loader)}
 
     def next_target() -> torch.Tensor:
@@ -303,4 +306,4 @@ def _finish(run: Setup, state: FitState) -> TrainResult:
                    "skipped_cases": run.prepared.skipped, "weights_sha256": sha, "history": state.history}
         (run.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return TrainResult(run.out_dir, run.out_dir / "model.pt", run.bundle, run.prepared, state.history, class_weights,
-                       val, sha, run.schedule.summary())
+                       val, sha, run.schedule.summary(), run.target)
