@@ -249,7 +249,7 @@ def score_cmd(
     masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
     batch_size: Annotated[int, typer.Option(help="Cases per batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow.")] = True,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,
     prevalence: Annotated[Optional[float], typer.Option(help="This site's prevalence of the positive class (prior-shift correction).")] = None,
     engine: Annotated[str, typer.Option(help="local (this machine) or spark (mlflow spark_udf, Parquet out).")] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help="Spark master URL (spark-submit's MASTER wins).")] = "local[*]",
@@ -277,8 +277,10 @@ def score_cmd(
     if prevalence is not None:
         set_prevalence(bundle, prevalence)
     cases = input_cases(manifest, input_dir)
-    tracking = bundle.config.tracking.model_copy(update={"enabled": track and bundle.config.tracking.enabled})
-    with run_context(tracking, f"score-{bundle.config.name}") as tracker:
+    from medtl.config import TrackingConfig
+
+    tracking = TrackingConfig(enabled=track)  # the store MLFLOW_TRACKING_URI names (or ./mlflow.db), as `medtl models` uses
+    with run_context(tracking, f"score-{bundle.spec.name}") as tracker:
         summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker)
     typer.echo(f"{out}: {summary.scored} scored now, {summary.skipped_existing} already there, "
                f"{len(summary.errors)} error(s), {summary.cases_per_s:.1f} cases/s")

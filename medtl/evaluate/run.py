@@ -58,7 +58,7 @@ def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None,
 def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg: EvaluateConfig | None = None,
                    device: str = "auto") -> Evaluation:
     """Evaluates the cases of ``table`` (manifest rows with resolved paths)."""
-    cfg = cfg or bundle.config.evaluate
+    cfg = cfg or (bundle.config.evaluate if bundle.config is not None else EvaluateConfig(prevalence=bundle.spec.prevalence))
     table = table.reset_index(drop=True)
     dev = device_for(device)
     if bundle.task == "segmentation":

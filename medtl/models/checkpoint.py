@@ -1,7 +1,7 @@
 """Self-describing checkpoints: weights plus everything needed to use them (the inference spec, classes,
 threshold, temperature, priors), written atomically. Scoring and evaluation load models from here, never
-from training. The training config rides along as the run's record (model card, tracking defaults);
-no prediction reads it."""
+from training. A model never carries the training config; only a resumable training checkpoint
+(``last.pt``, with its optimiser state) keeps it, so that a resume can check it is the same run."""
 
 from __future__ import annotations
 
@@ -32,28 +32,31 @@ class InferenceSpec:
     data: DataConfig
     model: ModelConfig
     patch_size: list[int] | None = None
+    prevalence: float | str | None = None
+    """The deployment prevalence setting evaluation applies by default (a number, "em", or None)."""
 
     @classmethod
     def from_config(cls, cfg: Config) -> "InferenceSpec":
-        return cls(cfg.name, cfg.data.task, cfg.data, cfg.model, cfg.train.patch_size)
+        return cls(cfg.name, cfg.data.task, cfg.data, cfg.model, cfg.train.patch_size, cfg.evaluate.prevalence)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "task": self.task, "data": self.data.model_dump(mode="json"),
-                "model": self.model.model_dump(mode="json"), "patch_size": self.patch_size}
+                "model": self.model.model_dump(mode="json"), "patch_size": self.patch_size, "prevalence": self.prevalence}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InferenceSpec":
-        return cls(d["name"], d["task"], DataConfig(**d["data"]), ModelConfig(**d["model"]), d.get("patch_size"))
+        return cls(d["name"], d["task"], DataConfig(**d["data"]), ModelConfig(**d["model"]), d.get("patch_size"),
+                   d.get("prevalence"))
 
 
 @dataclass
 class ModelBundle:
     """A model ready for inference and what it needs: the inference spec, class names and the calibration
     chosen on validation (threshold, temperature; ``extra`` holds the priors). ``config`` is the training
-    record, for provenance only."""
+    config while the model is being trained (the steps after training read it), None once loaded."""
 
     model: nn.Module
-    config: Config
+    config: Config | None
     classes: list[str]
     threshold: float = 0.5
     temperature: float = 1.0
@@ -62,6 +65,8 @@ class ModelBundle:
 
     def __post_init__(self) -> None:
         if self.spec is None:
+            if self.config is None:
+                raise ValueError("a ModelBundle needs an inference spec or the config to make one")
             self.spec = InferenceSpec.from_config(self.config)
 
     @property
@@ -103,7 +108,6 @@ def model_payload(bundle: ModelBundle) -> dict[str, Any]:
         "medtl_version": __version__,
         "state_dict": {k: v.detach().cpu() for k, v in unwrap(bundle.model).state_dict().items()},
         "inference": bundle.spec.to_dict(),
-        "config": bundle.config.to_dict(),
         "classes": list(bundle.classes),
         "threshold": float(bundle.threshold),
         "temperature": float(bundle.temperature),
@@ -127,8 +131,9 @@ def bundle_digest(bundle: ModelBundle) -> str:
 
 def save_model(bundle: ModelBundle, path: Path, train_state: dict[str, Any] | None = None) -> None:
     payload = model_payload(bundle)
-    if train_state is not None:
+    if train_state is not None:  # a resumable training checkpoint: the config it was trained with, to check a resume
         payload["train_state"] = train_state
+        payload["config"] = bundle.config.to_dict() if bundle.config is not None else None
     atomic_save(payload, Path(path))
 
 
@@ -149,15 +154,17 @@ def bundle_from_payload(payload: dict[str, Any]) -> ModelBundle:
     """Rebuilds the architecture with no pretrained download (weights come from the checkpoint)."""
     from medtl.models.registry import build_model
 
-    cfg = build_config(payload["config"], "checkpoint config")
-    spec = InferenceSpec.from_dict(payload["inference"]) if "inference" in payload else InferenceSpec.from_config(cfg)
+    if "inference" in payload:
+        spec = InferenceSpec.from_dict(payload["inference"])
+    else:  # written before models carried an inference spec
+        spec = InferenceSpec.from_config(build_config(payload["config"], "checkpoint config"))
     model_cfg = spec.model.model_copy(update={"pretrained": "none", "weights": None})
     classes = payload["classes"]
     n_out = len(classes) if spec.task == "classification" else max(2, len(classes))
     built = build_model(model_cfg, spec.task, spec.data.spatial_dims, n_out, spec.data.image_size)
     built.model.load_state_dict(payload["state_dict"])
     built.model.eval()
-    return ModelBundle(built.model, cfg, classes, payload.get("threshold", 0.5), payload.get("temperature", 1.0),
+    return ModelBundle(built.model, None, classes, payload.get("threshold", 0.5), payload.get("temperature", 1.0),
                        payload.get("extra", {}), spec)
 
 
