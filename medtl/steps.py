@@ -8,17 +8,14 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medtl.config import Config, TrackingConfig
 from medtl.data.manifest import rows_of_split
-from medtl.evaluate.calibration import calibrate, call_rates
+from medtl.evaluate.calibration import calibrate
 from medtl.evaluate.report import Evaluation, headline
 from medtl.evaluate.run import evaluate_table
 from medtl.log import logger
 from medtl.models.checkpoint import save_model
 from medtl.observe import NullTracker, Tracker
-from medtl.probability import probabilities
 from medtl.train.run import TrainResult, train
 
 
@@ -71,17 +68,15 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     bundle, cfg = result.bundle, result.bundle.config
     if result.val is None or not is_main_process():
         return
-    labels = result.val["labels"]
-    temperature, threshold = calibrate(result.val["logits"], labels, cfg.train.threshold_rule,
-                                       cfg.train.target_sensitivity, cfg.evaluate.calibrate)
-    bundle.temperature, bundle.threshold = temperature, threshold
-    counts = np.bincount(labels, minlength=len(bundle.classes)).astype(float)
-    bundle.extra["source_prior"] = [float(c) for c in (counts + 0.5) / (counts + 0.5).sum()]  # the mix T was fitted on
-    rates = call_rates(labels, probabilities(result.val["logits"], temperature)[:, 1], threshold) if len(bundle.classes) == 2 else None
-    if rates is not None:  # how often it calls positive per class: checks a prevalence estimated later
-        bundle.extra["source_call_rates"] = rates
+    chosen = calibrate(result.val["logits"], result.val["labels"], cfg.train.threshold_rule,
+                       cfg.train.target_sensitivity, cfg.evaluate.calibrate)
+    bundle.temperature, bundle.threshold = chosen.temperature, chosen.threshold
+    bundle.extra["source_prior"] = chosen.source_prior
+    if chosen.call_rates is not None:
+        bundle.extra["source_call_rates"] = chosen.call_rates
     logger.info("temperature %.3f; decision threshold %.4f (%s on %s validation probabilities): the one applied",
-                temperature, threshold, cfg.train.threshold_rule, "calibrated" if cfg.evaluate.calibrate else "uncalibrated")
+                chosen.temperature, chosen.threshold, cfg.train.threshold_rule,
+                "calibrated" if cfg.evaluate.calibrate else "uncalibrated")
 
 
 @contextmanager

@@ -8,6 +8,8 @@ ECE averaging the one-vs-rest ECE of every class. Bins are equal-width (``unifor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
@@ -81,18 +83,32 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return probabilities(logits, temperature)
 
 
+@dataclass
+class Calibration:
+    """What validation decides for a model, chosen once: temperature, decision threshold, the class mix the
+    temperature was fitted on (for a later prior shift) and, binary, the call rates that check one."""
+
+    temperature: float
+    threshold: float
+    source_prior: list[float]
+    call_rates: list[float] | None
+
+
 def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_sensitivity: float = 0.9,
-              temperature_scaling: bool = True) -> tuple[float, float]:
+              temperature_scaling: bool = True) -> Calibration:
     """Temperature fitted on validation (or 1 without ``temperature_scaling``), then the decision threshold
-    chosen on the validation probabilities it gives (binary): the one place either is chosen.
-    Returns (temperature, threshold)."""
+    chosen on the validation probabilities it gives (binary): the one place either is chosen."""
     from medtl.evaluate.threshold import choose_threshold
 
-    temperature = fit_temperature(val_logits, val_labels) if temperature_scaling else 1.0
-    threshold = 0.5
+    y = np.asarray(val_labels).astype(int)
+    temperature = fit_temperature(val_logits, y) if temperature_scaling else 1.0
+    probs = apply_temperature(val_logits, temperature)
+    threshold, rates = 0.5, None
     if val_logits.shape[1] == 2:
-        threshold = choose_threshold(val_labels, apply_temperature(val_logits, temperature)[:, 1], rule, target_sensitivity)
-    return temperature, threshold
+        threshold = choose_threshold(y, probs[:, 1], rule, target_sensitivity)
+        rates = call_rates(y, probs[:, 1], threshold)
+    counts = np.bincount(y, minlength=val_logits.shape[1]).astype(float) + 0.5
+    return Calibration(temperature, threshold, [float(c) for c in counts / counts.sum()], rates)
 
 
 def em_prior(probs: np.ndarray, source_prior: np.ndarray, tol: float = 1e-6, max_iter: int = 1000) -> np.ndarray:
