@@ -8,12 +8,12 @@ import tempfile
 from pathlib import Path
 
 from medtl.config import load_config
+from medtl.demo import CONFIG, NPZ
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.steps import evaluate_step, strategy_variant
 from medtl.observe import NullTracker
 from medtl.steps import fit_model
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -23,9 +23,9 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=None, help="cap train films for a quicker run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        m = import_medmnist(REPO / "medtl/resources/pneumoniamnist.npz", Path(tmp) / "pm", PNEUMONIA_CLASSES,
+        m = import_medmnist(NPZ, Path(tmp) / "pm", PNEUMONIA_CLASSES,
                             limit={"train": args.train_limit} if args.train_limit else None)
-        base = load_config(REPO / "configs" / "demo.yaml", [f"data.manifest={m}", f"train.epochs={args.epochs}",
+        base = load_config(CONFIG, [f"data.manifest={m}", f"train.epochs={args.epochs}",
                                                              f"data.image_size=[{args.size},{args.size}]",
                                                              f"train.out_dir={tmp}/runs", "tracking.enabled=false",
                                                              "evaluate.bootstrap=200"])

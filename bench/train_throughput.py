@@ -1,6 +1,6 @@
 """Training throughput (images/s, end to end with data loading): a plain MONAI-tutorial loop (fp32, default
-memory format, transforms on every epoch) vs medtl's loop (cached preprocessing; bf16 autocast and
-channels_last on GPU), same model and data. Prints both and the ratio.
+memory format, transforms on every epoch) vs medtl's loop (cached preprocessing; bf16 autocast on GPU,
+channels_last on GPU and for 2D on CPU), same model and data. Prints both and the ratio.
 
     python bench/train_throughput.py --dims 2 --size 224 --batch 64 --n 512     # GPU: DenseNet121 2D
     python bench/train_throughput.py --dims 3 --size 96 --batch 8 --n 64        # GPU: 3D U-Net-like seg

@@ -39,7 +39,9 @@ class Runtime:
 
 
 def make_runtime(cfg: TrainConfig, spatial_dims: int) -> Runtime:
-    """CUDA when present (or forced), bf16 and channels_last on GPU only; DDP under torchrun."""
+    """CUDA when present (or forced), bf16 on GPU only; DDP under torchrun. channels_last on a GPU, and for 2D
+    on a CPU too: on this project's 2-core machine oneDNN's channels-last kernels took EfficientNet-Lite0 2D
+    training steps 1.9x faster, and ResNet-10 3D steps 1.2x slower."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -55,7 +57,7 @@ def make_runtime(cfg: TrainConfig, spatial_dims: int) -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda and torch.cuda.is_bf16_supported())
-    return Runtime(device, bf16, cfg.channels_last and use_cuda, rank, world)
+    return Runtime(device, bf16, cfg.channels_last and (use_cuda or spatial_dims == 2), rank, world)
 
 
 def seed_everything(seed: int) -> None:

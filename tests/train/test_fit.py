@@ -180,3 +180,13 @@ def test_other_registry_backbones_build_and_run():
                              ("efficientnet-lite0-3d", 3, [16, 16, 16])):
         model = build_model(ModelConfig(backbone=name, pretrained="none", in_channels=1), "classification", dims, 3, size).model
         assert model(torch.randn(2, 1, *size)).shape == (2, 3)
+
+
+def test_channels_last_on_cpu_for_2d_only():
+    """oneDNN's channels-last kernels speed 2D training on a CPU and slow 3D: the runtime picks per dimension."""
+    from medtl.train.runtime import make_runtime
+
+    cpu = load_config(None, ["train.device=cpu"]).train
+    assert make_runtime(cpu, 2).channels_last and not make_runtime(cpu, 3).channels_last
+    off = load_config(None, ["train.device=cpu", "train.channels_last=false"]).train
+    assert not make_runtime(off, 2).channels_last
