@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -26,24 +27,30 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medtl"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--size", type=int, default=48)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the demo config's")
+    ap.add_argument("--size", type=int, default=None, help="default: the demo config's")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--keep", type=Path, default=None, help="copy the learning curve (PNG, SVG, CSV) and the paired table here")
     args = ap.parse_args()
     setup_logging("WARNING")  # the CLI's quiet: medtl's warnings, not MLflow's or MONAI's chatter
     study = (["study.fractions=[0.05,1.0]", "study.seeds=1", "train.epochs=1"] if args.quick else
-             [f"study.seeds={args.seeds}", f"train.epochs={args.epochs}"])
+             [f"study.seeds={args.seeds}", *([f"train.epochs={args.epochs}"] if args.epochs else [])])
     with tempfile.TemporaryDirectory() as tmp:
         m = import_medmnist(PACKAGE / "resources/pneumoniamnist.npz", Path(tmp) / "pm", PNEUMONIA_CLASSES,
                             limit={"train": 600} if args.quick else None)
         cfg = load_config(PACKAGE / "configs/demo.yaml", [
-            f"data.manifest={m}", f"data.image_size=[{args.size},{args.size}]", f"train.out_dir={tmp}/runs",
+            f"data.manifest={m}", *([f"data.image_size=[{args.size},{args.size}]"] if args.size else []), f"train.out_dir={tmp}/runs",
             "tracking.enabled=false", "evaluate.figures=false", "evaluate.gradcam=0", "name=study", *study])
         start = time.perf_counter()
         out = load_pipeline("label_efficiency").run(cfg)
         minutes = (time.perf_counter() - start) / 60
-    print(f"PneumoniaMNIST, {args.size} px, EfficientNet-Lite0, {cfg.train.epochs} epoch(s), seed base {cfg.train.seed}, "
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for f in (Path(cfg.train.out_dir) / cfg.name).glob("*"):
+                if f.name.startswith(("learning_curve", "paired_by_size")):
+                    shutil.copy2(f, args.keep / f.name)
+    print(f"PneumoniaMNIST, {cfg.data.image_size[0]} px, EfficientNet-Lite0, {cfg.train.epochs} epoch(s), seed base {cfg.train.seed}, "
           f"{os.cpu_count()} CPU cores, {minutes:.1f} min")
     print(out["summary"])
 
