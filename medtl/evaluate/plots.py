@@ -179,6 +179,9 @@ def decision_curve_plot(curve: Any, names: tuple[str, ...], path: Path) -> list[
     return [_save(fig, path), path.with_suffix(".svg")]
 
 
+_METRIC_NAMES = {"auroc": "AUROC", "dice_mean": "Dice"}
+
+
 def learning_curve_plot(curve: Any, metric: str, path: Path) -> list[Path]:
     """Test metric against labelled training cases (log x), one line per strategy: mean over seeds, with the
     span of the bootstrap CIs as a band."""
@@ -188,7 +191,7 @@ def learning_curve_plot(curve: Any, metric: str, path: Path) -> list[Path]:
         ax.plot(g.index, g["mean"], marker="o", lw=1.8, label=strategy)
         ax.fill_between(g.index, g["low"], g["high"], alpha=0.15)
     ax.set_xscale("log")
-    ax.set(xlabel="labelled training cases", ylabel=f"test {metric.replace('_mean', '')} (95% CI)",
+    ax.set(xlabel="labelled training cases", ylabel=f"test {_METRIC_NAMES.get(metric, metric)} (95% CI)",
            title="Label efficiency (the same test cases for every model)")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")
