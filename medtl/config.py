@@ -96,6 +96,7 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
+    """Channels-last memory on a GPU, and for 2D models on a CPU (3D stays contiguous there: slower)."""
     compile: bool = False
     data_on_device: Literal["auto"] | bool = "auto"
     """Keep the preprocessed training split on the device and augment there (auto: on a GPU, when it fits)."""
