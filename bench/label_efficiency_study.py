@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 from medtl.config import load_config
+from medtl.demo import CONFIG, NPZ
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.log import setup_logging
 from medtl.pipelines import load_pipeline
-
-PACKAGE = Path(__file__).resolve().parents[1] / "medtl"
 
 
 def main() -> None:
@@ -37,9 +36,9 @@ def main() -> None:
     study = (["study.fractions=[0.05,1.0]", "study.seeds=1", "train.epochs=1"] if args.quick else
              [f"study.seeds={args.seeds}", *([f"train.epochs={args.epochs}"] if args.epochs else [])])
     with tempfile.TemporaryDirectory() as tmp:
-        m = import_medmnist(PACKAGE / "resources/pneumoniamnist.npz", Path(tmp) / "pm", PNEUMONIA_CLASSES,
+        m = import_medmnist(NPZ, Path(tmp) / "pm", PNEUMONIA_CLASSES,
                             limit={"train": 600} if args.quick else None)
-        cfg = load_config(PACKAGE / "configs/demo.yaml", [
+        cfg = load_config(CONFIG, [
             f"data.manifest={m}", *([f"data.image_size=[{args.size},{args.size}]"] if args.size else []), f"train.out_dir={tmp}/runs",
             "tracking.enabled=false", "evaluate.figures=false", "evaluate.gradcam=0", "name=study", *study])
         start = time.perf_counter()

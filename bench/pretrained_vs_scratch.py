@@ -10,9 +10,8 @@ from pathlib import Path
 from medtl.config import load_config
 from medtl.demo import CONFIG, NPZ
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
-from medtl.steps import evaluate_step, strategy_variant
 from medtl.observe import NullTracker
-from medtl.steps import fit_model
+from medtl.steps import evaluate_step, fit_model, strategy_variant
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import torch
 from medtl.config import Config
 from medtl.evaluate.calibration import fit_temperature
 from medtl.evaluate.threshold import choose_threshold
-from medtl.models.checkpoint import ModelBundle, read_checkpoint
+from medtl.models.checkpoint import ModelBundle, read_checkpoint, save_model
 from medtl.probability import probabilities
 from medtl import steps
 
@@ -32,6 +32,5 @@ def test_calibration_is_chosen_once_and_model_pt_survives_a_failing_evaluation(t
     assert saved["extra"]["source_call_rates"] == pytest.approx([called[labels == 0].mean(), called[labels == 1].mean()])
     assert saved["inference"]["task"] == "classification" and "train" not in saved["inference"]
     assert "config" not in saved  # a model carries its inference spec, never the training config
-    from medtl.models.checkpoint import save_model
     save_model(bundle, tmp_path / "last.pt", {"epoch": 1})
     assert read_checkpoint(tmp_path / "last.pt")["config"] == Config().to_dict()  # a resumable checkpoint does, to check a resume
