@@ -210,15 +210,19 @@ def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
 def adabn_step(result: TrainResult, tracker: Tracker) -> None:
     """AdaBN: BatchNorm statistics re-estimated on the target domain's images (``model.pt`` carries them)."""
     from medtl.models.adaptation import adabn
+    from medtl.models.registry import get_backbone
+    from medtl.models.transfer import frozen_at_end
     from medtl.train.run import target_loader
     from medtl.train.runtime import make_runtime
 
     cfg = result.bundle.config
     rt = make_runtime(cfg.train, cfg.data.spatial_dims)
     loader = target_loader(cfg, result.target, train=False)
-    seen = adabn(result.bundle.model, (b["image"] for b in loader), rt.device)
+    keep = frozen_at_end(result.bundle.model, get_backbone(cfg.model.backbone), result.summary)
+    seen = adabn(result.bundle.model, (b["image"] for b in loader), rt.device, keep)
     tracker.log_metrics({"adabn_target_images": float(seen)})
-    logger.info("AdaBN: BatchNorm statistics re-estimated on %d target images", seen)
+    logger.info("AdaBN: BatchNorm statistics re-estimated on %d target images%s", seen,
+                " (the frozen stages keep their ImageNet statistics)" if keep else "")
 
 
 def evaluate_target_step(result: TrainResult, tracker: Tracker) -> Evaluation | None:

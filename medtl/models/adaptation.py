@@ -80,10 +80,14 @@ class Adapter(nn.Module):
 
 
 @torch.no_grad()
-def adabn(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device) -> int:
-    """Re-estimates every BatchNorm's running mean/var on target batches (cumulative average); weights are
-    untouched. Returns the number of images seen."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def adabn(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, keep: Iterable[nn.Module] = ()) -> int:
+    """Re-estimates the running mean/var of every BatchNorm that learned them on the source data (cumulative
+    average over the target batches); weights are untouched. BatchNorms inside ``keep`` — stages frozen during
+    fine-tuning, which normalise with their ImageNet statistics — stay as they are: the layers after them were
+    trained on features normalised that way, and the first adapted layer absorbs the shift. Returns the
+    number of images seen."""
+    kept = {id(m) for k in keep for m in k.modules()}
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in kept]
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

@@ -109,3 +109,10 @@ class TransferSchedule:
                          "trainable": sum(p.numel() for p in params if p.requires_grad),
                          "lr": self.lr_for(i) if i >= self.frozen_upto else 0.0})
         return rows
+
+
+def frozen_at_end(model: nn.Module, spec: BackboneSpec, summary: list[dict]) -> list[nn.Module]:
+    """The modules of the stages a training run left frozen, read from its per-stage summary (lr 0):
+    their BatchNorm statistics are still ImageNet's, not the training data's."""
+    frozen = {row["stage"] for row in summary if row["stage"] != "head" and row["lr"] == 0.0}
+    return [m for g in stage_groups(model, spec) if g.name in frozen for m in g.modules]

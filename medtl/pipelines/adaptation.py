@@ -1,5 +1,6 @@
 """Domain adaptation: train on the source site with CORAL or DANN drawing target batches (or source only,
-then AdaBN), calibrate on source validation, and evaluate on source and target test splits side by side."""
+then AdaBN after the source evaluation), calibrate on source validation, and evaluate on source and target test splits
+side by side."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
         tracker.set_tags({"adaptation.method": cfg.adaptation.method})
         result = train_step(cfg, tracker, resume)
         with model_written(result):
+            calibrate_step(result, tracker)
+            source = evaluate_step(result, tracker, "test", prefix="source_test_")  # the source site's statistics
             if cfg.adaptation.method == "adabn":
                 adabn_step(result, tracker)
-            calibrate_step(result, tracker)
-            source = evaluate_step(result, tracker, "test", prefix="source_test_")
             target = evaluate_target_step(result, tracker)
         registered = register_step(result, tracker, source)
     return {"result": result, "evaluation": source, "source": source, "target": target, **registered}

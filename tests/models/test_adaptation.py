@@ -49,6 +49,28 @@ def test_adabn_moves_only_bn_statistics_toward_target():
     assert not torch.allclose(before["backbone._bn0.running_mean"], stem.running_mean, atol=1e-3)
 
 
+def test_adabn_leaves_the_stages_a_fine_tune_kept_frozen_on_their_imagenet_statistics():
+    from medtl.config import TransferConfig
+    from medtl.models.transfer import TransferSchedule, frozen_at_end
+
+    built = build_model(ModelConfig(pretrained="imagenet"), "classification", 2, 2, [32, 32])
+    model = built.model
+    schedule = TransferSchedule(model, built.spec, TransferConfig(strategy="fine_tune", freeze_until="block2"), 1e-3)
+    keep = frozen_at_end(model, built.spec, schedule.summary())
+    assert keep == schedule.frozen_modules()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adabn(model, [torch.rand(8, 1, 32, 32) * 0.2 + 0.8 for _ in range(2)], torch.device("cpu"), keep)
+    after = model.state_dict()
+    kept = {n for n, m in model.named_modules() if any(m is k or any(m is c for c in k.modules()) for k in keep)}
+    stats = [k for k in before if k.endswith("running_mean")]
+    frozen_stats = [k for k in stats if k.rsplit(".", 1)[0] in kept]
+    assert frozen_stats and len(frozen_stats) < len(stats)
+    for k in stats:  # frozen stages untouched, every other BatchNorm re-estimated on the target
+        assert torch.equal(before[k], after[k]) == (k in frozen_stats), k
+    none = frozen_at_end(model, built.spec, TransferSchedule(model, built.spec, TransferConfig(strategy="full"), 1e-3).summary())
+    assert none == []
+
+
 def test_dann_step_reports_the_domain_classifiers_accuracy_and_trains_it():
     model = build_model(ModelConfig(pretrained="none"), "classification", 2, 2, [32, 32]).model
     adapter = Adapter("dann", 1280, 0.5).eval()  # no dropout: the reported numbers can be recomputed
