@@ -209,20 +209,30 @@ def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
 
 def adabn_step(result: TrainResult, tracker: Tracker) -> None:
     """AdaBN: BatchNorm statistics re-estimated on the target domain's images (``model.pt`` carries them)."""
+    if result.target is None:
+        from medtl.errors import MedtlError
+
+        raise MedtlError("adaptation.method adabn needs adaptation.target_manifest")
+    seen = adapt_norms(result.bundle, result.target.table, result.summary)
+    tracker.log_metrics({"adabn_target_images": float(seen)})
+
+
+def adapt_norms(bundle: Any, table: Any, summary: list[dict]) -> int:
+    """AdaBN of ``bundle``'s model on the images of ``table`` (its training rows when it has any; labels unused).
+    ``summary`` is the training run's per-stage table: stages it left frozen keep their ImageNet statistics."""
     from medtl.models.adaptation import adabn
     from medtl.models.registry import get_backbone
     from medtl.models.transfer import frozen_at_end
     from medtl.train.run import target_loader
     from medtl.train.runtime import make_runtime
 
-    cfg = result.bundle.config
+    cfg = bundle.config
     rt = make_runtime(cfg.train, cfg.data.spatial_dims)
-    loader = target_loader(cfg, result.target, train=False)
-    keep = frozen_at_end(result.bundle.model, get_backbone(cfg.model.backbone), result.summary)
-    seen = adabn(result.bundle.model, (b["image"] for b in loader), rt.device, keep)
-    tracker.log_metrics({"adabn_target_images": float(seen)})
+    keep = frozen_at_end(bundle.model, get_backbone(cfg.model.backbone), summary)
+    seen = adabn(bundle.model, (b["image"] for b in target_loader(cfg, table, train=False)), rt.device, keep)
     logger.info("AdaBN: BatchNorm statistics re-estimated on %d target images%s", seen,
                 " (the frozen stages keep their ImageNet statistics)" if keep else "")
+    return seen
 
 
 def evaluate_target_step(result: TrainResult, tracker: Tracker) -> Evaluation | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from monai.utils import set_determinism
 from torch import nn
@@ -241,14 +242,11 @@ def _fit(run: Setup, resume: bool) -> FitState:
     return fit(loop, run.ckpt_dir, state)
 
 
-def target_loader(cfg: Config, target: Manifest | None, train: bool = True):
+def target_loader(cfg: Config, table: pd.DataFrame, train: bool = True):
     """Images of the target domain (labels, if any, are ignored here: they serve evaluation only)."""
     from medtl.data.datasets import GuardedDataset, case_items, make_dataset
     from medtl.data.transforms import build_transforms
 
-    if target is None:
-        raise MedtlError(f"adaptation.method {cfg.adaptation.method} needs adaptation.target_manifest")
-    table = target.table
     if "split" in table and (table["split"] == "train").any():
         table = rows_of_split(table, "train")
     items = case_items(table, None)
@@ -265,7 +263,9 @@ def _adaptation(cfg: Config, rt: Runtime, model: nn.Module, task: Task,
         return None, task.objective
     from medtl.models.adaptation import Adapter
 
-    loader = target_loader(cfg, target)
+    if target is None:
+        raise MedtlError(f"adaptation.method {cfg.adaptation.method} needs adaptation.target_manifest")
+    loader = target_loader(cfg, target.table)
     state = {"it": iter(loader)}
 
     def next_target() -> torch.Tensor:
