@@ -2,8 +2,8 @@
 
 PneumoniaMNIST films become PNG files + manifest (official splits) → ImageNet EfficientNet-Lite0 fine-tuned
 with class weights, next to a scratch baseline on the same budget → temperature + threshold on validation →
-test evaluation with patient-bootstrap CIs → MLflow runs and a registered model → batch scoring of the test
-films with the registered model → a summary table.
+test evaluation with patient-bootstrap CIs → the test films as a new site (AdaBN on a copy, labels unused) →
+MLflow runs and a registered model → batch scoring of the test films with the registered model → a summary table.
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+"""The demo's new-site step: AdaBN on the test films' images, on a copy, labels unused."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from medtl.config import load_config
+from medtl.data.manifest import rows_of_split
+from medtl.data.synthetic import make_classification_set
+from medtl.demo import _new_site
+from medtl.evaluate.run import predict_logits
+from medtl.observe import NullTracker
+from medtl.steps import adapt_norms, fit_model
+
+pytestmark = pytest.mark.slow
+
+
+class Recorder(NullTracker):
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def log_metrics(self, metrics, step=None, dataset=None) -> None:
+        self.metrics.update(metrics)
+
+
+def test_new_site_adapts_a_copy_without_labels_and_evaluates_the_adapted_model(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=48, kind="png", size=(32, 32), split=True, lesion_scale=0.3)
+    cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
+                             f"train.out_dir={tmp_path / 'runs'}", "train.epochs=1", "train.batch_size=4",
+                             "model.pretrained=imagenet", "transfer.strategy=fine_tune", "transfer.freeze_until=block2",
+                             "evaluate.bootstrap=20", "evaluate.figures=false", "tracking.enabled=false"])
+    result = fit_model(cfg)
+    trained = {k: v.clone() for k, v in result.bundle.model.state_dict().items()}
+    tracker = Recorder()
+    ev = _new_site(result, tracker)
+    for k, v in result.bundle.model.state_dict().items():  # the model as trained (the registered one) is untouched
+        assert torch.equal(trained[k], v), k
+    test = rows_of_split(result.prepared.table, "test")
+    assert 0 < tracker.metrics["adabn_test_images"] <= len(test)
+    p = ev.predictions
+    y = (p["label"] == "lesion").to_numpy()
+    prob = p["prob_lesion"].to_numpy()
+    assert ev.metrics["auroc"] == pytest.approx(roc_auc_score(y, prob))
+    as_trained, _ = predict_logits(result.bundle, test, torch.device("cpu"))
+    import copy
+
+    adapted = copy.deepcopy(result.bundle)
+    adapt_norms(adapted, test, result.summary)
+    again, _ = predict_logits(adapted, test, torch.device("cpu"))
+    assert not np.allclose(as_trained, again, atol=1e-4)  # AdaBN changed the scores
+    unlabelled = copy.deepcopy(result.bundle)
+    adapt_norms(unlabelled, test.drop(columns=["label"]), result.summary)
+    for (k, a), b in zip(adapted.model.state_dict().items(), unlabelled.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k  # the same statistics without the labels
