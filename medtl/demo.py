@@ -18,9 +18,11 @@ from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.evaluate.report import Evaluation
 from medtl.log import logger, wide_console
 from medtl.models.loader import load_any_model
+from medtl.observe import Tracker
 from medtl.scoring import score
 from medtl.pipelines import load_pipeline
 from medtl.steps import run_context, strategy_variant, summary_table
+from medtl.train.run import TrainResult
 
 PACKAGE = Path(__file__).resolve().parent
 NPZ = PACKAGE / "resources" / "pneumoniamnist.npz"
@@ -81,7 +83,7 @@ def _demo_variant(cfg: Config, strategy: str, share: float) -> Config:
     return study_variant(cfg, strategy, path, manifest.root, f"{share:.0%}".replace("%", "pct"))
 
 
-def _new_site(result, parent) -> Evaluation:
+def _new_site(result: TrainResult, parent: Tracker) -> Evaluation:
     """The test films taken as a new hospital's scans (they were collected apart from the training films):
     AdaBN on them without their labels, on a copy of the fine-tuned model (the registered one stays as
     trained); temperature and threshold stay those chosen on validation, prevalence is EM's on the adapted

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medtl.config import Config, TrackingConfig
 from medtl.data.manifest import rows_of_split
@@ -14,9 +14,12 @@ from medtl.evaluate.calibration import calibrate
 from medtl.evaluate.report import Evaluation, headline
 from medtl.evaluate.run import evaluate_table
 from medtl.log import logger
-from medtl.models.checkpoint import save_model
+from medtl.models.checkpoint import ModelBundle, save_model
 from medtl.observe import NullTracker, Tracker
 from medtl.train.run import TrainResult, train
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextmanager
@@ -217,7 +220,7 @@ def adabn_step(result: TrainResult, tracker: Tracker) -> None:
     tracker.log_metrics({"adabn_target_images": float(seen)})
 
 
-def adapt_norms(bundle: Any, table: Any, summary: list[dict]) -> int:
+def adapt_norms(bundle: ModelBundle, table: pd.DataFrame, summary: list[dict]) -> int:
     """AdaBN of ``bundle``'s model on the images of ``table`` (its training rows when it has any; labels unused).
     ``summary`` is the training run's per-stage table: stages it left frozen keep their ImageNet statistics."""
     from medtl.models.adaptation import adabn

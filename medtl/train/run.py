@@ -252,7 +252,9 @@ def target_loader(cfg: Config, table: pd.DataFrame, train: bool = True):
     items = case_items(table, None)
     ds = GuardedDataset(make_dataset(items, build_transforms(cfg.data, train, cfg.model.in_channels), cfg.data, "target"))
     gen = torch.Generator().manual_seed(cfg.train.seed + 7)
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen, drop_last=len(ds) > cfg.train.batch_size)
+    # training draws full shuffled batches; AdaBN (train=False) sees every image once
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=train, generator=gen,
+                                       drop_last=train and len(ds) > cfg.train.batch_size)
 
 
 def _adaptation(cfg: Config, rt: Runtime, model: nn.Module, task: Task,
