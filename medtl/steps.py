@@ -233,6 +233,10 @@ def adapt_norms(bundle: ModelBundle, table: pd.DataFrame, summary: list[dict]) -
     rt = make_runtime(cfg.train, cfg.data.spatial_dims)
     keep = frozen_at_end(bundle.model, get_backbone(cfg.model.backbone), summary)
     seen = adabn(bundle.model, (b["image"] for b in target_loader(cfg, table, train=False)), rt.device, keep)
+    if not seen:
+        logger.warning("AdaBN changed nothing: every BatchNorm is in a stage kept frozen (transfer.strategy %s); "
+                       "fine_tune with fewer frozen stages, or full, leaves some to adapt", cfg.transfer.strategy)
+        return 0
     logger.info("AdaBN: BatchNorm statistics re-estimated on %d target images%s", seen,
                 " (the frozen stages keep their ImageNet statistics)" if keep else "")
     return seen

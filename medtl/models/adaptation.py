@@ -85,9 +85,11 @@ def adabn(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.devic
     average over the target batches); weights are untouched. BatchNorms inside ``keep`` — stages frozen during
     fine-tuning, which normalise with their ImageNet statistics — stay as they are: the layers after them were
     trained on features normalised that way, and the first adapted layer absorbs the shift. Returns the
-    number of images seen."""
+    number of images seen (0 when no BatchNorm is left to adapt: the batches are not read)."""
     kept = {id(m) for k in keep for m in k.modules()}
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in kept]
+    if not norms:
+        return 0
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

@@ -69,6 +69,8 @@ def test_adabn_leaves_the_stages_a_fine_tune_kept_frozen_on_their_imagenet_stati
         assert torch.equal(before[k], after[k]) == (k in frozen_stats), k
     none = frozen_at_end(model, built.spec, TransferSchedule(model, built.spec, TransferConfig(strategy="full"), 1e-3).summary())
     assert none == []
+    frozen = TransferSchedule(model, built.spec, TransferConfig(strategy="feature_extraction"), 1e-3)
+    assert adabn(model, iter(()), torch.device("cpu"), frozen.frozen_modules()) == 0  # nothing left: batches not read
 
 
 def test_dann_step_reports_the_domain_classifiers_accuracy_and_trains_it():
