@@ -40,7 +40,7 @@ def run_demo(overrides: list[str] | None = None, limit_train: int | None = None)
         logger.info("writing PneumoniaMNIST films as PNG files with a manifest (official splits)")
         import_medmnist(NPZ, manifest.parent, PNEUMONIA_CLASSES, limit={"train": limit_train} if limit_train else None)
     diagnosis = load_pipeline("diagnosis")
-    rows, registered, paired = [], None, []
+    rows, registered, paired, curve = [], None, [], []
     with run_context(cfg.tracking, f"{cfg.name}-pretrained-vs-scratch") as parent:
         for share in (1.0, SCARCE):
             runs = {}
@@ -51,6 +51,7 @@ def run_demo(overrides: list[str] | None = None, limit_train: int | None = None)
                 n = int((out["result"].prepared.table["split"] == "train").sum())
                 label = f"{strategy} ({'ImageNet' if strategy != 'scratch' else 'random init'}), {n:,} films"
                 rows.append((label, out["evaluation"].metrics))
+                curve.append({"strategy": strategy, "n_labelled": n, **out["evaluation"].metrics})
                 runs[strategy] = out["evaluation"].predictions
                 registered = registered or out.get("registered") or str(out["result"].model_path)
                 if share == 1.0 and strategy == cfg.transfer.strategy:
@@ -60,6 +61,7 @@ def run_demo(overrides: list[str] | None = None, limit_train: int | None = None)
             paired.append((share, _paired(cfg, runs, parent, share)))
         table = summary_table(rows)
         parent.log_table(table.to_dict(orient="records"), "comparison.json")
+        _learning_curve(curve, Path(cfg.train.out_dir), parent, cfg.evaluate.figures)
     scores = _score_test(cfg, registered, manifest)
     _print(table, paired, scores, registered, time.perf_counter() - start, cfg)
     return {"table": table, "paired": paired, "registered": registered, "scores": scores}
@@ -102,6 +104,24 @@ def _new_site(result: TrainResult, parent: Tracker) -> Evaluation:
     for f in ev.files:
         parent.log_artifact(f, "evaluation_test_adabn")
     return ev
+
+
+def _learning_curve(points: list[dict], out_dir: Path, parent: Tracker, figures: bool = True) -> list[Path]:
+    """Test AUROC with its CI against the training films, one line per strategy (the demo's two sizes; the
+    label-efficiency study draws the whole curve), logged to the parent run."""
+    import pandas as pd
+
+    from medtl.evaluate.plots import learning_curve_plot
+
+    curve = pd.DataFrame([{"strategy": p["strategy"], "n_labelled": p["n_labelled"], "auroc": p["auroc"],
+                           "ci_low": p.get("auroc_ci_low", float("nan")), "ci_high": p.get("auroc_ci_high", float("nan"))}
+                          for p in points])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curve.to_csv(out_dir / "learning_curve.csv", index=False)
+    files = [out_dir / "learning_curve.csv", *(learning_curve_plot(curve, "auroc", out_dir / "learning_curve.png") if figures else [])]
+    for f in files:
+        parent.log_artifact(f, "learning_curve")
+    return files
 
 
 def _paired(cfg: Config, runs: dict, parent, share: float) -> dict[str, dict[str, float]]:

@@ -53,3 +53,28 @@ def test_new_site_adapts_a_copy_without_labels_and_evaluates_the_adapted_model(t
     adapt_norms(unlabelled, test.drop(columns=["label"]), result.summary)
     for (k, a), b in zip(adapted.model.state_dict().items(), unlabelled.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k  # the same statistics without the labels
+
+
+class Artifacts(NullTracker):
+    def __init__(self) -> None:
+        self.logged: list[tuple[str, str | None]] = []
+
+    def log_artifact(self, path, folder=None) -> None:
+        self.logged.append((path.name, folder))
+
+
+def test_demo_learning_curve_keeps_each_models_auroc_and_ci_and_logs_the_figure(tmp_path):
+    import pandas as pd
+
+    from medtl.demo import _learning_curve
+
+    points = [{"strategy": s, "n_labelled": n, "auroc": a, "auroc_ci_low": a - 0.02, "auroc_ci_high": a + 0.02, "ece": 0.1}
+              for s, n, a in [("fine_tune", 4708, 0.947), ("scratch", 4708, 0.947), ("fine_tune", 472, 0.938), ("scratch", 472, 0.811)]]
+    tracker = Artifacts()
+    _learning_curve(points, tmp_path, tracker)
+    curve = pd.read_csv(tmp_path / "learning_curve.csv")
+    assert curve.to_dict("records") == [{k: p[k] for k in ("strategy", "n_labelled", "auroc")} | {"ci_low": p["auroc_ci_low"], "ci_high": p["auroc_ci_high"]}
+                                        for p in points]
+    assert {("learning_curve.csv", "learning_curve"), ("learning_curve.png", "learning_curve"),
+            ("learning_curve.svg", "learning_curve")} <= set(tracker.logged)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
