@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import sklearn
 
 
 def patient_strata(y: np.ndarray, groups: np.ndarray) -> list[list[np.ndarray]]:
@@ -46,12 +45,10 @@ def bootstrap_ci(
     strata = patient_strata(y, groups)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
-    # the arrays were checked once by the caller: scikit-learn need not re-validate its arguments per resample
-    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
-        for _ in range(n_resamples):
-            idx = resample_indices(strata, rng)
-            for name, value in metric_fn(y[idx], probs[idx]).items():
-                draws.setdefault(name, []).append(value)
+    for _ in range(n_resamples):
+        idx = resample_indices(strata, rng)
+        for name, value in metric_fn(y[idx], probs[idx]).items():
+            draws.setdefault(name, []).append(value)
     alpha = (1 - ci) / 2
     out = {}
     for name, values in draws.items():
