@@ -29,7 +29,7 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {"fine_tune": [], "scratch": []}
     with tempfile.TemporaryDirectory() as tmp:
         manifest = import_medmnist(NPZ, Path(tmp) / "pm", PNEUMONIA_CLASSES,
-                            limit={"train": args.train_limit} if args.train_limit else None)
+                                   limit={"train": args.train_limit} if args.train_limit else None)
         for seed in range(args.seeds):
             base = load_config(CONFIG, [f"data.manifest={manifest}", *([f"train.epochs={args.epochs}"] if args.epochs else []),
                                         f"data.image_size=[{args.size},{args.size}]", f"train.seed={seed}",

@@ -8,7 +8,6 @@ MLflow runs and a registered model → batch scoring of the test films with the 
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from medtl.models.loader import load_any_model
 from medtl.observe import Tracker
 from medtl.scoring import score
 from medtl.pipelines import load_pipeline
+from medtl.pipelines.label_efficiency import curve_metric
 from medtl.steps import run_context, strategy_variant, summary_table
 from medtl.train.run import TrainResult
 
@@ -51,7 +51,7 @@ def run_demo(overrides: list[str] | None = None, limit_train: int | None = None)
                 n = int((out["result"].prepared.table["split"] == "train").sum())
                 label = f"{strategy} ({'ImageNet' if strategy != 'scratch' else 'random init'}), {n:,} films"
                 rows.append((label, out["evaluation"].metrics))
-                curve.append({"strategy": strategy, "n_labelled": n, **out["evaluation"].metrics})
+                curve.append({"strategy": strategy, "n_labelled": n, **curve_metric(out["evaluation"].metrics, "auroc")})
                 runs[strategy] = out["evaluation"].predictions
                 registered = registered or out.get("registered") or str(out["result"].model_path)
                 if share == 1.0 and strategy == cfg.transfer.strategy:
@@ -93,16 +93,14 @@ def _new_site(result: TrainResult, parent: Tracker) -> Evaluation:
     import copy
 
     from medtl.evaluate.run import evaluate_table
-    from medtl.steps import adapt_norms
+    from medtl.steps import adapt_norms, log_evaluation
 
     bundle = copy.deepcopy(result.bundle)
     test = rows_of_split(result.prepared.table, "test")
     seen = adapt_norms(bundle, test, result.summary)
     ev = evaluate_table(bundle, test, result.out_dir / "evaluation_test_adabn")
-    parent.log_metrics({"adabn_test_images": float(seen),
-                        **{f"adabn_test_{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)}})
-    for f in ev.files:
-        parent.log_artifact(f, "evaluation_test_adabn")
+    parent.log_metrics({"adabn_test_images": float(seen)})
+    log_evaluation(parent, ev, "adabn_test_", "evaluation_test_adabn")
     return ev
 
 
@@ -111,20 +109,16 @@ def _learning_curve(points: list[dict], out_dir: Path, parent: Tracker, figures:
     label-efficiency study draws the whole curve), logged to the parent run."""
     import pandas as pd
 
-    from medtl.evaluate.plots import learning_curve_plot
+    from medtl.pipelines.label_efficiency import write_curve
 
-    curve = pd.DataFrame([{"strategy": p["strategy"], "n_labelled": p["n_labelled"], "auroc": p["auroc"],
-                           "ci_low": p.get("auroc_ci_low", float("nan")), "ci_high": p.get("auroc_ci_high", float("nan"))}
-                          for p in points])
     out_dir.mkdir(parents=True, exist_ok=True)
-    curve.to_csv(out_dir / "learning_curve.csv", index=False)
-    files = [out_dir / "learning_curve.csv", *(learning_curve_plot(curve, "auroc", out_dir / "learning_curve.png") if figures else [])]
+    files = write_curve(pd.DataFrame(points), "auroc", out_dir, figures)
     for f in files:
         parent.log_artifact(f, "learning_curve")
     return files
 
 
-def _paired(cfg: Config, runs: dict, parent, share: float) -> dict[str, dict[str, float]]:
+def _paired(cfg: Config, runs: dict, parent: Tracker, share: float) -> dict[str, dict[str, float]]:
     """fine_tune vs scratch at this share and, where the demo adapted the model, AdaBN vs the model as trained."""
     from medtl.steps import paired_step
 

@@ -117,11 +117,16 @@ def evaluate_step(result: TrainResult, tracker: Tracker, split: str = "test", pr
                                                                  f"{cfg.transfer.strategy}")})
     if ev.target_prior is not None:  # the deployment prevalence chosen by evaluate.prevalence goes with the model
         result.bundle.extra["target_prior"] = ev.target_prior
-    tracker.log_metrics({f"{prefix}{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)},
-                        dataset=split)
-    for f in _with_svg(ev.files):
-        tracker.log_artifact(f, "evaluation")
+    log_evaluation(tracker, ev, prefix, "evaluation", dataset=split)
     return ev
+
+
+def log_evaluation(tracker: Tracker, ev: Evaluation, prefix: str, folder: str, dataset: str | None = None) -> None:
+    """Every defined metric under ``prefix`` and every file (each figure with its SVG) under ``folder``."""
+    tracker.log_metrics({f"{prefix}{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)},
+                        dataset=dataset)
+    for f in _with_svg(ev.files):
+        tracker.log_artifact(f, folder)
 
 
 def paired_step(tracker: Tracker, a: Any, b: Any, names: tuple[str, str], folder: Path, n_resamples: int,
@@ -254,7 +259,5 @@ def evaluate_target_step(result: TrainResult, tracker: Tracker) -> Evaluation | 
         logger.warning("target manifest has no labels for its test cases: no target-domain evaluation")
         return None
     ev = evaluate_table(result.bundle, table, result.out_dir / "evaluation_target_test")
-    tracker.log_metrics({f"target_test_{k}": v for k, v in ev.metrics.items() if isinstance(v, float) and not math.isnan(v)})
-    for f in _with_svg(ev.files):
-        tracker.log_artifact(f, "evaluation_target")
+    log_evaluation(tracker, ev, "target_test_", "evaluation_target")
     return ev

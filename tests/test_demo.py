@@ -67,11 +67,13 @@ def test_demo_learning_curve_keeps_each_models_auroc_and_ci_and_logs_the_figure(
     import pandas as pd
 
     from medtl.demo import _learning_curve
+    from medtl.pipelines.label_efficiency import curve_metric
 
     points = [{"strategy": s, "n_labelled": n, "auroc": a, "auroc_ci_low": a - 0.02, "auroc_ci_high": a + 0.02, "ece": 0.1}
               for s, n, a in [("fine_tune", 4708, 0.947), ("scratch", 4708, 0.947), ("fine_tune", 472, 0.938), ("scratch", 472, 0.811)]]
-    tracker = Artifacts()
-    _learning_curve(points, tmp_path, tracker)
+    tracker = Artifacts()  # each model's evaluation metrics, as the demo turns them into curve points
+    _learning_curve([{"strategy": p["strategy"], "n_labelled": p["n_labelled"], **curve_metric(p, "auroc")} for p in points],
+                    tmp_path, tracker)
     curve = pd.read_csv(tmp_path / "learning_curve.csv")
     assert curve.to_dict("records") == [{k: p[k] for k in ("strategy", "n_labelled", "auroc")} | {"ci_low": p["auroc_ci_low"], "ci_high": p["auroc_ci_high"]}
                                         for p in points]

@@ -41,19 +41,27 @@ def run(cfg: Config) -> dict:
                     result = pipeline.run(variant, nested=True)
                     m = result["evaluation"].metrics if result["evaluation"] else {}
                     rows.append({"strategy": strategy, "fraction": fraction, "n_labelled": len(cases), "seed": seed,
-                                 metric: m.get(metric, math.nan), "ci_low": m.get(f"{metric}_ci_low", math.nan),
-                                 "ci_high": m.get(f"{metric}_ci_high", math.nan)})
+                                 **curve_metric(m, metric)})
                     if result["evaluation"] is not None and result["evaluation"].predictions is not None:
                         predictions[(strategy, fraction, seed)] = result["evaluation"].predictions
         curve = pd.DataFrame(rows)
         paired = _paired(predictions, study.compare, out, parent, cfg.evaluate.bootstrap, cfg.evaluate.figures) if not seg else pd.DataFrame()
-        curve.to_csv(out / "learning_curve.csv", index=False)
         paired.to_csv(out / "paired_by_size.csv", index=False)
-        files = [out / "learning_curve.csv", out / "paired_by_size.csv",
-                 *learning_curve_plot(curve, metric, out / "learning_curve.png")]
-        for f in files:
+        for f in [out / "paired_by_size.csv", *write_curve(curve, metric, out)]:
             parent.log_artifact(f)
     return {"table": curve, "paired": paired, "summary": _summary(curve, paired, metric)}
+
+
+def curve_metric(metrics: dict[str, float], metric: str) -> dict[str, float]:
+    """One model's point on a learning curve: its test metric with the bootstrap CI (NaN when undefined)."""
+    return {metric: metrics.get(metric, math.nan), "ci_low": metrics.get(f"{metric}_ci_low", math.nan),
+            "ci_high": metrics.get(f"{metric}_ci_high", math.nan)}
+
+
+def write_curve(curve: pd.DataFrame, metric: str, out: Path, figures: bool = True) -> list[Path]:
+    """learning_curve.csv and, with ``figures``, its plot (PNG and SVG) in ``out``."""
+    curve.to_csv(out / "learning_curve.csv", index=False)
+    return [out / "learning_curve.csv", *(learning_curve_plot(curve, metric, out / "learning_curve.png") if figures else [])]
 
 
 def subset_manifest(table: pd.DataFrame, train_cases: set[str], path: Path) -> Path:
