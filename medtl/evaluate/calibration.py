@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import brentq, minimize_scalar
 from scipy.special import log_softmax
 from sklearn.metrics import log_loss
 
@@ -46,20 +46,28 @@ def ece_binary(y: np.ndarray, p: np.ndarray, bins: int = 15, strategy: str = "un
     return float(np.sum(r["count"] * gaps) / len(y)), float(gaps.max())
 
 
+def ece_and_brier(y: np.ndarray, p2: np.ndarray, bins: int = 15) -> dict[str, float]:
+    """ECE (equal width) and Brier score: the calibration numbers a report gives with a bootstrap CI, so
+    cheap enough for every resample. Binary ECE is on the positive class, multi-class on the top label;
+    binary Brier is the usual mean squared error of the positive-class probability."""
+    k = p2.shape[1]
+    brier = float(np.mean(np.sum((p2 - np.eye(k)[y]) ** 2, axis=1)) / (2 if k == 2 else 1))
+    ece = ece_binary(y, p2[:, 1], bins)[0] if k == 2 else ece_binary(p2.argmax(1) == y, p2.max(1), bins)[0]
+    return {"ece": ece, "brier": brier}
+
+
 def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict[str, float]:
     """ECE (equal width and equal mass), MCE, Brier score and NLL; class-wise ECE for multi-class."""
     y, p = check_inputs(y_true, probs)
     p2 = np.column_stack([1 - p, p]) if p.ndim == 1 else p
     k = p2.shape[1]
-    onehot = np.eye(k)[y]
-    out = {"brier": float(np.mean(np.sum((p2 - onehot) ** 2, axis=1)) / (2 if k == 2 else 1)),
-           "nll": float(log_loss(y, np.clip(p2, 1e-12, 1), labels=list(range(k))))}
+    out = {**ece_and_brier(y, p2, bins), "nll": float(log_loss(y, np.clip(p2, 1e-12, 1), labels=list(range(k))))}
     if k == 2:
-        out["ece"], out["mce"] = ece_binary(y, p2[:, 1], bins, "uniform")
+        out["mce"] = ece_binary(y, p2[:, 1], bins, "uniform")[1]
         out["ece_equal_mass"], _ = ece_binary(y, p2[:, 1], bins, "quantile")
     else:
         conf, correct = p2.max(1), (p2.argmax(1) == y)
-        out["ece"], out["mce"] = ece_binary(correct, conf, bins, "uniform")
+        out["mce"] = ece_binary(correct, conf, bins, "uniform")[1]
         out["ece_equal_mass"], _ = ece_binary(correct, conf, bins, "quantile")
         out["ece_classwise"] = float(np.mean([ece_binary(y == c, p2[:, c], bins)[0] for c in range(k)]))
     return out
@@ -115,10 +123,13 @@ def em_prior(probs: np.ndarray, source_prior: np.ndarray, tol: float = 1e-6, max
     """The class priors of an unlabelled set, by the EM algorithm of Saerens, Latinne & Decaestecker (2002).
 
     ``probs`` are calibrated posteriors under ``source_prior``; each step re-weights them by the current
-    prior ratio and takes the mean posterior as the next prior. No label is used."""
+    prior ratio and takes the mean posterior as the next prior. No label is used. EM converges to the
+    maximum-likelihood priors; for two classes that point is found directly (``binary_ml_prior``)."""
     p = np.asarray(probs, dtype=float)
     p = np.column_stack([1 - p, p]) if p.ndim == 1 else p
     source = np.asarray(source_prior, dtype=float)
+    if p.shape[1] == 2:
+        return binary_ml_prior(p, source)
     prior = source.copy()
     for _ in range(max_iter):
         w = p * (prior / source)
@@ -128,6 +139,24 @@ def em_prior(probs: np.ndarray, source_prior: np.ndarray, tol: float = 1e-6, max
             return new
         prior = new
     return prior
+
+
+def binary_ml_prior(p: np.ndarray, source: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+    """The two-class priors EM converges to: the likelihood of the unlabelled scores is concave in the
+    prevalence, so its maximum is the root of its derivative (or an end of the interval). One root search
+    instead of the hundreds of EM steps that overlapping classes need, which every bootstrap resample repeats."""
+    a, b = p[:, 1] / source[1], p[:, 0] / source[0]
+
+    def slope(pi: float) -> float:
+        return float(np.sum((a - b) / (a * pi + b * (1 - pi))))
+
+    if slope(floor) <= 0:
+        pi = floor
+    elif slope(1 - floor) >= 0:
+        pi = 1 - floor
+    else:
+        pi = brentq(slope, floor, 1 - floor, xtol=1e-10)
+    return np.array([1 - pi, pi])
 
 
 EM_TOLERANCE = 0.1

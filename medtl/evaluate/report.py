@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pandas as pd
 from medtl.config import EvaluateConfig
 from medtl.evaluate import plots
 from medtl.evaluate.bootstrap import bootstrap_ci
-from medtl.evaluate.calibration import apply_temperature, calibration_metrics, estimate_prior
+from medtl.evaluate.calibration import apply_temperature, calibration_metrics, ece_and_brier, estimate_prior
 from medtl.evaluate.metrics import classification_metrics, undefined_reasons
 from medtl.probability import decide, log_prior_ratio, probabilities
 
@@ -32,14 +33,25 @@ class Evaluation:
     """The deployment class prior chosen by ``evaluate.prevalence``, if any."""
 
 
-def _point_and_ci(y: np.ndarray, probs: np.ndarray, threshold: float, groups: np.ndarray, cfg: EvaluateConfig) -> dict[str, float]:
-    def fn(yy: np.ndarray, pp: np.ndarray) -> dict[str, float]:
-        m = classification_metrics(yy, pp, threshold)
-        return {k: v for k, v in m.items() if k in CI_METRICS}
+def _point_and_ci(y: np.ndarray, cal: np.ndarray, logits: np.ndarray, threshold: float, groups: np.ndarray,
+                  cfg: EvaluateConfig, shift: Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None) -> dict[str, float]:
+    """Point estimates, and patient-bootstrap CIs of discrimination and of calibration after temperature and
+    after the prior shift; ``shift`` re-estimates the prevalence in each resample, so its CI carries that
+    estimate's uncertainty too."""
+    k = cal.shape[1]
 
-    out = classification_metrics(y, probs, threshold)
+    def fn(yy: np.ndarray, pp: np.ndarray) -> dict[str, float]:
+        m = {n: v for n, v in classification_metrics(yy, pp[:, :k], threshold).items() if n in CI_METRICS}
+        m.update({f"{n}_calibrated": v for n, v in ece_and_brier(yy, pp[:, :k], cfg.bins).items()})
+        adjusted = None if shift is None else shift(pp[:, :k], pp[:, k:])
+        if adjusted is not None:
+            m.update({f"{n}_prior_adjusted": v for n, v in ece_and_brier(yy, adjusted, cfg.bins).items()})
+        return m
+
+    out = classification_metrics(y, cal, threshold)
     if cfg.bootstrap > 0 and len(y):
-        for name, (lo, hi) in bootstrap_ci(fn, y, probs, groups, cfg.bootstrap, cfg.ci, cfg.seed).items():
+        stacked = np.hstack([cal, logits])
+        for name, (lo, hi) in bootstrap_ci(fn, y, stacked, groups, cfg.bootstrap, cfg.ci, cfg.seed).items():
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
     return out
 
@@ -74,11 +86,12 @@ def evaluate_classification(
     groups = table["patient_id"].astype(str).to_numpy()
     raw, cal = apply_temperature(logits, 1.0), apply_temperature(logits, temperature)
     notes = undefined_reasons(y, {})
-    metrics = _point_and_ci(y, cal, threshold, groups, cfg)
-    metrics.update(calibration_metrics(y, raw, cfg.bins))
+    metrics = calibration_metrics(y, raw, cfg.bins)
     metrics.update({f"{k}_calibrated": v for k, v in calibration_metrics(y, cal, cfg.bins).items()})
     metrics["temperature"], metrics["threshold"] = float(temperature), float(threshold)
     prior = _prior_shift(logits, y, cal, temperature, threshold, source_prior, source_rates, cfg, metrics, notes)
+    shift = None if prior is None else _resampled_shift(temperature, threshold, source_prior, source_rates, cfg)
+    metrics.update(_point_and_ci(y, cal, logits, threshold, groups, cfg, shift))
     metrics.update(_subgroups(table, y, cal, threshold, subgroups or [], cfg, notes))
     pred = decide(cal, threshold)
     predictions = pd.DataFrame({"case_id": table["case_id"].to_numpy(), "label": table["label"].to_numpy(),
@@ -100,20 +113,37 @@ def _prior_shift(logits: np.ndarray, y: np.ndarray, cal: np.ndarray, temperature
     if cfg.prevalence is None or source_prior is None or cal.shape[1] != 2:
         return None
     source = np.asarray(source_prior, dtype=float)
-    if cfg.prevalence == "em":
-        target, how = estimate_prior(cal, source, threshold, source_rates)
-        if target is None:
-            notes.append(f"prior shift: prevalence {how}; no correction applied")
-            return None
-    else:
-        target = np.array([1 - cfg.prevalence, cfg.prevalence])
-        how = "given in evaluate.prevalence"
+    target, how = _target_prior(cal, source, threshold, source_rates, cfg)
+    if target is None:
+        notes.append(f"prior shift: prevalence {how}; no correction applied")
+        return None
     adjusted = probabilities(logits, temperature, log_prior_ratio(source, target))
     metrics.update({f"{k}_prior_adjusted": v for k, v in calibration_metrics(y, adjusted, cfg.bins).items()})
     metrics["prevalence_used"], metrics["prevalence_calibration"] = float(target[1]), float(source[1])
     notes.append(f"prior shift: positive-class prevalence {target[1]:.3f} ({how}) instead of {source[1]:.3f} "
                  "(the validation cases the temperature was fitted on); applied as a logit offset after temperature")
     return [float(v) for v in target]
+
+
+def _target_prior(cal: np.ndarray, source: np.ndarray, threshold: float, source_rates: list[float] | None,
+                  cfg: EvaluateConfig) -> tuple[np.ndarray | None, str]:
+    """The deployment class prior ``evaluate.prevalence`` asks for (given, or estimated from the unlabelled
+    scores), and how it was obtained."""
+    if cfg.prevalence == "em":
+        return estimate_prior(cal, source, threshold, source_rates)
+    return np.array([1 - cfg.prevalence, cfg.prevalence]), "given in evaluate.prevalence"
+
+
+def _resampled_shift(temperature: float, threshold: float, source_prior: list[float] | None,
+                     source_rates: list[float] | None, cfg: EvaluateConfig) -> Callable[[np.ndarray, np.ndarray], np.ndarray | None]:
+    """The prior-shift correction as a bootstrap resample redoes it: (calibrated probabilities, logits) ->
+    probabilities under the prevalence estimated from that resample's scores (None where none is)."""
+    source = np.asarray(source_prior, dtype=float)
+
+    def shift(cal: np.ndarray, logits: np.ndarray) -> np.ndarray | None:
+        target = _target_prior(cal, source, threshold, source_rates, cfg)[0]
+        return None if target is None else probabilities(logits, temperature, log_prior_ratio(source, target))
+    return shift
 
 
 def _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg, subject) -> list[Path]:

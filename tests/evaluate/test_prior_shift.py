@@ -25,6 +25,25 @@ def test_em_recovers_the_new_sites_prevalence_without_labels(prevalence):
     assert em_prior(p, np.array([0.5, 0.5]))[1] == pytest.approx(prevalence, abs=0.03)
 
 
+@pytest.mark.parametrize("prevalence", [0.05, 0.4, 0.9])
+def test_the_two_class_prior_is_where_the_saerens_iteration_converges(prevalence):
+    """The direct two-class solution against the plain EM iteration of Saerens et al. run to convergence."""
+    _, p = site(np.random.default_rng(6), 600, prevalence)
+    source, prior = np.array([0.3, 0.7]), np.array([0.3, 0.7])
+    p2 = np.column_stack([1 - p, p])
+    for _ in range(100_000):
+        w = p2 * prior / source
+        prior, last = (w / w.sum(1, keepdims=True)).mean(0), prior
+        if np.abs(prior - last).max() < 1e-12:
+            break
+    assert em_prior(p, source) == pytest.approx(prior, abs=1e-6)
+
+
+def test_the_two_class_prior_stops_at_the_end_where_the_likelihood_peaks():
+    p = np.full(50, 0.99)  # every case scored positive far beyond the source prior: the likelihood rises to 1
+    assert em_prior(p, np.array([0.5, 0.5]))[1] > 0.999
+
+
 def test_the_correction_is_bayes_rule_with_the_priors_swapped():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(50, 2))
@@ -48,6 +67,35 @@ def test_evaluation_reports_calibration_after_the_prior_shift(tmp_path):
     assert m["ece_prior_adjusted"] < 0.5 * m["ece_calibrated"]  # the shift is what miscalibrated it
     assert "after prior shift" in (tmp_path / "report.md").read_text()
     assert any("labels unused" in n for n in ev.notes)
+
+
+def test_calibration_cis_resample_patients_and_re_estimate_the_prevalence(tmp_path):
+    """ECE and Brier after temperature get the patient-bootstrap CI of the scikit-learn-checked ECE and the
+    Brier formula; after the prior shift, each resample estimates its own prevalence (EM is part of the CI)."""
+    import pandas as pd
+
+    from medtl.evaluate.bootstrap import bootstrap_ci
+    from medtl.evaluate.calibration import ece_binary
+
+    y, p = site(np.random.default_rng(7), 400, 0.3)
+    logits = np.column_stack([np.zeros_like(p), np.log(p / (1 - p))])
+    table = pd.DataFrame({"case_id": [str(i) for i in range(len(y))], "label": np.where(y == 1, "pos", "neg"),
+                          "patient_id": [str(i // 2) for i in range(len(y))]})
+    cfg = EvaluateConfig(bootstrap=200, prevalence="em", figures=False)
+    m = evaluate_classification(table, logits, ["neg", "pos"], 0.5, 1.3, cfg, tmp_path, source_prior=[0.5, 0.5]).metrics
+    cal = probabilities(logits, 1.3)[:, 1]
+
+    def by_hand(yy, pp):
+        prior = em_prior(pp[:, 0], np.array([0.5, 0.5]))
+        adjusted = probabilities(pp[:, 1:], 1.3, log_prior_ratio(np.array([0.5, 0.5]), prior))[:, 1]
+        return {"ece": ece_binary(yy, pp[:, 0], cfg.bins)[0], "brier": float(np.mean((pp[:, 0] - yy) ** 2)),
+                "ece_shifted": ece_binary(yy, adjusted, cfg.bins)[0]}
+
+    want = bootstrap_ci(by_hand, y, np.column_stack([cal, logits]), table["patient_id"].to_numpy(), 200, 0.95, cfg.seed)
+    assert (m["ece_calibrated_ci_low"], m["ece_calibrated_ci_high"]) == pytest.approx(want["ece"])
+    assert (m["brier_calibrated_ci_low"], m["brier_calibrated_ci_high"]) == pytest.approx(want["brier"])
+    assert (m["ece_prior_adjusted_ci_low"], m["ece_prior_adjusted_ci_high"]) == pytest.approx(want["ece_shifted"])
+    assert m["ece_prior_adjusted_ci_low"] <= m["ece_prior_adjusted"] <= m["ece_prior_adjusted_ci_high"]
 
 
 def test_confusion_prior_is_the_label_shift_formula():
