@@ -10,6 +10,8 @@ import typer
 from rich.markup import escape
 
 from medtl import __version__
+from medtl.cli_data import manifest_app, weights_app
+from medtl.cli_options import ConfigArg, OptionalConfigArg, SetOption
 from medtl.errors import MedtlError
 from medtl.log import console, setup_logging, wide_console
 
@@ -23,18 +25,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show and validate configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-manifest_app = typer.Typer(help="Build, check and split manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
-weights_app = typer.Typer(help="List, import and verify pretrained weights (offline cache).", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
-
-SetOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", help="Override a config value: --set train.lr=0.001 (repeatable)."),
-]
-ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.")]
-OptionalConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config file (defaults plus --set values when omitted).")]
-
 
 def _version(value: bool) -> None:
     if value:
@@ -66,141 +58,6 @@ def config_validate(config: ConfigArg, set_: SetOption = None) -> None:
 
     load_config(config, set_)
     typer.echo(f"{config}: valid")
-
-
-@manifest_app.command("build")
-def manifest_build(
-    folder: Annotated[Path, typer.Argument(help="Folder holding DICOM series, NIfTI or PNG files.")],
-    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
-    labels: Annotated[Optional[Path], typer.Option(help="CSV with case_id and label (and any subgroup columns).")] = None,
-    masks: Annotated[Optional[Path], typer.Option(help="Folder of masks named like their cases.")] = None,
-) -> None:
-    """Walk a folder and write a manifest (one row per series or file)."""
-    from medtl.data.build import build_manifest
-
-    table = build_manifest(folder, out, labels, masks)
-    typer.echo(f"{out}: {len(table)} cases")
-
-
-@manifest_app.command("check")
-def manifest_check(
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV.")],
-    deep: Annotated[bool, typer.Option("--deep", help="Also read every voxel (NaN/Inf, decoding).")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="Config naming classes and spatial_dims.")] = None,
-    set_: SetOption = None,
-) -> None:
-    """Print every problem in a manifest; exit 1 when there is any."""
-    from medtl.config import load_config
-    from medtl.data.check import check_manifest
-    from medtl.data.manifest import read_manifest
-    from medtl.data.check_tables import print_check
-
-    cfg = load_config(config, set_).data if (config or set_) else None
-    m = read_manifest(manifest, cfg.data_root if cfg else None, keep_going=True)
-    problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep)
-    print_check(m, problems)
-    if problems:
-        raise typer.Exit(1)
-
-
-@manifest_app.command("split")
-def manifest_split(
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV.")],
-    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write, with a split (or fold) column.")],
-    val: Annotated[float, typer.Option(help="Fraction of patients for validation.")] = 0.15,
-    test: Annotated[float, typer.Option(help="Fraction of patients for test.")] = 0.15,
-    folds: Annotated[Optional[int], typer.Option(help="Write k cross-validation folds instead.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same split.")] = 0,
-) -> None:
-    """Patient-grouped, label-stratified split."""
-    from medtl.data.manifest import read_manifest
-    from medtl.data.splits import fold_manifest, split_manifest
-    from medtl.data.check_tables import print_counts
-
-    m = read_manifest(manifest)
-    table = m.table.drop(columns=[c for c in ("image_path", "mask_path") if c in m.table])
-    table = fold_manifest(table, folds, seed) if folds else split_manifest(table, val, test, seed)
-    table.to_csv(out, index=False)
-    print_counts(table, "fold" if folds else "split")
-
-
-@manifest_app.command("shift")
-def manifest_shift(
-    manifest: Annotated[Path, typer.Argument(help="Source-domain manifest of 2D PNG images.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the shifted images and their manifest.")],
-    gamma: Annotated[float, typer.Option(help="Intensity gamma.")] = 1.6,
-    contrast: Annotated[float, typer.Option(help="Contrast factor around mid-grey.")] = 0.7,
-    blur: Annotated[float, typer.Option(help="Gaussian blur sigma (pixels).")] = 0.8,
-    noise: Annotated[float, typer.Option(help="Gaussian noise std (intensity 0-1).")] = 0.04,
-    downsample: Annotated[float, typer.Option(help="Resolution factor (resample down and back up).")] = 0.6,
-    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
-) -> None:
-    """Make a target domain from real images with a scanner-like shift (for domain adaptation)."""
-    from medtl.data.shift import Shift, make_shifted_domain
-
-    path = make_shifted_domain(manifest, out, Shift(gamma, contrast, blur, noise, downsample), seed)
-    typer.echo(f"{path}: written")
-
-
-@manifest_app.command("import-medmnist")
-def manifest_import_medmnist(
-    npz: Annotated[Path, typer.Argument(help="MedMNIST .npz file.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder to write images and manifest.csv into.")],
-    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names in label order.")] = None,
-) -> None:
-    """Write a MedMNIST file as real image files with a manifest keeping the official splits."""
-    from medtl.data.sources import import_medmnist
-
-    path = import_medmnist(npz, out, classes.split(",") if classes else None)
-    typer.echo(f"{path}: written")
-
-
-@weights_app.command("list")
-def weights_list() -> None:
-    """Known weights: name, dims, where found, SHA-256; how to import the missing ones."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from medtl.models.weights import cache_dir, weights_table
-
-    rows = weights_table()
-    table = Table(title=f"pretrained weights (cache: {cache_dir()})", title_justify="left")
-    for col in ("name", "dims", "found", "sha256"):
-        table.add_column(col, no_wrap=col == "name")
-    for row in rows:
-        table.add_row(row["name"], row["dims"], row["found"], row["sha256"])
-    console = Console(width=min(Console().width, 100))  # fits an 80-column terminal; a pipe gets the same
-    console.print(table)
-    missing = [r for r in rows if r["found"] == "missing"]
-    if missing:
-        console.print("\nTo use a missing one, download its file where you have internet, then import it:")
-        for row in missing:
-            console.print(f"  medtl weights import {row['name']} FILE", highlight=False)
-            console.print(f"    {row['url'] or row['source']}", highlight=False, soft_wrap=True)
-
-
-@weights_app.command("import")
-def weights_import(
-    name: Annotated[str, typer.Argument(help="Weight name from `medtl weights list`.")],
-    file: Annotated[Path, typer.Argument(help="The downloaded file.")],
-) -> None:
-    """Verify a downloaded weight file and copy it into medtl's cache."""
-    from medtl.models.weights import import_weights
-
-    typer.echo(f"{name}: imported to {import_weights(name, file)}")
-
-
-@weights_app.command("verify")
-def weights_verify() -> None:
-    """Check the SHA-256 of every cached or packaged weight file."""
-    from medtl.models.weights import verify_all
-
-    problems = verify_all()
-    for p in problems:
-        typer.echo(p, err=True)
-    if problems:
-        raise typer.Exit(1)
-    typer.echo("all present weight files verified")
 
 
 @app.command("train")

@@ -1,0 +1,15 @@
+"""Arguments and options that several ``medtl`` commands share, typed once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config value: --set train.lr=0.001 (repeatable)."),
+]
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.")]
+OptionalConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config file (defaults plus --set values when omitted).")]
