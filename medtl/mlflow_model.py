@@ -171,9 +171,14 @@ def promote(name: str, version: int, alias: str, uri: str | None = None, force: 
 
 
 def load_registered_bundle(uri: str) -> ModelBundle:
-    """``models:/NAME@ALIAS``, ``runs:/RUN/model`` or a local model folder → the medtl bundle inside."""
+    """``models:/NAME@ALIAS``, ``runs:/RUN/model`` or a local model folder → the medtl bundle inside.
+    A model on a tracking server is downloaded to a temporary folder that goes once the bundle is in memory
+    (MLflow's own download folder would stay behind, a model's size per scoring run)."""
+    import tempfile
+
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        with tempfile.TemporaryDirectory(prefix="medtl-model-") as download:
+            model = mlflow.pyfunc.load_model(uri, dst_path=download)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
         raise ModelError(f"{uri}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                          "check the name, alias and MLFLOW_TRACKING_URI") from None

@@ -1,5 +1,6 @@
 """MLflow end to end against a real `mlflow server` on loopback, the PHI guard, and an unreachable store."""
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -74,14 +75,18 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
     images = [str(m.parent / table.set_index("case_id").loc[c, "image"]) for c in preds["case_id"]]
     mlflow.set_tracking_uri(mlflow_server)
     monkeypatch.setenv("MEDTL_DATA_ROOT", str(tmp_path))
-    reloaded = mlflow.pyfunc.load_model("models:/tiny@candidate").predict(pd.DataFrame({"image": images}))
+    reloaded = mlflow.pyfunc.load_model("models:/tiny@candidate", dst_path=str(tmp_path)).predict(pd.DataFrame({"image": images}))
     np.testing.assert_allclose(reloaded["prob_lesion"], preds["prob_lesion"], rtol=1e-5, atol=1e-6)
     # medtl score with the registered model gives the same probabilities too
     test_manifest = tmp_path / "test_cases.csv"
     pd.DataFrame({"case_id": preds["case_id"], "image": images}).to_csv(test_manifest, index=False)
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # medtl score runs in this process: its temp folder
     scored = run_cli("score", "--model", "models:/tiny@candidate", "--manifest", str(test_manifest), "--out",
                      str(tmp_path / "scores.csv"), env={"MLFLOW_TRACKING_URI": mlflow_server}, cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr[-2000:]
+    assert not any(scratch.iterdir())  # the model downloaded from the server is not left behind in the temp folder
     merged = preds.merge(pd.read_csv(tmp_path / "scores.csv", dtype={"case_id": str}), on="case_id", suffixes=("", "_scored"))
     np.testing.assert_allclose(merged["prob_lesion_scored"], merged["prob_lesion"], rtol=1e-5, atol=1e-6)
     threshold = run.data.metrics["test_threshold"]
