@@ -21,7 +21,9 @@ import numpy as np
 from medtl.config import load_config
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.demo import CONFIG, NPZ
+from medtl.evaluate.calibration import calibration_metrics
 from medtl.observe import NullTracker
+from medtl.probability import probabilities
 from medtl.steps import evaluate_step, fit_model, strategy_variant
 
 BASE = ["train.epochs=3", "train.lr=0.002", "train.class_weights=inverse_frequency"]
@@ -46,12 +48,11 @@ SETTINGS: dict[str, list[str]] = {
 
 
 def validation_scores(logits: np.ndarray, labels: np.ndarray, temperature: float) -> tuple[float, float]:
-    """NLL of the temperature-scaled validation probabilities, and AUROC."""
-    from scipy.special import log_softmax
+    """NLL of the temperature-scaled validation probabilities (medtl's one softmax and NLL), and AUROC."""
     from sklearn.metrics import roc_auc_score
 
-    logp = log_softmax(logits / temperature, axis=1)
-    return float(-logp[np.arange(len(labels)), labels].mean()), float(roc_auc_score(labels, logits[:, 1] - logits[:, 0]))
+    probs = probabilities(logits, temperature)
+    return calibration_metrics(labels, probs)["nll"], float(roc_auc_score(labels, probs[:, 1]))
 
 
 def main() -> None:
