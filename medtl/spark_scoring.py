@@ -33,9 +33,13 @@ class SparkSummary:
 
 def _model_identity(model_uri: str) -> tuple[dict[str, str], list[str]]:
     """Model name, version and run id for the rows, and the class names for the output schema."""
-    import mlflow
+    import tempfile
 
-    info = mlflow.models.get_model_info(model_uri)
+    import mlflow
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory() as tmp:  # get_model_info would leave the MLmodel file in the temp folder
+        info = Model.load(mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/MLmodel", dst_path=tmp)).get_model_info()
     classes = list((info.metadata or {}).get("classes", []))
     name, version = "", ""
     if model_uri.startswith("models:/"):
