@@ -97,6 +97,29 @@ def evaluate_cmd(
     typer.echo(f"{key}: {fmt(ev.metrics, key)}  report: {out / 'report.md'}")
 
 
+@app.command("recalibrate")
+def recalibrate_cmd(
+    model: Annotated[str, typer.Option("--model", help="A model.pt, a run folder, runs:/RUN/model or models:/NAME@ALIAS.")],
+    manifest: Annotated[Path, typer.Option("--manifest", help="A random sample of the new site's cases, labelled.")],
+    out: Annotated[Path, typer.Option("--out", help="The site's model.pt (the weights as trained, the output bias moved).")],
+    split: Annotated[str, typer.Option(help="Split of the manifest to use, or 'all'.")] = "all",
+    threshold_rule: Annotated[str, typer.Option(help="youden, sensitivity or fixed.")] = "youden",
+    target_sensitivity: Annotated[float, typer.Option(help="For --threshold-rule sensitivity.")] = 0.9,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Recalibrate a model for a new site on labelled cases of it: calibration slope and intercept, threshold."""
+    from medtl.recalibration import recalibrate_model
+
+    if threshold_rule not in ("youden", "sensitivity", "fixed"):
+        raise MedtlError(f"--threshold-rule {threshold_rule}: use youden, sensitivity or fixed")
+    site, (temperature, threshold) = recalibrate_model(model, manifest, out, split, threshold_rule, target_sensitivity, device)
+    fit = site.extra["recalibrated_on"]
+    slope = f"calibration slope {fit['slope']:.3f}, intercept {fit['intercept']:+.3f}; " if "slope" in fit else ""
+    typer.echo(f"{slope}temperature {temperature:.3f} -> {site.temperature:.3f}, threshold {threshold:.4f} -> "
+               f"{site.threshold:.4f}, from {fit['cases']} cases ({', '.join(f'{k} {c}' for k, c in zip(site.classes, fit['per_class']))})")
+    typer.echo(f"site model: {out}  score with: medtl score --model {out} --manifest ...")
+
+
 @app.command("score")
 def score_cmd(
     model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS, runs:/RUN/model, a model folder or a model.pt.")],

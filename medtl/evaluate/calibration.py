@@ -87,6 +87,27 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def logistic_recalibration(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, float]:
+    """Calibration slope and intercept of a binary model on labelled cases: the (a, b) maximising the likelihood
+    of sigmoid(a * (z1 - z0) + b) (logistic recalibration, Cox 1958; how clinical models are updated for a new
+    site). A temperature alone is the slope with the intercept held at 0. The slope is kept within the
+    temperatures ``fit_temperature`` allows (1/20 to 1/0.05) and the intercept within ±20: scores that barely
+    vary, or that separate the sample perfectly, have no finite maximum."""
+    from scipy.optimize import minimize
+    from scipy.special import log_expit
+
+    z = np.asarray(logits, dtype=float)
+    d, y = z[:, 1] - z[:, 0], np.asarray(y_true).astype(int)
+
+    def nll(w: np.ndarray) -> float:
+        s = w[0] * d + w[1]
+        return float(-np.mean(y * log_expit(s) + (1 - y) * log_expit(-s)))
+
+    res = minimize(nll, np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(0.05, 20.0), (-20.0, 20.0)],
+                   options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 10000})
+    return float(res.x[0]), float(res.x[1])
+
+
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return probabilities(logits, temperature)
 
