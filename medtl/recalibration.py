@@ -82,6 +82,9 @@ def recalibrate(bundle: ModelBundle, table: pd.DataFrame, rule: str = "youden", 
                              "recalibration cannot rescue it; do not use this model at this site")
         slope, intercept = logistic_recalibration(logits, y)
         fitted = {"slope": slope, "intercept": intercept}
+        if not 0.051 < slope < 19.9:
+            logger.warning("calibration slope %.2f is at its bound: the %d cases %s; label more cases of the site", slope,
+                           len(y), "are separated perfectly" if slope > 1 else "are barely told apart by the model")
         shift = intercept / slope  # in logit units before the temperature
         with torch.no_grad():
             unwrap(bundle.model).head[-1].bias[1] += shift

@@ -147,3 +147,19 @@ def test_a_model_that_does_not_separate_the_classes_gets_no_prevalence_estimate(
                                  source_prior=[0.5, 0.5], source_rates=[0.9, 0.95])
     assert ev.target_prior is None and "ece_prior_adjusted" not in ev.metrics
     assert any("not estimated" in n for n in ev.notes)
+
+
+def test_logistic_recalibration_matches_scikit_learn_and_stays_finite_on_separable_cases():
+    from sklearn.linear_model import LogisticRegression
+
+    from medtl.evaluate.calibration import logistic_recalibration
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.4).astype(int)
+    d = rng.normal(0, 1, 400) + 1.5 * y  # a model's logit difference, biased and too sharp below
+    logits = np.column_stack([np.zeros(400), 3.0 * d + 1.0])
+    slope, intercept = logistic_recalibration(logits, y)
+    lr = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10000).fit(logits[:, 1:], y)
+    assert slope == pytest.approx(lr.coef_[0, 0], rel=1e-4) and intercept == pytest.approx(lr.intercept_[0], rel=1e-4, abs=1e-5)
+    separable = np.column_stack([np.zeros(40), np.where(np.arange(40) < 20, -1.0, 1.0)])
+    assert logistic_recalibration(separable, (np.arange(40) >= 20).astype(int))[0] == pytest.approx(20.0)  # its bound
