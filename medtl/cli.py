@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from medtl import __version__
 from medtl.cli_data import manifest_app, weights_app
-from medtl.cli_options import ConfigArg, OptionalConfigArg, SetOption
+from medtl.cli_options import ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, SetOption
 from medtl.errors import MedtlError
 from medtl.log import console, setup_logging, wide_console
 
@@ -81,11 +81,11 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: Annotated[str, typer.Option("--model", help="A model.pt, a run folder, runs:/RUN/model or models:/NAME@ALIAS.")],
+    model: ModelOption,
     manifest: Annotated[Path, typer.Option("--manifest", help="Manifest with labels (or masks).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.md, metrics.json and plots.")],
     split: Annotated[str, typer.Option(help="Split to evaluate, or 'all'.")] = "test",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Evaluate a trained model: outcome and calibration metrics with CIs, subgroups, plots, report."""
     from medtl.evaluate.report import fmt
@@ -99,13 +99,13 @@ def evaluate_cmd(
 
 @app.command("recalibrate")
 def recalibrate_cmd(
-    model: Annotated[str, typer.Option("--model", help="A model.pt, a run folder, runs:/RUN/model or models:/NAME@ALIAS.")],
+    model: ModelOption,
     manifest: Annotated[Path, typer.Option("--manifest", help="A random sample of the new site's cases, labelled.")],
     out: Annotated[Path, typer.Option("--out", help="The site's model.pt (the weights as trained, the output bias moved).")],
     split: Annotated[str, typer.Option(help="Split of the manifest to use, or 'all'.")] = "all",
     threshold_rule: Annotated[str, typer.Option(help="youden, sensitivity or fixed.")] = "youden",
     target_sensitivity: Annotated[float, typer.Option(help="For --threshold-rule sensitivity.")] = 0.9,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Recalibrate a model for a new site on labelled cases of it: calibration slope and intercept, threshold."""
     from medtl.recalibration import recalibrate_model
@@ -128,7 +128,7 @@ def score_cmd(
     input_dir: Annotated[Optional[Path], typer.Option("--input", help="Folder of DICOM series / NIfTI / PNG files.")] = None,
     masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
     batch_size: Annotated[int, typer.Option(help="Cases per batch.")] = 16,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,
     prevalence: Annotated[Optional[float], typer.Option(help="This site's prevalence of the positive class (prior-shift correction).")] = None,
     engine: Annotated[str, typer.Option(help="local (this machine) or spark (mlflow spark_udf, Parquet out).")] = "local",
