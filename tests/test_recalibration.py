@@ -84,11 +84,12 @@ def test_recalibration_matches_a_hand_fit_and_scoring_applies_it(trained, tmp_pa
     assert (out["predicted"] == called).all()
 
 
-def test_a_sample_without_labels_or_without_a_class_is_refused_in_one_line(trained, tmp_path):
+def test_a_sample_without_labels_without_a_class_or_not_separated_is_refused_in_one_line(trained, tmp_path):
     model, manifest = trained
     table = pd.read_csv(manifest, dtype={"case_id": str})
     cases = {"unlabelled": table.assign(label=table["label"].where(table.index != 3)),
-             "one_class": table[table["label"] == "lesion"]}
+             "one_class": table[table["label"] == "lesion"],
+             "reversed": table.assign(label=table["label"].map({"lesion": "normal", "normal": "lesion"}))}
     for name, part in cases.items():
         part.to_csv(manifest.parent / f"{name}.csv", index=False)
         res = run_cli("recalibrate", "--model", str(model), "--manifest", str(manifest.parent / f"{name}.csv"),
@@ -96,5 +97,6 @@ def test_a_sample_without_labels_or_without_a_class_is_refused_in_one_line(train
         assert res.returncode != 0 and "Traceback" not in res.stdout + res.stderr
         assert not (tmp_path / f"{name}.pt").exists()
         line = (res.stdout + res.stderr).strip().splitlines()[-1]
-        want = f"case {table['case_id'][3]}: no label" if name == "unlabelled" else "no case of class 'normal'"
+        want = {"unlabelled": f"case {table['case_id'][3]}: no label", "one_class": "no case of class 'normal'",
+                "reversed": "does not separate the classes"}[name]
         assert want in line, line
