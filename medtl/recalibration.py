@@ -28,7 +28,7 @@ MIN_PER_CLASS = 20
 
 def site_labels(bundle: ModelBundle, table: pd.DataFrame) -> np.ndarray:
     """The class index of every case; a missing or unknown label, or a class absent from the sample, is an
-    error naming it (a temperature and threshold need both classes)."""
+    error naming it (no calibration or threshold can be chosen without both classes)."""
     labels = table["label"] if "label" in table else pd.Series([None] * len(table), dtype=object)
     unlabelled = np.flatnonzero(labels.isna().to_numpy())
     if unlabelled.size:
