@@ -21,10 +21,16 @@ from medtl.errors import ConfigError
 from medtl.models import convert
 from medtl.models.weights import load_state, resolve_weights
 
-LITE0_BLOCKS = [
-    "r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40", "r3_k3_s22_e6_i40_o80",
-    "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192", "r1_k3_s11_e6_i192_o320",
-]
+# EfficientNet-Lite keeps the stem (32) and head (1280) fixed and the first and last stages at one block when
+# it scales width and depth, so each variant is spelt out with MONAI's coefficients left at 1.0.
+LITE_BLOCKS = {
+    "lite0": ["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40", "r3_k3_s22_e6_i40_o80",
+              "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192", "r1_k3_s11_e6_i192_o320"],
+    "lite1": ["r1_k3_s11_e1_i32_o16", "r3_k3_s22_e6_i16_o24", "r3_k5_s22_e6_i24_o40", "r4_k3_s22_e6_i40_o80",
+              "r4_k5_s11_e6_i80_o112", "r5_k5_s22_e6_i112_o192", "r1_k3_s11_e6_i192_o320"],
+    "lite2": ["r1_k3_s11_e1_i32_o16", "r3_k3_s22_e6_i16_o24", "r3_k5_s22_e6_i24_o48", "r4_k3_s22_e6_i48_o88",
+              "r4_k5_s11_e6_i88_o120", "r5_k5_s22_e6_i120_o208", "r1_k3_s11_e6_i208_o352"],
+}
 EFFNET_STAGES = [("stem", ["_conv_stem", "_bn0"])] + [(f"block{i}", [f"_blocks.{i}"]) for i in range(7)] + [("top", ["_conv_head", "_bn1"])]
 EFFNET_TAPS = ["_blocks.0", "_blocks.1", "_blocks.2", "_blocks.4", "_blocks.6"]
 RESNET_STAGES = [("stem", ["conv1", "bn1"]), *[(f"layer{i}", [f"layer{i}"]) for i in range(1, 5)]]
@@ -104,11 +110,13 @@ def dynamic_same_padding(net: nn.Module, replicate_depth: bool = False) -> nn.Mo
     return net
 
 
-def _lite0(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Module:
-    net = EfficientNet(LITE0_BLOCKS, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1000,
-                       image_size=max(image_size), dropout_rate=0.0, drop_connect_rate=0.2, norm=BN)
-    net._fc = nn.Identity()
-    return dynamic_same_padding(_relu6(net), replicate_depth=spatial_dims == 3)
+def _lite(variant: str) -> Callable[[int, int, list[int]], nn.Module]:
+    def build(spatial_dims: int, in_channels: int, image_size: list[int]) -> nn.Module:
+        net = EfficientNet(LITE_BLOCKS[variant], spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1000,
+                           image_size=max(image_size), dropout_rate=0.0, drop_connect_rate=0.2, norm=BN)
+        net._fc = nn.Identity()
+        return dynamic_same_padding(_relu6(net), replicate_depth=spatial_dims == 3)
+    return build
 
 
 def _effnet_bn(variant: str) -> Callable[[int, int, list[int]], nn.Module]:
@@ -140,9 +148,12 @@ def _resnet(depth: int) -> Callable[[int, int, list[int]], nn.Module]:
 
 
 REGISTRY: dict[str, BackboneSpec] = {
-    "efficientnet-lite0": BackboneSpec("efficientnet-lite0", (2,), _lite0, 1280, EFFNET_STAGES, "_conv_stem.weight",
-                                       {"imagenet": "efficientnet-lite0-imagenet"}, "lukemelas", EFFNET_TAPS, ("_fc.",)),
-    "efficientnet-lite0-3d": BackboneSpec("efficientnet-lite0-3d", (3,), _lite0, 1280, EFFNET_STAGES, "_conv_stem.weight",
+    **{
+        f"efficientnet-{v}": BackboneSpec(f"efficientnet-{v}", (2,), _lite(v), 1280, EFFNET_STAGES, "_conv_stem.weight",
+                                          {"imagenet": f"efficientnet-{v}-imagenet"}, "lukemelas", EFFNET_TAPS, ("_fc.",))
+        for v in LITE_BLOCKS
+    },
+    "efficientnet-lite0-3d": BackboneSpec("efficientnet-lite0-3d", (3,), _lite("lite0"), 1280, EFFNET_STAGES, "_conv_stem.weight",
                                           {"imagenet": "efficientnet-lite0-imagenet"}, "lukemelas-inflate", EFFNET_TAPS, ("_fc.",)),
     **{
         f"efficientnet-b{i}": BackboneSpec(f"efficientnet-b{i}", (2, 3), _effnet_bn(f"efficientnet-b{i}"), dim, EFFNET_STAGES,

