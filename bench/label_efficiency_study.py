@@ -1,5 +1,5 @@
 """The label-efficiency study at full size on the shipped PneumoniaMNIST films (official splits): scratch,
-feature extraction and fine-tuning of ImageNet EfficientNet-Lite0 on nested, class-stratified subsets of the
+feature extraction and fine-tuning of the demo's ImageNet backbone on nested, class-stratified subsets of the
 training split (1, 2, 5, 10, 25 and 100 %, three seeds up to 10 %), every model tested on the same 624 test
 films; prints the learning-curve table, the paired fine_tune − scratch difference at every size, and the
 wall time. Everything is chosen on validation; the test split is only measured.
@@ -49,7 +49,7 @@ def main() -> None:
             for f in (Path(cfg.train.out_dir) / cfg.name).glob("*"):
                 if f.name.startswith(("learning_curve", "paired_by_size")):
                     shutil.copy2(f, args.keep / f.name)
-    print(f"PneumoniaMNIST, {cfg.data.image_size[0]} px, EfficientNet-Lite0, {cfg.train.epochs} epoch(s), seed base {cfg.train.seed}, "
+    print(f"PneumoniaMNIST, {cfg.data.image_size[0]} px, {cfg.model.backbone}, {cfg.train.epochs} epoch(s), seed base {cfg.train.seed}, "
           f"{os.cpu_count()} CPU cores, {minutes:.1f} min")
     print(out["summary"])
 

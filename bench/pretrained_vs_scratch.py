@@ -1,5 +1,5 @@
 """ImageNet-pretrained vs random init at the same budget on the shipped PneumoniaMNIST films: fine-tunes
-EfficientNet-Lite0 both ways, for each seed, and prints test AUROC and ECE (after temperature and prior shift),
+the demo's backbone both ways, for each seed, and prints test AUROC and ECE (after temperature and prior shift),
 then their mean and SD over seeds: how much of a difference one seed makes.
 
     python bench/pretrained_vs_scratch.py [--epochs 3] [--seeds 3]

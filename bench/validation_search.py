@@ -1,6 +1,6 @@
 """How the demo's training settings were chosen, with the test split sealed until the choice is made.
 
-Fine-tunes EfficientNet-Lite0 on the shipped PneumoniaMNIST films once per setting and seed, scores each on
+Fine-tunes the demo's backbone (EfficientNet-Lite0 when this search ran) on the shipped PneumoniaMNIST films once per setting and seed, scores each on
 validation (NLL after temperature, AUROC), picks the setting with the lowest mean validation NLL, and only
 then prints the test figures: the chosen setting's first, then every setting's, with the Spearman rank
 correlation between validation and test across settings (does validation rank models the way the separately

@@ -198,7 +198,7 @@ def synthetic_cmd(
 
 @app.command("demo")
 def demo_cmd(set_: SetOption = None) -> None:
-    """Fine-tune ImageNet EfficientNet-Lite0 on real chest X-rays vs scratch, evaluate, register, score."""
+    """Fine-tune ImageNet EfficientNet-Lite2 on real chest X-rays vs scratch, evaluate, register, score."""
     from medtl.demo import run_demo
 
     run_demo(set_)

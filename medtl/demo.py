@@ -1,6 +1,6 @@
 """``medtl demo``: the whole mission on real shipped data, on a CPU, with no network.
 
-PneumoniaMNIST films become PNG files + manifest (official splits) → ImageNet EfficientNet-Lite0 fine-tuned
+PneumoniaMNIST films become PNG files + manifest (official splits) → ImageNet EfficientNet-Lite2 fine-tuned
 with class weights, next to a scratch baseline on the same budget → temperature + threshold on validation →
 test evaluation with patient-bootstrap CIs → the test films as a new site (AdaBN on a copy, labels unused) →
 MLflow runs and a registered model → batch scoring of the test films with the registered model → a summary table.
