@@ -85,6 +85,17 @@ def test_evaluation(run: Trained, cfg: EvaluateConfig, out: Path):
                                    cfg, out, source_prior=chosen.source_prior, source_rates=chosen.call_rates)
 
 
+def print_test(label: str, m: dict) -> None:
+    print(f"{label}: test AUROC {fmt(m, 'auroc')}, specificity {m['specificity']:.3f}, ECE after temperature "
+          f"{m['ece_calibrated']:.3f}, after prior shift {fmt(m, 'ece_prior_adjusted')} "
+          f"(prevalence {m.get('prevalence_used', float('nan')):.3f})")
+
+
+def print_paired(label: str, d: dict) -> None:
+    print(f"{label}: dAUROC {d['delta_auroc']:+.3f} [{d['delta_auroc_ci_low']:+.3f}, {d['delta_auroc_ci_high']:+.3f}] "
+          f"(DeLong p = {d['delong_p']:.2g}), dECE {d['delta_ece']:+.3f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
@@ -113,10 +124,7 @@ def main() -> None:
         evals = {key: test_evaluation(run, cfg, Path(tmp) / "test" / f"{key[0]}-{key[1]}".replace(" ", "_"))
                  for key, run in runs.items()}
         for (arm, seed), ev in evals.items():
-            m = ev.metrics
-            print(f"{arm}, seed {seed}: test AUROC {fmt(m, 'auroc')}, specificity {m['specificity']:.3f}, ECE after "
-                  f"temperature {m['ece_calibrated']:.3f}, after prior shift {fmt(m, 'ece_prior_adjusted')} "
-                  f"(prevalence {m.get('prevalence_used', float('nan')):.3f})")
+            print_test(f"{arm}, seed {seed}", ev.metrics)
         for arm in arms:
             m = [evals[arm, s].metrics for s in seeds]
             print(f"{arm}, mean over seeds: test AUROC {np.mean([x['auroc'] for x in m]):.3f}, ECE after prior shift "
@@ -125,9 +133,7 @@ def main() -> None:
             for seed in seeds:
                 d = compare_predictions(evals[arm, seed].predictions, evals["lite0", seed].predictions, (arm, "lite0"),
                                         args.bootstrap).metrics
-                print(f"{arm} - lite0, seed {seed}: dAUROC {d['delta_auroc']:+.3f} [{d['delta_auroc_ci_low']:+.3f}, "
-                      f"{d['delta_auroc_ci_high']:+.3f}] (DeLong p = {d['delong_p']:.2g}), dECE {d['delta_ece']:+.3f}",
-                      flush=True)
+                print_paired(f"{arm} - lite0, seed {seed}", d)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from backbone_study import Trained, test_evaluation, train
+from backbone_study import Trained, print_paired, print_test, test_evaluation, train
 from medtl.config import EvaluateConfig
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.demo import NPZ
 from medtl.evaluate.paired import compare_predictions
-from medtl.evaluate.report import fmt
 
 BACKBONE = "efficientnet-lite2"
 
@@ -56,10 +55,7 @@ def main() -> None:
         cfg = EvaluateConfig(bootstrap=args.bootstrap, prevalence="em", figures=False, gradcam=0)
         evals = {key: test_evaluation(run, cfg, Path(tmp) / "test" / f"{key[0]}px-{key[1]}") for key, run in runs.items()}
         for (px, seed), ev in evals.items():
-            m = ev.metrics
-            print(f"{px} px, seed {seed}: test AUROC {fmt(m, 'auroc')}, specificity {m['specificity']:.3f}, ECE after "
-                  f"temperature {m['ece_calibrated']:.3f}, after prior shift {fmt(m, 'ece_prior_adjusted')} "
-                  f"(prevalence {m.get('prevalence_used', float('nan')):.3f})")
+            print_test(f"{px} px, seed {seed}", ev.metrics)
         for px in sizes:
             m = [evals[px, s].metrics for s in seeds]
             print(f"{px} px, mean over seeds: test AUROC {np.mean([x['auroc'] for x in m]):.3f}, ECE after prior shift "
@@ -69,9 +65,7 @@ def main() -> None:
             for seed in seeds:
                 d = compare_predictions(evals[px, seed].predictions, evals[sizes[0], seed].predictions,
                                         (f"{px}px", f"{sizes[0]}px"), args.bootstrap).metrics
-                print(f"{px} px - {sizes[0]} px, seed {seed}: dAUROC {d['delta_auroc']:+.3f} "
-                      f"[{d['delta_auroc_ci_low']:+.3f}, {d['delta_auroc_ci_high']:+.3f}] "
-                      f"(DeLong p = {d['delong_p']:.2g}), dECE {d['delta_ece']:+.3f}", flush=True)
+                print_paired(f"{px} px - {sizes[0]} px, seed {seed}", d)
 
 
 if __name__ == "__main__":
