@@ -1,13 +1,13 @@
 """A deep ensemble of the demo's fine-tuned model, the test split sealed until validation has spoken.
 
 Protocol, fixed before any of its test figures was seen (ninth session): fine-tune the demo's model (then
-EfficientNet-Lite0) with its config unchanged, ``train.seed`` 0 .. K-1; the ensemble averages the members' softmax
-probabilities (Lakshminarayanan et al. 2017; the method Ovadia et al. 2019 found best calibrated under dataset shift), takes
-their log as its logits, and gets one temperature and one decision threshold from validation like any medtl
-model, then the prior shift with EM's prevalence on the unlabelled test scores. The primary ensemble is the
-first three members (what the demo's budget could afford), the secondary all K. Validation figures (NLL after
-temperature, AUROC) are printed first for every member and both ensembles; the test figures after them, all of
-them, whatever they show.
+EfficientNet-Lite0) with its config unchanged, ``train.seed`` 0 .. K-1; the ensemble averages the members'
+softmax probabilities (Lakshminarayanan et al. 2017; the method Ovadia et al. 2019 found best calibrated under
+dataset shift), takes their log as its logits, and gets one temperature and one decision threshold from
+validation like any medtl model, then the prior shift with EM's prevalence on the unlabelled test scores. The
+primary ensemble is the first three members (what the demo's budget could afford), the secondary all K.
+Validation figures (NLL after temperature, AUROC) are printed first for every member and both ensembles; the
+test figures after them, all of them, whatever they show.
 
     python bench/ensemble_study.py [--members 5] [--bootstrap 1000]
 """

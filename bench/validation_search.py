@@ -1,10 +1,10 @@
 """How the demo's training settings were chosen, with the test split sealed until the choice is made.
 
-Fine-tunes the demo's backbone (EfficientNet-Lite0 when this search ran) on the shipped PneumoniaMNIST films once per setting and seed, scores each on
-validation (NLL after temperature, AUROC), picks the setting with the lowest mean validation NLL, and only
-then prints the test figures: the chosen setting's first, then every setting's, with the Spearman rank
-correlation between validation and test across settings (does validation rank models the way the separately
-collected test split does?).
+Fine-tunes the demo's backbone (EfficientNet-Lite0 when this search ran) on the shipped PneumoniaMNIST films
+once per setting and seed, scores each on validation (NLL after temperature, AUROC), picks the setting with the
+lowest mean validation NLL, and only then prints the test figures: the chosen setting's first, then every
+setting's, with the Spearman rank correlation between validation and test across settings (does validation rank
+models the way the separately collected test split does?).
 
     python bench/validation_search.py [--seeds 2] [--settings base,lr4_ep5_nw]
 """
