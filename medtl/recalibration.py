@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from medtl.errors import ManifestError, MedtlError
-from medtl.evaluate.calibration import Calibration, calibrate
+from medtl.evaluate.calibration import Calibration, at_bound, calibrate
 from medtl.log import logger
 from medtl.models.checkpoint import ModelBundle
 
@@ -82,7 +82,7 @@ def recalibrate(bundle: ModelBundle, table: pd.DataFrame, rule: str = "youden", 
                              "recalibration cannot rescue it; do not use this model at this site")
         slope, intercept = logistic_recalibration(logits, y)
         fitted = {"slope": slope, "intercept": intercept}
-        if not 0.051 < slope < 19.9:
+        if at_bound(slope):
             logger.warning("calibration slope %.2f is at its bound: the %d cases %s; label more cases of the site", slope,
                            len(y), "are separated perfectly" if slope > 1 else "are barely told apart by the model")
         shift = intercept / slope  # in logit units before the temperature

@@ -73,6 +73,28 @@ def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -
     return out
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+"""The temperatures ``fit_temperature`` searches: validation scores that separate the classes perfectly, or barely
+vary, have no finite optimum and land on an end."""
+
+
+def at_bound(temperature: float) -> bool:
+    """Whether a fitted temperature (or 1 / slope) sits on an end of ``TEMPERATURE_BOUNDS``: no optimum was found."""
+    lo, hi = TEMPERATURE_BOUNDS
+    return not lo * 1.02 < temperature < hi * 0.995
+
+
+def unfit_temperature(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> str | None:
+    """Why a temperature fitted on these cases means nothing, or None: when every case is already classified
+    correctly the NLL only falls as T falls (no optimum), and an end of the bounds says the same either way."""
+    z, y = np.asarray(logits), np.asarray(y_true).astype(int)
+    if len(y) and (z.argmax(1) == y).all():
+        return "are all classified correctly (the classes are separated perfectly)"
+    if at_bound(temperature):
+        return "are separated perfectly" if temperature < 1 else "are barely told apart by the model"
+    return None
+
+
 def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     """The T > 0 minimising the NLL of softmax(logits / T) on validation cases (Guo et al. 2017)."""
     z = np.asarray(logits, dtype=float)
@@ -83,7 +105,7 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         return float(-np.mean(log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y]))
 
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    res = minimize_scalar(nll, bounds=tuple(np.log(TEMPERATURE_BOUNDS)), method="bounded")
     return float(np.exp(res.x))
 
 
@@ -103,7 +125,7 @@ def logistic_recalibration(logits: np.ndarray, y_true: np.ndarray) -> tuple[floa
         s = w[0] * d + w[1]
         return float(-np.mean(y * log_expit(s) + (1 - y) * log_expit(-s)))
 
-    res = minimize(nll, np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(0.05, 20.0), (-20.0, 20.0)],
+    res = minimize(nll, np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[TEMPERATURE_BOUNDS, (-20.0, 20.0)],
                    options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 10000})
     return float(res.x[0]), float(res.x[1])
 

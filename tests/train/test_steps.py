@@ -34,3 +34,22 @@ def test_calibration_is_chosen_once_and_model_pt_survives_a_failing_evaluation(t
     assert "config" not in saved  # a model carries its inference spec, never the training config
     save_model(bundle, tmp_path / "last.pt", {"epoch": 1})
     assert read_checkpoint(tmp_path / "last.pt")["config"] == Config().to_dict()  # a resumable checkpoint does, to check a resume
+
+
+@pytest.mark.parametrize("signal, noise, warned", [(40.0, 0.0, "classified correctly"), (0.5, 0.0, "classified correctly"),
+                                                  (0.0, 0.3, "barely told apart"), (1.0, 1.0, None)])
+def test_a_temperature_on_its_bound_is_reported(tmp_path, caplog, signal, noise, warned):
+    """Validation that the scores split perfectly (or not at all) has no finite temperature: the user is told."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 10)
+    margin = signal * (labels - 0.5) + rng.normal(0, noise, 20)
+    logits = np.column_stack([np.zeros(20), margin])
+    result = SimpleNamespace(bundle=ModelBundle(torch.nn.Linear(2, 2), Config(), ["normal", "lesion"]),
+                             model_path=tmp_path / "model.pt", val={"logits": logits, "labels": labels})
+    steps.logger.addHandler(caplog.handler)
+    try:
+        steps.calibrate_step(result, steps.NullTracker())
+    finally:
+        steps.logger.removeHandler(caplog.handler)
+    bound = [r.getMessage() for r in caplog.records if "cannot be trusted" in r.getMessage()]
+    assert (warned in bound[0] and "20 validation cases" in bound[0]) if warned else not bound
