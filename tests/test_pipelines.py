@@ -1,6 +1,7 @@
 """Every pipeline through the CLI on tiny synthetic data; every shipped config validates."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,15 @@ def test_a_users_own_pipeline_file_runs_by_path_and_unknown_names_are_one_line(t
     assert res.returncode == 0 and "study with 4 folds" in res.stdout, res.stderr
     res = run_cli("run", "diagnosys")
     assert res.returncode == 2 and "diagnosis" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("pipeline, task, other", [("diagnosis", "segmentation", "segmentation"),
+                                                   ("segmentation", "classification", "diagnosis")])
+def test_a_config_for_the_other_task_is_refused_naming_the_pipeline_to_run(tmp_path, pipeline, task, other):
+    res = run_cli("run", pipeline, "--set", f"data.task={task}", "--set", f"train.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert res.returncode != 0 and f"medtl run {other}" in res.stderr and "data.task" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # refused before anything trained
 
 
 def test_batch_score_pipeline_without_a_registered_model_is_one_clear_line(tmp_path):
@@ -202,6 +212,26 @@ def test_crossval_nested_fold_runs_and_parent_mean_sd(tmp_path):
     assert parent.data.metrics["cv_test_accuracy_sd"] == pytest.approx(float(np.std(aurocs, ddof=1)))
     tests = pd.concat([pd.read_csv(tmp_path / "runs" / "cv" / f"fold{k}_manifest.csv").query("split == 'test'") for k in range(3)])
     assert sorted(tests["case_id"]) == sorted(pd.read_csv(m)["case_id"])  # every case tested exactly once
+
+
+def test_crossval_of_a_segmentation_config_nests_the_segmentation_pipeline(tmp_path, monkeypatch):
+    """Each fold runs the pipeline of the config's task and the summary reports its metrics (Dice, not AUROC)."""
+    from medtl.config import load_config
+    from medtl.pipelines import crossval, segmentation
+
+    m = make_segmentation_set(tmp_path / "s", n=6, size=(16, 16), kind="png")
+    seen = []
+
+    def fold(cfg, nested=False):
+        seen.append(cfg.data.task)
+        return {"evaluation": SimpleNamespace(metrics={"dice_mean": 0.5 + 0.1 * len(seen), "n": 2.0})}
+
+    monkeypatch.setattr(segmentation, "run", fold)
+    cfg = load_config(None, [f"data.manifest={m}", "data.task=segmentation", f"train.out_dir={tmp_path / 'runs'}",
+                             "tracking.enabled=false"])
+    out = crossval.run(cfg, folds=3)
+    assert seen == ["segmentation"] * 3
+    assert out["cv"]["cv_test_dice_mean_mean"] == pytest.approx(0.7) and "dice_mean: 0.700 ± 0.100" in out["summary"]
 
 
 @pytest.mark.slow

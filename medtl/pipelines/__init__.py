@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from medtl.errors import MedtlError
+from medtl.errors import ConfigError, MedtlError
 
 REGISTERED = ("diagnosis", "segmentation", "compare", "crossval", "label_efficiency", "adaptation", "batch_score")
 
@@ -30,6 +30,19 @@ def load_pipeline(name: str) -> ModuleType:
     if not callable(getattr(module, "run", None)):
         raise MedtlError(f"{path}: a pipeline file needs a function run(cfg, ...)")
     return module
+
+
+def task_pipeline(cfg: Any) -> ModuleType:
+    """The pipeline that trains one model for the config's task: what compare, crossval and the studies nest."""
+    return load_pipeline("segmentation" if cfg.data.task == "segmentation" else "diagnosis")
+
+
+def require_task(cfg: Any, task: str, pipeline: str) -> None:
+    """Refuse a config written for the other task rather than train what it says under this pipeline's name."""
+    if cfg.data.task != task:
+        other = "segmentation" if cfg.data.task == "segmentation" else "diagnosis"
+        raise ConfigError(f"data.task is {cfg.data.task} but the {pipeline} pipeline is for {task}; "
+                          f"run `medtl run {other}` with this config, or set data.task: {task}")
 
 
 def accepts(run: Callable[..., Any], option: str) -> bool:

@@ -4,7 +4,7 @@ test AUROC / ECE side by side — what transfer learning bought you."""
 from __future__ import annotations
 
 from medtl.config import Config
-from medtl.pipelines import load_pipeline
+from medtl.pipelines import task_pipeline
 from medtl.steps import paired_step, run_context, strategy_variant, summary_table
 from medtl.train.run import run_dir
 
@@ -12,7 +12,7 @@ STRATEGIES = ("scratch", "feature_extraction", "fine_tune", "full")
 
 
 def run(cfg: Config, strategies: tuple[str, ...] = STRATEGIES) -> dict:
-    diagnosis = load_pipeline("segmentation" if cfg.data.task == "segmentation" else "diagnosis")
+    diagnosis = task_pipeline(cfg)
     rows, predictions = [], {}
     with run_context(cfg.tracking, f"{cfg.name}-compare") as parent:
         for strategy in strategies:

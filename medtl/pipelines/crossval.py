@@ -1,5 +1,6 @@
-"""Cross-validation: k patient-grouped, stratified folds, each a nested MLflow run of the diagnosis pipeline
-(fold k tests, fold k+1 validates, the rest trains); the parent run holds the mean and sd of each test metric."""
+"""Cross-validation: k patient-grouped, stratified folds, each a nested MLflow run of the pipeline for the config's
+task, diagnosis or segmentation (fold k tests, fold k+1 validates, the rest trains); the parent run holds the mean
+and sd of each test metric."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import pandas as pd
 from medtl.config import Config
 from medtl.data.manifest import read_manifest
 from medtl.data.splits import fold_manifest
-from medtl.pipelines import load_pipeline
+from medtl.pipelines import task_pipeline
 from medtl.steps import run_context
 from medtl.train.run import run_dir
 
 
 def run(cfg: Config, folds: int = 5) -> dict:
-    diagnosis = load_pipeline("diagnosis")
+    diagnosis = task_pipeline(cfg)
     manifest = read_manifest(cfg.data.manifest, cfg.data.data_root)  # type: ignore[arg-type]
     table = manifest.table
     if "fold" not in table:
@@ -42,7 +43,8 @@ def run(cfg: Config, folds: int = 5) -> dict:
         summary = summarise_folds(per_fold)
         parent.log_metrics(summary)
     table_out = pd.DataFrame(per_fold)
-    keys = [c for c in ("auroc", "sensitivity", "specificity", "ece", "ece_calibrated") if c in table_out]
+    keys = [c for c in ("auroc", "sensitivity", "specificity", "ece", "ece_calibrated", "dice_mean", "iou_mean", "hd95_mm_mean")
+            if c in table_out]
     return {"folds": per_fold, "cv": summary,
             "summary": "\n".join(f"{key}: {summary[f'cv_test_{key}_mean']:.3f} ± {summary[f'cv_test_{key}_sd']:.3f}" for key in keys)}
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from medtl.config import Config
+from medtl.pipelines import require_task
 from medtl.train.run import run_dir
 from medtl.steps import summary_table, calibrate_step, evaluate_step, model_written, register_step, run_context, train_step
 
 
 def run(cfg: Config, resume: bool = False, nested: bool = False) -> dict:
+    require_task(cfg, "classification", "diagnosis")
     with run_context(cfg.tracking, cfg.name, nested=nested, checkpoint_dir=run_dir(cfg) / "checkpoints",
                      resume=resume) as tracker:
         result = train_step(cfg, tracker, resume)            # checks the manifest first, splits once

@@ -14,14 +14,14 @@ from medtl.config import Config
 from medtl.data.manifest import read_manifest, rows_of_split
 from medtl.data.splits import nested_subsets, split_manifest
 from medtl.evaluate.plots import learning_curve_plot
-from medtl.pipelines import load_pipeline
+from medtl.pipelines import task_pipeline
 from medtl.steps import paired_step, run_context, strategy_variant
 from medtl.train.run import run_dir
 
 
 def run(cfg: Config) -> dict:
     study, seg = cfg.study, cfg.data.task == "segmentation"
-    pipeline = load_pipeline("segmentation" if seg else "diagnosis")
+    pipeline = task_pipeline(cfg)
     manifest = read_manifest(cfg.data.manifest, cfg.data.data_root)  # type: ignore[arg-type]
     table = manifest.table if manifest.table["split"].notna().all() else split_manifest(manifest.table, 0.15, 0.15, cfg.train.seed)
     train = rows_of_split(table, "train")
