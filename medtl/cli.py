@@ -235,14 +235,23 @@ def compare_cmd(
     bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 1000,
 ) -> None:
     """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE, decision curve."""
-    from medtl.evaluate.paired import compare_predictions, write_comparison
+    from medtl.evaluate.paired import compare_predictions, require_prediction_columns, write_comparison
+    import pandas as pd
+
     from medtl.scoring import read_predictions
 
+    tables = []
     for path in (a, b):
         if not path.is_file():
             raise MedtlError(f"{path}: predictions file not found; give the predictions.csv of an evaluation")
+        try:
+            tables.append(read_predictions(path))
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise MedtlError(f"{path}: not a readable CSV ({type(exc).__name__}); give the predictions.csv of an "
+                             "evaluation") from exc
+        require_prediction_columns(tables[-1], str(path))
     label_a, _, label_b = names.partition(",")
-    cmp = compare_predictions(read_predictions(a), read_predictions(b), (label_a or "A", label_b or "B"), bootstrap)
+    cmp = compare_predictions(*tables, (label_a or "A", label_b or "B"), bootstrap)
     write_comparison(cmp, out)
     typer.echo((out / "paired_comparison.md").read_text())
 

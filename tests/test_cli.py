@@ -47,3 +47,14 @@ def test_help_shows_flags_as_flags_and_fits_80_columns():
     assert res.returncode == 0 and "--track / --no-track" in res.stdout
     assert "<bool>" not in res.stdout  # a flag takes no value
     assert max(len(line) for line in res.stdout.splitlines()) <= 80
+
+
+def test_compare_refuses_files_that_are_not_classification_predictions_in_one_line(tmp_path):
+    good = tmp_path / "a.csv"
+    good.write_text("case_id,label,prob_normal,prob_lesion,predicted\nc1,lesion,0.2,0.8,lesion\nc2,normal,0.9,0.1,normal\n")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "seg.csv").write_text("case_id,status,lesion_volume_ml\nc1,ok,3.2\n")
+    for other, said in (("empty.csv", "not a readable CSV"), ("seg.csv", "missing column(s) label, prob_<class>")):
+        res = run_cli("compare", str(good), str(tmp_path / other), "--out", str(tmp_path / "cmp"))
+        assert res.returncode != 0 and f"{other}: {said}" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

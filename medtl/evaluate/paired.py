@@ -119,6 +119,8 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
     cmp.curve.to_csv(files[1], index=False)
 
     def row(key: str, label: str) -> str:
+        if np.isnan(m[key]):
+            return f"| {label} | not defined: the cases are all of one class |"
         return f"| {label} | {m[key]:+.3f} [{m[key + '_ci_low']:+.3f}, {m[key + '_ci_high']:+.3f}] |"
 
     lines = [f"# {a} vs {b} on the same {int(m['n'])} cases", "", "| difference (a − b) | value [95% CI] |", "| --- | --- |",
@@ -135,17 +137,56 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
     return files
 
 
+def require_prediction_columns(table: pd.DataFrame, source: str) -> None:
+    """A predictions table names its cases, their labels and one probability per class, or is refused."""
+    from medtl.errors import MedtlError
+
+    missing = [c for c in ("case_id", "label") if c not in table] + ([] if any(c.startswith("prob_") for c in table)
+                                                                     else ["prob_<class>"])
+    if missing:
+        raise MedtlError(f"{source}: missing column(s) {', '.join(missing)}; give the predictions.csv of a classification "
+                         "evaluation (case_id, label, prob_<class> per class)")
+
+
+def shared_cases(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]) -> pd.DataFrame:
+    """The cases both tables scored, side by side: a case one model failed on, or that only one table holds, is
+    left out with a warning; a case labelled differently in the two, or a different set of classes, is refused."""
+    from medtl.errors import MedtlError
+    from medtl.log import logger
+
+    for table, name in zip((a, b), names):
+        require_prediction_columns(table, name)
+    probs = [[c for c in t.columns if c.startswith("prob_")] for t in (a, b)]
+    if probs[0] != probs[1]:
+        raise MedtlError(f"{names[0]} predicts {', '.join(probs[0])} but {names[1]} {', '.join(probs[1])}: "
+                         "compare models of the same classes")
+    scored = [t[t[probs[0]].notna().all(axis=1)] for t in (a, b)]
+    for table, kept, name in zip((a, b), scored, names):
+        if len(kept) < len(table):
+            logger.warning("%d case(s) that %s could not score left out of the comparison", len(table) - len(kept), name)
+    merged = scored[0].merge(scored[1], on="case_id", suffixes=("_a", "_b"))
+    clash = merged[merged["label_a"].astype(str) != merged["label_b"].astype(str)]
+    if not clash.empty:
+        case = clash.iloc[0]
+        raise MedtlError(f"case {case['case_id']}: labelled {case['label_a']} for {names[0]} and {case['label_b']} for "
+                         f"{names[1]} ({len(clash)} such case(s)): compare evaluations made with the same labels")
+    if merged.empty:
+        raise MedtlError("the two predictions tables share no case: compare models on the same cases")
+    only = [len(set(t["case_id"]) - set(merged["case_id"])) for t in scored]
+    if any(only):
+        logger.warning("compared on the %d cases both scored: %d only in %s, %d only in %s", len(merged), only[0],
+                       names[0], only[1], names[1])
+    return merged.drop(columns="label_b").rename(columns={"label_a": "label"})
+
+
 def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str], n_resamples: int = 1000,
                         seed: int = 0) -> PairedComparison:
     """Two predictions tables (case_id, label, prob_<class>...) of the same cases; the positive class is the
     last probability column (the second of a binary model)."""
+    merged = shared_cases(a, b, names)
     positive = [c for c in a.columns if c.startswith("prob_")][-1]
-    merged = a.merge(b, on=["case_id", "label"], suffixes=("_a", "_b"))
-    if merged.empty:
-        from medtl.errors import MedtlError
-
-        raise MedtlError("the two predictions tables share no case (case_id and label): compare models on the same cases")
     y = (merged["label"].astype(str) == positive.removeprefix("prob_")).to_numpy().astype(int)
-    groups = merged["patient_id"].to_numpy() if "patient_id" in merged else None
+    groups = next((merged[c].astype(str).to_numpy() for c in ("patient_id_a", "patient_id", "patient_id_b") if c in merged),
+                  None)  # each case its own patient when neither table knows them (a predictions.csv)
     return compare_models(y, merged[f"{positive}_a"].to_numpy(), merged[f"{positive}_b"].to_numpy(), names, groups,
                           n_resamples, seed=seed)

@@ -29,6 +29,7 @@ class Evaluation:
     notes: list[str]
     files: list[Path] = field(default_factory=list)
     predictions: pd.DataFrame | None = None
+    """Per case: case_id, label, prob_<class>, predicted and, in memory only, patient_id (not in predictions.csv)."""
     target_prior: list[float] | None = None
     """The deployment class prior chosen by ``evaluate.prevalence``, if any."""
 
@@ -101,7 +102,8 @@ def evaluate_classification(
     predictions.to_csv(files[0], index=False)
     if cfg.figures:
         files += _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg, subject)
-    ev = Evaluation(metrics, notes, files, predictions, prior)
+    # patients stay in memory, for the paired comparison's patient bootstrap; predictions.csv never holds them
+    ev = Evaluation(metrics, notes, files, predictions.assign(patient_id=groups), prior)
     files += write_report(ev, out_dir, classes)
     return ev
 

@@ -67,3 +67,70 @@ def test_paired_bootstrap_brackets_the_observed_difference_and_files_are_written
                                        "roc_both.svg", "reliability_both.png", "reliability_both.svg"}
     assert all(f.is_file() for f in files)
     assert "DeLong" in (tmp_path / "paired_comparison.md").read_text()
+
+
+def predictions_of(y, p, classes=("normal", "pneumonia"), **extra):
+    import pandas as pd
+
+    return pd.DataFrame({"case_id": [f"c{i}" for i in range(len(y))], "label": np.where(y == 1, classes[1], classes[0]),
+                         f"prob_{classes[0]}": 1 - p, f"prob_{classes[1]}": p, **extra})
+
+
+def test_two_evaluations_are_compared_by_patient_and_predictions_csv_never_holds_patients(tmp_path):
+    """The in-memory predictions of an evaluation carry the patients (two films each here), so the paired CI
+    resamples patients exactly as ``compare_models`` does with them; the written file has no patient column."""
+    import pandas as pd
+
+    from medtl.config import EvaluateConfig
+    from medtl.evaluate.paired import compare_predictions
+    from medtl.evaluate.report import evaluate_classification
+
+    rng = np.random.default_rng(5)
+    y = np.repeat((rng.random(60) < 0.5).astype(int), 2)
+    patients = np.repeat([f"p{i}" for i in range(60)], 2)
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(120)], "label": np.where(y == 1, "pos", "neg"),
+                          "patient_id": patients})
+    cfg = EvaluateConfig(bootstrap=20, figures=False)
+    evals = []
+    for k, signal in enumerate((2.0, 0.7)):
+        logits = np.column_stack([np.zeros(120), signal * (2 * y - 1) + rng.normal(0, 1.0, 120)])
+        evals.append(evaluate_classification(table, logits, ["neg", "pos"], 0.5, 1.0, cfg, tmp_path / str(k)))
+    assert "patient_id" not in pd.read_csv(tmp_path / "0" / "predictions.csv").columns
+    got = compare_predictions(evals[0].predictions, evals[1].predictions, ("a", "b"), 200).metrics
+    pa, pb = (e.predictions["prob_pos"].to_numpy() for e in evals)
+    by_patient = compare_models(y, pa, pb, ("a", "b"), patients, 200).metrics
+    by_film = compare_models(y, pa, pb, ("a", "b"), None, 200).metrics
+    assert (got["delta_auroc_ci_low"], got["delta_auroc_ci_high"]) == pytest.approx(
+        (by_patient["delta_auroc_ci_low"], by_patient["delta_auroc_ci_high"]))
+    assert got["delta_auroc_ci_low"] != pytest.approx(by_film["delta_auroc_ci_low"])
+
+
+def test_only_cases_both_scored_are_compared_and_mismatches_are_refused(caplog):
+    from medtl.errors import MedtlError
+    from medtl.evaluate.paired import compare_predictions, shared_cases
+    from medtl.log import logger
+
+    rng = np.random.default_rng(6)
+    y = (rng.random(40) < 0.5).astype(int)
+    a = predictions_of(y, np.clip(0.6 * y + rng.uniform(0, 0.4, 40), 0, 1))
+    b = predictions_of(y, rng.uniform(0, 1, 40)).iloc[5:].copy()
+    b.loc[b.index[:2], ["prob_normal", "prob_pneumonia"]] = np.nan  # two cases model B failed on
+    logger.addHandler(caplog.handler)
+    try:
+        merged = shared_cases(a, b, ("A", "B"))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert sorted(merged["case_id"]) == sorted(f"c{i}" for i in range(7, 40))
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "2 case(s) that B could not score" in said and "33 cases both scored: 7 only in A, 0 only in B" in said
+    want = roc_auc_score(y[7:], a["prob_pneumonia"][7:]) - roc_auc_score(y[7:], b["prob_pneumonia"].iloc[2:])
+    assert compare_predictions(a, b, ("A", "B"), 10).metrics["delta_auroc"] == pytest.approx(want)
+    relabelled = a.assign(label=np.where(a["case_id"] == "c9", "normal" if y[9] else "pneumonia", a["label"]))
+    with pytest.raises(MedtlError, match="case c9: labelled"):
+        shared_cases(relabelled, a, ("A", "B"))
+    with pytest.raises(MedtlError, match="same classes"):
+        shared_cases(a, predictions_of(y, a["prob_pneumonia"].to_numpy(), ("normal", "effusion")), ("A", "B"))
+    with pytest.raises(MedtlError, match="B: missing column.*prob_<class>"):
+        shared_cases(a, a[["case_id", "label"]], ("A", "B"))
+    with pytest.raises(MedtlError, match="share no case"):
+        shared_cases(a, a.assign(case_id="x" + a["case_id"]), ("A", "B"))
