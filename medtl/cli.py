@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from medtl import __version__
 from medtl.cli_data import manifest_app, weights_app
-from medtl.cli_options import ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, SetOption
+from medtl.cli_options import ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, SetOption, SplitsOption
 from medtl.errors import MedtlError
 from medtl.log import console, setup_logging, wide_console
 
@@ -85,6 +85,7 @@ def evaluate_cmd(
     manifest: Annotated[Path, typer.Option("--manifest", help="Manifest with labels (or masks).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.md, metrics.json and plots.")],
     split: Annotated[str, typer.Option(help="Split to evaluate, or 'all'.")] = "test",
+    splits: SplitsOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Evaluate a trained model: outcome and calibration metrics with CIs, subgroups, plots, report."""
@@ -92,7 +93,7 @@ def evaluate_cmd(
     from medtl.evaluate.run import evaluate_bundle
     from medtl.models.loader import load_any_model
 
-    ev = evaluate_bundle(load_any_model(model), manifest, split, out, device=device)
+    ev = evaluate_bundle(load_any_model(model), manifest, split, out, device=device, splits=splits)
     key = "auroc" if "auroc" in ev.metrics else ("auroc_macro" if "auroc_macro" in ev.metrics else "dice_mean")
     typer.echo(f"{key}: {fmt(ev.metrics, key)}  report: {out / 'report.md'}")
 
@@ -103,6 +104,7 @@ def recalibrate_cmd(
     manifest: Annotated[Path, typer.Option("--manifest", help="A random sample of the new site's cases, labelled.")],
     out: Annotated[Path, typer.Option("--out", help="The site's model.pt (the weights as trained, the output bias moved).")],
     split: Annotated[str, typer.Option(help="Split of the manifest to use, or 'all'.")] = "all",
+    splits: SplitsOption = None,
     threshold_rule: Annotated[str, typer.Option(help="youden, sensitivity or fixed.")] = "youden",
     target_sensitivity: Annotated[float, typer.Option(help="For --threshold-rule sensitivity.")] = 0.9,
     device: DeviceOption = "auto",
@@ -112,7 +114,8 @@ def recalibrate_cmd(
 
     if threshold_rule not in ("youden", "sensitivity", "fixed"):
         raise MedtlError(f"--threshold-rule {threshold_rule}: use youden, sensitivity or fixed")
-    site, (temperature, threshold) = recalibrate_model(model, manifest, out, split, threshold_rule, target_sensitivity, device)
+    site, (temperature, threshold) = recalibrate_model(model, manifest, out, split, threshold_rule, target_sensitivity, device,
+                                                       splits)
     fit = site.extra["recalibrated_on"]
     slope = f"calibration slope {fit['slope']:.3f}, intercept {fit['intercept']:+.3f}; " if "slope" in fit else ""
     typer.echo(f"{slope}temperature {temperature:.3f} -> {site.temperature:.3f}, threshold {threshold:.4f} -> "

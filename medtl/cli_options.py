@@ -14,4 +14,6 @@ SetOption = Annotated[
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.")]
 OptionalConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config file (defaults plus --set values when omitted).")]
 ModelOption = Annotated[str, typer.Option("--model", help="A model.pt, a run folder, runs:/RUN/model or models:/NAME@ALIAS.")]
+SplitsOption = Annotated[Optional[Path], typer.Option(
+    "--splits", help="The training run's splits.csv, for a manifest without a split column.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]

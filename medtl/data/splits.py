@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
@@ -27,6 +29,17 @@ def _holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     mask = np.zeros(len(table), bool)
     mask[held] = True
     return mask
+
+
+def with_saved_splits(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The manifest's cases with the splits a training run wrote (its ``splits.csv``): the same test cases
+    again, never a fresh split that would put training cases under test. Cases it does not list get none."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: splits file not found; give the splits.csv in the training run's folder")
+    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"case_id", "split"} <= set(saved.columns):
+        raise ManifestError(f"{path}: needs the columns case_id and split, as the splits.csv of a training run has")
+    return table.assign(split=table["case_id"].astype(str).map(saved.set_index("case_id")["split"]))
 
 
 def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed: int = 0) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import torch
 from medtl.config import EvaluateConfig
 from medtl.data.datasets import case_items
 from medtl.data.manifest import read_manifest, rows_of_split
+from medtl.data.splits import with_saved_splits
 from medtl.data.readers import load_scan
 from medtl.errors import DataError, ManifestError
 from medtl.evaluate import plots
@@ -26,7 +27,11 @@ def select_split(table: pd.DataFrame, split: str | None) -> pd.DataFrame:
         return table.reset_index(drop=True)
     part = rows_of_split(table, split)
     if part.empty:
-        raise ManifestError(f"no case in split {split!r}; splits present: {', '.join(map(str, table['split'].dropna().unique())) or 'none'}")
+        present = [str(v) for v in table["split"].dropna().unique() if str(v)]
+        if not present:  # splits live in the run's splits.csv when medtl made them
+            raise ManifestError(f"no case in split {split!r}: the manifest has no split column; give the training run's "
+                                "splits.csv with --splits, or use --split all")
+        raise ManifestError(f"no case in split {split!r}; splits present: {', '.join(present)}")
     return part.reset_index(drop=True)
 
 
@@ -50,9 +55,11 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
 
 
 def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None, out_dir: Path,
-                    cfg: EvaluateConfig | None = None, device: str = "auto") -> Evaluation:
-    manifest = read_manifest(manifest_path, bundle.spec.data.data_root)
-    return evaluate_table(bundle, select_split(manifest.table, split), out_dir, cfg, device)
+                    cfg: EvaluateConfig | None = None, device: str = "auto", splits: Path | None = None) -> Evaluation:
+    """``splits``: a training run's splits.csv, for a manifest without a split column."""
+    table = read_manifest(manifest_path, bundle.spec.data.data_root).table
+    return evaluate_table(bundle, select_split(with_saved_splits(table, splits) if splits else table, split), out_dir,
+                          cfg, device)
 
 
 def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg: EvaluateConfig | None = None,

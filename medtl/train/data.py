@@ -14,7 +14,7 @@ from medtl.config import DataConfig, TrainConfig
 from medtl.data.check import check_manifest
 from medtl.data.datasets import GuardedDataset, case_items, make_dataset
 from medtl.data.manifest import Manifest, class_names, read_manifest, rows_of_split
-from medtl.data.splits import split_manifest
+from medtl.data.splits import split_manifest, with_saved_splits
 from medtl.data.transforms import build_transforms
 from medtl.errors import ConfigError, DataError
 from medtl.log import logger
@@ -75,8 +75,7 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
     splits_file = out_dir / "splits.csv"
     if table["split"].isna().all():
         if splits_file.is_file():
-            saved = pd.read_csv(splits_file, dtype=str, keep_default_na=False).set_index("case_id")["split"]
-            table = table.assign(split=table["case_id"].map(saved))
+            table = with_saved_splits(table, splits_file)
         else:
             table = split_manifest(table, 0.15, 0.15, seed)
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -197,3 +197,23 @@ def test_a_run_folder_as_model_means_its_model_pt(tmp_path, model_2d):
     empty.mkdir()
     res = score(empty, manifest, tmp_path / "q.csv")
     assert res.returncode == 2 and "model.pt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_takes_the_runs_splits_for_a_manifest_without_them(tmp_path, model_2d):
+    """The test cases of a manifest that has no split column are the training run's, never a fresh split's."""
+    model, manifest = model_2d
+    table = pd.read_csv(manifest, dtype=str)
+    bare = manifest.parent / "bare_manifest.csv"
+    table.drop(columns="split").to_csv(bare, index=False)
+    (tmp_path / "splits.csv").write_text(table[["case_id", "split"]].to_csv(index=False))
+    res = run_cli("evaluate", "--model", str(model), "--manifest", str(bare), "--out", str(tmp_path / "a"))
+    assert res.returncode != 0 and "no split column" in res.stderr and "--splits" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = run_cli("evaluate", "--model", str(model), "--manifest", str(bare), "--out", str(tmp_path / "b"),
+                  "--splits", str(tmp_path / "splits.csv"))
+    assert res.returncode == 0, res.stderr
+    evaluated = pd.read_csv(tmp_path / "b" / "predictions.csv", dtype=str)["case_id"]
+    assert sorted(evaluated) == sorted(table.loc[table["split"] == "test", "case_id"])
+    res = run_cli("evaluate", "--model", str(model), "--manifest", str(bare), "--out", str(tmp_path / "c"),
+                  "--splits", str(bare))
+    assert res.returncode != 0 and "needs the columns case_id and split" in res.stderr
