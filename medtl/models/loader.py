@@ -19,6 +19,9 @@ def load_any_model(ref: str) -> ModelBundle:
             return load_bundle(path / "model.pt")
         raise MedtlError(f"--model {ref}: a folder with neither model.pt (a medtl run folder) nor MLmodel (an MLflow "
                          "model); give a model.pt, a run folder, runs:/RUN/model or models:/NAME@ALIAS")
+    if ":" not in ref and not path.exists():  # not a URI MLflow resolves either
+        raise MedtlError(f"--model {ref}: no such file or folder; give a model.pt, a run folder, runs:/RUN/model or "
+                         "models:/NAME@ALIAS")
     from medtl.mlflow_model import load_registered_bundle
 
     return load_registered_bundle(ref)
