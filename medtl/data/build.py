@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from medtl.data import dicom
+from medtl.data.manifest import read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from medtl.errors import ManifestError
 
@@ -139,7 +140,7 @@ def build_manifest(
 def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
     if not labels.is_file():
         raise ManifestError(f"{labels}: labels file not found")
-    sheet = pd.read_csv(labels, dtype=str, keep_default_na=False, na_values=[""])
+    sheet = read_sheet(labels)
     if "case_id" not in sheet:
         raise ManifestError(f"{labels}: needs a case_id column to join on (has {', '.join(sheet.columns)})")
     unmatched = sorted(set(sheet["case_id"]) - set(table["case_id"]))

@@ -66,6 +66,20 @@ def resolve_case_path(raw: str, root: Path, data_root: Path | None, case_id: str
     return series_ref(full, uid) if uid else str(full)
 
 
+def read_sheet(path: Path) -> pd.DataFrame:
+    """A CSV a person wrote (manifest, label sheet, splits), every value as text and empty cells missing; a file
+    that is not comma-separated UTF-8 — the usual way a spreadsheet's export goes wrong — is one clear error."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise ManifestError(f"{path}: not a readable CSV ({type(exc).__name__}); save it as comma-separated UTF-8") from None
+    sep = next((c for c in ";\t|" if len(table.columns) == 1 and c in str(table.columns[0])), None)
+    if sep:
+        raise ManifestError(f"{path}: its columns are separated by {sep!r}; save it as comma-separated UTF-8 "
+                            "(in Excel: CSV UTF-8)")
+    return table
+
+
 def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: bool = False) -> Manifest:
     """Reads and validates the schema: required columns, unique case ids, known splits, safe paths.
 
@@ -74,10 +88,7 @@ def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: b
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; build one with `medtl manifest build DIR --out {path.name}`")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise ManifestError(f"{path}: not a readable CSV ({type(exc).__name__}); save it as comma-separated UTF-8") from None
+    table = read_sheet(path)
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; a manifest needs case_id and image")

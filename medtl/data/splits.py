@@ -36,7 +36,9 @@ def with_saved_splits(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     again, never a fresh split that would put training cases under test. Cases it does not list get none."""
     if not path.is_file():
         raise ManifestError(f"{path}: splits file not found; give the splits.csv in the training run's folder")
-    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    from medtl.data.manifest import read_sheet
+
+    saved = read_sheet(path)
     if not {"case_id", "split"} <= set(saved.columns):
         raise ManifestError(f"{path}: needs the columns case_id and split, as the splits.csv of a training run has")
     return table.assign(split=table["case_id"].astype(str).map(saved.set_index("case_id")["split"]))

@@ -157,6 +157,23 @@ def test_unlabelled_rows_and_empty_manifests_fail_check_naming_the_cases(tmp_pat
     assert res.returncode == 1 and "no case" in res.stdout
 
 
+@pytest.mark.parametrize("sep, encoding", [(";", "utf-8"), ("\t", "utf-8"), (",", "utf-16")])
+def test_a_spreadsheet_export_that_is_not_comma_separated_utf8_is_one_line(tmp_path, sep, encoding):
+    """Manifests and label sheets come out of Excel; a European export (';'), a tab-separated or a UTF-16 file is
+    named with what to do, for the manifest and for the label sheet alike."""
+    m = make_classification_set(tmp_path / "d", n=4, kind="png", size=(16, 16))
+    table = pd.read_csv(m, dtype=str)
+    odd = tmp_path / "odd.csv"
+    table.to_csv(odd, index=False, sep=sep, encoding=encoding)
+    said = "separated by" if sep != "," else "not a readable CSV"
+    res = run_cli("manifest", "check", str(odd))
+    assert res.returncode == 2 and said in res.stderr and "comma-separated UTF-8" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    table[["case_id", "label"]].to_csv(odd, index=False, sep=sep, encoding=encoding)
+    res = run_cli("manifest", "build", str(tmp_path / "d"), "--out", str(tmp_path / "m.csv"), "--labels", str(odd))
+    assert res.returncode == 2 and said in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
 @pytest.mark.parametrize("name", ["..", ".", "../elsewhere", "a/b", "", "-rf"])
 def test_run_names_are_single_folder_names(name):
     with pytest.raises(ConfigError, match="name"):
