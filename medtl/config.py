@@ -276,7 +276,8 @@ REMOVED_KEYS = {
 def describe_errors(err: ValidationError, source: str, overridden: set[str] | None = None) -> list[str]:
     """One line per problem: source (the file, or ``--set`` for a key given there), dotted key path, what is
     wrong, what is allowed."""
-    lines = []
+    lines: list[str] = []
+    union: dict[str, list[str]] = {}  # pydantic reports one error per union member: one line per key, alternatives joined
     for e in err.errors():
         extra = e["type"] == "extra_forbidden"
         key, allowed = _key_path(tuple(e["loc"]), extra)
@@ -288,10 +289,21 @@ def describe_errors(err: ValidationError, source: str, overridden: set[str] | No
         elif extra:
             lines.append(f"{source_here}: {key}: unknown key; allowed keys here: {allowed}")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source_here}: {key}: {msg} (got {e.get('input')!r})")
-    # pydantic reports one error per union member; keep each line once, in order
-    return list(dict.fromkeys(lines))
+            head = f"{source_here}: {key}: "
+            if head not in union:
+                union[head] = []
+                lines.append(head)
+            union[head].append(f"{e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+    return [_alternatives(line, union[line]) if line in union else line for line in lines]
+
+
+def _alternatives(head: str, problems: list[str]) -> str:
+    """``key: msg (got x), or msg2 (got x)`` as ``key: msg, or msg2 (got x)``."""
+    problems = list(dict.fromkeys(problems))
+    got = {p[p.rindex(" (got "):] for p in problems}
+    if len(got) == 1:
+        return head + ", or ".join(p[:p.rindex(" (got ")] for p in problems) + got.pop()
+    return head + ", or ".join(problems)
 
 
 def build_config(raw: dict[str, Any], source: str = "config", overridden: set[str] | None = None) -> Config:

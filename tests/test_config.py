@@ -98,3 +98,13 @@ def test_a_bad_set_value_is_attributed_to_set_not_to_the_file(tmp_path):
 def test_a_removed_key_says_it_is_no_longer_used_and_what_to_do():
     with pytest.raises(ConfigError, match=r"--set: evaluate.split: no longer used; .*medtl evaluate --split"):
         load_config(None, ["evaluate.split=val"])
+
+
+def test_a_value_no_member_of_a_union_accepts_is_one_line_with_every_alternative():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["evaluate.prevalence=banana", "train.lr=x"])
+    lines = str(info.value).splitlines()
+    prevalence = [line for line in lines if "evaluate.prevalence" in line]
+    assert len(lines) == 2 and len(prevalence) == 1
+    assert "valid number" in prevalence[0] and "'em'" in prevalence[0] and prevalence[0].endswith("(got 'banana')")
+    assert prevalence[0].count("(got") == 1
