@@ -72,14 +72,21 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
             logger.warning("skipping %d bad case(s): %s", len(bad), ", ".join(bad))
             skipped = bad
             table = table[~table["case_id"].isin(bad)]
-    splits_file = out_dir / "splits.csv"
+    splits_file, fresh = out_dir / "splits.csv", False
     if table["split"].isna().all():
         if splits_file.is_file():
             table = with_saved_splits(table, splits_file)
         else:
-            table = split_manifest(table, 0.15, 0.15, seed)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            table[["case_id", "split"]].to_csv(splits_file, index=False)
+            table, fresh = split_manifest(table, 0.15, 0.15, seed), True
+    if data.task == "classification":
+        present = [c for c, n in zip(classes, train_label_counts(table, classes)) if n]
+        if len(present) < 2:  # before the split is saved: fixed labels get a fresh, stratified one
+            raise DataError(f"{manifest.path.name}: the training split holds {' and '.join(present) or 'no'} cases "
+                            "only; a classifier needs cases of at least two classes there: check the labels, "
+                            "data.classes and the split column")
+    if fresh:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table[["case_id", "split"]].to_csv(splits_file, index=False)
     return PreparedData(manifest, table.reset_index(drop=True), classes, skipped)
 
 

@@ -23,7 +23,7 @@ from tests.conftest import run_cli
 @pytest.fixture(scope="module")
 def model_2d(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("m2d")
-    m = make_classification_set(tmp / "d", n=10, kind="png", size=(16, 16), split=True)
+    m = make_classification_set(tmp / "d", n=12, kind="png", size=(16, 16), split=True)  # both classes train
     cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]",
                              "model.pretrained=none", "transfer.strategy=scratch", "train.epochs=1",
                              "train.max_steps_per_epoch=1", f"train.out_dir={tmp / 'runs'}"])
@@ -132,7 +132,7 @@ def test_malformed_dicom_numbers_are_per_case_errors_that_echo_nothing(tmp_path,
     printed = check.stdout + check.stderr
     assert check.returncode == 1 and bad.name in printed and keyword in printed
     assert "PHISENTINEL" not in printed and "unexpected error" not in printed
-    m = make_classification_set(tmp_path / "d", n=10, kind="dicom", size=(16, 16, 4), split=True)
+    m = make_classification_set(tmp_path / "d", n=12, kind="dicom", size=(16, 16, 4), split=True)  # both classes train
     cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.spatial_dims=3",
                              "data.image_size=[16,16,8]", "model.backbone=resnet10", "model.pretrained=none",
                              "transfer.strategy=scratch", "train.epochs=1", "train.max_steps_per_epoch=1",
@@ -237,3 +237,13 @@ def test_evaluate_takes_the_runs_splits_for_a_manifest_without_them(tmp_path, mo
     res = run_cli("evaluate", "--model", str(model), "--manifest", str(bare), "--out", str(tmp_path / "c"),
                   "--splits", str(bare))
     assert res.returncode != 0 and "needs the columns case_id and split" in res.stderr
+
+
+def test_a_training_split_of_one_class_is_refused_before_the_split_is_saved(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=40, kind="png", size=(16, 16))
+    pd.read_csv(m, dtype=str).assign(label="normal").to_csv(m, index=False)
+    res = run_cli("train", "--set", f"data.manifest={m}", "--set", "data.image_size=[16,16]", "--set",
+                  f"train.out_dir={tmp_path / 'runs'}", "--set", "name=one", "--set", "tracking.enabled=false")
+    assert res.returncode == 2 and "holds normal cases only" in res.stderr and "two classes" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "one" / "splits.csv").exists()  # relabelled cases will get a stratified split
