@@ -88,7 +88,9 @@ def unfit_temperature(logits: np.ndarray, y_true: np.ndarray, temperature: float
     """Why a temperature fitted on these cases means nothing, or None: when every case is already classified
     correctly the NLL only falls as T falls (no optimum), and an end of the bounds says the same either way."""
     z, y = np.asarray(logits), np.asarray(y_true).astype(int)
-    if len(y) and (z.argmax(1) == y).all():
+    if len(np.unique(y)) < 2:
+        return "hold one class only (no temperature or threshold can be fitted on them)"
+    if (z.argmax(1) == y).all():
         return "are all classified correctly (the classes are separated perfectly)"
     if at_bound(temperature):
         return "are separated perfectly" if temperature < 1 else "are barely told apart by the model"

@@ -37,12 +37,13 @@ def test_calibration_is_chosen_once_and_model_pt_survives_a_failing_evaluation(t
 
 
 @pytest.mark.parametrize("signal, noise, warned", [(40.0, 0.0, "classified correctly"), (0.5, 0.0, "classified correctly"),
-                                                  (0.0, 0.3, "barely told apart"), (1.0, 1.0, None)])
+                                                  (0.0, 0.3, "barely told apart"), (1.0, 1.0, None),
+                                                  (None, 1.0, "one class only")])
 def test_a_temperature_on_its_bound_is_reported(tmp_path, caplog, signal, noise, warned):
     """Validation that the scores split perfectly (or not at all) has no finite temperature: the user is told."""
     rng = np.random.default_rng(1)
-    labels = np.repeat([0, 1], 10)
-    margin = signal * (labels - 0.5) + rng.normal(0, noise, 20)
+    labels = np.repeat([0, 1], 10) if signal is not None else np.zeros(20, dtype=int)
+    margin = (signal or 0.0) * (labels - 0.5) + rng.normal(0, noise, 20)
     logits = np.column_stack([np.zeros(20), margin])
     result = SimpleNamespace(bundle=ModelBundle(torch.nn.Linear(2, 2), Config(), ["normal", "lesion"]),
                              model_path=tmp_path / "model.pt", val={"logits": logits, "labels": labels})
