@@ -89,7 +89,7 @@ def unfit_temperature(logits: np.ndarray, y_true: np.ndarray, temperature: float
     correctly the NLL only falls as T falls (no optimum), and an end of the bounds says the same either way."""
     z, y = np.asarray(logits), np.asarray(y_true).astype(int)
     if len(np.unique(y)) < 2:
-        return "hold one class only (no temperature or threshold can be fitted on them)"
+        return "hold one class only"
     if (z.argmax(1) == y).all():
         return "are all classified correctly (the classes are separated perfectly)"
     if at_bound(temperature):
