@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from medtl.config import Config, load_config
+from medtl.errors import MedtlError
 from medtl.data.manifest import rows_of_split
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.evaluate.report import Evaluation
@@ -35,6 +36,10 @@ def run_demo(overrides: list[str] | None = None, limit_train: int | None = None)
     here = Path.cwd() / "demo_out"
     cfg: Config = load_config(CONFIG, [f"data.manifest={here / 'pneumoniamnist' / 'manifest.csv'}",
                                        f"train.out_dir={here / 'runs'}", *(overrides or [])])
+    earlier = sorted(Path(cfg.train.out_dir).glob("*/checkpoints/last.pt"))
+    if earlier:  # each of the demo's runs would refuse to start over a run it did not make
+        raise MedtlError(f"{cfg.train.out_dir} already holds the demo's runs (e.g. {earlier[0].parents[1].name}); move or "
+                         "delete that folder to run the demo again (the MLflow store keeps the earlier runs)")
     manifest = Path(cfg.data.manifest)  # type: ignore[arg-type]
     if not manifest.is_file():
         logger.info("writing PneumoniaMNIST films as PNG files with a manifest (official splits)")

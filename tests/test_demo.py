@@ -80,3 +80,15 @@ def test_demo_learning_curve_keeps_each_models_auroc_and_ci_and_logs_the_figure(
     assert {("learning_curve.csv", "learning_curve"), ("learning_curve.png", "learning_curve"),
             ("learning_curve.svg", "learning_curve")} <= set(tracker.logged)
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+
+
+def test_a_second_demo_in_the_same_folder_says_what_to_move_and_touches_nothing(tmp_path):
+    from tests.conftest import run_cli
+
+    last = tmp_path / "demo_out" / "runs" / "demo-fine_tune" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"an earlier demo's checkpoint")
+    res = run_cli("demo", cwd=tmp_path)
+    assert res.returncode == 2 and "already holds the demo's runs" in res.stderr and "move or delete" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert last.read_bytes() == b"an earlier demo's checkpoint" and not (tmp_path / "demo_out" / "pneumoniamnist").exists()
