@@ -288,6 +288,8 @@ def run_cmd(
 
     module = load_pipeline(pipeline)
     mode = "changed" if resume_changed else resume
+    if mode and not accepts(module.run, "resume"):
+        raise MedtlError(f"--resume: pipeline {pipeline} cannot resume; run it again with --set name=NEW")
     kwargs: dict = {"resume": mode} if accepts(module.run, "resume") else {}
     if folds is not None:
         if not accepts(module.run, "folds"):

@@ -29,6 +29,8 @@ def test_a_users_own_pipeline_file_runs_by_path_and_unknown_names_are_one_line(t
     own.write_text("def run(cfg, folds=3):\n    return {'summary': f'{cfg.name} with {folds} folds'}\n")
     res = run_cli("run", str(own), "--folds", "4", "--set", "name=study")
     assert res.returncode == 0 and "study with 4 folds" in res.stdout, res.stderr
+    res = run_cli("run", str(own), "--resume")  # not silently ignored by a pipeline that has no resume
+    assert res.returncode == 2 and "cannot resume" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = run_cli("run", "diagnosys")
     assert res.returncode == 2 and "diagnosis" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
