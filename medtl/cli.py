@@ -157,6 +157,8 @@ def score_cmd(
         raise MedtlError(f"--engine {engine}: use local or spark")
 
     bundle = load_any_model(model)
+    if masks_out is not None and bundle.task != "segmentation":
+        raise MedtlError(f"--masks-out: {model} is a {bundle.task} model; only segmentation models write masks")
     if prevalence is not None:
         set_prevalence(bundle, prevalence)
     cases = input_cases(manifest, input_dir)

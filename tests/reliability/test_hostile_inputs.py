@@ -214,6 +214,9 @@ def test_a_run_folder_as_model_means_its_model_pt(tmp_path, model_2d):
     empty.mkdir()
     res = score(empty, manifest, tmp_path / "q.csv")
     assert res.returncode == 2 and "model.pt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = score(model, manifest, tmp_path / "s.csv", "--masks-out", str(tmp_path / "masks"))
+    assert res.returncode == 2 and "only segmentation models write masks" in res.stderr
+    assert not (tmp_path / "s.csv").exists()
     res = score(tmp_path / "gone", manifest, tmp_path / "r.csv")  # a mistyped folder is not an MLflow URI
     assert res.returncode == 2 and "gone: no such file or folder" in res.stderr and "MLflow" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
