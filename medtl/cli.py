@@ -192,6 +192,10 @@ def synthetic_cmd(
     """Write small synthetic scans with labels or masks and a manifest, to try medtl."""
     from medtl.data.synthetic import make_classification_set, make_segmentation_set
 
+    if kind not in ("png", "nifti", "dicom"):
+        raise MedtlError(f"--kind {kind!r}: use png, nifti or dicom")
+    if n < 2:
+        raise MedtlError(f"--n {n}: write at least 2 cases (one of each class)")
     if task == "segmentation":
         path = make_segmentation_set(out, n=n, seed=seed)
     elif task == "classification":

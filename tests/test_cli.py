@@ -58,3 +58,10 @@ def test_compare_refuses_files_that_are_not_classification_predictions_in_one_li
         res = run_cli("compare", str(good), str(tmp_path / other), "--out", str(tmp_path / "cmp"))
         assert res.returncode != 0 and f"{other}: {said}" in res.stderr, res.stderr
         assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_synthetic_refuses_an_unknown_kind_or_too_few_cases_in_one_line(tmp_path):
+    for args, said in ((["--kind", "jpeg"], "--kind 'jpeg'"), (["--n", "0"], "--n 0"), (["--n", "-5"], "--n -5")):
+        res = run_cli("synthetic", str(tmp_path / "s"), *args)
+        assert res.returncode == 2 and said in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "s").exists()
