@@ -176,6 +176,11 @@ def load_registered_bundle(uri: str) -> ModelBundle:
     (MLflow's own download folder would stay behind, a model's size per scoring run)."""
     import tempfile
 
+    store = mlflow.get_tracking_uri()
+    if uri.startswith(("models:/", "runs:/")) and store.startswith(("http://", "https://")):
+        from medtl.tracking import check_store
+
+        check_store(store)  # seconds and a plain answer, not MLflow's retries and a truncated exception
     try:
         with tempfile.TemporaryDirectory(prefix="medtl-model-") as download:
             model = mlflow.pyfunc.load_model(uri, dst_path=download)

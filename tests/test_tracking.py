@@ -111,6 +111,10 @@ def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
     assert res.returncode == 2
     assert closed in res.stderr and "unreachable" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "runs").exists()
+    scored = run_cli("score", "--model", "models:/tiny@champion", "--manifest", str(m), "--out", str(tmp_path / "p.csv"),
+                     "--no-track", env={"MLFLOW_TRACKING_URI": closed})  # a registered model from a server that is down
+    assert scored.returncode == 2 and f"tracking server {closed} is unreachable" in scored.stderr
+    assert len(scored.stderr.strip().splitlines()) == 1
 
 
 def _grep_tree(root: Path, needle: bytes, skip: Path) -> list[Path]:
