@@ -86,7 +86,7 @@ class CaseCompose(Compose):
 
 
 class CheckDimsd(MapTransform):
-    """Refuses a scan whose dimensionality is not the configured one, naming both."""
+    """Refuses a scan whose dimensionality is not the configured one, naming both, or that holds several volumes."""
 
     def __init__(self, keys: list[str], spatial_dims: int) -> None:
         super().__init__(keys)
@@ -95,6 +95,10 @@ class CheckDimsd(MapTransform):
     def __call__(self, data: Any) -> Any:
         d = dict(data)
         for key in self.key_iterator(d):
+            if d[key].shape[0] != 1:  # a 4-D NIfTI (echoes, time points) arrives as channels
+                raise DataError(f"case {d.get('case_id', '?')}: {key} holds {d[key].shape[0]} volumes "
+                                f"{tuple(d[key].shape)}; the model takes one grey scan per case: split it into one "
+                                "case per volume")
             shape = tuple(d[key].shape[1:])
             dims = len([s for s in shape if s > 1]) if len(shape) == 3 and self.spatial_dims == 2 else len(shape)
             if dims != self.spatial_dims:

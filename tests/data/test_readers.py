@@ -72,3 +72,17 @@ def test_bad_files_raise_data_error_naming_the_file(tmp_path):
         load_scan(bad)
     with pytest.raises(DataError, match="not found"):
         load_scan(tmp_path / "nope.nii.gz")
+
+
+def test_a_4d_nifti_is_a_case_error_naming_its_volumes_not_a_batch_crash(tmp_path):
+    """Echoes or time points arrive as channels; one such case must not take the batch down with it."""
+    from medtl.config import DataConfig
+    from medtl.data.transforms import build_transforms
+
+    vol = np.random.default_rng(0).normal(size=(12, 12, 6, 2)).astype(np.float32)
+    write_nifti(tmp_path / "four.nii.gz", vol, np.eye(4))
+    write_nifti(tmp_path / "one.nii.gz", vol[..., 0], np.eye(4))
+    chain = build_transforms(DataConfig(spatial_dims=3, image_size=[8, 8, 4], modality="ct"), train=False)
+    assert tuple(chain({"case_id": "one", "image": str(tmp_path / "one.nii.gz")})["image"].shape) == (1, 8, 8, 4)
+    with pytest.raises(DataError, match=r"case four: image holds 2 volumes .*one case per volume"):
+        chain({"case_id": "four", "image": str(tmp_path / "four.nii.gz")})
