@@ -244,9 +244,9 @@ def compare_cmd(
     bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 1000,
 ) -> None:
     """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE, decision curve."""
-    from medtl.evaluate.paired import compare_predictions, require_prediction_columns, write_comparison
     import pandas as pd
 
+    from medtl.evaluate.paired import compare_predictions, require_prediction_columns, write_comparison
     from medtl.scoring import read_predictions
 
     tables = []

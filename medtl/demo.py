@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from medtl.config import Config, load_config
-from medtl.errors import MedtlError
 from medtl.data.manifest import rows_of_split
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
+from medtl.errors import MedtlError
 from medtl.evaluate.report import Evaluation
 from medtl.log import logger, wide_console
 from medtl.models.loader import load_any_model
