@@ -86,14 +86,16 @@ def at_bound(temperature: float) -> bool:
 
 def unfit_temperature(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> str | None:
     """Why a temperature fitted on these cases means nothing, or None: when every case is already classified
-    correctly the NLL only falls as T falls (no optimum), and an end of the bounds says the same either way."""
+    correctly the NLL only falls as T falls (no optimum); an end of the bounds says that scores too close together
+    want an ever smaller T, or scores that tell the classes apart no better than chance an ever larger one."""
     z, y = np.asarray(logits), np.asarray(y_true).astype(int)
     if len(np.unique(y)) < 2:
         return "hold one class only"
     if (z.argmax(1) == y).all():
         return "are all classified correctly (the classes are separated perfectly)"
     if at_bound(temperature):
-        return "are separated perfectly" if temperature < 1 else "are barely told apart by the model"
+        return ("get scores so close together that no temperature in range sharpens them enough (a barely trained "
+                "model?)" if temperature < 1 else "are barely told apart by the model")
     return None
 
 

@@ -38,7 +38,7 @@ def test_calibration_is_chosen_once_and_model_pt_survives_a_failing_evaluation(t
 
 @pytest.mark.parametrize("signal, noise, warned", [(40.0, 0.0, "classified correctly"), (0.5, 0.0, "classified correctly"),
                                                   (0.0, 0.3, "barely told apart"), (1.0, 1.0, None),
-                                                  (None, 1.0, "one class only")])
+                                                  (None, 1.0, "one class only"), (0.01, 0.008, "scores so close")])
 def test_a_temperature_on_its_bound_is_reported(tmp_path, caplog, signal, noise, warned):
     """Validation that the scores split perfectly (or not at all) has no finite temperature: the user is told."""
     rng = np.random.default_rng(1)
