@@ -243,7 +243,10 @@ def compare_cmd(
     names: Annotated[str, typer.Option(help="Names of A and B, comma-separated.")] = "A,B",
     bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 1000,
 ) -> None:
-    """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE, decision curve."""
+    """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE, decision curve.
+
+    predictions.csv files hold no patient ids, so each case is resampled as its own patient here; the compare,
+    label_efficiency and demo pipelines resample patients."""
     import pandas as pd
 
     from medtl.evaluate.paired import compare_predictions, require_prediction_columns, write_comparison
