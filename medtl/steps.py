@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from medtl.config import Config, TrackingConfig
 from medtl.data.manifest import rows_of_split
-from medtl.evaluate.calibration import calibrate, unfit_temperature
+from medtl.evaluate.calibration import calibrate
 from medtl.evaluate.report import Evaluation, headline
 from medtl.evaluate.run import evaluate_table
 from medtl.log import logger
@@ -77,11 +77,6 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     bundle.extra["source_prior"] = chosen.source_prior
     if chosen.call_rates is not None:
         bundle.extra["source_call_rates"] = chosen.call_rates
-    why = unfit_temperature(result.val["logits"], result.val["labels"], chosen.temperature)
-    if cfg.evaluate.calibrate and why:
-        logger.warning("temperature %.3f cannot be trusted: the %d validation cases %s, so neither can the threshold "
-                       "chosen on them; give the validation split more cases", chosen.temperature,
-                       len(result.val["labels"]), why)
     logger.info("temperature %.3f; decision threshold %.4f (%s on %s validation probabilities): the one applied",
                 chosen.temperature, chosen.threshold, cfg.train.threshold_rule,
                 "calibrated" if cfg.evaluate.calibrate else "uncalibrated")

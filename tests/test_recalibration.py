@@ -101,3 +101,18 @@ def test_a_sample_without_labels_without_a_class_or_not_separated_is_refused_in_
         want = {"unlabelled": f"case {table['case_id'][3]}: no label", "one_class": "no case of class 'normal'",
                 "reversed": "does not separate the classes"}[name]
         assert want in line, line
+
+
+def test_a_site_sample_that_fixes_no_temperature_is_reported(caplog):
+    """The site's cases choose the temperature and threshold here, so they get validation's warning."""
+    from medtl.evaluate.calibration import calibrate
+    from medtl.log import logger
+
+    y = np.repeat([0, 1], 6)
+    logits = np.column_stack([np.zeros(12), 8.0 * (y - 0.5)])  # every case right: no finite temperature
+    logger.addHandler(caplog.handler)
+    try:
+        calibrate(logits, y, "youden", cases="site's")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert any("the 12 site's cases are all classified correctly" in r.getMessage() for r in caplog.records)
