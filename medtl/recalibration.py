@@ -90,7 +90,7 @@ def recalibrate(bundle: ModelBundle, table: pd.DataFrame, rule: str = "youden", 
             unwrap(bundle.model).head[-1].bias[1] += shift
         logits = logits.astype(np.float64)
         logits[:, 1] += shift
-    chosen = calibrate(logits, y, rule, target_sensitivity, cases="site's")
+    chosen = calibrate(logits, y, rule, target_sensitivity, cases="cases of the site")
     bundle.extra.pop("target_prior", None)
     bundle.temperature, bundle.threshold = chosen.temperature, chosen.threshold
     bundle.extra["source_prior"] = [float(v) for v in chosen.source_prior]

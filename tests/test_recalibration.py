@@ -112,7 +112,7 @@ def test_a_site_sample_that_fixes_no_temperature_is_reported(caplog):
     logits = np.column_stack([np.zeros(12), 8.0 * (y - 0.5)])  # every case right: no finite temperature
     logger.addHandler(caplog.handler)
     try:
-        calibrate(logits, y, "youden", cases="site's")
+        calibrate(logits, y, "youden", cases="cases of the site")
     finally:
         logger.removeHandler(caplog.handler)
-    assert any("the 12 site's cases are all classified correctly" in r.getMessage() for r in caplog.records)
+    assert any("the 12 cases of the site are all classified correctly" in r.getMessage() for r in caplog.records)

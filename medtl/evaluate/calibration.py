@@ -150,7 +150,7 @@ class Calibration:
 
 
 def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_sensitivity: float = 0.9,
-              temperature_scaling: bool = True, cases: str = "validation") -> Calibration:
+              temperature_scaling: bool = True, cases: str = "validation cases") -> Calibration:
     """Temperature fitted on validation (or 1 without ``temperature_scaling``), then the decision threshold
     chosen on the validation probabilities it gives (binary): the one place either is chosen. A temperature
     with no optimum on these cases is reported (``cases`` names them)."""
@@ -161,8 +161,8 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_
     temperature = fit_temperature(val_logits, y) if temperature_scaling else 1.0
     why = unfit_temperature(val_logits, y, temperature) if temperature_scaling else None
     if why:
-        logger.warning("temperature %.3f cannot be trusted: the %d %s cases %s, so neither can the threshold chosen on "
-                       "them; give them more cases", temperature, len(y), cases, why)
+        logger.warning("temperature %.3f cannot be trusted: the %d %s %s, so neither can the threshold chosen on "
+                       "them; add cases", temperature, len(y), cases, why)
     probs = apply_temperature(val_logits, temperature)
     threshold, rates = 0.5, None
     if val_logits.shape[1] == 2:
