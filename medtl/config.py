@@ -173,7 +173,7 @@ class StudyConfig(Section):
     """The label-efficiency study (``medtl run label_efficiency``)."""
 
     strategies: list[Literal["scratch", "feature_extraction", "fine_tune", "full"]] = Field(
-        default_factory=lambda: ["scratch", "feature_extraction", "fine_tune"])
+        default_factory=lambda: ["scratch", "feature_extraction", "fine_tune"], min_length=1)
     fractions: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.10, 0.25, 1.0])
     """Shares of the training split, nested: each smaller subset lies inside the larger ones."""
     seeds: int = Field(3, ge=1)

@@ -108,3 +108,8 @@ def test_a_value_no_member_of_a_union_accepts_is_one_line_with_every_alternative
     assert len(lines) == 2 and len(prevalence) == 1
     assert "valid number" in prevalence[0] and "'em'" in prevalence[0] and prevalence[0].endswith("(got 'banana')")
     assert prevalence[0].count("(got") == 1
+
+
+def test_a_study_of_no_strategy_is_refused():
+    with pytest.raises(ConfigError, match="study.strategies"):
+        load_config(None, ["study.strategies=[]"])

@@ -219,6 +219,7 @@ def test_crossval_nested_fold_runs_and_parent_mean_sd(tmp_path):
 def test_crossval_of_a_segmentation_config_nests_the_segmentation_pipeline(tmp_path, monkeypatch):
     """Each fold runs the pipeline of the config's task and the summary reports its metrics (Dice, not AUROC)."""
     from medtl.config import load_config
+    from medtl.errors import ConfigError
     from medtl.pipelines import crossval, segmentation
 
     m = make_segmentation_set(tmp_path / "s", n=6, size=(16, 16), kind="png")
@@ -231,6 +232,8 @@ def test_crossval_of_a_segmentation_config_nests_the_segmentation_pipeline(tmp_p
     monkeypatch.setattr(segmentation, "run", fold)
     cfg = load_config(None, [f"data.manifest={m}", "data.task=segmentation", f"train.out_dir={tmp_path / 'runs'}",
                              "tracking.enabled=false"])
+    with pytest.raises(ConfigError, match="--folds 2: cross-validation needs at least 3 folds"):
+        crossval.run(cfg, folds=2)  # fold k tests, fold k+1 validates: two folds would leave nothing to train
     out = crossval.run(cfg, folds=3)
     assert seen == ["segmentation"] * 3
     assert out["cv"]["cv_test_dice_mean_mean"] == pytest.approx(0.7) and "dice_mean: 0.700 ± 0.100" in out["summary"]

@@ -10,6 +10,7 @@ import pandas as pd
 from medtl.config import Config
 from medtl.data.manifest import read_manifest
 from medtl.data.splits import fold_manifest
+from medtl.errors import ConfigError
 from medtl.pipelines import task_pipeline
 from medtl.steps import run_context
 from medtl.train.run import run_dir
@@ -19,9 +20,14 @@ def run(cfg: Config, folds: int = 5) -> dict:
     diagnosis = task_pipeline(cfg)
     manifest = read_manifest(cfg.data.manifest, cfg.data.data_root)  # type: ignore[arg-type]
     table = manifest.table
+    need = "cross-validation needs at least 3 folds (one tests, the next validates, the rest train)"
     if "fold" not in table:
+        if folds < 3:
+            raise ConfigError(f"--folds {folds}: {need}")
         table = fold_manifest(table, folds, cfg.train.seed)
     k = int(table["fold"].astype(int).max()) + 1
+    if k < 3:
+        raise ConfigError(f"the manifest's fold column holds {k} fold(s): {need}")
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     per_fold: list[dict[str, float]] = []
