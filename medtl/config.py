@@ -168,6 +168,13 @@ class AdaptationConfig(Section):
     target_manifest: Path | None = None
     weight: float = Field(1.0, ge=0.0)
 
+    @model_validator(mode="after")
+    def _target_for_method(self) -> "AdaptationConfig":
+        if self.method != "none" and self.target_manifest is None:
+            raise ValueError(f"method {self.method} needs target_manifest: a manifest of the new site's scans "
+                             "(labels not needed)")
+        return self
+
 
 class StudyConfig(Section):
     """The label-efficiency study (``medtl run label_efficiency``)."""
@@ -201,6 +208,15 @@ class Config(Section):
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     study: StudyConfig = Field(default_factory=StudyConfig)
     name: str = "medtl"
+
+    @model_validator(mode="after")
+    def _adaptation_can_act(self) -> "Config":
+        method = self.adaptation.method
+        if method in ("coral", "dann") and self.transfer.strategy == "feature_extraction":
+            raise ValueError(f"adaptation.method {method} aligns features by training the backbone, which "
+                             "transfer.strategy feature_extraction keeps frozen: use fine_tune or full, or "
+                             "adaptation.method adabn")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -277,7 +293,8 @@ def describe_errors(err: ValidationError, source: str, overridden: set[str] | No
     """One line per problem: source (the file, or ``--set`` for a key given there), dotted key path, what is
     wrong, what is allowed."""
     lines: list[str] = []
-    union: dict[str, list[str]] = {}  # pydantic reports one error per union member: one line per key, alternatives joined
+    # pydantic reports one error per union member: one line per key, its alternatives joined
+    union: dict[str, list[tuple[str, str]]] = {}
     for e in err.errors():
         extra = e["type"] == "extra_forbidden"
         key, allowed = _key_path(tuple(e["loc"]), extra)
@@ -288,22 +305,26 @@ def describe_errors(err: ValidationError, source: str, overridden: set[str] | No
             lines.append(f"{source_here}: {key}: no longer used; {REMOVED_KEYS[key]}")
         elif extra:
             lines.append(f"{source_here}: {key}: unknown key; allowed keys here: {allowed}")
+        elif not e["loc"]:  # a rule across sections names its keys itself, which may come from both places
+            where = source if not overridden else "--set" if source == "defaults" else f"{source} with --set"
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
         else:
             head = f"{source_here}: {key}: "
             if head not in union:
                 union[head] = []
                 lines.append(head)
-            union[head].append(f"{e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+            given = e.get("input")  # a whole section (a rule across its keys) is not worth echoing
+            got = "" if isinstance(given, dict) else f" (got {given!r})"
+            union[head].append((e["msg"].removeprefix("Value error, "), got))
     return [_alternatives(line, union[line]) if line in union else line for line in lines]
 
 
-def _alternatives(head: str, problems: list[str]) -> str:
+def _alternatives(head: str, problems: list[tuple[str, str]]) -> str:
     """``key: msg (got x), or msg2 (got x)`` as ``key: msg, or msg2 (got x)``."""
     problems = list(dict.fromkeys(problems))
-    got = {p[p.rindex(" (got "):] for p in problems}
-    if len(got) == 1:
-        return head + ", or ".join(p[:p.rindex(" (got ")] for p in problems) + got.pop()
-    return head + ", or ".join(problems)
+    if len({got for _, got in problems}) == 1:
+        return head + ", or ".join(msg for msg, _ in problems) + problems[0][1]
+    return head + ", or ".join(msg + got for msg, got in problems)
 
 
 def build_config(raw: dict[str, Any], source: str = "config", overridden: set[str] | None = None) -> Config:

@@ -113,3 +113,18 @@ def test_a_value_no_member_of_a_union_accepts_is_one_line_with_every_alternative
 def test_a_study_of_no_strategy_is_refused():
     with pytest.raises(ConfigError, match="study.strategies"):
         load_config(None, ["study.strategies=[]"])
+
+
+def test_adaptation_that_could_not_act_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["adaptation.method=adabn"])
+    assert "adaptation: method adabn needs target_manifest" in str(info.value) and "(got" not in str(info.value)
+    target = tmp_path / "site.csv"
+    with pytest.raises(ConfigError) as info:  # CORAL trains the backbone; feature extraction keeps it frozen
+        load_config(None, ["adaptation.method=coral", f"adaptation.target_manifest={target}",
+                           "transfer.strategy=feature_extraction"])
+    assert str(info.value) == ("--set: adaptation.method coral aligns features by training the backbone, which "
+                               "transfer.strategy feature_extraction keeps frozen: use fine_tune or full, or "
+                               "adaptation.method adabn")
+    assert load_config(None, ["adaptation.method=coral", f"adaptation.target_manifest={target}",
+                              "transfer.strategy=fine_tune"]).adaptation.method == "coral"
