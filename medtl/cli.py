@@ -195,7 +195,7 @@ def synthetic_cmd(
     if kind not in ("png", "nifti", "dicom"):
         raise MedtlError(f"--kind {kind!r}: use png, nifti or dicom")
     if n < 2:
-        raise MedtlError(f"--n {n}: write at least 2 cases (one of each class)")
+        raise MedtlError(f"--n {n}: write at least 2 cases")
     if task == "segmentation":
         path = make_segmentation_set(out, n=n, seed=seed)
     elif task == "classification":
@@ -247,8 +247,6 @@ def compare_cmd(
 
     predictions.csv files hold no patient ids, so each case is resampled as its own patient here; the compare,
     label_efficiency and demo pipelines resample patients."""
-    import pandas as pd
-
     from medtl.evaluate.paired import compare_predictions, require_prediction_columns, write_comparison
     from medtl.scoring import read_predictions
 
@@ -256,12 +254,8 @@ def compare_cmd(
     for path in (a, b):
         if not path.is_file():
             raise MedtlError(f"{path}: predictions file not found; give the predictions.csv of an evaluation")
-        try:
-            tables.append(read_predictions(path))
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise MedtlError(f"{path}: not a readable CSV ({type(exc).__name__}); give the predictions.csv of an "
-                             "evaluation") from exc
-        require_prediction_columns(tables[-1], str(path))
+        tables.append(read_predictions(path))
+        require_prediction_columns(tables[-1], str(path))  # named by its file here, not as A or B
     label_a, _, label_b = names.partition(",")
     cmp = compare_predictions(*tables, (label_a or "A", label_b or "B"), bootstrap)
     write_comparison(cmp, out)

@@ -110,15 +110,13 @@ def recalibrate_model(model_ref: str, manifest: Path, out: Path, split: str | No
     """``medtl recalibrate``: loads the model, recalibrates it on the manifest's cases (one split, or all) and
     writes the site's ``model.pt``; returns it with the temperature and threshold it had before."""
     from medtl.data.manifest import read_manifest
-    from medtl.data.splits import with_saved_splits
     from medtl.evaluate.run import select_split
     from medtl.models.checkpoint import save_model
     from medtl.models.loader import load_any_model
 
     bundle = load_any_model(model_ref)
     before = (bundle.temperature, bundle.threshold)
-    table = read_manifest(manifest, bundle.spec.data.data_root).table
-    table = select_split(with_saved_splits(table, splits) if splits else table, split)
+    table = select_split(read_manifest(manifest, bundle.spec.data.data_root).table, split, splits)
     recalibrate(bundle, table, rule, target_sensitivity, device)
     save_model(bundle, out)
     return bundle, before

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.data.build import discover_cases
-from medtl.data.manifest import read_manifest
+from medtl.data.manifest import UNREADABLE_CSV, read_manifest
 from medtl.data.readers import IMAGE_SUFFIXES, scan_kind
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
@@ -80,11 +80,14 @@ def read_text_table(path: Path, **kwargs: Any) -> pd.DataFrame:
 def read_predictions(path: Path) -> pd.DataFrame:
     """A predictions file with its text columns kept as text (case ids like ``nan`` included) and its
     numeric columns (probabilities, volumes) as numbers, NaN where a case failed."""
-    columns = read_text_table(path, nrows=0).columns
-    numeric = [c for c in columns if c.startswith("prob_") or c == "lesion_volume_ml"]
-    table = pd.read_csv(path, dtype={c: str for c in columns if c not in numeric}, keep_default_na=False,
-                        na_values={c: ["", "nan", "NaN"] for c in numeric})
-    return table
+    try:
+        columns = read_text_table(path, nrows=0).columns
+        numeric = [c for c in columns if c.startswith("prob_") or c == "lesion_volume_ml"]
+        return pd.read_csv(path, dtype={c: str for c in columns if c not in numeric}, keep_default_na=False,
+                           na_values={c: ["", "nan", "NaN"] for c in numeric})
+    except UNREADABLE_CSV as exc:
+        raise MedtlError(f"{path}: not a readable CSV ({type(exc).__name__}); give a predictions file medtl "
+                         "wrote") from None
 
 
 def done_cases(stream: Path, model_id: str) -> set[str]:

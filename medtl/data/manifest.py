@@ -66,12 +66,16 @@ def resolve_case_path(raw: str, root: Path, data_root: Path | None, case_id: str
     return series_ref(full, uid) if uid else str(full)
 
 
+UNREADABLE_CSV = (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError)
+"""What pandas raises for a file that is not comma-separated UTF-8 text."""
+
+
 def read_sheet(path: Path) -> pd.DataFrame:
     """A CSV a person wrote (manifest, label sheet, splits), every value as text and empty cells missing; a file
     that is not comma-separated UTF-8 — the usual way a spreadsheet's export goes wrong — is one clear error."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+    except UNREADABLE_CSV as exc:
         raise ManifestError(f"{path}: not a readable CSV ({type(exc).__name__}); save it as comma-separated UTF-8") from None
     sep = next((c for c in ";\t|" if len(table.columns) == 1 and c in str(table.columns[0])), None)
     if sep:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from medtl.data.manifest import read_sheet
 from medtl.errors import ManifestError
 
 
@@ -36,8 +37,6 @@ def with_saved_splits(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     again, never a fresh split that would put training cases under test. Cases it does not list get none."""
     if not path.is_file():
         raise ManifestError(f"{path}: splits file not found; give the splits.csv in the training run's folder")
-    from medtl.data.manifest import read_sheet
-
     saved = read_sheet(path)
     if not {"case_id", "split"} <= set(saved.columns):
         raise ManifestError(f"{path}: needs the columns case_id and split, as the splits.csv of a training run has")

@@ -11,8 +11,8 @@ import torch
 from medtl.config import EvaluateConfig
 from medtl.data.datasets import case_items
 from medtl.data.manifest import read_manifest, rows_of_split
-from medtl.data.splits import with_saved_splits
 from medtl.data.readers import load_scan
+from medtl.data.splits import with_saved_splits
 from medtl.errors import DataError, ManifestError
 from medtl.evaluate import plots
 from medtl.log import logger
@@ -22,7 +22,10 @@ from medtl.models.checkpoint import ModelBundle
 from medtl.models.predictor import Predictor, device_for
 
 
-def select_split(table: pd.DataFrame, split: str | None) -> pd.DataFrame:
+def select_split(table: pd.DataFrame, split: str | None, splits: Path | None = None) -> pd.DataFrame:
+    """The cases of one split (or all); ``splits``, a training run's splits.csv, supplies the split column of a
+    manifest without one."""
+    table = with_saved_splits(table, splits) if splits else table
     if not split or split == "all":
         return table.reset_index(drop=True)
     part = rows_of_split(table, split)
@@ -56,10 +59,8 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
 
 def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None, out_dir: Path,
                     cfg: EvaluateConfig | None = None, device: str = "auto", splits: Path | None = None) -> Evaluation:
-    """``splits``: a training run's splits.csv, for a manifest without a split column."""
     table = read_manifest(manifest_path, bundle.spec.data.data_root).table
-    return evaluate_table(bundle, select_split(with_saved_splits(table, splits) if splits else table, split), out_dir,
-                          cfg, device)
+    return evaluate_table(bundle, select_split(table, split, splits), out_dir, cfg, device)
 
 
 def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg: EvaluateConfig | None = None,

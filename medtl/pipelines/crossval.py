@@ -49,8 +49,8 @@ def run(cfg: Config, folds: int = 5) -> dict:
         summary = summarise_folds(per_fold)
         parent.log_metrics(summary)
     table_out = pd.DataFrame(per_fold)
-    keys = [c for c in ("auroc", "sensitivity", "specificity", "ece", "ece_calibrated", "dice_mean", "iou_mean", "hd95_mm_mean")
-            if c in table_out]
+    shown = ("auroc", "sensitivity", "specificity", "ece", "ece_calibrated", "dice_mean", "iou_mean", "hd95_mm_mean")
+    keys = [c for c in shown if c in table_out]
     return {"folds": per_fold, "cv": summary,
             "summary": "\n".join(f"{key}: {summary[f'cv_test_{key}_mean']:.3f} ± {summary[f'cv_test_{key}_sd']:.3f}" for key in keys)}
 
