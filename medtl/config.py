@@ -89,6 +89,9 @@ class TrainConfig(Section):
     effective_number_beta: float = Field(0.999, gt=0.0, lt=1.0)
     focal_gamma: float = Field(2.0, ge=0.0)
     focal_alpha: float | None = Field(None, ge=0.0, le=1.0)
+    mixup_alpha: float | None = Field(None, gt=0.0)
+    """Mixup (Zhang et al. 2018) for classification: each batch trains on convex mixes of pairs of its cases and
+    their labels, the mixing weight drawn from Beta(alpha, alpha); None for none. Ignored by feature_extraction."""
     include_background: bool = False
     sampler: Literal["none", "balanced"] = "none"
     pos_neg_ratio: float = Field(1.0, gt=0.0)
@@ -216,6 +219,9 @@ class Config(Section):
             raise ValueError(f"adaptation.method {method} aligns features by training the backbone, which "
                              "transfer.strategy feature_extraction keeps frozen: use fine_tune or full, or "
                              "adaptation.method adabn")
+        if self.train.mixup_alpha is not None and (self.data.task != "classification" or method in ("coral", "dann")):
+            raise ValueError("train.mixup_alpha mixes class labels: it works for data.task classification without "
+                             "adaptation.method coral or dann; set it to null")
         return self
 
     @field_validator("name")

@@ -165,3 +165,18 @@ class DomainAdapted:
         task = self.loss_fn(core.head(fs).float(), y)
         extra, info = self.adapter(fs, ft, progress)
         return task + extra, {"task_loss": float(task.detach()), **info}
+
+
+class Mixup:
+    """Classification on convex mixes of pairs of cases, the loss mixed with the same weight (Zhang et al. 2018):
+    a regulariser that keeps the network from growing confident between classes. Like the task's own objective,
+    so the loop does not know it exists; the weight and pairing come from torch's seeded generator."""
+
+    def __init__(self, loss_fn: nn.Module, alpha: float) -> None:
+        self.loss_fn, self.beta = loss_fn, torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        lam = float(self.beta.sample())
+        pair = torch.randperm(x.shape[0]).to(x.device)
+        logits = model(lam * x + (1.0 - lam) * x[pair]).float()
+        return lam * self.loss_fn(logits, y) + (1.0 - lam) * self.loss_fn(logits, y[pair]), {}

@@ -128,3 +128,14 @@ def test_adaptation_that_could_not_act_is_refused_before_training(tmp_path):
                                "adaptation.method adabn")
     assert load_config(None, ["adaptation.method=coral", f"adaptation.target_manifest={target}",
                               "transfer.strategy=fine_tune"]).adaptation.method == "coral"
+
+
+def test_mixup_is_refused_where_labels_cannot_be_mixed(tmp_path):
+    target = tmp_path / "site.csv"
+    for overrides in (["data.task=segmentation", "train.loss=dice_ce"],
+                      ["adaptation.method=dann", f"adaptation.target_manifest={target}"]):
+        with pytest.raises(ConfigError, match="train.mixup_alpha mixes class labels.*set it to null"):
+            load_config(None, ["train.mixup_alpha=0.2", *overrides])
+    with pytest.raises(ConfigError, match="train.mixup_alpha"):
+        load_config(None, ["train.mixup_alpha=0"])
+    assert load_config(None, ["train.mixup_alpha=0.2"]).train.mixup_alpha == 0.2

@@ -30,7 +30,7 @@ from medtl.train.data import PreparedData, device_loader, make_loader, prepare_c
 from medtl.train.loop import FitState, Loop, fit, make_optimizer, restore, to_device, warmup_cosine
 from medtl.train.losses import build_loss
 from medtl.train.runtime import Runtime, make_runtime, seed_everything
-from medtl.tasks import DomainAdapted, Objective, Task, make_task
+from medtl.tasks import DomainAdapted, Mixup, Objective, Task, make_task
 
 
 @dataclass
@@ -259,10 +259,10 @@ def target_loader(cfg: Config, table: pd.DataFrame, train: bool = True):
 
 def _adaptation(cfg: Config, rt: Runtime, model: nn.Module, task: Task,
                 target: Manifest | None) -> tuple[nn.Module | None, Objective]:
-    """The adaptation module (its parameters join the optimizer) and the objective: the task's own, or the
-    task's loss plus CORAL or DANN on source and target features."""
+    """The adaptation module (its parameters join the optimizer) and the objective: the task's own (with mixup
+    when configured), or the task's loss plus CORAL or DANN on source and target features."""
     if cfg.adaptation.method not in ("coral", "dann"):
-        return None, task.objective
+        return None, Mixup(task.loss_fn, cfg.train.mixup_alpha) if cfg.train.mixup_alpha else task.objective
     from medtl.models.adaptation import Adapter
 
     if target is None:

@@ -71,3 +71,29 @@ def test_threshold_rules_on_crafted_example():
     assert choose_threshold(y, p, "sensitivity", 0.5) == pytest.approx(0.8)
     assert choose_threshold(y, p, "fixed") == 0.5
     assert choose_threshold(np.ones(4), p[:4], "youden") == 0.5
+
+
+def test_mixup_loss_is_cross_entropy_against_the_mixed_labels():
+    from medtl.tasks import Mixup
+
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 1, 0, 1, 0])
+    torch.manual_seed(4)
+    got, _ = Mixup(torch.nn.CrossEntropyLoss(), 0.4)(model, x, y, 0.0)
+    torch.manual_seed(4)  # the same draws, made by hand
+    lam = float(torch.distributions.Beta(torch.tensor(0.4), torch.tensor(0.4)).sample())
+    pair = torch.randperm(6)
+    soft = lam * torch.nn.functional.one_hot(y, 2) + (1 - lam) * torch.nn.functional.one_hot(y[pair], 2)
+    want = torch.nn.functional.cross_entropy(model(lam * x + (1 - lam) * x[pair]), soft.float())
+    assert 0.0 < lam < 1.0 and float(got) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_training_takes_the_mixup_objective_when_configured():
+    from medtl.config import load_config
+    from medtl.tasks import Mixup, make_task
+    from medtl.train.run import _adaptation
+
+    task = make_task("classification", torch.nn.CrossEntropyLoss())
+    _, objective = _adaptation(load_config(None, ["train.mixup_alpha=0.2"]), None, None, task, None)
+    assert isinstance(objective, Mixup) and objective.loss_fn is task.loss_fn
+    assert _adaptation(load_config(None, []), None, None, task, None)[1] == task.objective
