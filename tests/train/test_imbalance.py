@@ -85,7 +85,7 @@ def test_mixup_loss_is_cross_entropy_against_the_mixed_labels():
     pair = torch.randperm(6)
     soft = lam * torch.nn.functional.one_hot(y, 2) + (1 - lam) * torch.nn.functional.one_hot(y[pair], 2)
     want = torch.nn.functional.cross_entropy(model(lam * x + (1 - lam) * x[pair]), soft.float())
-    assert 0.0 < lam < 1.0 and float(got) == pytest.approx(float(want), rel=1e-5)
+    assert 0.0 < lam < 1.0 and float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
 
 
 def test_training_takes_the_mixup_objective_when_configured():
