@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,6 +98,28 @@ def print_paired(label: str, d: dict) -> None:
           f"(DeLong p = {d['delong_p']:.2g}), dECE {d['delta_ece']:+.3f}", flush=True)
 
 
+def report_test(runs: dict[tuple[Any, int], Trained], seeds: range, baseline: Any, bootstrap: int, out: Path,
+                label: Callable[[Any], str] = str) -> None:
+    """The test split, opened: every run's figures, each arm's means over seeds, then per seed each arm's paired
+    difference against ``baseline`` of the same seed, all printed whatever they show."""
+    cfg = EvaluateConfig(bootstrap=bootstrap, prevalence="em", figures=False, gradcam=0)
+    evals = {key: test_evaluation(run, cfg, out / f"{label(key[0])}-{key[1]}".replace(" ", "_")) for key, run in runs.items()}
+    for (arm, seed), ev in evals.items():
+        print_test(f"{label(arm)}, seed {seed}", ev.metrics)
+    arms = list(dict.fromkeys(arm for arm, _ in runs))
+    for arm in arms:
+        m = [evals[arm, s].metrics for s in seeds]
+        print(f"{label(arm)}, mean over seeds: test AUROC {np.mean([x['auroc'] for x in m]):.3f}, specificity "
+              f"{np.mean([x['specificity'] for x in m]):.3f}, ECE after prior shift "
+              f"{np.mean([x.get('ece_prior_adjusted', np.nan) for x in m]):.3f}, training "
+              f"{np.mean([runs[arm, s].minutes for s in seeds]):.1f} min")
+    for arm in [a for a in arms if a != baseline]:
+        for seed in seeds:
+            d = compare_predictions(evals[arm, seed].predictions, evals[baseline, seed].predictions,
+                                    (label(arm), label(baseline)), bootstrap).metrics
+            print_paired(f"{label(arm)} - {label(baseline)}, seed {seed}", d)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
@@ -120,20 +144,7 @@ def main() -> None:
             print(f"{arm}, mean over seeds: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f}")
         chosen = choose(runs, seeds)
         print(f"\nchosen on validation: {chosen}\n\ntest split, opened now:", flush=True)
-        cfg = EvaluateConfig(bootstrap=args.bootstrap, prevalence="em", figures=False, gradcam=0)
-        evals = {key: test_evaluation(run, cfg, Path(tmp) / "test" / f"{key[0]}-{key[1]}".replace(" ", "_"))
-                 for key, run in runs.items()}
-        for (arm, seed), ev in evals.items():
-            print_test(f"{arm}, seed {seed}", ev.metrics)
-        for arm in arms:
-            m = [evals[arm, s].metrics for s in seeds]
-            print(f"{arm}, mean over seeds: test AUROC {np.mean([x['auroc'] for x in m]):.3f}, ECE after prior shift "
-                  f"{np.mean([x.get('ece_prior_adjusted', np.nan) for x in m]):.3f}")
-        for arm in [a for a in arms if a != "lite0"]:
-            for seed in seeds:
-                d = compare_predictions(evals[arm, seed].predictions, evals["lite0", seed].predictions, (arm, "lite0"),
-                                        args.bootstrap).metrics
-                print_paired(f"{arm} - lite0, seed {seed}", d)
+        report_test(runs, seeds, "lite0", args.bootstrap, Path(tmp) / "test")
 
 
 if __name__ == "__main__":

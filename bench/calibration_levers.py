@@ -35,13 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backbone_study import Trained, print_paired, print_test, test_evaluation
+from backbone_study import Trained, report_test
 from ensemble_study import ensemble_logits
-from medtl.config import EvaluateConfig, load_config
+from medtl.config import load_config
 from medtl.data.manifest import rows_of_split
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.demo import CONFIG, NPZ
-from medtl.evaluate.paired import compare_predictions
 from medtl.evaluate.run import predict_logits
 from medtl.steps import fit_model, strategy_variant
 
@@ -103,21 +102,7 @@ def main() -> None:
             nll, auroc = np.mean([runs[arm, s].validation() for s in seeds], axis=0)
             print(f"{arm}, mean over seeds: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f}")
         print(f"\nchosen on validation: {choose(runs, seeds)}\n\ntest split, opened now:", flush=True)
-        cfg = EvaluateConfig(bootstrap=args.bootstrap, prevalence="em", figures=False, gradcam=0)
-        evals = {key: test_evaluation(run, cfg, Path(tmp) / "test" / f"{key[0]}-{key[1]}".replace(" ", "_"))
-                 for key, run in runs.items()}
-        for (arm, seed), ev in evals.items():
-            print_test(f"{arm}, seed {seed}", ev.metrics)
-        for arm in arms:
-            m = [evals[arm, s].metrics for s in seeds]
-            print(f"{arm}, mean over seeds: test AUROC {np.mean([x['auroc'] for x in m]):.3f}, specificity "
-                  f"{np.mean([x['specificity'] for x in m]):.3f}, ECE after prior shift "
-                  f"{np.mean([x.get('ece_prior_adjusted', np.nan) for x in m]):.3f}")
-        for arm in arms[1:]:
-            for seed in seeds:
-                d = compare_predictions(evals[arm, seed].predictions, evals["fine_tune", seed].predictions,
-                                        (arm, "fine_tune"), args.bootstrap).metrics
-                print_paired(f"{arm} - fine_tune, seed {seed}", d)
+        report_test(runs, seeds, "fine_tune", args.bootstrap, Path(tmp) / "test")
 
 
 if __name__ == "__main__":

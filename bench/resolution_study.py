@@ -22,13 +22,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from backbone_study import Trained, print_paired, print_test, test_evaluation, train
-from medtl.config import EvaluateConfig
+from backbone_study import Trained, report_test, train
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.demo import NPZ
-from medtl.evaluate.paired import compare_predictions
 
 BACKBONE = "efficientnet-lite2"
 
@@ -52,20 +48,7 @@ def main() -> None:
                 print(f"{px} px, seed {seed}: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f} "
                       f"({run.minutes:.1f} min to fine-tune)", flush=True)
         print("\ntest split, opened now:", flush=True)
-        cfg = EvaluateConfig(bootstrap=args.bootstrap, prevalence="em", figures=False, gradcam=0)
-        evals = {key: test_evaluation(run, cfg, Path(tmp) / "test" / f"{key[0]}px-{key[1]}") for key, run in runs.items()}
-        for (px, seed), ev in evals.items():
-            print_test(f"{px} px, seed {seed}", ev.metrics)
-        for px in sizes:
-            m = [evals[px, s].metrics for s in seeds]
-            print(f"{px} px, mean over seeds: test AUROC {np.mean([x['auroc'] for x in m]):.3f}, ECE after prior shift "
-                  f"{np.mean([x.get('ece_prior_adjusted', np.nan) for x in m]):.3f}, fine-tuning "
-                  f"{np.mean([runs[px, s].minutes for s in seeds]):.1f} min")
-        for px in sizes[1:]:
-            for seed in seeds:
-                d = compare_predictions(evals[px, seed].predictions, evals[sizes[0], seed].predictions,
-                                        (f"{px}px", f"{sizes[0]}px"), args.bootstrap).metrics
-                print_paired(f"{px} px - {sizes[0]} px, seed {seed}", d)
+        report_test(runs, seeds, sizes[0], args.bootstrap, Path(tmp) / "test", label=lambda px: f"{px} px")
 
 
 if __name__ == "__main__":
