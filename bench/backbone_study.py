@@ -98,6 +98,15 @@ def print_paired(label: str, d: dict) -> None:
           f"(DeLong p = {d['delong_p']:.2g}), dECE {d['delta_ece']:+.3f}", flush=True)
 
 
+def study_arguments(seeds: int) -> argparse.ArgumentParser:
+    """The options every sealed study takes: seeds, bootstrap resamples, a cap on training films for a quick run."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=seeds)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--train-limit", type=int, default=None, help="cap train films for a quicker run")
+    return ap
+
+
 def report_test(runs: dict[tuple[Any, int], Trained], seeds: range, baseline: Any, bootstrap: int, out: Path,
                 label: Callable[[Any], str] = str) -> None:
     """The test split, opened: every run's figures, each arm's means over seeds, then per seed each arm's paired
@@ -121,11 +130,8 @@ def report_test(runs: dict[tuple[Any, int], Trained], seeds: range, baseline: An
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap = study_arguments(seeds=3)
     ap.add_argument("--no-64", action="store_true", help="skip the secondary Lite2 at 64 px arm")
-    ap.add_argument("--train-limit", type=int, default=None, help="cap train films for a quicker run")
     args = ap.parse_args()
     seeds = range(args.seeds)
     arms = {k: v for k, v in ARMS.items() if not (args.no_64 and v[1] == 64)}

@@ -27,7 +27,6 @@ same seed.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backbone_study import Trained, report_test
+from backbone_study import Trained, report_test, study_arguments
 from ensemble_study import ensemble_logits
 from medtl.config import load_config
 from medtl.data.manifest import rows_of_split
@@ -78,11 +77,7 @@ def choose(runs: dict[tuple[str, int], Trained], seeds: range) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--train-limit", type=int, default=None, help="cap train films for a quicker run")
-    args = ap.parse_args()
+    args = study_arguments(seeds=3).parse_args()
     seeds = range(args.seeds)
     runs: dict[tuple[str, int], Trained] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,6 @@ DeLong's p, ΔECE).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -29,15 +28,12 @@ from medtl.evaluate.paired import compare_predictions
 from medtl.evaluate.report import fmt
 from medtl.pipelines import load_pipeline
 
+from backbone_study import study_arguments
 from ensemble_study import validation_line
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--train-limit", type=int, default=None, help="cap train films for a quicker run")
-    args = ap.parse_args()
+    args = study_arguments(seeds=3).parse_args()
     adaptation = load_pipeline("adaptation")
     sealed = []
     with tempfile.TemporaryDirectory() as tmp:

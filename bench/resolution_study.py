@@ -18,11 +18,10 @@ DeLong's p).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
-from backbone_study import Trained, report_test, train
+from backbone_study import Trained, report_test, study_arguments, train
 from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
 from medtl.demo import NPZ
 
@@ -30,11 +29,8 @@ BACKBONE = "efficientnet-lite2"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=2)
+    ap = study_arguments(seeds=2)
     ap.add_argument("--sizes", default="48,96,128", help="input sizes in px; the first is the paired reference")
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--train-limit", type=int, default=None, help="cap train films for a quicker run")
     args = ap.parse_args()
     seeds, sizes = range(args.seeds), [int(s) for s in args.sizes.split(",")]
     runs: dict[tuple[int, int], Trained] = {}
