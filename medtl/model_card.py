@@ -23,7 +23,7 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
              "## Intended use", cfg.tracking.intended_use or f"{NEEDS}: clinical question, population, setting, user.", "",
              "## Model", f"{cfg.model.backbone} ({cfg.model.pretrained} weights), transfer strategy {cfg.transfer.strategy}, "
              f"{cfg.data.spatial_dims}D input {cfg.data.image_size}, {cfg.data.modality}; classes: "
-             f"{', '.join(cfg.data.classes or [])}.", "",
+             f"{', '.join(cfg.data.classes or [])}. Trained with {_training(cfg)}.", "",
              "## Data", f"Manifest digest (SHA-256) `{dataset_digest[:16]}`; patient-level splits.", "",
              *_markdown_counts(counts), ""]
     if sites:
@@ -49,6 +49,18 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
               "- 12 (model and training: config artifact), 16 (performance with CIs), 17 (calibration), 19 (subgroups).",
               f"- {NEEDS}: 3 (objectives), 7 (predictors' clinical meaning), 8 (sample size rationale), 22 (funding)."]
     return "\n".join(lines)
+
+
+def _training(cfg: Config) -> str:
+    """The objective in words: what shaped the model's confidence, which a reader of its calibration wants to know."""
+    t = cfg.train
+    if cfg.transfer.strategy == "feature_extraction":
+        return f"a {cfg.transfer.head} head fitted on the frozen backbone's features"
+    weights = t.class_weights if isinstance(t.class_weights, str) else "explicit"
+    parts = [f"{t.loss} loss" + (f" (gamma {t.focal_gamma:g})" if "focal" in t.loss else ""),
+             *([f"{weights.replace('_', '-')} class weights"] if weights != "none" else []),
+             *([f"mixup (alpha {t.mixup_alpha:g})"] if t.mixup_alpha else []), f"up to {t.epochs} epochs"]
+    return ", ".join(parts)
 
 
 def _markdown_counts(counts: pd.DataFrame | pd.Series) -> list[str]:

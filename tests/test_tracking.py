@@ -167,3 +167,19 @@ def test_promotion_is_gated_on_ci_and_calibration_and_forcing_is_recorded(tmp_pa
     mv = client.get_model_version("gated", str(version))
     assert "AUROC CI lower bound" in mv.tags["forced.champion"]
     assert str(client.get_model_version_by_alias("gated", "champion").version) == str(version)
+
+
+def test_model_card_and_params_name_the_objective_that_shaped_the_model():
+    from medtl.config import load_config
+    from medtl.model_card import model_card
+    from medtl.tracking import applied_params
+
+    table = pd.DataFrame({"split": ["train", "test"], "label": ["normal", "lesion"]})
+    cfg = load_config(None, ["train.loss=focal", "train.focal_gamma=3", "train.class_weights=inverse_frequency",
+                             "train.mixup_alpha=0.2", "train.epochs=4"])
+    assert "Trained with focal loss (gamma 3), inverse-frequency class weights, mixup (alpha 0.2), up to 4 epochs." \
+        in model_card(cfg, table, {}, "0" * 64, [])
+    frozen = load_config(None, ["transfer.strategy=feature_extraction", "transfer.head=logistic", "train.mixup_alpha=0.2"])
+    assert "Trained with a logistic head fitted on the frozen backbone's features." in model_card(frozen, table, {}, "0" * 64, [])
+    assert applied_params(cfg)["train.mixup_alpha"] == 0.2 and "train.mixup_alpha" not in applied_params(frozen)
+    assert "train.mixup_alpha" not in applied_params(load_config(None, []))  # not configured: not a param
