@@ -112,7 +112,8 @@ def report_test(runs: dict[tuple[Any, int], Trained], seeds: range, baseline: An
     """The test split, opened: every run's figures, each arm's means over seeds, then per seed each arm's paired
     difference against ``baseline`` of the same seed, all printed whatever they show."""
     cfg = EvaluateConfig(bootstrap=bootstrap, prevalence="em", figures=False, gradcam=0)
-    evals = {key: test_evaluation(run, cfg, out / f"{label(key[0])}-{key[1]}".replace(" ", "_")) for key, run in runs.items()}
+    evals = {key: test_evaluation(run, cfg, out / f"{label(key[0])}-{key[1]}".replace(" ", "_"))
+             for key, run in runs.items()}
     for (arm, seed), ev in evals.items():
         print_test(f"{label(arm)}, seed {seed}", ev.metrics)
     arms = list(dict.fromkeys(arm for arm, _ in runs))

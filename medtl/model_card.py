@@ -57,7 +57,8 @@ def _training(cfg: Config) -> str:
     if cfg.transfer.strategy == "feature_extraction":
         return f"a {cfg.transfer.head} head fitted on the frozen backbone's features"
     weights = t.class_weights if isinstance(t.class_weights, str) else "explicit"
-    loss = {"ce": "cross-entropy", "focal": "focal", "dice_ce": "Dice + cross-entropy", "dice_focal": "Dice + focal"}[t.loss]
+    loss = {"ce": "cross-entropy", "focal": "focal", "dice_ce": "Dice + cross-entropy",
+            "dice_focal": "Dice + focal"}[t.loss]
     parts = [f"{loss} loss" + (f" (gamma {t.focal_gamma:g})" if "focal" in t.loss else ""),
              *([f"{weights.replace('_', '-')} class weights"] if weights != "none" else []),
              *([f"mixup (alpha {t.mixup_alpha:g})"] if t.mixup_alpha else []), f"up to {t.epochs} epochs"]

@@ -173,7 +173,8 @@ class Mixup:
     so the loop does not know it exists; the weight and pairing come from torch's seeded generator."""
 
     def __init__(self, loss_fn: nn.Module, alpha: float) -> None:
-        self.loss_fn, self.beta = loss_fn, torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+        a = torch.tensor(float(alpha))
+        self.loss_fn, self.beta = loss_fn, torch.distributions.Beta(a, a)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         lam = float(self.beta.sample())
