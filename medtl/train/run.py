@@ -210,7 +210,7 @@ def _fit(run: Setup, resume: bool) -> FitState:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.train.compile:
         wrapped = torch.compile(wrapped)
-    adapter, objective = _adaptation(cfg, rt, model, run.task, run.target)
+    adapter, objective = _objective(cfg, rt, model, run.task, run.target)
     optimizer = make_optimizer(run.schedule, cfg.train, fused=rt.device.type == "cuda")
     if adapter is not None:
         optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.train.lr, "initial_lr": cfg.train.lr,
@@ -257,10 +257,11 @@ def target_loader(cfg: Config, table: pd.DataFrame, train: bool = True):
                                        drop_last=train and len(ds) > cfg.train.batch_size)
 
 
-def _adaptation(cfg: Config, rt: Runtime, model: nn.Module, task: Task,
-                target: Manifest | None) -> tuple[nn.Module | None, Objective]:
-    """The adaptation module (its parameters join the optimizer) and the objective: the task's own (with mixup
-    when configured), or the task's loss plus CORAL or DANN on source and target features."""
+def _objective(cfg: Config, rt: Runtime, model: nn.Module, task: Task,
+               target: Manifest | None) -> tuple[nn.Module | None, Objective]:
+    """What training minimises: the task's own loss (on mixed cases with ``train.mixup_alpha``), or the task's loss
+    plus CORAL or DANN on source and target features, with the adaptation module whose parameters join the
+    optimizer (None without one)."""
     if cfg.adaptation.method not in ("coral", "dann"):
         return None, Mixup(task.loss_fn, cfg.train.mixup_alpha) if cfg.train.mixup_alpha else task.objective
     from medtl.models.adaptation import Adapter

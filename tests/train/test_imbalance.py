@@ -91,9 +91,9 @@ def test_mixup_loss_is_cross_entropy_against_the_mixed_labels():
 def test_training_takes_the_mixup_objective_when_configured():
     from medtl.config import load_config
     from medtl.tasks import Mixup, make_task
-    from medtl.train.run import _adaptation
+    from medtl.train.run import _objective
 
     task = make_task("classification", torch.nn.CrossEntropyLoss())
-    _, objective = _adaptation(load_config(None, ["train.mixup_alpha=0.2"]), None, None, task, None)
+    _, objective = _objective(load_config(None, ["train.mixup_alpha=0.2"]), None, None, task, None)
     assert isinstance(objective, Mixup) and objective.loss_fn is task.loss_fn
-    assert _adaptation(load_config(None, []), None, None, task, None)[1] == task.objective
+    assert _objective(load_config(None, []), None, None, task, None)[1] == task.objective
