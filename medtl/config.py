@@ -75,6 +75,10 @@ class TransferConfig(Section):
     """Unfreeze one more stage every N epochs."""
     layer_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
     head: Literal["linear", "logistic"] = "linear"
+    probe_first: bool = False
+    """fine_tune and full: fit the head on the frozen features before any layer moves (LP-FT, Kumar et al. 2022), so
+    the first gradients from a random head do not distort pretrained features; scratch and feature_extraction
+    ignore it."""
 
 
 class TrainConfig(Section):
@@ -222,6 +226,9 @@ class Config(Section):
         if self.train.mixup_alpha is not None and (self.data.task != "classification" or method in ("coral", "dann")):
             raise ValueError("train.mixup_alpha mixes class labels: it works for data.task classification without "
                              "adaptation.method coral or dann; set it to null")
+        if self.transfer.probe_first and self.data.task != "classification":
+            raise ValueError("transfer.probe_first fits a classification head on frozen features: it works for "
+                             "data.task classification; set it to false")
         return self
 
     @field_validator("name")

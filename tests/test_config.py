@@ -139,3 +139,9 @@ def test_mixup_is_refused_where_labels_cannot_be_mixed(tmp_path):
     with pytest.raises(ConfigError, match="train.mixup_alpha"):
         load_config(None, ["train.mixup_alpha=0"])
     assert load_config(None, ["train.mixup_alpha=0.2"]).train.mixup_alpha == 0.2
+
+
+def test_probe_first_is_refused_without_a_classification_head():
+    with pytest.raises(ConfigError, match="transfer.probe_first fits a classification head.*set it to false"):
+        load_config(None, ["transfer.probe_first=true", "data.task=segmentation"])
+    assert load_config(None, ["transfer.probe_first=true"]).transfer.probe_first

@@ -179,11 +179,16 @@ def test_model_card_and_params_name_the_objective_that_shaped_the_model():
                              "train.mixup_alpha=0.2", "train.epochs=4"])
     assert "Trained with focal loss (gamma 3), inverse-frequency class weights, mixup (alpha 0.2), up to 4 epochs." \
         in model_card(cfg, table, {}, "0" * 64, [])
+    probed = load_config(None, ["transfer.probe_first=true", "train.epochs=3"])
+    assert "Trained with the head started from a logistic probe on the frozen features (LP-FT), cross-entropy loss, " \
+        "up to 3 epochs." in model_card(probed, table, {}, "0" * 64, [])
+    assert applied_params(probed)["transfer.probe_first"] is True
     frozen = load_config(None, ["transfer.strategy=feature_extraction", "transfer.head=logistic",
-                                "train.mixup_alpha=0.2"])
+                                "train.mixup_alpha=0.2", "transfer.probe_first=true"])
     assert "Trained with a logistic head fitted on the frozen backbone's features." \
         in model_card(frozen, table, {}, "0" * 64, [])
     segmentation = load_config(None, ["data.task=segmentation", "train.loss=dice_ce", "train.class_weights=none"])
     assert "Trained with Dice + cross-entropy loss, up to 10 epochs." in model_card(segmentation, table, {}, "0" * 64, [])
     assert applied_params(cfg)["train.mixup_alpha"] == 0.2 and "train.mixup_alpha" not in applied_params(frozen)
+    assert "transfer.probe_first" not in applied_params(frozen)  # the probe is the whole of feature extraction
     assert "train.mixup_alpha" not in applied_params(load_config(None, []))  # not configured: not a param

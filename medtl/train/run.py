@@ -94,7 +94,7 @@ def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = Non
     not ``model.pt``: that comes after calibration (``medtl.steps.fit_model`` for training alone)."""
     run = _set_up(cfg, resume, tracker or NullTracker())
     if cfg.transfer.strategy == "feature_extraction" and run.task.calibrated:
-        state = _fit_head(run)
+        state = _feature_extraction(run)
     else:
         state = _fit(run, bool(resume))
         unwrap(run.model).load_state_dict(read_checkpoint(run.ckpt_dir / "best.pt")["state_dict"])
@@ -159,12 +159,17 @@ def _set_up(cfg: Config, resume: bool | str, tracker: Tracker) -> Setup:
                  Validation(bundle.spec, prepared, task, model, rt, cfg.train.batch_size), target)
 
 
-def _fit_head(run: Setup) -> FitState:
-    """Feature extraction: the head fitted on the frozen backbone's features, validated like any epoch."""
+def _fit_head(run: Setup, head: str) -> None:
+    """The head fitted on the frozen backbone's features of the training cases (no augmentation)."""
     cfg = run.cfg
     loader = make_loader(cfg.data, cfg.train, cfg.model.in_channels, run.prepared, "train", False, run.rt)
-    features.fit_head(run.model, loader, cfg.transfer.head, cfg.train, run.weights, run.rt)
-    state = FitState(epoch=cfg.train.epochs, history=[{"epoch": 1, **run.validation()}])
+    features.fit_head(run.model, loader, head, cfg.train, run.weights, run.rt)
+
+
+def _feature_extraction(run: Setup) -> FitState:
+    """Feature extraction: the head fitted once, validated like any epoch."""
+    _fit_head(run, run.cfg.transfer.head)
+    state = FitState(epoch=run.cfg.train.epochs, history=[{"epoch": 1, **run.validation()}])
     run.tracker.log_metrics({k: v for k, v in state.history[0].items() if k != "epoch" and not math.isnan(v)}, step=1)
     if run.rt.is_main:
         save_model(run.bundle, run.ckpt_dir / "best.pt")
@@ -205,6 +210,9 @@ def _fit(run: Setup, resume: bool) -> FitState:
                     or make_loader(cfg.data, cfg.train, cfg.model.in_channels, run.prepared, "train", True, rt, generator))
     if train_loader is None:
         raise MedtlError("no case in the train split; check the manifest's split column")
+    if cfg.transfer.probe_first and cfg.transfer.strategy in ("fine_tune", "full") and not resume:
+        _fit_head(run, "logistic")  # before DDP, which hands every rank the first rank's weights
+        logger.info("head initialised by a logistic probe on the frozen features (LP-FT)")
     wrapped: nn.Module = model
     if rt.distributed:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)

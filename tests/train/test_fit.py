@@ -192,3 +192,35 @@ def test_channels_last_on_cpu_for_2d_only():
     assert make_runtime(cpu, 2).channels_last and not make_runtime(cpu, 3).channels_last
     off = load_config(None, ["train.device=cpu", "train.channels_last=false"]).train
     assert not make_runtime(off, 2).channels_last
+
+
+def test_probe_first_starts_fine_tuning_from_the_logistic_probe(tmp_path):
+    """LP-FT: with a learning rate too small to move anything, the trained head is the logistic regression that
+    scikit-learn fits on the pretrained backbone's features of the training cases; without it, it is not."""
+    from sklearn.linear_model import LogisticRegression
+
+    from medtl.models.registry import build_model
+    from medtl.train.data import make_loader
+    from medtl.train.features import extract
+    from medtl.train.runtime import make_runtime
+
+    m = make_classification_set(tmp_path / "d", n=48, kind="png", size=(32, 32), **SEPARABLE)
+    base = ["data.image_size=[32,32]", "train.epochs=1", "train.lr=1e-9", "train.weight_decay=0",
+            "train.class_weights=inverse_frequency", "transfer.freeze_until=block2"]
+    probed = fit_model(load_config(None, cls_overrides(m, tmp_path / "runs", [*base, "transfer.probe_first=true"])))
+    plain = fit_model(load_config(None, cls_overrides(m, tmp_path / "runs", [*base, "name=plain"])))
+
+    cfg = load_config(None, cls_overrides(m, tmp_path / "runs", base))
+    fresh = build_model(cfg.model, "classification", 2, 2, cfg.data.image_size).model
+    loader = make_loader(cfg.data, cfg.train, 1, probed.prepared, "train", False, make_runtime(cfg.train, 2))
+    x, y = extract(fresh, loader, make_runtime(cfg.train, 2))
+    cw = dict(enumerate(probed.class_weights))
+    want = LogisticRegression(C=1.0, max_iter=2000, class_weight=cw).fit(x, y).predict_proba(x)[:, 1]
+
+    def head_probability(result) -> np.ndarray:
+        head = load_bundle(result.model_path).model.head[1]
+        with torch.no_grad():
+            return torch.softmax(head(torch.as_tensor(x)), 1)[:, 1].numpy()
+
+    np.testing.assert_allclose(head_probability(probed), want, atol=1e-4)
+    assert np.abs(head_probability(plain) - want).max() > 0.05
