@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,24 @@ def study_arguments(seeds: int) -> argparse.ArgumentParser:
     return ap
 
 
+def train_arms(arms: dict[Any, Callable[[Path, int, Path], Trained]], seeds: range, train_limit: int | None, tmp: Path,
+               label: Callable[[Any], str] = str) -> dict[tuple[Any, int], Trained]:
+    """Every arm with every seed on the shipped films (the training split capped at ``train_limit``), each model's
+    validation figures printed as it finishes, then each arm's means; the test split stays unread."""
+    manifest = import_medmnist(NPZ, tmp / "pm", PNEUMONIA_CLASSES, limit={"train": train_limit} if train_limit else None)
+    runs: dict[tuple[Any, int], Trained] = {}
+    for seed in seeds:
+        for arm, fit in arms.items():
+            run = runs[arm, seed] = fit(manifest, seed, tmp / f"{label(arm)}-{seed}".replace(" ", "_"))
+            nll, auroc = run.validation()
+            print(f"{label(arm)}, seed {seed}: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f} "
+                  f"({run.minutes:.1f} min to train)", flush=True)
+    for arm in arms:
+        nll, auroc = np.mean([runs[arm, s].validation() for s in seeds], axis=0)
+        print(f"{label(arm)}, mean over seeds: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f}")
+    return runs
+
+
 def report_test(runs: dict[tuple[Any, int], Trained], seeds: range, baseline: Any, bootstrap: int, out: Path,
                 label: Callable[[Any], str] = str) -> None:
     """The test split, opened: every run's figures, each arm's means over seeds, then per seed each arm's paired
@@ -135,23 +154,16 @@ def main() -> None:
     ap.add_argument("--no-64", action="store_true", help="skip the secondary Lite2 at 64 px arm")
     args = ap.parse_args()
     seeds = range(args.seeds)
-    arms = {k: v for k, v in ARMS.items() if not (args.no_64 and v[1] == 64)}
-    runs: dict[tuple[str, int], Trained] = {}
+    arms = {arm: partial(_train_arm, backbone=backbone, px=px) for arm, (backbone, px) in ARMS.items()
+            if not (args.no_64 and px == 64)}
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = import_medmnist(NPZ, Path(tmp) / "pm", PNEUMONIA_CLASSES,
-                                   limit={"train": args.train_limit} if args.train_limit else None)
-        for seed in seeds:
-            for arm, (backbone, px) in arms.items():
-                run = runs[arm, seed] = train(manifest, backbone, px, seed, Path(tmp) / f"{arm}-{seed}".replace(" ", "_"))
-                nll, auroc = run.validation()
-                print(f"{arm}, seed {seed}: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f} "
-                      f"({run.minutes:.1f} min to fine-tune)", flush=True)
-        for arm in arms:
-            nll, auroc = np.mean([runs[arm, s].validation() for s in seeds], axis=0)
-            print(f"{arm}, mean over seeds: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f}")
-        chosen = choose(runs, seeds)
-        print(f"\nchosen on validation: {chosen}\n\ntest split, opened now:", flush=True)
+        runs = train_arms(arms, seeds, args.train_limit, Path(tmp))
+        print(f"\nchosen on validation: {choose(runs, seeds)}\n\ntest split, opened now:", flush=True)
         report_test(runs, seeds, "lite0", args.bootstrap, Path(tmp) / "test")
+
+
+def _train_arm(manifest: Path, seed: int, out: Path, backbone: str, px: int) -> Trained:
+    return train(manifest, backbone, px, seed, out)
 
 
 if __name__ == "__main__":

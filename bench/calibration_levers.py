@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from backbone_study import Trained, report_test, study_arguments
+from backbone_study import Trained, report_test, study_arguments, train_arms
 from ensemble_study import ensemble_logits
 from medtl.config import load_config
 from medtl.data.manifest import rows_of_split
-from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
-from medtl.demo import CONFIG, NPZ
+from medtl.demo import CONFIG
 from medtl.evaluate.run import predict_logits
 from medtl.steps import fit_model, strategy_variant
 
@@ -64,6 +65,15 @@ def train(manifest: Path, strategy: str, overrides: list[str], seed: int, out: P
                    minutes)
 
 
+def arm_trainers(arms: dict[str, tuple[str, list[str]]]) -> dict[str, Callable[[Path, int, Path], Trained]]:
+    """Each arm's (strategy, overrides) as the trainer ``train_arms`` calls with the manifest, seed and folder."""
+    return {arm: partial(_train_arm, strategy=strategy, overrides=overrides) for arm, (strategy, overrides) in arms.items()}
+
+
+def _train_arm(manifest: Path, seed: int, out: Path, strategy: str, overrides: list[str]) -> Trained:
+    return train(manifest, strategy, overrides, seed, out)
+
+
 def ensemble(a: Trained, b: Trained) -> Trained:
     return Trained(ensemble_logits([a.val_logits, b.val_logits]), a.val_labels,
                    ensemble_logits([a.test_logits, b.test_logits]), a.test_table, a.minutes + b.minutes)
@@ -79,23 +89,14 @@ def choose(runs: dict[tuple[str, int], Trained], seeds: range) -> str:
 def main() -> None:
     args = study_arguments(seeds=3).parse_args()
     seeds = range(args.seeds)
-    runs: dict[tuple[str, int], Trained] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = import_medmnist(NPZ, Path(tmp) / "pm", PNEUMONIA_CLASSES,
-                                   limit={"train": args.train_limit} if args.train_limit else None)
+        runs = train_arms(arm_trainers(ARMS), seeds, args.train_limit, Path(tmp))
         for seed in seeds:
-            for arm, (strategy, overrides) in ARMS.items():
-                run = runs[arm, seed] = train(manifest, strategy, overrides, seed, Path(tmp) / f"{arm}-{seed}")
-                nll, auroc = run.validation()
-                print(f"{arm}, seed {seed}: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f} "
-                      f"({run.minutes:.1f} min to train)", flush=True)
             runs[ENSEMBLE, seed] = ensemble(runs["fine_tune", seed], runs["scratch", seed])
             nll, auroc = runs[ENSEMBLE, seed].validation()
             print(f"{ENSEMBLE}, seed {seed}: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f}", flush=True)
-        arms = [*ARMS, ENSEMBLE]
-        for arm in arms:
-            nll, auroc = np.mean([runs[arm, s].validation() for s in seeds], axis=0)
-            print(f"{arm}, mean over seeds: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f}")
+        nll, auroc = np.mean([runs[ENSEMBLE, s].validation() for s in seeds], axis=0)
+        print(f"{ENSEMBLE}, mean over seeds: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f}")
         print(f"\nchosen on validation: {choose(runs, seeds)}\n\ntest split, opened now:", flush=True)
         report_test(runs, seeds, "fine_tune", args.bootstrap, Path(tmp) / "test")
 

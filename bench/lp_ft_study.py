@@ -32,10 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backbone_study import Trained, report_test, study_arguments
-from calibration_levers import train
-from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
-from medtl.demo import NPZ
+from backbone_study import Trained, report_test, study_arguments, train_arms
+from calibration_levers import arm_trainers
 
 ARMS: dict[str, tuple[str, list[str]]] = {
     "fine_tune": ("fine_tune", []),
@@ -54,19 +52,8 @@ def choose(runs: dict[tuple[str, int], Trained], seeds: range) -> str:
 def main() -> None:
     args = study_arguments(seeds=3).parse_args()
     seeds = range(args.seeds)
-    runs: dict[tuple[str, int], Trained] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = import_medmnist(NPZ, Path(tmp) / "pm", PNEUMONIA_CLASSES,
-                                   limit={"train": args.train_limit} if args.train_limit else None)
-        for seed in seeds:
-            for arm, (strategy, overrides) in ARMS.items():
-                run = runs[arm, seed] = train(manifest, strategy, overrides, seed, Path(tmp) / f"{arm}-{seed}")
-                nll, auroc = run.validation()
-                print(f"{arm}, seed {seed}: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f} "
-                      f"({run.minutes:.1f} min to train)", flush=True)
-        for arm in ARMS:
-            nll, auroc = np.mean([runs[arm, s].validation() for s in seeds], axis=0)
-            print(f"{arm}, mean over seeds: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f}")
+        runs = train_arms(arm_trainers(ARMS), seeds, args.train_limit, Path(tmp))
         print(f"\nchosen on validation: {choose(runs, seeds)}\n\ntest split, opened now:", flush=True)
         report_test(runs, seeds, "fine_tune", args.bootstrap, Path(tmp) / "test")
 

@@ -19,11 +19,10 @@ DeLong's p).
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
-from backbone_study import Trained, report_test, study_arguments, train
-from medtl.data.sources import PNEUMONIA_CLASSES, import_medmnist
-from medtl.demo import NPZ
+from backbone_study import Trained, report_test, study_arguments, train, train_arms
 
 BACKBONE = "efficientnet-lite2"
 
@@ -33,18 +32,15 @@ def main() -> None:
     ap.add_argument("--sizes", default="48,96,128", help="input sizes in px; the first is the paired reference")
     args = ap.parse_args()
     seeds, sizes = range(args.seeds), [int(s) for s in args.sizes.split(",")]
-    runs: dict[tuple[int, int], Trained] = {}
+    arms = {px: partial(_train_arm, px=px) for px in sizes}
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = import_medmnist(NPZ, Path(tmp) / "pm", PNEUMONIA_CLASSES,
-                                   limit={"train": args.train_limit} if args.train_limit else None)
-        for seed in seeds:
-            for px in sizes:
-                run = runs[px, seed] = train(manifest, BACKBONE, px, seed, Path(tmp) / f"{px}px-{seed}")
-                nll, auroc = run.validation()
-                print(f"{px} px, seed {seed}: validation NLL after temperature {nll:.4f}, AUROC {auroc:.4f} "
-                      f"({run.minutes:.1f} min to fine-tune)", flush=True)
+        runs = train_arms(arms, seeds, args.train_limit, Path(tmp), label=lambda px: f"{px} px")
         print("\ntest split, opened now:", flush=True)
         report_test(runs, seeds, sizes[0], args.bootstrap, Path(tmp) / "test", label=lambda px: f"{px} px")
+
+
+def _train_arm(manifest: Path, seed: int, out: Path, px: int) -> Trained:
+    return train(manifest, BACKBONE, px, seed, out)
 
 
 if __name__ == "__main__":
