@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from medtl.config import TrainConfig
+from medtl.log import make_progress
 from medtl.train.runtime import Runtime
 
 
@@ -18,10 +19,13 @@ from medtl.train.runtime import Runtime
 def extract(model: nn.Module, loader: Any, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     feats, labels = [], []
-    for batch in loader:
-        with rt.autocast():
-            feats.append(model.features(batch["image"].to(rt.device)).float().cpu())
-        labels.append(batch["label"])
+    with make_progress() as progress:
+        task = progress.add_task("frozen features", total=len(loader), info="")
+        for batch in loader:
+            with rt.autocast():
+                feats.append(model.features(batch["image"].to(rt.device)).float().cpu())
+            labels.append(batch["label"])
+            progress.advance(task)
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
