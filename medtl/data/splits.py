@@ -46,7 +46,7 @@ def with_saved_splits(table: pd.DataFrame, path: Path) -> pd.DataFrame:
 def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed: int = 0) -> pd.DataFrame:
     """Assigns train/val/test to every row; rows keep their order. Deterministic for a seed."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ManifestError(f"--val {val} and --test {test} must be fractions that add up to less than 1")
+        raise ManifestError(f"--val {val} and --test {test} must be fractions in [0, 1) that add up to less than 1")
     out = table.copy()
     out["split"] = "train"
     remaining = np.ones(len(out), bool)

@@ -79,6 +79,10 @@ def test_cli_split_writes_manifest(tmp_path):
     res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "m2.csv"), "--seed", "1")
     assert res.returncode == 0, res.stderr
     assert set(pd.read_csv(tmp_path / "m2.csv")["split"]) == {"train", "val", "test"}
+    for val, test in (("-1", "0.15"), ("0.6", "0.6")):
+        res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "m3.csv"), "--val", val, "--test", test)
+        assert res.returncode != 0 and "must be fractions in [0, 1) that add up to less than 1" in res.stderr
+        assert "Traceback" not in res.stderr and not (tmp_path / "m3.csv").exists()
 
 
 def test_medmnist_importer_keeps_official_split_counts(tmp_path):
