@@ -59,12 +59,11 @@ def manifest_split(
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same split.")] = 0,
 ) -> None:
     """Patient-grouped, label-stratified split."""
-    from medtl.data.manifest import read_manifest
-    from medtl.data.splits import fold_manifest, split_manifest
     from medtl.data.check_tables import print_counts
+    from medtl.data.manifest import read_manifest, rebased
+    from medtl.data.splits import fold_manifest, split_manifest
 
-    m = read_manifest(manifest)
-    table = m.table.drop(columns=[c for c in ("image_path", "mask_path") if c in m.table])
+    table = rebased(read_manifest(manifest), out.parent)
     table = fold_manifest(table, folds, seed) if folds else split_manifest(table, val, test, seed)
     table.to_csv(out, index=False)
     print_counts(table, "fold" if folds else "split")

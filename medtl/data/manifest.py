@@ -127,6 +127,30 @@ def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: b
     return Manifest(table=table, path=path.resolve(), escapes=tuple(escapes))
 
 
+def rebased(manifest: Manifest, folder: Path) -> pd.DataFrame:
+    """The manifest's table for a manifest written in ``folder``: file paths relative to that folder (they resolve
+    against the manifest that holds them), the resolved columns dropped. A file outside ``folder`` is an error
+    naming the case, since the new manifest could not reach it."""
+    root = folder.resolve()
+    table = manifest.table.drop(columns=[c for c in ("image_path", "mask_path") if c in manifest.table])
+    for column in ("image", "mask"):
+        if f"{column}_path" not in manifest.table:
+            continue
+        rebased_paths = []
+        for case, resolved in zip(manifest.table["case_id"], manifest.table[f"{column}_path"]):
+            if resolved is None or pd.isna(resolved):
+                rebased_paths.append(None)
+                continue
+            path, uid = parse_series_ref(resolved)
+            if root not in path.parents:
+                raise ManifestError(f"case {case}: {column} {path} is outside {root}, where the new manifest would go; "
+                                    f"write it in {manifest.path.parent} or a folder above its files")
+            rel = path.relative_to(root).as_posix()
+            rebased_paths.append(series_ref(Path(rel), uid) if uid else rel)
+        table[column] = rebased_paths
+    return table
+
+
 def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:
     """Configured classes, else the manifest's labels sorted (integers numerically)."""
     if configured:

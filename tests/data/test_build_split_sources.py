@@ -85,6 +85,23 @@ def test_cli_split_writes_manifest(tmp_path):
         assert "Traceback" not in res.stderr and not (tmp_path / "m3.csv").exists()
 
 
+def test_split_written_elsewhere_keeps_its_files_reachable(tmp_path):
+    """A split manifest written in another folder gets paths relative to that folder, or a refusal naming the case
+    when its files lie outside it."""
+    from medtl.data.synthetic import make_classification_set
+
+    m = make_classification_set(tmp_path / "data", n=40, kind="png", size=(16, 16))
+    res = run_cli("manifest", "split", str(m), "--out", str(tmp_path / "split.csv"))
+    assert res.returncode == 0, res.stderr
+    written = pd.read_csv(tmp_path / "split.csv")
+    assert written["image"].str.startswith("data/").all()
+    assert list(read_manifest(tmp_path / "split.csv").table["image_path"]) == list(read_manifest(m).table["image_path"])
+    (tmp_path / "elsewhere").mkdir()
+    res = run_cli("manifest", "split", str(m), "--out", str(tmp_path / "elsewhere" / "split.csv"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "is outside" in res.stderr and "case" in res.stderr and not (tmp_path / "elsewhere" / "split.csv").exists()
+
+
 def test_medmnist_importer_keeps_official_split_counts(tmp_path):
     manifest = import_medmnist(PNEUMONIA, tmp_path / "pm", ["normal", "pneumonia"],
                                limit={"train": 300})
