@@ -68,6 +68,11 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     q = pd.read_csv(tmp_path / "q.csv", keep_default_na=False).set_index("case_id")
     assert res.returncode == 1 and q.loc["gone", "status"] == "error" and "not found" in q.loc["gone", "error"]
     assert float(q.loc["ok", "prob_lesion"]) == pytest.approx(float(out.loc["good_nifti", "prob_lesion"]))
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    (tmp_path / "empty" / "notes" / "readme.txt").write_text("no scan here")
+    res = run_cli("score", "--model", str(model_3d), "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "e.csv"), "--no-track")
+    assert res.returncode != 0 and "no DICOM, NIfTI or image file found" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "e.csv").exists()  # a wrong folder is not an empty, successful scoring
 
 
 def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_path):
