@@ -142,7 +142,7 @@ def rebased(manifest: Manifest, folder: Path) -> pd.DataFrame:
                 rebased_paths.append(None)
                 continue
             path, uid = parse_series_ref(resolved)
-            if root not in path.parents:
+            if path != root and root not in path.parents:
                 raise ManifestError(f"case {case}: {column} {path} is outside {root}, where the new manifest would go; "
                                     f"write it in {manifest.path.parent} or a folder above its files")
             rel = path.relative_to(root).as_posix()
