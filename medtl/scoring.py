@@ -68,6 +68,10 @@ def input_digest(cases: list[dict[str, str]]) -> str:
 
 
 def _stream_path(out: Path) -> Path:
+    """Where rows are appended as they are scored: ``out`` itself for CSV; for Parquet, a CSV journal beside it
+    (the Parquet file is written whole at the end, and a rerun resumes from the journal)."""
+    if out.suffix not in (".csv", ".parquet"):
+        raise MedtlError(f"--out {out}: give a .csv or .parquet file")
     return out if out.suffix == ".csv" else out.with_name(out.name + ".partial.csv")
 
 

@@ -14,6 +14,9 @@ def load_any_model(ref: str) -> ModelBundle:
     path = Path(ref)
     if path.suffix == ".pt":
         return load_bundle(path)
+    if path.is_file():
+        raise MedtlError(f"--model {ref}: a file but not a medtl model (model.pt); give a model.pt, a run folder, "
+                         "runs:/RUN/model or models:/NAME@ALIAS")
     if path.is_dir() and not (path / "MLmodel").is_file():
         if (path / "model.pt").is_file():  # a run folder: its model.pt is the model
             return load_bundle(path / "model.pt")

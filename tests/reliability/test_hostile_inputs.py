@@ -220,6 +220,9 @@ def test_a_run_folder_as_model_means_its_model_pt(tmp_path, model_2d):
     res = score(tmp_path / "gone", manifest, tmp_path / "r.csv")  # a mistyped folder is not an MLflow URI
     assert res.returncode == 2 and "gone: no such file or folder" in res.stderr and "MLflow" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    res = score(model.parent / "config.yaml", manifest, tmp_path / "t.csv")  # the run's config, not its model
+    assert res.returncode == 2 and "a file but not a medtl model" in res.stderr and "MLmodel" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_evaluate_takes_the_runs_splits_for_a_manifest_without_them(tmp_path, model_2d):
