@@ -143,9 +143,18 @@ def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
     sheet = read_sheet(labels)
     if "case_id" not in sheet:
         raise ManifestError(f"{labels}: needs a case_id column to join on (has {', '.join(sheet.columns)})")
+    repeated = sheet["case_id"][sheet["case_id"].duplicated()]
+    if len(repeated):
+        case = repeated.iloc[0]
+        raise ManifestError(f"{labels}: case {case} has {int((sheet['case_id'] == case).sum())} rows; give one row per "
+                            "case_id (a case with two labels cannot be trained on)")
+    from medtl.log import logger
+
     unmatched = sorted(set(sheet["case_id"]) - set(table["case_id"]))
     if unmatched:
-        from medtl.log import logger
-
         logger.warning("%d label rows match no scan (e.g. %s)", len(unmatched), unmatched[0])
+    unlabelled = sorted(set(table["case_id"]) - set(sheet["case_id"]))
+    if unlabelled:
+        logger.warning("%d scans have no row in %s (e.g. %s): they stay unlabelled", len(unlabelled), labels.name,
+                       unlabelled[0])
     return table.merge(sheet, on="case_id", how="left")

@@ -40,6 +40,10 @@ def test_build_groups_two_series_in_one_folder_and_joins_labels(tmp_path):
     depths = sorted(load_scan(p).shape[-1] for p in mixed["image_path"])
     assert depths == [3, 5]
     assert m.table["patient_id"].str.startswith("p_").all()  # the sheet had no patient_id: salted hashes
+    pd.DataFrame({"case_id": ["vol1", "alone", "vol1"], "label": ["normal", "normal", "lesion"]}).to_csv(labels, index=False)
+    res = run_cli("manifest", "build", str(scans), "--labels", str(labels), "--out", str(tmp_path / "m2.csv"))
+    assert res.returncode != 0 and "case vol1 has 2 rows; give one row per case_id" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "m2.csv").exists()
 
 
 def make_table(n_patients=40, per_patient=2, seed=0):
