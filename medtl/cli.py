@@ -55,8 +55,12 @@ def config_show(config: ConfigArg, set_: SetOption = None) -> None:
 def config_validate(config: ConfigArg, set_: SetOption = None) -> None:
     """Exit 0 when the config is valid; otherwise print every problem."""
     from medtl.config import load_config
+    from medtl.models.registry import check_stage, checked_backbone
 
-    load_config(config, set_)
+    cfg = load_config(config, set_)
+    spec = checked_backbone(cfg.model, cfg.data.spatial_dims)  # what training would refuse before reading a scan
+    if cfg.transfer.strategy == "fine_tune" and cfg.transfer.freeze_until:
+        check_stage(spec, cfg.transfer.freeze_until)
     typer.echo(f"{config}: valid")
 
 

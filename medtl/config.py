@@ -53,6 +53,9 @@ class DataConfig(Section):
             raise ValueError(f"image_size has {len(self.image_size)} values but spatial_dims is {self.spatial_dims}")
         if any(not 2 <= n <= 4096 for n in self.image_size):
             raise ValueError(f"image_size {self.image_size}: every size must be between 2 and 4096")
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) < len(self.classes)):
+            raise ValueError(f"classes {self.classes}: name two or more different classes, in label order (or leave it "
+                             "out to take them from the manifest)")
         return self
 
 

@@ -28,6 +28,13 @@ def test_config_validate_ok_and_every_problem(tmp_path):
     assert res.returncode != 0
     assert "train.lr" in res.stderr and "train.loss" in res.stderr
     assert "Traceback" not in res.stderr
+    # what training would refuse before reading a scan, validate refuses too
+    for key, says in (("model.backbone=resnet999", "unknown backbone 'resnet999'"),
+                      ("transfer.freeze_until=block99", "'block99' is not a stage of efficientnet-lite0"),
+                      ("model.pretrained=medicalnet", "efficientnet-lite0 has no medicalnet weights"),
+                      ("data.classes=[a]", "name two or more different classes")):
+        res = run_cli("config", "validate", str(good), "--set", "transfer.strategy=fine_tune", "--set", key)
+        assert res.returncode != 0 and says in res.stderr and "Traceback" not in res.stderr, (key, res.stderr)
 
 
 def test_errors_are_one_line_without_debug_and_traceback_with_it(tmp_path):

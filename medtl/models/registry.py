@@ -177,16 +177,29 @@ def get_backbone(name: str) -> BackboneSpec:
     return REGISTRY[name]
 
 
-def build_backbone(cfg: ModelConfig, spatial_dims: int, image_size: list[int]) -> tuple[nn.Module, BackboneSpec, str | None]:
-    """The feature network with pretrained weights loaded; returns it, its spec and the weights' SHA-256."""
+def checked_backbone(cfg: ModelConfig, spatial_dims: int) -> BackboneSpec:
+    """The backbone's spec once the config's choices fit it (known name, dimensions, a pretrained source it has):
+    what can be checked before any weight or scan is read."""
     spec = get_backbone(cfg.backbone)
     if spatial_dims not in spec.dims:
         raise ConfigError(f"model.backbone: {spec.name} is for {'/'.join(map(str, spec.dims))}D data, data.spatial_dims is {spatial_dims}")
+    if cfg.pretrained != "none" and cfg.pretrained not in spec.weights:
+        raise ConfigError(f"model.pretrained: {spec.name} has no {cfg.pretrained} weights; use {', '.join(spec.weights) or 'none'}")
+    return spec
+
+
+def check_stage(spec: BackboneSpec, name: str) -> None:
+    names = [n for n, _ in spec.stages]
+    if name not in names:
+        raise ConfigError(f"transfer.freeze_until: {name!r} is not a stage of {spec.name}; stages: {', '.join(names)}")
+
+
+def build_backbone(cfg: ModelConfig, spatial_dims: int, image_size: list[int]) -> tuple[nn.Module, BackboneSpec, str | None]:
+    """The feature network with pretrained weights loaded; returns it, its spec and the weights' SHA-256."""
+    spec = checked_backbone(cfg, spatial_dims)
     net = spec.build(spatial_dims, cfg.in_channels, image_size)
     if cfg.pretrained == "none":
         return net, spec, None
-    if cfg.pretrained not in spec.weights:
-        raise ConfigError(f"model.pretrained: {spec.name} has no {cfg.pretrained} weights; use {', '.join(spec.weights) or 'none'}")
     path, digest = resolve_weights(spec.weights[cfg.pretrained], cfg.weights)
     state = load_state(path)
     if spec.key_format == "medicalnet":

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from medtl.config import TransferConfig
-from medtl.errors import ConfigError
-from medtl.models.registry import BackboneSpec
+from medtl.models.registry import BackboneSpec, check_stage
 
 
 @dataclass
@@ -54,10 +53,8 @@ class TransferSchedule:
         if cfg.strategy == "feature_extraction":
             self.frozen_upto = len(backbone_names)
         elif cfg.strategy == "fine_tune" and cfg.freeze_until:
-            names = [n for n, _ in spec.stages]
-            if cfg.freeze_until not in names:
-                raise ConfigError(f"transfer.freeze_until: {cfg.freeze_until!r} is not a stage of {spec.name}; stages: {', '.join(names)}")
-            self.frozen_upto = names.index(cfg.freeze_until) + 1
+            check_stage(spec, cfg.freeze_until)
+            self.frozen_upto = [n for n, _ in spec.stages].index(cfg.freeze_until) + 1
         else:
             self.frozen_upto = 0
         self.initial_frozen = self.frozen_upto
