@@ -118,6 +118,9 @@ def recalibrate_cmd(
 
     if threshold_rule not in ("youden", "sensitivity", "fixed"):
         raise MedtlError(f"--threshold-rule {threshold_rule}: use youden, sensitivity or fixed")
+    if out.suffix != ".pt":
+        raise MedtlError(f"--out {out}: a medtl model file ends in .pt (score and evaluate load it by that); "
+                         f"give e.g. {out.with_suffix('.pt')}")
     site, (temperature, threshold) = recalibrate_model(model, manifest, out, split, threshold_rule, target_sensitivity, device,
                                                        splits)
     fit = site.extra["recalibrated_on"]

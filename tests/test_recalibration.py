@@ -101,6 +101,9 @@ def test_a_sample_without_labels_without_a_class_or_not_separated_is_refused_in_
         want = {"unlabelled": f"case {table['case_id'][3]}: no label", "one_class": "no case of class 'normal'",
                 "reversed": "does not separate the classes"}[name]
         assert want in line, line
+    res = run_cli("recalibrate", "--model", str(model), "--manifest", str(manifest), "--out", str(tmp_path / "site.txt"))
+    assert res.returncode != 0 and "a medtl model file ends in .pt" in res.stderr and "site.pt" in res.stderr
+    assert not (tmp_path / "site.txt").exists()  # score --model would not take it
 
 
 def test_a_site_sample_that_fixes_no_temperature_is_reported(caplog):
