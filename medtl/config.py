@@ -83,6 +83,11 @@ class TransferConfig(Section):
     the first gradients from a random head do not distort pretrained features; scratch and feature_extraction
     ignore it."""
 
+    @property
+    def probes_first(self) -> bool:
+        """Whether this run starts from the probe (``probe_first`` where the strategy fine-tunes pretrained layers)."""
+        return self.probe_first and self.strategy in ("fine_tune", "full")
+
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)

@@ -59,8 +59,7 @@ def _training(cfg: Config) -> str:
     weights = t.class_weights if isinstance(t.class_weights, str) else "explicit"
     loss = {"ce": "cross-entropy", "focal": "focal", "dice_ce": "Dice + cross-entropy",
             "dice_focal": "Dice + focal"}[t.loss]
-    probed = cfg.transfer.probe_first and cfg.transfer.strategy in ("fine_tune", "full")
-    parts = [*(["the head started from a logistic probe on the frozen features (LP-FT)"] if probed else []),
+    parts = [*(["the head started from a logistic probe on the frozen features (LP-FT)"] if cfg.transfer.probes_first else []),
              f"{loss} loss" + (f" (gamma {t.focal_gamma:g})" if "focal" in t.loss else ""),
              *([f"{weights.replace('_', '-')} class weights"] if weights != "none" else []),
              *([f"mixup (alpha {t.mixup_alpha:g})"] if t.mixup_alpha else []), f"up to {t.epochs} epochs"]

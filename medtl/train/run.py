@@ -210,7 +210,7 @@ def _fit(run: Setup, resume: bool) -> FitState:
                     or make_loader(cfg.data, cfg.train, cfg.model.in_channels, run.prepared, "train", True, rt, generator))
     if train_loader is None:
         raise MedtlError("no case in the train split; check the manifest's split column")
-    if cfg.transfer.probe_first and cfg.transfer.strategy in ("fine_tune", "full") and not resume:
+    if cfg.transfer.probes_first and not resume:
         _fit_head(run, "logistic")  # before DDP, which hands every rank the first rank's weights
         logger.info("head initialised by a logistic probe on the frozen features (LP-FT)")
     wrapped: nn.Module = model
