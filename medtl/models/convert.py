@@ -32,7 +32,7 @@ def remap_lukemelas(state: dict[str, torch.Tensor], target_keys: list[str]) -> d
         if m:
             n = int(m.group(1))
             if n >= len(target_prefixes):
-                raise WeightsError(f"checkpoint has block {n} but the network only {len(target_prefixes)}: wrong architecture")
+                raise WeightsError(f"checkpoint has a block _blocks.{n} but the network only {len(target_prefixes)} blocks: wrong architecture")
             out[f"{target_prefixes[n]}.{m.group(2)}"] = value
         else:
             out[key] = value

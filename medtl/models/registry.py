@@ -10,6 +10,7 @@ import math
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from monai.networks.nets import DenseNet121, EfficientNet, EfficientNetBN, ResNet
@@ -17,9 +18,9 @@ from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
 from torch import nn
 
 from medtl.config import ModelConfig
-from medtl.errors import ConfigError
+from medtl.errors import ConfigError, WeightsError
 from medtl.models import convert
-from medtl.models.weights import load_state, resolve_weights
+from medtl.models.weights import get_spec, load_state, resolve_weights
 
 # EfficientNet-Lite keeps the stem (32) and head (1280) fixed and the first and last stages at one block when
 # it scales width and depth, so each variant is spelt out with MONAI's coefficients left at 1.0.
@@ -200,7 +201,18 @@ def build_backbone(cfg: ModelConfig, spatial_dims: int, image_size: list[int]) -
     net = spec.build(spatial_dims, cfg.in_channels, image_size)
     if cfg.pretrained == "none":
         return net, spec, None
-    path, digest = resolve_weights(spec.weights[cfg.pretrained], cfg.weights)
+    name = spec.weights[cfg.pretrained]
+    path, digest = resolve_weights(name, cfg.weights)
+    try:
+        _load_pretrained(net, spec, name, path, spatial_dims, cfg.in_channels, cfg.stem_rule)
+    except WeightsError as err:
+        fix = "set model.weights to the right file" if cfg.weights else f"import the right file with `medtl weights import {name} FILE`"
+        raise WeightsError(f"{path}: {err}; {fix}") from None
+    return net, spec, digest
+
+
+def _load_pretrained(net: nn.Module, spec: BackboneSpec, name: str, path: Path, spatial_dims: int, in_channels: int,
+                     stem_rule: str = "sum") -> None:
     state = load_state(path)
     if spec.key_format == "medicalnet":
         state = convert.unwrap_medicalnet(state)
@@ -208,10 +220,17 @@ def build_backbone(cfg: ModelConfig, spatial_dims: int, image_size: list[int]) -
         state = convert.remap_lukemelas(state, list(net.state_dict()))
     elif spec.key_format == "torchvision-densenet":
         state = convert.remap_torchvision_densenet(state)
-    if spatial_dims == 3 and spec.weights[cfg.pretrained].endswith("imagenet"):
+    if spatial_dims == 3 and name.endswith("imagenet"):
         state = convert.inflate(state, net.state_dict())  # load_backbone adapts the stem's channels afterwards
-    convert.load_backbone(net, state, spec.stem_key, spec.head_prefixes, cfg.in_channels, cfg.stem_rule)
-    return net, spec, digest
+    convert.load_backbone(net, state, spec.stem_key, spec.head_prefixes, in_channels, stem_rule)
+
+
+def check_weights_fit(name: str, path: Path) -> None:
+    """Loads ``path`` into the network that weight ``name`` is for, so that a wrong file is refused when it is
+    imported rather than when a training run first needs it."""
+    spec = next(s for s in REGISTRY.values() if name in s.weights.values())
+    dims = get_spec(name).dims
+    _load_pretrained(spec.build(dims, 1, [64] * dims), spec, name, path, dims, 1)
 
 
 class Classifier(nn.Module):

@@ -188,16 +188,18 @@ def download(spec: WeightSpec, url: str | None = None, timeout: float = 30.0) ->
 
 
 def import_weights(name: str, file: Path) -> Path:
-    """Verifies ``file`` (digest, loadable with weights_only) and copies it into the cache."""
+    """Verifies ``file`` (digest; it loads safely into the network it is for) and copies it into the cache."""
     spec = get_spec(name)
     file = Path(file)
     if not file.is_file():
         raise WeightsError(f"{file}: not found; give the path of the downloaded {spec.filename}")
     _check(file, spec)
+    from medtl.models.registry import check_weights_fit  # the registry builds on this module
+
     try:
-        torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"{file}: not a PyTorch weight file that loads safely ({type(exc).__name__})") from None
+        check_weights_fit(name, file)
+    except WeightsError as err:
+        raise WeightsError(f"{file} is not {name} ({err}); import {spec.filename} from {spec.origin}") from None
     target = cache_dir() / spec.filename
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(file, target)
@@ -233,6 +235,9 @@ def verify_all() -> list[str]:
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"{path}: cannot be loaded safely (weights_only): {type(exc).__name__}") from None
+        raise WeightsError(f"not a PyTorch weight file that loads safely: {type(exc).__name__}") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"holds a {type(state).__name__}, not a state dict of weights")
+    return state

@@ -102,6 +102,22 @@ def test_wrong_architecture_and_checksum_and_missing_offline_errors(tmp_path, mo
         W.resolve_weights("resnet34-medicalnet")
 
 
+def test_a_file_for_another_network_is_refused_at_import_and_named_at_training(tmp_path):
+    """Weights with no published digest are checked by loading them into their network before they are cached."""
+    path, _ = medicalnet_checkpoint(tmp_path, 10)
+    with pytest.raises(WeightsError, match=r"is not resnet18-medicalnet .*lack.*import resnet_18.pth from https://"):
+        W.import_weights("resnet18-medicalnet", path)
+    assert not (W.cache_dir() / "resnet_18.pth").exists()
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(WeightsError, match="holds a Tensor"):
+        W.import_weights("resnet10-medicalnet", tensor)
+    W.cache_dir().mkdir(parents=True, exist_ok=True)
+    (W.cache_dir() / "resnet_18.pth").write_bytes(path.read_bytes())  # put there by hand, around the import check
+    with pytest.raises(WeightsError, match=r"resnet_18.pth: .*lack.*medtl weights import resnet18-medicalnet FILE"):
+        build_model(ModelConfig(backbone="resnet18", pretrained="medicalnet"), "classification", 3, 2, [32] * 3)
+
+
 def test_download_is_real_against_a_local_server(tmp_path, monkeypatch):
     path, _ = medicalnet_checkpoint(tmp_path, 10)
     served = tmp_path / "srv"
