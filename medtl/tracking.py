@@ -117,6 +117,13 @@ class MlflowTracker(Tracker):
                 fh.write(json.dumps({"kind": kind, "args": [str(a) if isinstance(a, Path) else a for a in args]},
                                     default=str) + "\n")
 
+    def end(self, status: str) -> None:
+        """Closes the run. After an outage it stays KILLED (incomplete) until ``medtl tracking sync`` has sent the
+        rest, and with it this status."""
+        if self.offline:
+            self._call("end", None, status)
+        _end_run("KILLED" if self.offline else status)
+
     def log_params(self, params: dict[str, Any]) -> None:
         """MLflow params are write-once: on a continued run a key already logged keeps its first value (a
         change accepted by --resume-changed is in the run's config_changes.json)."""
@@ -255,9 +262,9 @@ def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False, checkp
     except BaseException:
         if checkpoint_dir is not None and (checkpoint_dir / "last.pt").is_file():
             tracker.log_artifact(checkpoint_dir / "last.pt", "checkpoints")
-        _end_run("FAILED")
+        tracker.end("FAILED")
         raise
-    _end_run("KILLED" if tracker.offline else "FINISHED")
+    tracker.end("FINISHED")
     if not nested:
         logger.info("dashboard: %s", dashboard_link(uri, run.info.experiment_id))
 
@@ -283,34 +290,57 @@ def _end_run(status: str) -> None:
 
 
 def sync_offline(run_folder: Path) -> int:
-    """Replays a run folder's offline tracking log into its MLflow run; returns the number of calls sent."""
+    """Replays a run folder's offline tracking log into its MLflow run; returns the number of calls sent.
+
+    A replay the server breaks off records how far it got, so the next one sends only the rest: no metric
+    reaches the run twice."""
     import mlflow
 
     record, log = run_folder / RUN_RECORD, run_folder / OFFLINE_LOG
-    if not record.is_file() or not log.is_file():
-        raise TrackingError(f"{run_folder}: nothing to sync (no {RUN_RECORD} or {OFFLINE_LOG} there)")
+    if not record.is_file():
+        raise TrackingError(f"{run_folder}: not a run folder (no {RUN_RECORD}); give the folder the run wrote its model.pt to")
+    if not log.is_file():
+        done = log.with_suffix(".synced.jsonl").is_file()
+        raise TrackingError(f"{run_folder}: nothing to sync; " + (f"its {OFFLINE_LOG} was replayed already" if done else
+                            "the run reached its tracking server throughout (no {OFFLINE_LOG})".format(OFFLINE_LOG=OFFLINE_LOG)))
     saved = json.loads(record.read_text())
     check_store(saved["uri"])
     client = mlflow.MlflowClient(saved["uri"])
     calls = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    for call in calls:
-        kind, args = call["kind"], call["args"]
-        if kind == "metrics":
-            for key, value in args[0].items():
-                client.log_metric(saved["run_id"], key, value, step=args[1] or 0)
-        elif kind == "params":
-            for key, value in args[0].items():
-                client.log_param(saved["run_id"], key, value)
-        elif kind == "tags":
-            for key, value in args[0].items():
-                client.set_tag(saved["run_id"], key, value)
-        elif kind == "artifact":
-            client.log_artifact(saved["run_id"], args[0], args[1])
-        elif kind == "text":
-            client.log_text(saved["run_id"], args[0], args[1])
-    client.set_terminated(saved["run_id"], "FINISHED")
+    progress = log.with_suffix(".sent")
+    start = int(progress.read_text()) if progress.is_file() else 0
+    status = "FINISHED"
+    for sent, call in enumerate(calls[start:], start):
+        try:
+            status = _replay(client, saved["run_id"], call["kind"], call["args"]) or status
+        except Exception as exc:  # noqa: BLE001 - MLflow and requests raise many types for an outage
+            progress.write_text(str(sent))
+            raise TrackingError(f"{run_folder}: the tracking server stopped answering after {sent} of {len(calls)} "
+                                f"calls ({type(exc).__name__}); run `medtl tracking sync {run_folder}` again to send the rest") from None
+    client.set_terminated(saved["run_id"], status)
     log.rename(log.with_suffix(".synced.jsonl"))
-    return len(calls)
+    progress.unlink(missing_ok=True)
+    return len(calls) - start
+
+
+def _replay(client: Any, run_id: str, kind: str, args: list[Any]) -> str | None:
+    """Sends one logged call; returns the run's final status when the call is the run's end."""
+    if kind == "metrics":
+        for key, value in args[0].items():
+            client.log_metric(run_id, key, value, step=args[1] or 0)
+    elif kind == "params":
+        for key, value in args[0].items():
+            client.log_param(run_id, key, value)
+    elif kind == "tags":
+        for key, value in args[0].items():
+            client.set_tag(run_id, key, value)
+    elif kind == "artifact":
+        client.log_artifact(run_id, args[0], args[1])
+    elif kind == "text":
+        client.log_text(run_id, args[0], args[1])
+    elif kind == "end":
+        return args[0]
+    return None
 
 
 def applied_params(cfg: Config) -> dict[str, Any]:

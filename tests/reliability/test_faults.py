@@ -89,6 +89,7 @@ def test_a_tracking_server_that_dies_mid_training_costs_nothing(tmp_path, mlflow
     kept = [json.loads(line) for line in (run / "tracking_offline.jsonl").read_text().splitlines()]
     steps = [c["args"][1] for c in kept if c["kind"] == "metrics" and "val_loss" in c["args"][0]]
     assert steps == [2, 3]  # epoch 1 reached the server; the rest waits in the run folder
+    assert kept[-1] == {"kind": "end", "args": ["FINISHED"]}  # what sync closes the run with
 
 
 def test_skip_bad_cases_also_skips_a_case_found_bad_at_load_time(tmp_path):
@@ -139,4 +140,37 @@ def test_offline_tracking_is_replayed_into_the_same_run(tmp_path):
     got = client.get_run(run.info.run_id)
     assert [(h.step, h.value) for h in client.get_metric_history(run.info.run_id, "val_loss")] == [(2, 0.5)]
     assert got.data.params["train.lr"] == "0.1" and got.data.tags["note"] == "offline" and got.info.status == "FINISHED"
-    assert run_cli("tracking", "sync", str(folder)).returncode == 2  # replayed once, never twice
+    again = run_cli("tracking", "sync", str(folder))
+    assert again.returncode == 2 and "replayed already" in again.stderr  # replayed once, never twice
+
+
+def test_a_replay_the_server_breaks_off_sends_the_rest_once_and_the_runs_own_status(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from medtl.errors import TrackingError
+    from medtl.tracking import OFFLINE_LOG, RUN_RECORD, sync_offline
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e"))
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / RUN_RECORD).write_text(json.dumps({"run_id": run.info.run_id, "uri": uri}))
+    calls = [{"kind": "metrics", "args": [{"loss": float(step)}, step]} for step in range(4)]
+    calls.append({"kind": "end", "args": ["FAILED"]})  # the training itself failed while the server was away
+    (folder / OFFLINE_LOG).write_text("".join(json.dumps(c) + "\n" for c in calls))
+    real, sent = MlflowClient.log_metric, []
+
+    def flaky(self, run_id, key, value, step=0, **kw):
+        if len(sent) == 2:
+            raise ConnectionError("server went away")
+        sent.append(step)
+        return real(self, run_id, key, value, step=step, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_metric", flaky)
+    with pytest.raises(TrackingError, match="after 2 of 5 calls.*again to send the rest"):
+        sync_offline(folder)
+    monkeypatch.setattr(MlflowClient, "log_metric", real)
+    assert sync_offline(folder) == 3
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2, 3]
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
