@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,6 +164,30 @@ class TrackingConfig(Section):
     """``medtl models promote`` refuses a version whose test AUROC CI lower bound is below this."""
     gate_max_ece: float | None = Field(0.1, ge=0.0, le=1.0)
     """... or whose calibrated test ECE is above this (``--force`` overrides and is recorded)."""
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_mlflow_takes(cls, alias: str) -> str:
+        problem = alias_problem(alias)
+        if problem:
+            raise ValueError(problem)
+        return alias
+
+    @field_validator("registered_model")
+    @classmethod
+    def _name_mlflow_takes(cls, name: str | None) -> str | None:
+        if name is not None and (not name.strip() or "/" in name or ":" in name):
+            raise ValueError(f"{name!r}: a registered model name is not blank and has no '/' or ':'")
+        return name
+
+
+def alias_problem(alias: str) -> str | None:
+    """Why MLflow's registry would refuse ``alias`` (its rules), so that a run or a promotion says it up front."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias):
+        return f"alias {alias!r}: use letters, digits, '_' and '-' only (e.g. champion)"
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        return f"alias {alias!r} is reserved by MLflow (latest, v1, v2, ...); choose another, e.g. champion"
+    return None
 
 
 class ScoreConfig(Section):

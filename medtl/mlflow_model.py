@@ -147,6 +147,11 @@ def promote(name: str, version: int, alias: str, uri: str | None = None, force: 
 
     from medtl.model_card import gate_failures
 
+    from medtl.config import alias_problem
+
+    problem = alias_problem(alias)
+    if problem:
+        raise TrackingError(problem)
     client = mlflow.MlflowClient(uri)
     try:
         mv = client.get_model_version(name, str(version))

@@ -51,6 +51,10 @@ def test_config_is_frozen():
         ("data:\n  spatial_dims: 3\n  image_size: [32, 32]\n", ["data", "spatial_dims is 3"]),
         ("- a\n- b\n", ["mapping of sections"]),
         ("data: [\n", ["not valid YAML"]),
+        ("tracking:\n  alias: latest\n", ["tracking.alias", "reserved by MLflow"]),
+        ("tracking:\n  alias: v3\n", ["tracking.alias", "reserved by MLflow"]),
+        ("tracking:\n  alias: my alias\n", ["tracking.alias", "letters, digits"]),
+        ("tracking:\n  registered_model: team/model\n", ["tracking.registered_model", "no '/' or ':'"]),
     ],
 )
 def test_errors_name_file_key_and_allowed_values(tmp_path, text, fragments):

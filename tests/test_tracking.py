@@ -167,6 +167,9 @@ def test_promotion_is_gated_on_ci_and_calibration_and_forcing_is_recorded(tmp_pa
     mv = client.get_model_version("gated", str(version))
     assert "AUROC CI lower bound" in mv.tags["forced.champion"]
     assert str(client.get_model_version_by_alias("gated", "champion").version) == str(version)
+    for alias in ("latest", "v2", "best model"):  # MLflow's registry would refuse them, as its own exception
+        bad = run_cli("models", "promote", "gated", str(version), alias, "--force", env={"MLFLOW_TRACKING_URI": uri})
+        assert bad.returncode == 2 and f"alias {alias!r}" in bad.stderr and "unexpected" not in bad.stderr
 
 
 def test_model_card_and_params_name_the_objective_that_shaped_the_model():
