@@ -248,7 +248,7 @@ def compare_cmd(
     b: Annotated[Path, typer.Argument(help="predictions.csv of model B, on the same cases.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the comparison, its table and decision curve.")],
     names: Annotated[str, typer.Option(help="Names of A and B, comma-separated.")] = "A,B",
-    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 1000,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Paired bootstrap resamples (0: no intervals).")] = 1000,
 ) -> None:
     """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE, decision curve.
 
@@ -263,8 +263,10 @@ def compare_cmd(
             raise MedtlError(f"{path}: predictions file not found; give the predictions.csv of an evaluation")
         tables.append(read_predictions(path))
         require_prediction_columns(tables[-1], str(path))  # named by its file here, not as A or B
-    label_a, _, label_b = names.partition(",")
-    cmp = compare_predictions(*tables, (label_a or "A", label_b or "B"), bootstrap)
+    pair = tuple(n.strip() for n in names.split(","))
+    if len(pair) != 2 or not all(pair) or pair[0] == pair[1]:
+        raise MedtlError(f"--names {names!r}: give two different names, A's then B's, e.g. --names fine_tune,scratch")
+    cmp = compare_predictions(*tables, pair, bootstrap)
     write_comparison(cmp, out)
     typer.echo((out / "paired_comparison.md").read_text())
 

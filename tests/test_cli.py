@@ -67,6 +67,17 @@ def test_compare_refuses_files_that_are_not_classification_predictions_in_one_li
         assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_compare_takes_two_different_names_and_zero_resamples(tmp_path):
+    good = tmp_path / "a.csv"
+    good.write_text("case_id,label,prob_normal,prob_lesion,predicted\nc1,lesion,0.2,0.8,lesion\nc2,normal,0.9,0.1,normal\n")
+    for names in ("ft", "ft,ft", "ft,sc,x"):
+        res = run_cli("compare", str(good), str(good), "--out", str(tmp_path / "cmp"), "--names", names)
+        assert res.returncode == 2 and f"--names {names!r}" in res.stderr and not (tmp_path / "cmp").exists(), res.stderr
+    res = run_cli("compare", str(good), str(good), "--out", str(tmp_path / "cmp"), "--names", "ft, sc", "--bootstrap", "0")
+    assert res.returncode == 0, res.stderr  # no interval is what 0 resamples means, not a KeyError
+    assert "# ft vs sc" in res.stdout and "| ΔBrier | +0.000 (no interval: 0 bootstrap resamples) |" in res.stdout
+
+
 def test_synthetic_refuses_an_unknown_kind_or_too_few_cases_in_one_line(tmp_path):
     for args, said in ((["--kind", "jpeg"], "--kind 'jpeg'"), (["--n", "0"], "--n 0"), (["--n", "-5"], "--n -5")):
         res = run_cli("synthetic", str(tmp_path / "s"), *args)

@@ -121,6 +121,8 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
     def row(key: str, label: str) -> str:
         if np.isnan(m[key]):
             return f"| {label} | not defined: the cases are all of one class |"
+        if key + "_ci_low" not in m:
+            return f"| {label} | {m[key]:+.3f} (no interval: 0 bootstrap resamples) |"
         return f"| {label} | {m[key]:+.3f} [{m[key + '_ci_low']:+.3f}, {m[key + '_ci_high']:+.3f}] |"
 
     lines = [f"# {a} vs {b} on the same {int(m['n'])} cases", "", "| difference (a − b) | value [95% CI] |", "| --- | --- |",
