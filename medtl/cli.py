@@ -137,14 +137,14 @@ def score_cmd(
     manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest of the cases to score.")] = None,
     input_dir: Annotated[Optional[Path], typer.Option("--input", help="Folder of DICOM series / NIfTI / PNG files.")] = None,
     masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Cases per batch.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 16,
     device: DeviceOption = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,
     prevalence: Annotated[Optional[float], typer.Option(help="This site's prevalence of the positive class (prior-shift correction).")] = None,
     engine: Annotated[str, typer.Option(help="local (this machine) or spark (mlflow spark_udf, Parquet out).")] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help="Spark master URL (spark-submit's MASTER wins).")] = "local[*]",
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Spark: the only folder executors may read (default: the manifest's).")] = None,
-    spark_chunk: Annotated[int, typer.Option("--spark-chunk", help="Spark: cases per committed job (a crash costs at most one).")] = 1000,
+    spark_chunk: Annotated[int, typer.Option("--spark-chunk", min=1, help="Spark: cases per committed job (a crash costs at most one).")] = 1000,
 ) -> None:
     """Score new studies with a registered model; reruns resume where a crash stopped."""
     from medtl.models.loader import load_any_model

@@ -16,4 +16,12 @@ OptionalConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config f
 ModelOption = Annotated[str, typer.Option("--model", help="A model.pt, a run folder, runs:/RUN/model or models:/NAME@ALIAS.")]
 SplitsOption = Annotated[Optional[Path], typer.Option(
     "--splits", help="The training run's splits.csv, for a manifest without a split column.")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+
+
+def _device_choice(value: str) -> str:
+    if value not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"{value!r}: use auto, cpu or cuda")
+    return value
+
+
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.", callback=_device_choice)]

@@ -39,7 +39,11 @@ def _model_identity(model_uri: str) -> tuple[dict[str, str], list[str]]:
     from mlflow.models import Model
 
     with tempfile.TemporaryDirectory() as tmp:  # get_model_info would leave the MLmodel file in the temp folder
-        info = Model.load(mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/MLmodel", dst_path=tmp)).get_model_info()
+        try:
+            info = Model.load(mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/MLmodel", dst_path=tmp)).get_model_info()
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a missing model or store
+            raise MedtlError(f"--model {model_uri}: no MLflow model there ({type(exc).__name__}); --engine spark scores a "
+                             "registered or logged model: models:/NAME@ALIAS, runs:/RUN_ID/model or a folder with an MLmodel file") from None
     classes = list((info.metadata or {}).get("classes", []))
     name, version = "", ""
     if model_uri.startswith("models:/"):

@@ -76,6 +76,25 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     res = run_cli("score", "--model", str(model_3d), "--input", str(d), "--out", str(tmp_path / "p.txt"), "--no-track")
     assert res.returncode != 0 and "--out" in res.stderr and "give a .csv or .parquet file" in res.stderr
     assert not list(tmp_path.glob("p.txt*"))  # nothing scored into a file of a kind nobody asked for
+    for args, said in ((["--device", "tpu"], "'tpu': use auto, cpu or cuda"), (["--batch-size", "0"], "--batch-size"),
+                       (["--engine", "spark", "--spark-chunk", "0"], "--spark-chunk")):
+        res = run_cli("score", "--model", str(model_3d), "--manifest", str(missing), "--out", str(tmp_path / "r.csv"), "--no-track", *args)
+        assert res.returncode == 2 and said in res.stderr and "unexpected" not in res.stderr, res.stderr
+    res = run_cli("score", "--model", str(model_3d), "--manifest", str(missing), "--out", str(tmp_path / "pq"), "--no-track",
+                  "--engine", "spark")  # a model.pt is not an MLflow model: said before Spark starts
+    assert res.returncode == 2 and "no MLflow model there" in res.stderr and "models:/NAME@ALIAS" in res.stderr, res.stderr
+
+
+def test_cuda_asked_for_where_there_is_none_is_one_line(monkeypatch):
+    import torch
+
+    from medtl.errors import ConfigError
+    from medtl.models.predictor import device_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_for("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="no GPU is visible here; use auto or cpu"):
+        device_for("cuda")  # was torch's "Torch not compiled with CUDA enabled" from deep in evaluate
 
 
 def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_path):

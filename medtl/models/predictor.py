@@ -13,6 +13,7 @@ from monai.data import MetaTensor
 from torch.utils.data import DataLoader, Dataset
 
 from medtl.data.transforms import build_transforms, find_data_error
+from medtl.errors import ConfigError
 from medtl.models.checkpoint import InferenceSpec, ModelBundle
 from medtl.tasks import make_task
 
@@ -57,9 +58,11 @@ def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def device_for(requested: str) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device {requested!r}: use auto, cpu or cuda")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda': no GPU is visible here; use auto or cpu")
+    return torch.device("cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 class Predictor:
