@@ -332,8 +332,11 @@ def main() -> None:
         if debug:
             raise
         where = err.filename or "a file"
-        console.print(f"[bold red]error:[/] {escape(str(where))}: {escape(err.strerror or type(err).__name__)}; choose a "
-                      "path you can write, or fix its permissions", markup=True, highlight=False, soft_wrap=True)
+        why = {FileExistsError: "a file is where a folder should go; choose another path",
+               NotADirectoryError: "a file is where a folder should go; choose another path",
+               IsADirectoryError: "a folder is where a file should go; give a file name"}.get(
+                   type(err), f"{err.strerror or type(err).__name__}; choose a path you can write, or fix its permissions")
+        console.print(f"[bold red]error:[/] {escape(str(where))}: {escape(why)}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2)
     except Exception as err:  # noqa: BLE001 - the last line of defence for users
         if debug:

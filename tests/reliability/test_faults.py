@@ -118,6 +118,7 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
     blocker.write_text("a file where the run folder should go")  # unwritable even for root, unlike chmod
     res = run_cli("train", *base(m, tmp_path, f"train.out_dir={blocker}"))
     assert res.returncode == 2 and "unexpected error" not in res.stderr and "not_a_folder" in res.stderr
+    assert "a file is where a folder should go" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
 
