@@ -24,6 +24,16 @@ class Shift:
     downsample: float = 0.6
     """Resolution factor: the image is resampled to this fraction of its size and back."""
 
+    def __post_init__(self) -> None:
+        """Each setting names the option it comes from (``medtl manifest shift``), so a bad one is one line."""
+        for name, value, ok, rule in (("gamma", self.gamma, self.gamma > 0, "above 0"),
+                                      ("contrast", self.contrast, self.contrast > 0, "above 0"),
+                                      ("blur", self.blur_sigma, self.blur_sigma >= 0, "0 or more"),
+                                      ("noise", self.noise_std, self.noise_std >= 0, "0 or more"),
+                                      ("downsample", self.downsample, 0 < self.downsample <= 1, "in (0, 1]; 1 keeps the resolution")):
+            if not ok:
+                raise ManifestError(f"--{name} {value:g}: give a value {rule}")
+
 
 def apply_shift(image: np.ndarray, shift: Shift, rng: np.random.Generator) -> np.ndarray:
     """Shifts one image with values in [0, 1]; returns values in [0, 1]."""

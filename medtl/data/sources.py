@@ -35,12 +35,17 @@ def import_medmnist(
         arrays = np.load(npz)
     except Exception as exc:  # noqa: BLE001
         raise ManifestError(f"{npz}: not a MedMNIST .npz ({type(exc).__name__})") from None
+    if class_names is not None and len(set(class_names)) < len(class_names):
+        raise ManifestError(f"--classes {','.join(class_names)}: the names must differ, one per label, in label order")
     rows = []
     rng = np.random.default_rng(seed)
     for split in SPLITS:  # MedMNIST names its arrays by medtl's split names
         if f"{split}_images" not in arrays:
             raise ManifestError(f"{npz}: has no {split}_images array; is it a MedMNIST file?")
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(len(arrays[f"{split}_images"]), -1)[:, 0]
+        if class_names and int(labels.max(initial=0)) >= len(class_names):
+            raise ManifestError(f"--classes {','.join(class_names)}: {npz.name} has labels 0 to {int(labels.max())}; "
+                                f"name {int(labels.max()) + 1} classes in label order (see the file's MedMNIST info)")
         keep = np.arange(len(images))
         if limit and split in limit and limit[split] < len(images):
             keep = _stratified_subset(labels, limit[split], rng)

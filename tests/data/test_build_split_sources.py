@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from medtl.data.build import build_manifest
 from medtl.data.manifest import read_manifest
@@ -11,6 +12,7 @@ from medtl.data.readers import load_scan
 from medtl.data.sources import import_medmnist
 from medtl.data.splits import fold_manifest, split_manifest
 from medtl.data.synthetic import synthetic_volume, write_ct_series, write_nifti
+from medtl.errors import ManifestError
 from tests.conftest import run_cli
 
 PNEUMONIA = Path(__file__).resolve().parents[2] / "medtl" / "resources" / "pneumoniamnist.npz"
@@ -120,6 +122,10 @@ def test_medmnist_importer_keeps_official_split_counts(tmp_path):
     img = load_scan(tmp_path / "pm" / row["image"])
     np.testing.assert_array_equal(img[0].numpy().T, arrays["test_images"][7].astype(np.float32))
     assert row["label"] == ["normal", "pneumonia"][int(arrays["test_labels"][7, 0])]
+
+    for names, said in ((["normal"], "has labels 0 to 1; name 2 classes"), (["a", "a"], "the names must differ")):
+        with pytest.raises(ManifestError, match=said):  # one name too few was an IndexError
+            import_medmnist(PNEUMONIA, tmp_path / "bad", names, limit={"train": 10, "val": 10, "test": 10})
 
 
 def test_nested_subsets_are_nested_patient_grouped_and_stratified():

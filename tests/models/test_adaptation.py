@@ -100,3 +100,14 @@ def test_shift_is_reproducible_and_changes_intensities():
     b = apply_shift(img, Shift(), np.random.default_rng(1))
     assert np.array_equal(a, b) and a.shape == img.shape
     assert abs(a.mean() - img.mean()) > 0.02 and a.min() >= 0 and a.max() <= 1
+
+
+
+@pytest.mark.parametrize("setting, said", [({"gamma": 0}, "--gamma 0"), ({"contrast": -2}, "--contrast -2"),
+                                           ({"blur_sigma": -1}, "--blur -1"), ({"noise_std": -0.1}, "--noise -0.1"),
+                                           ({"downsample": 0}, "--downsample 0"), ({"downsample": 3}, "--downsample 3")])
+def test_a_shift_that_cannot_be_made_is_refused_naming_its_option(setting, said):
+    from medtl.errors import ManifestError
+
+    with pytest.raises(ManifestError, match=said):  # was numpy's "scale < 0", a NaN cast, or silently odd images
+        Shift(**setting)
