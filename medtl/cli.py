@@ -110,10 +110,12 @@ def recalibrate_cmd(
     split: Annotated[str, typer.Option(help="Split of the manifest to use, or 'all'.")] = "all",
     splits: SplitsOption = None,
     threshold_rule: Annotated[str, typer.Option(help="youden, sensitivity or fixed.")] = "youden",
-    target_sensitivity: Annotated[float, typer.Option(help="For --threshold-rule sensitivity.")] = 0.9,
+    target_sensitivity: Annotated[float, typer.Option(help="For --threshold-rule sensitivity (above 0, at most 1).")] = 0.9,
     device: DeviceOption = "auto",
 ) -> None:
     """Recalibrate a model for a new site on labelled cases of it: calibration slope and intercept, threshold."""
+    if not 0 < target_sensitivity <= 1:
+        raise MedtlError(f"--target-sensitivity {target_sensitivity:g}: give the sensitivity to keep, above 0 and at most 1 (e.g. 0.9)")
     from medtl.recalibration import recalibrate_model
 
     if threshold_rule not in ("youden", "sensitivity", "fixed"):

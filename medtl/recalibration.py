@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medtl.errors import ManifestError, MedtlError
+from medtl.errors import ManifestError, MedtlError, ModelError
 from medtl.evaluate.calibration import Calibration, at_bound, calibrate
 from medtl.log import logger
 from medtl.models.checkpoint import ModelBundle
@@ -114,6 +114,11 @@ def recalibrate_model(model_ref: str, manifest: Path, out: Path, split: str | No
     from medtl.models.checkpoint import save_model
     from medtl.models.loader import load_any_model
 
+    source = Path(model_ref)
+    source = source / "model.pt" if source.is_dir() else source
+    if source.exists() and Path(out).resolve() == source.resolve():
+        raise ModelError(f"--out {out}: that is the model being recalibrated; write the site's model to a new file "
+                         "(e.g. site_a.pt), so the model as trained is kept")
     bundle = load_any_model(model_ref)
     before = (bundle.temperature, bundle.threshold)
     table = select_split(read_manifest(manifest, bundle.spec.data.data_root).table, split, splits)

@@ -1,6 +1,8 @@
 """``medtl recalibrate``: a new site's calibration slope, intercept and threshold chosen on its labelled cases,
 checked against scikit-learn; the weights untouched; scoring applies the new calibration; bad samples refused."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,6 +106,13 @@ def test_a_sample_without_labels_without_a_class_or_not_separated_is_refused_in_
     res = run_cli("recalibrate", "--model", str(model), "--manifest", str(manifest), "--out", str(tmp_path / "site.txt"))
     assert res.returncode != 0 and "a medtl model file ends in .pt" in res.stderr and "site.pt" in res.stderr
     assert not (tmp_path / "site.txt").exists()  # score --model would not take it
+    before = Path(model).read_bytes()
+    res = run_cli("recalibrate", "--model", str(model), "--manifest", str(manifest), "--out", str(model))
+    assert res.returncode != 0 and "that is the model being recalibrated" in res.stderr
+    assert Path(model).read_bytes() == before  # the model as trained is kept (the site model used to replace it)
+    res = run_cli("recalibrate", "--model", str(model), "--manifest", str(manifest), "--out", str(tmp_path / "s.pt"),
+                  "--threshold-rule", "sensitivity", "--target-sensitivity", "1.5")
+    assert res.returncode != 0 and "--target-sensitivity 1.5" in res.stderr and not (tmp_path / "s.pt").exists()
 
 
 def test_a_site_sample_that_fixes_no_temperature_is_reported(caplog):
