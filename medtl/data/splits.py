@@ -63,6 +63,8 @@ def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, s
 
 def fold_manifest(table: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFrame:
     """Adds a ``fold`` column (0..k-1) for k-fold cross-validation, patient-grouped and stratified."""
+    if folds < 2:
+        raise ManifestError(f"--folds {folds}: give 2 or more folds (5 is usual)")
     groups = table["patient_id"].to_numpy()
     if len(np.unique(groups)) < folds:
         raise ManifestError(f"only {len(np.unique(groups))} patients: too few for {folds} folds")

@@ -89,6 +89,15 @@ def test_cli_split_writes_manifest(tmp_path):
         res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "m3.csv"), "--val", val, "--test", test)
         assert res.returncode != 0 and "must be fractions in [0, 1) that add up to less than 1" in res.stderr
         assert "Traceback" not in res.stderr and not (tmp_path / "m3.csv").exists()
+    for folds in ("0", "1"):  # 0 wrote a train/val/test split instead, 1 was a scikit-learn error
+        res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "f.csv"), "--folds", folds)
+        assert res.returncode == 2 and f"--folds {folds}: give 2 or more folds" in res.stderr and not (tmp_path / "f.csv").exists()
+    before = (tmp_path / "m2.csv").read_bytes()
+    res = run_cli("manifest", "split", str(tmp_path / "m2.csv"), "--out", str(tmp_path / "m2.csv"), "--seed", "7")
+    assert res.returncode == 2 and "that is the manifest being split" in res.stderr
+    assert (tmp_path / "m2.csv").read_bytes() == before  # its split is kept, not replaced in place
+    res = run_cli("manifest", "split", str(tmp_path / "m2.csv"), "--out", str(tmp_path / "m4.csv"), "--seed", "7")
+    assert res.returncode == 0 and "its split column" in res.stderr and "is replaced" in res.stderr
 
 
 def test_split_written_elsewhere_keeps_its_files_reachable(tmp_path):
