@@ -113,10 +113,17 @@ def build_manifest(
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
+    if masks is not None and not Path(masks).is_dir():
+        raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
     cases, mask_refs = pair_masks(discover_cases(folder), masks)
     if not cases:
         raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found")
+    if masks is not None and not any(c in mask_refs for c, _ in cases):
+        raise ManifestError(f"--masks {masks}: no file there is named like a case of {folder} (e.g. {cases[0][0]}.nii.gz "
+                            f"or {cases[0][0]}_mask.nii.gz)")
     out = Path(out)
+    if labels is not None and out.resolve() == Path(labels).resolve():
+        raise ManifestError(f"--out {out}: that is the label sheet; write the manifest to a new file so the sheet is kept")
     base = out.resolve().parent
     rows = [{"case_id": c, "image": _relative(ref, base)} for c, ref in cases]
     table = pd.DataFrame(rows)
@@ -132,9 +139,24 @@ def build_manifest(
     table["patient_id"] = table["patient_id"].fillna(pd.Series([salted_patient_id(c, salt) for c in table["case_id"]]))
     front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
+    _refuse_losing_columns(out, table)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     return table
+
+
+def _refuse_losing_columns(out: Path, table: pd.DataFrame) -> None:
+    """A rebuilt manifest may replace an old one, but not drop what the old one held (labels, a split)."""
+    if not out.is_file():
+        return
+    try:
+        old = read_sheet(out).columns
+    except ManifestError:
+        raise ManifestError(f"--out {out}: a file that is not a manifest is there; choose another name") from None
+    lost = [c for c in old if c not in table]
+    if lost:
+        raise ManifestError(f"--out {out}: the manifest there has column(s) {', '.join(lost)} that the new one would not; "
+                            "write to a new file (or give --labels with them)")
 
 
 def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:

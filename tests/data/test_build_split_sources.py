@@ -48,6 +48,31 @@ def test_build_groups_two_series_in_one_folder_and_joins_labels(tmp_path):
     assert "Traceback" not in res.stderr and not (tmp_path / "m2.csv").exists()
 
 
+def test_a_rebuild_never_drops_what_the_manifest_held_and_masks_must_match(tmp_path):
+    scans = tmp_path / "scans"
+    rng = np.random.default_rng(0)
+    for case in ("a", "b"):
+        write_nifti(scans / f"{case}.nii.gz", synthetic_volume(rng, (8, 8, 3), True)[0])
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"case_id": ["a", "b"], "label": ["normal", "lesion"]}).to_csv(labels, index=False)
+    out = tmp_path / "m.csv"
+    build_manifest(scans, out, labels=labels)
+    labelled = out.read_bytes()
+    with pytest.raises(ManifestError, match="has column.s. label that the new one would not"):
+        build_manifest(scans, out)  # used to replace the labelled manifest with an unlabelled one
+    assert out.read_bytes() == labelled
+    build_manifest(scans, out, labels=labels)  # a rebuild that keeps every column is fine
+    with pytest.raises(ManifestError, match="that is the label sheet"):
+        build_manifest(scans, labels, labels=labels)
+    with pytest.raises(ManifestError, match="--masks .*nowhere: not a folder"):
+        build_manifest(scans, tmp_path / "m2.csv", masks=tmp_path / "nowhere")  # was ignored without a word
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "notes.txt").write_text("no mask here")
+    with pytest.raises(ManifestError, match="no file there is named like a case"):
+        build_manifest(scans, tmp_path / "m2.csv", masks=tmp_path / "masks")  # was an empty mask column
+    assert not (tmp_path / "m2.csv").exists()
+
+
 def make_table(n_patients=40, per_patient=2, seed=0):
     rng = np.random.default_rng(seed)
     rows = []
