@@ -178,14 +178,31 @@ def series_problems(headers: list[SliceHeader], tol: float = 1e-3) -> list[str]:
 
 
 def _pixels(header: SliceHeader) -> np.ndarray:
+    ds = None
     try:
         ds = header.dataset if header.dataset is not None else pydicom.dcmread(header.path)
         arr = ds.pixel_array.astype(np.float32)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault; its text may quote the header
-        raise DataError(f"{header.path.name}: cannot decode pixel data ({type(exc).__name__})") from None
+        raise DataError(f"{header.path.name}: cannot decode pixel data ({type(exc).__name__}){_decoder_hint(ds)}") from None
     slope = (numbers(ds, "RescaleSlope", 1, header.path) or (1.0,))[0] or 1.0
     intercept = (numbers(ds, "RescaleIntercept", 1, header.path) or (0.0,))[0]
     return arr * slope + intercept
+
+
+def _decoder_hint(ds: pydicom.Dataset | None) -> str:
+    """Names the compression and what would decode it: a missing codec is the site's to install, not bad data."""
+    from pydicom.pixels import get_decoder
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None:
+        return ""
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return f"; {syntax.name} is a transfer syntax pydicom cannot decode: convert the series (e.g. dcmdjpeg or gdcmconv --raw)"
+    if not decoder.is_available:
+        return f"; no decoder for {syntax.name} is installed here: {'; '.join(decoder.missing_dependencies)}"
+    return f"; its {syntax.name} data do not decode: the file may be damaged" if syntax.is_compressed else ""
 
 
 def load_series(headers: list[SliceHeader]) -> tuple[np.ndarray, np.ndarray]:

@@ -145,6 +145,28 @@ def test_malformed_dicom_numbers_are_per_case_errors_that_echo_nothing(tmp_path,
     assert keyword in out.loc["bad", "error"] and "PHISENTINEL" not in (tmp_path / "p.csv").read_text()
 
 
+@pytest.mark.parametrize("syntax, said", [
+    ("1.2.840.10008.1.2.4.90", "its JPEG 2000 Image Compression (Lossless Only) data do not decode: the file may be damaged"),
+    ("1.2.840.10008.1.2.4.201", "no decoder for High-Throughput JPEG 2000 Image Compression (Lossless Only) is installed here: pylibjpeg"),
+    ("1.2.3.4.999", "1.2.3.4.999 is a transfer syntax pydicom cannot decode: convert the series"),
+])
+def test_pixel_data_that_does_not_decode_says_which_compression_and_what_to_do(tmp_path, syntax, said):
+    from pydicom.encaps import encapsulate
+
+    from medtl.data.readers import load_scan
+    from medtl.errors import DataError
+
+    write_ct_series(tmp_path / "s", synthetic_volume(np.random.default_rng(0), (8, 8, 3), True)[0], seed=1)
+    for f in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PixelData = encapsulate([b"\x00" * 64])
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(f)
+    with pytest.raises(DataError, match="cannot decode pixel data") as info:
+        load_scan(tmp_path / "s")
+    assert said in str(info.value)
+
+
 def test_unlabelled_rows_and_empty_manifests_fail_check_naming_the_cases(tmp_path):
     m = make_classification_set(tmp_path / "d", n=6, kind="png", size=(16, 16))
     table = pd.read_csv(m, dtype=str)
