@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medtl.errors import ConfigError
 
 
+DEFAULT_MASK_CLASSES = ["background", "foreground"]
+
+
 class Section(BaseModel):
     """Base of every section: unknown keys are errors and values never change after load."""
 
@@ -47,6 +50,11 @@ class DataConfig(Section):
     subgroups: list[str] = Field(default_factory=list)
     num_workers: int | Literal["auto"] = "auto"
     skip_bad_cases: bool = False
+
+    @property
+    def mask_classes(self) -> list[str]:
+        """Segmentation's classes, one per mask value: as configured, or background and foreground."""
+        return self.classes or DEFAULT_MASK_CLASSES
 
     @model_validator(mode="after")
     def _size_matches_dims(self) -> "DataConfig":

@@ -11,6 +11,7 @@ import pandas as pd
 import pydicom
 from PIL import Image
 
+from medtl.config import DEFAULT_MASK_CLASSES
 from medtl.data import dicom
 from medtl.data.manifest import Manifest
 from medtl.data.readers import check_nifti_size, dicom_headers, scan_kind
@@ -131,6 +132,8 @@ def check_manifest(
                 mask_geometry = _geometry(mask_path, deep)
                 if image_geometry is not None:
                     _check_mask(image_geometry, mask_geometry)
+                if deep:
+                    _check_mask_values(mask_path, len(classes or DEFAULT_MASK_CLASSES))
             except DataError as exc:
                 problems.append(Problem(case, "mask " + _kind_of(str(exc)), f"{row.mask}: {exc}"))
         label = getattr(row, "label", None)
@@ -140,6 +143,14 @@ def check_manifest(
             problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}"))
     problems.extend(_leakage(table))
     return problems
+
+
+def _check_mask_values(path: str, n_classes: int) -> None:
+    from medtl.data.readers import load_scan
+
+    problem, _ = mask_problem(np.unique(load_scan(path).numpy()), n_classes)
+    if problem:
+        raise DataError(problem)
 
 
 def _check_dims(geometry: Geometry, spatial_dims: int | None) -> None:
@@ -153,6 +164,23 @@ def _check_dims(geometry: Geometry, spatial_dims: int | None) -> None:
             raise DataError(f"unexpected dimensionality: {got}-D image {shape}, config expects {spatial_dims}-D")
 
 
+def mask_problem(values: np.ndarray, n_classes: int) -> tuple[str | None, float]:
+    """Why a mask's distinct values are not class indices 0..n-1, or None; and the scale that makes them indices
+    (masks drawn as 0/255, the usual 8-bit convention, are 0/1)."""
+    v = np.asarray(values, dtype=np.float64)
+    scale = 1 / 255 if v.size and v.size <= 2 and v.max() == 255 else 1.0
+    v = v * scale
+    fractional = v[v != np.round(v)]
+    if fractional.size:
+        return (f"mask holds values that are not class indices (e.g. {fractional[0]:g}); save it with whole-number "
+                "labels, 0 for background"), scale
+    outside = v[(v < 0) | (v >= n_classes)]
+    if outside.size:
+        return (f"mask holds label {outside[0]:g}, but there are {n_classes} classes (0 to {n_classes - 1}); name every "
+                "label in data.classes, background first, or fix the mask"), scale
+    return None, scale
+
+
 def _check_mask(image: Geometry, mask: Geometry) -> None:
     if tuple(image.shape[:3]) != tuple(mask.shape[:3]):
         raise DataError(f"shape mismatch: mask {mask.shape} vs image {image.shape}")
@@ -163,9 +191,10 @@ def _check_mask(image: Geometry, mask: Geometry) -> None:
 def _kind_of(message: str) -> str:
     for key in ("header declares", "missing file", "empty file", "truncated DICOM", "DICOM without pixel data", "several series",
                 "missing slice", "duplicate slice", "inconsistent", "NaN/Inf", "unexpected dimensionality",
-                "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable"):
+                "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable",
+                "not class indices", "classes (0 to"):
         if key in message:
-            return key
+            return "labels not class indices" if key in ("not class indices", "classes (0 to") else key
     return "unreadable"
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,14 @@ def _memory_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataCo
     if shared is not None:
         return CacheDataset(items, transform, runtime_cache=shared, copy_cache=False)
     workers = None if len(items) < 64 else (os.cpu_count() if cfg.num_workers == "auto" else int(cfg.num_workers) or None)
-    ds = CacheDataset(items, transform, num_workers=workers, progress=progress_enabled() and sys.stderr.isatty(),
-                      copy_cache=False)
+    before = set(threading.enumerate())
+    try:
+        ds = CacheDataset(items, transform, num_workers=workers, progress=progress_enabled() and sys.stderr.isatty(),
+                          copy_cache=False)
+    except Exception:
+        for thread in set(threading.enumerate()) - before:
+            thread.join(timeout=300)  # the cache's pool leaves its threads mid-scan; exiting under them aborts Python
+        raise
     if len(_MEMO) >= 4:
         _MEMO.pop(next(iter(_MEMO)))
     _MEMO[key] = ds._cache

@@ -28,6 +28,7 @@ from monai.transforms import (
 )
 
 from medtl.config import DataConfig
+from medtl.data.check import mask_problem
 from medtl.data.readers import ScanReader
 from medtl.errors import DataError
 
@@ -61,14 +62,21 @@ class CheckFinited(MapTransform):
 
 
 class MaskIndicesd(MapTransform):
-    """8-bit masks drawn as 0/255 (the usual PNG convention) become class indices 0/1; index masks pass."""
+    """Masks become class indices: 8-bit masks drawn as 0/255 become 0/1; a value that is no class index of the
+    configured classes (0.5, or 5 with two classes) is the case's error, not an index error mid-training."""
+
+    def __init__(self, keys: list[str], n_classes: int) -> None:
+        super().__init__(keys)
+        self.n_classes = n_classes
 
     def __call__(self, data: Any) -> Any:
         d = dict(data)
         for key in self.key_iterator(d):
-            values = torch.unique(torch.as_tensor(d[key]))
-            if values.numel() <= 2 and float(values.max()) == 255.0:
-                d[key] = d[key] / 255.0
+            problem, scale = mask_problem(torch.unique(torch.as_tensor(d[key])).numpy(), self.n_classes)
+            if problem:
+                raise DataError(f"case {d.get('case_id', '?')}: {problem}")
+            if scale != 1.0:
+                d[key] = d[key] * scale
         return d
 
 
@@ -139,7 +147,7 @@ def deterministic_transforms(cfg: DataConfig, with_mask: bool = False, keep_meta
     keys = ["image", "mask"] if with_mask else ["image"]
     steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckDimsd(keys, cfg.spatial_dims), CheckFinited(keys)]
     if with_mask:
-        steps.append(MaskIndicesd(["mask"]))
+        steps.append(MaskIndicesd(["mask"], len(cfg.mask_classes)))
     if cfg.spatial_dims == 3:
         steps.append(Orientationd(keys, axcodes=cfg.orientation, labels=(('L', 'R'), ('P', 'A'), ('I', 'S'))))  # RAS, said explicitly
         if cfg.spacing:

@@ -58,7 +58,7 @@ def preflight(data: DataConfig, train: TrainConfig) -> Manifest:
 
 def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path, check: bool = True) -> PreparedData:
     """Checks every case (header level), drops listed bad cases if allowed, and splits once (splits.csv)."""
-    classes = class_names(manifest, data.classes) if data.task == "classification" else (data.classes or ["background", "foreground"])
+    classes = class_names(manifest, data.classes) if data.task == "classification" else data.mask_classes
     table = manifest.table
     skipped: list[str] = []
     if check:

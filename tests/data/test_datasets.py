@@ -73,3 +73,50 @@ def test_nan_volume_is_refused(tmp_path):
     cfg = DataConfig(spatial_dims=3, image_size=[8, 8, 4], cache="none", modality="ct")
     with pytest.raises(DataError, match="case x: image holds NaN"):
         build_transforms(cfg, False)({"case_id": "x", "image": str(tmp_path / "n.nii.gz")})
+
+
+def test_mask_values_that_are_no_class_index_are_the_cases_error_before_training(tmp_path):
+    import nibabel as nib
+
+    from medtl.data.check import check_manifest
+
+    manifest = make_segmentation_set(tmp_path / "s", n=3, size=(16, 16, 8))
+    table = pd.read_csv(manifest)
+    for row, value in ((0, 5.0), (1, 0.5)):
+        path = tmp_path / "s" / table["mask"][row]
+        img = nib.load(path)
+        data = np.asarray(img.dataobj).astype(np.float32)
+        data[data > 0] = value
+        nib.save(nib.Nifti1Image(data, img.affine), path)
+    m = read_manifest(manifest)
+    items = case_items(m.table, None, with_mask=True)
+    t = build_transforms(DataConfig(spatial_dims=3, image_size=[16, 16, 8], modality="ct", cache="none"), False, with_mask=True)
+    with pytest.raises(DataError, match="case seg000: mask holds label 5, but there are 2 classes"):
+        t(items[0])  # was torch's "index 5 is out of bounds for dimension 1" inside the loss, mid-training
+    with pytest.raises(DataError, match="case seg001: mask holds values that are not class indices .e.g. 0.5."):
+        t(items[1])  # was rounded away without a word
+    three = DataConfig(spatial_dims=3, image_size=[16, 16, 8], modality="ct", cache="none", classes=["bg", "a", "b", "c", "d", "e"])
+    assert int(build_transforms(three, False, with_mask=True)(items[0])["mask"].max()) == 5  # six classes name label 5
+    problems = {p.case_id: p.kind for p in check_manifest(m, deep=True)}
+    assert problems == {"seg000": "mask labels not class indices", "seg001": "mask labels not class indices"}
+
+
+def test_a_bad_case_while_caching_with_a_thread_pool_leaves_no_thread_running(tmp_path):
+    """CacheDataset's pool left its threads mid-scan: exiting under them aborted Python (exit 134, not 2)."""
+    import threading
+    import time
+
+    from monai.transforms import Lambda
+
+    def slow_or_bad(item):
+        if item["case_id"] == "c0":
+            raise DataError("case c0: bad")
+        time.sleep(0.05)
+        return item
+
+    items = [{"case_id": f"c{i}", "image": "x"} for i in range(80)]  # 64 or more: the cache fills on a pool
+    cfg = DataConfig(cache="memory", num_workers=2)
+    before = set(threading.enumerate())
+    with pytest.raises(DataError, match="case c0"):
+        make_dataset(items, Lambda(slow_or_bad), cfg)
+    assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]
