@@ -32,3 +32,7 @@ class TrackingError(MedtlError):
 
 class ModelError(MedtlError):
     """A checkpoint or registered model cannot be used for the requested input."""
+
+
+class DivergedError(MedtlError):
+    """Training produced a non-finite loss or non-finite outputs: a learning rate too high, most often."""

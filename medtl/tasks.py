@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from medtl.data.datasets import case_items
-from medtl.errors import DataError
+from medtl.errors import DataError, DivergedError
 from medtl.log import logger
 from medtl.probability import probabilities
 
@@ -91,6 +91,8 @@ class Classification(Task):
         logits = np.stack([r["logits"] for r, _ in pairs])
         probs = np.stack([r["probs"] for r, _ in pairs])
         y = np.array([it["label"] for _, it in pairs])
+        if not np.isfinite(logits).all():
+            raise DivergedError("validation outputs are not finite")
         loss = float(nn.functional.cross_entropy(torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(y)))
         auroc = float("nan")
         if len(np.unique(y)) > 1:

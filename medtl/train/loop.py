@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medtl.config import TrainConfig
+from medtl.errors import DivergedError
 from medtl.faults import fault_point
 from medtl.log import logger, make_progress, progress_enabled
 from medtl.train.progress import training_curves
@@ -156,12 +157,19 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
             logger.info("epoch %d: unfroze stage %s", epoch + 1, loop.schedule.groups[loop.schedule.frozen_upto].name)
         started = time.perf_counter()
         try:
-            metrics = {**train_one_epoch(loop, epoch), **loop.validate()}
+            metrics = train_one_epoch(loop, epoch)
+            if not math.isfinite(metrics["train_loss"]):
+                raise DivergedError(f"training loss {metrics['train_loss']}")
+            metrics = {**metrics, **loop.validate()}
             metrics["epoch_s"] = time.perf_counter() - started
         except KeyboardInterrupt:
             if rt.is_main:
                 loop.save(ckpt_dir / "interrupted.pt", None)
             raise
+        except DivergedError as err:
+            kept = f"; the best epoch before it is kept in {ckpt_dir / 'best.pt'}" if (ckpt_dir / "best.pt").is_file() else ""
+            raise DivergedError(f"training diverged in epoch {epoch + 1} ({err}): lower train.lr (now {cfg.lr:g}) or "
+                                f"set train.grad_clip{kept}") from None
         score = monitored(metrics, loop.task.monitor)
         improved = score > state.best_metric
         state.history.append({"epoch": epoch + 1, **metrics})

@@ -224,3 +224,29 @@ def test_probe_first_starts_fine_tuning_from_the_logistic_probe(tmp_path):
 
     np.testing.assert_allclose(head_probability(probed), want, atol=1e-4)
     assert np.abs(head_probability(plain) - want).max() > 0.05
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_best_epoch(tmp_path, monkeypatch):
+    """A non-finite loss or validation output was scikit-learn's "Input contains NaN" as an unexpected error."""
+    import medtl.train.loop as loop
+    from medtl.errors import DivergedError
+    from medtl.tasks import Classification
+
+    real = loop.train_one_epoch
+
+    def blows_up_in_epoch_2(lp, epoch):
+        metrics = real(lp, epoch)
+        return {**metrics, "train_loss": float("nan")} if epoch == 1 else metrics
+
+    monkeypatch.setattr(loop, "train_one_epoch", blows_up_in_epoch_2)
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(16, 16), split=True)
+    cfg = load_config(None, cls_overrides(m, tmp_path / "runs", ["data.image_size=[16,16]", "train.epochs=3", "name=div",
+                                                                  "train.lr=0.003", "tracking.enabled=false"]))
+    with pytest.raises(DivergedError, match=r"diverged in epoch 2 \(training loss nan\): lower train.lr \(now 0.003\)"
+                                            r".*kept in .*best.pt") as info:
+        fit_model(cfg)
+    assert Path(str(info.value).rsplit("kept in ", 1)[1]).is_file()
+    records = [{"case_id": "a", "error": None, "logits": np.array([np.inf, 0.0]), "probs": np.array([1.0, 0.0])},
+               {"case_id": "b", "error": None, "logits": np.array([0.0, 1.0]), "probs": np.array([0.3, 0.7])}]
+    with pytest.raises(DivergedError, match="validation outputs are not finite"):
+        Classification().validation_metrics(records, [{"label": 0}, {"label": 1}])
