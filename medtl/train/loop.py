@@ -168,8 +168,7 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
             raise
         except DivergedError as err:
             kept = f"; the best epoch before it is kept in {ckpt_dir / 'best.pt'}" if (ckpt_dir / "best.pt").is_file() else ""
-            raise DivergedError(f"training diverged in epoch {epoch + 1} ({err}): lower train.lr (now {cfg.lr:g}) or "
-                                f"set train.grad_clip{kept}") from None
+            raise DivergedError(f"training diverged in epoch {epoch + 1} ({err}): lower train.lr (now {cfg.lr:g}){kept}") from None
         score = monitored(metrics, loop.task.monitor)
         improved = score > state.best_metric
         state.history.append({"epoch": epoch + 1, **metrics})
