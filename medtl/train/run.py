@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from torch import nn
 from medtl.config import Config, dump_config
 from medtl.data.manifest import Manifest, read_manifest, rows_of_split
 from medtl.errors import MedtlError
+from medtl.files import one_writer
 from medtl.log import logger
 from medtl.models.checkpoint import InferenceSpec, ModelBundle, read_checkpoint, save_model, unwrap
 from medtl.models.predictor import Predictor
@@ -92,13 +95,15 @@ def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = Non
     """Trains as configured; with ``resume`` continues from ``last.pt`` of the same run folder
     (``resume="changed"`` accepts a changed config or manifest and records the change). Writes checkpoints,
     not ``model.pt``: that comes after calibration (``medtl.steps.fit_model`` for training alone)."""
-    run = _set_up(cfg, resume, tracker or NullTracker())
-    if cfg.transfer.strategy == "feature_extraction" and run.task.calibrated:
-        state = _feature_extraction(run)
-    else:
-        state = _fit(run, bool(resume))
-        unwrap(run.model).load_state_dict(read_checkpoint(run.ckpt_dir / "best.pt")["state_dict"])
-    return _finish(run, state)
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # the other ranks of a distributed run share rank 0's folder
+    with one_writer(run_dir(cfg), "set name=... for a separate run") if rank0 else nullcontext():
+        run = _set_up(cfg, resume, tracker or NullTracker())
+        if cfg.transfer.strategy == "feature_extraction" and run.task.calibrated:
+            state = _feature_extraction(run)
+        else:
+            state = _fit(run, bool(resume))
+            unwrap(run.model).load_state_dict(read_checkpoint(run.ckpt_dir / "best.pt")["state_dict"])
+        return _finish(run, state)
 
 
 @dataclass

@@ -175,3 +175,34 @@ def test_a_replay_the_server_breaks_off_sends_the_rest_once_and_the_runs_own_sta
     assert sync_offline(folder) == 3
     assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2, 3]
     assert client.get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_a_second_process_on_the_same_run_folder_or_predictions_file_stops_in_one_line(tmp_path):
+    """Two trainings of one name (a SLURM array given one config, say) wrote into one folder at once, and two
+    scorings into one file each scored what the other was scoring."""
+    import fcntl
+    import subprocess
+    import sys
+
+    m = make_classification_set(tmp_path / "d", n=20, kind="png", size=(16, 16), split=True)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (  # holds each lock as a running medtl would
+        "import fcntl, sys, time\n"
+        f"a = open({str(runs / '.t.lock')!r}, 'a'); fcntl.flock(a, fcntl.LOCK_EX)\n"
+        "print('held', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = run_cli("train", *base(m, tmp_path, "name=t"), cwd=tmp_path)
+        assert res.returncode == 2 and "is being written by another medtl process" in res.stderr, res.stderr
+        assert "set name=" in res.stderr and not (runs / "t").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    res = run_cli("train", *base(m, tmp_path, "name=t"), cwd=tmp_path)  # the holder's end drops its locks
+    assert res.returncode == 0, res.stderr
+    with open(tmp_path / ".p.csv.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # now this process is the other writer
+        res = run_cli("score", "--model", str(runs / "t"), "--manifest", str(m), "--out", str(tmp_path / "p.csv"), "--no-track")
+    assert res.returncode == 2 and "p.csv is being written by another medtl process" in res.stderr, res.stderr
+    assert not (tmp_path / "p.csv").exists()
