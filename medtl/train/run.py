@@ -20,7 +20,7 @@ from torch import nn
 
 from medtl.config import Config, dump_config
 from medtl.data.manifest import Manifest, read_manifest, rows_of_split
-from medtl.errors import MedtlError
+from medtl.errors import ConfigError, ManifestError, MedtlError
 from medtl.files import one_writer
 from medtl.log import logger
 from medtl.models.checkpoint import InferenceSpec, ModelBundle, read_checkpoint, save_model, unwrap
@@ -132,6 +132,7 @@ def _set_up(cfg: Config, resume: bool | str, tracker: Tracker) -> Setup:
     """Checks before anything is read, then the split cases, the pretrained model, its transfer schedule,
     the task with its loss, and the validation cases."""
     manifest = preflight(cfg.data, cfg.train)
+    target = _target_manifest(cfg, manifest)
     rt = make_runtime(cfg.train, cfg.data.spatial_dims)
     tracker = tracker if rt.is_main else NullTracker()
     out_dir = run_dir(cfg)
@@ -159,9 +160,22 @@ def _set_up(cfg: Config, resume: bool | str, tracker: Tracker) -> Setup:
     bundle = ModelBundle(model, cfg, prepared.classes, extra={"weights_sha256": built.weights_sha256, "backbone": built.spec.name,
                                                                "manifest_sha256": manifest.digest()})
     task = make_task(cfg.data.task, loss_fn.to(rt.device), cfg.data.skip_bad_cases)
-    target = read_manifest(cfg.adaptation.target_manifest, cfg.data.data_root) if cfg.adaptation.target_manifest else None
     return Setup(cfg, rt, tracker, out_dir, prepared, model, schedule, task, weights, bundle,
                  Validation(bundle.spec, prepared, task, model, rt, cfg.train.batch_size), target)
+
+
+def _target_manifest(cfg: Config, source: Manifest) -> Manifest | None:
+    """The new site's cases for domain adaptation, read with the training manifest: before any scan or weight."""
+    if cfg.adaptation.target_manifest is None:
+        return None
+    try:
+        target = read_manifest(cfg.adaptation.target_manifest, cfg.data.data_root)
+    except ManifestError as err:
+        raise ConfigError(f"adaptation.target_manifest: {err}") from None
+    if target.path.resolve() == source.path.resolve():
+        logger.warning("adaptation.target_manifest is the training manifest: adapting to the training cases themselves "
+                       "changes little; give a manifest of the new site's scans")
+    return target
 
 
 def _fit_head(run: Setup, head: str) -> None:

@@ -111,6 +111,9 @@ def test_bad_configs_are_refused_before_any_scan_is_read(tmp_path, monkeypatch):
         train(load_config(None, base + ["train.class_weights={tumour: 2.0}"]))
     with pytest.raises(ConfigError, match="segmentation needs a mask column"):
         train(load_config(None, base + ["data.task=segmentation", "train.loss=dice_ce"]))
+    with pytest.raises(ConfigError, match="adaptation.target_manifest: .*nothere.csv: manifest not found"):
+        train(load_config(None, base + ["adaptation.method=coral", f"adaptation.target_manifest={tmp_path / 'nothere.csv'}",
+                                        "transfer.strategy=fine_tune"]))  # was found only after the weights were loaded
 
 
 def _count_epochs(out: Path) -> int:
