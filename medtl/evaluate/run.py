@@ -69,6 +69,7 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     cfg = cfg or (bundle.config.evaluate if bundle.config is not None else EvaluateConfig(prevalence=bundle.spec.prevalence))
     table = table.reset_index(drop=True)
     dev = device_for(device)
+    _require_references(table, bundle.task)
     if bundle.task == "segmentation":
         return evaluate_segmentation(bundle, table, dev, out_dir)
     unknown = sorted(set(table["label"].dropna()) - set(bundle.classes))
@@ -82,6 +83,18 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     if cfg.figures and cfg.gradcam and bundle.spec.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
         ev.files.append(gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png"))
     return ev
+
+
+def _require_references(table: pd.DataFrame, task: str) -> None:
+    """Evaluation compares with a reference on every case: a label (diagnosis) or a mask (segmentation)."""
+    column = "mask" if task == "segmentation" else "label"
+    if column not in table:
+        raise ManifestError(f"the manifest has no {column} column, and evaluating a {task} model compares each case with "
+                            f"its {column}; give a manifest with them, or score the cases with `medtl score`")
+    missing = table.loc[table[column].isna(), "case_id"]
+    if len(missing):
+        raise ManifestError(f"case {missing.iloc[0]}: no {column} ({len(missing)} case(s) without one); give every "
+                            f"evaluated case its {column}, or drop those rows")
 
 
 def figure_subject(bundle: ModelBundle, table: pd.DataFrame) -> str:

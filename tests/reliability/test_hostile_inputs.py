@@ -247,6 +247,18 @@ def test_a_run_folder_as_model_means_its_model_pt(tmp_path, model_2d):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_evaluate_needs_a_label_on_every_case_and_says_so(tmp_path, model_2d):
+    model, manifest = model_2d
+    table = pd.read_csv(manifest, dtype=str)
+    for name, part, said in (("nolabel", table.drop(columns="label"), "the manifest has no label column"),
+                             ("gap", table.assign(label=table["label"].where(table.index != 2)),
+                              f"case {table['case_id'][2]}: no label")):
+        path = manifest.parent / f"{name}.csv"
+        part.to_csv(path, index=False)
+        res = run_cli("evaluate", "--model", str(model), "--manifest", str(path), "--out", str(tmp_path / name), "--split", "all")
+        assert res.returncode == 2 and said in res.stderr and "KeyError" not in res.stderr, res.stderr
+
+
 def test_evaluate_takes_the_runs_splits_for_a_manifest_without_them(tmp_path, model_2d):
     """The test cases of a manifest that has no split column are the training run's, never a fresh split's."""
     model, manifest = model_2d
