@@ -122,7 +122,8 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-def test_offline_tracking_is_replayed_into_the_same_run(tmp_path):
+def offline_run(tmp_path, calls):
+    """A run folder whose tracking went offline after its MLflow run was made: (client, run, folder)."""
     from mlflow import MlflowClient
 
     from medtl.tracking import OFFLINE_LOG, RUN_RECORD
@@ -133,9 +134,14 @@ def test_offline_tracking_is_replayed_into_the_same_run(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / RUN_RECORD).write_text(json.dumps({"run_id": run.info.run_id, "uri": uri}))
+    (folder / OFFLINE_LOG).write_text("".join(json.dumps(c) + "\n" for c in calls))
+    return client, run, folder
+
+
+def test_offline_tracking_is_replayed_into_the_same_run(tmp_path):
     calls = [{"kind": "metrics", "args": [{"val_loss": 0.5}, 2]}, {"kind": "params", "args": [{"train.lr": "0.1"}]},
              {"kind": "tags", "args": [{"note": "offline"}]}]
-    (folder / OFFLINE_LOG).write_text("".join(json.dumps(c) + "\n" for c in calls))
+    client, run, folder = offline_run(tmp_path, calls)
     res = run_cli("tracking", "sync", str(folder))
     assert res.returncode == 0 and "3 logged call(s)" in res.stdout, res.stderr
     got = client.get_run(run.info.run_id)
@@ -149,17 +155,11 @@ def test_a_replay_the_server_breaks_off_sends_the_rest_once_and_the_runs_own_sta
     from mlflow import MlflowClient
 
     from medtl.errors import TrackingError
-    from medtl.tracking import OFFLINE_LOG, RUN_RECORD, sync_offline
+    from medtl.tracking import sync_offline
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("e"))
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / RUN_RECORD).write_text(json.dumps({"run_id": run.info.run_id, "uri": uri}))
     calls = [{"kind": "metrics", "args": [{"loss": float(step)}, step]} for step in range(4)]
     calls.append({"kind": "end", "args": ["FAILED"]})  # the training itself failed while the server was away
-    (folder / OFFLINE_LOG).write_text("".join(json.dumps(c) + "\n" for c in calls))
+    client, run, folder = offline_run(tmp_path, calls)
     real, sent = MlflowClient.log_metric, []
 
     def flaky(self, run_id, key, value, step=0, **kw):
