@@ -19,6 +19,7 @@ from medtl.errors import ConfigError
 
 
 DEFAULT_MASK_CLASSES = ["background", "foreground"]
+Strategy = Literal["scratch", "feature_extraction", "fine_tune", "full"]
 
 
 class Section(BaseModel):
@@ -80,7 +81,7 @@ class ModelConfig(Section):
 
 
 class TransferConfig(Section):
-    strategy: Literal["feature_extraction", "fine_tune", "full", "scratch"] = "fine_tune"
+    strategy: Strategy = "fine_tune"
     freeze_until: str | None = None
     """Stages up to and including this one stay frozen (fine_tune)."""
     gradual_unfreeze: int | None = Field(None, ge=1)
@@ -227,15 +228,25 @@ class AdaptationConfig(Section):
 class StudyConfig(Section):
     """The label-efficiency study (``medtl run label_efficiency``)."""
 
-    strategies: list[Literal["scratch", "feature_extraction", "fine_tune", "full"]] = Field(
-        default_factory=lambda: ["scratch", "feature_extraction", "fine_tune"], min_length=1)
+    strategies: list[Strategy] = Field(default_factory=lambda: ["scratch", "feature_extraction", "fine_tune"], min_length=1)
     fractions: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.10, 0.25, 1.0])
     """Shares of the training split, nested: each smaller subset lies inside the larger ones."""
     seeds: int = Field(3, ge=1)
     """Repeats, each with another draw of the subset, for fractions up to ``small``."""
     small: float = Field(0.10, gt=0.0, le=1.0)
-    compare: tuple[str, str] = ("fine_tune", "scratch")
+    compare: tuple[Strategy, Strategy] = ("fine_tune", "scratch")
     """The pair whose paired difference (ΔAUROC, DeLong, decision curve) is reported at every size."""
+
+    @model_validator(mode="after")
+    def _compare_two_studied(self) -> "StudyConfig":
+        a, b = self.compare
+        if a == b:
+            raise ValueError(f"compare ({a}, {b}) compares a strategy with itself; name two different ones")
+        absent = [s for s in self.compare if s not in self.strategies]
+        if absent:
+            raise ValueError(f"compare names {absent[0]}, which study.strategies ({', '.join(self.strategies)}) does not "
+                             "train; add it there or compare two of those")
+        return self
 
     @field_validator("fractions")
     @classmethod
