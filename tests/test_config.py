@@ -52,7 +52,6 @@ def test_config_is_frozen():
         ("- a\n- b\n", ["mapping of sections"]),
         ("data: [\n", ["not valid YAML"]),
         ("tracking:\n  alias: latest\n", ["tracking.alias", "reserved by MLflow"]),
-        ("study:\n  compare: [full, scratch]\n", ["study", "compare names full", "does not train"]),
         ("study:\n  compare: [scratch, scratch]\n", ["study", "with itself"]),
         ("tracking:\n  alias: v3\n", ["tracking.alias", "reserved by MLflow"]),
         ("tracking:\n  alias: my alias\n", ["tracking.alias", "letters, digits"]),

@@ -101,12 +101,14 @@ def test_label_efficiency_trains_nested_subsets_and_logs_the_curve(tmp_path):
     from mlflow import MlflowClient
 
     m = make_classification_set(tmp_path / "d", n=40, kind="png", size=(16, 16), split=True)
-    res = run_cli("run", "label_efficiency", *sets(
-        f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", f"train.out_dir={tmp_path / 'runs'}",
-        "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20", "evaluate.figures=false",
-        "study.strategies=[scratch,feature_extraction]", "study.fractions=[0.5,1.0]", "study.seeds=1",
-        "study.compare=[feature_extraction,scratch]",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "name=le"), cwd=tmp_path)
+    common = [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]",
+              f"train.out_dir={tmp_path / 'runs'}", "train.epochs=1", "train.batch_size=8", "evaluate.bootstrap=20",
+              "evaluate.figures=false", "study.strategies=[scratch,feature_extraction]", "study.fractions=[0.5,1.0]",
+              "study.seeds=1", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "name=le"]
+    refused = run_cli("run", "label_efficiency", *sets(*common), cwd=tmp_path)  # the default pair, fine_tune vs scratch
+    assert refused.returncode == 2 and "study.compare names fine_tune, which study.strategies" in refused.stderr
+    assert not (tmp_path / "runs" / "le").exists()  # refused before training, not a study without its comparison
+    res = run_cli("run", "label_efficiency", *sets(*common, "study.compare=[feature_extraction,scratch]"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     curve = pd.read_csv(tmp_path / "runs" / "le" / "learning_curve.csv")
     assert sorted(zip(curve["strategy"], curve["fraction"])) == [("feature_extraction", 0.5), ("feature_extraction", 1.0),

@@ -13,6 +13,7 @@ import pandas as pd
 from medtl.config import Config
 from medtl.data.manifest import read_manifest, rows_of_split
 from medtl.data.splits import nested_subsets, split_manifest
+from medtl.errors import ConfigError
 from medtl.evaluate.plots import learning_curve_plot
 from medtl.pipelines import task_pipeline
 from medtl.steps import paired_step, run_context, strategy_variant
@@ -21,6 +22,10 @@ from medtl.train.run import run_dir
 
 def run(cfg: Config) -> dict:
     study, seg = cfg.study, cfg.data.task == "segmentation"
+    absent = [s for s in study.compare if s not in study.strategies]
+    if absent and not seg:
+        raise ConfigError(f"study.compare names {absent[0]}, which study.strategies ({', '.join(study.strategies)}) does "
+                          "not train; add it there or compare two of those")
     pipeline = task_pipeline(cfg)
     manifest = read_manifest(cfg.data.manifest, cfg.data.data_root)  # type: ignore[arg-type]
     table = manifest.table if manifest.table["split"].notna().all() else split_manifest(manifest.table, 0.15, 0.15, cfg.train.seed)
