@@ -53,6 +53,24 @@ def _model_identity(model_uri: str) -> tuple[dict[str, str], list[str]]:
     return {"model_name": name, "model_version": version, "run_id": info.run_id or ""}, classes
 
 
+def _check_master(master: str, timeout: float = 5.0) -> None:
+    """A standalone master (``spark://host:port[,host:port]``) that no one answers is one line now, not a minute of
+    Java retries and a Py4J stack trace."""
+    import socket
+
+    if not master.startswith("spark://"):
+        return
+    for address in master.removeprefix("spark://").split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+            return
+        except (OSError, ValueError):
+            continue
+    raise MedtlError(f"--spark-master {master}: no Spark master answers there; start it (sbin/start-master.sh), fix "
+                     "the address, or score on this machine with --spark-master 'local[*]'")
+
+
 def done_in(out: Path, spark) -> set[str]:
     """Case ids already in the Parquet output (every committed chunk)."""
     if not out.exists() or not any(out.glob("*.parquet")):
@@ -82,7 +100,9 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)  # env_manager="local" is the choice: executors share it
     identity, classes = _model_identity(model_uri)
-    spark = (SparkSession.builder.master(os.environ.get("MASTER", master)).appName("medtl-score")
+    master = os.environ.get("MASTER", master)
+    _check_master(master)
+    spark = (SparkSession.builder.master(master).appName("medtl-score")
              .config("spark.executorEnv.MEDTL_DATA_ROOT", str(root)).config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.shuffle.partitions", str(max(2, os.cpu_count() or 2)))  # not 200 tiny tasks
              .config("spark.python.daemon.module", "medtl.spark_daemon")

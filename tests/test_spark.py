@@ -60,3 +60,21 @@ def test_spark_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(re
     assert (spark["status"] == want["status"]).all()
     assert spark.loc["broken", "status"] == "error" and spark.loc["gone", "status"] == "error"
     assert (spark["model_name"] == "sparky").all() and (spark["model_version"] == "1").all() and spark["run_id"].str.len().min() > 0
+
+
+def test_a_standalone_master_no_one_answers_is_one_line_not_a_minute_of_java_retries():
+    import socket
+
+    from medtl.errors import MedtlError
+    from medtl.spark_scoring import _check_master
+    from tests.conftest import free_port
+
+    dead = free_port()
+    with pytest.raises(MedtlError, match=rf"--spark-master spark://127.0.0.1:{dead}: no Spark master answers there"):
+        _check_master(f"spark://127.0.0.1:{dead}", timeout=2)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        alive = listening.getsockname()[1]
+        _check_master(f"spark://127.0.0.1:{dead},127.0.0.1:{alive}", timeout=2)  # one master of a pair answers: go on
+    _check_master("local[2]")  # nothing to reach
