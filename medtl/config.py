@@ -290,8 +290,23 @@ class Config(Section):
         return v
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML-safe dict (paths as strings)."""
-        return self.model_dump(mode="json")
+        """Plain, YAML-safe dict (paths as strings). A password in ``tracking.uri`` is masked: the dict is what run
+        folders, checkpoints and registered models keep."""
+        d = self.model_dump(mode="json")
+        if d["tracking"]["uri"]:
+            d["tracking"]["uri"] = redact_uri(d["tracking"]["uri"])
+        return d
+
+
+def redact_uri(uri: str) -> str:
+    """``scheme://user:password@host/db`` -> ``scheme://***@host/db``: a store's credentials never reach a message,
+    a log or a saved config."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:

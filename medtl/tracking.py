@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from medtl import __version__
-from medtl.config import Config, TrackingConfig
+from medtl.config import Config, TrackingConfig, redact_uri
 from medtl.data.manifest import public_columns
 from medtl.errors import TrackingError
 from medtl.log import logger
@@ -44,7 +44,7 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
                 if resp.status != 200:
                     raise OSError(f"HTTP {resp.status}")
         except (OSError, urllib.error.URLError) as exc:
-            raise TrackingError(f"tracking server {uri} is unreachable ({exc}); start it, fix tracking.uri, "
+            raise TrackingError(f"tracking server {redact_uri(uri)} is unreachable ({exc}); start it, fix tracking.uri, "
                                 "or unset MLFLOW_TRACKING_URI to use the local store") from None
         return
     if uri.startswith("sqlite:///"):
@@ -58,7 +58,7 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise TrackingError(f"tracking store {uri} is not writable ({exc.strerror}); choose another tracking.uri") from None
+        raise TrackingError(f"tracking store {redact_uri(uri)} is not writable ({exc.strerror}); choose another tracking.uri") from None
 
 
 def scrub(value: Any) -> Any:
@@ -227,7 +227,7 @@ def _previous_run(run_folder: Path | None, uri: str) -> str | None:
     if record is None or not record.is_file():
         return None
     saved = json.loads(record.read_text())
-    return saved["run_id"] if saved.get("uri") == uri else None
+    return saved["run_id"] if saved.get("uri") == redact_uri(uri) else None
 
 
 @contextmanager
@@ -245,7 +245,9 @@ def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False, checkp
     try:
         mlflow.set_experiment(cfg.experiment)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad store
-        raise TrackingError(f"tracking store {uri}: cannot open experiment {cfg.experiment!r} ({type(exc).__name__})") from None
+        missing = f": the {exc.name} package it needs is not installed" if isinstance(exc, ModuleNotFoundError) else ""
+        raise TrackingError(f"tracking store {redact_uri(uri)}: cannot open experiment {cfg.experiment!r} "
+                            f"({type(exc).__name__}{missing})") from None
     folder = checkpoint_dir.parent if checkpoint_dir is not None else None
     previous = _previous_run(folder, uri) if resume else None
     if previous:
@@ -255,7 +257,7 @@ def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False, checkp
         run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / RUN_RECORD).write_text(json.dumps({"run_id": run.info.run_id, "uri": uri}))
+        (folder / RUN_RECORD).write_text(json.dumps({"run_id": run.info.run_id, "uri": redact_uri(uri)}))
     tracker = MlflowTracker(run.info.run_id, folder / OFFLINE_LOG if folder is not None else None)
     try:
         yield tracker
@@ -273,7 +275,7 @@ def dashboard_link(uri: str, experiment_id: str) -> str:
     """The experiment's runs in MLflow's training view (a fresh browser otherwise opens the GenAI view)."""
     view = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{view}"
+        return f"{redact_uri(uri).rstrip('/')}/{view}"
     import sys
 
     ui = Path(sys.executable).parent / "mlflow"
@@ -304,8 +306,9 @@ def sync_offline(run_folder: Path) -> int:
         raise TrackingError(f"{run_folder}: nothing to sync; " + (f"its {OFFLINE_LOG} was replayed already" if done else
                             "the run reached its tracking server throughout (no {OFFLINE_LOG})".format(OFFLINE_LOG=OFFLINE_LOG)))
     saved = json.loads(record.read_text())
-    check_store(saved["uri"])
-    client = mlflow.MlflowClient(saved["uri"])
+    uri = _store_of(saved["uri"])
+    check_store(uri)
+    client = mlflow.MlflowClient(uri)
     calls = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     progress = log.with_suffix(".sent")
     start = int(progress.read_text()) if progress.is_file() else 0
@@ -321,6 +324,17 @@ def sync_offline(run_folder: Path) -> int:
     log.rename(log.with_suffix(".synced.jsonl"))
     progress.unlink(missing_ok=True)
     return len(calls) - start
+
+
+def _store_of(recorded: str) -> str:
+    """The store a run folder recorded; one whose credentials were masked is the configured store with them."""
+    if "***@" not in recorded:
+        return recorded
+    uri = resolve_uri(TrackingConfig())
+    if redact_uri(uri) != recorded:
+        raise TrackingError(f"the run was tracked at {recorded}; set MLFLOW_TRACKING_URI to that store, with its "
+                            "credentials, and sync again")
+    return uri
 
 
 def _replay(client: Any, run_id: str, kind: str, args: list[Any]) -> str | None:

@@ -195,3 +195,25 @@ def test_model_card_and_params_name_the_objective_that_shaped_the_model():
     assert applied_params(cfg)["train.mixup_alpha"] == 0.2 and "train.mixup_alpha" not in applied_params(frozen)
     assert "transfer.probe_first" not in applied_params(frozen)  # the probe is the whole of feature extraction
     assert "train.mixup_alpha" not in applied_params(load_config(None, []))  # not configured: not a param
+
+
+def test_a_store_password_never_reaches_a_message_a_saved_config_or_the_run_folder(tmp_path, monkeypatch):
+    from medtl.config import dump_config, load_config, redact_uri
+    from medtl.errors import TrackingError
+    from medtl.tracking import _store_of
+
+    secret = "postgresql://u:s3cret@127.0.0.1:1/db"
+    assert redact_uri(secret) == "postgresql://***@127.0.0.1:1/db"
+    assert redact_uri("sqlite:////a/b.db") == "sqlite:////a/b.db" and redact_uri("http://h:5000") == "http://h:5000"
+    cfg = load_config(None, [f"tracking.uri={secret}"])
+    assert cfg.tracking.uri == secret  # the run still connects with it
+    assert "s3cret" not in dump_config(cfg) and "s3cret" not in str(cfg.to_dict())  # config.yaml, model.pt, the registry
+    m = make_classification_set(tmp_path / "d", n=12, kind="png", size=(16, 16), split=True)
+    res = run_cli("run", "diagnosis", "--set", f"tracking.uri={secret}", "--set", f"data.manifest={m}", cwd=tmp_path)
+    assert res.returncode == 2 and "tracking store postgresql://***@127.0.0.1:1/db" in res.stderr, res.stderr
+    assert "s3cret" not in res.stdout + res.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", secret)
+    assert _store_of("postgresql://***@127.0.0.1:1/db") == secret  # sync finds the credentials where the user keeps them
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://u:s3cret@elsewhere/db")
+    with pytest.raises(TrackingError, match=r"tracked at postgresql://\*\*\*@127.0.0.1:1/db; set MLFLOW_TRACKING_URI"):
+        _store_of("postgresql://***@127.0.0.1:1/db")
