@@ -35,6 +35,8 @@ def delong_test(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> dict[st
     _, pb = check_inputs(y_true, p_b)
     auc_a, v10a, v01a = _placements(y, pa)
     auc_b, v10b, v01b = _placements(y, pb)
+    if min(len(v10a), len(v01a)) < 2:  # the variance needs two cases of each class: no test, rather than p = 1
+        return {"auroc_a": auc_a, "auroc_b": auc_b, "delta_auroc": auc_a - auc_b}
     s10 = np.cov(np.vstack([v10a, v10b]))
     s01 = np.cov(np.vstack([v01a, v01b]))
     cov = s10 / len(v10a) + s01 / len(v01a)
@@ -129,6 +131,8 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
              row("delta_auroc", "ΔAUROC (paired bootstrap)"), row("delta_brier", "ΔBrier"), row("delta_ece", "ΔECE")]
     if "delong_p" in m:
         lines += ["", f"DeLong: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}, z = {m['delong_z']:.2f}, p = {m['delong_p']:.3g}"]
+    elif "auroc_a" in m:
+        lines += ["", f"DeLong: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}; no test: it needs two or more cases of each class"]
     files[2].write_text("\n".join(lines) + "\n")
     if not figures:
         return files

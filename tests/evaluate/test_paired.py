@@ -42,6 +42,18 @@ def test_delong_matches_the_definition_and_sklearn(seed):
     assert got["delong_z"] == pytest.approx(z) and got["delong_p"] == pytest.approx(p)
 
 
+def test_delong_with_one_case_of_a_class_gives_no_test_rather_than_p_1(tmp_path):
+    import warnings
+
+    y, a, b = np.array([0, 1, 1]), np.array([0.2, 0.9, 0.1]), np.array([0.3, 0.4, 0.8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "degrees of freedom <= 0" was the only sign anything was wrong
+        got = delong_test(y, a, b)
+    assert "delong_p" not in got and got["auroc_a"] == pytest.approx(roc_auc_score(y, a))
+    write_comparison(compare_models(y, a, b, ("a", "b"), n_resamples=20), tmp_path, figures=False)
+    assert "no test: it needs two or more cases of each class" in (tmp_path / "paired_comparison.md").read_text()
+
+
 def test_decision_curve_is_the_net_benefit_formula():
     y = np.array([1, 1, 0, 0, 0, 1, 0, 1])
     p = np.array([0.9, 0.6, 0.7, 0.1, 0.3, 0.2, 0.05, 0.8])
