@@ -16,6 +16,7 @@ from medtl.data import dicom
 from medtl.data.manifest import Manifest
 from medtl.data.readers import check_nifti_size, dicom_headers, scan_kind
 from medtl.errors import DataError
+from medtl.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def check_manifest(
         elif classes and isinstance(label, str) and label not in classes:
             problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}"))
     problems.extend(_leakage(table))
+    problems.extend(_duplicate_images(table, deep))
     return problems
 
 
@@ -196,6 +198,28 @@ def _kind_of(message: str) -> str:
         if key in message:
             return "labels not class indices" if key in ("not class indices", "classes (0 to") else key
     return "unreadable"
+
+
+def _duplicate_images(table: pd.DataFrame, deep: bool) -> list[Problem]:
+    """A scan listed twice (the same file, or with ``deep`` the same bytes under another name) counts twice in
+    training and, across splits, puts a test case in training: the later rows are problems naming the first."""
+    problems, first_of = [], {}
+    for row in table.itertuples(index=False):
+        path = row.image_path if isinstance(row.image_path, str) else None
+        if path is None:
+            continue
+        keys = [("same file", path)]
+        if deep and "#" not in path and Path(path).is_file():
+            keys.append(("same content", sha256_file(Path(path))))
+        for kind, key in keys:
+            if key in first_of:
+                other, split = first_of[key]
+                where = f" ({split} and {row.split})" if isinstance(split, str) and split != row.split else ""
+                problems.append(Problem(str(row.case_id), "duplicate image",
+                                        f"{kind} as case {other}{where}; list each scan once, under one case"))
+                break
+            first_of[key] = (str(row.case_id), row.split)
+    return problems
 
 
 def _leakage(table: pd.DataFrame) -> list[Problem]:

@@ -91,6 +91,23 @@ def test_clean_manifest_has_no_problem_and_label_outside_classes_is_found(tmp_pa
     assert {p.kind for p in problems} == {"unknown label", "unexpected dimensionality"}
 
 
+def test_a_scan_listed_twice_is_found_by_file_and_with_deep_by_content(tmp_path):
+    """PneumoniaMNIST itself holds 8 validation films pixel-identical to training films (README, Data handling)."""
+    import shutil
+
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        write_nifti(tmp_path / f"{name}.nii.gz", synthetic_volume(rng, (8, 8, 4), False)[0])
+    shutil.copy(tmp_path / "a.nii.gz", tmp_path / "a_copy.nii.gz")
+    rows = [("a", "a.nii.gz", "train"), ("b", "b.nii.gz", "train"), ("again", "a.nii.gz", "test"), ("copy", "a_copy.nii.gz", "val")]
+    pd.DataFrame([{"case_id": c, "image": i, "label": "normal", "split": s} for c, i, s in rows]).to_csv(tmp_path / "m.csv", index=False)
+    m = read_manifest(tmp_path / "m.csv")
+    shallow = [(p.case_id, p.kind, p.detail) for p in check_manifest(m, spatial_dims=3)]
+    assert shallow == [("again", "duplicate image", "same file as case a (train and test); list each scan once, under one case")]
+    deep = {p.case_id: p.detail for p in check_manifest(m, spatial_dims=3, deep=True)}
+    assert set(deep) == {"again", "copy"} and deep["copy"].startswith("same content as case a (train and val)")
+
+
 def test_cli_check_lists_cases_and_exits_nonzero_without_traceback(bad_manifest):
     res = run_cli("manifest", "check", str(bad_manifest), "--deep")
     assert res.returncode == 1
