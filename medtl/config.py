@@ -7,6 +7,7 @@ run saves its resolved config next to its results.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,18 @@ from medtl.errors import ConfigError
 
 DEFAULT_MASK_CLASSES = ["background", "foreground"]
 Strategy = Literal["scratch", "feature_extraction", "fine_tune", "full"]
+
+
+DEFAULT_MAX_VOXELS = 2**29  # 2 GiB as float32; MEDTL_MAX_VOXELS raises or lowers it
+
+
+def max_voxels() -> int:
+    """The most voxels one scan, or one model input, may hold: a header or a config asking for more is refused
+    before anything is allocated."""
+    try:
+        return int(os.environ.get("MEDTL_MAX_VOXELS", DEFAULT_MAX_VOXELS))
+    except ValueError:
+        raise ConfigError("MEDTL_MAX_VOXELS: not a whole number; unset it or give e.g. 536870912") from None
 
 
 class Section(BaseModel):
@@ -63,6 +76,9 @@ class DataConfig(Section):
             raise ValueError(f"image_size has {len(self.image_size)} values but spatial_dims is {self.spatial_dims}")
         if any(not 2 <= n <= 4096 for n in self.image_size):
             raise ValueError(f"image_size {self.image_size}: every size must be between 2 and 4096")
+        if math.prod(self.image_size) > max_voxels():
+            raise ValueError(f"image_size {self.image_size}: {math.prod(self.image_size):,} voxels per case, above the "
+                             f"limit of {max_voxels():,} (MEDTL_MAX_VOXELS); a 3D model input is usually 128-256 a side")
         if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) < len(self.classes)):
             raise ValueError(f"classes {self.classes}: name two or more different classes, in label order (or leave it "
                              "out to take them from the manifest)")

@@ -49,6 +49,7 @@ def test_config_is_frozen():
         ("train:\n  lr: -1\n", ["train.lr", "greater than 0"]),
         ("train:\n  loss: hinge\n", ["train.loss", "'focal'", "hinge"]),
         ("data:\n  spatial_dims: 3\n  image_size: [32, 32]\n", ["data", "spatial_dims is 3"]),
+        ("data:\n  spatial_dims: 3\n  image_size: [2048, 2048, 2048]\n", ["data", "8,589,934,592 voxels per case", "MEDTL_MAX_VOXELS"]),
         ("- a\n- b\n", ["mapping of sections"]),
         ("data: [\n", ["not valid YAML"]),
         ("tracking:\n  alias: latest\n", ["tracking.alias", "reserved by MLflow"]),

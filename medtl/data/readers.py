@@ -6,7 +6,6 @@ orders slices by position (see ``medtl.data.dicom``). Every failure becomes a Da
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,13 @@ import numpy as np
 from monai.data import ImageReader, NibabelReader, PILReader
 from monai.utils import MetaKeys, SpaceKeys
 
+from medtl.config import max_voxels
 from medtl.data import dicom
 from medtl.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this: a larger claim is a forged header
-DEFAULT_MAX_VOXELS = 2**29  # 2 GiB as float32; MEDTL_MAX_VOXELS raises or lowers it
-
-
-def max_voxels() -> int:
-    try:
-        return int(os.environ.get("MEDTL_MAX_VOXELS", DEFAULT_MAX_VOXELS))
-    except ValueError:
-        raise DataError("MEDTL_MAX_VOXELS: not a whole number; unset it or give e.g. 536870912") from None
 
 
 def check_nifti_size(path: Path) -> tuple[int, ...]:
