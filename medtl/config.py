@@ -21,8 +21,6 @@ from medtl.errors import ConfigError
 
 DEFAULT_MASK_CLASSES = ["background", "foreground"]
 Strategy = Literal["scratch", "feature_extraction", "fine_tune", "full"]
-
-
 DEFAULT_MAX_VOXELS = 2**29  # 2 GiB as float32; MEDTL_MAX_VOXELS raises or lowers it
 
 

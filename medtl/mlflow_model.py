@@ -145,9 +145,8 @@ def promote(name: str, version: int, alias: str, uri: str | None = None, force: 
     import getpass
     from datetime import datetime, timezone
 
-    from medtl.model_card import gate_failures
-
     from medtl.config import alias_problem
+    from medtl.model_card import gate_failures
 
     problem = alias_problem(alias)
     if problem:
