@@ -137,7 +137,7 @@ def score_cmd(
     model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS, runs:/RUN/model, a model folder or a model.pt.")],
     out: Annotated[Path, typer.Option("--out", help="predictions.csv (or .parquet).")],
     manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest of the cases to score.")] = None,
-    input_dir: Annotated[Optional[Path], typer.Option("--input", help="Folder of DICOM series / NIfTI / PNG files.")] = None,
+    input_dir: Annotated[Optional[Path], typer.Option("--input", help="Folder of DICOM series / NIfTI / PNG files, or one such file.")] = None,
     masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 16,
     device: DeviceOption = "auto",

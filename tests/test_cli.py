@@ -78,6 +78,13 @@ def test_compare_takes_two_different_names_and_zero_resamples(tmp_path):
     assert "# ft vs sc" in res.stdout and "| ΔBrier | +0.000 (no interval: 0 bootstrap resamples) |" in res.stdout
 
 
+def test_batch_score_names_the_key_it_lacks(tmp_path):
+    res = run_cli("run", "batch_score", "--set", "tracking.enabled=false", cwd=tmp_path)
+    assert res.returncode == 2 and "tracking.registered_model: batch_score scores" in res.stderr  # was models:/None@candidate
+    res = run_cli("run", "batch_score", "--set", "tracking.registered_model=m", cwd=tmp_path)
+    assert res.returncode == 2 and "data.manifest: batch_score scores the cases of a manifest" in res.stderr
+
+
 def test_synthetic_refuses_an_unknown_kind_or_too_few_cases_in_one_line(tmp_path):
     for args, said in ((["--kind", "jpeg"], "--kind 'jpeg'"), (["--n", "0"], "--n 0"), (["--n", "-5"], "--n -5")):
         res = run_cli("synthetic", str(tmp_path / "s"), *args)

@@ -76,6 +76,11 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     res = run_cli("score", "--model", str(model_3d), "--input", str(d), "--out", str(tmp_path / "p.txt"), "--no-track")
     assert res.returncode != 0 and "--out" in res.stderr and "give a .csv or .parquet file" in res.stderr
     assert not list(tmp_path.glob("p.txt*"))  # nothing scored into a file of a kind nobody asked for
+    res = run_cli("score", "--model", str(model_3d), "--input", str(d / "good_nifti.nii.gz"), "--out", str(tmp_path / "one.csv"),
+                  "--no-track")  # one scan by itself: the same row as in its folder (was "not a folder")
+    one = pd.read_csv(tmp_path / "one.csv", keep_default_na=False).set_index("case_id")
+    assert res.returncode == 0 and list(one.index) == ["good_nifti"], res.stderr
+    assert float(one.loc["good_nifti", "prob_lesion"]) == pytest.approx(float(out.loc["good_nifti", "prob_lesion"]))
     for args, said in ((["--device", "tpu"], "'tpu': use auto, cpu or cuda"), (["--batch-size", "0"], "--batch-size"),
                        (["--engine", "spark", "--spark-chunk", "0"], "--spark-chunk")):
         res = run_cli("score", "--model", str(model_3d), "--manifest", str(missing), "--out", str(tmp_path / "r.csv"), "--no-track", *args)

@@ -28,12 +28,15 @@ def _case_id_from_file(path: Path) -> str:
 
 
 def discover_cases(folder: Path) -> list[tuple[str, str]]:
-    """(case_id, image reference) for every scan under ``folder``: one per DICOM series, NIfTI or image file.
+    """(case_id, image reference) for every scan under ``folder`` (or ``folder`` itself when it is one file): one
+    per DICOM series, NIfTI or image file.
 
     A series alone in its folder is that folder; a series sharing a folder with others is referenced as
     ``folder#series=UID`` so one row is always one series, and nothing is written next to the data.
     """
     folder = Path(folder)
+    if folder.is_file():  # one scan given by itself (a single-file DICOM, NIfTI or image)
+        return [(_case_id_from_file(folder), str(folder))]
     cases: list[tuple[str, str]] = []
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name.lower().endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtl.config import Config
+from medtl.errors import ConfigError
 from medtl.models.loader import load_any_model
 from medtl.scoring import input_cases, score
 from medtl.steps import run_context
@@ -13,6 +14,11 @@ from medtl.steps import run_context
 def run(cfg: Config, model: str | None = None, out: str | None = None) -> dict:
     """Scores ``cfg.data.manifest`` with ``model`` (default: the config's registered model at its alias), on this
     machine or, with ``score.engine: spark``, on Spark (Parquet out)."""
+    if model is None and cfg.tracking.registered_model is None:
+        raise ConfigError("tracking.registered_model: batch_score scores the config's registered model at tracking.alias; "
+                          "set it, e.g. --set tracking.registered_model=pneumonia-demo")
+    if cfg.data.manifest is None:
+        raise ConfigError("data.manifest: batch_score scores the cases of a manifest; set it, e.g. --set data.manifest=new.csv")
     uri = model or f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
     sc = cfg.score
     if sc.engine == "spark":
