@@ -77,6 +77,13 @@ def test_every_problem_is_listed(tmp_path):
     assert any("train.epochs" in line for line in lines)
 
 
+def test_a_config_saved_as_utf16_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.01\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match="not UTF-8 text .*save it as UTF-8"):  # was an unexpected UnicodeDecodeError
+        load_config(path)
+
+
 def test_missing_file_and_bad_override(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
