@@ -143,6 +143,12 @@ def test_segmentation_pipeline_and_evaluate_command(tmp_path):
     res = run_cli("evaluate", "--model", str(run), "--manifest", str(m), "--split", "all", "--out", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "dice_mean" in res.stdout and (out / "per_case.csv").is_file()
+    reference = m.parent / "masks"
+    before = {p.name: p.read_bytes() for p in reference.iterdir()}
+    res = run_cli("score", "--model", str(run / "model.pt"), "--manifest", str(m), "--out", str(tmp_path / "ref.csv"),
+                  "--masks-out", str(reference), "--no-track")  # the reference masks' own folder
+    assert res.returncode == 2 and "holds files medtl did not write" in res.stderr, res.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in reference.iterdir()} == before  # predictions used to overwrite them
     masks = tmp_path / "masks"
     res = run_cli("score", "--model", str(run / "model.pt"), "--manifest", str(m), "--out", str(tmp_path / "seg.csv"),
                   "--masks-out", str(masks), "--no-track")
