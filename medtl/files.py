@@ -1,4 +1,4 @@
-"""File helpers shared by stages: content digests, and one writer per output."""
+"""File helpers shared by stages: content digests, one writer per output, and output folders that are medtl's."""
 
 from __future__ import annotations
 
@@ -35,3 +35,21 @@ def one_writer(target: Path, fix: str) -> Iterator[None]:
         except OSError as exc:  # a file system without locks: go on unguarded
             logger.debug("no lock for %s (%s)", target, exc)
         yield
+
+
+def claim_folder(folder: Path, option: str, owner: str = "") -> None:
+    """An output folder medtl writes fixed file names into (report.md, predictions.csv, CASE.nii.gz) is new, empty, or
+    one medtl filled before, for the same ``owner`` when one is given (a model's masks); anything else a person put
+    there would be overwritten file by file, so it is refused in one line."""
+    mark = folder / ".medtl"
+    if mark.is_file():
+        held = mark.read_text().strip()
+        if owner and held and held != owner:
+            raise MedtlError(f"{option} {folder}: holds the output of another model ({held}); give a new folder")
+        return
+    others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if others:
+        raise MedtlError(f"{option} {folder}: holds files medtl did not write (e.g. {others[0]}), which its output would "
+                         "overwrite; give a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    mark.write_text(owner)

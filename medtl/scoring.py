@@ -21,7 +21,7 @@ from medtl.data.manifest import UNREADABLE_CSV, read_manifest
 from medtl.data.readers import IMAGE_SUFFIXES, scan_kind
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
-from medtl.files import one_writer
+from medtl.files import claim_folder, one_writer
 from medtl.log import make_progress
 from medtl.models.checkpoint import ModelBundle, bundle_digest
 from medtl.models.predictor import Predictor, device_for
@@ -152,26 +152,6 @@ def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundl
     return row
 
 
-MASKS_MARK = ".medtl-masks"
-
-
-def claim_masks_folder(folder: Path, model_id: str) -> None:
-    """Predicted masks go only to a new or empty folder, or one this model filled before (a resumed scoring): a
-    folder of reference masks named like the cases would otherwise be overwritten file by file."""
-    mark = folder / MASKS_MARK
-    if mark.is_file():
-        if mark.read_text().strip() != model_id:
-            raise MedtlError(f"--masks-out {folder}: holds masks of another model (model_id {mark.read_text().strip()}); "
-                             "give a new folder")
-        return
-    others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    if others:
-        raise MedtlError(f"--masks-out {folder}: holds files medtl did not write (e.g. {others[0]}), which masks named "
-                         "like the cases would overwrite; give a new or empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    mark.write_text(model_id)
-
-
 def _affine_3d(affine_2d: np.ndarray) -> np.ndarray:
     out = np.eye(4)
     out[:2, :2], out[:2, 3] = affine_2d[:2, :2], affine_2d[:2, 2]
@@ -199,8 +179,8 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     stream.parent.mkdir(parents=True, exist_ok=True)
     model_id = bundle_digest(bundle)
     done = done_cases(stream, model_id)
-    if masks_out is not None:
-        claim_masks_folder(masks_out, model_id)
+    if masks_out is not None:  # a folder of reference masks named like the cases would be overwritten file by file
+        claim_folder(masks_out, "--masks-out", model_id)
     todo = [c for c in cases if c["case_id"] not in done]
     refs = {c["case_id"]: c["image"] for c in todo}
     meta = {"model_name": bundle.extra.get("model_name", ""), "model_version": bundle.extra.get("model_version", ""),

@@ -15,6 +15,7 @@ from scipy.stats import norm, rankdata
 from sklearn.metrics import roc_auc_score
 
 from medtl.evaluate.bootstrap import bootstrap_ci
+from medtl.files import claim_folder
 from medtl.evaluate.calibration import ece_binary
 from medtl.evaluate.metrics import check_inputs
 
@@ -113,7 +114,7 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
 
     from medtl.evaluate import plots
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_folder(out_dir, "--out")
     a, b = cmp.names
     m = cmp.metrics
     files = [out_dir / "paired_comparison.json", out_dir / "decision_curve.csv", out_dir / "paired_comparison.md"]

@@ -15,6 +15,7 @@ from medtl.data.readers import load_scan
 from medtl.data.splits import with_saved_splits
 from medtl.errors import DataError, ManifestError
 from medtl.evaluate import plots
+from medtl.files import claim_folder
 from medtl.log import logger
 from medtl.evaluate.report import Evaluation, evaluate_classification, write_report
 from medtl.evaluate.segmentation import case_metrics, summarise
@@ -70,6 +71,7 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     table = table.reset_index(drop=True)
     dev = device_for(device)
     _require_references(table, bundle.task)
+    claim_folder(out_dir, "--out")
     if bundle.task == "segmentation":
         return evaluate_segmentation(bundle, table, dev, out_dir)
     unknown = sorted(set(table["label"].dropna()) - set(bundle.classes))

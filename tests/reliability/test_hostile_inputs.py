@@ -259,6 +259,22 @@ def test_evaluate_needs_a_label_on_every_case_and_says_so(tmp_path, model_2d):
         assert res.returncode == 2 and said in res.stderr and "KeyError" not in res.stderr, res.stderr
 
 
+def test_evaluate_and_compare_write_only_into_folders_that_are_theirs(tmp_path, model_2d):
+    model, manifest = model_2d
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("a researcher's own notes")
+    res = run_cli("evaluate", "--model", str(model), "--manifest", str(manifest), "--out", str(mine), "--split", "all")
+    assert res.returncode == 2 and "holds files medtl did not write (e.g. report.md)" in res.stderr
+    assert (mine / "report.md").read_text() == "a researcher's own notes"  # was replaced by the evaluation's report
+    for _ in range(2):  # its own folder it may write again
+        res = run_cli("evaluate", "--model", str(model), "--manifest", str(manifest), "--out", str(tmp_path / "ev"), "--split", "all")
+        assert res.returncode == 0, res.stderr
+    predictions = tmp_path / "ev" / "predictions.csv"
+    res = run_cli("compare", str(predictions), str(predictions), "--out", str(mine))
+    assert res.returncode == 2 and "holds files medtl did not write" in res.stderr
+
+
 def test_evaluate_takes_the_runs_splits_for_a_manifest_without_them(tmp_path, model_2d):
     """The test cases of a manifest that has no split column are the training run's, never a fresh split's."""
     model, manifest = model_2d
