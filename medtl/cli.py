@@ -320,8 +320,9 @@ def run_cmd(
 def main() -> None:
     """Entry point: MedtlError becomes one line on stderr and a non-zero exit; --debug shows the traceback."""
     debug = "--debug" in sys.argv[1:]
-    if debug:  # "rerun with --debug" is mostly typed at the end of the command; the option belongs before it
-        sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
+    flags = [a for a in sys.argv[1:] if a in ("--debug", "--quiet", "-q")]
+    if flags:  # "rerun with --debug" is mostly typed at the end of the command; the global flags belong before it
+        sys.argv = [sys.argv[0], *flags, *(a for a in sys.argv[1:] if a not in flags)]
     try:
         app()
     except MedtlError as err:

@@ -49,6 +49,8 @@ def test_errors_are_one_line_without_debug_and_traceback_with_it(tmp_path):
     assert "Traceback" in res.stderr
     res = run_cli("config", "show", str(missing), "--debug")  # where "rerun with --debug" is usually typed
     assert res.returncode != 0 and "Traceback" in res.stderr and "No such option" not in res.stderr
+    res = run_cli("config", "show", str(missing), "-q")
+    assert res.returncode == 2 and "missing.yaml" in res.stderr and "No such option" not in res.stderr
 
 
 def test_help_shows_flags_as_flags_and_fits_80_columns():
