@@ -3,6 +3,7 @@ and the ``medtl`` command run in-process (``run_cli``) or, where a real process 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
@@ -58,6 +59,7 @@ def seed_mlflow_store(path: Path) -> str:
         from mlflow import MlflowClient
 
         template = Path(tempfile.mkdtemp(prefix="medtl-mlflow-template-")) / "mlflow.db"
+        atexit.register(shutil.rmtree, template.parent, ignore_errors=True)  # one per test process, not left in /tmp
         MlflowClient(f"sqlite:///{template}").search_experiments()
         _TEMPLATE.append(template)
     if not path.exists():
