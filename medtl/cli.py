@@ -114,8 +114,6 @@ def recalibrate_cmd(
     device: DeviceOption = "auto",
 ) -> None:
     """Recalibrate a model for a new site on labelled cases of it: calibration slope and intercept, threshold."""
-    if not 0 < target_sensitivity <= 1:
-        raise MedtlError(f"--target-sensitivity {target_sensitivity:g}: give the sensitivity to keep, above 0 and at most 1 (e.g. 0.9)")
     from medtl.recalibration import recalibrate_model
 
     if threshold_rule not in ("youden", "sensitivity", "fixed"):

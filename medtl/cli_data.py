@@ -60,21 +60,9 @@ def manifest_split(
 ) -> None:
     """Patient-grouped, label-stratified split."""
     from medtl.data.check_tables import print_counts
-    from medtl.data.manifest import read_manifest, rebased
-    from medtl.data.splits import fold_manifest, split_manifest
-    from medtl.errors import MedtlError
-    from medtl.log import logger
+    from medtl.data.splits import write_split
 
-    if out.resolve() == manifest.resolve():
-        raise MedtlError(f"--out {out}: that is the manifest being split; write the split to a new file "
-                         f"(e.g. {out.with_name(out.stem + '_split.csv')}), so the input is kept")
-    table = rebased(read_manifest(manifest), out.parent)
-    column = "fold" if folds is not None else "split"
-    if column in table:
-        counts = ", ".join(f"{k} {n}" for k, n in table[column].astype(str).value_counts().sort_index().items())
-        logger.warning("%s: its %s column (%s) is replaced by the new one in %s", manifest, column, counts, out)
-    table = fold_manifest(table, folds, seed) if folds is not None else split_manifest(table, val, test, seed)
-    table.to_csv(out, index=False)
+    table, column = write_split(manifest, out, val, test, folds, seed)
     print_counts(table, column)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
+
+from medtl.config import Device
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -19,8 +21,8 @@ SplitsOption = Annotated[Optional[Path], typer.Option(
 
 
 def _device_choice(value: str) -> str:
-    if value not in ("auto", "cpu", "cuda"):
-        raise typer.BadParameter(f"{value!r}: use auto, cpu or cuda")
+    if value not in get_args(Device):
+        raise typer.BadParameter(f"{value!r}: use {', '.join(get_args(Device))}")
     return value
 
 

@@ -21,6 +21,7 @@ from medtl.errors import ConfigError
 
 DEFAULT_MASK_CLASSES = ["background", "foreground"]
 Strategy = Literal["scratch", "feature_extraction", "fine_tune", "full"]
+Device = Literal["auto", "cpu", "cuda"]
 DEFAULT_MAX_VOXELS = 2**29  # 2 GiB as float32; MEDTL_MAX_VOXELS raises or lowers it
 
 
@@ -132,7 +133,7 @@ class TrainConfig(Section):
     sampler: Literal["none", "balanced"] = "none"
     pos_neg_ratio: float = Field(1.0, gt=0.0)
     patch_size: list[int] | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     """Channels-last memory on a GPU, and for 2D models on a CPU (3D stays contiguous there: slower)."""
@@ -217,7 +218,7 @@ class ScoreConfig(Section):
     """``medtl run batch_score``: how new studies are scored."""
 
     batch_size: int = Field(16, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     num_workers: int | Literal["auto"] = "auto"
     """Decoding workers (auto: several on a GPU, none on a CPU, where they would take the inference cores)."""
     engine: Literal["local", "spark"] = "local"

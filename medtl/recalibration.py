@@ -114,6 +114,9 @@ def recalibrate_model(model_ref: str, manifest: Path, out: Path, split: str | No
     from medtl.models.checkpoint import save_model
     from medtl.models.loader import load_any_model
 
+    if not 0 < target_sensitivity <= 1:
+        raise ModelError(f"--target-sensitivity {target_sensitivity:g}: give the sensitivity to keep, above 0 and at most 1 "
+                         "(e.g. 0.9)")
     source = Path(model_ref)
     source = source / "model.pt" if source.is_dir() else source
     if source.exists() and Path(out).resolve() == source.resolve():

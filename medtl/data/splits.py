@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from medtl.data.manifest import read_sheet
+from medtl.data.manifest import read_manifest, read_sheet, rebased
 from medtl.errors import ManifestError
+from medtl.log import logger
 
 
 def _labels_or_constant(table: pd.DataFrame) -> np.ndarray:
@@ -59,6 +60,24 @@ def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, s
         is_val = _holdout(rest, val / (1 - test), seed + 1)
         out.loc[rest.index[is_val], "split"] = "val"
     return out
+
+
+def write_split(manifest: Path, out: Path, val: float = 0.15, test: float = 0.15, folds: int | None = None,
+                seed: int = 0) -> tuple[pd.DataFrame, str]:
+    """``medtl manifest split``: the manifest with a new split (or, with ``folds``, fold) column, written to ``out``
+    with image paths that still reach the scans from there; returns the table and the column. The input is kept."""
+    if Path(out).resolve() == Path(manifest).resolve():
+        raise ManifestError(f"--out {out}: that is the manifest being split; write the split to a new file "
+                            f"(e.g. {Path(out).with_name(Path(out).stem + '_split.csv')}), so the input is kept")
+    table = rebased(read_manifest(manifest), Path(out).parent)
+    column = "fold" if folds is not None else "split"
+    existing = table[column].dropna().astype(str) if column in table else pd.Series(dtype=str)
+    if len(existing):
+        counts = ", ".join(f"{k} {n}" for k, n in existing.value_counts().sort_index().items())
+        logger.warning("%s: its %s column (%s) is replaced by the new one in %s", manifest, column, counts, out)
+    table = fold_manifest(table, folds, seed) if folds is not None else split_manifest(table, val, test, seed)
+    table.to_csv(out, index=False)
+    return table, column
 
 
 def fold_manifest(table: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFrame:

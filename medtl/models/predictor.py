@@ -5,13 +5,14 @@ the batch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from torch.utils.data import DataLoader, Dataset
 
+from medtl.config import Device
 from medtl.data.transforms import build_transforms, find_data_error
 from medtl.errors import ConfigError
 from medtl.models.checkpoint import InferenceSpec, ModelBundle
@@ -58,8 +59,8 @@ def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def device_for(requested: str) -> torch.device:
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device {requested!r}: use auto, cpu or cuda")
+    if requested not in get_args(Device):
+        raise ConfigError(f"device {requested!r}: use {', '.join(get_args(Device))}")
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda': no GPU is visible here; use auto or cpu")
     return torch.device("cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu")

@@ -109,6 +109,7 @@ def test_cli_split_writes_manifest(tmp_path):
     table.to_csv(tmp_path / "m.csv", index=False)
     res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "m2.csv"), "--seed", "1")
     assert res.returncode == 0, res.stderr
+    assert "is replaced" not in res.stderr  # no split column there to replace
     assert set(pd.read_csv(tmp_path / "m2.csv")["split"]) == {"train", "val", "test"}
     for val, test in (("-1", "0.15"), ("0.6", "0.6")):
         res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "m3.csv"), "--val", val, "--test", test)
