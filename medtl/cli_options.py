@@ -22,7 +22,7 @@ SplitsOption = Annotated[Optional[Path], typer.Option(
 
 def _device_choice(value: str) -> str:
     if value not in get_args(Device):
-        raise typer.BadParameter(f"{value!r}: use {', '.join(get_args(Device))}")
+        raise typer.BadParameter(f"{value!r}: use {', '.join(get_args(Device)[:-1])} or {get_args(Device)[-1]}")
     return value
 
 

@@ -60,7 +60,7 @@ def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def device_for(requested: str) -> torch.device:
     if requested not in get_args(Device):
-        raise ConfigError(f"device {requested!r}: use {', '.join(get_args(Device))}")
+        raise ConfigError(f"device {requested!r}: use {', '.join(get_args(Device)[:-1])} or {get_args(Device)[-1]}")
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda': no GPU is visible here; use auto or cpu")
     return torch.device("cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu")
