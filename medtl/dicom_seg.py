@@ -29,10 +29,10 @@ def _with_type2(ds: pydicom.Dataset) -> pydicom.Dataset:
     return ds
 
 
-def write_dicom_seg(image_ref: str, labels: np.ndarray, classes: list[str], out: Path, algorithm: str,
-                    version: str) -> Path:
-    """Writes ``labels`` (the source grid of ``image_ref``: i column, j row, k slice along the normal) as a
-    binary DICOM-SEG with one segment per foreground class; returns its path."""
+def write_dicom_seg(image_ref: str, labels: np.ndarray, affine: np.ndarray, classes: list[str], out: Path,
+                    algorithm: str, version: str) -> Path:
+    """Writes ``labels`` (the source grid of ``image_ref``: i column, j row, k slice along the normal, with its
+    RAS ``affine``) as a binary DICOM-SEG with one segment per foreground class; returns its path."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -40,19 +40,23 @@ def write_dicom_seg(image_ref: str, labels: np.ndarray, classes: list[str], out:
     ordered, _ = dicom.order_slices(dicom_headers(path, uid))
     sources = [_with_type2(pydicom.dcmread(h.path)) for h in ordered]
     volume = labels if labels.ndim == 3 else labels[:, :, None]
-    frames = np.stack([volume[:, :, k].T for k in range(volume.shape[2])])  # (slice, row, column)
+    frames: np.ndarray | hd.Volume = np.ascontiguousarray(volume.transpose(2, 1, 0), dtype=np.uint8)  # slice, row, col
+    if len(sources) == 1 and "PerFrameFunctionalGroupsSequence" in sources[0]:
+        # an enhanced multi-frame source: highdicom places each frame on its source frame by position
+        lps = dicom.LPS_TO_RAS @ affine
+        frames = hd.Volume(frames, lps[:, [2, 1, 0, 3]], coordinate_system="PATIENT",
+                           frame_of_reference_uid=sources[0].FrameOfReferenceUID)
     algorithm_id = hd.AlgorithmIdentificationSequence(name=algorithm[:64], version=version[:64],
                                                       family=codes.cid7162.ArtificialIntelligence)
-    segments, stacked = [], []
+    segments = []
     for number, name in enumerate(classes[1:], start=1):
         segments.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=name[:64],
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm_id))
-        stacked.append(frames == number)
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=np.stack(stacked, axis=-1).astype(np.uint8),
+        source_images=sources, pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
         series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="medtl", manufacturer_model_name=algorithm[:64], software_versions=__version__,

@@ -147,7 +147,7 @@ def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundl
 
                 name = bundle.extra.get("model_name") or bundle.extra.get("backbone") or "medtl model"
                 version = str(bundle.extra.get("model_version") or model_id)
-                write_dicom_seg(image_ref, mask.labels, bundle.classes, masks_out / f"{rec['case_id']}.seg.dcm", name, version)
+                write_dicom_seg(image_ref, mask.labels, mask.affine, bundle.classes, masks_out / f"{rec['case_id']}.seg.dcm", name, version)
         row["mask_path"] = str(path)
     return row
 

@@ -56,3 +56,26 @@ def test_dicom_seg_references_the_source_series_frame_by_frame(flipped_series):
         ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         k = order.index(ref)
         assert np.array_equal(pixels[f] > 0, mask[:, :, k].T > 0), f
+
+
+def test_dicom_seg_of_an_enhanced_multiframe_source_references_each_frame_at_its_position(flipped_series):
+    import highdicom as hd
+
+    root, mask, _ = flipped_series
+    series = [pydicom.dcmread(p) for p in sorted((root / "series").iterdir())]
+    hd.legacy.LegacyConvertedEnhancedCTImage(series, series_instance_uid=hd.UID(), series_number=2,
+                                             sop_instance_uid=hd.UID(), instance_number=1).save_as(root / "enh.dcm")
+    score(bundle_for([32, 28, 12]), [{"case_id": "ct", "image": str(root / "enh.dcm")}], root / "p.csv",
+          masks_out=root / "out", device="cpu")
+    source = pydicom.dcmread(root / "enh.dcm")
+    normal = np.cross(FLIPPED[:3], FLIPPED[3:])
+    along = [float(np.dot(normal, f.PlanePositionSequence[0].ImagePositionPatient))
+             for f in source.PerFrameFunctionalGroupsSequence]
+    seg = hd.seg.segread(root / "out" / "ct.seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    pixels = seg.pixel_array
+    assert pixels.shape[0] == len(along)
+    for f, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        number = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber
+        k = sorted(along).index(along[number - 1])  # slice k of the source grid = k-th along the normal
+        assert np.array_equal(pixels[f] > 0, mask[:, :, k].T > 0), f

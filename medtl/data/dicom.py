@@ -41,9 +41,9 @@ class SliceHeader:
     has_pixels: bool
     frames: int
     dataset: Any = field(default=None, repr=False, compare=False)
+    """The parsed file with its pixel data deferred, so loading does not parse the file a second time."""
     problem: str | None = None
     """Why the file's geometry cannot be trusted (a malformed numeric tag), reported for its series."""
-    """The parsed file with its pixel data deferred, so loading does not parse the file a second time."""
 
 
 def series_ref(folder: Path, uid: str) -> str:
@@ -181,9 +181,14 @@ def _pixels(header: SliceHeader) -> np.ndarray:
     ds = None
     try:
         ds = header.dataset if header.dataset is not None else pydicom.dcmread(header.path)
-        arr = ds.pixel_array.astype(np.float32)
+        raw = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault; its text may quote the header
         raise DataError(f"{header.path.name}: cannot decode pixel data ({type(exc).__name__}){_decoder_hint(ds)}") from None
+    if "ModalityLUTSequence" in ds:  # a lookup table in place of slope and intercept (some CR and XA)
+        from pydicom.pixels import apply_modality_lut
+
+        return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+    arr = raw.astype(np.float32)
     slope = (numbers(ds, "RescaleSlope", 1, header.path) or (1.0,))[0] or 1.0
     intercept = (numbers(ds, "RescaleIntercept", 1, header.path) or (0.0,))[0]
     return arr * slope + intercept
@@ -209,26 +214,68 @@ def load_series(headers: list[SliceHeader]) -> tuple[np.ndarray, np.ndarray]:
     """Stacks a series into an (i, j, k) array in real units with its RAS affine.
 
     i runs along the row direction (columns of the pixel array), j along the column direction, k along the
-    slice normal, matching NibabelReader's convention so both readers feed the same transforms.
+    slice normal, matching NibabelReader's convention so both readers feed the same transforms. Every scan
+    comes out as MONOCHROME2 (high values bright): a site whose radiographs are stored MONOCHROME1 would
+    otherwise reach a model as the negatives of the films it was trained on.
     """
     problems = series_problems(headers)
     if problems:
         raise DataError(f"{headers[0].path.parent.name}: {problems[0]}")
     ordered, pos = order_slices(headers)
     first = ordered[0]
-    if len(ordered) == 1:
-        arr = _pixels(first)
-        if arr.ndim == 3 and first.frames == 1:  # RGB single frame
-            arr = arr.mean(axis=-1)
-        arr = np.swapaxes(arr, 0, 1)
-        ps = first.pixel_spacing
-        affine = np.diag([ps[1], ps[0], 1.0, 1.0])
-        if first.orientation is not None and first.position is not None:
-            affine = series_affine(first, 1.0)
-        return arr, affine
-    volume = np.stack([_pixels(h).T for h in ordered], axis=-1)
-    spacing = float(np.median(np.diff(pos)))
-    return volume, series_affine(first, spacing)
+    if len(ordered) > 1:
+        array = np.stack([_pixels(h).T for h in ordered], axis=-1)
+        affine = series_affine(first, float(np.median(np.diff(pos))))
+    elif first.frames > 1 and "PerFrameFunctionalGroupsSequence" in _dataset(first):
+        array, affine = _enhanced_volume(first)
+    else:
+        array, affine = _single_file(first)
+    if _inverted(_dataset(first)):
+        array = array.min() + array.max() - array
+    return array, affine
+
+
+def _dataset(header: SliceHeader) -> Any:
+    return header.dataset if header.dataset is not None else pydicom.dcmread(header.path, defer_size="1 KB")
+
+
+def _inverted(ds: Any) -> bool:
+    """Whether low values display white: an INVERSE presentation LUT, or MONOCHROME1 without one (the rule
+    highdicom's get_volume applies)."""
+    shape = str(ds.get("PresentationLUTShape", "") or "")
+    return shape == "INVERSE" if shape else str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+
+
+def _single_file(header: SliceHeader) -> tuple[np.ndarray, np.ndarray]:
+    """One film, or a multi-frame file without per-frame geometry (a cine loop): frames stack along k."""
+    arr = _pixels(header)
+    if int(_dataset(header).get("SamplesPerPixel", 1)) > 1:
+        arr = arr.mean(axis=-1)
+    arr = arr.T if header.frames == 1 else arr.transpose(2, 1, 0)  # (frame,) row, column -> column, row(, frame)
+    if header.orientation is not None and header.position is not None:
+        return arr, series_affine(header, 1.0)
+    ps = header.pixel_spacing
+    return arr, np.diag([ps[1], ps[0], 1.0, 1.0])
+
+
+def _enhanced_volume(header: SliceHeader) -> tuple[np.ndarray, np.ndarray]:
+    """An enhanced multi-frame image (its geometry per frame, in functional groups) through highdicom, in the
+    layout and slice order a classic series gets."""
+    import highdicom as hd
+
+    try:
+        volume = hd.imread(str(header.path)).get_volume(dtype=np.float32, apply_presentation_lut=False,
+                                                       apply_voi_transform=False)
+    except Exception as exc:  # noqa: BLE001 - highdicom raises several types for frames it cannot place
+        raise DataError(f"{header.path.name}: the frames of this multi-frame image do not form one regularly "
+                        f"spaced volume ({type(exc).__name__}); export the series as single-frame files") from None
+    array = np.asarray(volume.array).transpose(2, 1, 0)  # slice, row, column -> column, row, slice
+    affine = LPS_TO_RAS @ np.asarray(volume.affine)[:, [2, 1, 0, 3]]
+    if np.dot(np.cross(affine[:3, 0], affine[:3, 1]), affine[:3, 2]) < 0:  # slices ascend along the normal
+        affine[:3, 3] += affine[:3, 2] * (array.shape[2] - 1)
+        affine[:3, 2] *= -1
+        array = array[:, :, ::-1]
+    return np.ascontiguousarray(array), affine
 
 
 def series_affine(first: SliceHeader, slice_spacing: float) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""DICOM pixel conventions a real archive mixes: MONOCHROME1 films, modality lookup tables, multi-frame files
+with and without per-frame geometry. Each must reach a model as the same image its classic twin gives."""
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
+
+from medtl.data.check import _geometry
+from medtl.data.readers import load_scan
+from medtl.data.synthetic import _base_dataset, write_ct_series, write_xray_dicom
+from medtl.errors import DataError
+
+
+def film() -> np.ndarray:
+    """A (column, row) radiograph: a bright block on a ramp, so a flip or an inversion cannot go unseen."""
+    img = np.tile(np.arange(30, dtype=np.float64) * 10, (24, 1)) + 200
+    img[4:10, 3:12] = 3000
+    return img
+
+
+@pytest.mark.parametrize("how", ["MONOCHROME1", "INVERSE presentation LUT"])
+def test_an_inverted_film_loads_as_its_monochrome2_twin(tmp_path, how):
+    img = film()
+    write_xray_dicom(tmp_path / "m2.dcm", img)
+    ds = pydicom.dcmread(tmp_path / "m2.dcm")
+    ds.PixelData = (4095 - img.T).astype(np.uint16).tobytes()  # low values white: the film stored negative
+    if how == "MONOCHROME1":
+        ds.PhotometricInterpretation = "MONOCHROME1"
+    else:
+        ds.PresentationLUTShape = "INVERSE"
+    ds.save_as(tmp_path / "inv.dcm")
+    m2, inv = load_scan(tmp_path / "m2.dcm")[0].numpy(), load_scan(tmp_path / "inv.dcm")[0].numpy()
+    np.testing.assert_allclose(inv - m2, (inv - m2).mean())  # the same film up to an offset, not its negative
+    assert inv[5, 4] > inv[20, 20]  # the block stays bright
+
+
+def test_an_identity_presentation_lut_on_monochrome2_changes_nothing(tmp_path):
+    write_xray_dicom(tmp_path / "m2.dcm", film())
+    ds = pydicom.dcmread(tmp_path / "m2.dcm")
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.save_as(tmp_path / "id.dcm")
+    np.testing.assert_array_equal(load_scan(tmp_path / "id.dcm").numpy(), load_scan(tmp_path / "m2.dcm").numpy())
+
+
+def test_a_modality_lut_sequence_maps_stored_values_through_its_table(tmp_path):
+    img = np.zeros((8, 6))
+    img[:, 3:] = 2  # stored values 0 and 2
+    write_xray_dicom(tmp_path / "lut.dcm", img)
+    ds = pydicom.dcmread(tmp_path / "lut.dcm")
+    item = pydicom.Dataset()
+    item.add_new("LUTDescriptor", "US", [4, 0, 16])  # 4 entries, the first for stored value 0, 16 bits
+    item.ModalityLUTType = "OD"
+    item.add_new("LUTData", "US", [100, 200, 700, 900])
+    ds.ModalityLUTSequence = [item]
+    ds.save_as(tmp_path / "lut.dcm")
+    out = load_scan(tmp_path / "lut.dcm")[0].numpy()
+    np.testing.assert_array_equal(np.unique(out[:, :3]), [100])
+    np.testing.assert_array_equal(np.unique(out[:, 3:]), [700])
+
+
+def test_a_multiframe_cine_loads_column_row_frame_as_check_reports_it(tmp_path):
+    path = tmp_path / "cine.dcm"
+    ds = _base_dataset(path, MultiFrameGrayscaleWordSecondaryCaptureImageStorage, "ANON", generate_uid(),
+                       generate_uid())
+    ds.Modality, ds.Rows, ds.Columns, ds.NumberOfFrames, ds.PixelRepresentation = "US", 20, 30, 5, 0
+    frames = np.zeros((5, 20, 30), np.uint16)  # frame, row, column as stored
+    frames += (np.arange(5) * 100)[:, None, None].astype(np.uint16)
+    frames += np.arange(20)[None, :, None].astype(np.uint16)
+    ds.PixelData = frames.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    loaded = load_scan(path)[0].numpy()
+    assert loaded.shape == _geometry(str(path), deep=False).shape == (30, 20, 5)
+    np.testing.assert_array_equal(loaded, frames.transpose(2, 1, 0))
+
+
+OBLIQUE = (np.cos(0.3), np.sin(0.3), 0, -np.sin(0.3) * np.cos(0.2), np.cos(0.3) * np.cos(0.2), np.sin(0.2))
+
+
+@pytest.mark.parametrize("orientation", [(1, 0, 0, 0, -1, 0), OBLIQUE], ids=["feet-first", "oblique"])
+def test_an_enhanced_multiframe_file_loads_as_the_series_it_was_converted_from(tmp_path, orientation):
+    import highdicom as hd
+
+    vol = np.random.default_rng(0).normal(0, 100, (24, 20, 6)).round().astype(np.float32)
+    write_ct_series(tmp_path / "series", vol, orientation=orientation)
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        [pydicom.dcmread(p) for p in sorted((tmp_path / "series").iterdir())], series_instance_uid=hd.UID(),
+        series_number=2, sop_instance_uid=hd.UID(), instance_number=1)
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    series, multi = load_scan(tmp_path / "series"), load_scan(tmp_path / "enhanced.dcm")
+    np.testing.assert_array_equal(multi.numpy(), series.numpy())
+    np.testing.assert_allclose(multi.affine.numpy(), series.affine.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(series[0].numpy(), vol)
+
+
+def test_an_enhanced_file_whose_frames_leave_a_gap_is_the_files_error(tmp_path):
+    import highdicom as hd
+
+    write_ct_series(tmp_path / "series", np.zeros((8, 8, 6), np.float32), skip_slices=[3])
+    hd.legacy.LegacyConvertedEnhancedCTImage(
+        [pydicom.dcmread(p) for p in sorted((tmp_path / "series").iterdir())], series_instance_uid=hd.UID(),
+        series_number=2, sop_instance_uid=hd.UID(), instance_number=1).save_as(tmp_path / "gap.dcm")
+    with pytest.raises(DataError, match=r"gap\.dcm: the frames .* do not form one regularly spaced volume"):
+        load_scan(tmp_path / "gap.dcm")
