@@ -1,9 +1,12 @@
 """Transform chains and caching: epoch 2 never decodes a scan again; a bad case names itself."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from medtl.config import DataConfig
 from medtl.data import dicom
@@ -35,6 +38,21 @@ def test_cached_dataset_decodes_each_scan_once(tmp_path, monkeypatch, cache):
     assert first[0].shape == (1, 8, 8, 4)
     assert all(float(x.min()) >= -0.2 and float(x.max()) <= 1.3 for x in second)
     assert [ds[i]["label"] for i in range(6)] == [it["label"] for it in items]
+
+
+def test_the_disk_cache_preprocesses_a_scan_again_once_its_file_changes(tmp_path):
+    """A scan re-exported under its old name (a corrected film, a re-sliced series) must not train from the
+    cache of the file it replaced, in this run or any later one."""
+    manifest = make_classification_set(tmp_path / "d", n=2, kind="png", size=(16, 16))
+    items = case_items(read_manifest(manifest).table, ["normal", "lesion"])
+    cfg = DataConfig(spatial_dims=2, image_size=[16, 16], modality="xray", cache="disk", cache_dir=tmp_path / "cache")
+    before = make_dataset(items, build_transforms(cfg, train=False), cfg)[0]["image"]
+    path = Path(items[0]["image"])
+    pixels = np.asarray(Image.open(path))
+    Image.fromarray((255 - pixels).astype(pixels.dtype)).save(path)  # the same name, the negative image
+    after = make_dataset(items, build_transforms(cfg, train=False), cfg)[0]["image"]
+    assert not torch.allclose(after, before)
+    np.testing.assert_allclose(after.numpy(), 1 - before.numpy(), atol=0.02)
 
 
 def test_channel_repeat_and_segmentation_pair(tmp_path):
