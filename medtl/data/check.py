@@ -30,6 +30,8 @@ class Problem:
 class Geometry:
     shape: tuple[int, ...]
     affine: np.ndarray | None
+    blank: float | None = None
+    """The one value of every voxel, when ``deep`` read them all and found no other."""
 
 
 def _dicom_file_geometry(path: Path) -> Geometry:
@@ -64,23 +66,23 @@ def _geometry(ref: str, deep: bool) -> Geometry:
         try:
             img = nib.load(str(path))
             shape = tuple(int(s) for s in img.shape)
-            if deep:
-                data = np.asanyarray(img.dataobj)
-                if not np.all(np.isfinite(data)):
-                    raise DataError(f"{int(np.sum(~np.isfinite(data)))} NaN/Inf voxels")
+            blank = _blank(np.asanyarray(img.dataobj)) if deep else None
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
             raise DataError(f"unreadable NIfTI ({type(exc).__name__})") from None
-        return Geometry(shape, img.affine)
+        return Geometry(shape, img.affine, blank)
     if kind == "image":
         try:
             with Image.open(path) as im:
                 im.verify()
                 size = im.size
+            if deep:
+                with Image.open(path) as im:
+                    pixels = np.asarray(im)
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"unreadable image ({type(exc).__name__})") from None
-        return Geometry((size[0], size[1]), None)
+        return Geometry((size[0], size[1]), None, _blank(pixels) if deep else None)
     if path.is_file():
         geometry = _dicom_file_geometry(path)
     else:
@@ -95,10 +97,15 @@ def _geometry(ref: str, deep: bool) -> Geometry:
     if deep:
         from medtl.data.readers import load_scan
 
-        arr = load_scan(ref).numpy()
-        if not np.all(np.isfinite(arr)):
-            raise DataError(f"{int(np.sum(~np.isfinite(arr)))} NaN/Inf voxels")
+        geometry = Geometry(geometry.shape, geometry.affine, _blank(load_scan(ref).numpy()))
     return geometry
+
+
+def _blank(data: np.ndarray) -> float | None:
+    """The value every voxel holds, or None; NaN or Inf anywhere is the case's error."""
+    if not np.all(np.isfinite(data)):
+        raise DataError(f"{int(np.sum(~np.isfinite(data)))} NaN/Inf voxels")
+    return float(data.flat[0]) if data.size and data.min() == data.max() else None
 
 
 def check_manifest(
@@ -125,6 +132,9 @@ def check_manifest(
         try:
             image_geometry = _geometry(str(row.image_path), deep)
             _check_dims(image_geometry, spatial_dims)
+            if image_geometry.blank is not None:  # a mask of zeros is a case without a lesion; an image is not
+                raise DataError(f"blank: every voxel is {image_geometry.blank:g}; the export failed or the scan is "
+                                "empty, so re-export it or remove its row")
         except DataError as exc:
             problems.append(Problem(case, _kind_of(str(exc)), f"{row.image}: {exc}"))
         mask_path = getattr(row, "mask_path", None)
@@ -194,7 +204,7 @@ def _kind_of(message: str) -> str:
     for key in ("header declares", "missing file", "empty file", "truncated DICOM", "DICOM without pixel data", "several series",
                 "missing slice", "duplicate slice", "inconsistent", "NaN/Inf", "unexpected dimensionality",
                 "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable",
-                "not class indices", "classes (0 to"):
+                "not class indices", "classes (0 to", "blank"):
         if key in message:
             return "labels not class indices" if key in ("not class indices", "classes (0 to") else key
     return "unreadable"

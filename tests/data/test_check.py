@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from medtl.data.check import check_manifest
 from medtl.data.manifest import read_manifest
@@ -45,6 +46,12 @@ def bad_manifest(tmp_path):
     add("leak2", "good.nii.gz", split="test", patient="P9")
     add("missing", "not_there.nii.gz")
     add("good", "good.nii.gz")  # duplicate id
+    add("blankfilm", "xr.dcm")  # every pixel 500: an export that lost its image
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "black.png")
+    add("blankpng", "black.png")
+    write_nifti(tmp_path / "healthy.nii.gz", vol + 1)
+    write_nifti(tmp_path / "no_lesion.nii.gz", np.zeros_like(mask))
+    add("healthy", "healthy.nii.gz", mask="no_lesion.nii.gz")  # an empty mask is a case without a lesion, not a problem
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     return tmp_path / "m.csv"
 
@@ -61,6 +68,8 @@ EXPECTED = {
     "leak2": "patient in two splits",
     "missing": "missing file",
     "good": "duplicate case_id",
+    "blankfilm": "blank",
+    "blankpng": "blank",
 }
 
 
@@ -76,7 +85,7 @@ def test_check_finds_every_planted_problem(bad_manifest):
 def test_header_only_check_misses_nan_but_not_structure(bad_manifest):
     problems = check_manifest(read_manifest(bad_manifest), deep=False)
     kinds = {p.case_id: p.kind for p in problems}
-    assert "nan" not in kinds
+    assert "nan" not in kinds and "blankfilm" not in kinds
     assert kinds["gap"] == "missing slice"
 
 
