@@ -11,7 +11,8 @@ from rich.markup import escape
 
 from medtl import __version__
 from medtl.cli_data import manifest_app, weights_app
-from medtl.cli_options import ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, SetOption, SplitsOption
+from medtl.cli_options import (CaseIdsOption, ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, SetOption,
+                               SplitsOption)
 from medtl.errors import MedtlError
 from medtl.log import console, setup_logging, wide_console
 
@@ -136,6 +137,7 @@ def score_cmd(
     out: Annotated[Path, typer.Option("--out", help="predictions.csv (or .parquet).")],
     manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest of the cases to score.")] = None,
     input_dir: Annotated[Optional[Path], typer.Option("--input", help="Folder of DICOM series / NIfTI / PNG files, or one such file.")] = None,
+    ids: CaseIdsOption = "folder",
     masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 16,
     device: DeviceOption = "auto",
@@ -168,7 +170,7 @@ def score_cmd(
         raise MedtlError(f"--masks-out: {model} is a {bundle.task} model; only segmentation models write masks")
     if prevalence is not None:
         set_prevalence(bundle, prevalence)
-    cases = input_cases(manifest, input_dir)
+    cases = input_cases(manifest, input_dir, ids)
     from medtl.config import TrackingConfig
 
     tracking = TrackingConfig(enabled=track)  # the store MLFLOW_TRACKING_URI names (or ./mlflow.db), as `medtl models` uses

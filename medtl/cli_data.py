@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medtl.cli_options import SetOption
+from medtl.cli_options import CaseIdsOption, SetOption
 
 manifest_app = typer.Typer(help="Build, check and split manifests.", no_args_is_help=True)
 weights_app = typer.Typer(help="List, import and verify pretrained weights (offline cache).", no_args_is_help=True)
@@ -20,11 +20,12 @@ def manifest_build(
     out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
     labels: Annotated[Optional[Path], typer.Option(help="CSV with case_id and label (and any subgroup columns).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of masks named like their cases.")] = None,
+    ids: CaseIdsOption = "folder",
 ) -> None:
     """Walk a folder and write a manifest (one row per series or file)."""
     from medtl.data.build import build_manifest
 
-    table = build_manifest(folder, out, labels, masks)
+    table = build_manifest(folder, out, labels, masks, ids=ids)
     typer.echo(f"{out}: {len(table)} cases")
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional, get_args
+from typing import Annotated, Any, Callable, Optional, get_args
 
 import typer
 
-from medtl.config import Device
+from medtl.config import CaseIds, Device
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -20,10 +20,20 @@ SplitsOption = Annotated[Optional[Path], typer.Option(
     "--splits", help="The training run's splits.csv, for a manifest without a split column.")]
 
 
-def _device_choice(value: str) -> str:
-    if value not in get_args(Device):
-        raise typer.BadParameter(f"{value!r}: use {', '.join(get_args(Device)[:-1])} or {get_args(Device)[-1]}")
-    return value
+def _one_of(choices: Any) -> Callable[[str], str]:
+    """A callback that accepts only the values of a Literal, and names them when refusing."""
+    values = get_args(choices)
+
+    def check(value: str) -> str:
+        if value not in values:
+            raise typer.BadParameter(f"{value!r}: use {', '.join(values[:-1])} or {values[-1]}")
+        return value
+
+    return check
 
 
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.", callback=_device_choice)]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.", callback=_one_of(Device))]
+CaseIdsOption = Annotated[str, typer.Option(
+    "--ids", callback=_one_of(CaseIds),
+    help="Case ids from each scan's file or series folder (folder), or its whole path below the folder (path), "
+         "for exports whose series folders repeat (PATIENT/STUDY/SE0001).")]

@@ -22,6 +22,9 @@ from medtl.errors import ConfigError
 DEFAULT_MASK_CLASSES = ["background", "foreground"]
 Strategy = Literal["scratch", "feature_extraction", "fine_tune", "full"]
 Device = Literal["auto", "cpu", "cuda"]
+CaseIds = Literal["folder", "path"]
+"""How found scans are named: by their own file or series folder, or by their whole path below the folder given
+(for exports whose series folders repeat, PATIENT/STUDY/SE0001; folder names may then carry patient names)."""
 DEFAULT_MAX_VOXELS = 2**29  # 2 GiB as float32; MEDTL_MAX_VOXELS raises or lowers it
 
 

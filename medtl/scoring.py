@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from medtl.config import CaseIds
 from medtl.data.build import discover_cases
 from medtl.data.manifest import UNREADABLE_CSV, read_manifest
 from medtl.data.readers import IMAGE_SUFFIXES, scan_kind
@@ -47,7 +48,7 @@ def set_prevalence(bundle: ModelBundle, prevalence: float) -> None:
     bundle.extra["target_prior"] = [1.0 - prevalence, prevalence]
 
 
-def input_cases(manifest: Path | None, input_dir: Path | None) -> list[dict[str, str]]:
+def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "folder") -> list[dict[str, str]]:
     if bool(manifest) == bool(input_dir):
         raise MedtlError("give exactly one of --manifest M.csv or --input DIR")
     if manifest:
@@ -55,7 +56,7 @@ def input_cases(manifest: Path | None, input_dir: Path | None) -> list[dict[str,
         return [{"case_id": str(r.case_id), "image": r.image_path} for r in m.table.itertuples(index=False)]
     if not Path(input_dir).exists():  # type: ignore[arg-type]
         raise MedtlError(f"--input {input_dir}: not found; give a folder of scans, or one scan file")
-    cases = [{"case_id": c, "image": ref} for c, ref in discover_cases(Path(input_dir))]  # type: ignore[arg-type]
+    cases = [{"case_id": c, "image": ref} for c, ref in discover_cases(Path(input_dir), ids)]  # type: ignore[arg-type]
     if not cases:
         raise MedtlError(f"--input {input_dir}: no DICOM, NIfTI or image file found in it or below; check the folder")
     return cases

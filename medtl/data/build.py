@@ -8,16 +8,19 @@ of the case id, never a DICOM header value.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from medtl.config import CaseIds
 from medtl.data import dicom
 from medtl.data.manifest import read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from medtl.errors import ManifestError
 
+logger = logging.getLogger(__name__)
 
 def _case_id_from_file(path: Path) -> str:
     name = path.name
@@ -27,39 +30,70 @@ def _case_id_from_file(path: Path) -> str:
     return name
 
 
-def discover_cases(folder: Path) -> list[tuple[str, str]]:
+def discover_cases(folder: Path, ids: CaseIds = "folder") -> list[tuple[str, str]]:
     """(case_id, image reference) for every scan under ``folder`` (or ``folder`` itself when it is one file): one
-    per DICOM series, NIfTI or image file.
+    per DICOM series, NIfTI or image file. DICOM objects that hold no image (a DICOMDIR, reports, presentation
+    states) are not cases.
 
     A series alone in its folder is that folder; a series sharing a folder with others is referenced as
-    ``folder#series=UID`` so one row is always one series, and nothing is written next to the data.
+    ``folder#series=UID`` so one row is always one series, and nothing is written next to the data. Two scans
+    never share a case id: that would put one patient's prediction, or mask file, in another's place.
     """
     folder = Path(folder)
     if folder.is_file():  # one scan given by itself (a single-file DICOM, NIfTI or image)
         return [(_case_id_from_file(folder), str(folder))]
-    cases: list[tuple[str, str]] = []
+    found: list[tuple[str, str, Path]] = []  # case id, reference, what names it
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name.lower().endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)):
-            cases.append((_case_id_from_file(path), str(path)))
-    series = dicom.find_series(folder)
+            found.append((_case_id_from_file(path), str(path), path))
+    every = dicom.find_series(folder)
+    in_series = {h.path for headers in every.values() for h in headers}
+    series = {uid: headers for uid, headers in every.items() if not _no_image(headers)}
+    if len(series) < len(every):
+        logger.info("%s: %d DICOM object(s) hold no image (a DICOMDIR, reports, presentation states); not cases",
+                    folder, sum(len(h) for uid, h in every.items() if uid not in series))
     by_parent: dict[Path, list[str]] = {}
     for uid, headers in series.items():
         for parent in {h.path.parent for h in headers}:
             by_parent.setdefault(parent, []).append(uid)
-    in_series = {h.path for headers in series.values() for h in headers}
     for path in sorted(folder.rglob("*.dcm")):
         if path.is_file() and path not in in_series:  # unreadable DICOM: listed so the problem is reported, not lost
-            cases.append((_case_id_from_file(path), str(path)))
+            found.append((_case_id_from_file(path), str(path), path))
     for uid, headers in sorted(series.items(), key=lambda kv: str(kv[1][0].path)):
         parents = {h.path.parent for h in headers}
         parent = headers[0].path.parent
         if len(headers) == 1 and len(by_parent[parent]) > 1:
-            cases.append((_case_id_from_file(headers[0].path), str(headers[0].path)))
+            found.append((_case_id_from_file(headers[0].path), str(headers[0].path), headers[0].path))
         elif len(parents) == 1 and len(by_parent[parent]) == 1:
-            cases.append((parent.name if parent != folder else f"series_{uid[-8:]}", str(parent)))
+            found.append((parent.name if parent != folder else f"series_{uid[-8:]}", str(parent), parent))
         else:
-            cases.append((f"{parent.name}_{uid[-8:]}", dicom.series_ref(parent if len(parents) == 1 else folder, uid)))
+            where = parent if len(parents) == 1 else folder
+            found.append((f"{parent.name}_{uid[-8:]}", dicom.series_ref(where, uid), where / uid[-8:]))
+    cases = [(_path_id(named, folder) if ids == "path" and named != folder else case, ref) for case, ref, named in found]
+    _refuse_shared_ids(cases, folder, ids)
     return cases
+
+
+def _no_image(headers: list[dicom.SliceHeader]) -> bool:
+    """A DICOMDIR, report or presentation state: no pixels and no image size (an image that lost its pixels
+    keeps its Rows and is a case with a problem)."""
+    return all(not h.has_pixels and not h.rows for h in headers)
+
+
+def _path_id(path: Path, folder: Path) -> str:
+    rel = path.relative_to(folder)
+    return "_".join([*rel.parts[:-1], _case_id_from_file(rel)])
+
+
+def _refuse_shared_ids(cases: list[tuple[str, str]], folder: Path, ids: CaseIds) -> None:
+    first: dict[str, str] = {}
+    for case, ref in cases:
+        if case in first:
+            a, b = (os.path.relpath(dicom.parse_series_ref(r)[0], folder) for r in (first[case], ref))
+            fix = ("--ids path names each case by its path below the folder (check that no folder name is a patient's)"
+                   if ids == "folder" else "rename one of them")
+            raise ManifestError(f"{folder}: {a} and {b} would both be case {case!r}; {fix}")
+        first[case] = ref
 
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
@@ -111,6 +145,7 @@ def build_manifest(
     labels: Path | None = None,
     masks: Path | None = None,
     salt: str = "medtl",
+    ids: CaseIds = "folder",
 ) -> pd.DataFrame:
     """Writes the manifest CSV at ``out`` with paths relative to it and returns the table."""
     folder = Path(folder)
@@ -118,7 +153,7 @@ def build_manifest(
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
     if masks is not None and not Path(masks).is_dir():
         raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
-    cases, mask_refs = pair_masks(discover_cases(folder), masks)
+    cases, mask_refs = pair_masks(discover_cases(folder, ids), masks)
     if not cases:
         raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found")
     if masks is not None and not any(c in mask_refs for c, _ in cases):
@@ -130,9 +165,6 @@ def build_manifest(
     base = out.resolve().parent
     rows = [{"case_id": c, "image": _relative(ref, base)} for c, ref in cases]
     table = pd.DataFrame(rows)
-    if table["case_id"].duplicated().any():
-        dup = table.loc[table["case_id"].duplicated(), "case_id"].iloc[0]
-        raise ManifestError(f"two scans would both be case {dup!r}; rename one of the files")
     if mask_refs:
         table["mask"] = [_relative(mask_refs[c], base) if c in mask_refs else None for c in table["case_id"]]
     if labels is not None:

@@ -48,6 +48,42 @@ def test_build_groups_two_series_in_one_folder_and_joins_labels(tmp_path):
     assert "Traceback" not in res.stderr and not (tmp_path / "m2.csv").exists()
 
 
+def pacs_export(root: Path) -> Path:
+    """The layout PACS exports write: PATIENT/STUDY/SERIES folders whose series names repeat across patients,
+    a DICOMDIR at the top and a report (SR, no pixels) in a series of its own."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    vol, _ = synthetic_volume(np.random.default_rng(0), (12, 12, 4), True)
+    for patient in ("P1", "P2"):
+        write_ct_series(root / patient / "ST1" / "SE0001", vol, seed=int(patient[1]))
+    for path, sop_class in ((root / "DICOMDIR", "1.2.840.10008.1.3.10"),
+                            (root / "P1" / "ST1" / "SE0099" / "IM0001", "1.2.840.10008.5.1.4.1.1.88.22")):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(path), pydicom.Dataset(), file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID, generate_uid()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+    return root
+
+
+def test_a_pacs_export_whose_series_folders_repeat_never_gives_two_scans_one_case_id(tmp_path):
+    from medtl.scoring import input_cases
+
+    export = pacs_export(tmp_path / "export")
+    for refuse in (lambda: build_manifest(export, tmp_path / "m.csv"), lambda: input_cases(None, export)):
+        with pytest.raises(ManifestError, match=r"P1/ST1/SE0001 and P2/ST1/SE0001 would both be case 'SE0001'; --ids path"):
+            refuse()
+    table = build_manifest(export, tmp_path / "m.csv", ids="path")
+    assert list(table["case_id"]) == ["P1_ST1_SE0001", "P2_ST1_SE0001"]  # the DICOMDIR and the report are no cases
+    assert [c["case_id"] for c in input_cases(None, export, "path")] == list(table["case_id"])
+    result = run_cli("manifest", "build", str(export), "--out", str(tmp_path / "m2.csv"), "--ids", "study")
+    assert result.returncode == 2 and "'study': use folder or path" in result.stderr
+
+
 def test_a_rebuild_never_drops_what_the_manifest_held_and_masks_must_match(tmp_path):
     scans = tmp_path / "scans"
     rng = np.random.default_rng(0)
