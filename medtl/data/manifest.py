@@ -71,8 +71,10 @@ UNREADABLE_CSV = (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyData
 
 
 def read_sheet(path: Path) -> pd.DataFrame:
-    """A CSV a person wrote (manifest, label sheet, splits), every value as text and empty cells missing; a file
-    that is not comma-separated UTF-8 — the usual way a spreadsheet's export goes wrong — is one clear error."""
+    """A CSV a person wrote (manifest, label sheet, splits), every value as text with the spaces a spreadsheet
+    leaves around it trimmed (``lesion `` is no class of its own, `` label`` is the label column) and empty cells
+    missing; a file that is not comma-separated UTF-8 — the usual way a spreadsheet's export goes wrong — is one
+    clear error."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except UNREADABLE_CSV as exc:
@@ -81,7 +83,8 @@ def read_sheet(path: Path) -> pd.DataFrame:
     if sep:
         raise ManifestError(f"{path}: its columns are separated by {sep!r}; save it as comma-separated UTF-8 "
                             "(in Excel: CSV UTF-8)")
-    return table
+    table.columns = [str(c).strip() for c in table.columns]
+    return table.apply(lambda column: column.str.strip()).replace("", pd.NA)
 
 
 def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: bool = False) -> Manifest:

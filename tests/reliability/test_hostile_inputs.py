@@ -303,3 +303,21 @@ def test_a_training_split_of_one_class_is_refused_before_the_split_is_saved(tmp_
     assert res.returncode == 2 and "holds normal cases only" in res.stderr and "two classes" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "one" / "splits.csv").exists()  # relabelled cases will get a stratified split
+
+
+def test_spaces_a_spreadsheet_leaves_around_names_and_labels_are_trimmed(tmp_path):
+    """'002 ' is case 002, ' label' the label column and 'lesion ' the class lesion, not a third class."""
+    m = make_classification_set(tmp_path / "d", n=4, kind="png", size=(16, 16))
+    table = pd.read_csv(m, dtype=str)
+    sheet = tmp_path / "labels.csv"
+    sheet.write_text("case_id, label \n" + "".join(f" {c} ,{lab}  \n" for c, lab in zip(table.case_id, table.label)))
+    built = tmp_path / "m.csv"
+    res = run_cli("manifest", "build", str(tmp_path / "d"), "--out", str(built), "--labels", str(sheet))
+    assert res.returncode == 0, res.stderr
+    got = pd.read_csv(built, dtype=str).set_index("case_id")["label"]
+    assert got.to_dict() == dict(zip(table.case_id, table.label))
+    blank = tmp_path / "blank.csv"
+    blank.write_text("case_id,image,label\n" + "".join(f"{c},{i},   \n" for c, i in zip(table.case_id, table.image)))
+    (tmp_path / "d" / "blank.csv").write_text(blank.read_text())
+    res = run_cli("manifest", "check", str(tmp_path / "d" / "blank.csv"))
+    assert res.returncode == 1 and "no label" in res.stdout  # a cell of spaces is an empty cell
