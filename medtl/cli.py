@@ -196,7 +196,7 @@ def synthetic_cmd(
     task: Annotated[str, typer.Option(help="classification or segmentation.")] = "classification",
     kind: Annotated[str, typer.Option(help="png, nifti or dicom (classification).")] = "png",
     n: Annotated[int, typer.Option(help="Number of cases.")] = 40,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same scans.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed: the same seed writes the same scans.")] = 0,
 ) -> None:
     """Write small synthetic scans with labels or masks and a manifest, to try medtl."""
     from medtl.data.synthetic import make_classification_set, make_segmentation_set

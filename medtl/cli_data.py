@@ -57,7 +57,7 @@ def manifest_split(
     val: Annotated[float, typer.Option(help="Fraction of patients for validation.")] = 0.15,
     test: Annotated[float, typer.Option(help="Fraction of patients for test.")] = 0.15,
     folds: Annotated[Optional[int], typer.Option(help="Write k cross-validation folds instead.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives the same split.")] = 0,
 ) -> None:
     """Patient-grouped, label-stratified split."""
     from medtl.data.check_tables import print_counts
@@ -76,7 +76,7 @@ def manifest_shift(
     blur: Annotated[float, typer.Option(help="Gaussian blur sigma (pixels).")] = 0.8,
     noise: Annotated[float, typer.Option(help="Gaussian noise std (intensity 0-1).")] = 0.04,
     downsample: Annotated[float, typer.Option(help="Resolution factor (resample down and back up).")] = 0.6,
-    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the noise.")] = 0,
 ) -> None:
     """Make a target domain from real images with a scanner-like shift (for domain adaptation)."""
     from medtl.data.shift import Shift, make_shifted_domain

@@ -81,7 +81,8 @@ class DataConfig(Section):
         if math.prod(self.image_size) > max_voxels():
             raise ValueError(f"image_size {self.image_size}: {math.prod(self.image_size):,} voxels per case, above the "
                              f"limit of {max_voxels():,} (MEDTL_MAX_VOXELS); a 3D model input is usually 128-256 a side")
-        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) < len(self.classes)):
+        names = [str(c).strip() for c in self.classes or []]
+        if self.classes is not None and (len(names) < 2 or len(set(names)) < len(names) or "" in names):
             raise ValueError(f"classes {self.classes}: name two or more different classes, in label order (or leave it "
                              "out to take them from the manifest)")
         return self
@@ -148,7 +149,7 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(5, ge=1)
     threshold_rule: Literal["youden", "sensitivity", "fixed"] = "youden"
     target_sensitivity: float = Field(0.9, gt=0.0, le=1.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     out_dir: Path = Path("runs")
     max_steps_per_epoch: int | None = Field(None, ge=1)
 
@@ -165,7 +166,7 @@ class EvaluateConfig(Section):
     gradcam: int = Field(4, ge=0)
     figures: bool = True
     """Write the figures (PNG and SVG); a study of many small runs, or a test, may skip them."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
     @field_validator("prevalence")

@@ -57,6 +57,10 @@ def test_config_is_frozen():
         ("tracking:\n  alias: v3\n", ["tracking.alias", "reserved by MLflow"]),
         ("tracking:\n  alias: my alias\n", ["tracking.alias", "letters, digits"]),
         ("tracking:\n  registered_model: team/model\n", ["tracking.registered_model", "no '/' or ':'"]),
+        ("data:\n  classes: [normal, '']\n", ["data", "two or more different classes"]),
+        ("data:\n  classes: [lesion, 'lesion ']\n", ["data", "two or more different classes"]),
+        ("train:\n  seed: -1\n", ["train.seed", "greater than or equal to 0"]),
+        ("evaluate:\n  seed: -3\n", ["evaluate.seed", "greater than or equal to 0"]),
     ],
 )
 def test_errors_name_file_key_and_allowed_values(tmp_path, text, fragments):
