@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.markup import escape
@@ -343,16 +344,27 @@ def main() -> None:
                    type(err), f"{err.strerror or type(err).__name__}; choose a path you can write, or fix its permissions")
         console.print(f"[bold red]error:[/] {escape(str(where))}: {escape(why)}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as err:
+        if debug:
+            raise
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            _unexpected(err)
+        where = f"{err.filename}: " if err.filename else ""
+        console.print(f"[bold red]error:[/] {escape(where)}the disk is full (or its quota used up); free space where "
+                      "medtl writes (the run folder, --out, the MLflow store, the cache) and rerun: files written "
+                      "whole stay whole, and a training resumes from its last checkpoint with --resume",
+                      markup=True, highlight=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as err:  # noqa: BLE001 - the last line of defence for users
         if debug:
             raise
-        console.print(
-            f"[bold red]unexpected error:[/] {type(err).__name__}: {escape(str(err))} "
-            "(rerun with --debug for the traceback and report it)",
-            markup=True, highlight=False, soft_wrap=True,
-        )
-        sys.exit(1)
+        _unexpected(err)
 
+
+def _unexpected(err: BaseException) -> NoReturn:
+    console.print(f"[bold red]unexpected error:[/] {type(err).__name__}: {escape(str(err))} "
+                  "(rerun with --debug for the traceback and report it)", markup=True, highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 if __name__ == "__main__":
     main()

@@ -94,3 +94,24 @@ def test_synthetic_refuses_an_unknown_kind_or_too_few_cases_in_one_line(tmp_path
         res = run_cli("synthetic", str(tmp_path / "s"), *args)
         assert res.returncode == 2 and said in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_full_disk_is_one_line_that_says_what_to_do_and_other_os_errors_stay_unexpected(tmp_path, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    res = run_cli("synthetic", str(tmp_path / "s"), "--n", "8")
+    assert res.returncode == 2 and "the disk is full" in res.stderr and "--resume" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
+    res = run_cli("synthetic", str(tmp_path / "t"), "--n", "8")
+    assert res.returncode == 1 and "unexpected error: OSError" in res.stderr and "--debug" in res.stderr
