@@ -165,6 +165,9 @@ def score_cmd(
         raise typer.Exit(1 if s.errors else 0)
     if engine != "local":
         raise MedtlError(f"--engine {engine}: use local or spark")
+    if masks_out is not None and input_dir is not None and masks_out.resolve().is_relative_to(input_dir.resolve()):
+        raise MedtlError(f"--masks-out {masks_out}: inside --input {input_dir}, where a rerun would score the masks as "
+                         "scans; write them to a folder outside it")
 
     bundle = load_any_model(model)
     if masks_out is not None and bundle.task != "segmentation":

@@ -79,3 +79,23 @@ def test_dicom_seg_of_an_enhanced_multiframe_source_references_each_frame_at_its
         number = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber
         k = sorted(along).index(along[number - 1])  # slice k of the source grid = k-th along the normal
         assert np.array_equal(pixels[f] > 0, mask[:, :, k].T > 0), f
+
+
+def test_a_dicom_seg_filed_beside_its_series_is_no_scan_and_masks_out_stays_outside_the_input(flipped_series):
+    import shutil
+
+    from medtl.scoring import input_cases
+    from tests.conftest import run_cli
+
+    root, mask, _ = flipped_series
+    score(bundle_for([32, 28, 12]), [{"case_id": "ct", "image": str(root / "series")}], root / "p.csv",
+          masks_out=root / "out", device="cpu")
+    shutil.copy(root / "out" / "ct.seg.dcm", root / "series" / "SEG0001")  # as a PACS returns the study
+    studies = root / "studies"
+    studies.mkdir()
+    shutil.move(root / "series", studies / "series")
+    assert [c["case_id"] for c in input_cases(None, studies)] == ["series"]
+    assert tuple(load_scan(studies / "series").shape) == (1, *mask.shape)
+    res = run_cli("score", "--model", str(root / "none.pt"), "--input", str(studies), "--out", str(root / "q.csv"),
+                  "--masks-out", str(studies / "masks"), "--no-track")
+    assert res.returncode == 2 and "inside --input" in res.stderr, res.stderr

@@ -32,8 +32,8 @@ def _case_id_from_file(path: Path) -> str:
 
 def discover_cases(folder: Path, ids: CaseIds = "folder") -> list[tuple[str, str]]:
     """(case_id, image reference) for every scan under ``folder`` (or ``folder`` itself when it is one file): one
-    per DICOM series, NIfTI or image file. DICOM objects that hold no image (a DICOMDIR, reports, presentation
-    states) are not cases.
+    per DICOM series, NIfTI or image file. DICOM objects that hold no scan (a DICOMDIR, reports, presentation
+    states, segmentations) are not cases.
 
     A series alone in its folder is that folder; a series sharing a folder with others is referenced as
     ``folder#series=UID`` so one row is always one series, and nothing is written next to the data. Two scans
@@ -46,12 +46,11 @@ def discover_cases(folder: Path, ids: CaseIds = "folder") -> list[tuple[str, str
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name.lower().endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)):
             found.append((_case_id_from_file(path), str(path), path))
-    every = dicom.find_series(folder)
-    in_series = {h.path for headers in every.values() for h in headers}
-    series = {uid: headers for uid, headers in every.items() if not _no_image(headers)}
-    if len(series) < len(every):
-        logger.info("%s: %d DICOM object(s) hold no image (a DICOMDIR, reports, presentation states); not cases",
-                    folder, sum(len(h) for uid, h in every.items() if uid not in series))
+    series, not_scans = dicom.scan_series(folder)
+    in_series = {h.path for headers in series.values() for h in headers} | set(not_scans)
+    if not_scans:
+        logger.info("%s: %d DICOM object(s) hold no scan (a DICOMDIR, reports, segmentations); not cases",
+                    folder, len(not_scans))
     by_parent: dict[Path, list[str]] = {}
     for uid, headers in series.items():
         for parent in {h.path.parent for h in headers}:
@@ -72,12 +71,6 @@ def discover_cases(folder: Path, ids: CaseIds = "folder") -> list[tuple[str, str
     cases = [(_path_id(named, folder) if ids == "path" and named != folder else case, ref) for case, ref, named in found]
     _refuse_shared_ids(cases, folder, ids)
     return cases
-
-
-def _no_image(headers: list[dicom.SliceHeader]) -> bool:
-    """A DICOMDIR, report or presentation state: no pixels and no image size (an image that lost its pixels
-    keeps its Rows and is a case with a problem)."""
-    return all(not h.has_pixels and not h.rows for h in headers)
 
 
 def _path_id(path: Path, folder: Path) -> str:

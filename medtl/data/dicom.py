@@ -113,9 +113,17 @@ def read_header(path: Path) -> SliceHeader:
     )
 
 
-def find_series(folder: Path) -> dict[str, list[SliceHeader]]:
-    """Groups every DICOM file under ``folder`` (recursively, any file names) by SeriesInstanceUID."""
+NOT_SCANS = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "KO", "PR", "REG", "DOC"}
+"""Modalities of objects made from scans (segmentations, structure sets, dose, reports, selections, registrations,
+documents): a DICOM-SEG medtl wrote back beside its series holds pixels but is no scan to score."""
+
+
+def scan_series(folder: Path) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
+    """Groups every DICOM file under ``folder`` (recursively, any file names) by SeriesInstanceUID; returns the
+    series and, apart, the files that hold no scan (a DICOMDIR, a report, a segmentation). An image that lost
+    its pixels keeps its Rows and stays in its series, a case with a problem."""
     series: dict[str, list[SliceHeader]] = defaultdict(list)
+    not_scans: list[Path] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if not is_dicom_file(path):
             continue
@@ -123,8 +131,17 @@ def find_series(folder: Path) -> dict[str, list[SliceHeader]]:
             header = read_header(path)
         except DataError:
             continue
-        series[header.series_uid].append(header)
-    return dict(series)
+        modality = str(header.dataset.get("Modality", "")).upper() if header.dataset is not None else ""
+        if modality in NOT_SCANS or (not header.has_pixels and not header.rows):
+            not_scans.append(path)
+        else:
+            series[header.series_uid].append(header)
+    return dict(series), not_scans
+
+
+def find_series(folder: Path) -> dict[str, list[SliceHeader]]:
+    """The scan series under ``folder``, by SeriesInstanceUID (see ``scan_series``)."""
+    return scan_series(folder)[0]
 
 
 def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
