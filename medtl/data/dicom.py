@@ -120,8 +120,7 @@ documents): a DICOM-SEG medtl wrote back beside its series holds pixels but is n
 
 def scan_series(folder: Path) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
     """Groups every DICOM file under ``folder`` (recursively, any file names) by SeriesInstanceUID; returns the
-    series and, apart, the files that hold no scan (a DICOMDIR, a report, a segmentation). An image that lost
-    its pixels keeps its Rows and stays in its series, a case with a problem."""
+    series and, apart, the files that hold no scan (a DICOMDIR, a report, a segmentation, a localizer)."""
     series: dict[str, list[SliceHeader]] = defaultdict(list)
     not_scans: list[Path] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -131,12 +130,24 @@ def scan_series(folder: Path) -> tuple[dict[str, list[SliceHeader]], list[Path]]
             header = read_header(path)
         except DataError:
             continue
-        modality = str(header.dataset.get("Modality", "")).upper() if header.dataset is not None else ""
-        if modality in NOT_SCANS or (not header.has_pixels and not header.rows):
+        if _not_a_scan(header):
             not_scans.append(path)
         else:
             series[header.series_uid].append(header)
     return dict(series), not_scans
+
+
+def _not_a_scan(header: SliceHeader) -> bool:
+    """No pixels and no image size (an image that lost its pixels keeps its Rows), a modality of NOT_SCANS, or a
+    CT's localizer (scout), which exports often file in the series it planned, at a right angle to its slices."""
+    ds = header.dataset
+    if not header.has_pixels and not header.rows:
+        return True
+    if ds is None:
+        return False
+    image_type = ds.get("ImageType") or []
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
+    return str(ds.get("Modality", "")).upper() in NOT_SCANS or "LOCALIZER" in {str(v).upper() for v in values}
 
 
 def find_series(folder: Path) -> dict[str, list[SliceHeader]]:

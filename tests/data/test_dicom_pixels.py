@@ -102,3 +102,16 @@ def test_an_enhanced_file_whose_frames_leave_a_gap_is_the_files_error(tmp_path):
         series_number=2, sop_instance_uid=hd.UID(), instance_number=1).save_as(tmp_path / "gap.dcm")
     with pytest.raises(DataError, match=r"gap\.dcm: the frames .* do not form one regularly spaced volume"):
         load_scan(tmp_path / "gap.dcm")
+
+
+def test_a_localizer_filed_in_its_series_is_left_out_of_the_volume(tmp_path):
+    """CT exports often file the scout, at a right angle to the slices, under the series it planned."""
+    vol = np.random.default_rng(1).normal(0, 100, (12, 10, 5)).round().astype(np.float32)
+    write_ct_series(tmp_path / "series", vol)
+    scout = pydicom.dcmread(next((tmp_path / "series").iterdir()))
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    scout.SOPInstanceUID = generate_uid()
+    scout.save_as(tmp_path / "series" / "SCOUT")
+    assert _geometry(str(tmp_path / "series"), deep=False).shape == (12, 10, 5)
+    np.testing.assert_array_equal(load_scan(tmp_path / "series")[0].numpy(), vol)
