@@ -90,10 +90,13 @@ def _geometry(ref: str, deep: bool) -> Geometry:
         problems = dicom.series_problems(headers)
         if problems:
             raise DataError("; ".join(problems))
-        ordered, positions = dicom.order_slices(headers)
+        ordered, _ = dicom.order_slices(headers)
         first = ordered[0]
-        spacing = float(np.median(np.diff(positions))) if len(ordered) > 1 else 1.0
-        geometry = Geometry((first.columns, first.rows, len(ordered)), dicom.series_affine(first, spacing))
+        if len(ordered) == 1:  # a film (or one multi-frame file) in a folder of its own
+            geometry = _dicom_file_geometry(first.path)
+        else:
+            affine = dicom.series_affine(first, dicom.slice_step(ordered))
+            geometry = Geometry((first.columns, first.rows, len(ordered)), affine)
     if deep:
         from medtl.data.readers import load_scan
 

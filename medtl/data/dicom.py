@@ -249,11 +249,11 @@ def load_series(headers: list[SliceHeader]) -> tuple[np.ndarray, np.ndarray]:
     problems = series_problems(headers)
     if problems:
         raise DataError(f"{headers[0].path.parent.name}: {problems[0]}")
-    ordered, pos = order_slices(headers)
+    ordered, _ = order_slices(headers)
     first = ordered[0]
     if len(ordered) > 1:
         array = np.stack([_pixels(h).T for h in ordered], axis=-1)
-        affine = series_affine(first, float(np.median(np.diff(pos))))
+        affine = series_affine(first, slice_step(ordered))
     elif first.frames > 1 and "PerFrameFunctionalGroupsSequence" in _dataset(first):
         array, affine = _enhanced_volume(first)
     else:
@@ -306,12 +306,20 @@ def _enhanced_volume(header: SliceHeader) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(array), affine
 
 
-def series_affine(first: SliceHeader, slice_spacing: float) -> np.ndarray:
+def series_affine(first: SliceHeader, step: float | np.ndarray) -> np.ndarray:
+    """The RAS affine of a series from its first slice and ``step``: the spacing along the slice normal, or the
+    LPS vector from one slice's position to the next, which carries a tilted gantry's shear (slices that step
+    along the table, not along their normal)."""
     row, col = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:6])  # type: ignore[index]
-    normal = np.cross(row, col)
     lps = np.eye(4)
     lps[:3, 0] = row * first.pixel_spacing[1]
     lps[:3, 1] = col * first.pixel_spacing[0]
-    lps[:3, 2] = normal * slice_spacing
+    lps[:3, 2] = np.cross(row, col) * step if np.ndim(step) == 0 else step
     lps[:3, 3] = first.position  # type: ignore[assignment]
     return LPS_TO_RAS @ lps
+
+
+def slice_step(ordered: list[SliceHeader]) -> np.ndarray:
+    """The mean LPS vector from one slice's position to the next, of slices ordered along the normal."""
+    first, last = (np.asarray(h.position, dtype=float) for h in (ordered[0], ordered[-1]))
+    return (last - first) / (len(ordered) - 1)

@@ -157,3 +157,12 @@ def test_manifest_schema_errors(tmp_path):
         read_manifest(tmp_path / "m.csv")
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "none.csv")
+
+
+def test_a_film_in_a_folder_of_its_own_is_checked_like_the_file(tmp_path):
+    """One DX file per folder is how many exports write radiographs; it has no orientation to build an affine from."""
+    write_xray_dicom(tmp_path / "f1" / "IM0001", np.random.default_rng(0).uniform(0, 1000, (20, 16)))
+    pd.DataFrame([{"case_id": "f1", "image": "f1", "label": "normal"}]).to_csv(tmp_path / "m.csv", index=False)
+    m = read_manifest(tmp_path / "m.csv")
+    for deep in (False, True):
+        assert check_manifest(m, classes=["normal", "lesion"], spatial_dims=2, deep=deep) == []

@@ -86,3 +86,27 @@ def test_a_4d_nifti_is_a_case_error_naming_its_volumes_not_a_batch_crash(tmp_pat
     assert tuple(chain({"case_id": "one", "image": str(tmp_path / "one.nii.gz")})["image"].shape) == (1, 8, 8, 4)
     with pytest.raises(DataError, match=r"case four: image holds 2 volumes .*one case per volume"):
         chain({"case_id": "four", "image": str(tmp_path / "four.nii.gz")})
+
+
+def test_a_gantry_tilted_series_maps_every_voxel_to_where_its_slice_lies(tmp_path):
+    """Tilted CT slices step along the table (z), not along their normal: the affine must carry that shear, or
+    every slice but the first is placed millimetres off (a mask's world coordinates with them)."""
+    import pydicom
+
+    tilt = np.deg2rad(20)
+    orientation = (1, 0, 0, 0, np.cos(tilt), np.sin(tilt))
+    vol = ramp_volume((6, 5, 4))
+    write_ct_series(tmp_path / "s", vol, spacing=(0.5, 0.7, 2.0), orientation=orientation)
+    origin = np.array([-100.0, -120.0, 50.0])
+    for f in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(f)
+        k = round(float(np.dot(np.cross(orientation[:3], orientation[3:]), ds.ImagePositionPatient) -
+                        np.dot(np.cross(orientation[:3], orientation[3:]), origin)) / 2.0)
+        ds.ImagePositionPatient = list(origin + [0, 0, k * 2.0 / np.cos(tilt)])  # the table moves along z
+        ds.save_as(f)
+    img = load_scan(tmp_path / "s")
+    affine = img.affine.numpy()
+    for i, j, k in [(0, 0, 0), (5, 4, 3), (1, 2, 3), (3, 0, 2)]:
+        assert float(img[0, i, j, k]) == vol[i, j, k]
+        lps = origin + [0, 0, k * 2.0 / np.cos(tilt)] + i * 0.5 * np.array(orientation[:3]) + j * 0.7 * np.array(orientation[3:])
+        np.testing.assert_allclose(affine @ [i, j, k, 1.0], [-lps[0], -lps[1], lps[2], 1.0], atol=1e-6)
