@@ -194,7 +194,12 @@ def series_problems(headers: list[SliceHeader], tol: float = 1e-3) -> list[str]:
     _, pos = order_slices(headers)
     steps = np.diff(pos)
     if np.any(steps < tol):
-        problems.append("two slices at the same position (duplicate slice)")
+        positions, counts = np.unique(np.round(pos, 2), return_counts=True)
+        if len(positions) > 1 and len(set(counts)) == 1:  # k whole volumes at the same n positions
+            problems.append(f"{counts[0]} volumes at the same {len(positions)} positions in one series (duplicate slice: "
+                            "echoes, b-values or time points); export each volume as a series of its own")
+        else:
+            problems.append("two slices at the same position (duplicate slice)")
     elif steps.size:
         step = float(np.median(steps))
         gaps = np.flatnonzero(steps > 1.5 * step)

@@ -110,3 +110,23 @@ def test_a_gantry_tilted_series_maps_every_voxel_to_where_its_slice_lies(tmp_pat
         assert float(img[0, i, j, k]) == vol[i, j, k]
         lps = origin + [0, 0, k * 2.0 / np.cos(tilt)] + i * 0.5 * np.array(orientation[:3]) + j * 0.7 * np.array(orientation[3:])
         np.testing.assert_allclose(affine @ [i, j, k, 1.0], [-lps[0], -lps[1], lps[2], 1.0], atol=1e-6)
+
+
+def test_a_series_of_several_volumes_at_the_same_positions_says_so(tmp_path):
+    """Multi-echo MR or DWI often share one SeriesInstanceUID across echoes or b-values: that is no single volume."""
+    import shutil
+
+    uid = write_ct_series(tmp_path / "echo1", ramp_volume(), seed=1)
+    write_ct_series(tmp_path / "echo2", ramp_volume() + 5, seed=2, series_uid=uid)
+    (tmp_path / "s").mkdir()
+    for echo in ("echo1", "echo2"):
+        for f in (tmp_path / echo).iterdir():
+            shutil.move(f, tmp_path / "s" / f"{echo}_{f.name}")
+    with pytest.raises(DataError, match="2 volumes at the same 4 positions in one series .* export each volume"):
+        load_scan(tmp_path / "s")
+    twice = next((tmp_path / "s").glob("echo1_*"))
+    for f in (tmp_path / "s").glob("echo2_*"):
+        f.unlink()
+    shutil.copy(twice, tmp_path / "s" / "copy")
+    with pytest.raises(DataError, match=r"two slices at the same position \(duplicate slice\)"):
+        load_scan(tmp_path / "s")
