@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,19 +58,44 @@ def _point_and_ci(y: np.ndarray, cal: np.ndarray, logits: np.ndarray, threshold:
     return out
 
 
-def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold: float, columns: list[str],
-               cfg: EvaluateConfig, notes: list[str]) -> dict[str, float]:
+def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold: float, groups: np.ndarray,
+               columns: list[str], cfg: EvaluateConfig, notes: list[str]) -> dict[str, float]:
+    """Per value of each subgroup column (an empty cell is ``missing``): n, and where n is large enough the
+    headline metrics with patient-bootstrap CIs, like the whole split's."""
     out: dict[str, float] = {}
+
+    def fn(yy: np.ndarray, pp: np.ndarray) -> dict[str, float]:
+        return {n: v for n, v in classification_metrics(yy, pp, threshold).items() if n in CI_METRICS}
+
     for col in columns:
+        named: set[str] = set()
         for value, idx in table.groupby(col, dropna=False).indices.items():
-            key = f"subgroup_{col}_{value}"
+            key = f"subgroup_{col}_{_unique(metric_name(value), named)}"
             out[f"{key}_n"] = float(len(idx))
             if len(idx) < cfg.min_subgroup_size:
                 notes.append(f"{col}={value}: {len(idx)} cases, below the minimum of {cfg.min_subgroup_size}; not reported")
                 continue
-            for name, v in classification_metrics(y[idx], probs[idx], threshold).items():
-                if name in CI_METRICS:
-                    out[f"{key}_{name}"] = v
+            out.update({f"{key}_{n}": v for n, v in fn(y[idx], probs[idx]).items()})
+            if cfg.bootstrap > 0:
+                cis = bootstrap_ci(fn, y[idx], probs[idx], groups[idx], cfg.bootstrap, cfg.ci, cfg.seed)
+                for name, (lo, hi) in cis.items():
+                    out[f"{key}_{name}_ci_low"], out[f"{key}_{name}_ci_high"] = lo, hi
+    return out
+
+
+def metric_name(value: object) -> str:
+    """A subgroup value as MLflow takes it in a metric name (letters, digits, ``_ - .`` and spaces): a site
+    called "St. Mary's (north)" would otherwise fail the logging call and send the whole run offline."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "missing"
+    return re.sub(r"[^\w.\- ]", "_", str(value)).strip() or "_"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, i = name, 2
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    taken.add(out)
     return out
 
 
@@ -93,7 +119,7 @@ def evaluate_classification(
     prior = _prior_shift(logits, y, cal, temperature, threshold, source_prior, source_rates, cfg, metrics, notes)
     shift = None if prior is None else _resampled_shift(temperature, threshold, source_prior, source_rates, cfg)
     metrics.update(_point_and_ci(y, cal, logits, threshold, groups, cfg, shift))
-    metrics.update(_subgroups(table, y, cal, threshold, subgroups or [], cfg, notes))
+    metrics.update(_subgroups(table, y, cal, threshold, groups, subgroups or [], cfg, notes))
     pred = decide(cal, threshold)
     predictions = pd.DataFrame({"case_id": table["case_id"].to_numpy(), "label": table["label"].to_numpy(),
                                 **{f"prob_{c}": cal[:, i] for i, c in enumerate(classes)},

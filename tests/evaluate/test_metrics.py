@@ -118,6 +118,34 @@ def test_edge_cases_answer_with_reasons(tmp_path):
     assert "undefined" in report and "| site_Y | 1 | too small" in report
 
 
+def test_subgroups_take_any_site_name_mlflow_accepts_and_carry_patient_bootstrap_cis(tmp_path):
+    """A site named "St. Mary's (north)" failed MLflow's metric-name check and sent the whole run offline;
+    subgroup figures had no interval, unlike every other figure of the report."""
+    from mlflow.utils.validation import _validate_metric_name
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n = 90
+    y = rng.integers(0, 2, n)
+    site = np.array(["St. Mary's (north)", "Hôpital: CT/2", None], dtype=object)[np.arange(n) % 3]
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y],
+                          "patient_id": np.arange(n) // 2, "site": site})
+    logits = np.column_stack([np.zeros(n), y + rng.normal(0, 1, n)])
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=100, min_subgroup_size=5),
+                                 tmp_path, ["site"])
+    keys = [k for k in ev.metrics if k.startswith("subgroup_")]
+    for key in keys:
+        _validate_metric_name(key)
+    m = ev.metrics
+    for name, rows in (("St. Mary_s _north_", site == "St. Mary's (north)"), ("Hôpital_ CT_2", site == "Hôpital: CT/2"),
+                       ("missing", pd.isna(site))):
+        key = f"subgroup_site_{name}"
+        assert m[f"{key}_n"] == rows.sum()
+        assert m[f"{key}_auroc"] == pytest.approx(roc_auc_score(y[rows], logits[rows, 1]))
+        assert m[f"{key}_auroc_ci_low"] < m[f"{key}_auroc"] < m[f"{key}_auroc_ci_high"]
+    assert "| site_missing | 30 |" in (tmp_path / "report.md").read_text()
+
+
 def test_segmentation_metrics_match_monai_and_empty_conventions():
     ref = np.zeros((20, 20, 10), bool)
     ref[5:12, 5:12, 3:7] = True
