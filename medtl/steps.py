@@ -44,7 +44,7 @@ def is_main_process() -> bool:
 
 
 def train_step(cfg: Config, tracker: Tracker, resume: bool = False) -> TrainResult:
-    from medtl.tracking import applied_params, run_tags
+    from medtl.run_record import applied_params, run_tags
 
     tracker.set_tags(run_tags(cfg, {}))
     tracker.log_params(applied_params(cfg))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -17,8 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from medtl import __version__
-from medtl.config import Config, TrackingConfig, redact_uri
+from medtl.config import TrackingConfig, redact_uri
 from medtl.data.manifest import public_columns
 from medtl.errors import TrackingError
 from medtl.log import logger
@@ -72,15 +70,6 @@ def scrub(value: Any) -> Any:
     return value
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except OSError:
-        return None
-
-
 SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}
 """Manifest split → MLflow dataset context."""
 
@@ -107,6 +96,10 @@ class MlflowTracker(Tracker):
                 fn(*args)
                 return
             except Exception as exc:  # noqa: BLE001 - MLflow and requests raise many types for an outage
+                if _refused(exc):  # the store answered and said no: this call is lost, the run stays online
+                    logger.warning("tracking store refused one %s call (%s): it is left out, the run goes on logging",
+                                   kind, getattr(exc, "error_code", type(exc).__name__))
+                    return
                 self.offline = True
                 where = f"kept in {self.offline_log}" if self.offline_log else "dropped (no run folder)"
                 logger.warning("tracking unavailable (%s): the run goes on; what it logs is %s%s", type(exc).__name__, where,
@@ -228,6 +221,14 @@ def _previous_run(run_folder: Path | None, uri: str) -> str | None:
         return None
     saved = json.loads(record.read_text())
     return saved["run_id"] if saved.get("uri") == redact_uri(uri) else None
+
+
+def _refused(exc: Exception) -> bool:
+    """A value the store will never take (a name with characters MLflow refuses, say), as opposed to a store
+    that did not answer: queueing it for ``tracking sync`` would fail there the same way, forever."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code == "INVALID_PARAMETER_VALUE"
 
 
 @contextmanager
@@ -355,47 +356,3 @@ def _replay(client: Any, run_id: str, kind: str, args: list[Any]) -> str | None:
     elif kind == "end":
         return args[0]
     return None
-
-
-def applied_params(cfg: Config) -> dict[str, Any]:
-    """The config keys this run used, flattened: sections and settings that change nothing here are left out
-    (the whole resolved config stays an artifact). A 2D X-ray run gets no CT window, a run without domain
-    adaptation no ``adaptation.*``, cross-entropy no focal settings, a training run no ``score.*``."""
-    from medtl.config import flatten
-
-    flat = flatten(cfg.to_dict())
-    d, t = cfg.data, cfg.train
-    drop = {"score.", "study.", "tracking."}
-    if cfg.adaptation.method == "none":
-        drop.add("adaptation.")
-    skip = set()
-    if d.modality != "ct":
-        skip.add("data.ct_window")
-    if d.spatial_dims == 2:
-        skip |= {"data.orientation", "data.spacing"}
-    if d.cache != "disk":
-        skip.add("data.cache_dir")
-    if t.loss not in ("focal", "dice_focal"):
-        skip |= {"train.focal_gamma", "train.focal_alpha"}
-    if t.class_weights != "effective_number":
-        skip.add("train.effective_number_beta")
-    if d.task == "classification":
-        skip |= {"train.include_background", "train.pos_neg_ratio", "train.patch_size"}
-    else:
-        skip |= {"train.sampler", "train.threshold_rule", "train.target_sensitivity", "train.class_weights"}
-    if t.threshold_rule != "sensitivity":
-        skip.add("train.target_sensitivity")
-    if cfg.transfer.strategy in ("scratch", "feature_extraction"):
-        skip |= {k for k in flat if k.startswith("transfer.") and k not in ("transfer.strategy", "transfer.head")}
-    if cfg.transfer.strategy != "feature_extraction":
-        skip.add("transfer.head")
-    else:
-        skip.add("train.mixup_alpha")  # the head is fitted on fixed features: nothing is mixed
-    return {k: v for k, v in flat.items() if k not in skip and not any(k.startswith(p) for p in drop) and v is not None}
-
-
-def run_tags(cfg: Config, extra: dict[str, Any]) -> dict[str, str]:
-    tags = {"medtl.version": __version__, "medtl.git_commit": git_commit(), "task": cfg.data.task,
-            "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained, "transfer.strategy": cfg.transfer.strategy}
-    tags.update({k: v for k, v in extra.items() if v is not None})
-    return {k: str(v) for k, v in tags.items() if v is not None}

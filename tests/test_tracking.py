@@ -175,7 +175,7 @@ def test_promotion_is_gated_on_ci_and_calibration_and_forcing_is_recorded(tmp_pa
 def test_model_card_and_params_name_the_objective_that_shaped_the_model():
     from medtl.config import load_config
     from medtl.model_card import model_card
-    from medtl.tracking import applied_params
+    from medtl.run_record import applied_params
 
     table = pd.DataFrame({"split": ["train", "test"], "label": ["normal", "lesion"]})
     cfg = load_config(None, ["train.loss=focal", "train.focal_gamma=3", "train.class_weights=inverse_frequency",
@@ -217,3 +217,22 @@ def test_a_store_password_never_reaches_a_message_a_saved_config_or_the_run_fold
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://u:s3cret@elsewhere/db")
     with pytest.raises(TrackingError, match=r"tracked at postgresql://\*\*\*@127.0.0.1:1/db; set MLFLOW_TRACKING_URI"):
         _store_of("postgresql://***@127.0.0.1:1/db")
+
+
+def test_a_value_the_store_refuses_is_left_out_without_sending_the_run_offline(tmp_path, caplog):
+    """A refusal (a metric name MLflow rejects) is no outage: queued for `tracking sync` it would fail there
+    forever, and going offline left the rest of the run, the model included, unlogged."""
+    import mlflow
+
+    from medtl.config import TrackingConfig
+    from medtl.tracking import tracked_run
+
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="refusals")
+    with tracked_run(cfg, "r", checkpoint_dir=tmp_path / "run" / "checkpoints") as tracker:
+        tracker.log_metrics({"site (north)": 1.0})
+        tracker.log_metrics({"auroc": 0.9})
+        assert not tracker.offline
+    run = mlflow.MlflowClient(cfg.uri).get_run(tracker.run_id)
+    assert run.data.metrics == {"auroc": 0.9} and run.info.status == "FINISHED"
+    assert not (tmp_path / "run" / "tracking_offline.jsonl").exists()
+    assert any("refused one metrics call (INVALID_PARAMETER_VALUE)" in r.getMessage() for r in caplog.records)
