@@ -339,20 +339,28 @@ def _store_of(recorded: str) -> str:
 
 
 def _replay(client: Any, run_id: str, kind: str, args: list[Any]) -> str | None:
-    """Sends one logged call; returns the run's final status when the call is the run's end."""
+    """Sends one logged call; returns the run's final status when the call is the run's end. A value the store
+    refuses (see ``_refused``) is left out with a warning: it would be refused at every sync."""
+    from functools import partial
+
+    sends: list[Any] = []
     if kind == "metrics":
-        for key, value in args[0].items():
-            client.log_metric(run_id, key, value, step=args[1] or 0)
+        sends = [partial(client.log_metric, run_id, key, value, step=args[1] or 0) for key, value in args[0].items()]
     elif kind == "params":
-        for key, value in args[0].items():
-            client.log_param(run_id, key, value)
+        sends = [partial(client.log_param, run_id, key, value) for key, value in args[0].items()]
     elif kind == "tags":
-        for key, value in args[0].items():
-            client.set_tag(run_id, key, value)
+        sends = [partial(client.set_tag, run_id, key, value) for key, value in args[0].items()]
     elif kind == "artifact":
-        client.log_artifact(run_id, args[0], args[1])
+        sends = [partial(client.log_artifact, run_id, args[0], args[1])]
     elif kind == "text":
-        client.log_text(run_id, args[0], args[1])
+        sends = [partial(client.log_text, run_id, args[0], args[1])]
     elif kind == "end":
         return args[0]
+    for send in sends:
+        try:
+            send()
+        except Exception as exc:  # noqa: BLE001 - an outage propagates; a refusal does not
+            if not _refused(exc):
+                raise
+            logger.warning("tracking store refused one logged %s value (%s); left out", kind, exc.error_code)
     return None

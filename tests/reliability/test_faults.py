@@ -151,6 +151,14 @@ def test_offline_tracking_is_replayed_into_the_same_run(tmp_path):
     assert again.returncode == 2 and "replayed already" in again.stderr  # replayed once, never twice
 
 
+def test_a_logged_value_the_store_refuses_is_left_out_of_the_replay_not_retried_forever(tmp_path):
+    calls = [{"kind": "metrics", "args": [{"site (north)_auroc": 0.7, "auroc": 0.9}, 0]}]
+    client, run, folder = offline_run(tmp_path, calls)
+    res = run_cli("tracking", "sync", str(folder))
+    assert res.returncode == 0 and "refused one logged metrics value" in res.stderr, res.stderr
+    assert client.get_run(run.info.run_id).data.metrics == {"auroc": 0.9}
+
+
 def test_a_replay_the_server_breaks_off_sends_the_rest_once_and_the_runs_own_status(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
