@@ -137,7 +137,8 @@ def test_segmentation_pipeline_and_evaluate_command(tmp_path):
     run = tmp_path / "runs" / "seg"
     per_case = pd.read_csv(run / "evaluation_test" / "per_case.csv")
     report = (run / "evaluation_test" / "report.md").read_text()
-    assert f"| dice | {per_case['dice'].mean():.3f} | {per_case['dice'].median():.3f} |" in report
+    mean = f"{per_case['dice'].mean():.3f}"
+    assert f"| dice | {mean} [" in report and f"] | {per_case['dice'].median():.3f} |" in report  # mean [CI] | median
     assert (run / "evaluation_test" / "overlays.png").stat().st_size > 0
     out = tmp_path / "ev"
     res = run_cli("evaluate", "--model", str(run), "--manifest", str(m), "--split", "all", "--out", str(out))

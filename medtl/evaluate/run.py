@@ -17,7 +17,7 @@ from medtl.errors import DataError, ManifestError
 from medtl.evaluate import plots
 from medtl.files import claim_folder
 from medtl.log import logger
-from medtl.evaluate.report import Evaluation, evaluate_classification, write_report
+from medtl.evaluate.report import Evaluation, evaluate_classification, fmt, write_report
 from medtl.evaluate.segmentation import case_metrics, summarise
 from medtl.models.checkpoint import ModelBundle
 from medtl.models.predictor import Predictor, device_for
@@ -73,7 +73,7 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     _require_references(table, bundle.task)
     claim_folder(out_dir, "--out")
     if bundle.task == "segmentation":
-        return evaluate_segmentation(bundle, table, dev, out_dir)
+        return evaluate_segmentation(bundle, table, dev, out_dir, cfg)
     unknown = sorted(set(table["label"].dropna()) - set(bundle.classes))
     if unknown:
         raise ManifestError(f"label {unknown[0]!r} is not one of the model's classes ({', '.join(bundle.classes)})")
@@ -170,9 +170,11 @@ def _cam_maps(bundle: ModelBundle, batch: torch.Tensor, layer: str, device: torc
             p.requires_grad_(False)
 
 
-def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torch.device, out_dir: Path) -> Evaluation:
+def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torch.device, out_dir: Path,
+                          cfg: EvaluateConfig) -> Evaluation:
     """Predictions come back on each scan's own grid (the inverse of its preprocessing); they are compared
-    with the reference mask there, distances in the source spacing (mm where the scan says so)."""
+    with the reference mask there, distances in the source spacing (mm where the scan says so); each mean has
+    a patient-bootstrap CI."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, views = [], []
     items = case_items(table, None)
@@ -189,7 +191,8 @@ def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torc
         views.append((row.image_path, ref_np, pred))
     per_case = pd.DataFrame(rows)
     per_case.to_csv(out_dir / "per_case.csv", index=False)
-    metrics = summarise(rows)
+    patients = table["patient_id"].astype(str).to_numpy() if "patient_id" in table else None
+    metrics = summarise(rows, patients, cfg.bootstrap, cfg.ci, cfg.seed)
     files = [out_dir / "per_case.csv", _overlays(per_case, views, out_dir)]
     notes = [f"{int(metrics['hd95_mm_undefined'])} case(s) with one empty mask: distances undefined"] if metrics["hd95_mm_undefined"] else []
     ev = Evaluation(metrics, notes, files, per_case)
@@ -212,9 +215,10 @@ def _write_seg_report(ev: Evaluation, out_dir: Path) -> list[Path]:
 
     m = ev.metrics
     (out_dir / "metrics.json").write_text(json.dumps({k: None if math.isnan(v) else v for k, v in m.items()}, indent=1))
-    lines = ["# Segmentation evaluation", "", f"Cases: {int(m['n'])}", "", "| metric | mean | median | IQR |", "| --- | --- | --- | --- |"]
+    lines = ["# Segmentation evaluation", "", f"Cases: {int(m['n'])}", "",
+             "| metric | mean [95% CI] | median | IQR |", "| --- | --- | --- | --- |"]
     for key in ("dice", "iou", "hd95_mm", "asd_mm"):
-        lines.append(f"| {key} | {m[key + '_mean']:.3f} | {m[key + '_median']:.3f} | {m[key + '_iqr']:.3f} |")
+        lines.append(f"| {key} | {fmt(m, key + '_mean')} | {m[key + '_median']:.3f} | {m[key + '_iqr']:.3f} |")
     lines += ["", "Empty masks: both empty → Dice 1, distances 0; one empty → Dice 0, distances undefined."]
     lines += [f"- {n}" for n in ev.notes]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -12,6 +12,10 @@ import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
 
+from medtl.evaluate.bootstrap import bootstrap_ci
+
+SUMMARY = ("dice", "iou", "hd95_mm", "asd_mm")
+
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
     """Dice, IoU, HD95 and ASD (symmetric) of binary masks with the voxel spacing in mm."""
@@ -33,14 +37,26 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) 
         }
 
 
-def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean, median and IQR of each metric over cases (NaN cases left out, their count kept)."""
+def summarise(rows: list[dict[str, float]], patients: np.ndarray | None = None, n_resamples: int = 0,
+              ci: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean, median and IQR of each metric over cases (NaN cases left out, their count kept), and with
+    ``n_resamples`` a patient-bootstrap CI of each mean: a patient's scans are drawn together."""
     out: dict[str, float] = {"n": float(len(rows))}
-    for key in ("dice", "iou", "hd95_mm", "asd_mm"):
-        v = np.array([r[key] for r in rows], dtype=float)
+    values = np.array([[r[key] for key in SUMMARY] for r in rows], dtype=float).reshape(len(rows), len(SUMMARY))
+    for j, key in enumerate(SUMMARY):
+        v = values[:, j]
         finite = v[np.isfinite(v)]
         out[f"{key}_mean"] = float(finite.mean()) if finite.size else float("nan")
         out[f"{key}_median"] = float(np.median(finite)) if finite.size else float("nan")
         out[f"{key}_iqr"] = float(np.subtract(*np.percentile(finite, [75, 25]))) if finite.size else float("nan")
         out[f"{key}_undefined"] = float(len(v) - finite.size)
+    if n_resamples > 0 and len(rows):
+        def means(_: np.ndarray, sample: np.ndarray) -> dict[str, float]:
+            with np.errstate(invalid="ignore"):
+                return {f"{key}_mean": float(np.nanmean(sample[:, j])) if np.isfinite(sample[:, j]).any() else float("nan")
+                        for j, key in enumerate(SUMMARY)}
+
+        cis = bootstrap_ci(means, np.zeros(len(rows), int), values, patients, n_resamples, ci, seed)
+        for name, (lo, hi) in cis.items():
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
     return out

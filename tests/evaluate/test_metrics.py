@@ -164,6 +164,27 @@ def test_segmentation_metrics_match_monai_and_empty_conventions():
     assert one["dice"] == 0.0 and np.isnan(one["hd95_mm"])
 
 
+def test_segmentation_means_carry_patient_bootstrap_cis():
+    """Dice and distances had no interval, unlike every classification figure; a patient's scans resample
+    together, so scans that repeat a patient widen the interval, and an undefined distance stays out of it."""
+    from medtl.evaluate.segmentation import summarise
+
+    rng = np.random.default_rng(0)
+    dice = np.clip(rng.normal(0.8, 0.1, 40), 0, 1)
+    rows = [{"dice": d, "iou": d / (2 - d), "hd95_mm": 2.0, "asd_mm": float("nan") if i == 3 else 1.0}
+            for i, d in enumerate(dice)]
+    per_scan = summarise(rows, np.arange(40), n_resamples=400)
+    assert per_scan["dice_mean"] == pytest.approx(dice.mean())
+    assert per_scan["dice_mean_ci_low"] < dice.mean() < per_scan["dice_mean_ci_high"]
+    assert per_scan["hd95_mm_mean_ci_low"] == per_scan["hd95_mm_mean_ci_high"] == 2.0  # no spread, no width
+    assert per_scan["asd_mm_mean"] == 1.0 and per_scan["asd_mm_mean_ci_high"] == 1.0 and per_scan["asd_mm_undefined"] == 1
+    twice = summarise(rows + rows, np.r_[np.arange(40), np.arange(40)], n_resamples=400)
+    naive = summarise(rows + rows, np.arange(80), n_resamples=400)
+    width = {k: m["dice_mean_ci_high"] - m["dice_mean_ci_low"] for k, m in (("twice", twice), ("naive", naive))}
+    assert width["twice"] > 1.25 * width["naive"]
+    assert "dice_mean_ci_low" not in summarise(rows)  # no resampling asked: no interval claimed
+
+
 def test_report_writes_plots_and_ci(tmp_path):
     rng = np.random.default_rng(0)
     n = 120
