@@ -250,30 +250,37 @@ def models_promote(
 
 @app.command("compare")
 def compare_cmd(
-    a: Annotated[Path, typer.Argument(help="predictions.csv of model A (an evaluation folder's).")],
-    b: Annotated[Path, typer.Argument(help="predictions.csv of model B, on the same cases.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the comparison, its table and decision curve.")],
+    a: Annotated[Path, typer.Argument(help="predictions.csv (or a segmentation's per_case.csv) of model A.")],
+    b: Annotated[Path, typer.Argument(help="The same file of model B, on the same cases.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the comparison, its table and figures.")],
     names: Annotated[str, typer.Option(help="Names of A and B, comma-separated.")] = "A,B",
     bootstrap: Annotated[int, typer.Option(min=0, help="Paired bootstrap resamples (0: no intervals).")] = 1000,
 ) -> None:
-    """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE, decision curve.
+    """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE and a decision
+    curve; for segmentations, ΔDice, ΔIoU, ΔHD95, ΔASD (CIs) and Wilcoxon.
 
-    predictions.csv files hold no patient ids, so each case is resampled as its own patient here; the compare,
+    These files hold no patient ids, so each case is resampled as its own patient here; the compare,
     label_efficiency and demo pipelines resample patients."""
     from medtl.evaluate.paired import compare_predictions, require_prediction_columns, write_comparison
+    from medtl.evaluate.paired_segmentation import (compare_segmentations, per_case_numbers,
+                                                    write_segmentation_comparison)
     from medtl.scoring import read_predictions
 
     tables = []
     for path in (a, b):
         if not path.is_file():
-            raise MedtlError(f"{path}: predictions file not found; give the predictions.csv of an evaluation")
+            raise MedtlError(f"{path}: file not found; give the predictions.csv (or per_case.csv) of an evaluation")
         tables.append(read_predictions(path))
-        require_prediction_columns(tables[-1], str(path))  # named by its file here, not as A or B
     pair = tuple(n.strip() for n in names.split(","))
     if len(pair) != 2 or not all(pair) or pair[0] == pair[1]:
         raise MedtlError(f"--names {names!r}: give two different names, A's then B's, e.g. --names fine_tune,scratch")
-    cmp = compare_predictions(*tables, pair, bootstrap)
-    write_comparison(cmp, out)
+    if all("dice" in t for t in tables):
+        tables = [per_case_numbers(table, str(path)) for table, path in zip(tables, (a, b))]
+        write_segmentation_comparison(compare_segmentations(*tables, pair, bootstrap), out)
+    else:
+        for table, path in zip(tables, (a, b)):
+            require_prediction_columns(table, str(path))  # named by its file here, not as A or B
+        write_comparison(compare_predictions(*tables, pair, bootstrap), out)
     typer.echo((out / "paired_comparison.md").read_text())
 
 

@@ -131,12 +131,19 @@ def log_evaluation(tracker: Tracker, ev: Evaluation, prefix: str, folder: str, d
 
 def paired_step(tracker: Tracker, a: Any, b: Any, names: tuple[str, str], folder: Path, n_resamples: int,
                 metric_prefix: str | None = None, figures: bool = True) -> Any:
-    """Two models' test predictions compared on the same cases; files under ``folder`` are logged to the
-    run (in an artifact folder of the same name), metrics too when ``metric_prefix`` is given."""
+    """Two models' test predictions (classification) or per-case results (segmentation) compared on the same
+    cases; files under ``folder`` are logged to the run (in an artifact folder of the same name), metrics too
+    when ``metric_prefix`` is given."""
     from medtl.evaluate.paired import compare_predictions, write_comparison
+    from medtl.evaluate.paired_segmentation import compare_segmentations, write_segmentation_comparison
 
-    cmp = compare_predictions(a, b, names, n_resamples or 1000)
-    for f in write_comparison(cmp, folder, figures):
+    if "dice" in a.columns:
+        cmp = compare_segmentations(a, b, names, n_resamples or 1000)
+        files = write_segmentation_comparison(cmp, folder, figures)
+    else:
+        cmp = compare_predictions(a, b, names, n_resamples or 1000)
+        files = write_comparison(cmp, folder, figures)
+    for f in files:
         tracker.log_artifact(f, folder.name)
     if metric_prefix is not None:
         tracker.log_metrics({f"{metric_prefix}{k}": v for k, v in cmp.metrics.items()})

@@ -126,6 +126,27 @@ def test_label_efficiency_trains_nested_subsets_and_logs_the_curve(tmp_path):
 
 
 @pytest.mark.slow
+def test_label_efficiency_for_segmentation_pairs_dice_at_every_size(tmp_path):
+    """Dice stands in for AUROC: the curve carries its CI and each size a paired ΔDice with its CI and
+    Wilcoxon; a half-size subset (3 training scans, batch 2) must not end an epoch in a batch of one."""
+    m = make_segmentation_set(tmp_path / "s", n=10, size=(32, 32, 16))
+    res = run_cli("run", "label_efficiency", *sets(
+        f"data.manifest={m}", "data.task=segmentation", "data.spatial_dims=3", "data.image_size=[32,32,16]",
+        "data.modality=ct", "model.backbone=resnet10", "model.pretrained=none", "study.strategies=[scratch,full]",
+        "study.compare=[full,scratch]", "study.fractions=[0.5,1.0]", "study.seeds=1", "train.loss=dice_ce",
+        "train.epochs=1", "train.batch_size=2", f"train.out_dir={tmp_path / 'runs'}", "evaluate.bootstrap=50",
+        "evaluate.figures=false", "tracking.enabled=false", "name=sle"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "runs" / "sle"
+    curve = pd.read_csv(out / "learning_curve.csv")
+    assert {"dice_mean", "ci_low", "ci_high"} <= set(curve.columns) and curve["ci_low"].notna().all()
+    paired = pd.read_csv(out / "paired_by_size.csv")
+    assert list(paired["fraction"]) == [0.5, 1.0]
+    assert {"delta_dice", "delta_dice_ci_low", "delta_dice_ci_high", "wilcoxon_p"} <= set(paired.columns)
+    assert (out / "paired_f0.5" / "paired_comparison.md").read_text().startswith("# full vs scratch")
+
+
+@pytest.mark.slow
 def test_segmentation_pipeline_and_evaluate_command(tmp_path):
     m = make_segmentation_set(tmp_path / "s", n=8, size=(32, 32, 16))
     res = run_cli("run", "segmentation", *sets(

@@ -179,6 +179,19 @@ def decision_curve_plot(curve: Any, names: tuple[str, ...], path: Path) -> list[
     return [_save(fig, path), path.with_suffix(".svg")]
 
 
+def paired_dice_plot(dice_a: np.ndarray, dice_b: np.ndarray, names: tuple[str, str], path: Path) -> list[Path]:
+    """Each case's Dice under both models, against the line where they agree: points above it favour the
+    first model. PNG and SVG."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="equal")
+    ax.scatter(dice_b, dice_a, s=18, alpha=0.7)
+    above = int(np.sum(dice_a > dice_b))
+    ax.set(xlabel=f"Dice, {names[1]}", ylabel=f"Dice, {names[0]}", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+           title=f"Dice per case (n = {len(dice_a)}; {above} above the line)")
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    return [_save(fig, path), path.with_suffix(".svg")]
+
+
 _METRIC_NAMES = {"auroc": "AUROC", "dice_mean": "Dice"}
 
 

@@ -195,7 +195,8 @@ def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torc
     metrics = summarise(rows, patients, cfg.bootstrap, cfg.ci, cfg.seed)
     files = [out_dir / "per_case.csv", _overlays(per_case, views, out_dir)]
     notes = [f"{int(metrics['hd95_mm_undefined'])} case(s) with one empty mask: distances undefined"] if metrics["hd95_mm_undefined"] else []
-    ev = Evaluation(metrics, notes, files, per_case)
+    # patients stay in memory, for the paired comparison's patient bootstrap; per_case.csv never holds them
+    ev = Evaluation(metrics, notes, files, per_case if patients is None else per_case.assign(patient_id=patients))
     ev.files += _write_seg_report(ev, out_dir)
     return ev
 

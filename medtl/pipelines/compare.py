@@ -25,7 +25,7 @@ def run(cfg: Config, strategies: tuple[str, ...] = STRATEGIES) -> dict:
         parent.log_table(table.to_dict(orient="records"), "comparison.json")
         summary = table.to_string(index=False)
         pair = cfg.study.compare
-        if cfg.data.task == "classification" and all(predictions.get(s) is not None for s in pair):
+        if all(predictions.get(s) is not None for s in pair):
             paired_step(parent, predictions[pair[0]], predictions[pair[1]], pair, run_dir(cfg) / "paired",
                         cfg.evaluate.bootstrap, "paired_")  # the parent's figures: always
             summary += "\n\n" + (run_dir(cfg) / "paired" / "paired_comparison.md").read_text()

@@ -23,7 +23,7 @@ from medtl.train.run import run_dir
 def run(cfg: Config) -> dict:
     study, seg = cfg.study, cfg.data.task == "segmentation"
     absent = [s for s in study.compare if s not in study.strategies]
-    if absent and not seg:
+    if absent:
         raise ConfigError(f"study.compare names {absent[0]}, which study.strategies ({', '.join(study.strategies)}) does "
                           "not train; add it there or compare two of those")
     pipeline = task_pipeline(cfg)
@@ -50,7 +50,7 @@ def run(cfg: Config) -> dict:
                     if result["evaluation"] is not None and result["evaluation"].predictions is not None:
                         predictions[(strategy, fraction, seed)] = result["evaluation"].predictions
         curve = pd.DataFrame(rows)
-        paired = _paired(predictions, study.compare, out, parent, cfg.evaluate.bootstrap, cfg.evaluate.figures) if not seg else pd.DataFrame()
+        paired = _paired(predictions, study.compare, out, parent, cfg.evaluate.bootstrap, cfg.evaluate.figures)
         paired.to_csv(out / "paired_by_size.csv", index=False)
         for f in [out / "paired_by_size.csv", *write_curve(curve, metric, out)]:
             parent.log_artifact(f)
@@ -87,6 +87,11 @@ def study_variant(cfg: Config, strategy: str, manifest: Path, root: Path, tag: s
     return v.model_copy(update={"data": data, "tracking": tracking, "name": f"{cfg.name}-{strategy}-{tag}"})
 
 
+PAIRED_CLASSIFICATION = ("delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high", "delong_p", "delta_brier", "delta_ece")
+PAIRED_SEGMENTATION = ("delta_dice", "delta_dice_ci_low", "delta_dice_ci_high", "wilcoxon_p", "delta_hd95_mm",
+                       "delta_hd95_mm_ci_low", "delta_hd95_mm_ci_high")
+
+
 def _paired(predictions: dict, pair: tuple[str, str], out: Path, parent, n_resamples: int, figures: bool) -> pd.DataFrame:
     """The paired comparison of ``pair`` on the same test cases at every size (seed 0)."""
     rows = []
@@ -95,8 +100,8 @@ def _paired(predictions: dict, pair: tuple[str, str], out: Path, parent, n_resam
             continue
         cmp = paired_step(parent, a, predictions[(pair[1], fraction, 0)], pair, out / f"paired_f{fraction:g}", n_resamples,
                           figures=figures)
-        rows.append({"fraction": fraction, **{k: cmp.metrics.get(k, math.nan) for k in (
-            "delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high", "delong_p", "delta_brier", "delta_ece")}})
+        keys = PAIRED_SEGMENTATION if "delta_dice" in cmp.metrics else PAIRED_CLASSIFICATION
+        rows.append({"fraction": fraction, **{k: cmp.metrics.get(k, math.nan) for k in keys}})
     return pd.DataFrame(rows)
 
 

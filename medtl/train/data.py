@@ -18,6 +18,7 @@ from medtl.data.splits import split_manifest, with_saved_splits
 from medtl.data.transforms import build_transforms
 from medtl.errors import ConfigError, DataError
 from medtl.log import logger
+from medtl.train.device_data import lone_last_batch
 from medtl.train.runtime import Runtime, default_workers
 from medtl.train.samplers import ShardedSampler, balanced_sampler
 
@@ -170,7 +171,7 @@ def make_loader(data: DataConfig, train_cfg: TrainConfig, in_channels: int, prep
         base = sampler or (torch.utils.data.RandomSampler(dataset, generator=generator) if train else range(len(dataset)))
         sampler = ShardedSampler(base, rt.rank, rt.world)
     workers = default_workers(rt.device, data.num_workers)
-    return DataLoader(dataset, batch_size=train_cfg.batch_size if train else max(1, train_cfg.batch_size),
-                      shuffle=train and sampler is None, sampler=sampler, generator=generator,
-                      num_workers=workers, pin_memory=rt.device.type == "cuda", drop_last=False,
-                      persistent_workers=workers > 0)
+    drawn = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=train_cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      generator=generator, num_workers=workers, pin_memory=rt.device.type == "cuda",
+                      drop_last=train and lone_last_batch(drawn, train_cfg.batch_size), persistent_workers=workers > 0)

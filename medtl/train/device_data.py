@@ -42,6 +42,12 @@ class DeviceAugment:
         return x * factor.view(n, *dims) + offset.view(n, *dims), mask
 
 
+def lone_last_batch(n: int, batch_size: int) -> bool:
+    """Whether an epoch of ``n`` training cases ends in a batch of one, which a training step skips: BatchNorm
+    cannot normalise one value per channel (a 3D encoder's 1x1x1 bottleneck), and one case is no batch statistic."""
+    return n > 1 and batch_size > 1 and n % batch_size == 1
+
+
 class DeviceLoader:
     """An iterable of batches like a DataLoader's (``image`` and ``label`` or ``mask``), sliced from
     device-resident tensors in the order ``sampler`` gives."""
@@ -53,7 +59,8 @@ class DeviceLoader:
         self.batch_size, self.sampler, self.augment, self.generator = batch_size, sampler, augment, generator
 
     def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return math.ceil(n / self.batch_size) - lone_last_batch(n, self.batch_size)
 
     def reseed(self, seed: int) -> None:
         if self.augment is not None:
@@ -63,6 +70,8 @@ class DeviceLoader:
         if self.generator is not None:  # a DataLoader draws its workers' base seed first: keep the sampler in step
             torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        if lone_last_batch(len(order), self.batch_size):
+            order = order[:-1]
         for chunk in order.split(self.batch_size):
             idx = chunk.to(self.images.device, non_blocking=True)
             x, y = self.images.index_select(0, idx), self.targets.index_select(0, idx)

@@ -48,3 +48,26 @@ def test_device_loader_serves_the_samplers_order_in_batches():
     assert len(loader) == len(batches) == 3
     assert [b["label"].tolist() for b in batches] == [[9, 2, 5, 0], [7, 1, 3, 8], [6, 4]]
     assert torch.equal(batches[0]["image"].flatten(), torch.tensor([9.0, 2.0, 5.0, 0.0]))
+
+
+def test_an_epoch_never_ends_in_a_batch_of_one_case(tmp_path):
+    """BatchNorm cannot train on one value per channel: a 3D encoder's 1x1x1 bottleneck stopped a training whose
+    last batch held one case (ValueError: Expected more than 1 value per channel)."""
+    from medtl.config import DataConfig, TrainConfig
+    from medtl.data.manifest import read_manifest
+    from medtl.train.data import PreparedData, make_loader
+    from medtl.train.runtime import Runtime
+
+    loader = DeviceLoader(torch.zeros(9, 1, 1, 1), torch.arange(9), "label", 4, list(range(9)))
+    assert len(loader) == len(list(loader)) == 2 and [len(b["label"]) for b in loader] == [4, 4]
+    assert [len(b["label"]) for b in DeviceLoader(torch.zeros(10, 1, 1, 1), torch.arange(10), "label", 4, list(range(10)))] == [4, 4, 2]
+    m = read_manifest(make_classification_set(tmp_path / "d", n=14, kind="png", size=(16, 16), split=True))
+    train_cases = int((m.table["split"] == "train").sum())
+    data = DataConfig(image_size=[16, 16], classes=["normal", "lesion"])
+    prepared = PreparedData(m, m.table, ["normal", "lesion"], [])
+    cpu = Runtime(torch.device("cpu"), False, False)
+    for batch_size, sizes in ((train_cases - 1, [train_cases - 1]), (train_cases, [train_cases])):
+        loader = make_loader(data, TrainConfig(batch_size=batch_size), 3, prepared, "train", True, cpu)
+        assert [len(b["label"]) for b in loader] == sizes
+    evaluation = make_loader(data, TrainConfig(batch_size=train_cases - 1), 3, prepared, "train", False, cpu)
+    assert sum(len(b["label"]) for b in evaluation) == train_cases  # evaluation sees every case
