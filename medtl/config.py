@@ -403,17 +403,26 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
-    def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else Path(os.path.normpath(base_dir / p))
+    """Paths as a shell would read them (``~``, ``$SCRATCH``: a cluster's config names its storage so), then
+    relative ones against ``base_dir``; ``~/runs`` was a folder named ``~`` beside the config."""
+    def fix(p: Path | None, key: str) -> Path | None:
+        if p is None:
+            return None
+        expanded = os.path.expandvars(str(p))
+        unset = re.search(r"\$\{?(\w+)", expanded)
+        if unset:
+            raise ConfigError(f"{key}: {p} names the environment variable {unset.group(1)}, which is not set; set it "
+                              "or give the path itself")
+        p = Path(expanded).expanduser()
+        return p if p.is_absolute() else Path(os.path.normpath(base_dir / p))
 
-    data = cfg.data.model_copy(
-        update={k: fix(getattr(cfg.data, k)) for k in ("manifest", "cache_dir", "data_root") if getattr(cfg.data, k)}
-    )
-    model = cfg.model.model_copy(update={"weights": fix(cfg.model.weights)} if cfg.model.weights else {})
+    data = cfg.data.model_copy(update={k: fix(getattr(cfg.data, k), f"data.{k}")
+                                       for k in ("manifest", "cache_dir", "data_root") if getattr(cfg.data, k)})
+    model = cfg.model.model_copy(update={"weights": fix(cfg.model.weights, "model.weights")} if cfg.model.weights else {})
     adaptation = cfg.adaptation.model_copy(
-        update={"target_manifest": fix(cfg.adaptation.target_manifest)} if cfg.adaptation.target_manifest else {}
-    )
-    train = cfg.train.model_copy(update={"out_dir": fix(cfg.train.out_dir)})
+        update={"target_manifest": fix(cfg.adaptation.target_manifest, "adaptation.target_manifest")}
+        if cfg.adaptation.target_manifest else {})
+    train = cfg.train.model_copy(update={"out_dir": fix(cfg.train.out_dir, "train.out_dir")})
     return cfg.model_copy(update={"data": data, "model": model, "adaptation": adaptation, "train": train})
 
 

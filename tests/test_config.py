@@ -162,3 +162,15 @@ def test_probe_first_is_refused_without_a_classification_head():
     with pytest.raises(ConfigError, match="transfer.probe_first fits a classification head.*set it to false"):
         load_config(None, ["transfer.probe_first=true", "data.task=segmentation"])
     assert load_config(None, ["transfer.probe_first=true"]).transfer.probe_first
+
+
+def test_paths_read_home_and_environment_variables_as_a_shell_would(tmp_path, monkeypatch):
+    """``~/runs`` used to be a folder named '~' beside the config; a cluster's config names $SCRATCH."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.delenv("NOT_SET_HERE", raising=False)
+    cfg = load_config(None, ["train.out_dir=~/runs", "data.cache_dir=$SCRATCH/cache", "data.manifest=${SCRATCH}/m.csv"])
+    assert cfg.train.out_dir == tmp_path / "home" / "runs"
+    assert cfg.data.cache_dir == tmp_path / "scratch" / "cache" and cfg.data.manifest == tmp_path / "scratch" / "m.csv"
+    with pytest.raises(ConfigError, match="train.out_dir: .*NOT_SET_HERE, which is not set"):
+        load_config(None, ["train.out_dir=$NOT_SET_HERE/runs"])
