@@ -25,7 +25,7 @@ def manifest_build(
     """Walk a folder and write a manifest (one row per series or file)."""
     from medtl.data.build import build_manifest
 
-    table = build_manifest(folder, out, labels, masks, ids=ids)
+    table = build_manifest(folder, out, labels, masks, ids=ids, progress=True)
     typer.echo(f"{out}: {len(table)} cases")
 
 
@@ -44,7 +44,7 @@ def manifest_check(
 
     cfg = load_config(config, set_).data if (config or set_) else None
     m = read_manifest(manifest, cfg.data_root if cfg else None, keep_going=True)
-    problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep)
+    problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep, progress=True)
     print_check(m, problems)
     if problems:
         raise typer.Exit(1)

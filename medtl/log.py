@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -68,3 +70,19 @@ def make_progress() -> Progress:
         disable=not progress_enabled(),
     )
 
+
+
+T = TypeVar("T")
+
+
+def counted(items: Sequence[T], description: str, show: bool = True) -> Iterator[T]:
+    """``items`` one by one, behind a progress bar when ``show`` (a command's own long loop; never inside
+    another bar, which rich refuses)."""
+    if not show:
+        yield from items
+        return
+    with make_progress() as progress:
+        task = progress.add_task(description, total=len(items), info="")
+        for item in items:
+            yield item
+            progress.advance(task)

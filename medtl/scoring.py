@@ -56,7 +56,7 @@ def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "f
         return [{"case_id": str(r.case_id), "image": r.image_path} for r in m.table.itertuples(index=False)]
     if not Path(input_dir).exists():  # type: ignore[arg-type]
         raise MedtlError(f"--input {input_dir}: not found; give a folder of scans, or one scan file")
-    cases = [{"case_id": c, "image": ref} for c, ref in discover_cases(Path(input_dir), ids)]  # type: ignore[arg-type]
+    cases = [{"case_id": c, "image": ref} for c, ref in discover_cases(Path(input_dir), ids, progress=True)]  # type: ignore[arg-type]
     if not cases:
         raise MedtlError(f"--input {input_dir}: no DICOM, NIfTI or image file found in it or below; check the folder")
     return cases

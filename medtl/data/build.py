@@ -30,7 +30,7 @@ def _case_id_from_file(path: Path) -> str:
     return name
 
 
-def discover_cases(folder: Path, ids: CaseIds = "folder") -> list[tuple[str, str]]:
+def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False) -> list[tuple[str, str]]:
     """(case_id, image reference) for every scan under ``folder`` (or ``folder`` itself when it is one file): one
     per DICOM series, NIfTI or image file. DICOM objects that hold no scan (a DICOMDIR, reports, presentation
     states, segmentations) are not cases.
@@ -46,7 +46,7 @@ def discover_cases(folder: Path, ids: CaseIds = "folder") -> list[tuple[str, str
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name.lower().endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)):
             found.append((_case_id_from_file(path), str(path), path))
-    series, not_scans = dicom.scan_series(folder)
+    series, not_scans = dicom.scan_series(folder, progress)
     in_series = {h.path for headers in series.values() for h in headers} | set(not_scans)
     if not_scans:
         logger.info("%s: %d DICOM object(s) hold no scan (a DICOMDIR, reports, segmentations); not cases",
@@ -139,6 +139,7 @@ def build_manifest(
     masks: Path | None = None,
     salt: str = "medtl",
     ids: CaseIds = "folder",
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Writes the manifest CSV at ``out`` with paths relative to it and returns the table."""
     folder = Path(folder)
@@ -146,7 +147,7 @@ def build_manifest(
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
     if masks is not None and not Path(masks).is_dir():
         raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
-    cases, mask_refs = pair_masks(discover_cases(folder, ids), masks)
+    cases, mask_refs = pair_masks(discover_cases(folder, ids, progress), masks)
     if not cases:
         raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found")
     if masks is not None and not any(c in mask_refs for c, _ in cases):

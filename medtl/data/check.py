@@ -17,6 +17,7 @@ from medtl.data.manifest import Manifest
 from medtl.data.readers import check_nifti_size, dicom_headers, scan_kind
 from medtl.errors import DataError
 from medtl.files import sha256_file
+from medtl.log import counted
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ def check_manifest(
     classes: list[str] | None = None,
     spatial_dims: int | None = None,
     deep: bool = False,
+    progress: bool = False,
 ) -> list[Problem]:
     """Every problem found, in manifest order; an empty list means the manifest is safe to train on."""
     table = manifest.table
@@ -127,7 +129,7 @@ def check_manifest(
         problems.append(Problem(str(case), "duplicate case_id", f"{int((table['case_id'] == case).sum())} rows"))
     escaped = {case for case, _ in manifest.escapes}
     problems += [Problem(case, "path outside the manifest's folder", message) for case, message in manifest.escapes]
-    for row in table.itertuples(index=False):
+    for row in counted(list(table.itertuples(index=False)), "reading every voxel" if deep else "checking", progress):
         case = str(row.case_id)
         if case in escaped:
             continue

@@ -118,12 +118,15 @@ NOT_SCANS = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "KO", "PR", "REG", "DO
 documents): a DICOM-SEG medtl wrote back beside its series holds pixels but is no scan to score."""
 
 
-def scan_series(folder: Path) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
+def scan_series(folder: Path, progress: bool = False) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
     """Groups every DICOM file under ``folder`` (recursively, any file names) by SeriesInstanceUID; returns the
     series and, apart, the files that hold no scan (a DICOMDIR, a report, a segmentation, a localizer)."""
+    from medtl.log import counted
+
     series: dict[str, list[SliceHeader]] = defaultdict(list)
     not_scans: list[Path] = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in counted(files, "reading headers", progress and len(files) > 1):
         if not is_dicom_file(path):
             continue
         try:
