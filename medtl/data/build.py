@@ -1,8 +1,8 @@
 """``medtl manifest build``: a manifest from a folder of scans, with no patient identifier copied in.
 
 DICOM files are grouped into series by SeriesInstanceUID wherever they lie and whatever their names;
-NIfTI and PNG files are one case each. ``patient_id`` comes from the labels sheet, or is a salted hash
-of the case id, never a DICOM header value.
+NIfTI and PNG files are one case each. ``patient_id`` comes from the labels sheet, or for DICOM is a keyed
+pseudonym of the PatientID (``medtl.data.pseudonyms``), else a hash of the case id; never a DICOM header value.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def _case_id_from_file(path: Path) -> str:
     return name
 
 
-def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False) -> list[tuple[str, str]]:
+def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False,
+                   patients: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """(case_id, image reference) for every scan under ``folder`` (or ``folder`` itself when it is one file): one
     per DICOM series, NIfTI or image file. DICOM objects that hold no scan (a DICOMDIR, reports, presentation
     states, segmentations) are not cases.
@@ -38,6 +39,8 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
     A series alone in its folder is that folder; a series sharing a folder with others is referenced as
     ``folder#series=UID`` so one row is always one series, and nothing is written next to the data. Two scans
     never share a case id: that would put one patient's prediction, or mask file, in another's place.
+    ``patients``, when given, is filled with each DICOM series' PatientID by reference: raw, for
+    ``build_manifest`` to key into a pseudonym; it goes nowhere else.
     """
     folder = Path(folder)
     if folder.is_file():  # one scan given by itself (a single-file DICOM, NIfTI or image)
@@ -59,6 +62,8 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
         if path.is_file() and path not in in_series:  # unreadable DICOM: listed so the problem is reported, not lost
             found.append((_case_id_from_file(path), str(path), path))
     for uid, headers in sorted(series.items(), key=lambda kv: str(kv[1][0].path)):
+        if patients is not None and headers[0].dataset is not None and headers[0].dataset.get("PatientID"):
+            patients[uid] = str(headers[0].dataset.get("PatientID"))
         parents = {h.path.parent for h in headers}
         parent = headers[0].path.parent
         if len(headers) == 1 and len(by_parent[parent]) > 1:
@@ -68,6 +73,8 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
         else:
             where = parent if len(parents) == 1 else folder
             found.append((f"{parent.name}_{uid[-8:]}", dicom.series_ref(where, uid), where / uid[-8:]))
+        if patients is not None and uid in patients:
+            patients[found[-1][1]] = patients.pop(uid)
     cases = [(_path_id(named, folder) if ids == "path" and named != folder else case, ref) for case, ref, named in found]
     _refuse_shared_ids(cases, folder, ids)
     return cases
@@ -132,6 +139,16 @@ def salted_patient_id(case_id: str, salt: str) -> str:
     return "p_" + hashlib.sha256(f"{salt}:{case_id}".encode()).hexdigest()[:12]
 
 
+def _patient_ids(cases: list[tuple[str, str]], dicom_patients: dict[str, str], salt: str) -> list[str]:
+    """A patient id per case where the labels sheet gives none: for a DICOM series, a keyed pseudonym of its
+    PatientID, so a patient's series (reconstructions, follow-ups) split together; else a hash of the case id."""
+    from medtl.data.pseudonyms import id_key, pseudonym
+
+    key = id_key() if any(ref in dicom_patients for _, ref in cases) else b""
+    return [pseudonym(dicom_patients[ref], key) if ref in dicom_patients else salted_patient_id(case, salt)
+            for case, ref in cases]
+
+
 def build_manifest(
     folder: Path,
     out: Path,
@@ -147,7 +164,8 @@ def build_manifest(
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
     if masks is not None and not Path(masks).is_dir():
         raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
-    cases, mask_refs = pair_masks(discover_cases(folder, ids, progress), masks)
+    dicom_patients: dict[str, str] = {}
+    cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, dicom_patients), masks)
     if not cases:
         raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found")
     if masks is not None and not any(c in mask_refs for c, _ in cases):
@@ -163,9 +181,8 @@ def build_manifest(
         table["mask"] = [_relative(mask_refs[c], base) if c in mask_refs else None for c in table["case_id"]]
     if labels is not None:
         table = _join_labels(table, Path(labels))
-    if "patient_id" not in table:
-        table["patient_id"] = [salted_patient_id(c, salt) for c in table["case_id"]]
-    table["patient_id"] = table["patient_id"].fillna(pd.Series([salted_patient_id(c, salt) for c in table["case_id"]]))
+    derived = pd.Series(_patient_ids(cases, dicom_patients, salt), index=table.index)
+    table["patient_id"] = table["patient_id"].fillna(derived) if "patient_id" in table else derived
     front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
     _refuse_losing_columns(out, table)

@@ -212,3 +212,34 @@ def test_nested_subsets_are_nested_patient_grouped_and_stratified():
         whole = table[table["patient_id"].isin(part["patient_id"])]
         assert set(whole["case_id"]) == chosen  # a patient comes with all their cases
     assert nested_subsets(table, [0.1], seed=4)[0.1] != small  # another seed, another draw
+
+
+def test_a_patients_series_share_a_keyed_pseudonym_so_they_split_together(tmp_path, monkeypatch):
+    """Two reconstructions of one patient's study were two patients to the split, so one could train while the
+    other tested; the PatientID itself, or a guessable hash of it, must not reach the manifest."""
+    import hashlib
+    import stat
+
+    import pydicom
+
+    from medtl.data.pseudonyms import KEY_ENV, key_file
+
+    vol, _ = synthetic_volume(np.random.default_rng(0), (8, 8, 4), True)
+    for name, patient in (("soft", "1234567"), ("bone", "1234567"), ("other", "7654321")):
+        write_ct_series(tmp_path / "scans" / name, vol, patient_tag=patient)
+    table = build_manifest(tmp_path / "scans", tmp_path / "m.csv").set_index("case_id")
+    ids = table["patient_id"]
+    assert ids["soft"] == ids["bone"] != ids["other"] and ids["soft"].startswith("p_")
+    raw = pydicom.dcmread(next((tmp_path / "scans" / "soft").iterdir())).PatientID  # "1234567-ID"
+    text = (tmp_path / "m.csv").read_text()
+    assert raw not in text and hashlib.sha256(raw.encode()).hexdigest()[:12] not in text
+    assert stat.S_IMODE(key_file().stat().st_mode) == 0o600
+    again = build_manifest(tmp_path / "scans", tmp_path / "m2.csv").set_index("case_id")["patient_id"]
+    assert again.equals(ids)  # one key per machine: the same pseudonyms every build
+    monkeypatch.setenv(KEY_ENV, "a cohort key shared by two sites")
+    shared = build_manifest(tmp_path / "scans", tmp_path / "m3.csv").set_index("case_id")["patient_id"]
+    assert shared["soft"] == shared["bone"] and shared["soft"] != ids["soft"]
+    labels = pd.DataFrame({"case_id": ["soft", "bone", "other"], "patient_id": ["A", "B", "C"]})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    given = build_manifest(tmp_path / "scans", tmp_path / "m4.csv", labels=tmp_path / "labels.csv")
+    assert list(given.set_index("case_id").loc[["soft", "bone", "other"], "patient_id"]) == ["A", "B", "C"]
