@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from medtl import __version__
 from medtl.config import Config, DataConfig, ModelConfig, build_config
 from medtl.errors import ModelError
+from medtl.log import logger
 
 FORMAT = "medtl-model/1"
 
@@ -44,9 +46,25 @@ class InferenceSpec:
                 "model": self.model.model_dump(mode="json"), "patch_size": self.patch_size, "prevalence": self.prevalence}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InferenceSpec":
-        return cls(d["name"], d["task"], DataConfig(**d["data"]), ModelConfig(**d["model"]), d.get("patch_size"),
-                   d.get("prevalence"))
+    def from_dict(cls, d: dict[str, Any], source: str = "model", saved_by: str = "another version") -> "InferenceSpec":
+        """The spec a model was saved with. A key this medtl does not know (the model came from another
+        version) is left out with a warning rather than making a registered model unloadable."""
+        sections = []
+        for section, kind in (("data", DataConfig), ("model", ModelConfig)):
+            values = dict(d[section])
+            unknown = sorted(set(values) - set(kind.model_fields))
+            if unknown:
+                logger.warning("%s: %s.%s unknown to medtl %s (saved by medtl %s); left out", source, section,
+                               f" and {section}.".join(unknown), __version__, saved_by)
+            try:
+                sections.append(kind(**{k: v for k, v in values.items() if k not in unknown}))
+            except ValidationError as err:
+                problem = err.errors()[0]
+                key = ".".join([section, *(str(p) for p in problem["loc"])])
+                raise ModelError(f"{source}: its saved {key} does not validate in medtl {__version__} "
+                                 f"({problem['msg'].removeprefix('Value error, ')}); score it with medtl {saved_by}, "
+                                 "which saved it, or retrain it") from None
+        return cls(d["name"], d["task"], sections[0], sections[1], d.get("patch_size"), d.get("prevalence"))
 
 
 @dataclass
@@ -150,12 +168,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def bundle_from_payload(payload: dict[str, Any]) -> ModelBundle:
+def bundle_from_payload(payload: dict[str, Any], source: str = "model") -> ModelBundle:
     """Rebuilds the architecture with no pretrained download (weights come from the checkpoint)."""
     from medtl.models.registry import build_model
 
     if "inference" in payload:
-        spec = InferenceSpec.from_dict(payload["inference"])
+        spec = InferenceSpec.from_dict(payload["inference"], source, payload.get("medtl_version", "another version"))
     else:  # written before models carried an inference spec
         spec = InferenceSpec.from_config(build_config(payload["config"], "checkpoint config"))
     model_cfg = spec.model.model_copy(update={"pretrained": "none", "weights": None})
@@ -169,4 +187,4 @@ def bundle_from_payload(payload: dict[str, Any]) -> ModelBundle:
 
 
 def load_bundle(path: Path) -> ModelBundle:
-    return bundle_from_payload(read_checkpoint(path))
+    return bundle_from_payload(read_checkpoint(path), str(path))

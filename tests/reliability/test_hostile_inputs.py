@@ -321,3 +321,23 @@ def test_spaces_a_spreadsheet_leaves_around_names_and_labels_are_trimmed(tmp_pat
     (tmp_path / "d" / "blank.csv").write_text(blank.read_text())
     res = run_cli("manifest", "check", str(tmp_path / "d" / "blank.csv"))
     assert res.returncode == 1 and "no label" in res.stdout  # a cell of spaces is an empty cell
+
+
+def test_a_model_saved_by_another_version_loads_or_says_which_saved_key_it_cannot_take(tmp_path, model_2d):
+    """A key the saved spec holds that this medtl lacks made a registered model unloadable (a pydantic
+    'Extra inputs are not permitted' traceback after an upgrade)."""
+    import torch
+
+    model, manifest = model_2d
+    payload = torch.load(model, weights_only=True)
+    payload["inference"]["data"]["a_future_key"] = 1
+    payload["medtl_version"] = "9.9.9"
+    torch.save(payload, tmp_path / "newer.pt")
+    res = score(tmp_path / "newer.pt", manifest, tmp_path / "p.csv")
+    assert res.returncode == 0 and "data.a_future_key unknown to medtl" in res.stderr and "9.9.9" in res.stderr, res.stderr
+    del payload["inference"]["data"]["a_future_key"]
+    payload["inference"]["data"]["image_size"] = [0, 16]
+    torch.save(payload, tmp_path / "odd.pt")
+    res = score(tmp_path / "odd.pt", manifest, tmp_path / "q.csv")
+    assert res.returncode == 2 and "odd.pt: its saved data does not validate" in res.stderr and "medtl 9.9.9" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
