@@ -129,13 +129,15 @@ def dicom_headers(path: Path, uid: str | None = None) -> list[dicom.SliceHeader]
         return [dicom.read_header(path)]
     if not path.exists():
         raise DataError(f"{path}: folder not found")
-    series = dicom.find_series(path)
+    series, not_scans = dicom.scan_series(path)
     if uid is not None:
         if uid not in series:
             raise DataError(f"{path.name}: no series {uid} in this folder")
         return series[uid]
     if not series:
-        raise DataError(f"{path.name}: folder holds no readable DICOM file")
+        raise DataError(f"{path.name}: folder holds no readable DICOM file" if not not_scans else
+                        f"{path.name}: folder holds no scan, only {len(not_scans)} DICOM object(s) that are not one "
+                        "(localizers, segmentations, reports)")
     if len(series) > 1:
         raise DataError(f"{path.name}: several series in one folder ({len(series)}); give each series its own row")
     return next(iter(series.values()))

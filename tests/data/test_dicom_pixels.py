@@ -115,3 +115,13 @@ def test_a_localizer_filed_in_its_series_is_left_out_of_the_volume(tmp_path):
     scout.save_as(tmp_path / "series" / "SCOUT")
     assert _geometry(str(tmp_path / "series"), deep=False).shape == (12, 10, 5)
     np.testing.assert_array_equal(load_scan(tmp_path / "series")[0].numpy(), vol)
+
+
+def test_a_folder_of_localizers_only_says_so(tmp_path):
+    write_ct_series(tmp_path / "scouts", np.zeros((8, 8, 2), np.float32))
+    for f in (tmp_path / "scouts").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(f)
+    with pytest.raises(DataError, match=r"scouts: folder holds no scan, only 2 DICOM object\(s\) that are not one"):
+        load_scan(tmp_path / "scouts")
