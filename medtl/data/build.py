@@ -22,6 +22,7 @@ from medtl.errors import ManifestError
 
 logger = logging.getLogger(__name__)
 
+
 def _case_id_from_file(path: Path) -> str:
     name = path.name
     for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, ".dcm"):
@@ -62,8 +63,6 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
         if path.is_file() and path not in in_series:  # unreadable DICOM: listed so the problem is reported, not lost
             found.append((_case_id_from_file(path), str(path), path))
     for uid, headers in sorted(series.items(), key=lambda kv: str(kv[1][0].path)):
-        if patients is not None and headers[0].dataset is not None and headers[0].dataset.get("PatientID"):
-            patients[uid] = str(headers[0].dataset.get("PatientID"))
         parents = {h.path.parent for h in headers}
         parent = headers[0].path.parent
         if len(headers) == 1 and len(by_parent[parent]) > 1:
@@ -73,8 +72,9 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
         else:
             where = parent if len(parents) == 1 else folder
             found.append((f"{parent.name}_{uid[-8:]}", dicom.series_ref(where, uid), where / uid[-8:]))
-        if patients is not None and uid in patients:
-            patients[found[-1][1]] = patients.pop(uid)
+        patient = headers[0].dataset.get("PatientID") if headers[0].dataset is not None else None
+        if patients is not None and patient:
+            patients[found[-1][1]] = str(patient)
     cases = [(_path_id(named, folder) if ids == "path" and named != folder else case, ref) for case, ref, named in found]
     _refuse_shared_ids(cases, folder, ids)
     return cases
