@@ -48,6 +48,10 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
     elif uri.startswith("file:") or "://" not in uri:
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+            raise TrackingError(f"tracking store {uri}: a folder store (MLflow's old ./mlruns) no longer takes new runs in "
+                                "MLflow 3; use sqlite:///mlflow.db (`mlflow migrate-filestore` moves the old runs "
+                                "there), or set MLFLOW_ALLOW_FILE_STORE=true to keep the folder")
         folder = Path(uri.removeprefix("file://").removeprefix("file:"))
     else:
         return

@@ -117,6 +117,15 @@ def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
     assert len(scored.stderr.strip().splitlines()) == 1
 
 
+def test_an_old_mlruns_folder_store_says_what_to_do_before_training(tmp_path, monkeypatch):
+    """MLflow 3 refuses new runs in a folder store; medtl said only 'cannot open experiment (MlflowException)'."""
+    m = make_classification_set(tmp_path / "d", n=8, kind="png", size=(16, 16))
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    res = run_cli("run", "diagnosis", *overrides(m, tmp_path / "runs", "./mlruns"), cwd=tmp_path)
+    assert res.returncode == 2 and "sqlite:///mlflow.db" in res.stderr and "mlflow migrate-filestore" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
 def _grep_tree(root: Path, needle: bytes, skip: Path) -> list[Path]:
     hits = []
     for path in root.rglob("*"):
