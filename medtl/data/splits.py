@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,25 @@ def _labels_or_constant(table: pd.DataFrame) -> np.ndarray:
     return np.zeros(len(table), dtype=int)
 
 
+def _warn_rare_classes(table: pd.DataFrame, parts: int, what: str) -> None:
+    """Names the classes with fewer cases than ``parts``: stratification cannot put them in every one (in medtl's
+    words, not scikit-learn's UserWarning about 'the least populated class')."""
+    if "label" not in table or table["label"].isna().any():
+        return
+    counts = table["label"].astype(str).value_counts()
+    rare = counts[counts < parts]
+    if len(rare):
+        named = ", ".join(f"{label} ({n})" for label, n in rare.items())
+        logger.warning("class(es) with fewer cases than %s: %s; they cannot be in every one, and their metrics are "
+                       "undefined where they are missing", what, named)
+
+
+def _stratified(cv: StratifiedGroupKFold, table: pd.DataFrame, groups: np.ndarray):
+    with warnings.catch_warnings():  # said once, by _warn_rare_classes
+        warnings.filterwarnings("ignore", message="The least populated class")
+        return list(cv.split(np.zeros(len(table)), _labels_or_constant(table), groups))
+
+
 def _holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of a patient-grouped, stratified holdout of about ``fraction`` of the cases."""
     n_splits = max(2, int(round(1.0 / fraction)))
@@ -27,7 +47,7 @@ def _holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
         raise ManifestError(f"only {len(np.unique(groups))} patients: too few for a {fraction:.0%} patient-level split; "
                             "add cases, lower the fraction, or fill the manifest's split column yourself")
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(cv.split(np.zeros(len(table)), _labels_or_constant(table), groups))
+    _, held = _stratified(cv, table, groups)[0]
     mask = np.zeros(len(table), bool)
     mask[held] = True
     return mask
@@ -48,6 +68,7 @@ def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, s
     """Assigns train/val/test to every row; rows keep their order. Deterministic for a seed."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ManifestError(f"--val {val} and --test {test} must be fractions in [0, 1) that add up to less than 1")
+    _warn_rare_classes(table, 1 + (val > 0) + (test > 0), "splits")
     out = table.copy()
     out["split"] = "train"
     remaining = np.ones(len(out), bool)
@@ -87,10 +108,11 @@ def fold_manifest(table: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFram
     groups = table["patient_id"].to_numpy()
     if len(np.unique(groups)) < folds:
         raise ManifestError(f"only {len(np.unique(groups))} patients: too few for {folds} folds")
+    _warn_rare_classes(table, folds, "folds")
     cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     out = table.copy()
     out["fold"] = -1
-    for k, (_, held) in enumerate(cv.split(np.zeros(len(out)), _labels_or_constant(out), groups)):
+    for k, (_, held) in enumerate(_stratified(cv, out, groups)):
         out.iloc[held, out.columns.get_loc("fold")] = k
     return out
 

@@ -243,3 +243,17 @@ def test_a_patients_series_share_a_keyed_pseudonym_so_they_split_together(tmp_pa
     labels.to_csv(tmp_path / "labels.csv", index=False)
     given = build_manifest(tmp_path / "scans", tmp_path / "m4.csv", labels=tmp_path / "labels.csv")
     assert list(given.set_index("case_id").loc[["soft", "bone", "other"], "patient_id"]) == ["A", "B", "C"]
+
+
+def test_a_class_too_rare_for_every_split_is_named_once_in_medtls_words(caplog):
+    import warnings
+
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(40)], "patient_id": [f"p{i}" for i in range(40)],
+                          "label": ["rare"] + ["a", "b"] * 19 + ["a"]})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        split_manifest(table, 0.15, 0.15, seed=0)
+        fold_manifest(table, 5, seed=0)
+    assert not [w for w in seen if "least populated" in str(w.message)]
+    said = [r.getMessage() for r in caplog.records if "fewer cases than" in r.getMessage()]
+    assert len(said) == 2 and "rare (1)" in said[0] and "splits" in said[0] and "folds" in said[1]
