@@ -70,7 +70,7 @@ def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold:
     for col in columns:
         named: set[str] = set()
         for value, idx in table.groupby(col, dropna=False).indices.items():
-            key = f"subgroup_{col}_{_unique(metric_name(value), named)}"
+            key = f"subgroup_{col}_{unique_name(metric_name(value), named)}"
             out[f"{key}_n"] = float(len(idx))
             if len(idx) < cfg.min_subgroup_size:
                 notes.append(f"{col}={value}: {len(idx)} cases, below the minimum of {cfg.min_subgroup_size}; not reported")
@@ -91,7 +91,7 @@ def metric_name(value: object) -> str:
     return re.sub(r"[^\w.\- ]", "_", str(value)).strip() or "_"
 
 
-def _unique(name: str, taken: set[str]) -> str:
+def unique_name(name: str, taken: set[str]) -> str:
     out, i = name, 2
     while out in taken:
         out, i = f"{name}_{i}", i + 1

@@ -18,7 +18,7 @@ from medtl.evaluate import plots
 from medtl.files import claim_folder
 from medtl.log import logger
 from medtl.evaluate.report import Evaluation, evaluate_classification, fmt, write_report
-from medtl.evaluate.segmentation import case_metrics, summarise
+from medtl.evaluate.segmentation import case_metrics, subgroup_summaries, summarise
 from medtl.models.checkpoint import ModelBundle
 from medtl.models.predictor import Predictor, device_for
 
@@ -195,6 +195,9 @@ def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torc
     metrics = summarise(rows, patients, cfg.bootstrap, cfg.ci, cfg.seed)
     files = [out_dir / "per_case.csv", _overlays(per_case, views, out_dir)]
     notes = [f"{int(metrics['hd95_mm_undefined'])} case(s) with one empty mask: distances undefined"] if metrics["hd95_mm_undefined"] else []
+    subgroups = [c for c in bundle.spec.data.subgroups if c in table]
+    metrics.update(subgroup_summaries(table, rows, patients, subgroups, cfg.min_subgroup_size, cfg.bootstrap, cfg.ci,
+                                      cfg.seed, notes))
     # patients stay in memory, for the paired comparison's patient bootstrap; per_case.csv never holds them
     ev = Evaluation(metrics, notes, files, per_case if patients is None else per_case.assign(patient_id=patients))
     ev.files += _write_seg_report(ev, out_dir)
@@ -220,6 +223,12 @@ def _write_seg_report(ev: Evaluation, out_dir: Path) -> list[Path]:
              "| metric | mean [95% CI] | median | IQR |", "| --- | --- | --- | --- |"]
     for key in ("dice", "iou", "hd95_mm", "asd_mm"):
         lines.append(f"| {key} | {fmt(m, key + '_mean')} | {m[key + '_median']:.3f} | {m[key + '_iqr']:.3f} |")
+    sub = sorted({k.rsplit("_", 1)[0] for k in m if k.startswith("subgroup_") and k.endswith("_n")})
+    if sub:
+        lines += ["", "| subgroup | n | Dice [95% CI] | HD95 mm [95% CI] |", "| --- | --- | --- | --- |"]
+        lines += [f"| {s.removeprefix('subgroup_')} | {int(m[s + '_n'])} | " + (
+            f"{fmt(m, s + '_dice_mean')} | {fmt(m, s + '_hd95_mm_mean')} |" if s + "_dice_mean" in m
+            else "too small | too small |") for s in sub]
     lines += ["", "Empty masks: both empty → Dice 1, distances 0; one empty → Dice 0, distances undefined."]
     lines += [f"- {n}" for n in ev.notes]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

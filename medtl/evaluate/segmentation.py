@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
 
@@ -59,4 +60,25 @@ def summarise(rows: list[dict[str, float]], patients: np.ndarray | None = None, 
         cis = bootstrap_ci(means, np.zeros(len(rows), int), values, patients, n_resamples, ci, seed)
         for name, (lo, hi) in cis.items():
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
+    return out
+
+
+def subgroup_summaries(table: pd.DataFrame, rows: list[dict[str, float]], patients: np.ndarray | None,
+                       columns: list[str], min_size: int, n_resamples: int, ci: float, seed: int,
+                       notes: list[str]) -> dict[str, float]:
+    """Per value of each subgroup column (an empty cell is ``missing``): n, and where n is large enough each
+    mean with its patient-bootstrap CI, as for the whole split."""
+    from medtl.evaluate.report import metric_name, unique_name
+
+    out: dict[str, float] = {}
+    for col in columns:
+        named: set[str] = set()
+        for value, idx in table.groupby(col, dropna=False).indices.items():
+            key = f"subgroup_{col}_{unique_name(metric_name(value), named)}"
+            out[f"{key}_n"] = float(len(idx))
+            if len(idx) < min_size:
+                notes.append(f"{col}={value}: {len(idx)} cases, below the minimum of {min_size}; not reported")
+                continue
+            part = summarise([rows[i] for i in idx], None if patients is None else patients[idx], n_resamples, ci, seed)
+            out.update({f"{key}_{k}": v for k, v in part.items() if k.endswith(("_mean", "_ci_low", "_ci_high"))})
     return out

@@ -185,6 +185,23 @@ def test_segmentation_means_carry_patient_bootstrap_cis():
     assert "dice_mean_ci_low" not in summarise(rows)  # no resampling asked: no interval claimed
 
 
+def test_segmentation_subgroups_report_each_sites_dice_with_its_interval():
+    from medtl.evaluate.segmentation import subgroup_summaries
+
+    rng = np.random.default_rng(3)
+    site = np.array(["North (A)", "South", None, "South"] * 10, dtype=object)
+    dice = np.where(site == "South", 0.6, 0.8) + rng.normal(0, 0.05, 40)
+    rows = [{"dice": d, "iou": d, "hd95_mm": 2.0, "asd_mm": 1.0} for d in dice]
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(40)], "site": site})
+    notes: list[str] = []
+    m = subgroup_summaries(table, rows, np.arange(40), ["site"], 12, 200, 0.95, 0, notes)
+    south = dice[site == "South"]
+    assert m["subgroup_site_South_n"] == 20 and m["subgroup_site_South_dice_mean"] == pytest.approx(south.mean())
+    assert m["subgroup_site_South_dice_mean_ci_low"] < south.mean() < m["subgroup_site_South_dice_mean_ci_high"]
+    assert m["subgroup_site_North _A__n"] == 10 and "subgroup_site_North _A__dice_mean" not in m  # below 12 cases
+    assert m["subgroup_site_missing_n"] == 10 and any("site=North (A): 10 cases" in n for n in notes)
+
+
 def test_report_writes_plots_and_ci(tmp_path):
     rng = np.random.default_rng(0)
     n = 120
