@@ -40,8 +40,9 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
                  f"{metrics['prevalence_used']:.3f}." if "ece_prior_adjusted" in metrics else "."), "",
               "## Subgroups"]
     sub = sorted({k.rsplit("_", 1)[0] for k in metrics if k.startswith("subgroup_") and k.endswith("_n")})
-    lines += [f"- {s.removeprefix('subgroup_')}: n {int(metrics[s + '_n'])}, AUROC {fmt(metrics, s + '_auroc')}" for s in sub] or \
-        ["- none recorded (set data.subgroups)"]
+    shown = ("Dice", "_dice_mean") if "dice_mean" in metrics else ("AUROC", "_auroc")
+    lines += [f"- {s.removeprefix('subgroup_')}: n {int(metrics[s + '_n'])}, {shown[0]} {fmt(metrics, s + shown[1])}"
+              for s in sub] or ["- none recorded (set data.subgroups)"]
     lines += ["", "## Limitations", *[f"- {n}" for n in notes],
               f"- {NEEDS}: populations, scanners and sites not represented in the training data; measured shift, if any.",
               "", "## TRIPOD+AI items this run fills",

@@ -245,3 +245,15 @@ def test_a_value_the_store_refuses_is_left_out_without_sending_the_run_offline(t
     assert run.data.metrics == {"auroc": 0.9} and run.info.status == "FINISHED"
     assert not (tmp_path / "run" / "tracking_offline.jsonl").exists()
     assert any("refused one metrics call (INVALID_PARAMETER_VALUE)" in r.getMessage() for r in caplog.records)
+
+
+def test_the_model_card_lists_a_segmentation_models_sites_by_dice():
+    from medtl.config import load_config
+    from medtl.model_card import model_card
+
+    cfg = load_config(None, ["data.task=segmentation", "data.spatial_dims=3", "data.image_size=[32,32,16]",
+                             "data.subgroups=[site]"])
+    table = pd.DataFrame({"split": ["train", "test"], "site": ["A", "A"]})
+    metrics = {"dice_mean": 0.8, "subgroup_site_A_n": 12.0, "subgroup_site_A_dice_mean": 0.81,
+               "subgroup_site_A_dice_mean_ci_low": 0.75, "subgroup_site_A_dice_mean_ci_high": 0.86}
+    assert "- site_A: n 12, Dice 0.810 [0.750, 0.860]" in model_card(cfg, table, metrics, "0" * 64, [])
