@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     table = read_manifest(m).table
     predict_logits(result.bundle, table, torch.device("cpu"))
     hook.remove()
-    features, y = torch.cat(seen).double(), torch.as_tensor((table["label"] == "lesion").to_numpy())
+    features, y = torch.cat(seen).double(), torch.as_tensor((table["label"] == "lesion").to_numpy(copy=True))
     diff = features[y].mean(0) - features[~y].mean(0)
     noise = torch.randn(features.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     diff, noise = diff / (features @ diff).std(), noise / (features @ noise).std()  # each scores with SD 1
