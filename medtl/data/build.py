@@ -19,6 +19,7 @@ from medtl.data import dicom
 from medtl.data.manifest import read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from medtl.errors import ManifestError
+from medtl.files import write_table
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +187,7 @@ def build_manifest(
     front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
     _refuse_losing_columns(out, table)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    write_table(table, out)
     return table
 
 

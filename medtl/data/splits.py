@@ -11,6 +11,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from medtl.data.manifest import read_manifest, read_sheet, rebased
 from medtl.errors import ManifestError
+from medtl.files import write_table
 from medtl.log import logger
 
 
@@ -97,7 +98,7 @@ def write_split(manifest: Path, out: Path, val: float = 0.15, test: float = 0.15
         counts = ", ".join(f"{k} {n}" for k, n in existing.value_counts().sort_index().items())
         logger.warning("%s: its %s column (%s) is replaced by the new one in %s", manifest, column, counts, out)
     table = fold_manifest(table, folds, seed) if folds is not None else split_manifest(table, val, test, seed)
-    table.to_csv(out, index=False)
+    write_table(table, out)
     return table, column
 
 

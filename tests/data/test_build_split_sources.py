@@ -10,7 +10,7 @@ from medtl.data.build import build_manifest
 from medtl.data.manifest import read_manifest
 from medtl.data.readers import load_scan
 from medtl.data.sources import import_medmnist
-from medtl.data.splits import fold_manifest, split_manifest
+from medtl.data.splits import fold_manifest, split_manifest, write_split
 from medtl.data.synthetic import synthetic_volume, write_ct_series, write_nifti
 from medtl.errors import ManifestError
 from tests.conftest import run_cli
@@ -257,3 +257,27 @@ def test_a_class_too_rare_for_every_split_is_named_once_in_medtls_words(caplog):
     assert not [w for w in seen if "least populated" in str(w.message)]
     said = [r.getMessage() for r in caplog.records if "fewer cases than" in r.getMessage()]
     assert len(said) == 2 and "rare (1)" in said[0] and "splits" in said[0] and "folds" in said[1]
+
+
+def test_a_manifest_write_that_fails_halfway_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    import errno
+
+    vol, _ = synthetic_volume(np.random.default_rng(0), (8, 8, 4), True)
+    for i in range(12):
+        write_nifti(tmp_path / "scans" / f"c{i}.nii.gz", vol)
+    out = tmp_path / "m.csv"
+    build_manifest(tmp_path / "scans", out)
+    before = out.read_bytes()
+    real = pd.DataFrame.to_csv
+
+    def full_disk(self, fh, *args, **kwargs):
+        fh.write("case_id,patient_id,im")  # half a file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    for write in (lambda: build_manifest(tmp_path / "scans", out), lambda: write_split(out, tmp_path / "s.csv")):
+        with pytest.raises(OSError):
+            write()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", real)
+    assert out.read_bytes() == before and not (tmp_path / "s.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "scans"]  # no temporary file left behind
