@@ -248,6 +248,27 @@ def models_promote(
     typer.echo(f"models:/{name}@{alias} -> version {version}" + (f" (forced past: {'; '.join(forced)})" if forced else ""))
 
 
+@models_app.command("list")
+def models_list(name: Annotated[Optional[str], typer.Argument(help="One registered model (default: all).")] = None) -> None:
+    """Registered models and their versions: aliases, test AUROC with its CI, ECE, Dice, dataset digest."""
+    from rich.table import Table
+
+    from medtl.config import TrackingConfig, redact_uri
+    from medtl.mlflow_model import model_versions
+    from medtl.tracking import check_store, resolve_uri
+
+    uri = resolve_uri(TrackingConfig())
+    check_store(uri)
+    table = model_versions(uri, name)
+    if table.empty:
+        typer.echo(f"no registered model in {redact_uri(uri)}; `medtl run diagnosis` registers one (tracking.registered_model)")
+        return
+    shown = Table(*table.columns, title=f"registered models in {redact_uri(uri)}")
+    for row in table.itertuples(index=False):
+        shown.add_row(*(str(v) for v in row))
+    wide_console().print(shown)
+
+
 @app.command("compare")
 def compare_cmd(
     a: Annotated[Path, typer.Argument(help="predictions.csv (or a segmentation's per_case.csv) of model A.")],

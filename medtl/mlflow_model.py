@@ -156,7 +156,7 @@ def promote(name: str, version: int, alias: str, uri: str | None = None, force: 
         mv = client.get_model_version(name, str(version))
         gates = client.get_registered_model(name).tags
     except Exception:  # noqa: BLE001
-        raise TrackingError(f"model {name} has no version {version}; `mlflow ui` lists its versions") from None
+        raise TrackingError(f"model {name} has no version {version}; `medtl models list {name}` lists its versions") from None
 
     def gate(key: str) -> float | None:
         value = gates.get(f"gate.{key}")
@@ -172,6 +172,43 @@ def promote(name: str, version: int, alias: str, uri: str | None = None, force: 
                                      + "; ".join(failures))
     client.set_registered_model_alias(name, alias, str(version))
     return failures
+
+
+def model_versions(uri: str, name: str | None = None) -> pd.DataFrame:
+    """Every version of the registered models (or of ``name``), newest first, with its aliases and the test
+    figures its model card tagged it with: what a person chooses a champion from."""
+    from datetime import datetime, timezone
+
+    client = mlflow.MlflowClient(uri)
+    if name is not None:
+        try:
+            client.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - MLflow raises RestException or MlflowException for a missing model
+            raise TrackingError(f"no registered model {name!r} in {uri}; `medtl models list` shows those there are") from None
+    names = [name] if name else [m.name for m in client.search_registered_models()]
+    rows = []
+    for model in names:
+        aliases: dict[str, list[str]] = {}
+        for alias, v in client.get_registered_model(model).aliases.items():
+            aliases.setdefault(str(v), []).append(alias)
+        for mv in client.search_model_versions(f"name = '{model}'"):
+            t = mv.tags
+            auroc = t.get("test_auroc")
+            rows.append({
+                "model": model, "version": int(mv.version), "aliases": ", ".join(sorted(aliases.get(str(mv.version), []))),
+                "test AUROC [95% CI]": (f"{float(auroc):.3f} [{float(t['test_auroc_ci_low']):.3f}, "
+                                        f"{float(t['test_auroc_ci_high']):.3f}]") if auroc and "test_auroc_ci_high" in t
+                else (auroc or ""),
+                "ECE after T": _three(t.get("test_ece_calibrated")), "test Dice": _three(t.get("test_dice_mean")),
+                "dataset": t.get("dataset_sha256", ""),
+                "registered": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            })
+    table = pd.DataFrame(rows)
+    return table.sort_values(["model", "version"], ascending=[True, False]) if len(table) else table
+
+
+def _three(tag: str | None) -> str:
+    return f"{float(tag):.3f}" if tag else ""
 
 
 def load_registered_bundle(uri: str) -> ModelBundle:

@@ -257,3 +257,25 @@ def test_the_model_card_lists_a_segmentation_models_sites_by_dice():
     metrics = {"dice_mean": 0.8, "subgroup_site_A_n": 12.0, "subgroup_site_A_dice_mean": 0.81,
                "subgroup_site_A_dice_mean_ci_low": 0.75, "subgroup_site_A_dice_mean_ci_high": 0.86}
     assert "- site_A: n 12, Dice 0.810 [0.750, 0.860]" in model_card(cfg, table, metrics, "0" * 64, [])
+
+
+def test_models_list_shows_each_version_with_its_aliases_and_test_figures(tmp_path, monkeypatch):
+    import mlflow
+
+    from medtl.mlflow_model import register
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    (tmp_path / "m").mkdir()
+    tags = {"test_auroc": "0.9512", "test_auroc_ci_low": "0.9301", "test_auroc_ci_high": "0.9688",
+            "test_ece_calibrated": "0.0412", "dataset_sha256": "abcdef0123456789"}
+    register(str(tmp_path / "m"), "cxr", "candidate", "card", tags)
+    register(str(tmp_path / "m"), "cxr", "candidate", "card", {**tags, "test_auroc": "0.9600"})
+    res = run_cli("models", "list", env={"MLFLOW_TRACKING_URI": uri})
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if "cxr" in line]
+    assert "│ 2 " in lines[0] and "candidate" in lines[0] and "0.960 [0.930, 0.969]" in lines[0]
+    assert "│ 1 " in lines[1] and "candidate" not in lines[1] and "0.951 [0.930, 0.969]" in lines[1] and "0.041" in lines[1]
+    missing = run_cli("models", "list", "nope", env={"MLFLOW_TRACKING_URI": uri})
+    assert missing.returncode == 2 and "no registered model 'nope'" in missing.stderr
