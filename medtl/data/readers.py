@@ -135,9 +135,14 @@ def dicom_headers(path: Path, uid: str | None = None) -> list[dicom.SliceHeader]
             raise DataError(f"{path.name}: no series {uid} in this folder")
         return series[uid]
     if not series:
-        raise DataError(f"{path.name}: folder holds no readable DICOM file" if not not_scans else
-                        f"{path.name}: folder holds no scan, only {len(not_scans)} DICOM object(s) that are not one "
-                        "(localizers, segmentations, reports)")
+        others = [p for p in path.iterdir() if p.name.lower().endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES))]
+        if not_scans:
+            raise DataError(f"{path.name}: folder holds no scan, only {len(not_scans)} DICOM object(s) that are not one "
+                            "(localizers, segmentations, reports)")
+        if others:
+            raise DataError(f"{path.name}: a folder is read as one DICOM series, and this one holds {others[0].name}; "
+                            "give that file's path in the manifest instead")
+        raise DataError(f"{path.name}: folder holds no readable DICOM file")
     if len(series) > 1:
         raise DataError(f"{path.name}: several series in one folder ({len(series)}); give each series its own row")
     return next(iter(series.values()))

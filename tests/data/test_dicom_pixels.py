@@ -125,3 +125,11 @@ def test_a_folder_of_localizers_only_says_so(tmp_path):
         ds.save_as(f)
     with pytest.raises(DataError, match=r"scouts: folder holds no scan, only 2 DICOM object\(s\) that are not one"):
         load_scan(tmp_path / "scouts")
+
+
+def test_a_case_folder_holding_a_nifti_file_says_to_give_the_file(tmp_path):
+    from medtl.data.synthetic import write_nifti
+
+    write_nifti(tmp_path / "case7" / "image.nii.gz", np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(DataError, match="case7: a folder is read as one DICOM series, and this one holds image.nii.gz"):
+        load_scan(tmp_path / "case7")
