@@ -134,6 +134,9 @@ def check_manifest(
         if case in escaped:
             continue
         image_geometry = None
+        if not isinstance(row.image, str):
+            problems.append(Problem(case, "no image", "empty image cell; give the scan's path or remove the row"))
+            continue
         try:
             image_geometry = _geometry(str(row.image_path), deep)
             _check_dims(image_geometry, spatial_dims)
@@ -143,6 +146,9 @@ def check_manifest(
         except DataError as exc:
             problems.append(Problem(case, _kind_of(str(exc)), f"{row.image}: {exc}"))
         mask_path = getattr(row, "mask_path", None)
+        if "mask" in table and not isinstance(row.mask, str) and not isinstance(getattr(row, "label", None), str):
+            problems.append(Problem(case, "no mask", "empty mask cell (and no label): nothing to train or evaluate "
+                                    "against; give the case's mask or remove the row"))
         if isinstance(mask_path, str):
             try:
                 mask_geometry = _geometry(mask_path, deep)

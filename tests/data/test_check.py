@@ -52,6 +52,8 @@ def bad_manifest(tmp_path):
     write_nifti(tmp_path / "healthy.nii.gz", vol + 1)
     write_nifti(tmp_path / "no_lesion.nii.gz", np.zeros_like(mask))
     add("healthy", "healthy.nii.gz", mask="no_lesion.nii.gz")  # an empty mask is a case without a lesion, not a problem
+    add("noimage", None, mask="good_mask.nii.gz")
+    add("nomask", "healthy.nii.gz", mask=None, label=None)
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     return tmp_path / "m.csv"
 
@@ -70,6 +72,8 @@ EXPECTED = {
     "good": "duplicate case_id",
     "blankfilm": "blank",
     "blankpng": "blank",
+    "noimage": "no image",
+    "nomask": "no mask",
 }
 
 
