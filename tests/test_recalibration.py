@@ -74,7 +74,9 @@ def test_recalibration_matches_a_hand_fit_and_scoring_applies_it(trained, tmp_pa
     assert site.temperature == pytest.approx(1 / lr.coef_[0, 0], rel=1e-3)
     p = expit(lr.coef_[0, 0] * d[:, 0] + lr.intercept_[0])
     fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
-    assert site.threshold == pytest.approx(thr[int(np.argmax(tpr - fpr))], abs=1e-4)  # Youden's J on the site's cases
+    best = int(np.argmax(tpr - fpr))  # Youden's J on the site's cases, in the middle of its gap (logit space)
+    logit = lambda v: np.log(v / (1 - v))  # noqa: E731
+    assert site.threshold == pytest.approx(expit((logit(thr[best]) + logit(thr[best + 1])) / 2), abs=1e-4)
     assert site.extra["source_prior"][1] == pytest.approx((y.sum() + 0.5) / (len(y) + 1))  # the sample's mix
     assert "target_prior" not in site.extra  # the other site's prevalence is gone
     assert site.extra["recalibrated_on"]["per_class"] == [len(y) - y.sum(), y.sum()]

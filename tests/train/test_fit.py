@@ -30,14 +30,19 @@ def cls_overrides(manifest, out, extra=()):
 
 
 def youden_by_hand(y: np.ndarray, p: np.ndarray) -> float:
-    """The highest cut-off t (calling p >= t positive) among those that maximise sensitivity + specificity."""
-    best, best_t = -np.inf, 1.0
-    for t in np.unique(p)[::-1]:
+    """The highest cut-off t (calling p >= t positive) among those that maximise sensitivity + specificity, moved
+    to the middle (in logit space) of the gap down to the next lower score, which calls the same cases."""
+    scores = np.unique(p)[::-1]
+    best, best_i = -np.inf, 0
+    for i, t in enumerate(scores):
         called = p >= t
         j = called[y == 1].mean() + (~called[y == 0]).mean()
         if j > best + 1e-12:
-            best, best_t = j, t
-    return float(best_t)
+            best, best_i = j, i
+    if best_i + 1 == len(scores):
+        return float(scores[best_i])
+    logit = lambda v: np.log(v / (1 - v))  # noqa: E731
+    return float(1 / (1 + np.exp(-(logit(scores[best_i]) + logit(scores[best_i + 1])) / 2)))
 
 
 def test_2d_classification_loss_falls_and_model_is_self_describing(tmp_path):

@@ -65,10 +65,18 @@ def test_balanced_sampler_draws_classes_equally():
 def test_threshold_rules_on_crafted_example():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
-    # Youden: threshold 0.7 gives sens 0.75, spec 1.0 (J 0.75); 0.4 gives sens 1.0 spec 0.75 (J 0.75); first max wins
-    assert choose_threshold(y, p, "youden") == pytest.approx(0.7)
-    assert choose_threshold(y, p, "sensitivity", 1.0) == pytest.approx(0.4)
-    assert choose_threshold(y, p, "sensitivity", 0.5) == pytest.approx(0.8)
+    # Youden: threshold 0.7 gives sens 0.75, spec 1.0 (J 0.75); 0.4 gives sens 1.0 spec 0.75 (J 0.75); first max wins.
+    # Any threshold in (0.6, 0.7] gives that point: the middle of the gap in logit space is chosen, not its edge.
+    mid = lambda a, b: 1 / (1 + np.exp(-(np.log(a / (1 - a)) + np.log(b / (1 - b))) / 2))  # noqa: E731
+    assert choose_threshold(y, p, "youden") == pytest.approx(mid(0.7, 0.6))
+    assert choose_threshold(y, p, "sensitivity", 1.0) == pytest.approx(mid(0.4, 0.3))
+    assert choose_threshold(y, p, "sensitivity", 0.5) == pytest.approx(mid(0.8, 0.7))
+    for rule, target in (("youden", 0.9), ("sensitivity", 1.0), ("sensitivity", 0.5)):
+        t = choose_threshold(y, p, rule, target)
+        edge = {"youden": 0.7, 1.0: 0.4, 0.5: 0.8}[rule if rule == "youden" else target]
+        assert ((p >= t) == (p >= edge)).all()  # the same validation operating point as the edge
+    separated = np.array([0.0001, 0.001, 0.999999, 1.0])  # a perfectly separated, saturated validation split
+    assert 0.5 < choose_threshold(np.array([0, 0, 1, 1]), separated, "youden") < 0.99  # not the edge, 0.999999
     assert choose_threshold(y, p, "fixed") == 0.5
     assert choose_threshold(np.ones(4), p[:4], "youden") == 0.5
 
