@@ -72,8 +72,8 @@ UNREADABLE_CSV = (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyData
 
 def read_sheet(path: Path) -> pd.DataFrame:
     """A CSV a person wrote (manifest, label sheet, splits), every value as text with the spaces a spreadsheet
-    leaves around it trimmed (``lesion `` is no class of its own, `` label`` is the label column) and empty cells
-    missing; a file that is not comma-separated UTF-8 — the usual way a spreadsheet's export goes wrong — is one
+    leaves around it trimmed (``lesion `` is no class of its own, `` label`` is the label column), empty cells
+    missing and wholly empty rows dropped; a file that is not comma-separated UTF-8 — the usual way a spreadsheet's export goes wrong — is one
     clear error."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
@@ -84,7 +84,8 @@ def read_sheet(path: Path) -> pd.DataFrame:
         raise ManifestError(f"{path}: its columns are separated by {sep!r}; save it as comma-separated UTF-8 "
                             "(in Excel: CSV UTF-8)")
     table.columns = [str(c).strip() for c in table.columns]
-    return table.apply(lambda column: column.str.strip()).replace("", pd.NA)
+    table = table.apply(lambda column: column.str.strip()).replace("", pd.NA)
+    return table.dropna(how="all").reset_index(drop=True)  # the empty rows a spreadsheet leaves at its end
 
 
 def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: bool = False) -> Manifest:

@@ -321,6 +321,10 @@ def test_spaces_a_spreadsheet_leaves_around_names_and_labels_are_trimmed(tmp_pat
     (tmp_path / "d" / "blank.csv").write_text(blank.read_text())
     res = run_cli("manifest", "check", str(tmp_path / "d" / "blank.csv"))
     assert res.returncode == 1 and "no label" in res.stdout  # a cell of spaces is an empty cell
+    trailing = tmp_path / "d" / "trailing.csv"
+    trailing.write_text(m.read_text() + ("," * (len(table.columns) - 1) + "\r\n") * 2)  # Excel's empty last rows
+    res = run_cli("manifest", "check", str(trailing))
+    assert res.returncode == 0 and f"{len(table)} cases, no problem found" in res.stdout, res.stdout + res.stderr
 
 
 def test_a_model_saved_by_another_version_loads_or_says_which_saved_key_it_cannot_take(tmp_path, model_2d):
