@@ -99,3 +99,23 @@ def test_a_dicom_seg_filed_beside_its_series_is_no_scan_and_masks_out_stays_outs
     res = run_cli("score", "--model", str(root / "none.pt"), "--input", str(studies), "--out", str(root / "q.csv"),
                   "--masks-out", str(studies / "masks"), "--no-track")
     assert res.returncode == 2 and "inside --input" in res.stderr, res.stderr
+
+
+def test_a_dicom_film_gets_a_dicom_seg_of_its_own_pixels(tmp_path):
+    """A radiograph has no position or orientation to place frames by: its one frame maps pixel for pixel."""
+    import highdicom as hd
+
+    from medtl.config import Config
+    from medtl.data.synthetic import write_xray_dicom
+    from medtl.models.checkpoint import ModelBundle
+    from tests.data.test_inverse import ThresholdNet
+
+    film = np.full((40, 36), 100.0)
+    film[10:20, 5:15] = 3000.0  # (column, row): a bright block the threshold net segments
+    write_xray_dicom(tmp_path / "film.dcm", film)
+    cfg = Config.model_validate({"data": {"task": "segmentation", "spatial_dims": 2, "image_size": [40, 36],
+                                          "modality": "xray"}, "tracking": {"enabled": False}})
+    score(ModelBundle(ThresholdNet(), cfg, ["background", "lesion"]), [{"case_id": "f", "image": str(tmp_path / "film.dcm")}],
+          tmp_path / "p.csv", masks_out=tmp_path / "out", device="cpu")
+    seg = hd.seg.segread(tmp_path / "out" / "f.seg.dcm")
+    assert np.array_equal(seg.pixel_array.reshape(36, 40) > 0, film.T > 1000)
