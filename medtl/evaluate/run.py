@@ -76,7 +76,10 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
         return evaluate_segmentation(bundle, table, dev, out_dir, cfg)
     unknown = sorted(set(table["label"].dropna()) - set(bundle.classes))
     if unknown:
-        raise ManifestError(f"label {unknown[0]!r} is not one of the model's classes ({', '.join(bundle.classes)})")
+        cases = table.loc[table["label"] == unknown[0], "case_id"].astype(str)
+        raise ManifestError(f"case {cases.iloc[0]}: label {unknown[0]!r} ({len(cases)} case(s) in all) is not one of the "
+                            f"model's classes ({', '.join(bundle.classes)}); relabel them, or evaluate the model they "
+                            "were labelled for")
     logits, table = predict_logits(bundle, table, dev)
     subgroups = [c for c in bundle.spec.data.subgroups if c in table]
     ev = evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,

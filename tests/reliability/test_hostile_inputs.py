@@ -345,3 +345,15 @@ def test_a_model_saved_by_another_version_loads_or_says_which_saved_key_it_canno
     res = score(tmp_path / "odd.pt", manifest, tmp_path / "q.csv")
     assert res.returncode == 2 and "odd.pt: its saved data does not validate" in res.stderr and "medtl 9.9.9" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_evaluating_labels_the_model_does_not_know_names_a_case_and_the_count(tmp_path, model_2d):
+    model, manifest = model_2d
+    table = pd.read_csv(manifest, dtype=str)
+    table["label"] = table["label"].map({"normal": "0", "lesion": "1"})
+    table.to_csv(manifest.parent / "numbers.csv", index=False)
+    res = run_cli("evaluate", "--model", str(model), "--manifest", str(manifest.parent / "numbers.csv"), "--split", "all",
+                  "--out", str(tmp_path / "ev"))
+    first = table.loc[table["label"] == "0", "case_id"].iloc[0]
+    assert res.returncode == 2 and f"case {first}: label '0' ({(table['label'] == '0').sum()} case(s) in all)" in res.stderr
+    assert "normal, lesion" in res.stderr and len(res.stderr.strip().splitlines()) == 1
