@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import CaseIds
-from medtl.data.build import discover_cases
+from medtl.data.build import discover_cases, pair_masks
 from medtl.data.manifest import UNREADABLE_CSV, read_manifest
 from medtl.data.readers import IMAGE_SUFFIXES, scan_kind
 from medtl.errors import MedtlError
@@ -56,7 +56,8 @@ def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "f
         return [{"case_id": str(r.case_id), "image": r.image_path} for r in m.table.itertuples(index=False)]
     if not Path(input_dir).exists():  # type: ignore[arg-type]
         raise MedtlError(f"--input {input_dir}: not found; give a folder of scans, or one scan file")
-    cases = [{"case_id": c, "image": ref} for c, ref in discover_cases(Path(input_dir), ids, progress=True)]  # type: ignore[arg-type]
+    images, _ = pair_masks(discover_cases(Path(input_dir), ids, progress=True), None)  # type: ignore[arg-type]
+    cases = [{"case_id": c, "image": ref} for c, ref in images]  # a mask beside its scan is no case to score
     if not cases:
         raise MedtlError(f"--input {input_dir}: no DICOM, NIfTI or image file found in it or below; check the folder")
     return cases

@@ -281,3 +281,17 @@ def test_a_manifest_write_that_fails_halfway_leaves_the_old_one_whole(tmp_path, 
     monkeypatch.setattr(pd.DataFrame, "to_csv", real)
     assert out.read_bytes() == before and not (tmp_path / "s.csv").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "scans"]  # no temporary file left behind
+
+
+def test_score_input_never_scores_a_mask_filed_beside_its_scan():
+    """`manifest build` pairs `<case>_mask` files with their scans; `score --input` scored them as scans."""
+    import tempfile
+
+    from medtl.scoring import input_cases
+
+    with tempfile.TemporaryDirectory() as d:
+        vol, mask = synthetic_volume(np.random.default_rng(0), (8, 8, 4), True)
+        write_nifti(Path(d) / "a.nii.gz", vol)
+        write_nifti(Path(d) / "a_mask.nii.gz", mask)
+        write_nifti(Path(d) / "b_seg.nii.gz", vol)  # no case b: a scan of its own, whatever its name
+        assert sorted(c["case_id"] for c in input_cases(None, Path(d))) == ["a", "b_seg"]
