@@ -6,10 +6,10 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from medtl.errors import MedtlError
 from medtl.log import logger
@@ -24,21 +24,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_table(table: Any, path: Path) -> None:
-    """A CSV a researcher keeps (a manifest, a split), written whole or not at all: to a temporary file beside
-    ``path``, then renamed over it, so a crash or a full disk mid-write leaves the old file as it was."""
+def write_atomically(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+    """``write`` fills a temporary file beside ``path``, which is then synced and renamed over it: a crash or a
+    full disk mid-write leaves the old file as it was, never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            table.to_csv(fh, index=False)
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_table(table: Any, path: Path) -> None:
+    """A CSV a researcher keeps (a manifest, a split), written whole or not at all."""
+    write_atomically(path, lambda fh: table.to_csv(fh, index=False))
 
 
 @contextmanager

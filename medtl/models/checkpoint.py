@@ -5,8 +5,6 @@ from training. A model never carries the training config; only a resumable train
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from torch import nn
 from medtl import __version__
 from medtl.config import Config, DataConfig, ModelConfig, build_config
 from medtl.errors import ModelError
+from medtl.files import write_atomically
 from medtl.log import logger
 
 FORMAT = "medtl-model/1"
@@ -100,18 +99,8 @@ class ModelBundle:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save, written whole or not at all: a crash never leaves half a checkpoint."""
+    write_atomically(path, lambda fh: torch.save(obj, fh), binary=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
