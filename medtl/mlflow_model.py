@@ -13,6 +13,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from medtl import __version__
+from medtl.config import redact_uri
 from medtl.errors import ModelError, TrackingError
 from medtl.models.checkpoint import ModelBundle, load_bundle
 from medtl.probability import decide_labels
@@ -184,7 +185,8 @@ def model_versions(uri: str, name: str | None = None) -> pd.DataFrame:
         try:
             client.get_registered_model(name)
         except Exception:  # noqa: BLE001 - MLflow raises RestException or MlflowException for a missing model
-            raise TrackingError(f"no registered model {name!r} in {uri}; `medtl models list` shows those there are") from None
+            raise TrackingError(f"no registered model {name!r} in {redact_uri(uri)}; `medtl models list` shows those "
+                                "there are") from None
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
     for model in names:
@@ -193,12 +195,11 @@ def model_versions(uri: str, name: str | None = None) -> pd.DataFrame:
             aliases.setdefault(str(v), []).append(alias)
         for mv in client.search_model_versions(f"name = '{model}'"):
             t = mv.tags
-            auroc = t.get("test_auroc")
             rows.append({
                 "model": model, "version": int(mv.version), "aliases": ", ".join(sorted(aliases.get(str(mv.version), []))),
-                "test AUROC [95% CI]": (f"{float(auroc):.3f} [{float(t['test_auroc_ci_low']):.3f}, "
-                                        f"{float(t['test_auroc_ci_high']):.3f}]") if auroc and "test_auroc_ci_high" in t
-                else (auroc or ""),
+                "test AUROC [95% CI]": _three(t.get("test_auroc")) + (
+                    f" [{_three(t.get('test_auroc_ci_low'))}, {_three(t['test_auroc_ci_high'])}]"
+                    if t.get("test_auroc") and "test_auroc_ci_high" in t else ""),
                 "ECE after T": _three(t.get("test_ece_calibrated")), "test Dice": _three(t.get("test_dice_mean")),
                 "dataset": t.get("dataset_sha256", ""),
                 "registered": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),

@@ -279,3 +279,14 @@ def test_models_list_shows_each_version_with_its_aliases_and_test_figures(tmp_pa
     assert "│ 1 " in lines[1] and "candidate" not in lines[1] and "0.951 [0.930, 0.969]" in lines[1] and "0.041" in lines[1]
     missing = run_cli("models", "list", "nope", env={"MLFLOW_TRACKING_URI": uri})
     assert missing.returncode == 2 and "no registered model 'nope'" in missing.stderr
+
+
+def test_models_list_never_prints_a_store_password(monkeypatch):
+    from medtl.errors import TrackingError
+    from medtl.mlflow_model import model_versions
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(TrackingError) as info:
+        model_versions(f"http://u:s3cret@127.0.0.1:{free_port()}", "cxr")
+    assert "s3cret" not in str(info.value) and "http://***@127.0.0.1" in str(info.value)
