@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from medtl.evaluate import plots
 from medtl.evaluate.bootstrap import bootstrap_ci
 from medtl.evaluate.calibration import apply_temperature, calibration_metrics, ece_and_brier, estimate_prior
 from medtl.evaluate.metrics import classification_metrics, undefined_reasons
+from medtl.evaluate.subgroups import subgroup_metrics
 from medtl.probability import decide, log_prior_ratio, probabilities
 
 CI_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "balanced_accuracy", "auroc_macro", "accuracy")
@@ -60,43 +60,18 @@ def _point_and_ci(y: np.ndarray, cal: np.ndarray, logits: np.ndarray, threshold:
 
 def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold: float, groups: np.ndarray,
                columns: list[str], cfg: EvaluateConfig, notes: list[str]) -> dict[str, float]:
-    """Per value of each subgroup column (an empty cell is ``missing``): n, and where n is large enough the
-    headline metrics with patient-bootstrap CIs, like the whole split's."""
-    out: dict[str, float] = {}
-
+    """The headline metrics per subgroup, with patient-bootstrap CIs, like the whole split's."""
     def fn(yy: np.ndarray, pp: np.ndarray) -> dict[str, float]:
         return {n: v for n, v in classification_metrics(yy, pp, threshold).items() if n in CI_METRICS}
 
-    for col in columns:
-        named: set[str] = set()
-        for value, idx in table.groupby(col, dropna=False).indices.items():
-            key = f"subgroup_{col}_{unique_name(metric_name(value), named)}"
-            out[f"{key}_n"] = float(len(idx))
-            if len(idx) < cfg.min_subgroup_size:
-                notes.append(f"{col}={value}: {len(idx)} cases, below the minimum of {cfg.min_subgroup_size}; not reported")
-                continue
-            out.update({f"{key}_{n}": v for n, v in fn(y[idx], probs[idx]).items()})
-            if cfg.bootstrap > 0:
-                cis = bootstrap_ci(fn, y[idx], probs[idx], groups[idx], cfg.bootstrap, cfg.ci, cfg.seed)
-                for name, (lo, hi) in cis.items():
-                    out[f"{key}_{name}_ci_low"], out[f"{key}_{name}_ci_high"] = lo, hi
-    return out
+    def measure(idx: np.ndarray) -> dict[str, float]:
+        out = fn(y[idx], probs[idx])
+        if cfg.bootstrap > 0:
+            for name, (lo, hi) in bootstrap_ci(fn, y[idx], probs[idx], groups[idx], cfg.bootstrap, cfg.ci, cfg.seed).items():
+                out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
+        return out
 
-
-def metric_name(value: object) -> str:
-    """A subgroup value as MLflow takes it in a metric name (letters, digits, ``_ - .`` and spaces): a site
-    called "St. Mary's (north)" would otherwise fail the logging call and send the whole run offline."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "missing"
-    return re.sub(r"[^\w.\- ]", "_", str(value)).strip() or "_"
-
-
-def unique_name(name: str, taken: set[str]) -> str:
-    out, i = name, 2
-    while out in taken:
-        out, i = f"{name}_{i}", i + 1
-    taken.add(out)
-    return out
+    return subgroup_metrics(table, columns, cfg.min_subgroup_size, notes, measure)
 
 
 def evaluate_classification(

@@ -14,6 +14,7 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
 
 from medtl.evaluate.bootstrap import bootstrap_ci
+from medtl.evaluate.subgroups import subgroup_metrics
 
 SUMMARY = ("dice", "iou", "hd95_mm", "asd_mm")
 
@@ -66,19 +67,9 @@ def summarise(rows: list[dict[str, float]], patients: np.ndarray | None = None, 
 def subgroup_summaries(table: pd.DataFrame, rows: list[dict[str, float]], patients: np.ndarray | None,
                        columns: list[str], min_size: int, n_resamples: int, ci: float, seed: int,
                        notes: list[str]) -> dict[str, float]:
-    """Per value of each subgroup column (an empty cell is ``missing``): n, and where n is large enough each
-    mean with its patient-bootstrap CI, as for the whole split."""
-    from medtl.evaluate.report import metric_name, unique_name
+    """Each mean per subgroup, with its patient-bootstrap CI, as for the whole split."""
+    def measure(idx: np.ndarray) -> dict[str, float]:
+        part = summarise([rows[i] for i in idx], None if patients is None else patients[idx], n_resamples, ci, seed)
+        return {k: v for k, v in part.items() if k.endswith(("_mean", "_ci_low", "_ci_high"))}
 
-    out: dict[str, float] = {}
-    for col in columns:
-        named: set[str] = set()
-        for value, idx in table.groupby(col, dropna=False).indices.items():
-            key = f"subgroup_{col}_{unique_name(metric_name(value), named)}"
-            out[f"{key}_n"] = float(len(idx))
-            if len(idx) < min_size:
-                notes.append(f"{col}={value}: {len(idx)} cases, below the minimum of {min_size}; not reported")
-                continue
-            part = summarise([rows[i] for i in idx], None if patients is None else patients[idx], n_resamples, ci, seed)
-            out.update({f"{key}_{k}": v for k, v in part.items() if k.endswith(("_mean", "_ci_low", "_ci_high"))})
-    return out
+    return subgroup_metrics(table, columns, min_size, notes, measure)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit, logit
 from sklearn.metrics import roc_curve
 
 
@@ -34,5 +35,4 @@ def choose_threshold(y_true: np.ndarray, p_positive: np.ndarray, rule: str, targ
 
 def _middle(upper: float, lower: float) -> float:
     """The probability halfway between two, in logit space."""
-    lo, hi = (float(np.clip(v, 1e-7, 1 - 1e-7)) for v in (lower, upper))
-    return float(1 / (1 + np.exp(-(np.log(lo / (1 - lo)) + np.log(hi / (1 - hi))) / 2)))
+    return float(expit((logit(np.clip(upper, 1e-7, 1 - 1e-7)) + logit(np.clip(lower, 1e-7, 1 - 1e-7))) / 2))

@@ -1,0 +1,45 @@
+"""Metrics per subgroup (site, scanner, sex...): one row set per value of each configured column, named so
+MLflow takes the name, with the same figures, intervals included, as the whole split."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+
+def subgroup_metrics(table: pd.DataFrame, columns: list[str], min_size: int, notes: list[str],
+                     measure: Callable[[np.ndarray], dict[str, float]]) -> dict[str, float]:
+    """``subgroup_<column>_<value>_n`` for every value (an empty cell is ``missing``), and where n reaches
+    ``min_size`` what ``measure`` returns for those rows' indices, under the same prefix; a smaller subgroup
+    gets a note instead."""
+    out: dict[str, float] = {}
+    for col in columns:
+        named: set[str] = set()
+        for value, idx in table.groupby(col, dropna=False).indices.items():
+            key = f"subgroup_{col}_{unique_name(metric_name(value), named)}"
+            out[f"{key}_n"] = float(len(idx))
+            if len(idx) < min_size:
+                notes.append(f"{col}={value}: {len(idx)} cases, below the minimum of {min_size}; not reported")
+                continue
+            out.update({f"{key}_{name}": v for name, v in measure(idx).items()})
+    return out
+
+
+def metric_name(value: object) -> str:
+    """A subgroup value as MLflow takes it in a metric name (letters, digits, ``_ - .`` and spaces): a site
+    called "St. Mary's (north)" would otherwise fail the logging call and send the whole run offline."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "missing"
+    return re.sub(r"[^\w.\- ]", "_", str(value)).strip() or "_"
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    out, i = name, 2
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    taken.add(out)
+    return out
