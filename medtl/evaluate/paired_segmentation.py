@@ -28,9 +28,9 @@ class PairedSegmentation:
 
 def compare_segmentations(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str], n_resamples: int = 1000,
                           ci: float = 0.95, seed: int = 0) -> PairedSegmentation:
-    """Per-case tables (case_id, dice, iou, hd95_mm, asd_mm, optionally patient_id) of the same cases. A
-    distance undefined for either model (an empty mask) leaves that case out of that metric's difference."""
-    a, b = (per_case_numbers(t, name) for t, name in zip((a, b), names))
+    """Per-case tables (case_id, dice, iou, hd95_mm, asd_mm as numbers, optionally patient_id) of the same cases:
+    evaluations' own, or files read through ``per_case_numbers``. A distance undefined for either model (an
+    empty mask) leaves that case out of that metric's difference."""
     merged = a.merge(b, on="case_id", suffixes=("_a", "_b"))
     if merged.empty:
         raise MedtlError(f"{names[0]} and {names[1]} share no case: compare segmentations of the same cases")
