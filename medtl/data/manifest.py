@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,25 @@ def resolve_case_path(raw: str, root: Path, data_root: Path | None, case_id: str
 
 UNREADABLE_CSV = (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError)
 """What pandas raises for a file that is not comma-separated UTF-8 text."""
+WORKBOOKS = (".xlsx", ".xlsm")
+OTHER_WORKBOOKS = (".xls", ".ods", ".numbers")
 
 
 def read_sheet(path: Path) -> pd.DataFrame:
-    """A CSV a person wrote (manifest, label sheet, splits), every value as text with the spaces a spreadsheet
-    leaves around it trimmed (``lesion `` is no class of its own, `` label`` is the label column), empty cells
-    missing and wholly empty rows dropped; a file that is not comma-separated UTF-8 — the usual way a spreadsheet's export goes wrong — is one
-    clear error."""
+    """A table a person wrote (manifest, label sheet, splits), as CSV or an Excel workbook, every value as text
+    with the spaces a spreadsheet leaves around it trimmed (``lesion `` is no class of its own, `` label`` is the
+    label column), empty cells missing and wholly empty rows dropped. A file that is neither comma-separated UTF-8
+    nor a one-sheet ``.xlsx`` — the usual ways a spreadsheet's export goes wrong — is one clear error."""
+    suffix = path.suffix.lower()
+    if suffix in OTHER_WORKBOOKS:
+        raise ManifestError(f"{path}: medtl reads .xlsx workbooks and CSV; save it as .xlsx or as CSV UTF-8")
+    table = _read_workbook(path) if suffix in WORKBOOKS else _read_csv(path)
+    table.columns = [str(c).strip() for c in table.columns]
+    table = table.apply(lambda column: column.str.strip()).replace("", pd.NA)
+    return table.dropna(how="all").reset_index(drop=True)  # the empty rows a spreadsheet leaves at its end
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except UNREADABLE_CSV as exc:
@@ -83,9 +96,22 @@ def read_sheet(path: Path) -> pd.DataFrame:
     if sep:
         raise ManifestError(f"{path}: its columns are separated by {sep!r}; save it as comma-separated UTF-8 "
                             "(in Excel: CSV UTF-8)")
-    table.columns = [str(c).strip() for c in table.columns]
-    table = table.apply(lambda column: column.str.strip()).replace("", pd.NA)
-    return table.dropna(how="all").reset_index(drop=True)  # the empty rows a spreadsheet leaves at its end
+    return table
+
+
+def _read_workbook(path: Path) -> pd.DataFrame:
+    """The one sheet of a workbook that holds data; with several, guessing which holds the labels could train on
+    the wrong one, so that is refused."""
+    try:
+        sheets = pd.read_excel(path, sheet_name=None, dtype=str, keep_default_na=False, na_values=[""])
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise ManifestError(f"{path}: not a readable .xlsx workbook ({type(exc).__name__}; a password-protected one "
+                            "cannot be read); save it again from Excel as .xlsx or as CSV UTF-8") from None
+    filled = {name: t for name, t in sheets.items() if not t.empty}
+    if len(filled) > 1:
+        raise ManifestError(f"{path}: {len(filled)} sheets hold data ({', '.join(map(repr, filled))}); keep only the "
+                            "one to read in the workbook, or save that sheet as CSV UTF-8")
+    return next(iter(filled.values()), pd.DataFrame(columns=[]))
 
 
 def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: bool = False) -> Manifest:

@@ -196,6 +196,39 @@ def test_a_spreadsheet_export_that_is_not_comma_separated_utf8_is_one_line(tmp_p
     assert res.returncode == 2 and said in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
+def test_an_excel_label_sheet_is_read_as_written_and_an_ambiguous_workbook_is_refused(tmp_path):
+    """Label sheets live in Excel. Its one sheet joins as its CSV export would (ids as text, spaces trimmed, the
+    empty rows at its end dropped); a workbook with two filled sheets, an old .xls or a file that is no workbook
+    is one line saying what to do, not a guess at which sheet holds the labels."""
+    import openpyxl
+
+    make_classification_set(tmp_path / "d", n=4, kind="png", size=(16, 16))
+    book = openpyxl.Workbook()
+    book.active.append(["case_id", " label ", "site"])
+    for case, label, site in (("case000", "normal ", "A"), ("case001", "lesion", None), ("case003", "lesion", "B")):
+        book.active.append([case, label, site])
+    book.active.append([None, None, None])
+    labels = tmp_path / "labels.xlsx"
+    book.save(labels)
+    out = tmp_path / "m.csv"
+    res = run_cli("manifest", "build", str(tmp_path / "d"), "--out", str(out), "--labels", str(labels))
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(out, dtype=str).set_index("case_id")
+    assert table["label"].fillna("").to_dict() == {"case000": "normal", "case001": "lesion", "case002": "", "case003": "lesion"}
+    assert table["site"].fillna("").to_dict() == {"case000": "A", "case001": "", "case002": "", "case003": "B"}
+    book.create_sheet("notes").append(["case_id", "label"])
+    book["notes"].append(["case002", "normal"])
+    book.save(labels)
+    old = tmp_path / "labels.xls"
+    old.write_bytes(b"\xd0\xcf\x11\xe0")
+    broken = tmp_path / "broken.xlsx"
+    broken.write_bytes(b"\xd0\xcf\x11\xe0")  # an encrypted workbook is an OLE file, not a zip
+    for sheet, said in ((labels, "2 sheets hold data ('Sheet', 'notes')"), (old, "save it as .xlsx"),
+                        (broken, "not a readable .xlsx workbook")):
+        res = run_cli("manifest", "build", str(tmp_path / "d"), "--out", str(tmp_path / "m2.csv"), "--labels", str(sheet))
+        assert res.returncode == 2 and said in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
 @pytest.mark.parametrize("name", ["..", ".", "../elsewhere", "a/b", "", "-rf"])
 def test_run_names_are_single_folder_names(name):
     with pytest.raises(ConfigError, match="name"):
