@@ -8,7 +8,7 @@ on validation NLL. Deep Embedded Validation (DEV; You et al. 2019, ICML) estimat
 from labelled validation cases weighted by their density ratio to the unlabelled target, with a control variate.
 Candidates: the four fine-tuning recipes studied so far, each the demo's config with one change — ``fine_tune``
 (the demo's), ``focal`` (gamma 3), ``mixup`` (alpha 0.2), ``lp_ft`` (``transfer.probe_first``) — trained with the
-fresh ``train.seed`` 3, 4, 5. The recipes' test figures on seeds 0-2 are known (README), which is why this study uses
+fresh ``train.seed`` 3, 4, 5. The recipes' test figures on seeds 0-2 are known (docs/studies.md), which is why this study uses
 new seeds and DEV as published, with nothing of its own tuned. For each model:
 
 - features: the model's own pooled penultimate features of the validation films (source) and of the test films

@@ -4,7 +4,7 @@ sample of that site's cases; the weights stay as trained but for the output bias
 A temperature fitted on the training hospital's validation split does not carry to films collected elsewhere:
 on PneumoniaMNIST's separately collected test films the demo's model stays overconfident after temperature and
 an EM-estimated prevalence, and neither a deep ensemble nor feature alignment to the unlabelled films brings its
-ECE near 0.03 (README). A calibration slope and intercept fitted on about a hundred of the new site's labelled
+ECE near 0.03 (README, docs/studies.md). A calibration slope and intercept fitted on about a hundred of the new site's labelled
 cases halve it there (``bench/site_recalibration.py``); a temperature alone does not.
 """
 
