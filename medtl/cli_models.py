@@ -21,10 +21,10 @@ def models_promote(
     """Move an alias (e.g. champion) to a model version that passes the model's gates (CI, calibration)."""
     from medtl.config import TrackingConfig
     from medtl.mlflow_model import promote
-    from medtl.tracking import check_store, resolve_uri
+    from medtl.tracking import require_store, resolve_uri
 
     uri = resolve_uri(TrackingConfig())
-    check_store(uri)
+    require_store(uri)
     forced = promote(name, version, alias, uri, force)
     typer.echo(f"models:/{name}@{alias} -> version {version}" + (f" (forced past: {'; '.join(forced)})" if forced else ""))
 
@@ -36,10 +36,10 @@ def models_list(name: Annotated[Optional[str], typer.Argument(help="One register
 
     from medtl.config import TrackingConfig, redact_uri
     from medtl.mlflow_model import model_versions
-    from medtl.tracking import check_store, resolve_uri
+    from medtl.tracking import require_store, resolve_uri
 
     uri = resolve_uri(TrackingConfig())
-    check_store(uri)
+    require_store(uri)
     table = model_versions(uri, name)
     if table.empty:
         typer.echo(f"no registered model in {redact_uri(uri)}; `medtl run diagnosis` registers one (tracking.registered_model)")

@@ -219,10 +219,10 @@ def load_registered_bundle(uri: str) -> ModelBundle:
     import tempfile
 
     store = mlflow.get_tracking_uri()
-    if uri.startswith(("models:/", "runs:/")) and store.startswith(("http://", "https://")):
-        from medtl.tracking import check_store
+    if uri.startswith(("models:/", "runs:/")):
+        from medtl.tracking import require_store
 
-        check_store(store)  # seconds and a plain answer, not MLflow's retries and a truncated exception
+        require_store(store)  # seconds and a plain answer, not MLflow's retries, a truncated exception or a new empty store
     try:
         with tempfile.TemporaryDirectory(prefix="medtl-model-") as download:
             model = mlflow.pyfunc.load_model(uri, dst_path=download)

@@ -63,6 +63,16 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking store {redact_uri(uri)} is not writable ({exc.strerror}); choose another tracking.uri") from None
 
 
+def require_store(uri: str) -> None:
+    """For commands that only read the store (``models``, a ``models:/`` or ``runs:/`` URI): a local store must
+    already exist. MLflow would create an empty one in the working folder, and a command run from the wrong folder
+    would then say the model is not registered, and leave an empty mlflow.db behind."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"no MLflow store at {redact_uri(uri)}: nothing was tracked from this folder; run medtl from "
+                            "the folder that holds your mlflow.db, or set MLFLOW_TRACKING_URI to it")
+    check_store(uri)
+
+
 def scrub(value: Any) -> Any:
     """Absolute paths become relative to the working folder (or their file name): no path reveals a patient folder."""
     if isinstance(value, str) and value.startswith("/"):

@@ -281,6 +281,19 @@ def test_models_list_shows_each_version_with_its_aliases_and_test_figures(tmp_pa
     assert missing.returncode == 2 and "no registered model 'nope'" in missing.stderr
 
 
+def test_commands_that_read_the_store_never_create_one(tmp_path):
+    """`models list`, `models promote` and scoring a models:/ URI from a folder with no store say so, and leave no
+    empty mlflow.db behind (MLflow would create one, and then report the model as not registered)."""
+    elsewhere = tmp_path / "elsewhere"  # this module's tests get a store in tmp_path itself
+    elsewhere.mkdir()
+    (elsewhere / "new.png").write_bytes(b"")
+    for args in (("models", "list"), ("models", "promote", "cxr", "1", "champion"),
+                 ("score", "--model", "models:/cxr@champion", "--input", str(elsewhere), "--out", str(elsewhere / "p.csv"))):
+        res = run_cli(*args, cwd=elsewhere)
+        assert res.returncode == 2 and "no MLflow store at" in res.stderr and "MLFLOW_TRACKING_URI" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and not (elsewhere / "mlflow.db").exists()
+
+
 def test_models_list_never_prints_a_store_password(monkeypatch):
     from medtl.errors import TrackingError
     from medtl.mlflow_model import model_versions
