@@ -180,7 +180,9 @@ def _check_dims(geometry: Geometry, spatial_dims: int | None) -> None:
     shape = geometry.shape
     spatial = tuple(s for s in shape[:3])
     if len(shape) > 4 or (len(shape) == 4 and shape[3] > 1):
-        raise DataError(f"unexpected dimensionality: {len(shape)}-D image {shape}")
+        volumes = int(np.prod(shape[3:]))
+        raise DataError(f"unexpected dimensionality: {len(shape)}-D image {shape}, {volumes} volumes in one file "
+                        "(echoes, b-values, time points); give each volume as its own file")
     if spatial_dims is not None:
         got = len([s for s in spatial if s > 1]) if len(spatial) == 3 else len(spatial)
         if got != spatial_dims:

@@ -170,3 +170,16 @@ def test_a_film_in_a_folder_of_its_own_is_checked_like_the_file(tmp_path):
     m = read_manifest(tmp_path / "m.csv")
     for deep in (False, True):
         assert check_manifest(m, classes=["normal", "lesion"], spatial_dims=2, deep=deep) == []
+
+
+def test_a_file_of_several_volumes_says_to_split_it_and_a_trailing_axis_of_one_is_one_volume(tmp_path):
+    """Converters write DWI echoes or b-values as one 4-D NIfTI, and some write a single volume as (x, y, z, 1)."""
+    rng = np.random.default_rng(2)
+    vol, _ = synthetic_volume(rng, (8, 8, 4), False)
+    write_nifti(tmp_path / "echoes.nii.gz", np.stack([vol] * 3, axis=-1))
+    write_nifti(tmp_path / "one.nii.gz", vol[..., None])
+    pd.DataFrame([{"case_id": "echoes", "image": "echoes.nii.gz"}, {"case_id": "one", "image": "one.nii.gz"}]).to_csv(
+        tmp_path / "m.csv", index=False)
+    problems = check_manifest(read_manifest(tmp_path / "m.csv"), spatial_dims=3)
+    assert [(p.case_id, p.kind) for p in problems] == [("echoes", "unexpected dimensionality")]
+    assert "3 volumes in one file" in problems[0].detail and "own file" in problems[0].detail
