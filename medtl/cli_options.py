@@ -7,7 +7,7 @@ from typing import Annotated, Any, Callable, Optional, get_args
 
 import typer
 
-from medtl.config import CaseIds, Device
+from medtl.config_sections import CaseIds, Device
 
 SetOption = Annotated[
     Optional[list[str]],

@@ -146,7 +146,7 @@ def promote(name: str, version: int, alias: str, uri: str | None = None, force: 
     import getpass
     from datetime import datetime, timezone
 
-    from medtl.config import alias_problem
+    from medtl.config_sections import alias_problem
     from medtl.model_card import gate_failures
 
     problem = alias_problem(alias)

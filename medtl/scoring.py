@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from medtl.config import CaseIds
+from medtl.config_sections import CaseIds
 from medtl.data.build import discover_cases, pair_masks
 from medtl.data.manifest import UNREADABLE_CSV, read_manifest
 from medtl.data.readers import IMAGE_SUFFIXES, scan_kind

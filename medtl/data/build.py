@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtl.config import CaseIds
+from medtl.config_sections import CaseIds
 from medtl.data import dicom
 from medtl.data.manifest import read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES

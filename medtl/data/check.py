@@ -11,7 +11,7 @@ import pandas as pd
 import pydicom
 from PIL import Image
 
-from medtl.config import DEFAULT_MASK_CLASSES
+from medtl.config_sections import DEFAULT_MASK_CLASSES
 from medtl.data import dicom
 from medtl.data.manifest import Manifest
 from medtl.data.readers import check_nifti_size, dicom_headers, scan_kind

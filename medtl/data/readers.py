@@ -13,7 +13,7 @@ import numpy as np
 from monai.data import ImageReader, NibabelReader, PILReader
 from monai.utils import MetaKeys, SpaceKeys
 
-from medtl.config import max_voxels
+from medtl.config_sections import max_voxels
 from medtl.data import dicom
 from medtl.errors import DataError
 

@@ -12,7 +12,7 @@ import torch
 from monai.data import MetaTensor
 from torch.utils.data import DataLoader, Dataset
 
-from medtl.config import Device
+from medtl.config_sections import Device
 from medtl.data.transforms import build_transforms, find_data_error
 from medtl.errors import ConfigError
 from medtl.models.checkpoint import InferenceSpec, ModelBundle
