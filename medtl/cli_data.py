@@ -33,7 +33,7 @@ def manifest_build(
 def manifest_check(
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV.")],
     deep: Annotated[bool, typer.Option("--deep", help="Also read every voxel (NaN/Inf, decoding).")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="Config naming classes and spatial_dims.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Config naming classes, spatial_dims and modality.")] = None,
     set_: SetOption = None,
 ) -> None:
     """Print every problem in a manifest; exit 1 when there is any."""
@@ -44,7 +44,8 @@ def manifest_check(
 
     cfg = load_config(config, set_).data if (config or set_) else None
     m = read_manifest(manifest, cfg.data_root if cfg else None, keep_going=True)
-    problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep, progress=True)
+    problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep, progress=True,
+                              modality=cfg.modality if cfg else None)
     print_check(m, problems)
     if problems:
         raise typer.Exit(1)

@@ -33,6 +33,8 @@ class Geometry:
     affine: np.ndarray | None
     blank: float | None = None
     """The one value of every voxel, when ``deep`` read them all and found no other."""
+    modality: str = ""
+    """The DICOM Modality tag; empty for NIfTI and image files, which carry none."""
 
 
 def _dicom_file_geometry(path: Path) -> Geometry:
@@ -51,7 +53,7 @@ def _dicom_file_geometry(path: Path) -> Geometry:
     if raw is not None and not ds.file_meta.TransferSyntaxUID.is_compressed and len(raw) < expected:
         raise DataError(f"truncated DICOM: pixel data holds {len(raw)} of {expected} bytes")
     shape = (header.columns, header.rows) if header.frames == 1 else (header.columns, header.rows, header.frames)
-    return Geometry(shape, None)
+    return Geometry(shape, None, modality=dicom.modality_tag(header))
 
 
 def _geometry(ref: str, deep: bool) -> Geometry:
@@ -97,11 +99,11 @@ def _geometry(ref: str, deep: bool) -> Geometry:
             geometry = _dicom_file_geometry(first.path)
         else:
             affine = dicom.series_affine(first, dicom.slice_step(ordered))
-            geometry = Geometry((first.columns, first.rows, len(ordered)), affine)
+            geometry = Geometry((first.columns, first.rows, len(ordered)), affine, modality=dicom.modality_tag(first))
     if deep:
         from medtl.data.readers import load_scan
 
-        geometry = Geometry(geometry.shape, geometry.affine, _blank(load_scan(ref).numpy()))
+        geometry = Geometry(geometry.shape, geometry.affine, _blank(load_scan(ref).numpy()), geometry.modality)
     return geometry
 
 
@@ -118,6 +120,7 @@ def check_manifest(
     spatial_dims: int | None = None,
     deep: bool = False,
     progress: bool = False,
+    modality: str | None = None,
 ) -> list[Problem]:
     """Every problem found, in manifest order; an empty list means the manifest is safe to train on."""
     table = manifest.table
@@ -140,6 +143,9 @@ def check_manifest(
         try:
             image_geometry = _geometry(str(row.image_path), deep)
             _check_dims(image_geometry, spatial_dims)
+            other = modality and dicom.modality_mismatch(image_geometry.modality, modality)
+            if other:
+                raise DataError(other)
             if image_geometry.blank is not None:  # a mask of zeros is a case without a lesion; an image is not
                 raise DataError(f"blank: every voxel is {image_geometry.blank:g}; the export failed or the scan is "
                                 "empty, so re-export it or remove its row")
@@ -217,7 +223,7 @@ def _kind_of(message: str) -> str:
     for key in ("header declares", "missing file", "empty file", "truncated DICOM", "DICOM without pixel data", "several series",
                 "missing slice", "duplicate slice", "inconsistent", "NaN/Inf", "unexpected dimensionality",
                 "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable",
-                "not class indices", "classes (0 to", "blank"):
+                "not class indices", "classes (0 to", "blank", "other modality"):
         if key in message:
             return "labels not class indices" if key in ("not class indices", "classes (0 to") else key
     return "unreadable"

@@ -118,6 +118,24 @@ NOT_SCANS = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "KO", "PR", "REG", "DO
 documents): a DICOM-SEG medtl wrote back beside its series holds pixels but is no scan to score."""
 
 
+MODALITIES = {"CT": "ct", "MR": "mr", "US": "us", **dict.fromkeys(("CR", "DX", "RG", "MG", "RF", "XA", "IO", "PX"), "xray")}
+"""DICOM Modality -> ``data.modality``, for scans whose intensity preset medtl knows; others (OT, SC, PT...) go unchecked."""
+
+
+def modality_mismatch(tag: str, expected: str) -> str | None:
+    """Why a scan whose DICOM Modality is ``tag`` cannot go through the ``expected`` intensity preset (an MR series
+    under a CT window comes out all black or all white, and is still scored), or None."""
+    found = MODALITIES.get(tag.upper())
+    if expected == "none" or found in (None, expected):
+        return None
+    return (f"other modality: DICOM Modality {tag} ({found}) under data.modality {expected}, whose intensity preset would "
+            f"scale it wrongly; use data.modality {found} (and a model trained with it), or leave the case out")
+
+
+def modality_tag(header: SliceHeader) -> str:
+    return str(header.dataset.get("Modality", "")) if header.dataset is not None else ""
+
+
 def scan_series(folder: Path, progress: bool = False) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
     """Groups every DICOM file under ``folder`` (recursively, any file names) by SeriesInstanceUID; returns the
     series and, apart, the files that hold no scan (a DICOMDIR, a report, a segmentation, a localizer)."""

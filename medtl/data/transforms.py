@@ -28,6 +28,7 @@ from monai.transforms import (
 )
 
 from medtl.config import DataConfig
+from medtl.data import dicom
 from medtl.data.check import mask_problem
 from medtl.data.readers import ScanReader
 from medtl.errors import DataError
@@ -117,6 +118,22 @@ class CheckDimsd(MapTransform):
         return d
 
 
+class CheckModalityd(MapTransform):
+    """Refuses a DICOM scan of another modality than the configured one (the model's, when scoring): its intensity
+    preset would scale it wrongly and the model would still give an answer."""
+
+    def __init__(self, keys: list[str], modality: str) -> None:
+        super().__init__(keys)
+        self.modality = modality
+
+    def __call__(self, data: Any) -> Any:
+        for key in self.key_iterator(data):
+            other = dicom.modality_mismatch(str(getattr(data[key], "meta", {}).get("dicom_modality", "")), self.modality)
+            if other:
+                raise DataError(f"case {data.get('case_id', '?')}: {other}")
+        return data
+
+
 def find_data_error(exc: BaseException | None) -> DataError | None:
     """The DataError inside MONAI's wrapping of transform errors, if any."""
     seen = 0
@@ -145,7 +162,8 @@ def deterministic_transforms(cfg: DataConfig, with_mask: bool = False, keep_meta
     ``keep_meta`` keeps MONAI's record of every spatial step on the image, so a prediction can be inverted
     back to the source grid (``medtl.data.inverse``)."""
     keys = ["image", "mask"] if with_mask else ["image"]
-    steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckDimsd(keys, cfg.spatial_dims), CheckFinited(keys)]
+    steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckDimsd(keys, cfg.spatial_dims),
+                        CheckModalityd(["image"], cfg.modality), CheckFinited(keys)]
     if with_mask:
         steps.append(MaskIndicesd(["mask"], len(cfg.mask_classes)))
     if cfg.spatial_dims == 3:

@@ -63,7 +63,8 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
     table = manifest.table
     skipped: list[str] = []
     if check:
-        problems = check_manifest(manifest, classes if data.task == "classification" else None, data.spatial_dims)
+        problems = check_manifest(manifest, classes if data.task == "classification" else None, data.spatial_dims,
+                                  modality=data.modality)
         if problems:
             bad = sorted({p.case_id for p in problems})
             if not data.skip_bad_cases:

@@ -183,3 +183,16 @@ def test_a_file_of_several_volumes_says_to_split_it_and_a_trailing_axis_of_one_i
     problems = check_manifest(read_manifest(tmp_path / "m.csv"), spatial_dims=3)
     assert [(p.case_id, p.kind) for p in problems] == [("echoes", "unexpected dimensionality")]
     assert "3 volumes in one file" in problems[0].detail and "own file" in problems[0].detail
+
+
+@pytest.mark.parametrize("modality, flagged", [("ct", {"film"}), ("xray", {"series"}), ("none", set()), (None, set())])
+def test_a_dicom_scan_of_another_modality_than_configured_is_a_problem(tmp_path, modality, flagged):
+    """A CT window on a radiograph (or percentiles on HU) gives the model an image it never saw the like of."""
+    rng = np.random.default_rng(3)
+    vol, _ = synthetic_volume(rng, (16, 16, 4), False)
+    write_ct_series(tmp_path / "series", vol)
+    write_xray_dicom(tmp_path / "film.dcm", rng.random((16, 16)) * 1000)
+    pd.DataFrame([{"case_id": "series", "image": "series"}, {"case_id": "film", "image": "film.dcm"}]).to_csv(
+        tmp_path / "m.csv", index=False)
+    problems = check_manifest(read_manifest(tmp_path / "m.csv"), modality=modality)
+    assert {p.case_id for p in problems} == flagged and all(p.kind == "other modality" for p in problems)

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from medtl.config import load_config
-from medtl.data.synthetic import make_classification_set, synthetic_volume, write_ct_series
+from medtl.data.synthetic import make_classification_set, synthetic_volume, write_ct_series, write_xray_dicom
 from medtl.errors import ConfigError
 from medtl.models.checkpoint import load_bundle, save_model
 from medtl.steps import fit_model
@@ -133,7 +133,7 @@ def test_malformed_dicom_numbers_are_per_case_errors_that_echo_nothing(tmp_path,
     assert check.returncode == 1 and bad.name in printed and keyword in printed
     assert "PHISENTINEL" not in printed and "unexpected error" not in printed
     m = make_classification_set(tmp_path / "d", n=12, kind="dicom", size=(16, 16, 4), split=True)  # both classes train
-    cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.spatial_dims=3",
+    cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.spatial_dims=3", "data.modality=ct",
                              "data.image_size=[16,16,8]", "model.backbone=resnet10", "model.pretrained=none",
                              "transfer.strategy=scratch", "train.epochs=1", "train.max_steps_per_epoch=1",
                              f"train.out_dir={tmp_path / 'runs'}"])
@@ -390,3 +390,19 @@ def test_evaluating_labels_the_model_does_not_know_names_a_case_and_the_count(tm
     first = table.loc[table["label"] == "0", "case_id"].iloc[0]
     assert res.returncode == 2 and f"case {first}: label '0' ({(table['label'] == '0').sum()} case(s) in all)" in res.stderr
     assert "normal, lesion" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_scan_of_another_modality_is_the_case_error_not_a_confident_answer(tmp_path, model_2d):
+    """An MR film through a radiograph model's intensity preset would still get probabilities; the DICOM Modality
+    says it does not belong. Modalities medtl has no preset for (OT, a secondary capture) are not judged."""
+    model, _ = model_2d
+    film = np.random.default_rng(0).random((16, 16)) * 1000
+    for name, modality in (("dx", "DX"), ("mr", "MR"), ("ot", "OT")):
+        write_xray_dicom(tmp_path / "in" / f"{name}.dcm", film)
+        ds = pydicom.dcmread(tmp_path / "in" / f"{name}.dcm")
+        ds.Modality = modality
+        ds.save_as(tmp_path / "in" / f"{name}.dcm")
+    res = run_cli("score", "--model", str(model), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "p.csv"), "--no-track")
+    out = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False).set_index("case_id")
+    assert res.returncode == 1 and list(out.loc[["dx", "mr", "ot"], "status"]) == ["ok", "error", "ok"]
+    assert "DICOM Modality MR (mr) under data.modality xray" in out.loc["mr", "error"]
