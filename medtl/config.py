@@ -157,13 +157,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     base_dir = base_dir.resolve()
     parsed = parse_overrides(overrides)
     raw = _merge(raw, parsed)
-    cfg = build_config(raw, source, set(flatten(parsed)))
-    return _resolve_paths(cfg, base_dir)
+    typed = set(flatten(parsed))
+    cfg = build_config(raw, source, typed)
+    return _resolve_paths(cfg, base_dir, typed)
 
 
-def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
+def _resolve_paths(cfg: Config, base_dir: Path, typed: set[str]) -> Config:
     """Paths as a shell would read them (``~``, ``$SCRATCH``: a cluster's config names its storage so), then
-    relative ones against ``base_dir``; ``~/runs`` was a folder named ``~`` beside the config."""
+    relative ones against ``base_dir``, except those ``typed`` at the shell with ``--set``, which resolve against
+    the working folder as every other path typed there does; ``~/runs`` was a folder named ``~`` beside the config."""
     def fix(p: Path | None, key: str) -> Path | None:
         if p is None:
             return None
@@ -173,7 +175,7 @@ def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
             raise ConfigError(f"{key}: {p} names the environment variable {unset.group(1)}, which is not set; set it "
                               "or give the path itself")
         p = Path(expanded).expanduser()
-        return p if p.is_absolute() else Path(os.path.normpath(base_dir / p))
+        return p if p.is_absolute() else Path(os.path.normpath((Path.cwd() if key in typed else base_dir) / p))
 
     data = cfg.data.model_copy(update={k: fix(getattr(cfg.data, k), f"data.{k}")
                                        for k in ("manifest", "cache_dir", "data_root") if getattr(cfg.data, k)})

@@ -9,7 +9,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -68,6 +68,14 @@ class DataConfig(Section):
     def mask_classes(self) -> list[str]:
         """Segmentation's classes, one per mask value: as configured, or background and foreground."""
         return self.classes or DEFAULT_MASK_CLASSES
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_codes_are_text(cls, v: Any) -> Any:
+        """``classes: [0, 1]`` names classes coded 0 and 1, as a manifest's labels (text) hold them; YAML reads ints."""
+        if isinstance(v, list):
+            return [str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in v]
+        return v
 
     @model_validator(mode="after")
     def _size_matches_dims(self) -> "DataConfig":

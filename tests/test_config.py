@@ -174,3 +174,21 @@ def test_paths_read_home_and_environment_variables_as_a_shell_would(tmp_path, mo
     assert cfg.data.cache_dir == tmp_path / "scratch" / "cache" and cfg.data.manifest == tmp_path / "scratch" / "m.csv"
     with pytest.raises(ConfigError, match="train.out_dir: .*NOT_SET_HERE, which is not set"):
         load_config(None, ["train.out_dir=$NOT_SET_HERE/runs"])
+
+
+def test_paths_in_the_file_resolve_beside_it_and_paths_typed_with_set_beside_the_shell(tmp_path, monkeypatch):
+    """`medtl run diagnosis configs/x.yaml --set data.manifest=data/m.csv`, typed in the project folder, means the
+    project's data/m.csv, not configs/data/m.csv."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "x.yaml").write_text("data:\n  manifest: m.csv\ntrain:\n  out_dir: ../runs\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("configs/x.yaml")
+    assert cfg.data.manifest == tmp_path / "configs" / "m.csv" and cfg.train.out_dir == tmp_path / "runs"
+    cfg = load_config("configs/x.yaml", ["data.manifest=data/m.csv"])
+    assert cfg.data.manifest == tmp_path / "data" / "m.csv" and cfg.train.out_dir == tmp_path / "runs"
+
+
+def test_classes_coded_as_numbers_name_the_labels_written_so():
+    assert load_config(None, ["data.classes=[0,1]"]).data.classes == ["0", "1"]
+    with pytest.raises(ConfigError, match="name two or more different classes"):
+        load_config(None, ["data.classes=[1,1]"])

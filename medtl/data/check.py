@@ -168,7 +168,9 @@ def check_manifest(
         if needs_label and not isinstance(label, str):
             problems.append(Problem(case, "no label", "empty label; label the case or remove its row"))
         elif classes and isinstance(label, str) and label not in classes:
-            problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}"))
+            hint = (f" (a class index? write the class names, or set data.classes to [{', '.join(map(str, range(len(classes))))}])"
+                    if label.isdigit() and int(label) < len(classes) else "")
+            problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}{hint}"))
     problems.extend(_leakage(table))
     problems.extend(_duplicate_images(table, deep))
     return problems
