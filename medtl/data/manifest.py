@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,11 @@ def resolve_case_path(raw: str, root: Path, data_root: Path | None, case_id: str
     A ``folder#series=UID`` reference keeps its series part.
     """
     p, uid = parse_series_ref(raw)
+    if re.match(r"[A-Za-z]:[\\/]", str(p)):
+        raise ManifestError(f"case {case_id}: {column} path {raw!r} is a Windows drive path; write it relative to the "
+                            "manifest (images/scan.png) or as the folder is mounted on this machine")
+    if "\\" in str(p) and not (root / p).exists():  # a manifest written on Windows: images\scan.png
+        p = Path(str(p).replace("\\", "/"))
     full = (p if p.is_absolute() else root / p).resolve()
     allowed = [root.resolve()] + ([data_root.resolve()] if data_root else [])
     if not any(full == a or a in full.parents for a in allowed):

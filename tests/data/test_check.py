@@ -7,7 +7,7 @@ from PIL import Image
 
 from medtl.data.check import check_manifest
 from medtl.data.manifest import read_manifest
-from medtl.data.synthetic import synthetic_volume, write_ct_series, write_nifti, write_xray_dicom
+from medtl.data.synthetic import make_classification_set, synthetic_volume, write_ct_series, write_nifti, write_xray_dicom
 from medtl.errors import ManifestError
 from tests.conftest import run_cli
 
@@ -203,3 +203,17 @@ def test_a_label_that_looks_like_a_class_index_says_how_to_name_it(tmp_path):
     pd.DataFrame([{"case_id": "a", "image": "a.nii.gz", "label": "1"}]).to_csv(tmp_path / "m.csv", index=False)
     [problem] = check_manifest(read_manifest(tmp_path / "m.csv"), classes=["normal", "lesion"])
     assert problem.kind == "unknown label" and "set data.classes to [0, 1]" in problem.detail
+
+
+def test_a_manifest_written_on_windows_reads_here(tmp_path):
+    """Backslash separators are what Excel on Windows writes; a drive letter cannot be found here and says so."""
+    make_classification_set(tmp_path, n=3, kind="png", size=(16, 16))
+    table = pd.read_csv(tmp_path / "manifest.csv", dtype=str)
+    table["image"] = table["image"].str.replace("/", "\\")
+    table.loc[2, "image"] = "C:\\Users\\me\\scans\\case002.png"
+    table.to_csv(tmp_path / "manifest.csv", index=False)
+    m = read_manifest(tmp_path / "manifest.csv", keep_going=True)
+    assert m.table["image_path"][0] == str(tmp_path / "images" / "case000.png")
+    problems = check_manifest(m)
+    assert [(p.case_id, p.kind) for p in problems] == [("case002", "Windows drive path")]
+    assert "relative to the manifest" in problems[0].detail
