@@ -169,12 +169,21 @@ def check_manifest(
         if needs_label and not isinstance(label, str):
             problems.append(Problem(case, "no label", "empty label; label the case or remove its row"))
         elif classes and isinstance(label, str) and label not in classes:
-            hint = (f" (a class index? write the class names, or set data.classes to [{', '.join(map(str, range(len(classes))))}])"
-                    if label.isdigit() and int(label) < len(classes) else "")
-            problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}{hint}"))
+            problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}"
+                                    f"{_label_hint(label, classes)}"))
     problems.extend(_leakage(table))
     problems.extend(_duplicate_images(table, deep))
     return problems
+
+
+def _label_hint(label: str, classes: list[str]) -> str:
+    """What an unknown label most likely is: a class written in other capitals, or a class index."""
+    same = [c for c in classes if c.casefold() == label.casefold()]
+    if same:
+        return f" (labels are matched exactly: write {same[0]!r})"
+    if label.isdigit() and int(label) < len(classes):
+        return f" (a class index? write the class names, or set data.classes to [{', '.join(map(str, range(len(classes))))}])"
+    return ""
 
 
 def _check_mask_values(path: str, n_classes: int) -> None:

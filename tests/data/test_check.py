@@ -198,11 +198,14 @@ def test_a_dicom_scan_of_another_modality_than_configured_is_a_problem(tmp_path,
     assert {p.case_id for p in problems} == flagged and all(p.kind == "other modality" for p in problems)
 
 
-def test_a_label_that_looks_like_a_class_index_says_how_to_name_it(tmp_path):
+def test_a_label_that_looks_like_a_class_index_or_in_other_capitals_says_how_to_name_it(tmp_path):
     write_nifti(tmp_path / "a.nii.gz", np.ones((8, 8, 4), np.float32))
-    pd.DataFrame([{"case_id": "a", "image": "a.nii.gz", "label": "1"}]).to_csv(tmp_path / "m.csv", index=False)
-    [problem] = check_manifest(read_manifest(tmp_path / "m.csv"), classes=["normal", "lesion"])
-    assert problem.kind == "unknown label" and "set data.classes to [0, 1]" in problem.detail
+    pd.DataFrame([{"case_id": "a", "image": "a.nii.gz", "label": "1"}, {"case_id": "b", "image": "a.nii.gz", "label": "Lesion"}]
+                 ).to_csv(tmp_path / "m.csv", index=False)
+    index, capitals = [p for p in check_manifest(read_manifest(tmp_path / "m.csv"), classes=["normal", "lesion"])
+                       if p.kind == "unknown label"]
+    assert index.case_id == "a" and "set data.classes to [0, 1]" in index.detail
+    assert capitals.case_id == "b" and "write 'lesion'" in capitals.detail
 
 
 def test_a_manifest_written_on_windows_reads_here(tmp_path):
