@@ -21,12 +21,17 @@ def manifest_build(
     labels: Annotated[Optional[Path], typer.Option(help="CSV or .xlsx workbook with case_id and label (and any subgroup columns).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of masks named like their cases.")] = None,
     ids: CaseIdsOption = "folder",
+    label_folders: Annotated[bool, typer.Option(
+        "--label-folders", help="Label each scan by the folder it lies in (NORMAL/, PNEUMONIA/); a train/, val/ or "
+        "test/ folder above it sets its split.")] = False,
 ) -> None:
     """Walk a folder and write a manifest (one row per series or file)."""
     from medtl.data.build import build_manifest
 
-    table = build_manifest(folder, out, labels, masks, ids=ids, progress=True)
-    typer.echo(f"{out}: {len(table)} cases")
+    table = build_manifest(folder, out, labels, masks, ids=ids, progress=True, label_folders=label_folders)
+    counts = [f"{column}s " + ", ".join(f"{k} {v:,}" for k, v in table[column].value_counts().sort_index().items())
+              for column in ("label", "split") if column in table and table[column].notna().any()]
+    typer.echo("; ".join([f"{out}: {len(table):,} cases", *counts]))
 
 
 @manifest_app.command("check")

@@ -158,8 +158,10 @@ def build_manifest(
     salt: str = "medtl",
     ids: CaseIds = "folder",
     progress: bool = False,
+    label_folders: bool = False,
 ) -> pd.DataFrame:
-    """Writes the manifest CSV at ``out`` with paths relative to it and returns the table."""
+    """Writes the manifest CSV at ``out`` with paths relative to it and returns the table. Labels come from the
+    ``labels`` sheet, or with ``label_folders`` from the folder each scan lies in (``folder_labels``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
@@ -180,8 +182,12 @@ def build_manifest(
     table = pd.DataFrame(rows)
     if mask_refs:
         table["mask"] = [_relative(mask_refs[c], base) if c in mask_refs else None for c in table["case_id"]]
+    if labels is not None and label_folders:
+        raise ManifestError("--labels and --label-folders: give one source of labels")
     if labels is not None:
         table = _join_labels(table, Path(labels))
+    if label_folders:
+        table = table.merge(folder_labels(cases, folder), on="case_id", how="left")
     derived = pd.Series(_patient_ids(cases, dicom_patients, salt), index=table.index)
     table["patient_id"] = table["patient_id"].fillna(derived) if "patient_id" in table else derived
     front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
@@ -189,6 +195,30 @@ def build_manifest(
     _refuse_losing_columns(out, table)
     write_table(table, out)
     return table
+
+
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
+
+
+def folder_labels(cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
+    """case_id, label and, where a train/, val/ or test/ folder lies above the scan, split: the class-per-folder
+    layout most public image sets ship in (chest_xray/train/PNEUMONIA/x.jpeg). A scan's class folder is the
+    folder holding its file, or holding its series folder."""
+    root, rows = folder.resolve(), []
+    for case, ref in cases:
+        path, uid = dicom.parse_series_ref(ref)
+        holder = (path if uid else path.parent).resolve()
+        if holder == root:
+            raise ManifestError(f"--label-folders: case {case} lies in {folder} itself; give the folder that holds the "
+                                "class folders (FOLDER/CLASS/scan, or FOLDER/train/CLASS/scan)")
+        if holder.name.lower() in SPLIT_FOLDERS:
+            raise ManifestError(f"--label-folders: case {case} lies in {holder.name}/, a split folder, not in a class "
+                                "folder (FOLDER/train/CLASS/scan)")
+        splits = {SPLIT_FOLDERS[p.lower()] for p in holder.relative_to(root).parts[:-1] if p.lower() in SPLIT_FOLDERS}
+        rows.append({"case_id": case, "label": holder.name, "split": splits.pop() if len(splits) == 1 else None})
+    table = pd.DataFrame(rows)
+    return table if table["split"].notna().any() else table.drop(columns="split")
 
 
 def _refuse_losing_columns(out: Path, table: pd.DataFrame) -> None:

@@ -295,3 +295,35 @@ def test_score_input_never_scores_a_mask_filed_beside_its_scan():
         write_nifti(Path(d) / "a_mask.nii.gz", mask)
         write_nifti(Path(d) / "b_seg.nii.gz", vol)  # no case b: a scan of its own, whatever its name
         assert sorted(c["case_id"] for c in input_cases(None, Path(d))) == ["a", "b_seg"]
+
+
+def test_labels_and_splits_from_class_folders(tmp_path):
+    """The layout public image sets ship in: FOLDER/{train,val,test}/CLASS/scan, a DICOM series folder counting as a
+    scan of the class folder that holds it."""
+    from PIL import Image
+
+    root = tmp_path / "chest_xray"
+    film = (np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)
+    for split, cls, name in (("train", "NORMAL", "a"), ("train", "PNEUMONIA", "b"), ("validation", "NORMAL", "c"),
+                             ("test", "PNEUMONIA", "d")):
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(film).save(root / split / cls / f"{name}.jpeg")
+    vol, _ = synthetic_volume(np.random.default_rng(1), (16, 16, 4), False)
+    write_ct_series(root / "test" / "NORMAL" / "series1", vol)
+    res = run_cli("manifest", "build", str(root), "--label-folders", "--out", str(tmp_path / "m.csv"))
+    assert res.returncode == 0, res.stderr
+    assert "5 cases; labels NORMAL 3, PNEUMONIA 2; splits test 2, train 2, val 1" in res.stdout
+    table = pd.read_csv(tmp_path / "m.csv", dtype=str).set_index("case_id")
+    assert table[["label", "split"]].to_dict("index") == {
+        "a": {"label": "NORMAL", "split": "train"}, "b": {"label": "PNEUMONIA", "split": "train"},
+        "c": {"label": "NORMAL", "split": "val"}, "d": {"label": "PNEUMONIA", "split": "test"},
+        "series1": {"label": "NORMAL", "split": "test"}}
+    assert "split" not in build_manifest(root / "train", tmp_path / "t.csv", label_folders=True)
+    with pytest.raises(ManifestError, match="lies in .*NORMAL itself; give the folder that holds the class folders"):
+        build_manifest(root / "train" / "NORMAL", tmp_path / "n.csv", label_folders=True)
+    Image.fromarray(film).save(root / "train" / "e.jpeg")
+    with pytest.raises(ManifestError, match="case e lies in train/, a split folder"):
+        build_manifest(root, tmp_path / "e.csv", label_folders=True)
+    (tmp_path / "labels.csv").write_text("case_id,label\na,NORMAL\n")
+    with pytest.raises(ManifestError, match="one source of labels"):
+        build_manifest(root, tmp_path / "e.csv", labels=tmp_path / "labels.csv", label_folders=True)
