@@ -141,6 +141,10 @@ def _set_up(cfg: Config, resume: bool | str, tracker: Tracker) -> Setup:
         raise MedtlError(f"--resume: no checkpoint at {last}; start without --resume")
     if not resume and last.is_file():
         raise MedtlError(f"{out_dir} already holds a run; add --resume to continue it or set name=... for a new one")
+    kept = next((p for p in (out_dir / "model.pt", out_dir / "checkpoints" / "best.pt") if p.is_file()), None)
+    if not resume and kept:  # a feature extraction keeps no last.pt: its model would be replaced unasked
+        raise MedtlError(f"{out_dir} already holds a run ({kept.name}) that --resume cannot continue; set name=... for a "
+                         "new one, or move that folder away to train it again")
     if resume:
         check_resume(cfg, last, manifest.digest(), allow_changes=resume == "changed")
     set_determinism(cfg.train.seed)

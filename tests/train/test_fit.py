@@ -258,3 +258,17 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_best_epoch(tmp_path, mo
                {"case_id": "b", "error": None, "logits": np.array([0.0, 1.0]), "probs": np.array([0.3, 0.7])}]
     with pytest.raises(DivergedError, match="validation outputs are not finite"):
         Classification().validation_metrics(records, [{"label": 0}, {"label": 1}])
+
+
+def test_a_second_training_never_replaces_a_feature_extraction_run(tmp_path):
+    """A feature extraction keeps no last.pt, so nothing used to stop a rerun of the same name replacing its model."""
+    from medtl.errors import MedtlError
+
+    m = make_classification_set(tmp_path / "d", n=12, kind="png", size=(16, 16), split=True)
+    cfg = load_config(None, cls_overrides(m, tmp_path / "runs", ["data.image_size=[16,16]", "model.pretrained=none",
+                                                                 "transfer.strategy=feature_extraction"]))
+    model = fit_model(cfg).model_path
+    before = model.read_bytes()
+    with pytest.raises(MedtlError, match=r"already holds a run \(model.pt\) that --resume cannot continue; set name="):
+        fit_model(cfg)
+    assert model.read_bytes() == before
