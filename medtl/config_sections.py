@@ -42,7 +42,7 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     manifest: Path | None = None
-    """Manifest CSV; relative paths resolve against the config file's folder."""
+    """Manifest CSV; a relative path resolves against the config file's folder (the working folder for --set)."""
     task: Literal["classification", "segmentation"] = "classification"
     classes: list[str] | None = None
     """Class names in label order; None takes them from the manifest, sorted."""

@@ -205,10 +205,10 @@ def folder_labels(cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
     """case_id, label and, where a train/, val/ or test/ folder lies above the scan, split: the class-per-folder
     layout most public image sets ship in (chest_xray/train/PNEUMONIA/x.jpeg). A scan's class folder is the
     folder holding its file, or holding its series folder."""
-    root, rows = folder.resolve(), []
+    root, rows = Path(os.path.abspath(folder)), []
     for case, ref in cases:
         path, uid = dicom.parse_series_ref(ref)
-        holder = (path if uid else path.parent).resolve()
+        holder = Path(os.path.abspath(path if uid else path.parent))  # as found below the folder: links not followed
         if holder == root:
             raise ManifestError(f"--label-folders: case {case} lies in {folder} itself; give the folder that holds the "
                                 "class folders (FOLDER/CLASS/scan, or FOLDER/train/CLASS/scan)")
