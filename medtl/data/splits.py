@@ -42,11 +42,13 @@ def _stratified(cv: StratifiedGroupKFold, table: pd.DataFrame, groups: np.ndarra
 
 def _holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of a patient-grouped, stratified holdout of about ``fraction`` of the cases."""
-    n_splits = max(2, int(round(1.0 / fraction)))
+    largest = int(pd.Series(_labels_or_constant(table)).value_counts().max())  # scikit-learn needs n_splits within it
+    n_splits = max(2, min(int(round(1.0 / fraction)), largest))
     groups = table["patient_id"].to_numpy()
-    if len(np.unique(groups)) < n_splits:
-        raise ManifestError(f"only {len(np.unique(groups))} patients: too few for a {fraction:.0%} patient-level split; "
-                            "add cases, lower the fraction, or fill the manifest's split column yourself")
+    too_few = (f"only {len(np.unique(groups))} patients ({largest} in the largest class): too few for a {fraction:.0%} "
+               "patient-level split; add cases, lower the fraction, or fill the manifest's split column yourself")
+    if len(np.unique(groups)) < n_splits or largest < n_splits:
+        raise ManifestError(too_few)
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held = _stratified(cv, table, groups)[0]
     mask = np.zeros(len(table), bool)
@@ -81,6 +83,21 @@ def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, s
         rest = out[remaining]
         is_val = _holdout(rest, val / (1 - test), seed + 1)
         out.loc[rest.index[is_val], "split"] = "val"
+    return out
+
+
+def validation_from_training(table: pd.DataFrame, fraction: float = 0.15, seed: int = 0) -> pd.DataFrame:
+    """A manifest split into train and test only (as many public sets ship) still needs validation cases, for the
+    temperature, the threshold and early stopping: a patient-grouped, stratified share of the training patients
+    becomes validation. The test cases are never touched."""
+    train = table[table["split"] == "train"]
+    _warn_rare_classes(train, 2, "the training and validation splits")
+    held = _holdout(train, fraction, seed + 1)
+    out = table.copy()
+    out.loc[train.index[held], "split"] = "val"
+    logger.warning("the manifest has no validation cases: %d of its %d training cases (%.0f%% of the training "
+                   "patients) are validation cases now, saved with the run's splits", int(held.sum()), len(train),
+                   100 * fraction)
     return out
 
 

@@ -14,7 +14,7 @@ from medtl.config import DataConfig, TrainConfig
 from medtl.data.check import check_manifest
 from medtl.data.datasets import GuardedDataset, case_items, make_dataset
 from medtl.data.manifest import Manifest, class_names, read_manifest, rows_of_split
-from medtl.data.splits import split_manifest, with_saved_splits
+from medtl.data.splits import split_manifest, validation_from_training, with_saved_splits
 from medtl.data.transforms import build_transforms
 from medtl.errors import ConfigError, DataError
 from medtl.log import logger
@@ -80,6 +80,8 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
             table = with_saved_splits(table, splits_file)
         else:
             table, fresh = split_manifest(table, 0.15, 0.15, seed), True
+    elif (table["split"] == "train").any() and not (table["split"] == "val").any():
+        table, fresh = validation_from_training(table, 0.15, seed), True
     if data.task == "classification":
         present = [c for c, n in zip(classes, train_label_counts(table, classes)) if n]
         if len(present) < 2:  # before the split is saved: fixed labels get a fresh, stratified one

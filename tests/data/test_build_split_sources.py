@@ -327,3 +327,35 @@ def test_labels_and_splits_from_class_folders(tmp_path):
     (tmp_path / "labels.csv").write_text("case_id,label\na,NORMAL\n")
     with pytest.raises(ManifestError, match="one source of labels"):
         build_manifest(root, tmp_path / "e.csv", labels=tmp_path / "labels.csv", label_folders=True)
+
+
+def test_a_manifest_of_train_and_test_only_gets_validation_patients_from_training(tmp_path):
+    """Public sets often ship train/ and test/ only; the temperature, the threshold and early stopping need
+    validation cases, which come from whole training patients, never from the test split."""
+    from medtl.config import load_config
+    from medtl.train.data import prepare_cases
+
+    table = make_table()
+    table["split"] = split_manifest(table, 0.0, 0.2, seed=1)["split"]
+    table.to_csv(tmp_path / "m.csv", index=False)
+    manifest = read_manifest(tmp_path / "m.csv")
+    data = load_config(None, ["data.classes=[neg,pos]"]).data
+    prepared = prepare_cases(data, 0, manifest, tmp_path / "run", check=False)
+    before, after = table.set_index("case_id")["split"], prepared.table.set_index("case_id")["split"]
+    assert (after[before == "test"] == "test").all() and set(after[before == "train"]) == {"train", "val"}
+    val = prepared.table[prepared.table["split"] == "val"]
+    assert 0.1 < len(val) / (before == "train").sum() < 0.25 and set(val["label"]) == {"neg", "pos"}
+    assert prepared.table.groupby("patient_id")["split"].nunique().max() == 1
+    saved = pd.read_csv(tmp_path / "run" / "splits.csv", dtype=str).set_index("case_id")["split"]
+    assert saved.to_dict() == after.to_dict()
+
+
+def test_a_holdout_of_few_cases_per_class_is_a_named_problem_or_a_smaller_count_of_folds():
+    from medtl.data.splits import validation_from_training
+
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "patient_id": [f"p{i}" for i in range(12)],
+                          "label": ["a", "b"] * 6, "split": "train"})
+    assert (validation_from_training(table, 0.15)["split"] == "val").sum() == 2  # six a side: one fold in six
+    assert split_manifest(table, 0.15, 0.15)["split"].value_counts().to_dict() == {"train": 8, "val": 2, "test": 2}
+    with pytest.raises(ManifestError, match="too few for a 15% patient-level split"):
+        validation_from_training(table.iloc[:2], 0.15)
