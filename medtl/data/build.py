@@ -241,13 +241,18 @@ def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
     sheet = read_sheet(labels)
     if "case_id" not in sheet:
         raise ManifestError(f"{labels}: needs a case_id column to join on (has {', '.join(sheet.columns)})")
+    from medtl.log import logger
+
+    copies = sheet.duplicated()
+    if copies.any():  # a row pasted twice says nothing new; two rows that differ are a question only a person can answer
+        logger.warning("%s: %d row(s) repeat an earlier row exactly (e.g. case %s); each is read once", labels.name,
+                       int(copies.sum()), sheet.loc[copies, "case_id"].iloc[0])
+        sheet = sheet[~copies]
     repeated = sheet["case_id"][sheet["case_id"].duplicated()]
     if len(repeated):
         case = repeated.iloc[0]
         raise ManifestError(f"{labels}: case {case} has {int((sheet['case_id'] == case).sum())} rows; give one row per "
                             "case_id (a case with two labels cannot be trained on)")
-    from medtl.log import logger
-
     unmatched = sorted(set(sheet["case_id"]) - set(table["case_id"]))
     if unmatched:
         logger.warning("%d label rows match no scan (e.g. %s)", len(unmatched), unmatched[0])

@@ -46,6 +46,11 @@ def test_build_groups_two_series_in_one_folder_and_joins_labels(tmp_path):
     res = run_cli("manifest", "build", str(scans), "--labels", str(labels), "--out", str(tmp_path / "m2.csv"))
     assert res.returncode != 0 and "case vol1 has 2 rows; give one row per case_id" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "m2.csv").exists()
+    pd.DataFrame({"case_id": ["vol1", "alone", "vol1"], "label": ["lesion", "normal", "lesion"]}).to_csv(labels, index=False)
+    res = run_cli("manifest", "build", str(scans), "--labels", str(labels), "--out", str(tmp_path / "m2.csv"))
+    assert res.returncode == 0 and "1 row(s) repeat an earlier row exactly (e.g. case vol1)" in res.stderr, res.stderr
+    built = pd.read_csv(tmp_path / "m2.csv").set_index("case_id")
+    assert built.index.is_unique and built.loc["vol1", "label"] == "lesion" and built.loc["alone", "label"] == "normal"
 
 
 def pacs_export(root: Path) -> Path:
