@@ -45,7 +45,8 @@ class DataConfig(Section):
     """Manifest CSV; a relative path resolves against the config file's folder (the working folder for --set)."""
     task: Literal["classification", "segmentation"] = "classification"
     classes: list[str] | None = None
-    """Class names in label order; None takes them from the manifest, sorted."""
+    """Class names in label order, the second the positive one of a binary task; None takes them from the manifest,
+    sorted (and says which that makes positive)."""
     spatial_dims: Literal[2, 3] = 2
     image_size: list[int] = Field(default_factory=lambda: [64, 64])
     """Model input size per axis; each between 2 and 4096 voxels."""

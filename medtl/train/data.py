@@ -60,6 +60,8 @@ def preflight(data: DataConfig, train: TrainConfig) -> Manifest:
 def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path, check: bool = True) -> PreparedData:
     """Checks every case (header level), drops listed bad cases if allowed, and splits once (splits.csv)."""
     classes = class_names(manifest, data.classes) if data.task == "classification" else data.mask_classes
+    if data.task == "classification" and not data.classes and len(classes) == 2:
+        _say_positive_class(classes)
     table = manifest.table
     skipped: list[str] = []
     if check:
@@ -92,6 +94,19 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
         out_dir.mkdir(parents=True, exist_ok=True)
         table[["case_id", "split"]].to_csv(splits_file, index=False)
     return PreparedData(manifest, table.reset_index(drop=True), classes, skipped)
+
+
+NEGATIVE_WORDS = {"normal", "negative", "neg", "healthy", "benign", "no", "none", "absent", "control", "clear", "0"}
+
+
+def _say_positive_class(classes: list[str]) -> None:
+    """Classes taken from the manifest are in sorted order, and the second is the positive one (sensitivity,
+    prevalence, the threshold): 'abnormal, normal' would make 'normal' the finding. Said, and warned where the
+    positive class's name reads like the absence of one."""
+    say = logger.warning if classes[1].strip().lower() in NEGATIVE_WORDS else logger.info
+    say("classes from the manifest, sorted: %s; the positive class (sensitivity, prevalence, the threshold) is %r; set "
+        "data.classes to [%s, %s] to make %r the positive one", ", ".join(classes), classes[1], classes[1], classes[0],
+        classes[0])
 
 
 def device_loader(data: DataConfig, train: TrainConfig, in_channels: int, prepared: PreparedData, rt: Runtime,

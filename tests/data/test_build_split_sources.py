@@ -364,3 +364,22 @@ def test_a_holdout_of_few_cases_per_class_is_a_named_problem_or_a_smaller_count_
     assert split_manifest(table, 0.15, 0.15)["split"].value_counts().to_dict() == {"train": 8, "val": 2, "test": 2}
     with pytest.raises(ManifestError, match="too few for a 15% patient-level split"):
         validation_from_training(table.iloc[:2], 0.15)
+
+
+@pytest.mark.parametrize("labels, level, positive", [(("abnormal", "normal"), "WARNING", "normal"),
+                                                     (("neg", "pos"), "INFO", "pos")])
+def test_classes_taken_from_the_manifest_say_which_is_positive(tmp_path, caplog, labels, level, positive):
+    """Sorted, 'abnormal, normal' makes 'normal' the finding whose sensitivity is reported: said, and warned."""
+    import logging
+
+    from medtl.config import load_config
+    from medtl.train.data import prepare_cases
+
+    table = make_table()
+    table["label"] = table["label"].map({"neg": labels[0], "pos": labels[1]})
+    table.to_csv(tmp_path / "m.csv", index=False)
+    caplog.set_level(logging.INFO)
+    prepare_cases(load_config(None).data, 0, read_manifest(tmp_path / "m.csv"), tmp_path / "run", check=False)
+    [said] = [r for r in caplog.records if "positive class" in r.getMessage()]
+    assert said.levelname == level and f"is {positive!r}" in said.getMessage()
+    assert f"data.classes to [{positive}, {labels[0] if positive == labels[1] else labels[1]}]" in said.getMessage()
