@@ -123,13 +123,15 @@ MODALITIES = {"CT": "ct", "MR": "mr", "US": "us", **dict.fromkeys(("CR", "DX", "
 
 
 def modality_mismatch(tag: str, expected: str) -> str | None:
-    """Why a scan whose DICOM Modality is ``tag`` cannot go through the ``expected`` intensity preset (an MR series
-    under a CT window comes out all black or all white, and is still scored), or None."""
+    """Why a scan whose DICOM Modality is ``tag`` does not belong with data.modality ``expected`` (an MR series under a
+    CT window comes out all black or all white, an ultrasound frame reaches a chest-film model, and either is still
+    given a confident answer), or None."""
     found = MODALITIES.get(tag.upper())
     if expected == "none" or found in (None, expected):
         return None
-    return (f"other modality: DICOM Modality {tag} ({found}) under data.modality {expected}, whose intensity preset would "
-            f"scale it wrongly; use data.modality {found} (and a model trained with it), or leave the case out")
+    return (f"other modality: DICOM Modality {tag} ({found}) under data.modality {expected}: a {expected} model has never "
+            f"seen such a scan, and its intensity preset may scale it wrongly; use data.modality {found} (and a model "
+            "trained with it), or leave the case out")
 
 
 def modality_tag(header: SliceHeader) -> str:
