@@ -192,3 +192,16 @@ def test_classes_coded_as_numbers_name_the_labels_written_so():
     assert load_config(None, ["data.classes=[0,1]"]).data.classes == ["0", "1"]
     with pytest.raises(ConfigError, match="name two or more different classes"):
         load_config(None, ["data.classes=[1,1]"])
+
+
+def test_a_manifest_whose_classes_sit_in_another_column_names_its_columns(tmp_path):
+    from medtl.train.data import preflight
+
+    (tmp_path / "m.csv").write_text("case_id,image,diagnosis\na,a.png,normal\n")
+    cfg = load_config(None, [f"data.manifest={tmp_path / 'm.csv'}"])
+    with pytest.raises(ConfigError, match=r"has none \(it has case_id, image, diagnosis, patient_id, split\); name the "
+                                          r"column that holds the classes 'label'"):
+        preflight(cfg.data, cfg.train)
+    (tmp_path / "m.csv").write_text("case_id,image,label\na,a.png,\n")
+    with pytest.raises(ConfigError, match="label column is empty; fill it"):
+        preflight(cfg.data, cfg.train)
