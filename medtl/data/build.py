@@ -236,13 +236,16 @@ def _refuse_losing_columns(out: Path, table: pd.DataFrame) -> None:
 
 
 def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
+    from medtl.log import logger
+
     if not labels.is_file():
         raise ManifestError(f"{labels}: labels file not found")
     sheet = read_sheet(labels)
     if "case_id" not in sheet:
         raise ManifestError(f"{labels}: needs a case_id column to join on (has {', '.join(sheet.columns)})")
-    from medtl.log import logger
-
+    if "label" not in sheet and "mask" not in table:
+        logger.warning("%s has no label column (it has %s): the manifest holds no labels until the column that holds "
+                       "the classes is named 'label'", labels.name, ", ".join(sheet.columns))
     copies = sheet.duplicated()
     if copies.any():  # a row pasted twice says nothing new; two rows that differ are a question only a person can answer
         logger.warning("%s: %d row(s) repeat an earlier row exactly (e.g. case %s); each is read once", labels.name,

@@ -51,6 +51,9 @@ def test_build_groups_two_series_in_one_folder_and_joins_labels(tmp_path):
     assert res.returncode == 0 and "1 row(s) repeat an earlier row exactly (e.g. case vol1)" in res.stderr, res.stderr
     built = pd.read_csv(tmp_path / "m2.csv").set_index("case_id")
     assert built.index.is_unique and built.loc["vol1", "label"] == "lesion" and built.loc["alone", "label"] == "normal"
+    pd.DataFrame({"case_id": ["vol1", "alone"], "diagnosis": ["lesion", "normal"]}).to_csv(labels, index=False)
+    res = run_cli("manifest", "build", str(scans), "--labels", str(labels), "--out", str(tmp_path / "m3.csv"))
+    assert res.returncode == 0 and "has no label column (it has case_id, diagnosis)" in res.stderr, res.stderr
 
 
 def pacs_export(root: Path) -> Path:
