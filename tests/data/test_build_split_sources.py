@@ -381,7 +381,7 @@ def test_classes_taken_from_the_manifest_say_which_is_positive(tmp_path, caplog,
     table = make_table()
     table["label"] = table["label"].map({"neg": labels[0], "pos": labels[1]})
     table.to_csv(tmp_path / "m.csv", index=False)
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="medtl")
     prepare_cases(load_config(None).data, 0, read_manifest(tmp_path / "m.csv"), tmp_path / "run", check=False)
     [said] = [r for r in caplog.records if "positive class" in r.getMessage()]
     assert said.levelname == level and f"is {positive!r}" in said.getMessage()
