@@ -31,11 +31,13 @@ def select_split(table: pd.DataFrame, split: str | None, splits: Path | None = N
         return table.reset_index(drop=True)
     part = rows_of_split(table, split)
     if part.empty:
-        present = [str(v) for v in table["split"].dropna().unique() if str(v)]
+        present = sorted(str(v) for v in table["split"].dropna().unique() if str(v))
         if not present:  # splits live in the run's splits.csv when medtl made them
             raise ManifestError(f"no case in split {split!r}: the manifest has no split column; give the training run's "
                                 "splits.csv with --splits, or use --split all")
-        raise ManifestError(f"no case in split {split!r}; splits present: {', '.join(present)}")
+        made = "" if splits else ("; the splits a training made (validation cases it took from training, say) are in "
+                                  "its splits.csv: add --splits RUN/splits.csv")
+        raise ManifestError(f"no case in split {split!r}; splits present: {', '.join(present)}{made}")
     return part.reset_index(drop=True)
 
 

@@ -386,3 +386,15 @@ def test_classes_taken_from_the_manifest_say_which_is_positive(tmp_path, caplog,
     [said] = [r for r in caplog.records if "positive class" in r.getMessage()]
     assert said.levelname == level and f"is {positive!r}" in said.getMessage()
     assert f"data.classes to [{positive}, {labels[0] if positive == labels[1] else labels[1]}]" in said.getMessage()
+
+
+def test_evaluating_a_split_the_manifest_lacks_points_to_the_runs_own_splits(tmp_path):
+    from medtl.evaluate.run import select_split
+
+    table = make_table()
+    table["split"] = split_manifest(table, 0.0, 0.2, seed=1)["split"]
+    with pytest.raises(ManifestError, match="splits present: test, train; .* add --splits RUN/splits.csv"):
+        select_split(table, "val")
+    carved = split_manifest(table, 0.2, 0.2, seed=1)
+    carved[["case_id", "split"]].to_csv(tmp_path / "splits.csv", index=False)
+    assert len(select_split(table, "val", tmp_path / "splits.csv")) == (carved["split"] == "val").sum()
