@@ -41,9 +41,17 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], None], binary: bool 
             os.unlink(tmp)
 
 
+def table_path(path: Path) -> Path:
+    """``path`` for a CSV medtl writes, refused when its name says spreadsheet: CSV text in a file named .xlsx opens
+    as a broken workbook in Excel, and in medtl."""
+    if Path(path).suffix.lower() in (".xlsx", ".xlsm", ".xls", ".ods"):
+        raise MedtlError(f"--out {path}: medtl writes manifests as CSV (Excel opens them); name it {Path(path).stem}.csv")
+    return Path(path)
+
+
 def write_table(table: Any, path: Path) -> None:
     """A CSV a researcher keeps (a manifest, a split), written whole or not at all."""
-    write_atomically(path, lambda fh: table.to_csv(fh, index=False))
+    write_atomically(table_path(path), lambda fh: table.to_csv(fh, index=False))
 
 
 @contextmanager

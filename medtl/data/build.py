@@ -19,7 +19,7 @@ from medtl.data import dicom
 from medtl.data.manifest import read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from medtl.errors import ManifestError
-from medtl.files import write_table
+from medtl.files import table_path, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def build_manifest(
 ) -> pd.DataFrame:
     """Writes the manifest CSV at ``out`` with paths relative to it and returns the table. Labels come from the
     ``labels`` sheet, or with ``label_folders`` from the folder each scan lies in (``folder_labels``)."""
-    folder = Path(folder)
+    folder, out = Path(folder), table_path(out)  # refused before the folder is walked
     if not folder.is_dir():
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
     if masks is not None and not Path(masks).is_dir():

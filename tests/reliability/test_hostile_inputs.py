@@ -227,6 +227,10 @@ def test_an_excel_label_sheet_is_read_as_written_and_an_ambiguous_workbook_is_re
                         (broken, "not a readable .xlsx workbook")):
         res = run_cli("manifest", "build", str(tmp_path / "d"), "--out", str(tmp_path / "m2.csv"), "--labels", str(sheet))
         assert res.returncode == 2 and said in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    for args in (("build", str(tmp_path / "d")), ("split", str(out))):  # medtl writes CSV, whatever the name asks
+        res = run_cli("manifest", *args, "--out", str(tmp_path / "new.xlsx"))
+        assert res.returncode == 2 and "medtl writes manifests as CSV" in res.stderr and "new.csv" in res.stderr
+        assert not (tmp_path / "new.xlsx").exists()
 
 
 @pytest.mark.parametrize("name", ["..", ".", "../elsewhere", "a/b", "", "-rf"])
