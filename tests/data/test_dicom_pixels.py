@@ -133,3 +133,30 @@ def test_a_case_folder_holding_a_nifti_file_says_to_give_the_file(tmp_path):
     write_nifti(tmp_path / "case7" / "image.nii.gz", np.zeros((4, 4, 4), np.float32))
     with pytest.raises(DataError, match="case7: a folder is read as one DICOM series, and this one holds image.nii.gz"):
         load_scan(tmp_path / "case7")
+
+
+@pytest.mark.parametrize("syntax", ["JPEGLosslessProcess14_1", "JPEGLosslessProcess14", "JPEG2000Lossless", "RLELossless"])
+def test_a_series_compressed_as_archives_store_it_loads_as_its_uncompressed_twin(tmp_path, syntax):
+    """JPEG Lossless is what most PACS exports of CT and radiographs use; without a decoder every case of such an
+    export was an error. GDCM (a dependency) compresses the series here and decodes it in medtl."""
+    import gdcm
+
+    vol = np.random.default_rng(0).integers(0, 2000, (16, 16, 4)).astype(np.float32) - 1000
+    write_ct_series(tmp_path / "raw", vol)
+    (tmp_path / "packed").mkdir()
+    for f in sorted((tmp_path / "raw").iterdir()):
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(f))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(tmp_path / "packed" / f.name))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        assert writer.Write()
+    packed = pydicom.dcmread(next((tmp_path / "packed").iterdir()))
+    assert packed.file_meta.TransferSyntaxUID.is_compressed
+    np.testing.assert_array_equal(load_scan(tmp_path / "packed").numpy(), load_scan(tmp_path / "raw").numpy())
