@@ -205,3 +205,18 @@ def test_a_manifest_whose_classes_sit_in_another_column_names_its_columns(tmp_pa
     (tmp_path / "m.csv").write_text("case_id,image,label\na,a.png,\n")
     with pytest.raises(ConfigError, match="label column is empty; fill it"):
         preflight(cfg.data, cfg.train)
+
+
+def test_a_volume_config_left_at_the_xray_default_is_warned(tmp_path, caplog):
+    import logging
+
+    from medtl.train.data import preflight
+
+    (tmp_path / "m.csv").write_text("case_id,image,label\na,a.nii.gz,x\n")
+    caplog.set_level(logging.WARNING, logger="medtl")
+    for modality, warned in (("xray", True), ("ct", False)):
+        caplog.clear()
+        cfg = load_config(None, [f"data.manifest={tmp_path / 'm.csv'}", "data.spatial_dims=3", "data.image_size=[8,8,8]",
+                                 f"data.modality={modality}"])
+        preflight(cfg.data, cfg.train)
+        assert any("data.modality is xray (the default) for 3-D scans" in r.getMessage() for r in caplog.records) == warned

@@ -36,6 +36,9 @@ def preflight(data: DataConfig, train: TrainConfig) -> Manifest:
     """Config-vs-manifest checks that need no image: refuse before any scan is read."""
     if data.manifest is None:
         raise ConfigError("data.manifest: no manifest given; set it in the config or with --set data.manifest=PATH")
+    if data.spatial_dims == 3 and data.modality == "xray":  # the default, left in a volume's config
+        logger.warning("data.modality is xray (the default) for 3-D scans: volumes get a radiograph's percentile "
+                       "scaling; set data.modality to ct, mr, us or none")
     manifest = read_manifest(data.manifest, data.data_root)
     if data.task == "segmentation" and not manifest.has_masks:
         raise ConfigError(f"data.task: segmentation needs a mask column, and {manifest.path.name} has none; "
