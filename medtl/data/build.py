@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -258,7 +259,10 @@ def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
                             "case_id (a case with two labels cannot be trained on)")
     unmatched = sorted(set(sheet["case_id"]) - set(table["case_id"]))
     if unmatched:
-        logger.warning("%d label rows match no scan (e.g. %s)", len(unmatched), unmatched[0])
+        dates = [c for c in unmatched if re.fullmatch(r"\d{4}-\d\d-\d\d( 00:00:00)?", c)]
+        logger.warning("%d label rows match no scan (e.g. %s)%s", len(unmatched), (dates or unmatched)[0],
+                       "; Excel reads ids like 1-2 or 3/4 as dates: format the case_id column as Text and type them "
+                       "again" if dates else "")
     unlabelled = sorted(set(table["case_id"]) - set(sheet["case_id"]))
     if unlabelled:
         logger.warning("%d scans have no row in %s (e.g. %s): they stay unlabelled", len(unlabelled), labels.name,

@@ -200,6 +200,8 @@ def test_an_excel_label_sheet_is_read_as_written_and_an_ambiguous_workbook_is_re
     """Label sheets live in Excel. Its one sheet joins as its CSV export would (ids as text, spaces trimmed, the
     empty rows at its end dropped); a workbook with two filled sheets, an old .xls or a file that is no workbook
     is one line saying what to do, not a guess at which sheet holds the labels."""
+    import datetime
+
     import openpyxl
 
     make_classification_set(tmp_path / "d", n=4, kind="png", size=(16, 16))
@@ -216,6 +218,10 @@ def test_an_excel_label_sheet_is_read_as_written_and_an_ambiguous_workbook_is_re
     table = pd.read_csv(out, dtype=str).set_index("case_id")
     assert table["label"].fillna("").to_dict() == {"case000": "normal", "case001": "lesion", "case002": "", "case003": "lesion"}
     assert table["site"].fillna("").to_dict() == {"case000": "A", "case001": "", "case002": "", "case003": "B"}
+    book.active.append([datetime.datetime(2026, 1, 2), "lesion", "C"])  # what Excel makes of an id typed 1-2
+    book.save(labels)
+    res = run_cli("manifest", "build", str(tmp_path / "d"), "--out", str(tmp_path / "m3.csv"), "--labels", str(labels))
+    assert res.returncode == 0 and "(e.g. 2026-01-02 00:00:00); Excel reads ids like 1-2" in " ".join(res.stderr.split())
     book.create_sheet("notes").append(["case_id", "label"])
     book["notes"].append(["case002", "normal"])
     book.save(labels)
