@@ -89,8 +89,21 @@ def read_sheet(path: Path) -> pd.DataFrame:
         raise ManifestError(f"{path}: medtl reads .xlsx workbooks and CSV; save it as .xlsx or as CSV UTF-8")
     table = _read_workbook(path) if suffix in WORKBOOKS else _read_csv(path)
     table.columns = [str(c).strip() for c in table.columns]
-    table = table.apply(lambda column: column.str.strip()).replace("", pd.NA)
-    return table.dropna(how="all").reset_index(drop=True)  # the empty rows a spreadsheet leaves at its end
+    table = _below_title(table.apply(lambda column: column.str.strip()))
+    return table.replace("", pd.NA).dropna(how="all").reset_index(drop=True)  # the empty rows a spreadsheet leaves
+
+
+def _below_title(table: pd.DataFrame) -> pd.DataFrame:
+    """The table under the row that names ``case_id`` when a title or a note sits above it (a sheet headed
+    "Labels, reader 1, 2026" and a blank row), as spreadsheets kept for people often are."""
+    if "case_id" in table.columns:
+        return table
+    for i, row in enumerate(table.head(10).itertuples(index=False)):
+        if "case_id" in row:
+            below = table.iloc[i + 1:]
+            below.columns = ["" if pd.isna(v) else str(v) for v in row]
+            return below.loc[:, [c != "" for c in below.columns]]
+    return table
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

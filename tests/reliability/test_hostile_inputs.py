@@ -239,6 +239,23 @@ def test_an_excel_label_sheet_is_read_as_written_and_an_ambiguous_workbook_is_re
         assert not (tmp_path / "new.xlsx").exists()
 
 
+def test_a_sheet_with_a_title_above_its_header_is_read_from_the_header_down(tmp_path):
+    """Sheets kept for people carry a title and a blank row above the header; CSV exports pad them with commas."""
+    import openpyxl
+
+    from medtl.data.manifest import read_sheet
+
+    book = openpyxl.Workbook()
+    for row in (["Labels, reader 1, 2026"], [], ["case_id", "label", "site"], ["007", "lesion", "A"], ["b", "normal"]):
+        book.active.append(row)
+    book.save(tmp_path / "labels.xlsx")
+    (tmp_path / "labels.csv").write_text("Labels reader 1,,\n,,\ncase_id,label,site\n007,lesion,A\nb,normal,\n")
+    for name in ("labels.xlsx", "labels.csv"):
+        table = read_sheet(tmp_path / name)
+        assert list(table.columns) == ["case_id", "label", "site"], name
+        assert table.fillna("").values.tolist() == [["007", "lesion", "A"], ["b", "normal", ""]], name
+
+
 @pytest.mark.parametrize("name", ["..", ".", "../elsewhere", "a/b", "", "-rf"])
 def test_run_names_are_single_folder_names(name):
     with pytest.raises(ConfigError, match="name"):
