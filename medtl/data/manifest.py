@@ -88,9 +88,24 @@ def read_sheet(path: Path) -> pd.DataFrame:
     if suffix in OTHER_WORKBOOKS:
         raise ManifestError(f"{path}: medtl reads .xlsx workbooks and CSV; save it as .xlsx or as CSV UTF-8")
     table = _read_workbook(path) if suffix in WORKBOOKS else _read_csv(path)
-    table.columns = [str(c).strip() for c in table.columns]
+    table.columns = _known_names([str(c).strip() for c in table.columns])
     table = _below_title(table.apply(lambda column: column.str.strip()))
     return table.replace("", pd.NA).dropna(how="all").reset_index(drop=True)  # the empty rows a spreadsheet leaves
+
+
+KNOWN_COLUMNS = ("case_id", "patient_id", "image", "mask", "label", "split", "fold")
+
+
+def _known_names(columns: list[str]) -> list[str]:
+    """``Case ID``, ``CaseID`` or ``Label`` as people head a sheet, read as medtl's column names; other columns (the
+    subgroups a config names) keep theirs, and a name already taken is not doubled."""
+    def known(c: str) -> str:
+        plain = re.sub(r"[\s.-]+", "_", c.lower())
+        plain = {"caseid": "case_id", "patientid": "patient_id"}.get(plain, plain)
+        return plain if plain in KNOWN_COLUMNS and plain not in columns else c
+
+    renamed = [known(c) for c in columns]
+    return renamed if len(set(renamed)) == len(renamed) else columns
 
 
 def _below_title(table: pd.DataFrame) -> pd.DataFrame:
@@ -99,9 +114,10 @@ def _below_title(table: pd.DataFrame) -> pd.DataFrame:
     if "case_id" in table.columns:
         return table
     for i, row in enumerate(table.head(10).itertuples(index=False)):
-        if "case_id" in row:
+        names = _known_names(["" if pd.isna(v) else str(v) for v in row])
+        if "case_id" in names:
             below = table.iloc[i + 1:]
-            below.columns = ["" if pd.isna(v) else str(v) for v in row]
+            below.columns = names
             return below.loc[:, [c != "" for c in below.columns]]
     return table
 

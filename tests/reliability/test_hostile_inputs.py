@@ -240,7 +240,8 @@ def test_an_excel_label_sheet_is_read_as_written_and_an_ambiguous_workbook_is_re
 
 
 def test_a_sheet_with_a_title_above_its_header_is_read_from_the_header_down(tmp_path):
-    """Sheets kept for people carry a title and a blank row above the header; CSV exports pad them with commas."""
+    """Sheets kept for people carry a title and a blank row above the header (CSV exports pad them with commas),
+    and head their columns "Case ID" or "Label"; other columns keep their names."""
     import openpyxl
 
     from medtl.data.manifest import read_sheet
@@ -249,11 +250,13 @@ def test_a_sheet_with_a_title_above_its_header_is_read_from_the_header_down(tmp_
     for row in (["Labels, reader 1, 2026"], [], ["case_id", "label", "site"], ["007", "lesion", "A"], ["b", "normal"]):
         book.active.append(row)
     book.save(tmp_path / "labels.xlsx")
-    (tmp_path / "labels.csv").write_text("Labels reader 1,,\n,,\ncase_id,label,site\n007,lesion,A\nb,normal,\n")
+    (tmp_path / "labels.csv").write_text("Labels reader 1,,\n,,\nCase ID,Label,site\n007,lesion,A\nb,normal,\n")
     for name in ("labels.xlsx", "labels.csv"):
         table = read_sheet(tmp_path / name)
         assert list(table.columns) == ["case_id", "label", "site"], name
         assert table.fillna("").values.tolist() == [["007", "lesion", "A"], ["b", "normal", ""]], name
+    (tmp_path / "both.csv").write_text("case_id,Label,label,Site\na,x,y,s\n")  # a name taken is not doubled
+    assert list(read_sheet(tmp_path / "both.csv").columns) == ["case_id", "Label", "label", "Site"]
 
 
 @pytest.mark.parametrize("name", ["..", ".", "../elsewhere", "a/b", "", "-rf"])
