@@ -247,6 +247,11 @@ def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
     if "label" not in sheet and "mask" not in table:
         logger.warning("%s has no label column (it has %s): the manifest holds no labels until the column that holds "
                        "the classes is named 'label'", labels.name, ", ".join(sheet.columns))
+    stems = sheet["case_id"].map(lambda c: _case_id_from_file(Path(c)) if isinstance(c, str) else c)
+    if stems.isin(table["case_id"]).sum() > sheet["case_id"].isin(table["case_id"]).sum():
+        logger.info("%s names cases by file (e.g. %s): read as case %s", labels.name,
+                    sheet["case_id"][stems != sheet["case_id"]].iloc[0], stems[stems != sheet["case_id"]].iloc[0])
+        sheet = sheet.assign(case_id=stems)
     copies = sheet.duplicated()
     if copies.any():  # a row pasted twice says nothing new; two rows that differ are a question only a person can answer
         logger.warning("%s: %d row(s) repeat an earlier row exactly (e.g. case %s); each is read once", labels.name,

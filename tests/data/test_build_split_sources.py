@@ -54,6 +54,9 @@ def test_build_groups_two_series_in_one_folder_and_joins_labels(tmp_path):
     pd.DataFrame({"case_id": ["vol1", "alone"], "diagnosis": ["lesion", "normal"]}).to_csv(labels, index=False)
     res = run_cli("manifest", "build", str(scans), "--labels", str(labels), "--out", str(tmp_path / "m3.csv"))
     assert res.returncode == 0 and "has no label column (it has case_id, diagnosis)" in res.stderr, res.stderr
+    pd.DataFrame({"case_id": ["vol1", "alone.nii.gz"], "label": ["lesion", "normal"]}).to_csv(labels, index=False)
+    build_manifest(scans, tmp_path / "m4.csv", labels=labels)  # a sheet keyed by file name, as public sets are
+    assert pd.read_csv(tmp_path / "m4.csv").set_index("case_id").loc[["vol1", "alone"], "label"].tolist() == ["lesion", "normal"]
 
 
 def pacs_export(root: Path) -> Path:
