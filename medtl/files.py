@@ -41,10 +41,15 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], None], binary: bool 
             os.unlink(tmp)
 
 
+WORKBOOKS = (".xlsx", ".xlsm")
+"""Workbooks medtl reads (openpyxl); OTHER_WORKBOOKS it asks to be saved as one of these or as CSV."""
+OTHER_WORKBOOKS = (".xls", ".ods", ".numbers")
+
+
 def table_path(path: Path) -> Path:
     """``path`` for a CSV medtl writes, refused when its name says spreadsheet: CSV text in a file named .xlsx opens
     as a broken workbook in Excel, and in medtl."""
-    if Path(path).suffix.lower() in (".xlsx", ".xlsm", ".xls", ".ods"):
+    if Path(path).suffix.lower() in (*WORKBOOKS, *OTHER_WORKBOOKS):
         raise MedtlError(f"--out {path}: medtl writes manifests as CSV (Excel opens them); name it {Path(path).stem}.csv")
     return Path(path)
 

@@ -237,8 +237,6 @@ def _refuse_losing_columns(out: Path, table: pd.DataFrame) -> None:
 
 
 def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
-    from medtl.log import logger
-
     if not labels.is_file():
         raise ManifestError(f"{labels}: labels file not found")
     sheet = read_sheet(labels)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from medtl.data.dicom import parse_series_ref, series_ref
 from medtl.errors import ManifestError
-from medtl.files import sha256_file
+from medtl.files import OTHER_WORKBOOKS, WORKBOOKS, sha256_file
 
 REQUIRED = ("case_id", "image")
 SPLITS = ("train", "val", "test")
@@ -75,8 +75,6 @@ def resolve_case_path(raw: str, root: Path, data_root: Path | None, case_id: str
 
 UNREADABLE_CSV = (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError)
 """What pandas raises for a file that is not comma-separated UTF-8 text."""
-WORKBOOKS = (".xlsx", ".xlsm")
-OTHER_WORKBOOKS = (".xls", ".ods", ".numbers")
 
 
 def read_sheet(path: Path) -> pd.DataFrame:

@@ -45,10 +45,10 @@ def _holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     largest = int(pd.Series(_labels_or_constant(table)).value_counts().max())  # scikit-learn needs n_splits within it
     n_splits = max(2, min(int(round(1.0 / fraction)), largest))
     groups = table["patient_id"].to_numpy()
-    too_few = (f"only {len(np.unique(groups))} patients ({largest} in the largest class): too few for a {fraction:.0%} "
-               "patient-level split; add cases, lower the fraction, or fill the manifest's split column yourself")
     if len(np.unique(groups)) < n_splits or largest < n_splits:
-        raise ManifestError(too_few)
+        raise ManifestError(f"only {len(np.unique(groups))} patients ({largest} in the largest class): too few for a "
+                            f"{fraction:.0%} patient-level split; add cases, lower the fraction, or fill the manifest's "
+                            "split column yourself")
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held = _stratified(cv, table, groups)[0]
     mask = np.zeros(len(table), bool)

@@ -119,8 +119,8 @@ class CheckDimsd(MapTransform):
 
 
 class CheckModalityd(MapTransform):
-    """Refuses a DICOM scan of another modality than the configured one (the model's, when scoring): its intensity
-    preset would scale it wrongly and the model would still give an answer."""
+    """Refuses a DICOM scan of another modality than the configured one (the model's, when scoring), which the model
+    never saw and would still answer for (``dicom.modality_mismatch``)."""
 
     def __init__(self, keys: list[str], modality: str) -> None:
         super().__init__(keys)

@@ -44,10 +44,11 @@ def preflight(data: DataConfig, train: TrainConfig) -> Manifest:
         raise ConfigError(f"data.task: segmentation needs a mask column, and {manifest.path.name} has none; "
                           "add masks or set data.task=classification")
     if data.task == "classification" and not manifest.has_labels:
+        if "label" in manifest.table:
+            raise ConfigError(f"data.task: classification needs labels, and {manifest.path.name}'s label column is "
+                              "empty; fill it")
         columns = [c for c in manifest.table.columns if c not in ("image_path", "mask_path")]
-        raise ConfigError(f"data.task: classification needs labels, and {manifest.path.name}'s label column is empty; "
-                          "fill it" if "label" in columns else
-                          f"data.task: classification needs a label column, and {manifest.path.name} has none (it has "
+        raise ConfigError(f"data.task: classification needs a label column, and {manifest.path.name} has none (it has "
                           f"{', '.join(columns)}); name the column that holds the classes 'label'")
     if data.task == "classification" and train.loss not in ("ce", "focal"):
         raise ConfigError(f"train.loss: {train.loss} is for segmentation; use ce or focal for classification")
