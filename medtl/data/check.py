@@ -13,7 +13,7 @@ from PIL import Image
 
 from medtl.config_sections import DEFAULT_MASK_CLASSES
 from medtl.data import dicom
-from medtl.data.manifest import Manifest
+from medtl.data.manifest import Manifest, label_spelling, other_spellings
 from medtl.data.readers import check_nifti_size, dicom_headers, scan_kind
 from medtl.errors import DataError
 from medtl.files import sha256_file
@@ -171,14 +171,24 @@ def check_manifest(
         elif classes and isinstance(label, str) and label not in classes:
             problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}"
                                     f"{_label_hint(label, classes)}"))
+    if not classes and needs_label:
+        problems.extend(_label_spellings(table))
     problems.extend(_leakage(table))
     problems.extend(_duplicate_images(table, deep))
     return problems
 
 
+def _label_spellings(table: pd.DataFrame) -> list[Problem]:
+    """Cases whose label is another spelling of a more common one, when no config names the classes."""
+    twins = other_spellings(table["label"])
+    return [Problem(str(case), "label spelling", f"label {label!r} is another spelling of {twins[label]!r}, which "
+                    f"other cases use; write {twins[label]!r}, or set data.classes")
+            for case, label in zip(table["case_id"], table["label"]) if isinstance(label, str) and label in twins]
+
+
 def _label_hint(label: str, classes: list[str]) -> str:
-    """What an unknown label most likely is: a class written in other capitals, or a class index."""
-    same = [c for c in classes if c.casefold() == label.casefold()]
+    """What an unknown label most likely is: a class written in other capitals or as ``1.0``, or a class index."""
+    same = [c for c in classes if label_spelling(c) == label_spelling(label)]
     if same:
         return f" (labels are matched exactly: write {same[0]!r})"
     if label.isdigit() and int(label) < len(classes):

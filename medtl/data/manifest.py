@@ -214,11 +214,42 @@ def rebased(manifest: Manifest, folder: Path) -> pd.DataFrame:
     return table
 
 
+def label_spelling(label: str) -> str:
+    """What two spellings of one class share: ``Pneumonia`` and ``pneumonia``, ``1`` and the ``1.0`` a column
+    with an empty cell is saved as by pandas."""
+    try:
+        number = float(label)
+    except ValueError:
+        return " ".join(label.casefold().split())
+    return str(int(number)) if number.is_integer() else str(number)
+
+
+def other_spellings(labels: pd.Series) -> dict[str, str]:
+    """Each label that is another spelling of a more frequent one, mapped to that one; such labels taken as classes
+    would train a class of their own out of a typing difference."""
+    counts = labels.dropna().value_counts()
+    first: dict[str, str] = {}
+    twins: dict[str, str] = {}
+    for label in counts.index:  # most frequent first, so it is the spelling kept
+        key = label_spelling(str(label))
+        if key in first:
+            twins[str(label)] = first[key]
+        else:
+            first[key] = str(label)
+    return twins
+
+
 def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:
-    """Configured classes, else the manifest's labels sorted (integers numerically)."""
+    """Configured classes, else the manifest's labels sorted (integers numerically); labels that differ only in
+    spelling are refused there, since each would become a class."""
     if configured:
         return list(configured)
     labels = manifest.table["label"].dropna().unique().tolist() if manifest.has_labels else []
+    twins = other_spellings(manifest.table["label"]) if manifest.has_labels else {}
+    if twins:
+        label, kept = next(iter(twins.items()))
+        raise ManifestError(f"{manifest.path.name}: labels {kept!r} and {label!r} differ only in spelling and would be "
+                            f"two classes; write one spelling throughout, or set data.classes")
     try:
         return [str(v) for v in sorted(labels, key=lambda v: int(v))]
     except ValueError:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from medtl.data.check import check_manifest
-from medtl.data.manifest import read_manifest
+from medtl.data.manifest import class_names, read_manifest
 from medtl.data.synthetic import make_classification_set, synthetic_volume, write_ct_series, write_nifti, write_xray_dicom
 from medtl.errors import ManifestError
 from tests.conftest import run_cli
@@ -206,6 +206,25 @@ def test_a_label_that_looks_like_a_class_index_or_in_other_capitals_says_how_to_
                        if p.kind == "unknown label"]
     assert index.case_id == "a" and "set data.classes to [0, 1]" in index.detail
     assert capitals.case_id == "b" and "write 'lesion'" in capitals.detail
+    pd.DataFrame([{"case_id": "a", "image": "a.nii.gz", "label": "1.0"}]).to_csv(tmp_path / "m.csv", index=False)
+    saved_as_float, = check_manifest(read_manifest(tmp_path / "m.csv"), classes=["0", "1"])
+    assert "write '1'" in saved_as_float.detail
+
+
+def test_labels_that_differ_only_in_spelling_are_not_taken_as_two_classes(tmp_path):
+    """With no config naming the classes, ``Lesion`` next to ``lesion`` (or ``1.0`` next to ``1``) would train a
+    class of its own; check names the rarer spelling's cases and training refuses."""
+    write_nifti(tmp_path / "a.nii.gz", np.ones((8, 8, 4), np.float32))
+    labels = {"a": "lesion", "b": "lesion", "c": "Lesion ", "d": "normal", "e": "1", "f": "1.0", "g": "1"}
+    pd.DataFrame([{"case_id": c, "image": "a.nii.gz", "label": v} for c, v in labels.items()]).to_csv(
+        tmp_path / "m.csv", index=False)
+    m = read_manifest(tmp_path / "m.csv")
+    problems = [p for p in check_manifest(m) if p.kind != "duplicate image"]
+    assert [(p.case_id, p.kind) for p in problems] == [("c", "label spelling"), ("f", "label spelling")]
+    assert "write 'lesion'" in problems[0].detail and "write '1'" in problems[1].detail
+    with pytest.raises(ManifestError, match="differ only in spelling"):
+        class_names(m, None)
+    assert class_names(m, ["lesion", "Lesion", "normal", "1", "1.0"]) == ["lesion", "Lesion", "normal", "1", "1.0"]
 
 
 def test_a_manifest_written_on_windows_reads_here(tmp_path):
