@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -19,7 +19,8 @@ import pandas as pd
 from medtl.config_sections import CaseIds
 from medtl.data.build import discover_cases, pair_masks
 from medtl.data.manifest import UNREADABLE_CSV, read_manifest
-from medtl.data.readers import IMAGE_SUFFIXES, scan_kind
+from medtl.data.dicom import parse_series_ref
+from medtl.data.readers import IMAGE_SUFFIXES, dicom_headers, scan_kind
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
 from medtl.files import claim_folder, one_writer
@@ -27,6 +28,9 @@ from medtl.log import make_progress
 from medtl.models.checkpoint import ModelBundle, bundle_digest
 from medtl.models.predictor import Predictor, device_for
 from medtl.observe import NullTracker, Tracker
+
+if TYPE_CHECKING:
+    from medtl.data.inverse import SourceMask
 
 
 @dataclass
@@ -92,7 +96,7 @@ def read_predictions(path: Path) -> pd.DataFrame:
     numeric columns (probabilities, volumes) as numbers, NaN where a case failed."""
     try:
         columns = read_text_table(path, nrows=0).columns
-        numeric = [c for c in columns if c.startswith("prob_") or c == "lesion_volume_ml"]
+        numeric = [c for c in columns if c.startswith(("prob_", "lesion_"))]
         return pd.read_csv(path, dtype={c: str for c in columns if c not in numeric}, keep_default_na=False,
                            na_values={c: ["", "nan", "NaN"] for c in numeric})
     except UNREADABLE_CSV as exc:
@@ -129,9 +133,9 @@ def done_cases(stream: Path, model_id: str) -> set[str]:
 def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundle: ModelBundle,
               model_id: str) -> dict[str, Any]:
     """Writes the mask on the source grid: PNG for a film, NIfTI with the source affine otherwise, and for a
-    DICOM series also a DICOM-SEG referencing it; adds the lesion volume (mL) and the path."""
+    DICOM series also a DICOM-SEG referencing it; adds the lesion's size and the path."""
     mask = rec["mask"]
-    row = {"lesion_volume_ml": float((mask.labels > 0).sum() * mask.voxel_ml), "mask_path": ""}
+    row = {**_lesion_size(mask, image_ref, bundle.spec.data.spatial_dims), "mask_path": ""}
     if masks_out is not None:
         masks_out.mkdir(parents=True, exist_ok=True)
         if image_ref.lower().endswith(IMAGE_SUFFIXES):  # a film in, a PNG of the same size out
@@ -152,6 +156,23 @@ def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundl
                 write_dicom_seg(image_ref, mask.labels, mask.affine, bundle.classes, masks_out / f"{rec['case_id']}.seg.dcm", name, version)
         row["mask_path"] = str(path)
     return row
+
+
+def _size_columns(bundle: ModelBundle) -> list[str]:
+    return ["lesion_pixels", "lesion_area_mm2"] if bundle.spec.data.spatial_dims == 2 else ["lesion_volume_ml"]
+
+
+def _lesion_size(mask: SourceMask, image_ref: str, spatial_dims: int) -> dict[str, float | int]:
+    """The lesion's volume (mL) in a scan; in a film its pixels and area (mm²), the area only where the file
+    states its pixel spacing: a PNG, or a DICOM film without the tag, gives pixels of unknown size."""
+    n = int((mask.labels > 0).sum())
+    if spatial_dims == 3:
+        return {"lesion_volume_ml": n * mask.voxel_ml}
+    kind = scan_kind(image_ref)
+    path, uid = parse_series_ref(image_ref)
+    stated = kind == "nifti" or (kind == "dicom" and any(
+        tag in dicom_headers(path, uid)[0].dataset for tag in ("PixelSpacing", "ImagerPixelSpacing")))
+    return {"lesion_pixels": n, "lesion_area_mm2": n * mask.pixel_mm2 if stated else float("nan")}
 
 
 def _affine_3d(affine_2d: np.ndarray) -> np.ndarray:
@@ -195,7 +216,7 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
             row = prediction_row(bundle, rec)
             if bundle.task == "segmentation":
                 row.update(_mask_row(rec, refs[rec["case_id"]], masks_out, bundle, model_id) if not rec["error"]
-                           else {"lesion_volume_ml": float("nan"), "mask_path": ""})
+                           else {**dict.fromkeys(_size_columns(bundle), float("nan")), "mask_path": ""})
             row.update(meta, scored_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             row = {"case_id": row.pop("case_id"), **row}
             if writer is None:

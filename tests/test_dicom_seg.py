@@ -119,3 +119,31 @@ def test_a_dicom_film_gets_a_dicom_seg_of_its_own_pixels(tmp_path):
           tmp_path / "p.csv", masks_out=tmp_path / "out", device="cpu")
     seg = hd.seg.segread(tmp_path / "out" / "f.seg.dcm")
     assert np.array_equal(seg.pixel_array.reshape(36, 40) > 0, film.T > 1000)
+
+
+def test_a_film_lesion_is_measured_in_square_millimetres_where_the_film_states_its_pixel_size(tmp_path):
+    """A 10 x 10 pixel lesion on a film of 0.2 mm pixels is 4 mm²; a PNG, or a DICOM without a spacing tag,
+    has pixels of unknown size, so its area is left empty rather than taken as 1 mm per pixel."""
+    from PIL import Image
+
+    from medtl.config import Config
+    from medtl.data.synthetic import write_xray_dicom
+    from medtl.models.checkpoint import ModelBundle
+    from medtl.scoring import read_predictions
+    from tests.data.test_inverse import ThresholdNet
+
+    film = np.full((40, 36), 100.0)
+    film[10:20, 5:15] = 3000.0
+    write_xray_dicom(tmp_path / "stated.dcm", film, spacing=0.2)
+    ds = pydicom.dcmread(tmp_path / "stated.dcm")
+    del ds.ImagerPixelSpacing
+    ds.save_as(tmp_path / "unstated.dcm")
+    Image.fromarray(np.where(film.T > 1000, 255, 10).astype(np.uint8)).save(tmp_path / "film.png")
+    cfg = Config.model_validate({"data": {"task": "segmentation", "spatial_dims": 2, "image_size": [40, 36],
+                                          "modality": "xray"}, "tracking": {"enabled": False}})
+    cases = [{"case_id": name, "image": str(tmp_path / name)} for name in ("stated.dcm", "unstated.dcm", "film.png")]
+    score(ModelBundle(ThresholdNet(), cfg, ["background", "lesion"]), cases, tmp_path / "p.csv", device="cpu")
+    sizes = read_predictions(tmp_path / "p.csv").set_index("case_id")
+    assert sizes["lesion_pixels"].tolist() == [100, 100, 100]
+    assert sizes.loc["stated.dcm", "lesion_area_mm2"] == pytest.approx(100 * 0.2 * 0.2)
+    assert sizes[["lesion_area_mm2"]].drop("stated.dcm").isna().all().all()

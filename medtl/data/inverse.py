@@ -28,6 +28,12 @@ class SourceMask:
         return tuple(float(s) for s in np.sqrt((self.affine[:-1, :-1] ** 2).sum(0)))
 
     @property
+    def pixel_mm2(self) -> float:
+        """The area (mm²) of a pixel of a film, or of a slice: the parallelogram of the first two axes."""
+        axes = self.affine[:-1, :2]
+        return float(abs(np.linalg.det(axes)) if len(axes) == 2 else np.linalg.norm(np.cross(axes[:, 0], axes[:, 1])))
+
+    @property
     def voxel_ml(self) -> float:
         return abs(float(np.linalg.det(self.affine[:-1, :-1]))) / 1000.0 if self.affine.shape[0] == 4 else float("nan")
 
