@@ -158,6 +158,20 @@ def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundl
     return row
 
 
+def _refuse_unfit_mask_names(case_ids: list[str]) -> None:
+    """Each mask is written as CASE_ID.png or .nii.gz: an id holding a path separator would write elsewhere
+    (``../x`` outside the folder), and two ids that differ only in capitals are one file on Windows or macOS."""
+    folded: dict[str, str] = {}
+    for case in case_ids:
+        if case in (".", "..") or any(ch in case for ch in "/\\\0"):
+            raise MedtlError(f"case {case!r}: its id cannot name a mask file (it holds a path separator); rename the "
+                             "case, or score without --masks-out")
+        other = folded.setdefault(case.casefold(), case)
+        if other != case:
+            raise MedtlError(f"cases {other!r} and {case!r}: their mask files would be one file on Windows or macOS; "
+                             "rename one, or score without --masks-out")
+
+
 def _size_columns(bundle: ModelBundle) -> list[str]:
     return ["lesion_pixels", "lesion_area_mm2"] if bundle.spec.data.spatial_dims == 2 else ["lesion_volume_ml"]
 
@@ -203,6 +217,7 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     model_id = bundle_digest(bundle)
     done = done_cases(stream, model_id)
     if masks_out is not None:  # a folder of reference masks named like the cases would be overwritten file by file
+        _refuse_unfit_mask_names([c["case_id"] for c in cases])
         claim_folder(masks_out, "--masks-out", model_id)
     todo = [c for c in cases if c["case_id"] not in done]
     refs = {c["case_id"]: c["image"] for c in todo}

@@ -147,3 +147,25 @@ def test_a_film_lesion_is_measured_in_square_millimetres_where_the_film_states_i
     assert sizes["lesion_pixels"].tolist() == [100, 100, 100]
     assert sizes.loc["stated.dcm", "lesion_area_mm2"] == pytest.approx(100 * 0.2 * 0.2)
     assert sizes[["lesion_area_mm2"]].drop("stated.dcm").isna().all().all()
+
+
+@pytest.mark.parametrize("ids", [["ok", "../outside"], ["sub/case"], ["Case1", "case1"]])
+def test_a_case_id_that_cannot_name_its_mask_file_is_refused_before_anything_is_written(tmp_path, ids):
+    """``../outside`` used to write its mask beside the masks folder, ``sub/case`` to fail mid-batch, and
+    ``Case1`` next to ``case1`` to be one file once the folder is copied to Windows or macOS."""
+    from PIL import Image
+
+    from medtl.config import Config
+    from medtl.errors import MedtlError
+    from medtl.models.checkpoint import ModelBundle
+    from tests.data.test_inverse import ThresholdNet
+
+    Image.fromarray(np.full((36, 40), 200, np.uint8)).save(tmp_path / "film.png")
+    cfg = Config.model_validate({"data": {"task": "segmentation", "spatial_dims": 2, "image_size": [40, 36]},
+                                 "tracking": {"enabled": False}})
+    masks = tmp_path / "run" / "masks"
+    with pytest.raises(MedtlError, match="rename"):
+        score(ModelBundle(ThresholdNet(), cfg, ["background", "lesion"]),
+              [{"case_id": c, "image": str(tmp_path / "film.png")} for c in ids], tmp_path / "run" / "p.csv",
+              masks_out=masks, device="cpu")
+    assert not masks.exists() and not (tmp_path / "run" / "outside.png").exists()
