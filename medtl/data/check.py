@@ -142,14 +142,7 @@ def check_manifest(
             problems.append(Problem(case, "no image", "empty image cell; give the scan's path or remove the row"))
             continue
         try:
-            image_geometry = _geometry(str(row.image_path), deep)
-            _check_dims(image_geometry, spatial_dims)
-            other = modality and dicom.modality_mismatch(image_geometry.modality, modality)
-            if other:
-                raise DataError(other)
-            if image_geometry.blank is not None:  # a mask of zeros is a case without a lesion; an image is not
-                raise DataError(f"blank: every voxel is {image_geometry.blank:g}; the export failed or the scan is "
-                                "empty, so re-export it or remove its row")
+            image_geometry = _image_geometry(str(row.image_path), deep, spatial_dims, modality)
         except DataError as exc:
             problems.append(Problem(case, _kind_of(str(exc)), f"{row.image}: {exc}"))
         mask_path = getattr(row, "mask_path", None)
@@ -165,17 +158,34 @@ def check_manifest(
                     _check_mask_values(mask_path, len(classes or DEFAULT_MASK_CLASSES))
             except DataError as exc:
                 problems.append(Problem(case, "mask " + _kind_of(str(exc)), f"{row.mask}: {exc}"))
-        label = getattr(row, "label", None)
-        if needs_label and not isinstance(label, str):
-            problems.append(Problem(case, "no label", "empty label; label the case or remove its row"))
-        elif classes and isinstance(label, str) and label not in classes:
-            problems.append(Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}"
-                                    f"{_label_hint(label, classes)}"))
+        problems.extend(_label_problems(case, getattr(row, "label", None), needs_label, classes))
     if not classes and needs_label:
         problems.extend(_label_spellings(table))
     problems.extend(_leakage(table))
     problems.extend(_duplicate_images(table, deep))
     return problems
+
+
+def _image_geometry(path: str, deep: bool, spatial_dims: int | None, modality: str | None) -> Geometry:
+    """The image's geometry, or the DataError that makes it unfit: wrong dimensionality, other modality, blank."""
+    geometry = _geometry(path, deep)
+    _check_dims(geometry, spatial_dims)
+    other = modality and dicom.modality_mismatch(geometry.modality, modality)
+    if other:
+        raise DataError(other)
+    if geometry.blank is not None:  # a mask of zeros is a case without a lesion; an image is not
+        raise DataError(f"blank: every voxel is {geometry.blank:g}; the export failed or the scan is empty, so "
+                        "re-export it or remove its row")
+    return geometry
+
+
+def _label_problems(case: str, label: object, needs_label: bool, classes: list[str] | None) -> list[Problem]:
+    if needs_label and not isinstance(label, str):
+        return [Problem(case, "no label", "empty label; label the case or remove its row")]
+    if classes and isinstance(label, str) and label not in classes:
+        return [Problem(case, "unknown label", f"label {label!r} is not one of {', '.join(classes)}"
+                        f"{_label_hint(label, classes)}")]
+    return []
 
 
 def _label_spellings(table: pd.DataFrame) -> list[Problem]:
