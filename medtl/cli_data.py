@@ -50,7 +50,7 @@ def manifest_check(
     cfg = load_config(config, set_).data if (config or set_) else None
     m = read_manifest(manifest, cfg.data_root if cfg else None, keep_going=True)
     problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep, progress=True,
-                              modality=cfg.modality if cfg else None)
+                              modality=cfg.modality if cfg else None, views=cfg.views if cfg else None)
     print_check(m, problems)
     if problems:
         raise typer.Exit(1)

@@ -51,6 +51,9 @@ class DataConfig(Section):
     image_size: list[int] = Field(default_factory=lambda: [64, 64])
     """Model input size per axis; each between 2 and 4096 voxels."""
     modality: Literal["ct", "mr", "xray", "us", "none"] = "xray"
+    views: list[str] | None = None
+    """The DICOM ViewPosition values (PA, AP, LL...) of the films a 2-D model takes; a film of another view is that
+    case's error when scoring. None: training takes them from the manifest's films (any view, if none says)."""
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
     spacing: list[float] | None = None
     """Resample to this voxel spacing in mm (3D); None keeps the native spacing."""
@@ -77,6 +80,11 @@ class DataConfig(Section):
         if isinstance(v, list):
             return [str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in v]
         return v
+
+    @field_validator("views")
+    @classmethod
+    def _views_as_dicom_writes_them(cls, v: list[str] | None) -> list[str] | None:
+        return sorted({str(view).strip().upper() for view in v}) if v is not None else None
 
     @model_validator(mode="after")
     def _size_matches_dims(self) -> "DataConfig":

@@ -149,3 +149,35 @@ def test_batch_score_pipeline_hands_the_spark_engine_its_settings(tmp_path, monk
     assert res.returncode == 0, res.stderr
     assert seen["model"] == "models:/x@candidate" and seen["master"] == "spark://head:7077" and seen["chunk"] == 50
     assert seen["out"] == tmp_path / "runs" / "medtl" / "predictions.parquet" and "3 scored now, 1 already there" in res.stdout
+
+
+def test_a_film_of_a_view_the_model_never_saw_is_that_cases_error(tmp_path):
+    """A model of frontal films (the views its manifest's films state) refuses a lateral film, in check and in
+    scoring, where it used to answer for it; a film that states no view is not judged."""
+    import torch
+
+    from medtl.config import Config
+    from medtl.data.check import check_manifest
+    from medtl.data.manifest import read_manifest
+    from medtl.data.synthetic import write_xray_dicom
+    from medtl.models.checkpoint import ModelBundle
+    from medtl.scoring import read_predictions, score
+    from medtl.train.data import film_views
+
+    film = np.arange(256.0).reshape(16, 16) * 10
+    for case, view in (("pa", "PA"), ("ap", "AP"), ("lateral", "LL"), ("unstated", "")):
+        write_xray_dicom(tmp_path / f"{case}.dcm", film, view=view)
+    pd.DataFrame({"case_id": ["pa", "ap", "lateral", "unstated"], "image": ["pa.dcm", "ap.dcm", "lateral.dcm", "unstated.dcm"],
+                  "label": "normal"}).to_csv(tmp_path / "m.csv", index=False)
+    m = read_manifest(tmp_path / "m.csv")
+    assert film_views(m.table) == ["AP", "LL", "PA"]
+    frontal = Config.model_validate({"data": {"image_size": [16, 16], "views": ["pa", "AP"]}, "tracking": {"enabled": False}})
+    assert frontal.data.views == ["AP", "PA"]
+    problems = check_manifest(m, spatial_dims=2, views=frontal.data.views)
+    assert [(p.case_id, p.kind) for p in problems if p.kind != "duplicate image"] == [("lateral", "other view")]
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    cases = [{"case_id": c, "image": str(p)} for c, p in zip(m.table["case_id"], m.table["image_path"])]
+    score(ModelBundle(net, frontal, ["normal", "lesion"]), cases, tmp_path / "p.csv", device="cpu")
+    scored = read_predictions(tmp_path / "p.csv").set_index("case_id")
+    assert scored["status"].to_dict() == {"pa": "ok", "ap": "ok", "lateral": "error", "unstated": "ok"}
+    assert "a LL film (DICOM ViewPosition), and the model takes AP, PA films only" in scored.loc["lateral", "error"]

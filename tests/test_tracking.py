@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medtl.data.synthetic import make_classification_set
+from medtl.models.checkpoint import load_bundle
 from tests.conftest import free_port, run_cli
 
 pytestmark = pytest.mark.slow
@@ -143,6 +144,7 @@ def test_no_patient_tag_reaches_store_artifacts_or_logs(tmp_path):
     sets = overrides(m, tmp_path / "runs", store, ["train.epochs=1", "evaluate.bootstrap=10"])
     train = run_cli("run", "diagnosis", *sets, cwd=tmp_path, env={"MEDTL_LOG_LEVEL": "DEBUG"})
     assert train.returncode == 0, train.stderr[-3000:]
+    assert load_bundle(next((tmp_path / "runs").glob("*/model.pt"))).spec.data.views == ["PA"]  # the films' own view
     score = run_cli("score", "--model", "models:/tiny@candidate", "--input", str(data / "images"),
                     "--out", str(tmp_path / "scores.csv"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store})
     assert score.returncode == 0, score.stderr[-3000:]

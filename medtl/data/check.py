@@ -35,6 +35,8 @@ class Geometry:
     """The one value of every voxel, when ``deep`` read them all and found no other."""
     modality: str = ""
     """The DICOM Modality tag; empty for NIfTI and image files, which carry none."""
+    view: str = ""
+    """A DICOM film's ViewPosition; empty where it states none."""
 
 
 def _dicom_file_geometry(path: Path) -> Geometry:
@@ -53,7 +55,7 @@ def _dicom_file_geometry(path: Path) -> Geometry:
     if raw is not None and not ds.file_meta.TransferSyntaxUID.is_compressed and len(raw) < expected:
         raise DataError(f"truncated DICOM: pixel data holds {len(raw)} of {expected} bytes")
     shape = (header.columns, header.rows) if header.frames == 1 else (header.columns, header.rows, header.frames)
-    return Geometry(shape, None, modality=dicom.modality_tag(header))
+    return Geometry(shape, None, modality=dicom.modality_tag(header), view=dicom.view_tag(header))
 
 
 def _geometry(ref: str, deep: bool) -> Geometry:
@@ -121,6 +123,7 @@ def check_manifest(
     deep: bool = False,
     progress: bool = False,
     modality: str | None = None,
+    views: list[str] | None = None,
 ) -> list[Problem]:
     """Every problem found, in manifest order; an empty list means the manifest is safe to train on."""
     table = manifest.table
@@ -142,7 +145,7 @@ def check_manifest(
             problems.append(Problem(case, "no image", "empty image cell; give the scan's path or remove the row"))
             continue
         try:
-            image_geometry = _image_geometry(str(row.image_path), deep, spatial_dims, modality)
+            image_geometry = _image_geometry(str(row.image_path), deep, spatial_dims, modality, views)
         except DataError as exc:
             problems.append(Problem(case, _kind_of(str(exc)), f"{row.image}: {exc}"))
         mask_path = getattr(row, "mask_path", None)
@@ -166,11 +169,13 @@ def check_manifest(
     return problems
 
 
-def _image_geometry(path: str, deep: bool, spatial_dims: int | None, modality: str | None) -> Geometry:
-    """The image's geometry, or the DataError that makes it unfit: wrong dimensionality, other modality, blank."""
+def _image_geometry(path: str, deep: bool, spatial_dims: int | None, modality: str | None,
+                    views: list[str] | None) -> Geometry:
+    """The image's geometry, or the DataError that makes it unfit: wrong dimensionality, other modality or view,
+    blank."""
     geometry = _geometry(path, deep)
     _check_dims(geometry, spatial_dims)
-    other = modality and dicom.modality_mismatch(geometry.modality, modality)
+    other = (modality and dicom.modality_mismatch(geometry.modality, modality)) or dicom.view_mismatch(geometry.view, views)
     if other:
         raise DataError(other)
     if geometry.blank is not None:  # a mask of zeros is a case without a lesion; an image is not
@@ -255,7 +260,7 @@ def _kind_of(message: str) -> str:
     for key in ("header declares", "missing file", "empty file", "truncated DICOM", "DICOM without pixel data", "several series",
                 "missing slice", "duplicate slice", "inconsistent", "NaN/Inf", "unexpected dimensionality",
                 "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable",
-                "not class indices", "classes (0 to", "blank", "other modality"):
+                "not class indices", "classes (0 to", "blank", "other modality", "other view"):
         if key in message:
             return "labels not class indices" if key in ("not class indices", "classes (0 to") else key
     return "unreadable"

@@ -138,6 +138,20 @@ def modality_tag(header: SliceHeader) -> str:
     return str(header.dataset.get("Modality", "")) if header.dataset is not None else ""
 
 
+def view_tag(header: SliceHeader) -> str:
+    """A film's ViewPosition (PA, AP, LL...) in capitals; empty where the file does not say."""
+    return str(header.dataset.get("ViewPosition", "")).strip().upper() if header.dataset is not None else ""
+
+
+def view_mismatch(view: str, views: list[str] | None) -> str | None:
+    """Why a film of ViewPosition ``view`` does not belong with a model of ``views`` (a lateral film through a model of
+    frontal ones is still given a confident answer), or None; a film that states no view is not judged."""
+    if not views or not view or view in views:
+        return None
+    return (f"other view: a {view} film (DICOM ViewPosition), and the model takes {', '.join(views)} films only "
+            f"(data.views); leave the case out, or train a model with {view} films")
+
+
 def scan_series(folder: Path, progress: bool = False) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
     """Groups every DICOM file under ``folder`` (recursively, any file names) by SeriesInstanceUID; returns the
     series and, apart, the files that hold no scan (a DICOMDIR, a report, a segmentation, a localizer)."""

@@ -120,6 +120,7 @@ class ScanReader(ImageReader):
             MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
             MetaKeys.SPACE: SpaceKeys.RAS,
             "dicom_modality": dicom.modality_tag(payload[0]),  # for CheckModalityd; NIfTI and films carry none
+            "dicom_view": dicom.view_tag(payload[0]),  # for CheckViewd
         }
         return array.astype(np.float32), meta
 

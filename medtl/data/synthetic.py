@@ -113,13 +113,17 @@ def write_ct_series(
     return series_uid
 
 
-def write_xray_dicom(path: Path, image: np.ndarray, patient_tag: str = "ANON", spacing: float = 0.2) -> None:
-    """Writes a 2D radiograph (i=column, j=row) as a single-frame DICOM file."""
+def write_xray_dicom(path: Path, image: np.ndarray, patient_tag: str = "ANON", spacing: float = 0.2,
+                     view: str = "PA") -> None:
+    """Writes a 2D radiograph (i=column, j=row) as a single-frame DICOM file, a frontal (PA) film unless ``view``
+    says otherwise ("" states none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = _base_dataset(path, SecondaryCaptureImageStorage, patient_tag, generate_uid(), generate_uid())
     ds.Modality = "DX"
     ds.Rows, ds.Columns = image.shape[1], image.shape[0]
     ds.ImagerPixelSpacing = [spacing, spacing]
+    if view:
+        ds.ViewPosition = view
     ds.PixelRepresentation = 0
     ds.PixelData = np.clip(image.T, 0, 65535).astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)

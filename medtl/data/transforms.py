@@ -134,6 +134,21 @@ class CheckModalityd(MapTransform):
         return data
 
 
+class CheckViewd(MapTransform):
+    """Refuses a DICOM film of a view the model was not trained on (``dicom.view_mismatch``)."""
+
+    def __init__(self, keys: list[str], views: list[str] | None) -> None:
+        super().__init__(keys)
+        self.views = views
+
+    def __call__(self, data: Any) -> Any:
+        for key in self.key_iterator(data):
+            other = dicom.view_mismatch(str(getattr(data[key], "meta", {}).get("dicom_view", "")), self.views)
+            if other:
+                raise DataError(f"case {data.get('case_id', '?')}: {other}")
+        return data
+
+
 def find_data_error(exc: BaseException | None) -> DataError | None:
     """The DataError inside MONAI's wrapping of transform errors, if any."""
     seen = 0
@@ -163,7 +178,7 @@ def deterministic_transforms(cfg: DataConfig, with_mask: bool = False, keep_meta
     back to the source grid (``medtl.data.inverse``)."""
     keys = ["image", "mask"] if with_mask else ["image"]
     steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckDimsd(keys, cfg.spatial_dims),
-                        CheckModalityd(["image"], cfg.modality), CheckFinited(keys)]
+                        CheckModalityd(["image"], cfg.modality), CheckViewd(["image"], cfg.views), CheckFinited(keys)]
     if with_mask:
         steps.append(MaskIndicesd(["mask"], len(cfg.mask_classes)))
     if cfg.spatial_dims == 3:

@@ -13,7 +13,9 @@ from monai.data import DataLoader
 from medtl.config import DataConfig, TrainConfig
 from medtl.data.check import check_manifest
 from medtl.data.datasets import GuardedDataset, case_items, make_dataset
+from medtl.data.dicom import parse_series_ref, view_tag
 from medtl.data.manifest import Manifest, class_names, read_manifest, rows_of_split
+from medtl.data.readers import dicom_headers, scan_kind
 from medtl.data.splits import split_manifest, validation_from_training, with_saved_splits
 from medtl.data.transforms import build_transforms
 from medtl.errors import ConfigError, DataError
@@ -30,6 +32,8 @@ class PreparedData:
     """Cases that train/validate/test, with their split (bad cases removed when skipping was asked for)."""
     classes: list[str]
     skipped: list[str]
+    views: list[str] | None = None
+    """The DICOM views the model takes: data.views, or those the manifest's films state (``film_views``)."""
 
 
 def preflight(data: DataConfig, train: TrainConfig) -> Manifest:
@@ -74,7 +78,7 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
     skipped: list[str] = []
     if check:
         problems = check_manifest(manifest, classes if data.task == "classification" else None, data.spatial_dims,
-                                  modality=data.modality)
+                                  modality=data.modality, views=data.views)
         if problems:
             bad = sorted({p.case_id for p in problems})
             if not data.skip_bad_cases:
@@ -101,7 +105,24 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
     if fresh:
         out_dir.mkdir(parents=True, exist_ok=True)
         table[["case_id", "split"]].to_csv(splits_file, index=False)
-    return PreparedData(manifest, table.reset_index(drop=True), classes, skipped)
+    views = data.views if data.views is not None or data.spatial_dims == 3 else film_views(table)
+    return PreparedData(manifest, table.reset_index(drop=True), classes, skipped, views)
+
+
+def film_views(table: pd.DataFrame) -> list[str] | None:
+    """The ViewPositions the manifest's DICOM films state: the views a 2-D model then takes alone (CheckViewd), so a
+    model of frontal chest films refuses a lateral one rather than answering for it. None where no film says; a
+    file that cannot be read states nothing (checking the cases is ``check_manifest``'s)."""
+    views: set[str] = set()
+    for ref in table["image_path"]:
+        try:
+            if isinstance(ref, str) and scan_kind(ref) == "dicom":
+                path, uid = parse_series_ref(ref)
+                views.add(view_tag(dicom_headers(path, uid)[0]))
+        except DataError:
+            continue
+    views.discard("")
+    return sorted(views) or None
 
 
 NEGATIVE_WORDS = {"normal", "negative", "neg", "healthy", "benign", "no", "none", "absent", "control", "clear", "0"}

@@ -8,7 +8,7 @@ import json
 import math
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +161,10 @@ def _set_up(cfg: Config, resume: bool | str, tracker: Tracker) -> Setup:
     counts = train_label_counts(prepared.table, prepared.classes) if cfg.data.task == "classification" else None
     loss_fn, weights = build_loss(cfg.train, cfg.data.task, counts, prepared.classes)
     _report_start(cfg, schedule, prepared, weights, counts, tracker)
+    spec = InferenceSpec.from_config(cfg)
+    spec = replace(spec, data=spec.data.model_copy(update={"views": prepared.views}))  # the films' views when unset
     bundle = ModelBundle(model, cfg, prepared.classes, extra={"weights_sha256": built.weights_sha256, "backbone": built.spec.name,
-                                                               "manifest_sha256": manifest.digest()})
+                                                               "manifest_sha256": manifest.digest()}, spec=spec)
     task = make_task(cfg.data.task, loss_fn.to(rt.device), cfg.data.skip_bad_cases)
     return Setup(cfg, rt, tracker, out_dir, prepared, model, schedule, task, weights, bundle,
                  Validation(bundle.spec, prepared, task, model, rt, cfg.train.batch_size), target)
