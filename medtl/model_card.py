@@ -15,15 +15,18 @@ from medtl.evaluate.report import fmt
 NEEDS = "NEEDS INPUT"
 
 
-def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], dataset_digest: str, notes: list[str]) -> str:
-    """Markdown, short enough to read in the registry page."""
+def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], dataset_digest: str, notes: list[str],
+               classes: list[str] | None = None, views: list[str] | None = None) -> str:
+    """Markdown, short enough to read in the registry page. ``classes`` and ``views`` are the model's: the config
+    names neither when the manifest's labels and films give them."""
     counts = table.groupby(["split", "label"]).size().unstack(fill_value=0) if "label" in table else table.groupby("split").size()
     sites = [c for c in cfg.data.subgroups if c in table]
     lines = [f"# {cfg.tracking.registered_model or cfg.name}", "",
              "## Intended use", cfg.tracking.intended_use or f"{NEEDS}: clinical question, population, setting, user.", "",
              "## Model", f"{cfg.model.backbone} ({cfg.model.pretrained} weights), transfer strategy {cfg.transfer.strategy}, "
              f"{cfg.data.spatial_dims}D input {cfg.data.image_size}, {cfg.data.modality}; classes: "
-             f"{', '.join(cfg.data.classes or [])}. Trained with {_training(cfg)}.", "",
+             f"{', '.join(classes or cfg.data.classes or [])}. Trained with {_training(cfg)}."
+             + (f" Takes {', '.join(views)} films only (DICOM ViewPosition); other views are refused." if views else ""), "",
              "## Data", f"Manifest digest (SHA-256) `{dataset_digest[:16]}`; patient-level splits.", "",
              *_markdown_counts(counts), ""]
     if sites:

@@ -173,7 +173,8 @@ def register_step(result: TrainResult, tracker: Tracker, evaluation: Evaluation 
 
         metrics = evaluation.metrics if evaluation else {}
         digest = result.prepared.manifest.digest()
-        card = model_card(result.bundle.config, result.prepared.table, metrics, digest, evaluation.notes if evaluation else [])
+        card = model_card(result.bundle.config, result.prepared.table, metrics, digest, evaluation.notes if evaluation else [],
+                          classes=result.prepared.classes, views=result.prepared.views)
         gates = {"min_auroc_ci_low": cfg.gate_min_auroc_ci_low, "max_ece": cfg.gate_max_ece}
         version = tracker.register(uri, cfg.registered_model, cfg.alias, card, card_tags(metrics, digest), gates)
         if version is not None:

@@ -204,6 +204,9 @@ def test_model_card_and_params_name_the_objective_that_shaped_the_model():
     segmentation = load_config(None, ["data.task=segmentation", "train.loss=dice_ce", "train.class_weights=none"])
     assert "Trained with Dice + cross-entropy loss, up to 10 epochs." in model_card(segmentation, table, {}, "0" * 64, [])
     assert applied_params(cfg)["train.mixup_alpha"] == 0.2 and "train.mixup_alpha" not in applied_params(frozen)
+    from_manifest = model_card(cfg, table, {}, "0" * 64, [], classes=["normal", "lesion"], views=["AP", "PA"])
+    assert "classes: normal, lesion. Trained" in from_manifest  # a config that names no classes used to leave them out
+    assert "Takes AP, PA films only (DICOM ViewPosition)" in from_manifest
     assert "transfer.probe_first" not in applied_params(frozen)  # the probe is the whole of feature extraction
     assert "train.mixup_alpha" not in applied_params(load_config(None, []))  # not configured: not a param
 
