@@ -183,6 +183,8 @@ def score_cmd(
         summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker)
     typer.echo(f"{out}: {summary.scored} scored now, {summary.skipped_existing} already there, "
                f"{len(summary.errors)} error(s), {summary.cases_per_s:.1f} cases/s")
+    if summary.batch is not None:
+        typer.echo(f"{summary.batch.message()} ({out.with_name(f'{out.stem}.scores.png')})")
     if len(summary.errors):
         from rich.table import Table
 

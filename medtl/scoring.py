@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from medtl.batch_prevalence import BatchPrevalence, batch_prevalence, scores_plot
 from medtl.config_sections import CaseIds
 from medtl.data.build import discover_cases, pair_masks
 from medtl.data.manifest import UNREADABLE_CSV, read_manifest
@@ -40,6 +41,8 @@ class ScoreSummary:
     skipped_existing: int
     errors: pd.DataFrame
     cases_per_s: float
+    batch: BatchPrevalence | None = None
+    """How often the finding was called and the prevalence the scores imply (binary classifiers)."""
 
 
 def set_prevalence(bundle: ModelBundle, prevalence: float) -> None:
@@ -252,4 +255,8 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     tracker.log_metrics({"cases_scored": float(n), "cases_ok": float(len(table) - len(errors)),
                          "cases_error": float(len(errors)), "cases_per_s": rate})
     tracker.set_tags({"input_digest": input_digest(cases), **{k: str(v) for k, v in meta.items()}})
-    return ScoreSummary(out, n, len(done), errors, rate)
+    batch = batch_prevalence(bundle, table) if not table.empty else None
+    if batch is not None:
+        tracker.log_metrics(batch.metrics())
+        tracker.log_artifact(scores_plot(bundle, table, batch, out.with_name(f"{out.stem}.scores.png")))
+    return ScoreSummary(out, n, len(done), errors, rate, batch)

@@ -181,3 +181,67 @@ def test_a_film_of_a_view_the_model_never_saw_is_that_cases_error(tmp_path):
     scored = read_predictions(tmp_path / "p.csv").set_index("case_id")
     assert scored["status"].to_dict() == {"pa": "ok", "ap": "ok", "lateral": "error", "unstated": "ok"}
     assert "a LL film (DICOM ViewPosition), and the model takes AP, PA films only" in scored.loc["lateral", "error"]
+
+
+class _Recorder:
+    """The tracker calls scoring makes, kept."""
+
+    def __init__(self):
+        self.metrics, self.artifacts = {}, []
+
+    def log_metrics(self, metrics, step=None, dataset=None):
+        self.metrics.update(metrics)
+
+    def set_tags(self, tags):
+        pass
+
+    def log_artifact(self, path, folder=None):
+        self.artifacts.append(path)
+
+
+def _em_by_hand(p: np.ndarray, prior: float, steps: int = 5000) -> float:
+    """Saerens et al. (2002), as the paper writes it: reweight the posteriors by the prior ratio, average."""
+    q = prior
+    for _ in range(steps):
+        w1, w0 = p * q / prior, (1 - p) * (1 - q) / (1 - prior)
+        q = float(np.mean(w1 / (w1 + w0)))
+    return q
+
+
+@pytest.mark.parametrize("given", [None, 0.2])
+def test_a_scored_batch_reports_how_often_the_finding_is_called_and_the_prevalence_its_scores_imply(tmp_path, given):
+    """A batch whose scores imply a prevalence far from the one the probabilities assume (0.7 here, or the
+    --prevalence given) says so, with the figure of its scores; figures match a hand count and a hand EM."""
+    import torch
+    from PIL import Image
+
+    from medtl.config import Config
+    from medtl.models.checkpoint import ModelBundle
+    from medtl.scoring import read_predictions, score, set_prevalence
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for i, level in enumerate(rng.beta(2, 5, 60) * 255):  # mostly dark films: a site with few findings
+        Image.fromarray(np.full((8, 8), level).astype(np.uint8)).save(tmp_path / f"c{i}.png")
+        cases.append({"case_id": f"c{i}", "image": str(tmp_path / f"c{i}.png")})
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    with torch.no_grad():
+        net[2].weight.copy_(torch.tensor([[0.0], [0.03]]))
+        net[2].bias.copy_(torch.tensor([0.0, -1.5]))
+    cfg = Config.model_validate({"data": {"image_size": [8, 8], "modality": "none"}, "tracking": {"enabled": False}})
+    bundle = ModelBundle(net, cfg, ["normal", "lesion"], extra={"source_prior": [0.3, 0.7]})
+    if given is not None:
+        set_prevalence(bundle, given)
+    tracker = _Recorder()
+    summary = score(bundle, cases, tmp_path / "p.csv", device="cpu", tracker=tracker)
+    scored = read_predictions(tmp_path / "p.csv")
+    p = scored["prob_lesion"].to_numpy()
+    assumed = 0.7 if given is None else given
+    batch = summary.batch
+    assert batch.cases == 60 and batch.assumed == assumed
+    assert batch.called == pytest.approx(np.mean(p >= 0.5))
+    assert batch.implied == pytest.approx(_em_by_hand(p, assumed), abs=1e-4)
+    assert tracker.metrics["batch_prevalence_implied"] == batch.implied
+    assert tracker.artifacts == [tmp_path / "p.scores.png"] and (tmp_path / "p.scores.png").is_file()
+    assert batch.far == (abs(batch.implied - assumed) > 0.1) and ("--prevalence" in batch.message()) == batch.far
+    assert given is not None or batch.far  # the dark site is far from the 0.7 the model was calibrated at

@@ -34,4 +34,5 @@ def run(cfg: Config, model: str | None = None, out: str | None = None) -> dict:
     workers = None if sc.num_workers == "auto" else int(sc.num_workers)
     with run_context(cfg.tracking, f"score-{cfg.name}") as tracker:
         summary = score(bundle, cases, target, batch_size=sc.batch_size, device=sc.device, num_workers=workers, tracker=tracker)
-    return {"summary": f"{target}: {summary.scored} scored, {len(summary.errors)} error(s)", "score": summary}
+    said = f"{target}: {summary.scored} scored, {len(summary.errors)} error(s)"
+    return {"summary": said + (f"; {summary.batch.message()}" if summary.batch else ""), "score": summary}

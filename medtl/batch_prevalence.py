@@ -1,0 +1,85 @@
+"""What a scored batch says about the site it came from: how often the model calls the finding, and the prevalence
+its scores imply (labels unused), beside the prevalence its probabilities assume. A site whose scores imply a far
+other prevalence needs ``--prevalence`` (or ``medtl recalibrate``) before its probabilities are read as risks: the
+first sign of a new site that a person can act on without labelling a case."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medtl.evaluate.calibration import estimate_prior
+from medtl.models.checkpoint import ModelBundle
+
+FAR = 0.1
+"""How far (in prevalence) the batch's implied prevalence may be from the assumed one before it is pointed out."""
+MIN_CASES = 20
+"""Fewer scored cases tell too little about a site's prevalence to report one."""
+
+
+@dataclass(frozen=True)
+class BatchPrevalence:
+    positive: str
+    cases: int
+    called: float
+    """Fraction of the scored cases the model calls ``positive``."""
+    implied: float | None
+    """The prevalence the scores imply (EM, checked against the validation call rates); None where none can be read."""
+    how: str
+    assumed: float
+    """The prevalence the probabilities were computed for: the model's calibration set's, or ``--prevalence``."""
+
+    @property
+    def far(self) -> bool:
+        return self.implied is not None and abs(self.implied - self.assumed) > FAR
+
+    def metrics(self) -> dict[str, float]:
+        out = {"batch_called_positive": self.called, "batch_prevalence_assumed": self.assumed}
+        return out | ({"batch_prevalence_implied": self.implied} if self.implied is not None else {})
+
+    def message(self) -> str:
+        said = (f"{self.positive} called in {self.called:.0%} of the {self.cases} cases scored; the prevalence their "
+                f"scores imply is {self.implied:.2f} ({self.how}), and the probabilities assume {self.assumed:.2f}"
+                if self.implied is not None else
+                f"{self.positive} called in {self.called:.0%} of the {self.cases} cases scored; prevalence {self.how}")
+        if self.far:
+            said += ("; far apart: where this site's prevalence is known, score with --prevalence, or recalibrate on "
+                     "labelled cases of it (medtl recalibrate) before reading the probabilities as risks")
+        return said
+
+
+def batch_prevalence(bundle: ModelBundle, table: pd.DataFrame) -> BatchPrevalence | None:
+    """For a binary classifier calibrated by medtl and at least ``MIN_CASES`` scored cases; else None."""
+    if bundle.task != "classification" or len(bundle.classes) != 2 or "source_prior" not in bundle.extra:
+        return None
+    ok = table[table["status"] == "ok"]
+    if len(ok) < MIN_CASES:
+        return None
+    positive = bundle.classes[1]
+    p = ok[f"prob_{positive}"].to_numpy(dtype=float)
+    target = bundle.extra.get("target_prior")
+    assumed = np.asarray(target or bundle.extra["source_prior"], dtype=float)
+    rates = None if target else bundle.extra.get("source_call_rates")  # measured at the calibration prevalence
+    implied, how = estimate_prior(np.column_stack([1 - p, p]), assumed, bundle.threshold, rates)
+    return BatchPrevalence(positive, len(ok), float((ok["predicted"] == positive).mean()),
+                           None if implied is None else float(implied[1]), how, float(assumed[1]))
+
+
+def scores_plot(bundle: ModelBundle, table: pd.DataFrame, batch: BatchPrevalence, path: Path) -> Path:
+    """The scored cases' probabilities of the finding with the decision threshold: the shape of the batch at a
+    glance (a site where every case sits at one end, or a pile just under the threshold)."""
+    from medtl.figures import plt, save_figure
+
+    p = table.loc[table["status"] == "ok", f"prob_{batch.positive}"].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(p, bins=np.linspace(0, 1, 41), color="#4c72b0")
+    ax.axvline(bundle.threshold, color="black", linestyle="--", label=f"threshold {bundle.threshold:.3f}")
+    implied = f", implied prevalence {batch.implied:.2f}" if batch.implied is not None else ""
+    ax.set(xlabel=f"probability of {batch.positive}", ylabel="cases", xlim=(0, 1),
+           title=f"{batch.cases} cases scored: {batch.called:.0%} called {batch.positive}{implied}")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path, svg=False)
