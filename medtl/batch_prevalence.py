@@ -78,6 +78,7 @@ def scores_plot(bundle: ModelBundle, table: pd.DataFrame, batch: BatchPrevalence
     ax.hist(p, bins=np.linspace(0, 1, 41), color="#4c72b0")
     ax.axvline(bundle.threshold, color="black", linestyle="--", label=f"threshold {bundle.threshold:.3f}")
     implied = f", implied prevalence {batch.implied:.2f}" if batch.implied is not None else ""
+    implied += f" (the probabilities assume {batch.assumed:.2f})"
     ax.set(xlabel=f"probability of {batch.positive}", ylabel="cases", xlim=(0, 1),
            title=f"{batch.cases} cases scored: {batch.called:.0%} called {batch.positive}{implied}")
     ax.title.set_fontsize(9)
