@@ -119,8 +119,8 @@ class ScanReader(ImageReader):
             MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape),
             MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
             MetaKeys.SPACE: SpaceKeys.RAS,
-            "dicom_modality": dicom.modality_tag(payload[0]),  # for CheckModalityd; NIfTI and films carry none
-            "dicom_view": dicom.view_tag(payload[0]),  # for CheckViewd
+            "dicom_modality": dicom.modality_tag(payload[0]),  # for CheckAcquisitiond; NIfTI and films carry none
+            "dicom_view": dicom.view_tag(payload[0]),
         }
         return array.astype(np.float32), meta
 

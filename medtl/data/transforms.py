@@ -118,32 +118,19 @@ class CheckDimsd(MapTransform):
         return d
 
 
-class CheckModalityd(MapTransform):
-    """Refuses a DICOM scan of another modality than the configured one (the model's, when scoring), which the model
-    never saw and would still answer for (``dicom.modality_mismatch``)."""
+class CheckAcquisitiond(MapTransform):
+    """Refuses a DICOM scan the model never saw the like of and would still answer for: another modality than
+    the configured one (``dicom.modality_mismatch``), or a film of another view (``dicom.view_mismatch``)."""
 
-    def __init__(self, keys: list[str], modality: str) -> None:
+    def __init__(self, keys: list[str], modality: str, views: list[str] | None = None) -> None:
         super().__init__(keys)
-        self.modality = modality
+        self.modality, self.views = modality, views
 
     def __call__(self, data: Any) -> Any:
         for key in self.key_iterator(data):
-            other = dicom.modality_mismatch(str(getattr(data[key], "meta", {}).get("dicom_modality", "")), self.modality)
-            if other:
-                raise DataError(f"case {data.get('case_id', '?')}: {other}")
-        return data
-
-
-class CheckViewd(MapTransform):
-    """Refuses a DICOM film of a view the model was not trained on (``dicom.view_mismatch``)."""
-
-    def __init__(self, keys: list[str], views: list[str] | None) -> None:
-        super().__init__(keys)
-        self.views = views
-
-    def __call__(self, data: Any) -> Any:
-        for key in self.key_iterator(data):
-            other = dicom.view_mismatch(str(getattr(data[key], "meta", {}).get("dicom_view", "")), self.views)
+            meta = getattr(data[key], "meta", {})
+            other = (dicom.modality_mismatch(str(meta.get("dicom_modality", "")), self.modality)
+                     or dicom.view_mismatch(str(meta.get("dicom_view", "")), self.views))
             if other:
                 raise DataError(f"case {data.get('case_id', '?')}: {other}")
         return data
@@ -178,7 +165,7 @@ def deterministic_transforms(cfg: DataConfig, with_mask: bool = False, keep_meta
     back to the source grid (``medtl.data.inverse``)."""
     keys = ["image", "mask"] if with_mask else ["image"]
     steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckDimsd(keys, cfg.spatial_dims),
-                        CheckModalityd(["image"], cfg.modality), CheckViewd(["image"], cfg.views), CheckFinited(keys)]
+                        CheckAcquisitiond(["image"], cfg.modality, cfg.views), CheckFinited(keys)]
     if with_mask:
         steps.append(MaskIndicesd(["mask"], len(cfg.mask_classes)))
     if cfg.spatial_dims == 3:

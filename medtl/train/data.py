@@ -110,7 +110,7 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
 
 
 def film_views(table: pd.DataFrame) -> list[str] | None:
-    """The ViewPositions the manifest's DICOM films state: the views a 2-D model then takes alone (CheckViewd), so a
+    """The ViewPositions the manifest's DICOM films state: the views a 2-D model then takes alone (CheckAcquisitiond), so a
     model of frontal chest films refuses a lateral one rather than answering for it. None where no film says; a
     file that cannot be read states nothing (checking the cases is ``check_manifest``'s)."""
     views: set[str] = set()
