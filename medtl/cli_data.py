@@ -30,7 +30,7 @@ def manifest_build(
 
     table = build_manifest(folder, out, labels, masks, ids=ids, progress=True, label_folders=label_folders)
     counts = [f"{column}s " + ", ".join(f"{k} {v:,}" for k, v in table[column].value_counts().sort_index().items())
-              for column in ("label", "split") if column in table and table[column].notna().any()]
+              for column in ("label", "split", "view") if column in table and table[column].notna().any()]
     typer.echo("; ".join([f"{out}: {len(table):,} cases", *counts]))
 
 

@@ -19,7 +19,7 @@ from medtl.config_sections import CaseIds
 from medtl.data import dicom
 from medtl.data.manifest import read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
-from medtl.errors import ManifestError
+from medtl.errors import DataError, ManifestError
 from medtl.files import table_path, write_table
 
 logger = logging.getLogger(__name__)
@@ -189,6 +189,9 @@ def build_manifest(
         table = _join_labels(table, Path(labels))
     if label_folders:
         table = table.merge(folder_labels(cases, folder), on="case_id", how="left")
+    views = _film_views(cases)
+    if any(views) and "view" not in table:
+        table["view"] = views
     derived = pd.Series(_patient_ids(cases, dicom_patients, salt), index=table.index)
     table["patient_id"] = table["patient_id"].fillna(derived) if "patient_id" in table else derived
     front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
@@ -196,6 +199,21 @@ def build_manifest(
     _refuse_losing_columns(out, table)
     write_table(table, out)
     return table
+
+
+def _film_views(cases: list[tuple[str, str]]) -> list[str | None]:
+    """Each DICOM film's ViewPosition (PA, AP, LL...), None for other scans: a manifest column a person can sort a
+    lateral film out by, and a subgroup (``data.subgroups: [view]``) to report each view's figures by."""
+    views: list[str | None] = []
+    for _, ref in cases:
+        path = Path(ref)
+        files = [f for f in path.iterdir() if f.is_file()] if path.is_dir() else [path]  # a film in a folder of its own
+        try:
+            header = dicom.read_header(files[0]) if len(files) == 1 and dicom.is_dicom_file(files[0]) else None
+        except DataError:  # an unreadable file is the check's to report
+            header = None
+        views.append((dicom.view_tag(header) or None) if header is not None and not header.problem else None)
+    return views
 
 
 SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

@@ -401,3 +401,24 @@ def test_evaluating_a_split_the_manifest_lacks_points_to_the_runs_own_splits(tmp
     carved = split_manifest(table, 0.2, 0.2, seed=1)
     carved[["case_id", "split"]].to_csv(tmp_path / "splits.csv", index=False)
     assert len(select_split(table, "val", tmp_path / "splits.csv")) == (carved["split"] == "val").sum()
+
+
+def test_build_records_each_films_view_for_sorting_and_subgroups(tmp_path):
+    """A chest export mixes frontal and lateral films; the manifest names each film's view (a film in a folder of
+    its own included) so a person can see and sort them, and ``data.subgroups: [view]`` can report by view."""
+    from PIL import Image
+
+    from medtl.data.synthetic import write_xray_dicom
+
+    scans = tmp_path / "scans"
+    film = np.arange(64.0).reshape(8, 8)
+    write_xray_dicom(scans / "pa.dcm", film, view="PA")
+    write_xray_dicom(scans / "lat" / "IM0001", film, view="LL")
+    write_xray_dicom(scans / "untold.dcm", film, view="")
+    Image.fromarray(film.astype(np.uint8)).save(scans / "photo.png")
+    res = run_cli("manifest", "build", str(scans), "--out", str(tmp_path / "m.csv"))
+    assert res.returncode == 0 and "views LL 1, PA 1" in res.stdout, res.stdout + res.stderr
+    views = pd.read_csv(tmp_path / "m.csv").set_index("case_id")["view"]
+    assert views[["lat", "pa"]].tolist() == ["LL", "PA"] and views[["photo", "untold"]].isna().all()
+    write_ct_series(tmp_path / "ct" / "series", synthetic_volume(np.random.default_rng(0), (8, 8, 3), False)[0])
+    assert "view" not in build_manifest(tmp_path / "ct", tmp_path / "ct.csv")  # no film, no column
