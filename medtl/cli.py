@@ -133,6 +133,14 @@ def recalibrate_cmd(
     typer.echo(f"site model: {out}  score with: medtl score --model {out} --manifest ...")
 
 
+def _outside_input(input_dir: Path | None, outputs: dict[str, Path | None]) -> None:
+    """Masks or heat maps written inside --input would be scored as scans by a rerun."""
+    for option, folder in outputs.items():
+        if folder is not None and input_dir is not None and folder.resolve().is_relative_to(input_dir.resolve()):
+            raise MedtlError(f"{option} {folder}: inside --input {input_dir}, where a rerun would score its images as "
+                             "scans; write them to a folder outside it")
+
+
 @app.command("score")
 def score_cmd(
     model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS, runs:/RUN/model, a model folder or a model.pt.")],
@@ -141,6 +149,7 @@ def score_cmd(
     input_dir: Annotated[Optional[Path], typer.Option("--input", help="Folder of DICOM series / NIfTI / PNG files, or one such file.")] = None,
     ids: CaseIdsOption = "folder",
     masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
+    heatmaps: Annotated[Optional[Path], typer.Option("--heatmaps", help="Folder for each case's Grad-CAM figure (2-D binary classifiers).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 16,
     device: DeviceOption = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,
@@ -166,9 +175,7 @@ def score_cmd(
         raise typer.Exit(1 if s.errors else 0)
     if engine != "local":
         raise MedtlError(f"--engine {engine}: use local or spark")
-    if masks_out is not None and input_dir is not None and masks_out.resolve().is_relative_to(input_dir.resolve()):
-        raise MedtlError(f"--masks-out {masks_out}: inside --input {input_dir}, where a rerun would score the masks as "
-                         "scans; write them to a folder outside it")
+    _outside_input(input_dir, {"--masks-out": masks_out, "--heatmaps": heatmaps})
 
     bundle = load_any_model(model)
     if masks_out is not None and bundle.task != "segmentation":
@@ -180,7 +187,7 @@ def score_cmd(
 
     tracking = TrackingConfig(enabled=track)  # the store MLFLOW_TRACKING_URI names (or ./mlflow.db), as `medtl models` uses
     with run_context(tracking, f"score-{bundle.spec.name}") as tracker:
-        summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker)
+        summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker, heatmaps=heatmaps)
     typer.echo(f"{out}: {summary.scored} scored now, {summary.skipped_existing} already there, "
                f"{len(summary.errors)} error(s), {summary.cases_per_s:.1f} cases/s")
     if summary.batch is not None:

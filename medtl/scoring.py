@@ -23,6 +23,7 @@ from medtl.data.manifest import UNREADABLE_CSV, read_manifest
 from medtl.data.dicom import parse_series_ref
 from medtl.data.readers import IMAGE_SUFFIXES, dicom_headers, scan_kind
 from medtl.errors import MedtlError
+from medtl.explain import heatmap_problem, write_heatmaps
 from medtl.faults import fault_point
 from medtl.files import claim_folder, one_writer
 from medtl.log import make_progress
@@ -161,18 +162,20 @@ def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundl
     return row
 
 
-def _refuse_unfit_mask_names(case_ids: list[str]) -> None:
-    """Each mask is written as CASE_ID.png or .nii.gz: an id holding a path separator would write elsewhere
-    (``../x`` outside the folder), and two ids that differ only in capitals are one file on Windows or macOS."""
+def _claim_case_files(folder: Path, option: str, case_ids: list[str], model_id: str) -> None:
+    """A folder of one file per case (CASE_ID.png, .nii.gz): an id holding a path separator would write elsewhere
+    (``../x`` outside the folder), two ids that differ only in capitals are one file on Windows or macOS, and a
+    folder of files medtl did not write is refused (``claim_folder``) — each before anything is written."""
     folded: dict[str, str] = {}
     for case in case_ids:
         if case in (".", "..") or any(ch in case for ch in "/\\\0"):
-            raise MedtlError(f"case {case!r}: its id cannot name a mask file (it holds a path separator); rename the "
-                             "case, or score without --masks-out")
+            raise MedtlError(f"case {case!r}: its id cannot name a file of {option} (it holds a path separator); "
+                             f"rename the case, or score without {option}")
         other = folded.setdefault(case.casefold(), case)
         if other != case:
-            raise MedtlError(f"cases {other!r} and {case!r}: their mask files would be one file on Windows or macOS; "
-                             "rename one, or score without --masks-out")
+            raise MedtlError(f"cases {other!r} and {case!r}: their files in {option} would be one file on Windows or "
+                             f"macOS; rename one, or score without {option}")
+    claim_folder(folder, option, model_id)
 
 
 def _size_columns(bundle: ModelBundle) -> list[str]:
@@ -200,15 +203,16 @@ def _affine_3d(affine_2d: np.ndarray) -> np.ndarray:
 
 def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out: Path | None = None,
           batch_size: int = 16, device: str = "auto", num_workers: int | None = None,
-          tracker: Tracker | None = None) -> ScoreSummary:
+          tracker: Tracker | None = None, heatmaps: Path | None = None) -> ScoreSummary:
     """Scores every case not yet in ``out``; rows are appended and flushed as each batch completes. One process
-    writes ``out`` at a time: two appending to it would each score the cases the other is scoring."""
+    writes ``out`` at a time: two appending to it would each score the cases the other is scoring. ``heatmaps``:
+    a folder for each scored case's Grad-CAM figure (2-D binary classifiers)."""
     with one_writer(out, "give each process its own --out"):
-        return _score(bundle, cases, out, masks_out, batch_size, device, num_workers, tracker or NullTracker())
+        return _score(bundle, cases, out, masks_out, batch_size, device, num_workers, tracker or NullTracker(), heatmaps)
 
 
 def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out: Path | None, batch_size: int,
-           device: str, num_workers: int | None, tracker: Tracker) -> ScoreSummary:
+           device: str, num_workers: int | None, tracker: Tracker, heatmaps: Path | None) -> ScoreSummary:
     from medtl.mlflow_model import prediction_row
 
     if num_workers is None:
@@ -220,8 +224,12 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     model_id = bundle_digest(bundle)
     done = done_cases(stream, model_id)
     if masks_out is not None:  # a folder of reference masks named like the cases would be overwritten file by file
-        _refuse_unfit_mask_names([c["case_id"] for c in cases])
-        claim_folder(masks_out, "--masks-out", model_id)
+        _claim_case_files(masks_out, "--masks-out", [c["case_id"] for c in cases], model_id)
+    if heatmaps is not None:
+        problem = heatmap_problem(bundle)
+        if problem:
+            raise MedtlError(f"--heatmaps: {problem}; score without it")
+        _claim_case_files(heatmaps, "--heatmaps", [c["case_id"] for c in cases], model_id)
     todo = [c for c in cases if c["case_id"] not in done]
     refs = {c["case_id"]: c["image"] for c in todo}
     meta = {"model_name": bundle.extra.get("model_name", ""), "model_version": bundle.extra.get("model_version", ""),
@@ -259,4 +267,16 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     if batch is not None:
         tracker.log_metrics(batch.metrics())
         tracker.log_artifact(scores_plot(bundle, table, batch, out.with_name(f"{out.stem}.scores.png")))
+    if heatmaps is not None and not table.empty:
+        _draw_heatmaps(bundle, cases, table, heatmaps, device_for(device))
     return ScoreSummary(out, n, len(done), errors, rate, batch)
+
+
+def _draw_heatmaps(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.DataFrame, folder: Path,
+                   device: Any) -> None:
+    """A heat map for each case scored without error that has none yet: a rerun after a crash draws the rest."""
+    images = {c["case_id"]: c["image"] for c in cases}
+    ok = table[(table["status"] == "ok") & table["case_id"].isin(images)]
+    todo = [{"case_id": r["case_id"], "image": images[r["case_id"]], "p": r[f"prob_{bundle.classes[1]}"],
+             "predicted": r["predicted"]} for r in ok.to_dict("records") if not (folder / f"{r['case_id']}.png").exists()]
+    write_heatmaps(bundle, todo, folder, device)

@@ -245,3 +245,38 @@ def test_a_scored_batch_reports_how_often_the_finding_is_called_and_the_prevalen
     assert tracker.artifacts == [tmp_path / "p.scores.png"] and (tmp_path / "p.scores.png").is_file()
     assert batch.far == (abs(batch.implied - assumed) > 0.1) and ("--prevalence" in batch.message()) == batch.far
     assert given is not None or batch.far  # the dark site is far from the 0.7 the model was calibrated at
+
+
+def test_heatmaps_are_drawn_for_each_case_scored_and_a_rerun_draws_only_the_missing(tmp_path):
+    """``score --heatmaps``: one Grad-CAM figure per case scored without error, named by case; a case that failed
+    gets none, a rerun draws only what is missing, and a model without heat maps says so before scoring."""
+    from PIL import Image
+
+    from medtl.config import Config
+    from medtl.errors import MedtlError
+    from medtl.models.checkpoint import ModelBundle
+    from medtl.models.registry import build_model
+    from medtl.scoring import score
+
+    cfg = Config.model_validate({"data": {"image_size": [32, 32]}, "model": {"pretrained": "none"},
+                                 "tracking": {"enabled": False}})
+    bundle = ModelBundle(build_model(cfg.model, "classification", 2, 2, [32, 32]).model.eval(), cfg, ["normal", "lesion"])
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
+        cases.append({"case_id": f"c{i}", "image": str(tmp_path / f"c{i}.png")})
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    cases.append({"case_id": "broken", "image": str(tmp_path / "broken.png")})
+    maps = tmp_path / "maps"
+    score(bundle, cases, tmp_path / "p.csv", device="cpu", heatmaps=maps)
+    assert sorted(p.name for p in maps.glob("*.png")) == ["c0.png", "c1.png", "c2.png"]
+    (maps / "c1.png").unlink()
+    before = (maps / "c0.png").stat().st_mtime_ns
+    score(bundle, cases, tmp_path / "p.csv", device="cpu", heatmaps=maps)
+    assert (maps / "c1.png").is_file() and (maps / "c0.png").stat().st_mtime_ns == before
+    seg = ModelBundle(bundle.model, cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": "segmentation"})}),
+                      ["background", "lesion"])
+    with pytest.raises(MedtlError, match="--heatmaps: heat maps are drawn for 2-D binary classifiers"):
+        score(seg, cases, tmp_path / "seg.csv", device="cpu", heatmaps=tmp_path / "seg_maps")
+    assert not (tmp_path / "seg.csv").exists()

@@ -143,9 +143,9 @@ def overlay_plot(images: list[np.ndarray], refs: list[np.ndarray], preds: list[n
 
 
 def gradcam_plot(panels: list[tuple[str, str, float, np.ndarray | None, np.ndarray | None]], path: Path,
-                 note: str | None = None) -> Path:
-    """One row per (kind, case_id, p, image, cam): the raw image, then the heat map over it with a colour bar.
-    A kind without a case is a row that says so."""
+                 note: str | None = None, svg: bool = True, positive: str = "positive class") -> Path:
+    """One row per (kind, case_id, p, image, cam): the raw image, then the heat map over it with a colour bar;
+    ``p`` and the map are the ``positive`` class's. A kind without a case is a row that says so."""
     fig, axes = plt.subplots(len(panels), 2, figsize=(5.6, 2.6 * len(panels)), squeeze=False)
     for (kind, case, p, img, cam), (raw_ax, cam_ax) in zip(panels, axes):
         for ax in (raw_ax, cam_ax):
@@ -154,15 +154,15 @@ def gradcam_plot(panels: list[tuple[str, str, float, np.ndarray | None, np.ndarr
             raw_ax.text(0.0, 0.5, f"{kind}: no case of this kind in the split", fontsize=9, va="center")
             continue
         raw_ax.imshow(img.T, cmap="gray", origin="upper")
-        raw_ax.set_title(f"{kind} {case} p={p:.3f}", fontsize=8)
+        raw_ax.set_title(f"{kind} {case}, p({positive}) = {p:.3f}", fontsize=8)
         cam_ax.imshow(img.T, cmap="gray", origin="upper")
         if cam is not None:
             shown = cam_ax.imshow(cam.T, cmap="inferno", alpha=0.45, origin="upper", vmin=0, vmax=1)
             fig.colorbar(shown, ax=cam_ax, fraction=0.046, pad=0.04, label="Grad-CAM")
-            cam_ax.set_title("Grad-CAM, positive class", fontsize=8)
+            cam_ax.set_title(f"Grad-CAM, {positive}", fontsize=8)
         else:
             cam_ax.set_title(note or "Grad-CAM unavailable", fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, svg=svg)
 
 
 def decision_curve_plot(curve: Any, names: tuple[str, ...], path: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from medtl.data.readers import load_scan
 from medtl.data.splits import with_saved_splits
 from medtl.errors import DataError, ManifestError
 from medtl.evaluate import plots
+from medtl.explain import cam_layer, cam_maps
 from medtl.files import claim_folder
 from medtl.log import logger
 from medtl.evaluate.report import Evaluation, evaluate_classification, fmt, write_report
@@ -110,9 +111,6 @@ def figure_subject(bundle: ModelBundle, table: pd.DataFrame) -> str:
     return f"{bundle.spec.name}, " + (f"{splits[0]} split" if len(splits) == 1 else "all splits")
 
 
-CAM_LAYERS = {"efficientnet": "backbone._conv_head", "densenet": "backbone.features.denseblock4", "resnet": "backbone.layer4"}
-
-
 CAM_KINDS = ("TP", "FP", "FN", "TN")
 
 
@@ -143,7 +141,7 @@ def gradcam_examples(bundle: ModelBundle, table: pd.DataFrame, predictions: pd.D
     The figure is always written: a kind without a case, or a backbone without a known target layer, is
     said in the figure instead of silently dropping it."""
     picks = gradcam_picks(predictions, bundle.classes[1], n)
-    layer = next((v for k, v in CAM_LAYERS.items() if bundle.spec.model.backbone.startswith(k)), None)
+    layer = cam_layer(bundle)
     present = picks[picks["case_id"] != ""]
     images, maps = {}, {}
     if not present.empty:
@@ -152,27 +150,11 @@ def gradcam_examples(bundle: ModelBundle, table: pd.DataFrame, predictions: pd.D
         batch = torch.stack([transform({"case_id": c, "image": r.image_path})["image"] for c, r in rows.iterrows()])
         images = {c: im[0].numpy() for c, im in zip(present["case_id"], batch)}
         if layer is not None:
-            maps = dict(zip(present["case_id"], _cam_maps(bundle, batch, layer, device)))
+            maps = dict(zip(present["case_id"], cam_maps(bundle, batch, layer, device)))
     panels = [(row.kind, row.case_id, row.p, images.get(row.case_id), maps.get(row.case_id))
               for row in picks.itertuples(index=False)]
-    return plots.gradcam_plot(panels, path, note=None if layer else f"no Grad-CAM layer known for {bundle.spec.model.backbone}")
-
-
-def _cam_maps(bundle: ModelBundle, batch: torch.Tensor, layer: str, device: torch.device) -> list[np.ndarray]:
-    from monai.visualize import GradCAM
-
-    model = bundle.model.to(device).eval()
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    for p in frozen:  # Grad-CAM needs gradients through the target layer, even in a frozen backbone
-        p.requires_grad_(True)
-    try:
-        return list(GradCAM(nn_module=model, target_layers=layer)(batch.to(device), class_idx=1).detach().cpu().numpy()[:, 0])
-    except Exception as exc:  # noqa: BLE001 - a missing heat map must not cost the evaluation
-        logger.warning("Grad-CAM maps skipped: %s", exc)
-        return []
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
+    return plots.gradcam_plot(panels, path, note=None if layer else f"no Grad-CAM layer known for {bundle.spec.model.backbone}",
+                              positive=bundle.classes[1])
 
 
 def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torch.device, out_dir: Path,
