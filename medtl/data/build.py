@@ -216,6 +216,21 @@ def _film_views(cases: list[tuple[str, str]]) -> list[str | None]:
     return views
 
 
+def _excel_hint(unmatched: list[str], cases: pd.Series) -> tuple[str, str]:
+    """An unmatched sheet id to show, and what a spreadsheet did to it where that is plain: ids like 1-2 read as
+    dates, or 007 stored as the number 7 (its leading zeros gone)."""
+    dates = [c for c in unmatched if re.fullmatch(r"\d{4}-\d\d-\d\d( 00:00:00)?", c)]
+    if dates:
+        return dates[0], ("; Excel reads ids like 1-2 or 3/4 as dates: format the case_id column as Text and type "
+                          "them again")
+    padded = {c.lstrip("0") or "0": c for c in cases if isinstance(c, str) and c.isdigit() and c.startswith("0")}
+    stripped = [c for c in unmatched if c.isdigit() and c in padded]
+    if stripped:
+        return stripped[0], (f"; scan {padded[stripped[0]]!r} has this id with leading zeros, which a spreadsheet "
+                             "drops from numbers: format the case_id column as Text and type the ids again")
+    return unmatched[0], ""
+
+
 SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 
@@ -280,10 +295,7 @@ def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
                             "case_id (a case with two labels cannot be trained on)")
     unmatched = sorted(set(sheet["case_id"]) - set(table["case_id"]))
     if unmatched:
-        dates = [c for c in unmatched if re.fullmatch(r"\d{4}-\d\d-\d\d( 00:00:00)?", c)]
-        logger.warning("%d label rows match no scan (e.g. %s)%s", len(unmatched), (dates or unmatched)[0],
-                       "; Excel reads ids like 1-2 or 3/4 as dates: format the case_id column as Text and type them "
-                       "again" if dates else "")
+        logger.warning("%d label rows match no scan (e.g. %s)%s", len(unmatched), *_excel_hint(unmatched, table["case_id"]))
     unlabelled = sorted(set(table["case_id"]) - set(sheet["case_id"]))
     if unlabelled:
         logger.warning("%d scans have no row in %s (e.g. %s): they stay unlabelled", len(unlabelled), labels.name,

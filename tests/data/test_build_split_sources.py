@@ -422,3 +422,20 @@ def test_build_records_each_films_view_for_sorting_and_subgroups(tmp_path):
     assert views[["lat", "pa"]].tolist() == ["LL", "PA"] and views[["photo", "untold"]].isna().all()
     write_ct_series(tmp_path / "ct" / "series", synthetic_volume(np.random.default_rng(0), (8, 8, 3), False)[0])
     assert "view" not in build_manifest(tmp_path / "ct", tmp_path / "ct.csv")  # no film, no column
+
+
+def test_a_sheet_whose_spreadsheet_dropped_the_ids_leading_zeros_says_so(tmp_path, caplog):
+    """Scans 007 and 012 labelled in a sheet where the ids became the numbers 7 and 12: no row joins, and the
+    warning names the scan the id belonged to and the fix, rather than leaving every scan unlabelled unexplained."""
+    import logging
+
+    from PIL import Image
+
+    (tmp_path / "scans").mkdir()
+    for case in ("007", "012"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "scans" / f"{case}.png")
+    pd.DataFrame({"case_id": [7, 12], "label": ["normal", "lesion"]}).to_csv(tmp_path / "labels.csv", index=False)
+    caplog.set_level(logging.WARNING, logger="medtl")
+    build_manifest(tmp_path / "scans", tmp_path / "m.csv", labels=tmp_path / "labels.csv")
+    [said] = [r.getMessage() for r in caplog.records if "match no scan" in r.getMessage()]
+    assert "(e.g. 12); scan '012' has this id with leading zeros" in said and "format the case_id column as Text" in said
