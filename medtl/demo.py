@@ -19,7 +19,7 @@ from medtl.evaluate.report import Evaluation
 from medtl.log import logger, wide_console
 from medtl.models.loader import load_any_model
 from medtl.observe import Tracker
-from medtl.scoring import score
+from medtl.scoring import ScoreSummary, score
 from medtl.pipelines import load_pipeline
 from medtl.pipelines.label_efficiency import curve_metric
 from medtl.steps import run_context, strategy_variant, summary_table
@@ -135,7 +135,7 @@ def _paired(cfg: Config, runs: dict, parent: Tracker, share: float) -> dict[str,
     return out
 
 
-def _score_test(cfg: Config, model_ref: str, manifest: Path) -> Path:
+def _score_test(cfg: Config, model_ref: str, manifest: Path) -> ScoreSummary:
     import pandas as pd
 
     bundle = load_any_model(model_ref)
@@ -145,11 +145,10 @@ def _score_test(cfg: Config, model_ref: str, manifest: Path) -> Path:
     out = Path(cfg.train.out_dir) / "test_scores.csv"
     out.unlink(missing_ok=True)
     with run_context(cfg.tracking, f"{cfg.name}-score-test") as tracker:
-        score(bundle, cases, out, batch_size=64, tracker=tracker)
-    return out
+        return score(bundle, cases, out, batch_size=64, tracker=tracker)
 
 
-def _print(table, paired: list, scores: Path, registered: str, seconds: float, cfg: Config) -> None:
+def _print(table, paired: list, scores: ScoreSummary, registered: str, seconds: float, cfg: Config) -> None:
     from rich.table import Table
 
     console = wide_console()
@@ -166,7 +165,7 @@ def _print(table, paired: list, scores: Path, registered: str, seconds: float, c
                           f"[{m['delta_auroc_ci_low']:+.3f}, {m['delta_auroc_ci_high']:+.3f}] (paired bootstrap), "
                           f"DeLong p = {m.get('delong_p', float('nan')):.3g}")
     console.print(f"registered model: {registered}")
-    console.print(f"test films scored with it: {scores}")
+    console.print(f"test films scored with it: {scores.out}" + (f"; {scores.batch.message()}" if scores.batch else ""))
     import sys
 
     ui = Path(sys.executable).parent / "mlflow"  # the venv's: plain `mlflow` is not on PATH outside it
