@@ -12,7 +12,8 @@ import torch
 from medtl.log import logger
 from medtl.models.checkpoint import ModelBundle
 
-CAM_LAYERS = {"efficientnet": "backbone._conv_head", "densenet": "backbone.features.denseblock4", "resnet": "backbone.layer4"}
+CAM_LAYERS = {"efficientnet": "backbone._conv_head", "densenet": "backbone.features.denseblock4",
+              "resnet": "backbone.layer4"}
 """The last convolutional layer of each backbone family, whose activations Grad-CAM weighs."""
 
 
@@ -39,7 +40,8 @@ def cam_maps(bundle: ModelBundle, batch: torch.Tensor, layer: str, device: torch
     for p in frozen:  # Grad-CAM needs gradients through the target layer, even in a frozen backbone
         p.requires_grad_(True)
     try:
-        return list(GradCAM(nn_module=model, target_layers=layer)(batch.to(device), class_idx=1).detach().cpu().numpy()[:, 0])
+        maps = GradCAM(nn_module=model, target_layers=layer)(batch.to(device), class_idx=1)
+        return list(maps.detach().cpu().numpy()[:, 0])
     except Exception as exc:  # noqa: BLE001
         logger.warning("Grad-CAM maps skipped: %s", exc)
         return []

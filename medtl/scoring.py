@@ -208,7 +208,8 @@ def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out
     writes ``out`` at a time: two appending to it would each score the cases the other is scoring. ``heatmaps``:
     a folder for each scored case's Grad-CAM figure (2-D binary classifiers)."""
     with one_writer(out, "give each process its own --out"):
-        return _score(bundle, cases, out, masks_out, batch_size, device, num_workers, tracker or NullTracker(), heatmaps)
+        return _score(bundle, cases, out, masks_out, batch_size, device, num_workers, tracker or NullTracker(),
+                      heatmaps)
 
 
 def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out: Path | None, batch_size: int,
@@ -277,6 +278,7 @@ def _draw_heatmaps(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.D
     """A heat map for each case scored without error that has none yet: a rerun after a crash draws the rest."""
     images = {c["case_id"]: c["image"] for c in cases}
     ok = table[(table["status"] == "ok") & table["case_id"].isin(images)]
+    rows = [r for r in ok.to_dict("records") if not (folder / f"{r['case_id']}.png").exists()]
     todo = [{"case_id": r["case_id"], "image": images[r["case_id"]], "p": r[f"prob_{bundle.classes[1]}"],
-             "predicted": r["predicted"]} for r in ok.to_dict("records") if not (folder / f"{r['case_id']}.png").exists()]
+             "predicted": r["predicted"]} for r in rows]
     write_heatmaps(bundle, todo, folder, device)

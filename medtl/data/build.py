@@ -295,7 +295,8 @@ def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
                             "case_id (a case with two labels cannot be trained on)")
     unmatched = sorted(set(sheet["case_id"]) - set(table["case_id"]))
     if unmatched:
-        logger.warning("%d label rows match no scan (e.g. %s)%s", len(unmatched), *_excel_hint(unmatched, table["case_id"]))
+        example, hint = _excel_hint(unmatched, table["case_id"])
+        logger.warning("%d label rows match no scan (e.g. %s)%s", len(unmatched), example, hint)
     unlabelled = sorted(set(table["case_id"]) - set(sheet["case_id"]))
     if unlabelled:
         logger.warning("%d scans have no row in %s (e.g. %s): they stay unlabelled", len(unlabelled), labels.name,

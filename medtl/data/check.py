@@ -175,7 +175,8 @@ def _image_geometry(path: str, deep: bool, spatial_dims: int | None, modality: s
     blank."""
     geometry = _geometry(path, deep)
     _check_dims(geometry, spatial_dims)
-    other = (modality and dicom.modality_mismatch(geometry.modality, modality)) or dicom.view_mismatch(geometry.view, views)
+    other = ((modality and dicom.modality_mismatch(geometry.modality, modality))
+             or dicom.view_mismatch(geometry.view, views))
     if other:
         raise DataError(other)
     if geometry.blank is not None:  # a mask of zeros is a case without a lesion; an image is not
