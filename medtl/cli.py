@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.markup import escape
@@ -17,6 +17,9 @@ from medtl.cli_options import (CaseIdsOption, ConfigArg, DeviceOption, ModelOpti
                                SplitsOption)
 from medtl.errors import MedtlError
 from medtl.log import console, setup_logging, wide_console
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(
     name="medtl",
@@ -193,15 +196,19 @@ def score_cmd(
     if summary.batch is not None:
         typer.echo(f"{summary.batch.message()} ({out.with_name(f'{out.stem}.scores.png')})")
     if len(summary.errors):
-        from rich.table import Table
-
-        table = Table(title="cases that failed", title_justify="left")
-        table.add_column("case_id")
-        table.add_column("error")
-        for row in summary.errors.itertuples(index=False):
-            table.add_row(str(row.case_id), str(row.error))
-        wide_console().print(table)
+        _print_failures(summary.errors)
         raise typer.Exit(1)
+
+
+def _print_failures(errors: pd.DataFrame) -> None:
+    from rich.table import Table
+
+    table = Table(title="cases that failed", title_justify="left")
+    table.add_column("case_id")
+    table.add_column("error")
+    for row in errors.itertuples(index=False):
+        table.add_row(str(row.case_id), str(row.error))
+    wide_console().print(table)
 
 
 @app.command("synthetic")
