@@ -144,6 +144,24 @@ def _outside_input(input_dir: Path | None, outputs: dict[str, Path | None]) -> N
                              "scans; write them to a folder outside it")
 
 
+def _score_on_spark(model: str, manifest: Path | None, out: Path, master: str, data_root: Path | None, chunk: int,
+                    local_only: dict[str, object]) -> NoReturn:
+    """``score --engine spark``: the model as registered, one probability row per case, on Spark's executors; the
+    options only this machine's engine honours are refused rather than silently left out."""
+    from medtl.spark_scoring import score_spark
+
+    if manifest is None:
+        raise MedtlError("--engine spark scores a --manifest (executors read the paths it lists)")
+    unsupported = next((option for option, value in local_only.items() if value is not None), None)
+    if unsupported:
+        raise MedtlError(f"{unsupported}: the spark engine scores the model as registered, without it; score with "
+                         "--engine local")
+    s = score_spark(model, manifest, out, master, data_root, chunk)
+    typer.echo(f"{out}: {s.scored} scored now, {s.skipped_existing} already there, {s.errors} error row(s), "
+               f"{s.cases_per_s:.1f} cases/s")
+    raise typer.Exit(1 if s.errors else 0)
+
+
 @app.command("score")
 def score_cmd(
     model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS, runs:/RUN/model, a model folder or a model.pt.")],
@@ -168,14 +186,8 @@ def score_cmd(
     from medtl.steps import run_context
 
     if engine == "spark":
-        from medtl.spark_scoring import score_spark
-
-        if manifest is None:
-            raise MedtlError("--engine spark scores a --manifest (executors read the paths it lists)")
-        s = score_spark(model, manifest, out, spark_master, data_root, spark_chunk)
-        typer.echo(f"{out}: {s.scored} scored now, {s.skipped_existing} already there, {s.errors} error row(s), "
-                   f"{s.cases_per_s:.1f} cases/s")
-        raise typer.Exit(1 if s.errors else 0)
+        _score_on_spark(model, manifest, out, spark_master, data_root, spark_chunk,
+                        {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps})
     if engine != "local":
         raise MedtlError(f"--engine {engine}: use local or spark")
     _outside_input(input_dir, {"--masks-out": masks_out, "--heatmaps": heatmaps})

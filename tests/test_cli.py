@@ -1,5 +1,7 @@
 """The CLI in-process (typer's runner through medtl.cli.main): version, help, config commands."""
 
+import pytest
+
 from medtl import __version__
 from tests.conftest import run_cli
 
@@ -115,3 +117,12 @@ def test_a_full_disk_is_one_line_that_says_what_to_do_and_other_os_errors_stay_u
     monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
     res = run_cli("synthetic", str(tmp_path / "t"), "--n", "8")
     assert res.returncode == 1 and "unexpected error: OSError" in res.stderr and "--debug" in res.stderr
+
+
+@pytest.mark.parametrize("option", [["--prevalence", "0.3"], ["--heatmaps", "cams"], ["--masks-out", "masks"]])
+def test_an_option_the_spark_engine_cannot_honour_is_refused_not_left_out(tmp_path, option):
+    """``--engine spark --prevalence 0.3`` used to score with no prevalence correction and say nothing."""
+    res = run_cli("score", "--model", "models:/any@candidate", "--manifest", str(tmp_path / "m.csv"), "--out",
+                  str(tmp_path / "p.parquet"), "--engine", "spark", *option, cwd=tmp_path)
+    assert res.returncode == 2 and f"{option[0]}: the spark engine scores the model as registered" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.parquet").exists()
