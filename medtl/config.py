@@ -31,6 +31,30 @@ from medtl.config_sections import (
 from medtl.errors import ConfigError
 
 
+class KeyTwice(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping: PyYAML keeps the last silently, so a second
+    ``train:`` section would drop every setting of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # what a merge key brings in may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):  # a key YAML itself cannot take says so
+                continue
+            if key in lines:
+                raise KeyTwice(key, key_node.start_mark.line + 1, lines[key])
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -141,7 +165,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found; check the path or copy one from configs/")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        except KeyTwice as twice:
+            raise ConfigError(f"{path}: line {twice.line}: {twice.key!r} is given twice at one level (also line "
+                              f"{twice.first}), and YAML would keep only the last; merge them into one") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text (saved as UTF-16, or not a text file?); save it as UTF-8") from None
         except yaml.YAMLError as exc:

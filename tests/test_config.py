@@ -52,6 +52,10 @@ def test_config_is_frozen():
         ("data:\n  spatial_dims: 3\n  image_size: [2048, 2048, 2048]\n", ["data", "8,589,934,592 voxels per case", "MEDTL_MAX_VOXELS"]),
         ("- a\n- b\n", ["mapping of sections"]),
         ("data: [\n", ["not valid YAML"]),
+        # PyYAML keeps the last of two keys: the first section's settings were silently dropped
+        ("train:\n  epochs: 5\nmodel:\n  dropout: 0.1\ntrain:\n  lr: 0.01\n", ["line 5: 'train' is given twice", "line 1"]),
+        ("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.01\n", ["line 4: 'lr' is given twice", "also line 2"]),
+        ("base: &b {epochs: 3}\ntrain:\n  <<: *b\n  epochs: 4\n  bogus: 1\n", ["train.bogus"]),  # a merge may be overridden
         ("tracking:\n  alias: latest\n", ["tracking.alias", "reserved by MLflow"]),
         ("study:\n  compare: [scratch, scratch]\n", ["study", "with itself"]),
         ("tracking:\n  alias: v3\n", ["tracking.alias", "reserved by MLflow"]),
