@@ -86,9 +86,20 @@ def read_sheet(path: Path) -> pd.DataFrame:
     if suffix in OTHER_WORKBOOKS:
         raise ManifestError(f"{path}: medtl reads .xlsx workbooks and CSV; save it as .xlsx or as CSV UTF-8")
     table = _read_workbook(path) if suffix in WORKBOOKS else _read_csv(path)
+    _refuse_doubled_columns(path, [str(c) for c in table.columns])
     table.columns = _known_names([str(c).strip() for c in table.columns])
     table = _below_title(table.apply(lambda column: column.str.strip()))
     return table.replace("", pd.NA).dropna(how="all").reset_index(drop=True)  # the empty rows a spreadsheet leaves
+
+
+def _refuse_doubled_columns(path: Path, columns: list[str]) -> None:
+    """Two columns of one name (pandas reads the second as ``label.1``): which one holds the labels is a question
+    only the person who wrote the sheet can answer."""
+    for column in columns:
+        doubled = re.fullmatch(r"(.+)\.\d+", column)
+        if doubled and doubled.group(1) in columns:
+            raise ManifestError(f"{path}: two columns are headed {doubled.group(1)!r}; keep the one that holds the data, "
+                                "or rename the other")
 
 
 KNOWN_COLUMNS = ("case_id", "patient_id", "image", "mask", "label", "split", "fold")

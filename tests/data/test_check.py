@@ -239,3 +239,12 @@ def test_a_manifest_written_on_windows_reads_here(tmp_path):
     problems = check_manifest(m)
     assert [(p.case_id, p.kind) for p in problems] == [("case002", "Windows drive path")]
     assert "relative to the manifest" in problems[0].detail
+
+
+def test_a_sheet_with_two_columns_of_one_name_is_refused_not_read_from_the_first(tmp_path):
+    """pandas reads a second ``label`` column as ``label.1`` and medtl used to train on the first, unasked."""
+    (tmp_path / "m.csv").write_text("case_id,image,label,site,label\na,a.png,normal,A,lesion\n")
+    with pytest.raises(ManifestError, match="two columns are headed 'label'"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("case_id,image,label,v.1\na,a.png,normal,3\n")  # a name that only looks doubled
+    assert read_manifest(tmp_path / "m.csv").table["v.1"].tolist() == ["3"]
