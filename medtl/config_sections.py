@@ -76,7 +76,11 @@ class DataConfig(Section):
     @field_validator("classes", mode="before")
     @classmethod
     def _class_codes_are_text(cls, v: Any) -> Any:
-        """``classes: [0, 1]`` names classes coded 0 and 1, as a manifest's labels (text) hold them; YAML reads ints."""
+        """``classes: [0, 1]`` names classes coded 0 and 1, as a manifest's labels (text) hold them; YAML reads ints.
+        ``[no, yes]`` YAML reads as false and true, whose spelling is lost, so that says how to write them."""
+        if isinstance(v, list) and any(isinstance(c, bool) for c in v):
+            raise ValueError("YAML reads no, yes, off, on, false and true unquoted as booleans; quote the class names "
+                             "(classes: ['no', 'yes'])")
         if isinstance(v, list):
             return [str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in v]
         return v
