@@ -218,7 +218,7 @@ def _film_views(cases: list[tuple[str, str]]) -> list[str | None]:
 
 def _excel_hint(unmatched: list[str], cases: pd.Series) -> tuple[str, str]:
     """An unmatched sheet id to show, and what a spreadsheet did to it where that is plain: ids like 1-2 read as
-    dates, or 007 stored as the number 7 (its leading zeros gone)."""
+    dates, 007 stored as the number 7 (its leading zeros gone), or 12 saved as the decimal 12.0."""
     dates = [c for c in unmatched if re.fullmatch(r"\d{4}-\d\d-\d\d( 00:00:00)?", c)]
     if dates:
         return dates[0], ("; Excel reads ids like 1-2 or 3/4 as dates: format the case_id column as Text and type "
@@ -228,6 +228,10 @@ def _excel_hint(unmatched: list[str], cases: pd.Series) -> tuple[str, str]:
     if stripped:
         return stripped[0], (f"; scan {padded[stripped[0]]!r} has this id with leading zeros, which a spreadsheet "
                              "drops from numbers: format the case_id column as Text and type the ids again")
+    decimals = [c for c in unmatched if re.fullmatch(r"\d+\.0+", c) and c.split(".")[0] in set(cases)]
+    if decimals:
+        return decimals[0], (f"; scan {decimals[0].split('.')[0]!r} has this id without the decimals, which the "
+                             "sheet's ids gained when saved as numbers (a column with an empty cell): write them as text")
     return unmatched[0], ""
 
 

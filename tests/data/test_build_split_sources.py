@@ -439,3 +439,9 @@ def test_a_sheet_whose_spreadsheet_dropped_the_ids_leading_zeros_says_so(tmp_pat
     build_manifest(tmp_path / "scans", tmp_path / "m.csv", labels=tmp_path / "labels.csv")
     [said] = [r.getMessage() for r in caplog.records if "match no scan" in r.getMessage()]
     assert "(e.g. 12); scan '012' has this id with leading zeros" in said and "format the case_id column as Text" in said
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "scans" / "31.png")
+    pd.DataFrame({"case_id": ["31.0"], "label": ["lesion"]}).to_csv(tmp_path / "labels.csv", index=False)
+    caplog.clear()
+    build_manifest(tmp_path / "scans", tmp_path / "m2.csv", labels=tmp_path / "labels.csv")
+    [said] = [r.getMessage() for r in caplog.records if "match no scan" in r.getMessage()]
+    assert "(e.g. 31.0); scan '31' has this id without the decimals" in said
