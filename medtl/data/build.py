@@ -17,7 +17,7 @@ import pandas as pd
 
 from medtl.config_sections import CaseIds
 from medtl.data import dicom
-from medtl.data.manifest import read_sheet
+from medtl.data.manifest import SPLIT_NAMES, read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from medtl.errors import DataError, ManifestError
 from medtl.files import table_path, write_table
@@ -235,9 +235,6 @@ def _excel_hint(unmatched: list[str], cases: pd.Series) -> tuple[str, str]:
     return unmatched[0], ""
 
 
-SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
-
 
 def folder_labels(cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
     """case_id, label and, where a train/, val/ or test/ folder lies above the scan, split: the class-per-folder
@@ -250,10 +247,10 @@ def folder_labels(cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
         if holder == root:
             raise ManifestError(f"--label-folders: case {case} lies in {folder} itself; give the folder that holds the "
                                 "class folders (FOLDER/CLASS/scan, or FOLDER/train/CLASS/scan)")
-        if holder.name.lower() in SPLIT_FOLDERS:
+        if holder.name.lower() in SPLIT_NAMES:
             raise ManifestError(f"--label-folders: case {case} lies in {holder.name}/, a split folder, not in a class "
                                 "folder (FOLDER/train/CLASS/scan)")
-        splits = {SPLIT_FOLDERS[p.lower()] for p in holder.relative_to(root).parts[:-1] if p.lower() in SPLIT_FOLDERS}
+        splits = {SPLIT_NAMES[p.lower()] for p in holder.relative_to(root).parts[:-1] if p.lower() in SPLIT_NAMES}
         rows.append({"case_id": case, "label": holder.name, "split": splits.pop() if len(splits) == 1 else None})
     table = pd.DataFrame(rows)
     return table if table["split"].notna().any() else table.drop(columns="split")

@@ -16,6 +16,9 @@ from medtl.files import OTHER_WORKBOOKS, WORKBOOKS, sha256_file
 
 REQUIRED = ("case_id", "image")
 SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "testing": "test"}
+"""How people name the splits (any capitals), in medtl's words."""
 
 
 def rows_of_split(table: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -177,6 +180,7 @@ def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: b
     table["patient_id"] = table["patient_id"].fillna(table["case_id"])
     if "split" not in table:
         table["split"] = pd.NA
+    table["split"] = table["split"].map(lambda s: SPLIT_NAMES.get(s.casefold(), s) if isinstance(s, str) else s)
     bad = table["split"].notna() & ~table["split"].isin(SPLITS)
     if bad.any():
         row = table[bad].iloc[0]

@@ -156,8 +156,8 @@ def test_manifest_schema_errors(tmp_path):
     (tmp_path / "m.csv").write_text("case,image\na,b\n")
     with pytest.raises(ManifestError, match="case_id"):
         read_manifest(tmp_path / "m.csv")
-    (tmp_path / "m.csv").write_text("case_id,image,split\na,b,training\n")
-    with pytest.raises(ManifestError, match="case a.*training"):
+    (tmp_path / "m.csv").write_text("case_id,image,split\na,b,development\n")
+    with pytest.raises(ManifestError, match="case a.*development"):
         read_manifest(tmp_path / "m.csv")
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "none.csv")
@@ -248,3 +248,15 @@ def test_a_sheet_with_two_columns_of_one_name_is_refused_not_read_from_the_first
         read_manifest(tmp_path / "m.csv")
     (tmp_path / "m.csv").write_text("case_id,image,label,v.1\na,a.png,normal,3\n")  # a name that only looks doubled
     assert read_manifest(tmp_path / "m.csv").table["v.1"].tolist() == ["3"]
+
+
+def test_splits_named_as_people_name_them_read_as_medtls_and_others_are_refused(tmp_path):
+    """``Train``, ``Validation`` and ``TEST`` in a sheet are train, val and test (they used to end the run with an
+    error); a split medtl cannot place stays an error naming the case."""
+    rows = [("a", "Train"), ("b", "Validation"), ("c", "TEST"), ("d", "valid"), ("e", None)]
+    pd.DataFrame([{"case_id": c, "image": "x.png", "split": s} for c, s in rows]).to_csv(tmp_path / "m.csv", index=False)
+    splits = read_manifest(tmp_path / "m.csv").table["split"].tolist()
+    assert splits[:4] == ["train", "val", "test", "val"] and pd.isna(splits[4])
+    pd.DataFrame([{"case_id": "f", "image": "x.png", "split": "holdout"}]).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ManifestError, match="case f: split 'holdout' is not one of train, val, test"):
+        read_manifest(tmp_path / "m.csv")
