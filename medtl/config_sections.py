@@ -85,6 +85,17 @@ class DataConfig(Section):
             return [str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in v]
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_number_for_every_axis(cls, values: Any) -> Any:
+        """``image_size: 224`` is 224 on every axis, ``spacing: 1.5`` isotropic, as people write them."""
+        if isinstance(values, dict):
+            axes = values.get("spatial_dims", 2)
+            for key, n in (("image_size", axes), ("spacing", 3)):
+                if isinstance(values.get(key), (int, float)) and not isinstance(values[key], bool) and n in (2, 3):
+                    values = {**values, key: [values[key]] * n}
+        return values
+
     @field_validator("views")
     @classmethod
     def _views_as_dicom_writes_them(cls, v: list[str] | None) -> list[str] | None:

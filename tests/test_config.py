@@ -225,3 +225,10 @@ def test_a_volume_config_left_at_the_xray_default_is_warned(tmp_path, caplog):
                                  f"data.modality={modality}"])
         preflight(cfg.data, cfg.train)
         assert any("data.modality is xray (the default) for 3-D scans" in r.getMessage() for r in caplog.records) == warned
+
+
+def test_one_number_sizes_every_axis():
+    """``image_size: 224`` used to be refused as not a list."""
+    assert load_config(None, ["data.image_size=64"]).data.image_size == [64, 64]
+    volume = load_config(None, ["data.spatial_dims=3", "data.image_size=96", "data.spacing=1.5"]).data
+    assert volume.image_size == [96, 96, 96] and volume.spacing == [1.5, 1.5, 1.5]
