@@ -149,7 +149,7 @@ def view_mismatch(view: str, views: list[str] | None) -> str | None:
     if not views or not view or view in views:
         return None
     return (f"other view: a {view} film (DICOM ViewPosition), and the model takes {', '.join(views)} films only "
-            f"(data.views); leave the case out, or train a model with {view} films")
+            f"(data.views); leave the case out, or train a model with {view} films (or with {view} in data.views)")
 
 
 def scan_series(folder: Path, progress: bool = False) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
