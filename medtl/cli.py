@@ -336,6 +336,21 @@ def run_cmd(
         typer.echo(summary)
     if isinstance(out, dict) and out.get("registered"):
         typer.echo(f"registered: {out['registered']} (version {out['version']})")
+    if isinstance(out, dict):
+        _say_where(out)
+
+
+def _say_where(out: dict) -> None:
+    """Where a training pipeline left its model and report, and the command that scores new studies with it."""
+    model = getattr(out.get("result"), "model_path", None)
+    if model is None or not Path(model).is_file():
+        return
+    here = Path.cwd()
+    model = Path(model).relative_to(here) if Path(model).is_relative_to(here) else Path(model)
+    report = model.parent / "evaluation_test" / "report.md"
+    typer.echo(f"model: {model}" + (f"; report: {report}" if report.is_file() else ""))
+    typer.echo(f"score new studies with: medtl score --model {out.get('registered') or model} --input DIR "
+               "--out predictions.csv")
 
 
 def main() -> None:

@@ -145,6 +145,8 @@ def test_no_patient_tag_reaches_store_artifacts_or_logs(tmp_path):
     train = run_cli("run", "diagnosis", *sets, cwd=tmp_path, env={"MEDTL_LOG_LEVEL": "DEBUG"})
     assert train.returncode == 0, train.stderr[-3000:]
     assert load_bundle(next((tmp_path / "runs").glob("*/model.pt"))).spec.data.views == ["PA"]  # the films' own view
+    assert "evaluation_test/report.md" in train.stdout  # the run says where its model and report are, and how to score
+    assert "score new studies with: medtl score --model models:/tiny@candidate --input DIR" in train.stdout
     score = run_cli("score", "--model", "models:/tiny@candidate", "--input", str(data / "images"),
                     "--out", str(tmp_path / "scores.csv"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store})
     assert score.returncode == 0, score.stderr[-3000:]
