@@ -59,6 +59,8 @@ def describe_errors(err: ValidationError, root: type[BaseModel], source: str,
                 lines.append(head)
             given = e.get("input")  # a whole section (a rule across its keys) is not worth echoing
             got = "" if isinstance(given, dict) else f" (got {given!r})"
+            if e["type"] == "list_type" and isinstance(given, str) and "," in given:
+                got += f"; write a list in brackets: [{', '.join(v.strip() for v in given.split(','))}]"
             union[head].append((e["msg"].removeprefix("Value error, "), got))
     return [_alternatives(line, union[line]) if line in union else line for line in lines]
 

@@ -65,6 +65,7 @@ def test_config_is_frozen():
         ("data:\n  classes: [lesion, 'lesion ']\n", ["data", "two or more different classes"]),
         ("train:\n  seed: -1\n", ["train.seed", "greater than or equal to 0"]),
         ("data:\n  classes: [no, yes]\n", ["data.classes", "quote the class names"]),  # YAML 1.1's booleans
+        ("data:\n  subgroups: site, scanner\n", ["data.subgroups", "write a list in brackets: [site, scanner]"]),
         ("evaluate:\n  seed: -3\n", ["evaluate.seed", "greater than or equal to 0"]),
     ],
 )
