@@ -235,7 +235,6 @@ def _excel_hint(unmatched: list[str], cases: pd.Series) -> tuple[str, str]:
     return unmatched[0], ""
 
 
-
 def folder_labels(cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
     """case_id, label and, where a train/, val/ or test/ folder lies above the scan, split: the class-per-folder
     layout most public image sets ship in (chest_xray/train/PNEUMONIA/x.jpeg). A scan's class folder is the
