@@ -134,8 +134,8 @@ def check_manifest(
     for case in table.loc[table["case_id"].duplicated(), "case_id"].unique():
         problems.append(Problem(str(case), "duplicate case_id", f"{int((table['case_id'] == case).sum())} rows"))
     escaped = {case for case, _ in manifest.escapes}
-    problems += [Problem(case, "Windows drive path" if "Windows drive path" in message else "path outside the manifest's folder",
-                         message) for case, message in manifest.escapes]
+    problems += [Problem(case, next((kind for kind in ("Windows drive path", "URL") if f"is a {kind}" in message),
+                                    "path outside the manifest's folder"), message) for case, message in manifest.escapes]
     for row in counted(list(table.itertuples(index=False)), "reading every voxel" if deep else "checking", progress):
         case = str(row.case_id)
         if case in escaped:

@@ -60,6 +60,9 @@ def resolve_case_path(raw: str, root: Path, data_root: Path | None, case_id: str
 
     A ``folder#series=UID`` reference keeps its series part.
     """
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", raw):
+        raise ManifestError(f"case {case_id}: {column} path {raw!r} is a URL; medtl reads files on this machine: "
+                            "download or mount them and give their paths")
     p, uid = parse_series_ref(raw)
     if re.match(r"[A-Za-z]:[\\/]", str(p)):
         raise ManifestError(f"case {case_id}: {column} path {raw!r} is a Windows drive path; write it relative to the "

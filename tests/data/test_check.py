@@ -239,6 +239,10 @@ def test_a_manifest_written_on_windows_reads_here(tmp_path):
     problems = check_manifest(m)
     assert [(p.case_id, p.kind) for p in problems] == [("case002", "Windows drive path")]
     assert "relative to the manifest" in problems[0].detail
+    table.loc[2, "image"] = "s3://archive/scans/case002.png"  # an object store's address is no file here either
+    table.to_csv(tmp_path / "manifest.csv", index=False)
+    [url] = check_manifest(read_manifest(tmp_path / "manifest.csv", keep_going=True))
+    assert (url.case_id, url.kind) == ("case002", "URL") and "download or mount them" in url.detail
 
 
 def test_a_sheet_with_two_columns_of_one_name_is_refused_not_read_from_the_first(tmp_path):
