@@ -67,6 +67,17 @@ class Config(Section):
     study: StudyConfig = Field(default_factory=StudyConfig)
     name: str = "medtl"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_number_patch(cls, values: Any) -> Any:
+        """``train.patch_size: 96`` is 96 on every axis the data section has, as ``data.image_size: 96`` is."""
+        train, data = (values.get(k) if isinstance(values, dict) else None for k in ("train", "data"))
+        patch = train.get("patch_size") if isinstance(train, dict) else None
+        if isinstance(patch, int) and not isinstance(patch, bool):
+            axes = data.get("spatial_dims", 2) if isinstance(data, dict) else 2
+            values = {**values, "train": {**train, "patch_size": [patch] * (axes if axes in (2, 3) else 2)}}
+        return values
+
     @model_validator(mode="after")
     def _adaptation_can_act(self) -> "Config":
         method = self.adaptation.method

@@ -233,3 +233,4 @@ def test_one_number_sizes_every_axis():
     assert load_config(None, ["data.image_size=64"]).data.image_size == [64, 64]
     volume = load_config(None, ["data.spatial_dims=3", "data.image_size=96", "data.spacing=1.5"]).data
     assert volume.image_size == [96, 96, 96] and volume.spacing == [1.5, 1.5, 1.5]
+    assert load_config(None, ["data.spatial_dims=3", "data.image_size=96", "train.patch_size=64"]).train.patch_size == [64] * 3
