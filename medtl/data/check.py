@@ -124,8 +124,10 @@ def check_manifest(
     progress: bool = False,
     modality: str | None = None,
     views: list[str] | None = None,
+    seen_views: set[str] | None = None,
 ) -> list[Problem]:
-    """Every problem found, in manifest order; an empty list means the manifest is safe to train on."""
+    """Every problem found, in manifest order; an empty list means the manifest is safe to train on. ``seen_views``
+    is filled with the views the films state, read with the headers the check reads anyway."""
     table = manifest.table
     problems: list[Problem] = []
     if table.empty:
@@ -146,6 +148,8 @@ def check_manifest(
             continue
         try:
             image_geometry = _image_geometry(str(row.image_path), deep, spatial_dims, modality, views)
+            if seen_views is not None and image_geometry.view:
+                seen_views.add(image_geometry.view)
         except DataError as exc:
             problems.append(Problem(case, _kind_of(str(exc)), f"{row.image}: {exc}"))
         mask_path = getattr(row, "mask_path", None)

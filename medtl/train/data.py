@@ -76,9 +76,10 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
         _say_positive_class(classes)
     table = manifest.table
     skipped: list[str] = []
+    seen_views: set[str] | None = set() if check else None
     if check:
         problems = check_manifest(manifest, classes if data.task == "classification" else None, data.spatial_dims,
-                                  modality=data.modality, views=data.views)
+                                  modality=data.modality, views=data.views, seen_views=seen_views)
         if problems:
             bad = sorted({p.case_id for p in problems})
             if not data.skip_bad_cases:
@@ -105,7 +106,10 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
     if fresh:
         out_dir.mkdir(parents=True, exist_ok=True)
         table[["case_id", "split"]].to_csv(splits_file, index=False)
-    views = data.views if data.views is not None or data.spatial_dims == 3 else film_views(table)
+    if data.views is not None or data.spatial_dims == 3:
+        views = data.views
+    else:  # the films' own views, from the headers the check read where it ran
+        views = (sorted(seen_views) or None) if seen_views is not None else film_views(table)
     return PreparedData(manifest, table.reset_index(drop=True), classes, skipped, views)
 
 
