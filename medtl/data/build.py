@@ -34,7 +34,7 @@ def _case_id_from_file(path: Path) -> str:
 
 
 def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False,
-                   patients: dict[str, str] | None = None) -> list[tuple[str, str]]:
+                   identifiers: dict[str, dict[str, str]] | None = None) -> list[tuple[str, str]]:
     """(case_id, image reference) for every scan under ``folder`` (or ``folder`` itself when it is one file): one
     per DICOM series, NIfTI or image file. DICOM objects that hold no scan (a DICOMDIR, reports, presentation
     states, segmentations) are not cases.
@@ -42,8 +42,9 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
     A series alone in its folder is that folder; a series sharing a folder with others is referenced as
     ``folder#series=UID`` so one row is always one series, and nothing is written next to the data. Two scans
     never share a case id: that would put one patient's prediction, or mask file, in another's place.
-    ``patients``, when given, is filled with each DICOM series' PatientID by reference: raw, for
-    ``build_manifest`` to key into a pseudonym; it goes nowhere else.
+    ``identifiers``, when given, is filled with each DICOM series' PatientID and AccessionNumber by reference
+    (``patient_id``, ``accession``): raw, for ``build_manifest`` to key into a pseudonym and to join a sheet keyed
+    by them; they go nowhere else.
     """
     folder = Path(folder)
     if folder.is_file():  # one scan given by itself (a single-file DICOM, NIfTI or image)
@@ -74,9 +75,11 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
         else:
             where = parent if len(parents) == 1 else folder
             found.append((f"{parent.name}_{uid[-8:]}", dicom.series_ref(where, uid), where / uid[-8:]))
-        patient = headers[0].dataset.get("PatientID") if headers[0].dataset is not None else None
-        if patients is not None and patient:
-            patients[found[-1][1]] = str(patient)
+        ds = headers[0].dataset
+        tags = {key: str(ds.get(tag, "")).strip() for key, tag in (("patient_id", "PatientID"),
+                                                                  ("accession", "AccessionNumber"))} if ds is not None else {}
+        if identifiers is not None and any(tags.values()):
+            identifiers[found[-1][1]] = {key: value for key, value in tags.items() if value}
     cases = [(_path_id(named, folder) if ids == "path" and named != folder else case, ref) for case, ref, named in found]
     _refuse_shared_ids(cases, folder, ids)
     return cases
@@ -141,14 +144,14 @@ def salted_patient_id(case_id: str, salt: str) -> str:
     return "p_" + hashlib.sha256(f"{salt}:{case_id}".encode()).hexdigest()[:12]
 
 
-def _patient_ids(cases: list[tuple[str, str]], dicom_patients: dict[str, str], salt: str) -> list[str]:
+def _patient_ids(cases: list[tuple[str, str]], identifiers: dict[str, dict[str, str]], salt: str) -> list[str]:
     """A patient id per case where the labels sheet gives none: for a DICOM series, a keyed pseudonym of its
     PatientID, so a patient's series (reconstructions, follow-ups) split together; else a hash of the case id."""
     from medtl.data.pseudonyms import id_key, pseudonym
 
-    key = id_key() if any(ref in dicom_patients for _, ref in cases) else b""
-    return [pseudonym(dicom_patients[ref], key) if ref in dicom_patients else salted_patient_id(case, salt)
-            for case, ref in cases]
+    patients = {ref: ids["patient_id"] for ref, ids in identifiers.items() if "patient_id" in ids}
+    key = id_key() if any(ref in patients for _, ref in cases) else b""
+    return [pseudonym(patients[ref], key) if ref in patients else salted_patient_id(case, salt) for case, ref in cases]
 
 
 def build_manifest(
@@ -168,8 +171,8 @@ def build_manifest(
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
     if masks is not None and not Path(masks).is_dir():
         raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
-    dicom_patients: dict[str, str] = {}
-    cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, dicom_patients), masks)
+    identifiers: dict[str, dict[str, str]] = {}
+    cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, identifiers), masks)
     if not cases:
         raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found")
     if masks is not None and not any(c in mask_refs for c, _ in cases):
@@ -186,13 +189,13 @@ def build_manifest(
     if labels is not None and label_folders:
         raise ManifestError("--labels and --label-folders: give one source of labels")
     if labels is not None:
-        table = _join_labels(table, Path(labels))
+        table = _join_labels(table, Path(labels), {case: identifiers.get(ref, {}) for case, ref in cases})
     if label_folders:
         table = table.merge(folder_labels(cases, folder), on="case_id", how="left")
     views = _film_views(cases)
     if any(views) and "view" not in table:
         table["view"] = views
-    derived = pd.Series(_patient_ids(cases, dicom_patients, salt), index=table.index)
+    derived = pd.Series(_patient_ids(cases, identifiers, salt), index=table.index)
     table["patient_id"] = table["patient_id"].fillna(derived) if "patient_id" in table else derived
     front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
@@ -214,6 +217,38 @@ def _film_views(cases: list[tuple[str, str]]) -> list[str | None]:
             header = None
         views.append((dicom.view_tag(header) or None) if header is not None and not header.problem else None)
     return views
+
+
+ACCESSION_NAMES = {"accession", "accessionnumber", "accessionno", "accno", "acc"}
+"""How a sheet heads the accession number (any capitals, spaces, dots, dashes or underscores)."""
+
+
+def _keyed_by_tags(sheet: pd.DataFrame, labels: Path, identifiers: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """A sheet keyed by accession number or patient id, as a hospital's report registry is, as one keyed by case id:
+    every series of a study (or scan of a patient) takes that row. ``identifiers`` holds each case's raw DICOM
+    values; the manifest gets none of them, and messages count them, never show them."""
+    sheet = sheet.rename(columns={c: "accession" for c in sheet.columns
+                                  if re.sub(r"[\s._-]+", "", c.lower()) in ACCESSION_NAMES})
+    key = next((k for k in ("accession", "patient_id") if k in sheet), None)
+    if key is None:
+        raise ManifestError(f"{labels}: needs a case_id column to join on, or for DICOM scans an accession number or "
+                            f"patient_id column (has {', '.join(sheet.columns)})")
+    if not any(key in ids for ids in identifiers.values()):
+        raise ManifestError(f"{labels}: keyed by {key}, which none of the scans states (only DICOM carries it); give "
+                            "a case_id column")
+    rows = sheet.dropna(subset=[key]).drop_duplicates()
+    repeated = int(rows[key].duplicated().sum())
+    if repeated:
+        raise ManifestError(f"{labels}: {repeated} {key} value(s) have two different rows; give one row per {key}")
+    rows = rows.set_index(key)
+    matched = [(case, ids[key]) for case, ids in identifiers.items() if ids.get(key) in rows.index]
+    unused = len(set(rows.index) - {value for _, value in matched})
+    say = logger.warning if unused else logger.info
+    say("%s is keyed by %s: %d scans take its rows%s", labels.name, key, len(matched),
+        f"; {unused} of its rows match no scan" if unused else "")
+    keyed = rows.loc[[value for _, value in matched]].reset_index(drop=True)
+    keyed.insert(0, "case_id", [case for case, _ in matched])
+    return keyed.drop(columns=["patient_id"], errors="ignore")  # the hospital's patient number stays out
 
 
 def _excel_hint(unmatched: list[str], cases: pd.Series) -> tuple[str, str]:
@@ -269,12 +304,12 @@ def _refuse_losing_columns(out: Path, table: pd.DataFrame) -> None:
                             "write to a new file (or give --labels with them)")
 
 
-def _join_labels(table: pd.DataFrame, labels: Path) -> pd.DataFrame:
+def _join_labels(table: pd.DataFrame, labels: Path, identifiers: dict[str, dict[str, str]]) -> pd.DataFrame:
     if not labels.is_file():
         raise ManifestError(f"{labels}: labels file not found")
     sheet = read_sheet(labels)
     if "case_id" not in sheet:
-        raise ManifestError(f"{labels}: needs a case_id column to join on (has {', '.join(sheet.columns)})")
+        sheet = _keyed_by_tags(sheet, labels, identifiers)
     if "label" not in sheet and "mask" not in table:
         logger.warning("%s has no label column (it has %s): the manifest holds no labels until the column that holds "
                        "the classes is named 'label'", labels.name, ", ".join(sheet.columns))

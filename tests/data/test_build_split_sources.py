@@ -445,3 +445,28 @@ def test_a_sheet_whose_spreadsheet_dropped_the_ids_leading_zeros_says_so(tmp_pat
     build_manifest(tmp_path / "scans", tmp_path / "m2.csv", labels=tmp_path / "labels.csv")
     [said] = [r.getMessage() for r in caplog.records if "match no scan" in r.getMessage()]
     assert "(e.g. 31.0); scan '31' has this id without the decimals" in said
+
+
+@pytest.mark.parametrize("key, header", [("accession", "Accession Number"), ("patient_id", "patient_id")])
+def test_a_sheet_keyed_by_accession_or_patient_labels_every_series_and_keeps_the_numbers_out(tmp_path, key, header):
+    """A hospital's labels come keyed by the study's accession number or the patient's number, not by case ids
+    that only exist once the manifest is built: each series takes its study's (or patient's) row, and neither
+    number reaches the manifest or a message."""
+    rng = np.random.default_rng(0)
+    vol, _ = synthetic_volume(rng, (8, 8, 3), False)
+    scans = tmp_path / "scans"
+    for patient, series in (("P1", "s1"), ("P1", "s2"), ("P2", "s3"), ("P3", "s4")):
+        write_ct_series(scans / series, vol, patient_tag=patient, seed=int(series[1]))
+    tag = {"accession": "ACC", "patient_id": "ID"}[key]  # the synthetic tags: P1-ACC, P1-ID
+    extra = {"patient_id": ["P1-ID", "P2-ID", "P9-ID"]} if key == "accession" else {"site": ["A", "B", "C"]}
+    pd.DataFrame({header: [f"P1-{tag}", f"P2-{tag}", f"P9-{tag}"], "label": ["lesion", "normal", "normal"],
+                  **extra}).to_csv(tmp_path / "labels.csv", index=False)
+    res = run_cli("manifest", "build", str(scans), "--labels", str(tmp_path / "labels.csv"), "--out",
+                  str(tmp_path / "m.csv"))
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "m.csv").set_index("case_id")
+    assert table["label"].to_dict() == {"s1": "lesion", "s2": "lesion", "s3": "normal", "s4": table["label"]["s4"]}
+    assert pd.isna(table["label"]["s4"]) and "1 of its rows match no scan" in " ".join(res.stderr.split())
+    assert table.loc["s1", "patient_id"] == table.loc["s2", "patient_id"] != table.loc["s3", "patient_id"]
+    written = (tmp_path / "m.csv").read_text() + res.stdout + res.stderr
+    assert not any(number in written for number in ("P1-ACC", "P2-ACC", "P9-ACC", "P1-ID", "P2-ID", "P9-ID"))
