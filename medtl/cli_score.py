@@ -1,0 +1,101 @@
+"""``medtl score``: new studies through a model, on this machine or on Spark, with what the batch says about its site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+
+import typer
+
+from medtl.cli_options import CaseIdsOption, DeviceOption
+from medtl.errors import MedtlError
+from medtl.log import wide_console
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _outside_input(input_dir: Path | None, outputs: dict[str, Path | None]) -> None:
+    """Masks or heat maps written inside --input would be scored as scans by a rerun."""
+    for option, folder in outputs.items():
+        if folder is not None and input_dir is not None and folder.resolve().is_relative_to(input_dir.resolve()):
+            raise MedtlError(f"{option} {folder}: inside --input {input_dir}, where a rerun would score its images as "
+                             "scans; write them to a folder outside it")
+
+
+def _score_on_spark(model: str, manifest: Path | None, out: Path, master: str, data_root: Path | None, chunk: int,
+                    local_only: dict[str, object]) -> NoReturn:
+    """``score --engine spark``: the model as registered, one probability row per case, on Spark's executors; the
+    options only this machine's engine honours are refused rather than silently left out."""
+    from medtl.spark_scoring import score_spark
+
+    if manifest is None:
+        raise MedtlError("--engine spark scores a --manifest (executors read the paths it lists)")
+    unsupported = next((option for option, value in local_only.items() if value is not None), None)
+    if unsupported:
+        raise MedtlError(f"{unsupported}: the spark engine scores the model as registered, without it; score with "
+                         "--engine local")
+    s = score_spark(model, manifest, out, master, data_root, chunk)
+    typer.echo(f"{out}: {s.scored} scored now, {s.skipped_existing} already there, {s.errors} error row(s), "
+               f"{s.cases_per_s:.1f} cases/s")
+    raise typer.Exit(1 if s.errors else 0)
+
+
+def score_cmd(
+    model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS, runs:/RUN/model, a model folder or a model.pt.")],
+    out: Annotated[Path, typer.Option("--out", help="predictions.csv (or .parquet).")],
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest of the cases to score.")] = None,
+    input_dir: Annotated[Optional[Path], typer.Option("--input", help="Folder of DICOM series / NIfTI / PNG files, or one such file.")] = None,
+    ids: CaseIdsOption = "folder",
+    masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
+    heatmaps: Annotated[Optional[Path], typer.Option("--heatmaps", help="Folder for each case's Grad-CAM figure (2-D binary classifiers).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 16,
+    device: DeviceOption = "auto",
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,
+    prevalence: Annotated[Optional[float], typer.Option(help="This site's prevalence of the positive class (prior-shift correction).")] = None,
+    engine: Annotated[str, typer.Option(help="local (this machine) or spark (mlflow spark_udf, Parquet out).")] = "local",
+    spark_master: Annotated[str, typer.Option("--spark-master", help="Spark master URL (spark-submit's MASTER wins).")] = "local[*]",
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Spark: the only folder executors may read (default: the manifest's).")] = None,
+    spark_chunk: Annotated[int, typer.Option("--spark-chunk", min=1, help="Spark: cases per committed job (a crash costs at most one).")] = 1000,
+) -> None:
+    """Score new studies with a registered model; reruns resume where a crash stopped."""
+    from medtl.models.loader import load_any_model
+    from medtl.scoring import input_cases, score, set_prevalence
+    from medtl.steps import run_context
+
+    if engine == "spark":
+        _score_on_spark(model, manifest, out, spark_master, data_root, spark_chunk,
+                        {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps})
+    if engine != "local":
+        raise MedtlError(f"--engine {engine}: use local or spark")
+    _outside_input(input_dir, {"--masks-out": masks_out, "--heatmaps": heatmaps})
+
+    bundle = load_any_model(model)
+    if masks_out is not None and bundle.task != "segmentation":
+        raise MedtlError(f"--masks-out: {model} is a {bundle.task} model; only segmentation models write masks")
+    if prevalence is not None:
+        set_prevalence(bundle, prevalence)
+    cases = input_cases(manifest, input_dir, ids)
+    from medtl.config import TrackingConfig
+
+    tracking = TrackingConfig(enabled=track)  # the store MLFLOW_TRACKING_URI names (or ./mlflow.db), as `medtl models` uses
+    with run_context(tracking, f"score-{bundle.spec.name}") as tracker:
+        summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker, heatmaps=heatmaps)
+    typer.echo(f"{out}: {summary.scored} scored now, {summary.skipped_existing} already there, "
+               f"{len(summary.errors)} error(s), {summary.cases_per_s:.1f} cases/s")
+    if summary.batch is not None:
+        typer.echo(f"{summary.batch.message()} ({out.with_name(f'{out.stem}.scores.png')})")
+    if len(summary.errors):
+        _print_failures(summary.errors)
+        raise typer.Exit(1)
+
+
+def _print_failures(errors: pd.DataFrame) -> None:
+    from rich.table import Table
+
+    table = Table(title="cases that failed", title_justify="left")
+    table.add_column("case_id")
+    table.add_column("error")
+    for row in errors.itertuples(index=False):
+        table.add_row(str(row.case_id), str(row.error))
+    wide_console().print(table)
