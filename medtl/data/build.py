@@ -19,7 +19,7 @@ from medtl.config_sections import CaseIds
 from medtl.data import dicom
 from medtl.data.manifest import SPLIT_NAMES, read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
-from medtl.errors import DataError, ManifestError
+from medtl.errors import ManifestError
 from medtl.files import table_path, write_table
 
 logger = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def build_manifest(
         table = _join_labels(table, Path(labels), {case: identifiers.get(ref, {}) for case, ref in cases})
     if label_folders:
         table = table.merge(folder_labels(cases, folder), on="case_id", how="left")
-    views = _film_views(cases)
+    views = [dicom.film_view(ref) or None for _, ref in cases]  # a column to sort laterals out by, a subgroup
     if any(views) and "view" not in table:
         table["view"] = views
     derived = pd.Series(_patient_ids(cases, identifiers, salt), index=table.index)
@@ -202,21 +202,6 @@ def build_manifest(
     _refuse_losing_columns(out, table)
     write_table(table, out)
     return table
-
-
-def _film_views(cases: list[tuple[str, str]]) -> list[str | None]:
-    """Each DICOM film's ViewPosition (PA, AP, LL...), None for other scans: a manifest column a person can sort a
-    lateral film out by, and a subgroup (``data.subgroups: [view]``) to report each view's figures by."""
-    views: list[str | None] = []
-    for _, ref in cases:
-        path = Path(ref)
-        files = [f for f in path.iterdir() if f.is_file()] if path.is_dir() else [path]  # a film in a folder of its own
-        try:
-            header = dicom.read_header(files[0]) if len(files) == 1 and dicom.is_dicom_file(files[0]) else None
-        except DataError:  # an unreadable file is the check's to report
-            header = None
-        views.append((dicom.view_tag(header) or None) if header is not None and not header.problem else None)
-    return views
 
 
 ACCESSION_NAMES = {"accession", "accessionnumber", "accessionno", "accno", "acc"}

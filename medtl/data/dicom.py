@@ -143,6 +143,20 @@ def view_tag(header: SliceHeader) -> str:
     return str(header.dataset.get("ViewPosition", "")).strip().upper() if header.dataset is not None else ""
 
 
+def film_view(ref: str) -> str:
+    """The ViewPosition of the DICOM film at ``ref`` (its file, or a folder holding only it); empty for any other
+    scan, and for a file that cannot be read (reporting that is the check's)."""
+    path = Path(ref)
+    files = [f for f in path.iterdir() if f.is_file()] if path.is_dir() else [path]
+    if len(files) != 1 or not is_dicom_file(files[0]):
+        return ""
+    try:
+        header = read_header(files[0])
+    except DataError:
+        return ""
+    return "" if header.problem else view_tag(header)
+
+
 def view_mismatch(view: str, views: list[str] | None) -> str | None:
     """Why a film of ViewPosition ``view`` does not belong with a model of ``views`` (a lateral film through a model of
     frontal ones is still given a confident answer), or None; a film that states no view is not judged."""

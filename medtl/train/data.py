@@ -13,9 +13,8 @@ from monai.data import DataLoader
 from medtl.config import DataConfig, TrainConfig
 from medtl.data.check import check_manifest
 from medtl.data.datasets import GuardedDataset, case_items, make_dataset
-from medtl.data.dicom import parse_series_ref, view_tag
+from medtl.data.dicom import film_view
 from medtl.data.manifest import Manifest, class_names, read_manifest, rows_of_split
-from medtl.data.readers import dicom_headers, scan_kind
 from medtl.data.splits import split_manifest, validation_from_training, with_saved_splits
 from medtl.data.transforms import build_transforms
 from medtl.errors import ConfigError, DataError
@@ -117,15 +116,7 @@ def film_views(table: pd.DataFrame) -> list[str] | None:
     """The ViewPositions the manifest's DICOM films state: the views a 2-D model then takes alone (CheckAcquisitiond), so a
     model of frontal chest films refuses a lateral one rather than answering for it. None where no film says; a
     file that cannot be read states nothing (checking the cases is ``check_manifest``'s)."""
-    views: set[str] = set()
-    for ref in table["image_path"]:
-        try:
-            if isinstance(ref, str) and scan_kind(ref) == "dicom":
-                path, uid = parse_series_ref(ref)
-                views.add(view_tag(dicom_headers(path, uid)[0]))
-        except DataError:
-            continue
-    views.discard("")
+    views = {film_view(ref) for ref in table["image_path"] if isinstance(ref, str)} - {""}
     return sorted(views) or None
 
 
