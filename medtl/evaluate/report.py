@@ -174,7 +174,8 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
     m = ev.metrics
     (out_dir / "metrics.json").write_text(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
                                                       for k, v in m.items()}, indent=1))
-    lines = ["# Evaluation", "", f"Classes: {', '.join(classes)}" + (f" (positive: {classes[1]})" if len(classes) == 2 else "") + f"; cases: {int(m.get('n', 0))}", "",
+    positive = f" (positive: {classes[1]})" if len(classes) == 2 else ""
+    lines = ["# Evaluation", "", f"Classes: {', '.join(classes)}{positive}; cases: {int(m.get('n', 0))}", "",
              "| metric | value [95% CI] |", "| --- | --- |"]
     for name in ("auroc", "auroc_macro", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
                  "ppv", "npv", "f1", "threshold"):
