@@ -85,6 +85,8 @@ def score_cmd(
                f"{len(summary.errors)} error(s), {summary.cases_per_s:.1f} cases/s")
     if summary.batch is not None:
         typer.echo(f"{summary.batch.message()} ({out.with_name(f'{out.stem}.scores.png')})")
+    if summary.unlike is not None:
+        typer.echo(summary.unlike.message())
     if len(summary.errors):
         _print_failures(summary.errors)
         raise typer.Exit(1)

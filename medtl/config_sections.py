@@ -195,6 +195,9 @@ class EvaluateConfig(Section):
     gradcam: int = Field(4, ge=0)
     figures: bool = True
     """Write the figures (PNG and SVG); a study of many small runs, or a test, may skip them."""
+    typicality: bool = True
+    """Store with a classifier what scoring needs to mark cases unlike the training ones (``medtl.typicality``): one
+    pass, after training, over up to 1,000 training and 2,000 validation cases."""
     seed: int = Field(0, ge=0)
 
 

@@ -165,7 +165,8 @@ def _print(table, paired: list, scores: ScoreSummary, registered: str, seconds: 
                           f"[{m['delta_auroc_ci_low']:+.3f}, {m['delta_auroc_ci_high']:+.3f}] (paired bootstrap), "
                           f"DeLong p = {m.get('delong_p', float('nan')):.3g}")
     console.print(f"registered model: {registered}")
-    console.print(f"test films scored with it: {scores.out}" + (f"; {scores.batch.message()}" if scores.batch else ""))
+    console.print(f"test films scored with it: {scores.out}" + "".join(f"; {part.message()}" for part in
+                                                                     (scores.batch, scores.unlike) if part is not None))
     import sys
 
     ui = Path(sys.executable).parent / "mlflow"  # the venv's: plain `mlflow` is not on PATH outside it

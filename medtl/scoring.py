@@ -30,6 +30,7 @@ from medtl.log import make_progress
 from medtl.models.checkpoint import ModelBundle, bundle_digest
 from medtl.models.predictor import Predictor, device_for
 from medtl.observe import NullTracker, Tracker
+from medtl.typicality import UnlikeTraining, unlike_training_cases
 
 if TYPE_CHECKING:
     from medtl.data.inverse import SourceMask
@@ -44,6 +45,8 @@ class ScoreSummary:
     cases_per_s: float
     batch: BatchPrevalence | None = None
     """How often the finding was called and the prevalence the scores imply (binary classifiers)."""
+    unlike: UnlikeTraining | None = None
+    """The cases the model found unlike its training scans (classifiers that measure typicality)."""
 
 
 def set_prevalence(bundle: ModelBundle, prevalence: float) -> None:
@@ -100,7 +103,7 @@ def read_predictions(path: Path) -> pd.DataFrame:
     numeric columns (probabilities, volumes) as numbers, NaN where a case failed."""
     try:
         columns = read_text_table(path, nrows=0).columns
-        numeric = [c for c in columns if c.startswith(("prob_", "lesion_"))]
+        numeric = [c for c in columns if c.startswith(("prob_", "lesion_")) or c == "typicality"]
         return pd.read_csv(path, dtype={c: str for c in columns if c not in numeric}, keep_default_na=False,
                            na_values={c: ["", "nan", "NaN"] for c in numeric})
     except UNREADABLE_CSV as exc:
@@ -160,6 +163,16 @@ def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundl
                 write_dicom_seg(image_ref, mask.labels, mask.affine, bundle.classes, masks_out / f"{rec['case_id']}.seg.dcm", name, version)
         row["mask_path"] = str(path)
     return row
+
+
+def _same_columns(stream: Path, columns: list[str]) -> None:
+    """Rows appended under another header would put each value in another column (a file a different medtl version
+    began, say): refused before the first row is written."""
+    had = list(read_text_table(stream, nrows=0).columns)
+    if had != columns:
+        extra = sorted(set(columns) ^ set(had)) or ["the order"]
+        raise MedtlError(f"--out {stream}: its columns differ from the ones this scoring writes ({', '.join(extra)}); "
+                         "write to a new --out")
 
 
 def _claim_case_files(folder: Path, option: str, case_ids: list[str], model_id: str) -> None:
@@ -250,6 +263,8 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
                 writer = csv.DictWriter(fh, fieldnames=list(row))
                 if fh.tell() == 0:
                     writer.writeheader()
+                else:
+                    _same_columns(stream, list(row))
             writer.writerow(row)
             fh.flush()
             os.fsync(fh.fileno())
@@ -268,9 +283,12 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     if batch is not None:
         tracker.log_metrics(batch.metrics())
         tracker.log_artifact(scores_plot(bundle, table, batch, out.with_name(f"{out.stem}.scores.png")))
+    unlike = unlike_training_cases(table)
+    if unlike is not None:
+        tracker.log_metrics({"cases_unlike_training": float(len(unlike.flagged))})
     if heatmaps is not None and not table.empty:
         _draw_heatmaps(bundle, cases, table, heatmaps, device_for(device))
-    return ScoreSummary(out, n, len(done), errors, rate, batch)
+    return ScoreSummary(out, n, len(done), errors, rate, batch, unlike)
 
 
 def _draw_heatmaps(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.DataFrame, folder: Path,

@@ -31,8 +31,9 @@ class SparkSummary:
     cases_per_s: float
 
 
-def _model_identity(model_uri: str) -> tuple[dict[str, str], list[str]]:
-    """Model name, version and run id for the rows, and the class names for the output schema."""
+def _model_identity(model_uri: str) -> tuple[dict[str, str], str]:
+    """Model name, version and run id for the rows, and the output schema: the model's signature (the columns its
+    pyfunc returns, typicality included where it has one), or the class names of a model logged without one."""
     import tempfile
 
     import mlflow
@@ -44,13 +45,16 @@ def _model_identity(model_uri: str) -> tuple[dict[str, str], list[str]]:
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a missing model or store
             raise MedtlError(f"--model {model_uri}: no MLflow model there ({type(exc).__name__}); --engine spark scores a "
                              "registered or logged model: models:/NAME@ALIAS, runs:/RUN_ID/model or a folder with an MLmodel file") from None
-    classes = list((info.metadata or {}).get("classes", []))
+    outputs = info.signature.outputs.inputs if info.signature is not None and info.signature.outputs else None
+    schema = ", ".join(f"{c.name} {c.type.name}" for c in outputs) if outputs else ", ".join(
+        [*(f"prob_{c} double" for c in (info.metadata or {}).get("classes", [])), "predicted string", "status string",
+         "error string"])
     name, version = "", ""
     if model_uri.startswith("models:/"):
         name, _, ref = model_uri.removeprefix("models:/").partition("@")
         client = mlflow.MlflowClient()
         version = str(client.get_model_version_by_alias(name, ref).version) if ref else model_uri.rsplit("/", 1)[-1]
-    return {"model_name": name, "model_version": version, "run_id": info.run_id or ""}, classes
+    return {"model_name": name, "model_version": version, "run_id": info.run_id or ""}, schema
 
 
 def _check_master(master: str, timeout: float = 5.0) -> None:
@@ -99,7 +103,7 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # this environment's Python unless the cluster says otherwise
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)  # env_manager="local" is the choice: executors share it
-    identity, classes = _model_identity(model_uri)
+    identity, schema = _model_identity(model_uri)
     master = os.environ.get("MASTER", master)
     _check_master(master)
     spark = (SparkSession.builder.master(master).appName("medtl-score")
@@ -111,7 +115,6 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     spark.sparkContext.setLogLevel("ERROR")
     done = done_in(out, spark)
     todo = [c for c in cases if c["case_id"] not in done]
-    schema = ", ".join([*(f"prob_{c} double" for c in classes), "predicted string", "status string", "error string"])
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=schema, env_manager="local")
     start, errors = time.perf_counter(), 0
     for i in range(0, len(todo), chunk):

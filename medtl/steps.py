@@ -80,6 +80,23 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     logger.info("temperature %.3f; decision threshold %.4f (%s on %s validation probabilities): the one applied",
                 chosen.temperature, chosen.threshold, cfg.train.threshold_rule,
                 "calibrated" if cfg.evaluate.calibrate else "uncalibrated")
+    typicality_step(result)
+
+
+def typicality_step(result: TrainResult) -> None:
+    """The feature density scoring measures each new case against (``medtl.typicality``), from the training and
+    validation cases; a model it cannot be fitted for scores without typicality."""
+    from medtl.typicality import fit_typicality, measurable
+
+    bundle = result.bundle
+    if not bundle.config.evaluate.typicality or not measurable(bundle):
+        return
+    density = fit_typicality(bundle, result.prepared.table, next(bundle.model.parameters()).device,
+                             bundle.config.train.seed)
+    if density is not None:
+        bundle.extra["typicality"] = density.to_payload()
+        logger.info("typicality: the feature density of %d training cases, against which %d validation cases set "
+                    "what an ordinary scan looks like", density.reference_cases, len(density.calibration))
 
 
 @contextmanager
@@ -170,10 +187,12 @@ def register_step(result: TrainResult, tracker: Tracker, evaluation: Evaluation 
     info: dict[str, Any] = {"model_uri": uri}
     if cfg.registered_model:
         from medtl.model_card import card_tags, model_card
+        from medtl.typicality import card_note
 
         metrics = evaluation.metrics if evaluation else {}
         digest = result.prepared.manifest.digest()
-        card = model_card(result.bundle.config, result.prepared.table, metrics, digest, evaluation.notes if evaluation else [],
+        notes = [*(evaluation.notes if evaluation else []), *card_note(result.bundle.extra.get("typicality"))]
+        card = model_card(result.bundle.config, result.prepared.table, metrics, digest, notes,
                           classes=result.prepared.classes, views=result.prepared.views)
         gates = {"min_auroc_ci_low": cfg.gate_min_auroc_ci_low, "max_ece": cfg.gate_max_ece}
         version = tracker.register(uri, cfg.registered_model, cfg.alias, card, card_tags(metrics, digest), gates)
@@ -252,6 +271,8 @@ def adapt_norms(bundle: ModelBundle, table: pd.DataFrame, summary: list[dict]) -
         return 0
     logger.info("AdaBN: BatchNorm statistics re-estimated on %d target images%s", seen,
                 " (the frozen stages keep their ImageNet statistics)" if keep else "")
+    if bundle.extra.pop("typicality", None) is not None:
+        logger.info("typicality left out of the adapted model: it was measured on the features AdaBN has changed")
     return seen
 
 

@@ -79,10 +79,27 @@ class Classification(Task):
         return case_items(table, classes)
 
     def outputs(self, predictor: Any, x: torch.Tensor, cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Logits and probabilities through the one softmax, with the predictor's temperature and prior shift."""
-        logits = predictor.model(x).float().cpu().numpy()
+        """Logits and probabilities through the one softmax, with the predictor's temperature and prior shift; the
+        pooled features, or the typicality they give, where the predictor asks for them."""
+        from medtl.models.checkpoint import unwrap
+
+        records: list[dict[str, Any]] = [{} for _ in cases]
+        if predictor.keep_features or predictor.typicality is not None:
+            core = unwrap(predictor.model)
+            pooled = core.features(x)
+            out = core.head(pooled)
+            feats = pooled.float().cpu().numpy()
+            if predictor.keep_features:
+                for rec, f in zip(records, feats):
+                    rec["features"] = f
+            if predictor.typicality is not None:
+                for rec, p in zip(records, predictor.typicality.p_values(feats)):
+                    rec["typicality"] = float(p)
+        else:
+            out = predictor.model(x)
+        logits = out.float().cpu().numpy()
         probs = probabilities(logits, predictor.temperature, predictor.log_prior_ratio)
-        return {r["case_id"]: {"logits": lg, "probs": pr} for r, lg, pr in zip(cases, logits, probs)}
+        return {r["case_id"]: {"logits": lg, "probs": pr, **rec} for r, lg, pr, rec in zip(cases, logits, probs, records)}
 
     def validation_metrics(self, records: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:
         """Unweighted cross-entropy and AUROC (one-vs-rest macro for more than two classes) of the

@@ -46,7 +46,9 @@ def test_new_site_adapts_a_copy_without_labels_and_evaluates_the_adapted_model(t
     assert ev.metrics["auroc"] == pytest.approx(roc_auc_score(y, prob))
     as_trained, _ = predict_logits(result.bundle, test, torch.device("cpu"))
     adapted = copy.deepcopy(result.bundle)
+    adapted.extra["typicality"] = {"measured on": "the features as trained"}  # too few cases here to measure one
     adapt_norms(adapted, test, result.summary)
+    assert "typicality" not in adapted.extra  # AdaBN changed the features it was measured on
     again, _ = predict_logits(adapted, test, torch.device("cpu"))
     assert not np.allclose(as_trained, again, atol=1e-4)  # AdaBN changed the scores
     unlabelled = copy.deepcopy(result.bundle)

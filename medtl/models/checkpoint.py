@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import nn
@@ -133,6 +134,8 @@ def bundle_digest(bundle: ModelBundle) -> str:
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     h.update(repr((list(bundle.classes), float(bundle.temperature), float(bundle.threshold),
                    bundle.extra.get("source_prior"), bundle.extra.get("target_prior"))).encode())
+    if "typicality" in bundle.extra:  # it adds columns to what the model writes (a model without it keeps its digest)
+        h.update(np.asarray(bundle.extra["typicality"]["calibration"], dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
 
 

@@ -17,6 +17,7 @@ from medtl.data.transforms import build_transforms, find_data_error
 from medtl.errors import ConfigError
 from medtl.models.checkpoint import InferenceSpec, ModelBundle
 from medtl.tasks import make_task
+from medtl.typicality import Typicality
 
 
 class SafeCases(Dataset):
@@ -76,8 +77,9 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, spec: InferenceSpec, device: torch.device, temperature: float = 1.0,
                  log_prior_ratio: np.ndarray | None = None, batch_size: int = 16, num_workers: int = 0,
-                 cache: bool = False) -> None:
+                 cache: bool = False, typicality: Typicality | None = None, keep_features: bool = False) -> None:
         self.model, self.spec, self.device = model, spec, device
+        self.typicality, self.keep_features = typicality, keep_features
         self.temperature, self.log_prior_ratio = temperature, log_prior_ratio
         self.batch_size, self.num_workers = batch_size, num_workers
         self.memo: dict[str, Any] | None = {} if cache else None
@@ -86,9 +88,12 @@ class Predictor:
                                           keep_meta=self.task.keeps_geometry)
 
     @classmethod
-    def of(cls, bundle: ModelBundle, device: torch.device, batch_size: int = 16, num_workers: int = 0) -> "Predictor":
+    def of(cls, bundle: ModelBundle, device: torch.device, batch_size: int = 16, num_workers: int = 0,
+           keep_features: bool = False) -> "Predictor":
+        """``keep_features``: each record also holds the classifier's pooled features (what typicality is fitted on)."""
         return cls(bundle.model.to(device), bundle.spec, device, bundle.temperature, bundle.log_prior_ratio,
-                   batch_size, num_workers)
+                   batch_size, num_workers, typicality=Typicality.from_payload(bundle.extra.get("typicality")),
+                   keep_features=keep_features)
 
     def predict(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Yields one record per case, in order: case_id, error (or None), and either logits and probs

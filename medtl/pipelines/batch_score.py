@@ -35,4 +35,5 @@ def run(cfg: Config, model: str | None = None, out: str | None = None) -> dict:
     with run_context(cfg.tracking, f"score-{cfg.name}") as tracker:
         summary = score(bundle, cases, target, batch_size=sc.batch_size, device=sc.device, num_workers=workers, tracker=tracker)
     said = f"{target}: {summary.scored} scored, {len(summary.errors)} error(s)"
-    return {"summary": said + (f"; {summary.batch.message()}" if summary.batch else ""), "score": summary}
+    said += "".join(f"; {part.message()}" for part in (summary.batch, summary.unlike) if part is not None)
+    return {"summary": said, "score": summary}
