@@ -13,7 +13,7 @@ from PIL import Image
 
 from medtl.config_sections import DEFAULT_MASK_CLASSES
 from medtl.data import dicom
-from medtl.data.manifest import Manifest, label_spelling, other_spellings
+from medtl.data.manifest import Manifest, label_column_problem, label_spelling, other_spellings, typing_slip
 from medtl.data.readers import check_nifti_size, dicom_headers, scan_kind
 from medtl.errors import DataError
 from medtl.files import sha256_file
@@ -200,20 +200,26 @@ def _label_problems(case: str, label: object, needs_label: bool, classes: list[s
 
 def _label_spellings(table: pd.DataFrame) -> list[Problem]:
     """Cases whose label is another spelling of a more common one, when no config names the classes."""
+    free_text = label_column_problem(table["label"])
+    if free_text:
+        return [Problem("-", "label column", free_text)]
     twins = other_spellings(table["label"])
-    return [Problem(str(case), "label spelling", f"label {label!r} is another spelling of {twins[label]!r}, which "
-                    f"other cases use; write {twins[label]!r}, or set data.classes")
-            for case, label in zip(table["case_id"], table["label"]) if isinstance(label, str) and label in twins]
+    return [Problem(str(case), "label spelling", f"label {label!r} looks like another spelling of {twins[label]!r}, "
+                    f"which {n} other cases use; write {twins[label]!r}, or set data.classes")
+            for case, label in zip(table["case_id"], table["label"]) if isinstance(label, str) and label in twins
+            for n in [int((table["label"] == twins[label]).sum())]]
 
 
 def _label_hint(label: str, classes: list[str]) -> str:
-    """What an unknown label most likely is: a class written in other capitals or as ``1.0``, or a class index."""
+    """What an unknown label most likely is: a class written in other capitals or as ``1.0``, a class index, or a
+    class misspelt."""
     same = [c for c in classes if label_spelling(c) == label_spelling(label)]
     if same:
         return f" (labels are matched exactly: write {same[0]!r})"
     if label.isdigit() and int(label) < len(classes):
         return f" (a class index? write the class names, or set data.classes to [{', '.join(map(str, range(len(classes))))}])"
-    return ""
+    near = [c for c in classes if typing_slip(label_spelling(label), label_spelling(c))]
+    return f" (misspelt? write {near[0]!r})" if near else ""
 
 
 def _check_mask_values(path: str, n_classes: int) -> None:

@@ -243,18 +243,51 @@ def label_spelling(label: str) -> str:
 
 
 def other_spellings(labels: pd.Series) -> dict[str, str]:
-    """Each label that is another spelling of a more frequent one, mapped to that one; such labels taken as classes
-    would train a class of their own out of a typing difference."""
-    counts = labels.dropna().value_counts()
+    """Each label that is another spelling of a more frequent one, mapped to that one: the same words in other
+    capitals or spacing, or a rare label a typing slip away from a common one (``pneumonai`` once beside
+    ``pneumonia`` 29 times). Taken as classes, each would train a class of its own out of a typing difference."""
+    counts = labels.dropna().astype(str).value_counts()
     first: dict[str, str] = {}
     twins: dict[str, str] = {}
-    for label in counts.index:  # most frequent first, so it is the spelling kept
-        key = label_spelling(str(label))
-        if key in first:
-            twins[str(label)] = first[key]
+    for label, n in counts.items():  # most frequent first, so it is the spelling kept
+        key = label_spelling(label)
+        common = first.get(key) or next((kept for other, kept in first.items()
+                                         if counts[kept] >= 10 * n and typing_slip(key, other)), None)
+        if common is not None:
+            twins[label] = common
         else:
-            first[key] = str(label)
+            first[key] = label
     return twins
+
+
+def typing_slip(a: str, b: str) -> bool:
+    """Whether ``a`` is a typing slip of ``b``: one letter wrong, missing, extra or swapped with its neighbour (two
+    in words of eight letters or more). Labels that differ in their digits (``grade 1``, ``grade 2``) are classes."""
+    if re.sub(r"\d", "", a) == re.sub(r"\d", "", b) or min(len(a), len(b)) < 4:
+        return False
+    limit = 2 if min(len(a), len(b)) >= 8 else 1
+    if abs(len(a) - len(b)) > limit:
+        return False
+    prev2, prev = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):  # optimal string alignment distance (Damerau-Levenshtein without re-edits)
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if prev2 is not None and i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1] <= limit
+
+
+def label_column_problem(labels: pd.Series) -> str | None:
+    """Why a label column holds no classes (report text, ids or measurements pasted in: most labels on one case
+    only), or None. Each would otherwise be a class of one case."""
+    counts = labels.dropna().astype(str).value_counts()
+    once = int((counts == 1).sum())
+    if len(counts) < 10 or once <= len(counts) / 2:
+        return None
+    return (f"{len(counts)} different labels, {once} of them on one case only: the label column looks like free text "
+            "or identifiers; give each case one of a few class names, or set data.classes")
 
 
 def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:
@@ -266,8 +299,11 @@ def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:
     twins = other_spellings(manifest.table["label"]) if manifest.has_labels else {}
     if twins:
         label, kept = next(iter(twins.items()))
-        raise ManifestError(f"{manifest.path.name}: labels {kept!r} and {label!r} differ only in spelling and would be "
-                            f"two classes; write one spelling throughout, or set data.classes")
+        raise ManifestError(f"{manifest.path.name}: labels {kept!r} and {label!r} look like one class spelt two ways and "
+                            f"would be two classes; write one spelling throughout, or set data.classes")
+    free_text = label_column_problem(manifest.table["label"]) if manifest.has_labels else None
+    if free_text:
+        raise ManifestError(f"{manifest.path.name}: {free_text}")
     try:
         return [str(v) for v in sorted(labels, key=lambda v: int(v))]
     except ValueError:

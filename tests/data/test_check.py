@@ -222,9 +222,40 @@ def test_labels_that_differ_only_in_spelling_are_not_taken_as_two_classes(tmp_pa
     problems = [p for p in check_manifest(m) if p.kind != "duplicate image"]
     assert [(p.case_id, p.kind) for p in problems] == [("c", "label spelling"), ("f", "label spelling")]
     assert "write 'lesion'" in problems[0].detail and "write '1'" in problems[1].detail
-    with pytest.raises(ManifestError, match="differ only in spelling"):
+    with pytest.raises(ManifestError, match="look like one class spelt two ways"):
         class_names(m, None)
     assert class_names(m, ["lesion", "Lesion", "normal", "1", "1.0"]) == ["lesion", "Lesion", "normal", "1", "1.0"]
+
+
+def test_a_rare_label_a_typing_slip_from_a_common_one_is_a_misspelling_not_a_class(tmp_path):
+    """``pneumonai`` once beside ``pneumonia`` 29 times trained a third class without a word; labels that differ
+    in their digits, or a class as common as the other, stay classes."""
+    write_nifti(tmp_path / "a.nii.gz", np.ones((8, 8, 4), np.float32))
+    labels = ["normal"] * 30 + ["pneumonia"] * 29 + ["pneumonai", "nromal"] + ["grade 1"] * 20 + ["grade 2"]
+    labels += ["effusion"] * 10 + ["efusion"] * 2  # a class of its own only 5 times rarer: not called a slip
+    pd.DataFrame({"case_id": [f"c{i}" for i in range(len(labels))], "image": "a.nii.gz", "label": labels}).to_csv(
+        tmp_path / "m.csv", index=False)
+    m = read_manifest(tmp_path / "m.csv")
+    problems = [p for p in check_manifest(m) if p.kind == "label spelling"]
+    assert [p.case_id for p in problems] == ["c59", "c60"]
+    assert "'pneumonia', which 29 other cases use" in problems[0].detail and "write 'normal'" in problems[1].detail
+    with pytest.raises(ManifestError, match="'pneumonia' and 'pneumonai' look like one class spelt two ways"):
+        class_names(m, None)
+    named = {p.case_id: p.detail for p in check_manifest(m, classes=["normal", "pneumonia"]) if p.kind == "unknown label"}
+    assert "(misspelt? write 'pneumonia')" in named["c59"] and "misspelt" not in named["c61"]  # grade 1
+
+
+def test_a_label_column_of_free_text_is_named_before_it_trains_a_class_per_case(tmp_path):
+    write_nifti(tmp_path / "a.nii.gz", np.ones((8, 8, 4), np.float32))
+    labels = [f"RLL opacity, report {i}" for i in range(40)] + ["normal"] * 5
+    pd.DataFrame({"case_id": [f"c{i}" for i in range(len(labels))], "image": "a.nii.gz", "label": labels}).to_csv(
+        tmp_path / "m.csv", index=False)
+    m = read_manifest(tmp_path / "m.csv")
+    column, = [p for p in check_manifest(m) if p.kind.startswith("label")]
+    assert column.kind == "label column" and "41 different labels, 40 of them on one case only" in column.detail
+    with pytest.raises(ManifestError, match="looks like free text or identifiers"):
+        class_names(m, None)
+    assert not [p for p in check_manifest(m, classes=["normal", "effusion"]) if p.kind == "label column"]
 
 
 def test_a_manifest_written_on_windows_reads_here(tmp_path):
