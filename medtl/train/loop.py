@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from medtl.config import TrainConfig
-from medtl.errors import DivergedError
+from medtl.errors import ConfigError, DivergedError
 from medtl.faults import fault_point
 from medtl.log import logger, make_progress, progress_enabled
 from medtl.train.progress import training_curves
@@ -82,6 +83,20 @@ def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return x
 
 
+@contextmanager
+def one_value_per_channel(batch_size: int, x: torch.Tensor) -> Iterator[None]:
+    """A batch of one case whose features shrink to one pixel meets a BatchNorm with nothing to normalise over; torch
+    says so in its own words, which name no setting."""
+    try:
+        yield
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        raise ConfigError(f"train.batch_size {batch_size}: a training batch of one case at input size "
+                          f"{list(x.shape[2:])} leaves a BatchNorm layer one value per channel; use train.batch_size 2 "
+                          "or more, or a larger data.image_size") from None
+
+
 def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
     cfg, rt = loop.cfg, loop.rt
     loop.schedule.train_mode()
@@ -96,7 +111,7 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
             if step >= total:
                 break
             x, y = to_device(batch["image"], rt), loop.task.target(batch, rt.device)
-            with rt.autocast():
+            with rt.autocast(), one_value_per_channel(cfg.batch_size, x):
                 loss, info = loop.objective(loop.model, x, y, (epoch + step / total) / cfg.epochs)
             for k, v in info.items():
                 extra.setdefault(k, []).append(v)

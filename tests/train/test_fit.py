@@ -272,3 +272,14 @@ def test_a_second_training_never_replaces_a_feature_extraction_run(tmp_path):
     with pytest.raises(MedtlError, match=r"already holds a run \(model.pt\) that --resume cannot continue; set name="):
         fit_model(cfg)
     assert model.read_bytes() == before
+
+
+def test_a_batch_of_one_case_that_leaves_batchnorm_one_value_names_the_setting(tmp_path):
+    """It was torch's "Expected more than 1 value per channel", an unexpected error that names no setting."""
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(16, 16), split=True)
+    cfg = load_config(None, cls_overrides(m, tmp_path / "runs", ["data.image_size=[16,16]", "train.epochs=1",
+                                                                  "train.batch_size=1", "model.backbone=resnet10",
+                                                                  "model.pretrained=none", "tracking.enabled=false"]))
+    with pytest.raises(ConfigError, match=r"train.batch_size 1: a training batch of one case at input size \[16, 16\] "
+                                          r"leaves a BatchNorm layer one value per channel; use train.batch_size 2"):
+        fit_model(cfg)
