@@ -173,6 +173,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         path = Path(path)
         source = str(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: a folder, not a config file; give the YAML file's path")
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found; check the path or copy one from configs/")
         try:
@@ -185,7 +187,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{where} is not valid YAML; fix the indentation or quoting there") from None
+            lines = path.read_text(encoding="utf-8").splitlines()
+            tab = mark is not None and mark.line < len(lines) and "\t" in lines[mark.line]
+            raise ConfigError(f"{path}:{where} is not valid YAML; fix the indentation or quoting there"
+                              + (" (it holds a tab: YAML indents with spaces only)" if tab else "")) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -3,6 +3,7 @@ wrong and what is allowed, one line per key."""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -32,6 +33,11 @@ REMOVED_KEYS = {
 """Keys earlier versions read, with what to do instead: a config that still sets one is told so."""
 
 
+WORDS_FOR = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "n_epochs": "epochs",
+             "backbone_name": "backbone", "arch": "backbone", "architecture": "backbone"}
+"""What other training tools call a key medtl names otherwise, where spelling alone cannot tell."""
+
+
 def describe_errors(err: ValidationError, root: type[BaseModel], source: str,
                     overridden: set[str] | None = None) -> list[str]:
     """One line per problem in validating ``root``: source (the file, or ``--set`` for a key given there), dotted
@@ -48,7 +54,11 @@ def describe_errors(err: ValidationError, root: type[BaseModel], source: str,
         if extra and key in REMOVED_KEYS:
             lines.append(f"{source_here}: {key}: no longer used; {REMOVED_KEYS[key]}")
         elif extra:
-            lines.append(f"{source_here}: {key}: unknown key; allowed keys here: {allowed}")
+            section, _, name = key.rpartition(".")
+            near = ([WORDS_FOR[name]] if WORDS_FOR.get(name) in allowed.split(", ") else
+                    difflib.get_close_matches(name, allowed.split(", "), n=1, cutoff=0.75))
+            meant = f"did you mean {section + '.' if section else ''}{near[0]}? " if near else ""
+            lines.append(f"{source_here}: {key}: unknown key; {meant}allowed keys here: {allowed}")
         elif not e["loc"]:  # a rule across sections names its keys itself, which may come from both places
             where = source if not overridden else "--set" if source == "defaults" else f"{source} with --set"
             lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")

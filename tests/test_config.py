@@ -67,6 +67,10 @@ def test_config_is_frozen():
         ("data:\n  classes: [no, yes]\n", ["data.classes", "quote the class names"]),  # YAML 1.1's booleans
         ("data:\n  subgroups: site, scanner\n", ["data.subgroups", "write a list in brackets: [site, scanner]"]),
         ("evaluate:\n  seed: -3\n", ["evaluate.seed", "greater than or equal to 0"]),
+        ("train:\n  epoch: 3\n", ["train.epoch", "did you mean train.epochs?"]),  # a slip, or another tool's word
+        ("train:\n  learning_rate: 0.01\n", ["train.learning_rate", "did you mean train.lr?"]),
+        ("trian:\n  epochs: 3\n", ["trian", "did you mean train?"]),
+        ("train:\n\tepochs: 3\n", ["line 2 is not valid YAML", "it holds a tab: YAML indents with spaces only"]),
     ],
 )
 def test_errors_name_file_key_and_allowed_values(tmp_path, text, fragments):
@@ -97,6 +101,8 @@ def test_a_config_saved_as_utf16_is_one_line(tmp_path):
 def test_missing_file_and_bad_override(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="a folder, not a config file"):
+        load_config(tmp_path)
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["trainlr"])
     with pytest.raises(ConfigError, match="train.nope"):
