@@ -127,6 +127,13 @@ def test_each_scored_case_carries_the_typicality_of_the_features_its_call_was_ma
     assert list(out["unlike_training"]) == ["yes" if p <= LEVEL else "no" for p in expected]
     flagged = int((out["unlike_training"] == "yes").sum())
     assert f"{flagged} of the 4 cases scored" in res.stdout or (flagged == 0 and "none of the 4" in res.stdout)
+    from medtl.evaluate.run import evaluate_bundle
+
+    ev = evaluate_bundle(bundle, manifest, "val", tmp_path / "ev")  # the same measure in an evaluation's predictions
+    evaluated = pd.read_csv(tmp_path / "ev" / "predictions.csv", keep_default_na=False).set_index("case_id")
+    assert evaluated.loc["case001", "typicality"] == pytest.approx(out.loc["case001", "typicality"], rel=1e-4)
+    assert ev.metrics["unlike_training_share"] == pytest.approx((evaluated["typicality"] <= LEVEL).mean())
+    assert (evaluated["unlike_training"] == np.where(evaluated["typicality"] <= LEVEL, "yes", "no")).all()
 
 
 @pytest.mark.slow

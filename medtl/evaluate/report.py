@@ -78,10 +78,12 @@ def evaluate_classification(
     table: pd.DataFrame, logits: np.ndarray, classes: list[str], threshold: float, temperature: float,
     cfg: EvaluateConfig, out_dir: Path, subgroups: list[str] | None = None,
     source_prior: list[float] | None = None, subject: str = "", source_rates: list[float] | None = None,
+    typicality: np.ndarray | None = None,
 ) -> Evaluation:
     """``table`` holds case_id, label (class name), patient_id and subgroup columns, aligned with ``logits``.
     ``source_prior`` is the class mix the temperature was fitted on, needed for a prior-shift correction;
-    ``source_rates`` the model's validation call rates at its threshold, which check an EM estimate."""
+    ``source_rates`` the model's validation call rates at its threshold, which check an EM estimate;
+    ``typicality`` each case's, where the model measures it (how many look unlike the training cases)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     index = {c: i for i, c in enumerate(classes)}
     y = table["label"].map(index).to_numpy().astype(int)
@@ -99,6 +101,8 @@ def evaluate_classification(
     predictions = pd.DataFrame({"case_id": table["case_id"].to_numpy(), "label": table["label"].to_numpy(),
                                 **{f"prob_{c}": cal[:, i] for i, c in enumerate(classes)},
                                 "predicted": [classes[i] for i in pred]})
+    if typicality is not None:
+        predictions = _with_typicality(predictions, typicality, metrics, notes)
     files = [out_dir / "predictions.csv"]
     predictions.to_csv(files[0], index=False)
     if cfg.figures:
@@ -107,6 +111,20 @@ def evaluate_classification(
     ev = Evaluation(metrics, notes, files, predictions.assign(patient_id=groups), prior)
     files += write_report(ev, out_dir, classes)
     return ev
+
+
+def _with_typicality(predictions: pd.DataFrame, typicality: np.ndarray, metrics: dict[str, float],
+                     notes: list[str]) -> pd.DataFrame:
+    """Each case's typicality in the predictions, and the share unlike the training cases as a metric and a note: on a
+    new site's cases, far more than chance says the site differs from the training data before any label does."""
+    from medtl.typicality import unlike_training, unlike_training_cases
+
+    predictions = predictions.assign(typicality=typicality, unlike_training=[unlike_training(p) for p in typicality])
+    unlike = unlike_training_cases(predictions)
+    if unlike is not None:
+        metrics["unlike_training_share"] = len(unlike.flagged) / unlike.cases
+        notes.append(unlike.message())
+    return predictions
 
 
 def _prior_shift(logits: np.ndarray, y: np.ndarray, cal: np.ndarray, temperature: float, threshold: float,

@@ -44,10 +44,11 @@ def select_split(table: pd.DataFrame, split: str | None, splits: Path | None = N
 
 def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.device,
                    batch_size: int = 32) -> tuple[np.ndarray, pd.DataFrame]:
-    """Uncalibrated logits for every case in order, with the cases they belong to. A case that cannot be
-    read is an error naming it, or, when the model's config skips bad cases, a warning and one case less."""
+    """Uncalibrated logits for every case in order, with the cases they belong to (and each one's typicality, where
+    the model measures it). A case that cannot be read is an error naming it, or, when the model's config skips bad
+    cases, a warning and one case less."""
     items = case_items(table, None)
-    logits, kept = [], []
+    logits, kept, typicality = [], [], []
     for i, rec in enumerate(Predictor.of(bundle, device, batch_size).predict(items)):
         if rec["error"]:
             if not bundle.spec.data.skip_bad_cases:
@@ -55,10 +56,14 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
             logger.warning("case %s left out of the evaluation: %s", rec["case_id"], rec["error"])
             continue
         logits.append(rec["logits"])
+        typicality.append(rec.get("typicality", np.nan))
         kept.append(i)
     if not logits:
         raise DataError("no case of the evaluated split could be read")
-    return np.stack(logits), table.iloc[kept].reset_index(drop=True)
+    kept_table = table.iloc[kept].reset_index(drop=True)
+    if "typicality" in bundle.extra:
+        kept_table = kept_table.assign(typicality=typicality)
+    return np.stack(logits), kept_table
 
 
 def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None, out_dir: Path,
@@ -87,7 +92,8 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
     subgroups = [c for c in bundle.spec.data.subgroups if c in table]
     ev = evaluate_classification(table, logits, bundle.classes, bundle.threshold, bundle.temperature, cfg,
                                  out_dir, subgroups, bundle.extra.get("source_prior"), figure_subject(bundle, table),
-                                 bundle.extra.get("source_call_rates"))
+                                 bundle.extra.get("source_call_rates"),
+                                 table["typicality"].to_numpy() if "typicality" in table else None)
     if cfg.figures and cfg.gradcam and bundle.spec.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
         ev.files.append(gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png"))
     return ev
