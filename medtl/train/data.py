@@ -107,6 +107,10 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
         table[["case_id", "split"]].to_csv(splits_file, index=False)
     if data.views is not None or data.spatial_dims == 3:
         views = data.views
+        if views and seen_views == set():
+            logger.warning("data.views is %s, and no film of %s states a view (PNG, NIfTI, or DICOM without "
+                           "ViewPosition): nothing is checked against it, in training or in scoring",
+                           ", ".join(views), manifest.path.name)
     else:  # the films' own views, from the headers the check read where it ran
         views = (sorted(seen_views) or None) if seen_views is not None else film_views(table)
     return PreparedData(manifest, table.reset_index(drop=True), classes, skipped, views)

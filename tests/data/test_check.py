@@ -295,3 +295,19 @@ def test_splits_named_as_people_name_them_read_as_medtls_and_others_are_refused(
     pd.DataFrame([{"case_id": "f", "image": "x.png", "split": "holdout"}]).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ManifestError, match="case f: split 'holdout' is not one of train, val, test"):
         read_manifest(tmp_path / "m.csv")
+
+
+def test_views_set_for_films_that_state_none_say_nothing_is_checked(tmp_path, caplog):
+    """``data.views: [PA]`` over PNG films guarded nothing without a word: no PNG states a view."""
+    from medtl.config import load_config
+    from medtl.log import logger
+    from medtl.train.data import prepare_cases
+
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(16, 16), split=True)
+    cfg = load_config(None, [f"data.manifest={m}", "data.image_size=16", "data.views=[PA]", "tracking.enabled=false"])
+    logger.addHandler(caplog.handler)
+    try:
+        prepare_cases(cfg.data, 0, read_manifest(m), tmp_path / "out")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "data.views is PA, and no film of manifest.csv states a view" in caplog.text
