@@ -125,6 +125,16 @@ def test_label_efficiency_trains_nested_subsets_and_logs_the_curve(tmp_path):
     assert len(pd.read_csv(tmp_path / "runs" / "le" / "paired_by_size.csv")) == 2
 
 
+def test_a_studys_models_spend_no_pass_on_typicality(tmp_path):
+    """Dozens of models measured for a curve, not put to scoring: each would read up to 3,000 cases once more."""
+    from medtl.config import load_config
+    from medtl.pipelines.label_efficiency import study_variant
+
+    cfg = load_config(None, ["data.classes=[normal,lesion]"])
+    variant = study_variant(cfg, "scratch", tmp_path / "f0.5_s0.csv", tmp_path, "0.5-s0")
+    assert cfg.evaluate.typicality and not variant.evaluate.typicality
+
+
 @pytest.mark.slow
 def test_label_efficiency_for_segmentation_pairs_dice_at_every_size(tmp_path):
     """Dice stands in for AUROC: the curve carries its CI and each size a paired ΔDice with its CI and

@@ -84,7 +84,9 @@ def study_variant(cfg: Config, strategy: str, manifest: Path, root: Path, tag: s
     v = strategy_variant(cfg, strategy, register=False)
     data = v.data.model_copy(update={"manifest": manifest, "data_root": cfg.data.data_root or root})
     tracking = v.tracking.model_copy(update={"log_model": False})  # dozens of small models: their model.pt is kept
-    return v.model_copy(update={"data": data, "tracking": tracking, "name": f"{cfg.name}-{strategy}-{tag}"})
+    evaluate = v.evaluate.model_copy(update={"typicality": False})  # measured for the curve, not put to scoring
+    return v.model_copy(update={"data": data, "tracking": tracking, "evaluate": evaluate,
+                                "name": f"{cfg.name}-{strategy}-{tag}"})
 
 
 PAIRED_CLASSIFICATION = ("delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high", "delong_p", "delta_brier", "delta_ece")
