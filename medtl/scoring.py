@@ -279,6 +279,15 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     tracker.log_metrics({"cases_scored": float(n), "cases_ok": float(len(table) - len(errors)),
                          "cases_error": float(len(errors)), "cases_per_s": rate})
     tracker.set_tags({"input_digest": input_digest(cases), **{k: str(v) for k, v in meta.items()}})
+    batch, unlike = _what_the_batch_says(bundle, table, out, tracker)
+    if heatmaps is not None and not table.empty:
+        _draw_heatmaps(bundle, cases, table, heatmaps, device_for(device))
+    return ScoreSummary(out, n, len(done), errors, rate, batch, unlike)
+
+
+def _what_the_batch_says(bundle: ModelBundle, table: pd.DataFrame, out: Path,
+                         tracker: Tracker) -> tuple[BatchPrevalence | None, UnlikeTraining | None]:
+    """The prevalence the batch's scores imply and the cases unlike the training ones, logged as they are found."""
     batch = batch_prevalence(bundle, table) if not table.empty else None
     if batch is not None:
         tracker.log_metrics(batch.metrics())
@@ -286,9 +295,7 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     unlike = unlike_training_cases(table)
     if unlike is not None:
         tracker.log_metrics({"cases_unlike_training": float(len(unlike.flagged))})
-    if heatmaps is not None and not table.empty:
-        _draw_heatmaps(bundle, cases, table, heatmaps, device_for(device))
-    return ScoreSummary(out, n, len(done), errors, rate, batch, unlike)
+    return batch, unlike
 
 
 def _draw_heatmaps(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.DataFrame, folder: Path,

@@ -20,7 +20,8 @@ from medtl.log import logger
 LEVEL = 0.01
 """A case at or below this typicality is called unlike the training scans: one in a hundred scans like them would be."""
 REFERENCE_CASES = 1000
-"""Training cases whose features the density is fitted on, at most: 32 directions need no more, and each costs a pass."""
+"""Training cases whose features the density is fitted on, at most: 32 directions need no more, and each case costs
+a pass."""
 CALIBRATION_CASES = 2000
 """Validation cases scored under it, at most: they set how finely a case's rarity can be told."""
 COMPONENTS = 32
@@ -160,14 +161,17 @@ class UnlikeTraining:
         whole, not a few of its scans, differs from the training data."""
         from scipy.stats import binomtest
 
-        return bool(self.flagged) and binomtest(len(self.flagged), self.cases, LEVEL, alternative="greater").pvalue < 1e-3
+        if not self.flagged:
+            return False
+        return binomtest(len(self.flagged), self.cases, LEVEL, alternative="greater").pvalue < 1e-3
 
     def message(self) -> str:
         if not self.flagged:
             return f"none of the {self.cases} cases scored looks unlike the training scans (typicality at most {LEVEL})"
         named = ", ".join(self.flagged[:5]) + (f" and {len(self.flagged) - 5} more" if len(self.flagged) > 5 else "")
-        said = (f"{len(self.flagged)} of the {self.cases} cases scored ({len(self.flagged) / self.cases:.1%}) look unlike "
-                f"the training scans (typicality at most {LEVEL}, which {LEVEL:.0%} of scans like them get): {named}; "
+        share = len(self.flagged) / self.cases
+        said = (f"{len(self.flagged)} of the {self.cases} cases scored ({share:.1%}) look unlike the training scans "
+                f"(typicality at most {LEVEL}, which {LEVEL:.0%} of scans like them get): {named}; "
                 "check them before trusting their calls (column unlike_training)")
         if self.more_than_chance:
             said += ("; far more than chance gives, so this batch differs from the training data as a whole (another "

@@ -113,7 +113,8 @@ def test_each_scored_case_carries_the_typicality_of_the_features_its_call_was_ma
     Image.fromarray(np.full((40, 40), 255, np.uint8)).save(odd / "white.png")
     for case in ("case001", "case002"):
         (odd / f"{case}.png").write_bytes((manifest.parent / "images" / f"{case}.png").read_bytes())
-    res = run_cli("score", "--model", str(model_path), "--input", str(odd), "--out", str(tmp_path / "p.csv"), "--no-track")
+    res = run_cli("score", "--model", str(model_path), "--input", str(odd), "--out", str(tmp_path / "p.csv"),
+                  "--no-track")
     assert res.returncode == 0, res.stderr[-2000:]
     out = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("case_id").sort_index()
     heard = []  # what the head reads, caught on its way in: the features the call was made from
@@ -155,7 +156,8 @@ def test_rows_are_never_appended_under_another_header(tmp_path):
     table = pd.read_csv(manifest).iloc[:3]
     first = manifest.parent / "first.csv"
     table.to_csv(first, index=False)
-    assert run_cli("score", "--model", str(model_path), "--manifest", str(first), "--out", str(out), "--no-track").returncode == 0
+    first_run = run_cli("score", "--model", str(model_path), "--manifest", str(first), "--out", str(out), "--no-track")
+    assert first_run.returncode == 0
     written = pd.read_csv(out, dtype=str, keep_default_na=False)
     written.insert(3, "typicality", "0.5")  # as a medtl that measured typicality would have begun it
     written.to_csv(out, index=False)
