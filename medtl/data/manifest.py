@@ -291,19 +291,19 @@ def label_column_problem(labels: pd.Series) -> str | None:
 
 
 def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:
-    """Configured classes, else the manifest's labels sorted (integers numerically); labels that differ only in
-    spelling are refused there, since each would become a class."""
+    """Configured classes, else the manifest's labels sorted (integers numerically); a label column of free text, or
+    labels that look like one class spelt two ways, are refused there, since each label would become a class."""
     if configured:
         return list(configured)
     labels = manifest.table["label"].dropna().unique().tolist() if manifest.has_labels else []
+    free_text = label_column_problem(manifest.table["label"]) if manifest.has_labels else None
+    if free_text:
+        raise ManifestError(f"{manifest.path.name}: {free_text}")
     twins = other_spellings(manifest.table["label"]) if manifest.has_labels else {}
     if twins:
         label, kept = next(iter(twins.items()))
         raise ManifestError(f"{manifest.path.name}: labels {kept!r} and {label!r} look like one class spelt two ways and "
                             f"would be two classes; write one spelling throughout, or set data.classes")
-    free_text = label_column_problem(manifest.table["label"]) if manifest.has_labels else None
-    if free_text:
-        raise ManifestError(f"{manifest.path.name}: {free_text}")
     try:
         return [str(v) for v in sorted(labels, key=lambda v: int(v))]
     except ValueError:
