@@ -6,6 +6,7 @@ first sign of a new site that a person can act on without labelling a case."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -70,17 +71,39 @@ def batch_prevalence(bundle: ModelBundle, table: pd.DataFrame) -> BatchPrevalenc
 
 def scores_plot(bundle: ModelBundle, table: pd.DataFrame, batch: BatchPrevalence, path: Path) -> Path:
     """The scored cases' probabilities of the finding with the decision threshold: the shape of the batch at a
-    glance (a site where every case sits at one end, or a pile just under the threshold)."""
+    glance (a site where every case sits at one end, or a pile just under the threshold); beside it, where the model
+    measures typicality, its histogram."""
     from medtl.figures import plt, save_figure
 
-    p = table.loc[table["status"] == "ok", f"prob_{batch.positive}"].to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ok = table[table["status"] == "ok"]
+    p = ok[f"prob_{batch.positive}"].to_numpy(dtype=float)
+    typical = "typicality" in ok
+    fig, axes = plt.subplots(1, 2 if typical else 1, figsize=(11 if typical else 6, 3.5), squeeze=False)
+    ax = axes[0, 0]
     ax.hist(p, bins=np.linspace(0, 1, 41), color="#4c72b0")
     ax.axvline(bundle.threshold, color="black", linestyle="--", label=f"threshold {bundle.threshold:.3f}")
-    implied = f", implied prevalence {batch.implied:.2f}" if batch.implied is not None else ""
+    implied = f"\nimplied prevalence {batch.implied:.2f}" if batch.implied is not None else "\n"
     implied += f" (the probabilities assume {batch.assumed:.2f})"
     ax.set(xlabel=f"probability of {batch.positive}", ylabel="cases", xlim=(0, 1),
            title=f"{batch.cases} cases scored: {batch.called:.0%} called {batch.positive}{implied}")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
+    if typical:
+        _typicality_panel(axes[0, 1], ok["typicality"].to_numpy(dtype=float))
     return save_figure(fig, path, svg=False)
+
+
+def _typicality_panel(ax: Any, typicality: np.ndarray) -> None:
+    """Cases like the validation cases spread their typicality evenly over (0, 1]; a pile at the left edge is a batch
+    unlike the training data, seen before any case is read."""
+    from medtl.typicality import LEVEL
+
+    bins = np.linspace(0, 1, 21)
+    ax.hist(typicality, bins=bins, color="#dd8452")
+    ax.axhline(len(typicality) / (len(bins) - 1), color="black", linestyle=":", label="cases like the validation cases")
+    ax.axvline(LEVEL, color="#c44e52", linestyle="--", label=f"unlike the training cases (at most {LEVEL})")
+    unlike = int((typicality <= LEVEL).sum())
+    ax.set(xlabel="typicality", ylabel="cases", xlim=(0, 1),
+           title=f"{unlike} of {len(typicality)} ({unlike / max(1, len(typicality)):.1%}) unlike the training cases")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)

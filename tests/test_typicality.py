@@ -164,3 +164,20 @@ def test_rows_are_never_appended_under_another_header(tmp_path):
     res = run_cli("score", "--model", str(model_path), "--manifest", str(manifest), "--out", str(out), "--no-track")
     assert res.returncode != 0 and "its columns differ" in res.stderr and "typicality" in res.stderr
     assert "Traceback" not in res.stderr and len(pd.read_csv(out)) == 3
+
+
+def test_the_scores_figure_shows_the_typicality_beside_the_scores(tmp_path, monkeypatch):
+    import medtl.figures
+    from medtl.batch_prevalence import BatchPrevalence, scores_plot
+
+    drawn = []
+    monkeypatch.setattr(medtl.figures, "save_figure", lambda fig, path, svg=True: drawn.append(fig) or path)
+    rng = np.random.default_rng(5)
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(50)], "status": "ok", "prob_lesion": rng.random(50),
+                          "typicality": np.r_[np.full(10, 0.005), 0.02 + 0.98 * rng.random(40)]})
+    bundle = type("B", (), {"threshold": 0.5})()
+    batch = BatchPrevalence("lesion", 50, 0.5, 0.5, "EM", 0.5)
+    scores_plot(bundle, table, batch, tmp_path / "s.png")
+    scores_plot(bundle, table.drop(columns="typicality"), batch, tmp_path / "t.png")
+    assert [len(f.axes) for f in drawn] == [2, 1]
+    assert drawn[0].axes[1].get_title().startswith("10 of 50 (20.0%) unlike the training cases")
