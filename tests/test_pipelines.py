@@ -267,6 +267,7 @@ def test_crossval_of_a_segmentation_config_nests_the_segmentation_pipeline(tmp_p
 
     def fold(cfg, nested=False):
         seen.append(cfg.data.task)
+        assert not cfg.evaluate.typicality  # a fold's model estimates; no pass is spent making it fit for scoring
         return {"evaluation": SimpleNamespace(metrics={"dice_mean": 0.5 + 0.1 * len(seen), "n": 2.0})}
 
     monkeypatch.setattr(segmentation, "run", fold)

@@ -43,7 +43,9 @@ def run(cfg: Config, folds: int = 5) -> dict:
             fold_table.to_csv(path, index=False)
             data = cfg.data.model_copy(update={"manifest": path, "data_root": cfg.data.data_root or manifest.root})
             tracking = cfg.tracking.model_copy(update={"registered_model": None})
-            variant = cfg.model_copy(update={"data": data, "tracking": tracking, "name": f"{cfg.name}-fold{fold}"})
+            evaluate = cfg.evaluate.model_copy(update={"typicality": False})  # a fold's model estimates, it is not used
+            variant = cfg.model_copy(update={"data": data, "tracking": tracking, "evaluate": evaluate,
+                                             "name": f"{cfg.name}-fold{fold}"})
             result = diagnosis.run(variant, nested=True)
             per_fold.append(result["evaluation"].metrics if result["evaluation"] else {})
         summary = summarise_folds(per_fold)
