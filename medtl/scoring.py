@@ -21,7 +21,7 @@ from medtl.config_sections import CaseIds
 from medtl.data.build import discover_cases, pair_masks
 from medtl.data.manifest import UNREADABLE_CSV, read_manifest
 from medtl.data.dicom import parse_series_ref
-from medtl.data.readers import IMAGE_SUFFIXES, dicom_headers, scan_kind
+from medtl.data.readers import IMAGE_SUFFIXES, archive_hint, dicom_headers, scan_kind
 from medtl.errors import MedtlError
 from medtl.explain import heatmap_problem, write_heatmaps
 from medtl.faults import fault_point
@@ -70,7 +70,9 @@ def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "f
     images, _ = pair_masks(discover_cases(Path(input_dir), ids, progress=True), None)  # type: ignore[arg-type]
     cases = [{"case_id": c, "image": ref} for c, ref in images]  # a mask beside its scan is no case to score
     if not cases:
-        raise MedtlError(f"--input {input_dir}: no DICOM, NIfTI or image file found in it or below; check the folder")
+        hint = archive_hint(Path(input_dir)) if Path(input_dir).is_dir() else ""  # type: ignore[arg-type]
+        raise MedtlError(f"--input {input_dir}: no DICOM, NIfTI or image file found in it or below"
+                         + (hint or "; check the folder"))
     return cases
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from medtl.config_sections import CaseIds
 from medtl.data import dicom
 from medtl.data.manifest import SPLIT_NAMES, read_sheet
-from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, archive_hint
 from medtl.errors import ManifestError
 from medtl.files import table_path, write_table
 
@@ -174,7 +174,7 @@ def build_manifest(
     identifiers: dict[str, dict[str, str]] = {}
     cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, identifiers), masks)
     if not cases:
-        raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found")
+        raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found{archive_hint(folder)}")
     if masks is not None and not any(c in mask_refs for c, _ in cases):
         raise ManifestError(f"--masks {masks}: no file there is named like a case of {folder} (e.g. {cases[0][0]}.nii.gz "
                             f"or {cases[0][0]}_mask.nii.gz)")

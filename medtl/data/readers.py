@@ -19,6 +19,9 @@ from medtl.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+"""How PACS and data-sharing exports often arrive: scans packed in an archive, which medtl does not open."""
+
 DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this: a larger claim is a forged header
 
 
@@ -64,7 +67,19 @@ def scan_kind(path: Path | str) -> str:
         raise DataError(f"{path}: file not found")
     if dicom.is_dicom_file(path):
         return "dicom"
+    if name.endswith(ARCHIVE_SUFFIXES):
+        raise DataError(f"{path.name}: an archive, not a scan; unpack it and give the scans inside")
     raise DataError(f"{path.name}: not a DICOM, NIfTI or PNG file")
+
+
+
+def archive_hint(folder: Path) -> str:
+    """What to do when a folder holds no scan but archives of them (a zipped PACS export), or nothing."""
+    packed = sorted(p.name for p in folder.rglob("*") if p.name.lower().endswith(ARCHIVE_SUFFIXES))
+    if not packed:
+        return ""
+    return (f"; it holds {len(packed)} archive(s) ({', '.join(packed[:3])}{', ...' if len(packed) > 3 else ''}): "
+            "unpack them and point at the folder they make")
 
 
 def _grey(img: Any) -> Any:

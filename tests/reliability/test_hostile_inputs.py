@@ -436,3 +436,26 @@ def test_a_scan_of_another_modality_is_the_case_error_not_a_confident_answer(tmp
     out = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False).set_index("case_id")
     assert res.returncode == 1 and list(out.loc[["dx", "mr", "ot"], "status"]) == ["ok", "error", "ok"]
     assert "DICOM Modality MR (mr) under data.modality xray" in out.loc["mr", "error"]
+
+
+def test_a_zipped_export_says_to_unpack_it(tmp_path, model_2d):
+    """PACS and data-sharing exports often arrive zipped: "no file found" sent people looking at the wrong folder."""
+    import zipfile
+
+    from medtl.data.build import build_manifest
+    from medtl.data.check import check_manifest
+    from medtl.data.manifest import read_manifest
+    from medtl.errors import ManifestError
+
+    export = tmp_path / "export"
+    export.mkdir()
+    with zipfile.ZipFile(export / "study.zip", "w") as z:
+        z.writestr("IM0001.dcm", b"DICM")
+    res = run_cli("score", "--model", str(model_2d[0]), "--input", str(export), "--out", str(tmp_path / "p.csv"),
+                  "--no-track")
+    assert res.returncode != 0 and "it holds 1 archive(s) (study.zip): unpack them" in res.stderr
+    with pytest.raises(ManifestError, match=r"it holds 1 archive\(s\) \(study.zip\)"):
+        build_manifest(export, tmp_path / "m.csv")
+    pd.DataFrame({"case_id": ["a"], "image": ["export/study.zip"]}).to_csv(tmp_path / "m.csv", index=False)
+    problem, = check_manifest(read_manifest(tmp_path / "m.csv"))
+    assert problem.case_id == "a" and "study.zip: an archive, not a scan; unpack it" in problem.detail
