@@ -21,6 +21,9 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 """How PACS and data-sharing exports often arrive: scans packed in an archive, which medtl does not open."""
+OTHER_FORMATS = {".mha": "MetaImage", ".mhd": "MetaImage", ".nrrd": "NRRD", ".nhdr": "NRRD", ".hdr": "Analyze",
+                 ".img": "Analyze", ".mgz": "FreeSurfer", ".mgh": "FreeSurfer", ".npy": "NumPy", ".npz": "NumPy"}
+"""Research formats medtl does not read, by suffix: each is converted to NIfTI with its geometry in one call."""
 
 DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this: a larger claim is a forged header
 
@@ -69,17 +72,28 @@ def scan_kind(path: Path | str) -> str:
         return "dicom"
     if name.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"{path.name}: an archive, not a scan; unpack it and give the scans inside")
+    if path.suffix.lower() in OTHER_FORMATS:
+        raise DataError(f"{path.name}: in {OTHER_FORMATS[path.suffix.lower()]} format, which medtl does not read; "
+                        "convert it to NIfTI with its spacing and orientation (SimpleITK's or nibabel's save does)")
     raise DataError(f"{path.name}: not a DICOM, NIfTI or PNG file")
 
 
 
 def archive_hint(folder: Path) -> str:
-    """What to do when a folder holds no scan but archives of them (a zipped PACS export), or nothing."""
-    packed = sorted(p.name for p in folder.rglob("*") if p.name.lower().endswith(ARCHIVE_SUFFIXES))
-    if not packed:
-        return ""
-    return (f"; it holds {len(packed)} archive(s) ({', '.join(packed[:3])}{', ...' if len(packed) > 3 else ''}): "
-            "unpack them and point at the folder they make")
+    """What to do when a folder holds no scan medtl reads but archives of them (a zipped PACS export) or scans in a
+    research format (MetaImage, NRRD ...); empty when it holds neither."""
+    files = [p.name for p in sorted(folder.rglob("*"))]
+    packed = [f for f in files if f.lower().endswith(ARCHIVE_SUFFIXES)]
+    if packed:
+        return (f"; it holds {len(packed)} archive(s) ({', '.join(packed[:3])}{', ...' if len(packed) > 3 else ''}): "
+                "unpack them and point at the folder they make")
+    other = [f for f in files if Path(f).suffix.lower() in OTHER_FORMATS]
+    if other:
+        kinds = sorted({OTHER_FORMATS[Path(f).suffix.lower()] for f in other})
+        return (f"; it holds {len(other)} {' and '.join(kinds)} file(s) ({other[0]}{', ...' if len(other) > 1 else ''}), "
+                "which medtl does not read: convert them to NIfTI with their spacing and orientation (SimpleITK's or "
+                "nibabel's save does)")
+    return ""
 
 
 def _grey(img: Any) -> Any:

@@ -438,7 +438,7 @@ def test_a_scan_of_another_modality_is_the_case_error_not_a_confident_answer(tmp
     assert "DICOM Modality MR (mr) under data.modality xray" in out.loc["mr", "error"]
 
 
-def test_a_zipped_export_says_to_unpack_it(tmp_path, model_2d):
+def test_a_zipped_export_or_a_research_format_says_what_to_do(tmp_path, model_2d):
     """PACS and data-sharing exports often arrive zipped: "no file found" sent people looking at the wrong folder."""
     import zipfile
 
@@ -459,3 +459,12 @@ def test_a_zipped_export_says_to_unpack_it(tmp_path, model_2d):
     pd.DataFrame({"case_id": ["a"], "image": ["export/study.zip"]}).to_csv(tmp_path / "m.csv", index=False)
     problem, = check_manifest(read_manifest(tmp_path / "m.csv"))
     assert problem.case_id == "a" and "study.zip: an archive, not a scan; unpack it" in problem.detail
+    research = tmp_path / "luna"  # a research set in MetaImage, as LUNA16 ships
+    research.mkdir()
+    (research / "1.3.6.mhd").write_text("ObjectType = Image\nNDims = 3\n")
+    (research / "1.3.6.raw").write_bytes(bytes(64))
+    with pytest.raises(ManifestError, match=r"1 MetaImage file\(s\) \(1.3.6.mhd\), which medtl does not read: convert"):
+        build_manifest(research, tmp_path / "m2.csv")
+    pd.DataFrame({"case_id": ["b"], "image": ["luna/1.3.6.mhd"]}).to_csv(tmp_path / "m.csv", index=False)
+    problem, = check_manifest(read_manifest(tmp_path / "m.csv"))
+    assert "1.3.6.mhd: in MetaImage format, which medtl does not read; convert it to NIfTI" in problem.detail
