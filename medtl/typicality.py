@@ -91,8 +91,9 @@ def fit_density(reference: np.ndarray, calibration: np.ndarray, components: int 
         return None
     density = Typicality(pca.mean_, pca.components_, np.maximum(pca.explained_variance_, floor),
                          max(float(pca.noise_variance_), floor), np.empty(0), n)
-    density.calibration = np.sort(density.atypicality(calibration))
-    return density
+    scores = density.atypicality(calibration)
+    density.calibration = np.sort(scores[np.isfinite(scores)])
+    return density if len(density.calibration) else None
 
 
 def measurable(bundle: Any) -> bool:

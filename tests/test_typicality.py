@@ -53,9 +53,14 @@ def test_scans_like_the_training_scans_are_called_unlike_them_one_time_in_a_hund
     assert np.mean(shifted) > 0.9
 
 
-def test_features_that_do_not_vary_give_no_density():
+def test_features_that_do_not_vary_give_no_density_and_non_finite_ones_set_no_rarity():
     flat = np.ones((200, 8))
     assert fit_density(flat, flat) is None
+    rng = np.random.default_rng(6)
+    calibration = _gaussian(rng, 100)
+    calibration[3, 0] = np.nan  # a diverged case's features
+    density = fit_density(_gaussian(rng, 300), calibration)
+    assert len(density.calibration) == 99 and np.isfinite(density.calibration).all()
 
 
 def test_a_payload_round_trip_keeps_every_p_value():
