@@ -80,15 +80,16 @@ class Classification(Task):
 
     def outputs(self, predictor: Any, x: torch.Tensor, cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Logits and probabilities through the one softmax, with the predictor's temperature and prior shift; the
-        pooled features, or the typicality they give, where the predictor asks for them."""
+        features typicality measures, or the typicality they give, where the predictor asks for them."""
         from medtl.models.checkpoint import unwrap
+        from medtl.typicality import stage_statistics
 
         records: list[dict[str, Any]] = [{} for _ in cases]
         if predictor.keep_features or predictor.typicality is not None:
-            core = unwrap(predictor.model)
-            pooled = core.features(x)
-            out = core.head(pooled)
-            feats = pooled.float().cpu().numpy()
+            core = unwrap(predictor.model)  # hooks on the plain module: a compiled graph need not call them
+            with stage_statistics(core, predictor.typicality_layers) as seen:
+                out = core(x)
+            feats = torch.cat(seen).cpu().numpy()
             if predictor.keep_features:
                 for rec, f in zip(records, feats):
                     rec["features"] = f

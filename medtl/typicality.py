@@ -1,19 +1,27 @@
-"""How unlike its training scans a scan looks to the model: a probabilistic-PCA density (Tipping & Bishop 1999) of the
-classifier's pooled features on training cases, and a conformal p-value (Vovk et al. 2005) of each new case's density
-against the validation cases'. "Unlike the training scans" then has a stated false-alarm rate: a scan drawn like the
-validation scans gets a typicality at or below ``LEVEL`` at most ``LEVEL`` of the time, whatever the network.
+"""How unlike its training scans a scan looks to the model: a probabilistic-PCA density (Tipping & Bishop 1999) of
+what the network's early stages see in training cases, and a conformal p-value (Vovk et al. 2005) of each new case's
+density against the validation cases'. "Unlike the training scans" then has a stated false-alarm rate: a scan drawn
+like the validation scans gets a typicality at or below ``LEVEL`` at most ``LEVEL`` of the time, whatever the network.
+
+What is measured is the mean and spread of each channel at the stages of strides 4, 8 and 16 (Lee et al. 2018 found
+early layers the ones that tell inputs apart): grey levels, texture and orientation, which an inverted, rotated or
+noisy image or another scanner changes. The pooled features the head reads were tried first and flagged none of
+those, not even noise (``bench/typicality_shift.py``; the layers were chosen on held-out training films).
 
 A classifier answers every input, a photograph or another body part as readily as the film it was trained for; the
 typicality is how a person scoring a batch learns which answers to distrust before reading them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from medtl.log import logger
 
@@ -28,6 +36,37 @@ COMPONENTS = 32
 """Principal directions of the feature density; the rest of the feature space shares one variance."""
 MIN_CALIBRATION = round(1 / LEVEL) - 1
 """Validation cases needed before any case can be as rare as ``LEVEL`` (a conformal p-value is at least 1/(n+1))."""
+LAYERS = {"efficientnet": ("backbone._blocks.1", "backbone._blocks.2", "backbone._blocks.3"),
+          "resnet": ("backbone.layer1", "backbone.layer2", "backbone.layer3"),
+          "densenet": ("backbone.features.denseblock1", "backbone.features.denseblock2", "backbone.features.denseblock3")}
+"""The stages at strides 4, 8 and 16 of each backbone family, whose channel statistics typicality measures."""
+
+
+def layers_for(backbone: str) -> tuple[str, ...]:
+    return next((v for k, v in LAYERS.items() if backbone.startswith(k)), ())
+
+
+@contextmanager
+def stage_statistics(model: nn.Module, layers: tuple[str, ...] | list[str]) -> Iterator[list[torch.Tensor]]:
+    """While inside, each forward pass of ``model`` appends to the yielded list one (batch, features) tensor: the
+    mean and standard deviation over space of every channel of each of ``layers``, in order."""
+    seen: dict[str, torch.Tensor] = {}
+    out: list[torch.Tensor] = []
+
+    def keep(name: str):
+        def hook(_module: nn.Module, _inp: object, act: torch.Tensor) -> None:
+            flat = act.detach().float().flatten(2)
+            seen[name] = torch.cat([flat.mean(2), flat.std(2, correction=0)], 1)  # a 1-pixel stage: spread 0
+            if len(seen) == len(layers):
+                out.append(torch.cat([seen.pop(n) for n in layers], 1))
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(keep(name)) for name in layers]
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @dataclass
@@ -36,7 +75,7 @@ class Typicality:
 
     mean: np.ndarray
     components: np.ndarray
-    """(k, d) principal directions."""
+    """(k, d) principal directions of the standardised features."""
     variances: np.ndarray
     """(k,) variance along each."""
     noise_variance: float
@@ -44,10 +83,14 @@ class Typicality:
     calibration: np.ndarray
     """Sorted atypicality of the validation cases."""
     reference_cases: int
+    scale: np.ndarray
+    """Each feature's spread over the reference cases: features of many scales weigh alike."""
+    layers: list[str] = field(default_factory=list)
+    """The modules whose channel statistics are the features."""
 
     def atypicality(self, features: np.ndarray) -> np.ndarray:
         """The negative log density of each row, up to a constant shared by all (which ranks do not need)."""
-        centred = np.asarray(features, dtype=np.float64) - self.mean
+        centred = np.asarray(features, dtype=np.float64) / self.scale - self.mean
         along = centred @ self.components.T
         rest = np.maximum((centred ** 2).sum(1) - (along ** 2).sum(1), 0.0)
         return 0.5 * ((along ** 2 / self.variances).sum(1) + rest / self.noise_variance)
@@ -60,24 +103,24 @@ class Typicality:
         return (1.0 + at_least) / (n + 1.0)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"mean": torch.as_tensor(self.mean, dtype=torch.float32),
-                "components": torch.as_tensor(self.components, dtype=torch.float32),
-                "variances": torch.as_tensor(self.variances, dtype=torch.float64),
-                "noise_variance": float(self.noise_variance),
-                "calibration": torch.as_tensor(self.calibration, dtype=torch.float64),
-                "reference_cases": int(self.reference_cases)}
+        arrays = {k: torch.as_tensor(getattr(self, k), dtype=torch.float64)
+                  for k in ("mean", "components", "variances", "calibration", "scale")}
+        return {**arrays, "noise_variance": float(self.noise_variance), "reference_cases": int(self.reference_cases),
+                "layers": list(self.layers)}
 
     @classmethod
     def from_payload(cls, d: dict[str, Any] | None) -> "Typicality | None":
-        if not d:
+        if not d or "layers" not in d:  # none, or one measured on the pooled features (an earlier medtl's)
             return None
-        arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("mean", "components", "variances", "calibration")}
-        return cls(noise_variance=float(d["noise_variance"]), reference_cases=int(d["reference_cases"]), **arrays)
+        arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("mean", "components", "variances", "calibration", "scale")}
+        return cls(noise_variance=float(d["noise_variance"]), reference_cases=int(d["reference_cases"]),
+                   layers=list(d["layers"]), **arrays)
 
 
-def fit_density(reference: np.ndarray, calibration: np.ndarray, components: int = COMPONENTS) -> Typicality | None:
-    """Probabilistic PCA of ``reference`` (scikit-learn's), scored on ``calibration``; None where the features do
-    not vary (nothing to measure a scan against)."""
+def fit_density(reference: np.ndarray, calibration: np.ndarray, components: int = COMPONENTS,
+                layers: list[str] | None = None) -> Typicality | None:
+    """Probabilistic PCA of the standardised ``reference`` (scikit-learn's), scored on ``calibration``; None where the
+    features do not vary (nothing to measure a scan against)."""
     from sklearn.decomposition import PCA
 
     reference = np.asarray(reference, dtype=np.float64)
@@ -85,22 +128,22 @@ def fit_density(reference: np.ndarray, calibration: np.ndarray, components: int 
     k = min(components, d - 1, max(1, n // 4))
     if k < 1 or not np.isfinite(reference).all() or reference.var(0).sum() <= 0:
         return None
-    pca = PCA(n_components=k, svd_solver="full").fit(reference)
+    spread = reference.std(0)
+    scale = np.where(spread > 1e-6 * spread.max(), spread, spread.max())  # a constant feature weighs nothing
+    pca = PCA(n_components=k, svd_solver="full").fit(reference / scale)
     floor = 1e-6 * float(pca.explained_variance_[0])
     if floor <= 0:
         return None
     density = Typicality(pca.mean_, pca.components_, np.maximum(pca.explained_variance_, floor),
-                         max(float(pca.noise_variance_), floor), np.empty(0), n)
+                         max(float(pca.noise_variance_), floor), np.empty(0), n, scale, list(layers or []))
     scores = density.atypicality(calibration)
     density.calibration = np.sort(scores[np.isfinite(scores)])
     return density if len(density.calibration) else None
 
 
 def measurable(bundle: Any) -> bool:
-    """Whether the model has pooled features to measure: classifiers do, segmentation networks do not."""
-    from medtl.models.checkpoint import unwrap
-
-    return bundle.task == "classification" and hasattr(unwrap(bundle.model), "features")
+    """Whether typicality can be measured for the model: a classifier on a backbone whose stages medtl knows."""
+    return bundle.task == "classification" and bool(layers_for(bundle.spec.model.backbone))
 
 
 def fit_typicality(bundle: Any, table: pd.DataFrame, device: torch.device, seed: int = 0) -> Typicality | None:
@@ -118,14 +161,15 @@ def fit_typicality(bundle: Any, table: pd.DataFrame, device: torch.device, seed:
     drawn = [part.sample(min(len(part), most), random_state=seed)
              for part, most in ((train, REFERENCE_CASES), (val, CALIBRATION_CASES))]
     reference, calibration = (features_of(bundle, case_items(part, None), device) for part in drawn)
-    density = fit_density(reference, calibration)
+    density = fit_density(reference, calibration, layers=list(layers_for(bundle.spec.model.backbone)))
     if density is None:
         logger.warning("typicality not measured: the model's features do not vary over its training cases")
     return density
 
 
 def features_of(bundle: Any, items: list[dict[str, Any]], device: torch.device) -> np.ndarray:
-    """Pooled features of each readable case, through the one predictor (unreadable ones are left out)."""
+    """The stage statistics typicality measures, of each readable case, through the one predictor (unreadable ones
+    are left out)."""
     from medtl.models.predictor import Predictor
 
     predictor = Predictor.of(bundle, device, keep_features=True)
@@ -137,8 +181,8 @@ def card_note(payload: dict[str, Any] | None) -> list[str]:
     """The model card's line on typicality: what scoring marks, and against what."""
     if not payload:
         return []
-    return [f"Scoring marks a scan unlike_training when its pooled features are rarer, under their density over "
-            f"{int(payload['reference_cases'])} training cases, than all but {LEVEL:.0%} of "
+    return [f"Scoring marks a scan unlike_training when what the network's early stages see in it is rarer, under "
+            f"its density over {int(payload['reference_cases'])} training cases, than all but {LEVEL:.0%} of "
             f"{len(payload['calibration'])} validation cases (column typicality): the model's call on it is not "
             "backed by cases like it."]
 

@@ -24,7 +24,8 @@ def test_the_density_is_scikit_learns_probabilistic_pca():
     rng = np.random.default_rng(0)
     reference, calibration, new = _gaussian(rng, 300), _gaussian(rng, 150), _gaussian(rng, 50) * 1.5
     density = fit_density(reference, calibration, components=4)
-    log_likelihood = PCA(n_components=4, svd_solver="full").fit(reference).score_samples(new)
+    scale = reference.std(0)  # standardised first, so that features of many scales weigh alike
+    log_likelihood = PCA(n_components=4, svd_solver="full").fit(reference / scale).score_samples(new / scale)
     gap = density.atypicality(new) + log_likelihood  # equal up to the normalising constant
     assert np.ptp(gap) < 1e-8 * np.abs(log_likelihood).max()
     assert len(density.calibration) == 150 and np.all(np.diff(density.calibration) >= 0)
@@ -122,13 +123,19 @@ def test_each_scored_case_carries_the_typicality_of_the_features_its_call_was_ma
                   "--no-track")
     assert res.returncode == 0, res.stderr[-2000:]
     out = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("case_id").sort_index()
-    heard = []  # what the head reads, caught on its way in: the features the call was made from
-    bundle.model.head.register_forward_hook(lambda module, args, result: heard.append(args[0].detach().numpy()))
+    assert density.layers == ["backbone.layer1", "backbone.layer2", "backbone.layer3"]  # strides 4, 8 and 16
+    heard: dict[str, np.ndarray] = {}  # each stage's output, caught by hand: the mean and sd of each channel
+    for name in density.layers:
+        bundle.model.get_submodule(name).register_forward_hook(
+            lambda module, args, result, name=name: heard.update({name: result.detach().numpy()}))
     transform = build_transforms(bundle.spec.data, train=False, in_channels=bundle.spec.model.in_channels)
+    rows = []
     with torch.no_grad():
         for case in out.index:
             bundle.model.eval()(torch.as_tensor(transform({"image": str(odd / f"{case}.png")})["image"])[None])
-    expected = density.p_values(np.concatenate(heard))
+            rows.append(np.concatenate([np.r_[a[0].mean((1, 2)), a[0].std((1, 2))]
+                                        for a in (heard[n] for n in density.layers)]))
+    expected = density.p_values(np.stack(rows))
     np.testing.assert_allclose(out["typicality"].astype(float), expected, rtol=1e-4)
     assert list(out["unlike_training"]) == ["yes" if p <= LEVEL else "no" for p in expected]
     flagged = int((out["unlike_training"] == "yes").sum())

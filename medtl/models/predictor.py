@@ -17,7 +17,7 @@ from medtl.data.transforms import build_transforms, find_data_error
 from medtl.errors import ConfigError
 from medtl.models.checkpoint import InferenceSpec, ModelBundle
 from medtl.tasks import make_task
-from medtl.typicality import Typicality
+from medtl.typicality import Typicality, layers_for
 
 
 class SafeCases(Dataset):
@@ -80,6 +80,7 @@ class Predictor:
                  cache: bool = False, typicality: Typicality | None = None, keep_features: bool = False) -> None:
         self.model, self.spec, self.device = model, spec, device
         self.typicality, self.keep_features = typicality, keep_features
+        self.typicality_layers = typicality.layers if typicality is not None else layers_for(spec.model.backbone)
         self.temperature, self.log_prior_ratio = temperature, log_prior_ratio
         self.batch_size, self.num_workers = batch_size, num_workers
         self.memo: dict[str, Any] | None = {} if cache else None
@@ -90,7 +91,7 @@ class Predictor:
     @classmethod
     def of(cls, bundle: ModelBundle, device: torch.device, batch_size: int = 16, num_workers: int = 0,
            keep_features: bool = False) -> "Predictor":
-        """``keep_features``: each record also holds the classifier's pooled features (what typicality is fitted on)."""
+        """``keep_features``: each record also holds the features typicality is fitted on."""
         return cls(bundle.model.to(device), bundle.spec, device, bundle.temperature, bundle.log_prior_ratio,
                    batch_size, num_workers, typicality=Typicality.from_payload(bundle.extra.get("typicality")),
                    keep_features=keep_features)
