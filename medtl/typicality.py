@@ -143,7 +143,11 @@ def fit_density(reference: np.ndarray, calibration: np.ndarray, components: int 
 
 def measurable(bundle: Any) -> bool:
     """Whether typicality can be measured for the model: a classifier on a backbone whose stages medtl knows."""
-    return bundle.task == "classification" and bool(layers_for(bundle.spec.model.backbone))
+    from medtl.models.checkpoint import unwrap
+
+    layers = layers_for(bundle.spec.model.backbone)
+    names = {name for name, _ in unwrap(bundle.model).named_modules()}
+    return bundle.task == "classification" and bool(layers) and all(name in names for name in layers)
 
 
 def fit_typicality(bundle: Any, table: pd.DataFrame, device: torch.device, seed: int = 0) -> Typicality | None:
