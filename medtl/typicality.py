@@ -3,10 +3,10 @@ what the network's early stages see in training cases, and a conformal p-value (
 density against the validation cases'. "Unlike the training scans" then has a stated false-alarm rate: a scan drawn
 like the validation scans gets a typicality at or below ``LEVEL`` at most ``LEVEL`` of the time, whatever the network.
 
-What is measured is the mean and spread of each channel at the stages of strides 4, 8 and 16 (Lee et al. 2018 found
-early layers the ones that tell inputs apart): grey levels, texture and orientation, which an inverted, rotated or
-noisy image or another scanner changes. The pooled features the head reads were tried first and flagged none of
-those, not even noise (``bench/typicality_shift.py``; the layers were chosen on held-out training films).
+What is measured is the mean and spread of each channel at the stages of strides 4, 8 and 16 (Lee et al. 2018 also
+measure earlier layers, not the last alone): grey levels, texture and orientation, which an inverted, rotated or
+noisy image or another scanner changes. The pooled features the head reads were tried first and flagged at most 4%
+of such films, and no noise at all (``bench/typicality_shift.py``; the stages were chosen on held-out training films).
 
 A classifier answers every input, a photograph or another body part as readily as the film it was trained for; the
 typicality is how a person scoring a batch learns which answers to distrust before reading them."""
@@ -38,7 +38,7 @@ MIN_CALIBRATION = round(1 / LEVEL) - 1
 """Validation cases needed before any case can be as rare as ``LEVEL`` (a conformal p-value is at least 1/(n+1))."""
 LAYERS = {"efficientnet": ("backbone._blocks.1", "backbone._blocks.2", "backbone._blocks.3"),
           "resnet": ("backbone.layer1", "backbone.layer2", "backbone.layer3"),
-          "densenet": ("backbone.features.denseblock1", "backbone.features.denseblock2", "backbone.features.denseblock3")}
+          "densenet": tuple(f"backbone.features.denseblock{i}" for i in (1, 2, 3))}
 """The stages at strides 4, 8 and 16 of each backbone family, whose channel statistics typicality measures."""
 
 
@@ -67,6 +67,10 @@ def stage_statistics(model: nn.Module, layers: tuple[str, ...] | list[str]) -> I
     finally:
         for h in handles:
             h.remove()
+
+
+ARRAYS = ("mean", "components", "variances", "calibration", "scale")
+"""The density's arrays, as a model file stores them."""
 
 
 @dataclass
@@ -103,8 +107,7 @@ class Typicality:
         return (1.0 + at_least) / (n + 1.0)
 
     def to_payload(self) -> dict[str, Any]:
-        arrays = {k: torch.as_tensor(getattr(self, k), dtype=torch.float64)
-                  for k in ("mean", "components", "variances", "calibration", "scale")}
+        arrays = {k: torch.as_tensor(getattr(self, k), dtype=torch.float64) for k in ARRAYS}
         return {**arrays, "noise_variance": float(self.noise_variance), "reference_cases": int(self.reference_cases),
                 "layers": list(self.layers)}
 
@@ -112,7 +115,7 @@ class Typicality:
     def from_payload(cls, d: dict[str, Any] | None) -> "Typicality | None":
         if not d or "layers" not in d:  # none, or one measured on the pooled features (an earlier medtl's)
             return None
-        arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("mean", "components", "variances", "calibration", "scale")}
+        arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ARRAYS}
         return cls(noise_variance=float(d["noise_variance"]), reference_cases=int(d["reference_cases"]),
                    layers=list(d["layers"]), **arrays)
 
