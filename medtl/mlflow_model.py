@@ -17,7 +17,7 @@ from medtl.config import redact_uri
 from medtl.errors import ModelError, TrackingError
 from medtl.models.checkpoint import ModelBundle, load_bundle
 from medtl.probability import decide_labels
-from medtl.typicality import unlike_training
+from medtl.typicality import measures_typicality, unlike_training
 
 
 class MedtlPyfunc(mlflow.pyfunc.PythonModel):
@@ -81,7 +81,7 @@ def prediction_row(bundle: ModelBundle, rec: dict[str, Any]) -> dict[str, Any]:
         for i, c in enumerate(bundle.classes):
             row[f"prob_{c}"] = float(probs[i]) if probs is not None else float("nan")
         row["predicted"] = None if probs is None else decide_labels(probs, bundle.threshold, bundle.classes)[0]
-        if "typicality" in bundle.extra:
+        if measures_typicality(bundle):
             row["typicality"] = rec.get("typicality", float("nan"))
             row["unlike_training"] = unlike_training(row["typicality"])
     row["status"] = "error" if rec["error"] else "ok"
@@ -92,7 +92,7 @@ def prediction_row(bundle: ModelBundle, rec: dict[str, Any]) -> dict[str, Any]:
 def signature(bundle: ModelBundle) -> ModelSignature:
     outputs = [ColSpec("double", f"prob_{c}") for c in bundle.classes] if bundle.task == "classification" else []
     outputs += [ColSpec("string", "predicted")]
-    if bundle.task == "classification" and "typicality" in bundle.extra:
+    if measures_typicality(bundle):
         outputs += [ColSpec("double", "typicality"), ColSpec("string", "unlike_training")]
     outputs += [ColSpec("string", "status"), ColSpec("string", "error")]
     return ModelSignature(inputs=Schema([ColSpec("string", "image")]), outputs=Schema(outputs))

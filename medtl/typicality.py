@@ -113,11 +113,22 @@ class Typicality:
 
     @classmethod
     def from_payload(cls, d: dict[str, Any] | None) -> "Typicality | None":
-        if not d or "layers" not in d:  # none, or one measured on the pooled features (an earlier medtl's)
+        if not usable(d):
             return None
         arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ARRAYS}
         return cls(noise_variance=float(d["noise_variance"]), reference_cases=int(d["reference_cases"]),
                    layers=list(d["layers"]), **arrays)
+
+
+def usable(payload: dict[str, Any] | None) -> bool:
+    """Whether a model file's typicality is one this medtl measures: stage statistics, not the pooled features an
+    medtl stored before commit 4868328 (those score without typicality)."""
+    return bool(payload) and "layers" in payload  # type: ignore[operator]
+
+
+def measures_typicality(bundle: Any) -> bool:
+    """Whether the model's predictions carry a typicality: the one test for its columns and metrics."""
+    return bundle.task == "classification" and usable(bundle.extra.get("typicality"))
 
 
 def fit_density(reference: np.ndarray, calibration: np.ndarray, components: int = COMPONENTS,

@@ -22,6 +22,7 @@ from medtl.evaluate.report import Evaluation, evaluate_classification, fmt, writ
 from medtl.evaluate.segmentation import case_metrics, subgroup_summaries, summarise
 from medtl.models.checkpoint import ModelBundle
 from medtl.models.predictor import Predictor, device_for
+from medtl.typicality import measures_typicality
 
 
 def select_split(table: pd.DataFrame, split: str | None, splits: Path | None = None) -> pd.DataFrame:
@@ -61,7 +62,7 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
     if not logits:
         raise DataError("no case of the evaluated split could be read")
     kept_table = table.iloc[kept].reset_index(drop=True)
-    if "typicality" in bundle.extra:
+    if measures_typicality(bundle):
         kept_table = kept_table.assign(typicality=typicality)
     return np.stack(logits), kept_table
 
