@@ -37,6 +37,7 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     nan[1, 1, 1] = np.nan
     write_nifti(d / "nan_vol.nii.gz", nan)
     write_nifti(d / "flat.nii.gz", vol[:, :, 0])
+    write_ct_series(d / "blank_series", np.full_like(vol, -1000.0), seed=4)  # an export that lost its image
     write_ct_series(d / "gap_series", vol, seed=2, skip_slices=[3])
     (d / "broken").mkdir()
     (d / "broken" / "junk.dcm").write_bytes(b"GIF89a, not a DICOM file" * 20)
@@ -59,7 +60,7 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     out = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("case_id")
     assert out.loc["good_series", "status"] == "ok" and out.loc["good_nifti", "status"] == "ok"
     reasons = {"nan_vol": "NaN", "flat": "model expects 3-D", "gap_series": "missing slice", "tilted": "ImageOrientationPatient",
-               "nopixels": "pixel data", "junk": "not a readable DICOM"}
+               "nopixels": "pixel data", "junk": "not a readable DICOM", "blank_series": "blank: every voxel is"}
     for case, reason in reasons.items():
         assert out.loc[case, "status"] == "error" and reason in out.loc[case, "error"], (case, out.loc[case, "error"])
     missing = tmp_path / "m.csv"

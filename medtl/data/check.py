@@ -184,9 +184,14 @@ def _image_geometry(path: str, deep: bool, spatial_dims: int | None, modality: s
     if other:
         raise DataError(other)
     if geometry.blank is not None:  # a mask of zeros is a case without a lesion; an image is not
-        raise DataError(f"blank: every voxel is {geometry.blank:g}; the export failed or the scan is empty, so "
-                        "re-export it or remove its row")
+        raise DataError(blank_problem(geometry.blank))
     return geometry
+
+
+def blank_problem(value: float) -> str:
+    """A scan whose every voxel holds one value: nothing in it to learn from or score, yet a model would answer."""
+    return (f"blank: every voxel is {value:g}; the export failed or the scan is empty, so re-export it or remove "
+            "its row")
 
 
 def _label_problems(case: str, label: object, needs_label: bool, classes: list[str] | None) -> list[Problem]:

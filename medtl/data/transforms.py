@@ -29,7 +29,7 @@ from monai.transforms import (
 
 from medtl.config import DataConfig
 from medtl.data import dicom
-from medtl.data.check import mask_problem
+from medtl.data.check import blank_problem, mask_problem
 from medtl.data.readers import ScanReader
 from medtl.errors import DataError
 
@@ -51,14 +51,18 @@ class LoadScand(LoadImaged):
             raise DataError(f"case {data.get('case_id', '?')}: {reason}") from None
 
 
-class CheckFinited(MapTransform):
-    """Refuses NaN/Inf voxels, which would silently poison a batch."""
+class CheckVoxelsd(MapTransform):
+    """Refuses NaN/Inf voxels, which would silently poison a batch, and a blank image (a failed export), which a
+    model would still score; a blank mask is a case without a lesion."""
 
     def __call__(self, data: Any) -> Any:
         d = dict(data)
         for key in self.key_iterator(d):
-            if not torch.isfinite(torch.as_tensor(d[key])).all():
+            voxels = torch.as_tensor(d[key])
+            if not torch.isfinite(voxels).all():
                 raise DataError(f"case {d.get('case_id', '?')}: {key} holds NaN/Inf voxels; fix or drop the scan")
+            if key == "image" and voxels.numel() and voxels.min() == voxels.max():
+                raise DataError(f"case {d.get('case_id', '?')}: {blank_problem(float(voxels.flatten()[0]))}")
         return d
 
 
@@ -165,7 +169,7 @@ def deterministic_transforms(cfg: DataConfig, with_mask: bool = False, keep_meta
     back to the source grid (``medtl.data.inverse``)."""
     keys = ["image", "mask"] if with_mask else ["image"]
     steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckDimsd(keys, cfg.spatial_dims),
-                        CheckAcquisitiond(["image"], cfg.modality, cfg.views), CheckFinited(keys)]
+                        CheckAcquisitiond(["image"], cfg.modality, cfg.views), CheckVoxelsd(keys)]
     if with_mask:
         steps.append(MaskIndicesd(["mask"], len(cfg.mask_classes)))
     if cfg.spatial_dims == 3:

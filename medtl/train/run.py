@@ -96,7 +96,7 @@ def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = Non
     (``resume="changed"`` accepts a changed config or manifest and records the change). Writes checkpoints,
     not ``model.pt``: that comes after calibration (``medtl.steps.fit_model`` for training alone)."""
     rank0 = int(os.environ.get("RANK", "0")) == 0  # the other ranks of a distributed run share rank 0's folder
-    with one_writer(run_dir(cfg), "set name=... for a separate run") if rank0 else nullcontext():
+    with one_writer(run_dir(cfg), "add --set name=NEW for a separate run") if rank0 else nullcontext():
         run = _set_up(cfg, resume, tracker or NullTracker())
         if cfg.transfer.strategy == "feature_extraction" and run.task.calibrated:
             state = _feature_extraction(run)
@@ -140,10 +140,10 @@ def _set_up(cfg: Config, resume: bool | str, tracker: Tracker) -> Setup:
     if resume and not last.is_file():
         raise MedtlError(f"--resume: no checkpoint at {last}; start without --resume")
     if not resume and last.is_file():
-        raise MedtlError(f"{out_dir} already holds a run; add --resume to continue it or set name=... for a new one")
+        raise MedtlError(f"{out_dir} already holds a run; add --resume to continue it or --set name=NEW for a new one")
     kept = next((p for p in (out_dir / "model.pt", out_dir / "checkpoints" / "best.pt") if p.is_file()), None)
     if not resume and kept:  # a feature extraction keeps no last.pt: its model would be replaced unasked
-        raise MedtlError(f"{out_dir} already holds a run ({kept.name}) that --resume cannot continue; set name=... for a "
+        raise MedtlError(f"{out_dir} already holds a run ({kept.name}) that --resume cannot continue; add --set name=NEW for a "
                          "new one, or move that folder away to train it again")
     if resume:
         check_resume(cfg, last, manifest.digest(), allow_changes=resume == "changed")

@@ -203,7 +203,7 @@ def test_a_second_process_on_the_same_run_folder_or_predictions_file_stops_in_on
         assert holder.stdout.readline().strip() == "held"
         res = run_cli("train", *base(m, tmp_path, "name=t"), cwd=tmp_path)
         assert res.returncode == 2 and "is being written by another medtl process" in res.stderr, res.stderr
-        assert "set name=" in res.stderr and not (runs / "t").exists()
+        assert "--set name=" in res.stderr and not (runs / "t").exists()
     finally:
         holder.kill()
         holder.wait()

@@ -269,7 +269,7 @@ def test_a_second_training_never_replaces_a_feature_extraction_run(tmp_path):
                                                                  "transfer.strategy=feature_extraction"]))
     model = fit_model(cfg).model_path
     before = model.read_bytes()
-    with pytest.raises(MedtlError, match=r"already holds a run \(model.pt\) that --resume cannot continue; set name="):
+    with pytest.raises(MedtlError, match=r"already holds a run \(model.pt\) that --resume cannot continue; add --set name="):
         fit_model(cfg)
     assert model.read_bytes() == before
 
