@@ -22,10 +22,14 @@ from monai.transforms import (
     RandShiftIntensityd,
     RepeatChanneld,
     Resized,
+    ScaleIntensityRange,
     ScaleIntensityRanged,
+    ScaleIntensityRangePercentiles,
     ScaleIntensityRangePercentilesd,
     Spacingd,
 )
+from monai.transforms.utils_pytorch_numpy_unification import percentile
+from monai.utils import convert_to_tensor
 
 from medtl.config import DataConfig
 from medtl.data import dicom
@@ -49,6 +53,26 @@ class LoadScand(LoadImaged):
             cause = find_data_error(exc)
             reason = str(cause) if cause else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             raise DataError(f"case {data.get('case_id', '?')}: {reason}") from None
+
+
+class FilmWindow(ScaleIntensityRangePercentiles):
+    """The 0.5th to 99.5th percentile window onto [0, 1], clipped. A film almost all one value has the two
+    percentiles equal; MONAI then hands it on unscaled and unclipped (0 to 255 where the network expects 0 to 1),
+    so its minimum and maximum window it instead."""
+
+    def _normalize(self, img: Any) -> Any:
+        a_min, a_max = percentile(img, self.lower), percentile(img, self.upper)
+        if a_max == a_min:
+            a_min, a_max = img.min(), img.max()
+        window = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=self.b_min, b_max=self.b_max, clip=self.clip,
+                                     dtype=self.dtype)
+        return convert_to_tensor(window(img), track_meta=False)
+
+
+class FilmWindowd(ScaleIntensityRangePercentilesd):
+    def __init__(self, keys: str, lower: float, upper: float) -> None:
+        super().__init__(keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
+        self.scaler = FilmWindow(lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
 
 
 class CheckVoxelsd(MapTransform):
@@ -158,7 +182,7 @@ def intensity_transform(cfg: DataConfig) -> list[Any]:
     if cfg.modality == "mr":
         return [NormalizeIntensityd("image", nonzero=True)]
     if cfg.modality in ("xray", "us"):
-        return [ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)]
+        return [FilmWindowd("image", lower=0.5, upper=99.5)]
     return []
 
 

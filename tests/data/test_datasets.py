@@ -93,6 +93,30 @@ def test_nan_volume_is_refused(tmp_path):
         build_transforms(cfg, False)({"case_id": "x", "image": str(tmp_path / "n.nii.gz")})
 
 
+def test_films_are_windowed_onto_0_to_1_even_when_almost_all_one_value(tmp_path):
+    """A film's 0.5th and 99.5th percentiles map to 0 and 1. Where they are equal (a film almost all one value),
+    MONAI passed it on unscaled, 0 to 255 into a network that expects 0 to 1, with a "Divide by zero" warning
+    on the scorer's console; its minimum and maximum window it now."""
+    import warnings
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    sparse = np.zeros((64, 64), np.uint8)
+    sparse[0, :5] = 255
+    films = {"sparse.png": sparse, "film.png": rng.integers(0, 256, (64, 64), dtype=np.uint8)}
+    chain = build_transforms(DataConfig(image_size=[64, 64], cache="none"), False)
+    for name, film in films.items():
+        Image.fromarray(film).save(tmp_path / name)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            out = chain({"case_id": "x", "image": str(tmp_path / name)})["image"].numpy()[0]
+        assert not [w for w in said if "a_min == a_max" in str(w.message)], name
+        lo, hi = np.percentile(film, [0.5, 99.5]) if name == "film.png" else (0.0, 255.0)
+        want = np.clip((film.astype(np.float64) - lo) / (hi - lo), 0, 1)
+        np.testing.assert_allclose(out, want.T, atol=1e-5, err_msg=name)
+
+
 def test_mask_values_that_are_no_class_index_are_the_cases_error_before_training(tmp_path):
     import nibabel as nib
 
