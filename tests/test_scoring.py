@@ -38,6 +38,13 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     write_nifti(d / "nan_vol.nii.gz", nan)
     write_nifti(d / "flat.nii.gz", vol[:, :, 0])
     write_ct_series(d / "blank_series", np.full_like(vol, -1000.0), seed=4)  # an export that lost its image
+    write_nifti(d / "phase.nii.gz", vol.astype(np.complex64))  # scored as its real part, and an uncaught warning
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(vol.shape)
+    header.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=1)  # was "RuntimeError: applying transform <...Orientationd>"
+    nib.Nifti1Image(vol, None, header).to_filename(d / "flat_affine.nii.gz")
     write_ct_series(d / "gap_series", vol, seed=2, skip_slices=[3])
     (d / "broken").mkdir()
     (d / "broken" / "junk.dcm").write_bytes(b"GIF89a, not a DICOM file" * 20)
@@ -60,7 +67,8 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     out = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("case_id")
     assert out.loc["good_series", "status"] == "ok" and out.loc["good_nifti", "status"] == "ok"
     reasons = {"nan_vol": "NaN", "flat": "model expects 3-D", "gap_series": "missing slice", "tilted": "ImageOrientationPatient",
-               "nopixels": "pixel data", "junk": "not a readable DICOM", "blank_series": "blank: every voxel is"}
+               "nopixels": "pixel data", "junk": "not a readable DICOM", "blank_series": "blank: every voxel is",
+               "phase": "complex-valued voxels", "flat_affine": "voxel size of 0"}
     for case, reason in reasons.items():
         assert out.loc[case, "status"] == "error" and reason in out.loc[case, "error"], (case, out.loc[case, "error"])
     missing = tmp_path / "m.csv"

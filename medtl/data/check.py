@@ -14,7 +14,7 @@ from PIL import Image
 from medtl.config_sections import DEFAULT_MASK_CLASSES
 from medtl.data import dicom
 from medtl.data.manifest import Manifest, label_column_problem, label_spelling, other_spellings, typing_slip
-from medtl.data.readers import check_nifti_size, dicom_headers, scan_kind
+from medtl.data.readers import check_nifti_size, dicom_headers, nifti_problem, scan_kind
 from medtl.errors import DataError
 from medtl.files import sha256_file
 from medtl.log import counted
@@ -71,6 +71,9 @@ def _geometry(ref: str, deep: bool) -> Geometry:
         try:
             img = nib.load(str(path))
             shape = tuple(int(s) for s in img.shape)
+            problem = nifti_problem(img.get_data_dtype(), shape, img.affine)
+            if problem:
+                raise DataError(problem)
             blank = _blank(np.asanyarray(img.dataobj)) if deep else None
         except DataError:
             raise
@@ -276,7 +279,8 @@ def _kind_of(message: str) -> str:
     for key in ("header declares", "missing file", "empty file", "truncated DICOM", "DICOM without pixel data", "several series",
                 "missing slice", "duplicate slice", "inconsistent", "NaN/Inf", "unexpected dimensionality",
                 "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable",
-                "not class indices", "classes (0 to", "blank", "other modality", "other view"):
+                "not class indices", "classes (0 to", "blank", "other modality", "other view", "complex-valued",
+                "voxel size of 0"):
         if key in message:
             return "labels not class indices" if key in ("not class indices", "classes (0 to") else key
     return "unreadable"

@@ -121,9 +121,15 @@ class ScanReader(ImageReader):
             check_nifti_size(path)
         try:
             if kind == "nifti":
-                return kind, self._nifti.read(str(path)), path
+                image = self._nifti.read(str(path))
+                problem = nifti_problem(image.get_data_dtype(), image.shape, image.affine)
+                if problem:
+                    raise DataError(f"{path.name}: {problem}")
+                return kind, image, path
             if kind == "image":
                 return kind, self._image.read(str(path)), path
+        except DataError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the library's own errors name no case
             raise DataError(f"{path.name}: unreadable {kind} file ({type(exc).__name__}: {exc})") from None
         headers = dicom_headers(path, uid)
@@ -152,6 +158,20 @@ class ScanReader(ImageReader):
             "dicom_view": dicom.view_tag(payload[0]),
         }
         return array.astype(np.float32), meta
+
+
+def nifti_problem(dtype: Any, shape: tuple[int, ...], affine: np.ndarray) -> str | None:
+    """What makes a NIfTI no scan to train on or score, from its header: complex voxels (MR phase or k-space data,
+    which the cast to float would cut to their real part), or an affine that flattens a volume (a voxel size of 0,
+    or two axes along one line), which the reorientation to RAS cannot invert. The condition number, not the
+    determinant, judges it: micrometre voxels are small, not flat."""
+    if np.dtype(dtype).kind == "c":
+        return "complex-valued voxels (MR phase or k-space data); give a magnitude image"
+    affine = np.asarray(affine, dtype=float)
+    if len(shape) >= 3 and shape[2] > 1 and (not np.isfinite(affine).all() or np.linalg.cond(affine[:3, :3]) > 1e9):
+        return ("its affine gives a voxel size of 0 or NaN (header sform/qform, pixdim); fix the header or re-export "
+                "the scan with its geometry")
+    return None
 
 
 def dicom_headers(path: Path, uid: str | None = None) -> list[dicom.SliceHeader]:

@@ -1,5 +1,6 @@
 """``manifest check`` finds each problem on purpose-made bad files, by case id, without a traceback."""
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -52,6 +53,13 @@ def bad_manifest(tmp_path):
     write_nifti(tmp_path / "healthy.nii.gz", vol + 1)
     write_nifti(tmp_path / "no_lesion.nii.gz", np.zeros_like(mask))
     add("healthy", "healthy.nii.gz", mask="no_lesion.nii.gz")  # an empty mask is a case without a lesion, not a problem
+    write_nifti(tmp_path / "phase.nii.gz", vol.astype(np.complex64))  # MR phase data: float would keep its real part
+    add("complex", "phase.nii.gz")
+    header = nib.Nifti1Header()  # every slice at one depth: no RAS reorientation
+    header.set_data_shape(vol.shape)
+    header.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=1)
+    nib.Nifti1Image(vol, None, header).to_filename(tmp_path / "flat.nii.gz")
+    add("flat", "flat.nii.gz")
     add("noimage", None, mask="good_mask.nii.gz")
     add("nomask", "healthy.nii.gz", mask=None, label=None)
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
@@ -74,6 +82,8 @@ EXPECTED = {
     "blankpng": "blank",
     "noimage": "no image",
     "nomask": "no mask",
+    "complex": "complex-valued",
+    "flat": "voxel size of 0",
 }
 
 
