@@ -231,7 +231,8 @@ def test_a_scored_batch_reports_how_often_the_finding_is_called_and_the_prevalen
     rng = np.random.default_rng(0)
     cases = []
     for i, level in enumerate(rng.beta(2, 5, 60) * 255):  # mostly dark films: a site with few findings
-        Image.fromarray(np.full((8, 8), level).astype(np.uint8)).save(tmp_path / f"c{i}.png")
+        film = np.clip(np.full((8, 8), level) + np.indices((8, 8)).sum(0) % 2, 0, 255)  # a blank film is refused
+        Image.fromarray(film.astype(np.uint8)).save(tmp_path / f"c{i}.png")
         cases.append({"case_id": f"c{i}", "image": str(tmp_path / f"c{i}.png")})
     net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
     with torch.no_grad():

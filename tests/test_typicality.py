@@ -116,7 +116,9 @@ def test_each_scored_case_carries_the_typicality_of_the_features_its_call_was_ma
     odd.mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(odd / "noise.png")
-    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(odd / "white.png")
+    white = np.full((40, 40), 255, np.uint8)
+    white[0] = 0  # one dark row: a blank film is the case's error, not a typicality
+    Image.fromarray(white).save(odd / "white.png")
     for case in ("case001", "case002"):
         (odd / f"{case}.png").write_bytes((manifest.parent / "images" / f"{case}.png").read_bytes())
     res = run_cli("score", "--model", str(model_path), "--input", str(odd), "--out", str(tmp_path / "p.csv"),

@@ -3,6 +3,7 @@ caching datasets store their output and epoch 2 onwards never decodes a scan aga
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -110,7 +111,9 @@ class MaskIndicesd(MapTransform):
 
 
 class CaseCompose(Compose):
-    """Compose that re-raises the DataError naming the case instead of MONAI's nested wrapping."""
+    """Compose that re-raises the DataError naming the case instead of MONAI's nested wrapping; any other failure
+    of a step on a case becomes that case's DataError naming the step and the first cause, where it read
+    "RuntimeError: applying transform <monai...Orientationd object at 0x7f...>"."""
 
     def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -119,7 +122,22 @@ class CaseCompose(Compose):
             err = find_data_error(exc)
             if err is not None:
                 raise err from None
-            raise
+            root = _innermost(exc)
+            if isinstance(root, MemoryError):  # the machine's problem, not the case's
+                raise root from None
+            step = re.search(r"applying transform <[\w.]*?(\w+) object", str(exc))
+            case = input_.get("case_id", "?") if isinstance(input_, dict) else "?"
+            raise DataError(f"case {case}: {step.group(1) if step else 'preprocessing'} failed "
+                            f"({type(root).__name__}: {str(root).splitlines()[0] if str(root) else ''})") from exc
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first cause under MONAI's wrapping of a step's failure."""
+    for _ in range(20):
+        if (exc.__cause__ or exc.__context__) is None:
+            break
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return exc
 
 
 class CheckDimsd(MapTransform):

@@ -162,3 +162,21 @@ def test_a_bad_case_while_caching_with_a_thread_pool_leaves_no_thread_running(tm
     with pytest.raises(DataError, match="case c0"):
         make_dataset(items, Lambda(slow_or_bad), cfg)
     assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]
+
+
+def test_a_step_that_fails_on_a_case_is_that_cases_error_naming_the_step_and_its_cause():
+    """It read "RuntimeError: applying transform <monai...Orientationd object at 0x7f...>" in the predictions file."""
+    from monai.transforms import Lambdad
+
+    from medtl.data.transforms import CaseCompose
+
+    def fails(x):
+        try:
+            raise ValueError("the inner cause")
+        except ValueError as exc:
+            raise np.linalg.LinAlgError("SVD did not converge") from exc
+
+    with pytest.raises(DataError, match=r"^case k1: Lambdad failed \(ValueError: the inner cause\)$"):
+        CaseCompose([Lambdad("image", fails)])({"case_id": "k1", "image": np.zeros(3)})
+    with pytest.raises(MemoryError):
+        CaseCompose([Lambdad("image", lambda x: (_ for _ in ()).throw(MemoryError()))])({"case_id": "k1", "image": 0})
