@@ -41,12 +41,13 @@ class BatchPrevalence:
         out = {"batch_called_positive": self.called, "batch_prevalence_assumed": self.assumed}
         return out | ({"batch_prevalence_implied": self.implied} if self.implied is not None else {})
 
-    def message(self) -> str:
+    def message(self, applied: bool = False) -> str:
+        """``applied``: the probabilities written are at the implied prevalence already (``--prevalence em``)."""
         said = (f"{self.positive} called in {self.called:.0%} of the {self.cases} cases scored; the prevalence their "
                 f"scores imply is {self.implied:.2f} ({self.how}), and the probabilities assume {self.assumed:.2f}"
                 if self.implied is not None else
                 f"{self.positive} called in {self.called:.0%} of the {self.cases} cases scored; prevalence {self.how}")
-        if self.far:
+        if self.far and not applied:
             said += ("; far apart: where this site's prevalence is known, score with --prevalence, or recalibrate on "
                      "labelled cases of it (medtl recalibrate) before reading the probabilities as risks")
         return said

@@ -52,7 +52,7 @@ def score_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 16,
     device: DeviceOption = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,
-    prevalence: Annotated[Optional[float], typer.Option(help="This site's prevalence of the positive class (prior-shift correction).")] = None,
+    prevalence: Annotated[Optional[str], typer.Option(help="This site's prevalence of the positive class (prior-shift correction), or em: the one the batch's own scores imply, labels unused.")] = None,
     engine: Annotated[str, typer.Option(help="local (this machine) or spark (mlflow spark_udf, Parquet out).")] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help="Spark master URL (spark-submit's MASTER wins).")] = "local[*]",
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Spark: the only folder executors may read (default: the manifest's).")] = None,
@@ -63,6 +63,7 @@ def score_cmd(
     from medtl.scoring import input_cases, score, set_prevalence
     from medtl.steps import run_context
 
+    known = None if prevalence in (None, "em") else _fraction(prevalence)  # a typo is said before any model loads
     if engine == "spark":
         _score_on_spark(model, manifest, out, spark_master, data_root, spark_chunk,
                         {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps})
@@ -73,23 +74,37 @@ def score_cmd(
     bundle = load_any_model(model)
     if masks_out is not None and bundle.task != "segmentation":
         raise MedtlError(f"--masks-out: {model} is a {bundle.task} model; only segmentation models write masks")
-    if prevalence is not None:
-        set_prevalence(bundle, prevalence)
+    if known is not None:
+        set_prevalence(bundle, known)
     cases = input_cases(manifest, input_dir, ids)
     from medtl.config import TrackingConfig
 
     tracking = TrackingConfig(enabled=track)  # the store MLFLOW_TRACKING_URI names (or ./mlflow.db), as `medtl models` uses
     with run_context(tracking, f"score-{bundle.spec.name}") as tracker:
-        summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker, heatmaps=heatmaps)
+        summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker, heatmaps=heatmaps,
+                        estimate_prevalence=prevalence == "em")
     typer.echo(f"{out}: {summary.scored} scored now, {summary.skipped_existing} already there, "
                f"{len(summary.errors)} error(s), {summary.cases_per_s:.1f} cases/s")
     if summary.batch is not None:
-        typer.echo(f"{summary.batch.message()} ({out.with_name(f'{out.stem}.scores.png')})")
+        typer.echo(f"{summary.batch.message(applied=summary.prevalence_applied is not None)} ({out.with_name(f'{out.stem}.scores.png')})")
+    if summary.prevalence_note:
+        typer.echo(summary.prevalence_note)
     if summary.unlike is not None:
         typer.echo(summary.unlike.message())
     if len(summary.errors):
         _print_failures(summary.errors)
         raise typer.Exit(1)
+
+
+def _fraction(prevalence: str) -> float:
+    try:
+        value = float(prevalence)
+    except ValueError:
+        raise MedtlError(f"--prevalence {prevalence}: give the positive-class fraction, between 0 and 1, or em to "
+                         "estimate it from the batch's scores") from None
+    if not 0.0 < value < 1.0:
+        raise MedtlError(f"--prevalence {prevalence}: give the positive-class fraction, between 0 and 1")
+    return value
 
 
 def _print_failures(errors: pd.DataFrame) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from medtl.config import load_config
 from medtl.data.synthetic import make_classification_set, synthetic_volume, write_ct_series, write_nifti
+from medtl.errors import MedtlError
 from medtl.steps import fit_model
 from tests.conftest import medtl_exe, run_cli
 
@@ -217,6 +218,28 @@ def _em_by_hand(p: np.ndarray, prior: float, steps: int = 5000) -> float:
     return q
 
 
+def _dark_site(tmp_path, n=60):
+    """A model calibrated where 70 % had the finding (brighter films score higher), and ``n`` mostly dark films."""
+    import torch
+    from PIL import Image
+
+    from medtl.config import Config
+    from medtl.models.checkpoint import ModelBundle
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for i, level in enumerate(rng.beta(2, 5, n) * 255):  # mostly dark films: a site with few findings
+        film = np.clip(np.full((8, 8), level) + np.indices((8, 8)).sum(0) % 2, 0, 255)  # a blank film is refused
+        Image.fromarray(film.astype(np.uint8)).save(tmp_path / f"c{i}.png")
+        cases.append({"case_id": f"c{i}", "image": str(tmp_path / f"c{i}.png")})
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    with torch.no_grad():
+        net[2].weight.copy_(torch.tensor([[0.0], [0.03]]))
+        net[2].bias.copy_(torch.tensor([0.0, -1.5]))
+    cfg = Config.model_validate({"data": {"image_size": [8, 8], "modality": "none"}, "tracking": {"enabled": False}})
+    return ModelBundle(net, cfg, ["normal", "lesion"], extra={"source_prior": [0.3, 0.7]}), cases
+
+
 @pytest.mark.parametrize("given", [None, 0.2])
 def test_a_scored_batch_reports_how_often_the_finding_is_called_and_the_prevalence_its_scores_imply(tmp_path, given):
     """A batch whose scores imply a prevalence far from the one the probabilities assume (0.7 here, or the
@@ -228,18 +251,7 @@ def test_a_scored_batch_reports_how_often_the_finding_is_called_and_the_prevalen
     from medtl.models.checkpoint import ModelBundle
     from medtl.scoring import read_predictions, score, set_prevalence
 
-    rng = np.random.default_rng(0)
-    cases = []
-    for i, level in enumerate(rng.beta(2, 5, 60) * 255):  # mostly dark films: a site with few findings
-        film = np.clip(np.full((8, 8), level) + np.indices((8, 8)).sum(0) % 2, 0, 255)  # a blank film is refused
-        Image.fromarray(film.astype(np.uint8)).save(tmp_path / f"c{i}.png")
-        cases.append({"case_id": f"c{i}", "image": str(tmp_path / f"c{i}.png")})
-    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
-    with torch.no_grad():
-        net[2].weight.copy_(torch.tensor([[0.0], [0.03]]))
-        net[2].bias.copy_(torch.tensor([0.0, -1.5]))
-    cfg = Config.model_validate({"data": {"image_size": [8, 8], "modality": "none"}, "tracking": {"enabled": False}})
-    bundle = ModelBundle(net, cfg, ["normal", "lesion"], extra={"source_prior": [0.3, 0.7]})
+    bundle, cases = _dark_site(tmp_path)
     if given is not None:
         set_prevalence(bundle, given)
     tracker = _Recorder()
@@ -255,6 +267,44 @@ def test_a_scored_batch_reports_how_often_the_finding_is_called_and_the_prevalen
     assert tracker.artifacts == [tmp_path / "p.scores.png"] and (tmp_path / "p.scores.png").is_file()
     assert batch.far == (abs(batch.implied - assumed) > 0.1) and ("--prevalence" in batch.message()) == batch.far
     assert given is not None or batch.far  # the dark site is far from the 0.7 the model was calibrated at
+
+
+def test_prevalence_em_writes_what_the_prevalence_the_batch_implies_would_and_keeps_the_scores_it_came_from(tmp_path):
+    """``score --prevalence em``: the file holds the rows ``--prevalence P`` writes, P the EM estimate from the batch's
+    own scores (checked by hand); the journal beside it holds the rows at the model's own prevalence, so a rerun
+    resumes; a plain rerun cannot append to it, and too few cases leave the probabilities as they were, said."""
+    import copy
+
+    from medtl.scoring import read_predictions, score, set_prevalence
+
+    bundle, cases = _dark_site(tmp_path)
+    tracker = _Recorder()
+    em = score(copy.deepcopy(bundle), cases, tmp_path / "em.csv", device="cpu", tracker=tracker, estimate_prevalence=True)
+    plain = score(copy.deepcopy(bundle), cases, tmp_path / "plain.csv", device="cpu")
+    journal, written = read_predictions(tmp_path / "em.csv.partial.csv"), read_predictions(tmp_path / "em.csv")
+    p = read_predictions(tmp_path / "plain.csv")["prob_lesion"].to_numpy()
+    np.testing.assert_array_equal(journal["prob_lesion"].to_numpy(), p)
+    assert em.prevalence_applied == pytest.approx(_em_by_hand(p, 0.7), abs=1e-4) == plain.batch.implied
+    assert tracker.metrics["batch_prevalence_applied"] == em.prevalence_applied and "0.7" not in em.prevalence_note
+    known = copy.deepcopy(bundle)
+    set_prevalence(known, em.prevalence_applied)
+    score(known, cases, tmp_path / "known.csv", device="cpu")
+    want = read_predictions(tmp_path / "known.csv")
+    np.testing.assert_allclose(written["prob_lesion"], want["prob_lesion"], rtol=1e-9)
+    assert list(written["predicted"]) == list(want["predicted"]) and set(written["model_id"]) == set(want["model_id"])
+    assert (written["predicted"] == "lesion").mean() < (journal["predicted"] == "lesion").mean()
+    again = score(copy.deepcopy(bundle), cases, tmp_path / "em.csv", device="cpu", estimate_prevalence=True)
+    assert again.scored == 0 and again.skipped_existing == 60
+    pd.testing.assert_frame_equal(read_predictions(tmp_path / "em.csv"), written)
+    with pytest.raises(MedtlError, match="holds predictions of another model"):
+        score(copy.deepcopy(bundle), cases, tmp_path / "em.csv", device="cpu")
+    with pytest.raises(MedtlError, match="this file exists, and --prevalence em"):
+        score(copy.deepcopy(bundle), cases, tmp_path / "plain.csv", device="cpu", estimate_prevalence=True)
+    few = score(copy.deepcopy(bundle), cases[:10], tmp_path / "few.csv", device="cpu", estimate_prevalence=True)
+    assert few.prevalence_applied is None and "no prevalence estimated (fewer than 20" in few.prevalence_note
+    np.testing.assert_array_equal(read_predictions(tmp_path / "few.csv")["prob_lesion"], p[:10])
+    res = run_cli("score", "--model", "x.pt", "--input", str(tmp_path), "--out", str(tmp_path / "y.csv"), "--prevalence", "half")
+    assert res.returncode == 2 and "--prevalence half: give the positive-class fraction" in res.stderr, res.stderr
 
 
 def test_heatmaps_are_drawn_for_each_case_scored_and_a_rerun_draws_only_the_missing(tmp_path):
