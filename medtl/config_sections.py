@@ -200,13 +200,16 @@ class EvaluateConfig(Section):
     pass, after training, over up to 1,000 training and 2,000 validation cases."""
     seed: int = Field(0, ge=0)
 
-
     @field_validator("prevalence")
     @classmethod
     def _prevalence_is_a_fraction(cls, v: float | str | None) -> float | str | None:
-        if isinstance(v, float) and not 0.0 < v < 1.0:
-            raise ValueError("prevalence must be between 0 and 1 (exclusive), 'em', or null")
-        return v
+        return _a_prevalence(v)
+
+
+def _a_prevalence(v: float | str | None) -> float | str | None:
+    if isinstance(v, float) and not 0.0 < v < 1.0:
+        raise ValueError("prevalence must be between 0 and 1 (exclusive), 'em', or null")
+    return v
 
 
 class TrackingConfig(Section):
@@ -261,6 +264,14 @@ class ScoreConfig(Section):
     """spark: mlflow's spark_udf over a registered model, Parquet out (``--engine spark`` of ``medtl score``)."""
     spark_master: str = "local[*]"
     spark_chunk: int = Field(1000, ge=1)
+    prevalence: float | Literal["em"] | None = None
+    """This site's prevalence of the positive class, or ``em`` for the one the batch's scores imply (``medtl score
+    --prevalence``); the local engine only."""
+
+    @field_validator("prevalence")
+    @classmethod
+    def _prevalence_is_a_fraction(cls, v: float | str | None) -> float | str | None:
+        return _a_prevalence(v)
 
 
 class AdaptationConfig(Section):

@@ -307,6 +307,37 @@ def test_prevalence_em_writes_what_the_prevalence_the_batch_implies_would_and_ke
     assert res.returncode == 2 and "--prevalence half: give the positive-class fraction" in res.stderr, res.stderr
 
 
+def test_batch_score_pipeline_takes_a_prevalence_or_em_as_score_does(tmp_path, monkeypatch):
+    """``score.prevalence`` in a batch_score config: a known value as ``--prevalence P``, ``em`` as ``--prevalence
+    em``; with the spark engine, which scores the model as registered, it is refused."""
+    import copy
+
+    import medtl.pipelines.batch_score as batch_score
+    from medtl.config import load_config
+    from medtl.errors import ConfigError
+    from medtl.scoring import read_predictions, score, set_prevalence
+
+    bundle, cases = _dark_site(tmp_path)
+    pd.DataFrame({"case_id": [c["case_id"] for c in cases], "image": [c["image"] for c in cases]}).to_csv(
+        tmp_path / "m.csv", index=False)
+    monkeypatch.setattr(batch_score, "load_any_model", lambda uri: copy.deepcopy(bundle))
+    for prevalence in ("0.2", "em"):
+        cfg = load_config(None, [f"data.manifest={tmp_path / 'm.csv'}", f"score.prevalence={prevalence}",
+                                 "tracking.enabled=false", f"train.out_dir={tmp_path / prevalence}"])
+        result = batch_score.run(cfg, model="m.pt")
+        known = copy.deepcopy(bundle)
+        set_prevalence(known, 0.2 if prevalence == "0.2" else result["score"].prevalence_applied)
+        score(known, cases, tmp_path / f"want_{prevalence}.csv", device="cpu")
+        got = read_predictions(tmp_path / prevalence / "medtl" / "predictions.csv")
+        np.testing.assert_allclose(got["prob_lesion"], read_predictions(tmp_path / f"want_{prevalence}.csv")["prob_lesion"],
+                                   rtol=1e-9)
+    assert "probabilities and calls at prevalence" in result["summary"]
+    cfg = load_config(None, [f"data.manifest={tmp_path / 'm.csv'}", "score.prevalence=em", "score.engine=spark",
+                             "tracking.registered_model=x", "tracking.enabled=false"])
+    with pytest.raises(ConfigError, match="score.prevalence: the spark engine"):
+        batch_score.run(cfg)
+
+
 def test_heatmaps_are_drawn_for_each_case_scored_and_a_rerun_draws_only_the_missing(tmp_path):
     """``score --heatmaps``: one Grad-CAM figure per case scored without error, named by case; a case that failed
     gets none, a rerun draws only what is missing, and a model without heat maps says so before scoring."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from medtl.config import Config
 from medtl.errors import ConfigError
 from medtl.models.loader import load_any_model
-from medtl.scoring import input_cases, score
+from medtl.scoring import input_cases, score, set_prevalence
 from medtl.steps import run_context
 
 
@@ -21,6 +21,9 @@ def run(cfg: Config, model: str | None = None, out: str | None = None) -> dict:
         raise ConfigError("data.manifest: batch_score scores the cases of a manifest; set it, e.g. --set data.manifest=new.csv")
     uri = model or f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
     sc = cfg.score
+    if sc.engine == "spark" and sc.prevalence is not None:
+        raise ConfigError("score.prevalence: the spark engine scores the model as registered, without it; set "
+                          "score.engine: local, or leave score.prevalence unset")
     if sc.engine == "spark":
         from medtl.spark_scoring import score_spark
 
@@ -29,11 +32,16 @@ def run(cfg: Config, model: str | None = None, out: str | None = None) -> dict:
         return {"summary": f"{target}: {s.scored} scored now, {s.skipped_existing} already there, {s.errors} error row(s)",
                 "score": s}
     bundle = load_any_model(uri)
+    if isinstance(sc.prevalence, float):
+        set_prevalence(bundle, sc.prevalence)
     cases = input_cases(cfg.data.manifest, None)
     target = Path(out or Path(cfg.train.out_dir) / cfg.name / "predictions.csv")
     workers = None if sc.num_workers == "auto" else int(sc.num_workers)
     with run_context(cfg.tracking, f"score-{cfg.name}") as tracker:
-        summary = score(bundle, cases, target, batch_size=sc.batch_size, device=sc.device, num_workers=workers, tracker=tracker)
+        summary = score(bundle, cases, target, batch_size=sc.batch_size, device=sc.device, num_workers=workers,
+                        tracker=tracker, estimate_prevalence=sc.prevalence == "em")
     said = f"{target}: {summary.scored} scored, {len(summary.errors)} error(s)"
-    said += "".join(f"; {part.message()}" for part in (summary.batch, summary.unlike) if part is not None)
+    if summary.batch is not None:
+        said += f"; {summary.batch.message(applied=summary.prevalence_applied is not None)}"
+    said += "".join(f"; {part}" for part in (summary.prevalence_note, summary.unlike and summary.unlike.message()) if part)
     return {"summary": said, "score": summary}
