@@ -143,7 +143,7 @@ def fit_density(reference: np.ndarray, calibration: np.ndarray, components: int 
     if k < 1 or not np.isfinite(reference).all() or reference.var(0).sum() <= 0:
         return None
     spread = reference.std(0)
-    scale = np.where(spread > 1e-6 * spread.max(), spread, spread.max())  # a constant feature weighs nothing
+    scale = np.where(varies(reference, spread), spread, spread.max())  # a constant feature weighs nothing
     pca = PCA(n_components=k, svd_solver="full").fit(reference / scale)
     floor = 1e-6 * float(pca.explained_variance_[0])
     if floor <= 0:
@@ -153,6 +153,20 @@ def fit_density(reference: np.ndarray, calibration: np.ndarray, components: int 
     scores = density.atypicality(calibration)
     density.calibration = np.sort(scores[np.isfinite(scores)])
     return density if len(density.calibration) else None
+
+
+FLOAT_NOISE = 1e-5
+"""A feature whose spread over the reference cases is below this fraction of the features' size varies by rounding
+alone: float32 kernels, whose choice moves with the thread count (a Spark executor's one core against a scorer's
+two), differ by about 1e-7 to 1e-6 of the activations they sum, and a channel's mean near 0 is such a sum."""
+
+
+def varies(reference: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Which features vary over the reference cases by more than rounding does. Divided by its rounding-level spread,
+    a constant channel (1.040781 in every case) would weigh float noise as a feature, and the thread count would
+    move a case's typicality."""
+    size = float(np.sqrt((reference ** 2).mean()))
+    return (spread > FLOAT_NOISE * size) & (spread > 1e-6 * spread.max())
 
 
 def measurable(bundle: Any) -> bool:

@@ -64,6 +64,26 @@ def test_features_that_do_not_vary_give_no_density_and_non_finite_ones_set_no_ra
     assert len(density.calibration) == 99 and np.isfinite(density.calibration).all()
 
 
+def test_a_channel_constant_but_for_rounding_weighs_nothing_so_the_thread_count_cannot_move_a_p_value():
+    """A barely trained network's channels vary little (spread 1e-3 here) and some not at all: 1.040781 in every case,
+    but for float32 rounding, which moves with the kernels a thread count picks (a Spark executor against a scorer).
+    Standardised by that rounding-level spread, the channel's rounding would weigh as much as a real feature."""
+    rng = np.random.default_rng(7)
+
+    def features(n):
+        real = 1.0 + 1e-3 * _gaussian(rng, n)
+        constant = np.float32(1.040781) + rng.normal(0, 1e-7, (n, 1))  # rounding only
+        return np.hstack([real, constant])
+
+    density = fit_density(features(300), features(99), components=4)
+    new = features(40)
+    other_kernels = new.copy()
+    other_kernels[:, -1] += rng.normal(0, 2e-7, 40)
+    np.testing.assert_allclose(density.atypicality(other_kernels), density.atypicality(new), rtol=1e-6)
+    new[:, 0] += 0.03  # a real feature moved by ten of its spreads (3e-3): still heard
+    assert np.all(density.p_values(new) <= 0.02)
+
+
 def test_a_payload_round_trip_keeps_every_p_value():
     rng = np.random.default_rng(3)
     density = fit_density(_gaussian(rng, 300), _gaussian(rng, 120))
