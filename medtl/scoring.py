@@ -59,8 +59,8 @@ def at_batch_prevalence(bundle: ModelBundle, table: pd.DataFrame,
     """``score --prevalence em``: the scored rows as ``score --prevalence P`` writes them, P the prevalence the
     batch's own scores imply (labels unused); the rows unchanged where none can be read. Says which."""
     if batch is None or batch.implied is None:
-        why = batch.how if batch is not None else f"fewer than {MIN_CASES} cases scored without error"
-        return table, f"--prevalence em: no prevalence estimated ({why}); probabilities at the model's own"
+        why = batch.how if batch is not None else f"not estimated: fewer than {MIN_CASES} cases scored without error"
+        return table, f"--prevalence em: prevalence {why}; the probabilities are at the model's own prevalence"
     shifted = replace(bundle, extra=dict(bundle.extra))
     set_prevalence(shifted, batch.implied)
     ok = (table["status"] == "ok").to_numpy()
@@ -310,6 +310,21 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
             fault_point("after_rows", n)
             progress.update(task, advance=1, info=f"{n / max(1e-9, time.perf_counter() - start):.1f} cases/s")
     rate = n / max(1e-9, time.perf_counter() - start)
+    table, batch, note, applied = _written(bundle, stream, out, estimate_prevalence, tracker)
+    errors = table[table["status"] == "error"][["case_id", "error"]] if not table.empty else pd.DataFrame()
+    tracker.log_metrics({"cases_scored": float(n), "cases_ok": float(len(table) - len(errors)),
+                         "cases_error": float(len(errors)), "cases_per_s": rate})
+    tracker.set_tags({"input_digest": input_digest(cases), **{k: str(v) for k, v in meta.items()}})
+    unlike = _what_the_batch_says(bundle, table, batch, out, tracker)
+    if heatmaps is not None and not table.empty:
+        _draw_heatmaps(bundle, cases, table, heatmaps, device_for(device))
+    return ScoreSummary(out, n, len(done), errors, rate, batch, unlike, note, applied)
+
+
+def _written(bundle: ModelBundle, stream: Path, out: Path, estimate_prevalence: bool,
+             tracker: Tracker) -> tuple[pd.DataFrame, BatchPrevalence | None, str, float | None]:
+    """The rows as ``out`` holds them (written whole here where it is not the stream), what the batch says of its
+    prevalence, and with ``estimate_prevalence`` the prevalence applied and how it was obtained."""
     table = read_predictions(stream) if stream.stat().st_size else pd.DataFrame()
     batch = batch_prevalence(bundle, table) if not table.empty else None
     note, applied = "", None
@@ -320,14 +335,7 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
             tracker.log_metrics({"batch_prevalence_applied": applied})
     if out != stream and not table.empty:
         _write_whole(table, out)
-    errors = table[table["status"] == "error"][["case_id", "error"]] if not table.empty else pd.DataFrame()
-    tracker.log_metrics({"cases_scored": float(n), "cases_ok": float(len(table) - len(errors)),
-                         "cases_error": float(len(errors)), "cases_per_s": rate})
-    tracker.set_tags({"input_digest": input_digest(cases), **{k: str(v) for k, v in meta.items()}})
-    unlike = _what_the_batch_says(bundle, table, batch, out, tracker)
-    if heatmaps is not None and not table.empty:
-        _draw_heatmaps(bundle, cases, table, heatmaps, device_for(device))
-    return ScoreSummary(out, n, len(done), errors, rate, batch, unlike, note, applied)
+    return table, batch, note, applied
 
 
 def _write_whole(table: pd.DataFrame, out: Path) -> None:

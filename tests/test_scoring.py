@@ -301,7 +301,7 @@ def test_prevalence_em_writes_what_the_prevalence_the_batch_implies_would_and_ke
     with pytest.raises(MedtlError, match="this file exists, and --prevalence em"):
         score(copy.deepcopy(bundle), cases, tmp_path / "plain.csv", device="cpu", estimate_prevalence=True)
     few = score(copy.deepcopy(bundle), cases[:10], tmp_path / "few.csv", device="cpu", estimate_prevalence=True)
-    assert few.prevalence_applied is None and "no prevalence estimated (fewer than 20" in few.prevalence_note
+    assert few.prevalence_applied is None and "prevalence not estimated: fewer than 20 cases" in few.prevalence_note
     np.testing.assert_array_equal(read_predictions(tmp_path / "few.csv")["prob_lesion"], p[:10])
     res = run_cli("score", "--model", "x.pt", "--input", str(tmp_path), "--out", str(tmp_path / "y.csv"), "--prevalence", "half")
     assert res.returncode == 2 and "--prevalence half: give the positive-class fraction" in res.stderr, res.stderr
