@@ -181,8 +181,10 @@ def _dataset_skipping_bad(items: list[dict], transform, data: DataConfig, key: s
             return items, make_dataset(items, transform, data, cache_key=key)
         except DataError as err:
             bad = next((it["case_id"] for it in items if str(err).startswith(f"case {it['case_id']}:")), None)
-            if not data.skip_bad_cases or bad is None:
+            if bad is None:
                 raise
+            if not data.skip_bad_cases:  # found while loading, not by the header check: the same way out
+                raise DataError(f"{err}; or set data.skip_bad_cases=true to train without it") from None
             logger.warning("skipping case found bad while loading: %s", err)
             skipped.append(bad)
             items = [it for it in items if it["case_id"] != bad]
