@@ -73,6 +73,20 @@ def manifest_split(
     print_counts(table, column)
 
 
+@manifest_app.command("finding")
+def manifest_finding(
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV whose labels join several findings (Effusion|Infiltration).")],
+    finding: Annotated[str, typer.Argument(help="The finding a model is to learn, as the labels write it.")],
+    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write: the finding present or absent per case.")],
+) -> None:
+    """One finding of a sheet of several per case, present or absent: the manifest a model of it trains on."""
+    from medtl.data.findings import present_absent, write_one_finding
+
+    table = write_one_finding(manifest, finding, out)
+    counts = table["label"].value_counts()
+    typer.echo(f"{out}: {len(table):,} cases; " + ", ".join(f"{c} {int(counts.get(c, 0)):,}" for c in present_absent(finding)))
+
+
 @manifest_app.command("shift")
 def manifest_shift(
     manifest: Annotated[Path, typer.Argument(help="Source-domain manifest of 2D PNG images.")],

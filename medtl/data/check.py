@@ -13,6 +13,7 @@ from PIL import Image
 
 from medtl.config_sections import DEFAULT_MASK_CLASSES
 from medtl.data import dicom
+from medtl.data.findings import joined_labels_problem
 from medtl.data.manifest import Manifest, label_column_problem, label_spelling, other_spellings, typing_slip
 from medtl.data.readers import check_nifti_size, dicom_headers, nifti_problem, scan_kind
 from medtl.errors import DataError
@@ -170,7 +171,7 @@ def check_manifest(
                 problems.append(Problem(case, "mask " + _kind_of(str(exc)), f"{row.mask}: {exc}"))
         problems.extend(_label_problems(case, getattr(row, "label", None), needs_label, classes))
     if not classes and needs_label:
-        problems.extend(_label_spellings(table))
+        problems.extend(_label_spellings(table, manifest.path))
     problems.extend(_leakage(table))
     problems.extend(_duplicate_images(table, deep))
     return problems
@@ -206,11 +207,11 @@ def _label_problems(case: str, label: object, needs_label: bool, classes: list[s
     return []
 
 
-def _label_spellings(table: pd.DataFrame) -> list[Problem]:
+def _label_spellings(table: pd.DataFrame, path: Path) -> list[Problem]:
     """Cases whose label is another spelling of a more common one, when no config names the classes."""
-    free_text = label_column_problem(table["label"])
-    if free_text:
-        return [Problem("-", "label column", free_text)]
+    unfit = joined_labels_problem(table["label"], path) or label_column_problem(table["label"])
+    if unfit:
+        return [Problem("-", "label column", unfit)]
     twins = other_spellings(table["label"])
     return [Problem(str(case), "label spelling", f"label {label!r} looks like another spelling of {twins[label]!r}, "
                     f"which {n} other cases use; write {twins[label]!r}, or set data.classes")

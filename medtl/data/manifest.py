@@ -291,14 +291,18 @@ def label_column_problem(labels: pd.Series) -> str | None:
 
 
 def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:
-    """Configured classes, else the manifest's labels sorted (integers numerically); a label column of free text, or
-    labels that look like one class spelt two ways, are refused there, since each label would become a class."""
+    """Configured classes, else the manifest's labels sorted (integers numerically); a label column of several
+    findings per case or of free text, or labels that look like one class spelt two ways, are refused there, since
+    each label would become a class."""
     if configured:
         return list(configured)
+    from medtl.data.findings import joined_labels_problem
+
     labels = manifest.table["label"].dropna().unique().tolist() if manifest.has_labels else []
-    free_text = label_column_problem(manifest.table["label"]) if manifest.has_labels else None
-    if free_text:
-        raise ManifestError(f"{manifest.path.name}: {free_text}")
+    unfit = (joined_labels_problem(manifest.table["label"], manifest.path) or label_column_problem(manifest.table["label"])
+             if manifest.has_labels else None)
+    if unfit:
+        raise ManifestError(f"{manifest.path.name}: {unfit}")
     twins = other_spellings(manifest.table["label"]) if manifest.has_labels else {}
     if twins:
         label, kept = next(iter(twins.items()))

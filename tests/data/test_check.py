@@ -268,6 +268,38 @@ def test_a_label_column_of_free_text_is_named_before_it_trains_a_class_per_case(
     assert not [p for p in check_manifest(m, classes=["normal", "effusion"]) if p.kind == "label column"]
 
 
+def test_a_sheet_of_several_findings_per_case_is_named_and_one_finding_makes_a_manifest_of_its_own(tmp_path):
+    """ChestX-ray14 writes ``Effusion|Infiltration``: read as it is, each combination trained as a class of its own
+    (a dozen combinations, most on one case, were called free text). ``medtl manifest finding`` writes one finding,
+    present or absent, with the files still found from the new manifest's folder."""
+    (tmp_path / "d").mkdir()
+    write_nifti(tmp_path / "d" / "a.nii.gz", np.ones((8, 8, 4), np.float32))
+    combos = [f"Effusion|{other}" for other in ("Mass", "Nodule", "Atelectasis", "Edema", "Hernia", "Fibrosis")]
+    labels = ["No Finding"] * 20 + ["Effusion"] * 8 + ["Mass", "Nodule"] * 3 + combos + ["Mass;Nodule", None]
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(len(labels))], "image": "a.nii.gz", "label": labels})
+    table.to_csv(tmp_path / "d" / "m.csv", index=False)
+    m = read_manifest(tmp_path / "d" / "m.csv")
+    column, = [p for p in check_manifest(m) if p.kind.startswith("label")]
+    assert "7 cases' labels join several findings ('Effusion|" in column.detail, column.detail
+    assert f"medtl manifest finding {m.path} Effusion --out {m.path.with_name('effusion.csv')}" in column.detail
+    with pytest.raises(ManifestError, match="join several findings"):
+        class_names(m, None)
+    res = run_cli("manifest", "finding", str(tmp_path / "d" / "m.csv"), "Effusion", "--out", str(tmp_path / "e.csv"))
+    assert res.returncode == 0 and "e.csv: 42 cases; Effusion_absent 27, Effusion_present 14" in res.stdout, res.stderr
+    one = read_manifest(tmp_path / "e.csv")
+    want = [None if v is None else "Effusion_present" if "Effusion" in v else "Effusion_absent" for v in labels]
+    assert [None if pd.isna(v) else v for v in one.table["label"]] == want
+    assert set(one.table["image"]) == {"d/a.nii.gz"} and "split" not in pd.read_csv(tmp_path / "e.csv")
+    assert class_names(one, None) == ["Effusion_absent", "Effusion_present"]  # the finding is the positive class
+    assert not [p for p in check_manifest(one) if p.kind.startswith("label")]
+    for finding, said in (("effusion", "write 'Effusion'"), ("Pneumonia", "its findings: Atelectasis, Edema")):
+        res = run_cli("manifest", "finding", str(tmp_path / "d" / "m.csv"), finding, "--out", str(tmp_path / "x.csv"))
+        assert res.returncode == 2 and said in res.stderr and not (tmp_path / "x.csv").exists(), res.stderr
+    plain = pd.DataFrame({"case_id": ["a", "b", "c"], "image": "d/a.nii.gz", "label": ["left|upper", "right|lower", "no"]})
+    plain.to_csv(tmp_path / "p.csv", index=False)  # class names that hold a bar, no part of them recurring: classes
+    assert not [p for p in check_manifest(read_manifest(tmp_path / "p.csv")) if p.kind == "label column"]
+
+
 def test_a_manifest_written_on_windows_reads_here(tmp_path):
     """Backslash separators are what Excel on Windows writes; a drive letter cannot be found here and says so."""
     make_classification_set(tmp_path, n=3, kind="png", size=(16, 16))

@@ -1,0 +1,75 @@
+"""Label sheets with several findings per case, as ChestX-ray14 ships them (``Effusion|Infiltration``). medtl trains
+one finding per model; read as they are, each combination of findings would train as a class of its own. Such a
+sheet is named in ``manifest check`` and refused by training, and ``medtl manifest finding`` writes the manifest of
+one finding, present or absent, that a model of it trains on."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pandas as pd
+
+from medtl.data.manifest import Manifest, read_manifest, rebased
+from medtl.errors import ManifestError
+
+JOINED = re.compile(r"\s*[|;]\s*")
+"""How sheets join findings in one cell: ChestX-ray14's ``|``, or ``;``."""
+
+
+def findings_of(label: str) -> list[str]:
+    return [part for part in JOINED.split(label.strip()) if part]
+
+
+def joined_labels_problem(labels: pd.Series, path: Path) -> str | None:
+    """Why the label column holds several findings per case, or None: two or more labels join findings, and a
+    finding recurs across labels (``Effusion|Infiltration`` beside ``Effusion`` or ``Effusion|Mass``)."""
+    values = labels.dropna().astype(str)
+    joined = values[values.map(lambda v: len(findings_of(v)) > 1)]
+    if joined.nunique() < 2:
+        return None
+    labels_with = pd.Series([p for v in values.unique() for p in set(findings_of(v))]).value_counts()
+    if labels_with.max() < 2:
+        return None
+    finding = str(labels_with.index[0])
+    return (f"{len(joined)} cases' labels join several findings ({joined.value_counts().index[0]!r}), and each "
+            f"combination would train as a class of its own; medtl trains one finding per model: `medtl manifest "
+            f"finding {path} {shlex.quote(finding)} --out {path.with_name(_slug(finding) + '.csv')}` writes that "
+            "finding's manifest (present or absent); if these are class names, set data.classes")
+
+
+def _slug(finding: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]+", "_", finding).strip("_").lower() or "finding"
+
+
+def present_absent(finding: str) -> list[str]:
+    """The classes of a one-finding manifest, in label order: sorted, so the finding is the positive class."""
+    return [f"{finding}_absent", f"{finding}_present"]
+
+
+def one_finding(manifest: Manifest, finding: str, folder: Path) -> pd.DataFrame:
+    """The manifest's table for a manifest in ``folder`` whose label says whether each case has ``finding``; an
+    unlabelled case stays unlabelled."""
+    if not manifest.has_labels:
+        raise ManifestError(f"{manifest.path.name}: no label column to take {finding!r} from")
+    labels = manifest.table["label"]
+    seen = {p for v in labels.dropna().astype(str) for p in findings_of(v)}
+    if finding not in seen:
+        near = [p for p in seen if p.casefold() == finding.casefold()]
+        hint = f"write {near[0]!r}" if near else f"its findings: {', '.join(sorted(seen)[:12])}"
+        raise ManifestError(f"{finding!r} is not a finding of {manifest.path.name} ({hint})")
+    absent, present = present_absent(finding)
+    table = rebased(manifest, folder)
+    if table["split"].isna().all():  # read_manifest's placeholder for a sheet without splits
+        table = table.drop(columns=["split"])
+    table["label"] = [None if pd.isna(v) else present if finding in findings_of(str(v)) else absent for v in labels]
+    return table
+
+
+def write_one_finding(path: Path, finding: str, out: Path) -> pd.DataFrame:
+    """``medtl manifest finding``: the one-finding manifest written at ``out``."""
+    table = one_finding(read_manifest(path), finding, out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    return table
