@@ -244,11 +244,7 @@ def _dark_site(tmp_path, n=60):
 def test_a_scored_batch_reports_how_often_the_finding_is_called_and_the_prevalence_its_scores_imply(tmp_path, given):
     """A batch whose scores imply a prevalence far from the one the probabilities assume (0.7 here, or the
     --prevalence given) says so, with the figure of its scores; figures match a hand count and a hand EM."""
-    import torch
-    from PIL import Image
 
-    from medtl.config import Config
-    from medtl.models.checkpoint import ModelBundle
     from medtl.scoring import read_predictions, score, set_prevalence
 
     bundle, cases = _dark_site(tmp_path)
