@@ -13,8 +13,8 @@ from PIL import Image
 
 from medtl.config_sections import DEFAULT_MASK_CLASSES
 from medtl.data import dicom
-from medtl.data.findings import joined_labels_problem
-from medtl.data.manifest import Manifest, label_column_problem, label_spelling, other_spellings, typing_slip
+from medtl.data.findings import unfit_labels
+from medtl.data.manifest import Manifest, label_spelling, other_spellings, typing_slip
 from medtl.data.readers import check_nifti_size, dicom_headers, nifti_problem, scan_kind
 from medtl.errors import DataError
 from medtl.files import sha256_file
@@ -209,7 +209,7 @@ def _label_problems(case: str, label: object, needs_label: bool, classes: list[s
 
 def _label_spellings(table: pd.DataFrame, path: Path) -> list[Problem]:
     """Cases whose label is another spelling of a more common one, when no config names the classes."""
-    unfit = joined_labels_problem(table["label"], path) or label_column_problem(table["label"])
+    unfit = unfit_labels(table["label"], path)
     if unfit:
         return [Problem("-", "label column", unfit)]
     twins = other_spellings(table["label"])

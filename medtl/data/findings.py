@@ -11,11 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtl.data.manifest import Manifest, read_manifest, rebased
+from medtl.data.manifest import Manifest, label_column_problem, read_manifest, rebased
 from medtl.errors import ManifestError
 
 JOINED = re.compile(r"\s*[|;]\s*")
 """How sheets join findings in one cell: ChestX-ray14's ``|``, or ``;``."""
+
+
+def unfit_labels(labels: pd.Series, path: Path) -> str | None:
+    """Why a label column holds no set of classes, or None: several findings per case, CheXpert's uncertain -1, or
+    free text. Each would train classes nobody meant."""
+    return joined_labels_problem(labels, path) or uncertain_labels_problem(labels) or label_column_problem(labels)
 
 
 def findings_of(label: str) -> list[str]:
@@ -41,6 +47,20 @@ def joined_labels_problem(labels: pd.Series, path: Path) -> str | None:
 
 def _slug(finding: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", finding).strip("_").lower() or "finding"
+
+
+def uncertain_labels_problem(labels: pd.Series) -> str | None:
+    """Why a 1/0 label column also holds -1, CheXpert's mark for a finding its report was uncertain about, or
+    None: read as it is, "uncertain" trains as a third class."""
+    values = labels.dropna().astype(str).str.strip()
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.isna().any() or not {-1.0, 0.0, 1.0} <= set(numbers):
+        return None
+    if not set(numbers) <= {-1.0, 0.0, 1.0}:
+        return None
+    return (f"{int((numbers == -1).sum())} cases labelled -1 beside 0 and 1, as CheXpert marks a finding its report "
+            "was uncertain about, and -1 would train as a third class: relabel them 1 or 0 (the U-Ones or U-Zeros "
+            "policy) or remove their rows; if -1 is a class, set data.classes")
 
 
 def present_absent(finding: str) -> list[str]:

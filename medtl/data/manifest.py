@@ -296,11 +296,10 @@ def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:
     each label would become a class."""
     if configured:
         return list(configured)
-    from medtl.data.findings import joined_labels_problem
+    from medtl.data.findings import unfit_labels
 
     labels = manifest.table["label"].dropna().unique().tolist() if manifest.has_labels else []
-    unfit = (joined_labels_problem(manifest.table["label"], manifest.path) or label_column_problem(manifest.table["label"])
-             if manifest.has_labels else None)
+    unfit = unfit_labels(manifest.table["label"], manifest.path) if manifest.has_labels else None
     if unfit:
         raise ManifestError(f"{manifest.path.name}: {unfit}")
     twins = other_spellings(manifest.table["label"]) if manifest.has_labels else {}

@@ -300,6 +300,22 @@ def test_a_sheet_of_several_findings_per_case_is_named_and_one_finding_makes_a_m
     assert not [p for p in check_manifest(read_manifest(tmp_path / "p.csv")) if p.kind == "label column"]
 
 
+def test_chexperts_uncertain_minus_one_beside_0_and_1_is_named_before_it_trains_a_third_class(tmp_path):
+    write_nifti(tmp_path / "a.nii.gz", np.ones((8, 8, 4), np.float32))
+    labels = ["1.0"] * 10 + ["0.0"] * 12 + ["-1.0"] * 3 + [None]
+    pd.DataFrame({"case_id": [f"c{i}" for i in range(len(labels))], "image": "a.nii.gz", "label": labels}).to_csv(
+        tmp_path / "m.csv", index=False)
+    m = read_manifest(tmp_path / "m.csv")
+    column, = [p for p in check_manifest(m) if p.kind.startswith("label")]
+    assert "3 cases labelled -1 beside 0 and 1" in column.detail and "U-Ones or U-Zeros" in column.detail
+    with pytest.raises(ManifestError, match="labelled -1 beside 0 and 1"):
+        class_names(m, None)
+    assert class_names(m, ["-1.0", "0.0", "1.0"]) == ["-1.0", "0.0", "1.0"]  # a class of its own where the config says so
+    pd.DataFrame({"case_id": ["a", "b", "c"], "image": "a.nii.gz", "label": ["-1", "0", "2"]}).to_csv(
+        tmp_path / "grades.csv", index=False)  # other integer classes: not CheXpert's marks
+    assert class_names(read_manifest(tmp_path / "grades.csv"), None) == ["-1", "0", "2"]
+
+
 def test_a_manifest_written_on_windows_reads_here(tmp_path):
     """Backslash separators are what Excel on Windows writes; a drive letter cannot be found here and says so."""
     make_classification_set(tmp_path, n=3, kind="png", size=(16, 16))
