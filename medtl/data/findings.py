@@ -13,6 +13,7 @@ import pandas as pd
 
 from medtl.data.manifest import Manifest, label_column_problem, read_manifest, rebased
 from medtl.errors import ManifestError
+from medtl.files import write_table
 
 JOINED = re.compile(r"\s*[|;]\s*")
 """How sheets join findings in one cell: ChestX-ray14's ``|``, or ``;``."""
@@ -88,8 +89,11 @@ def one_finding(manifest: Manifest, finding: str, folder: Path) -> pd.DataFrame:
 
 
 def write_one_finding(path: Path, finding: str, out: Path) -> pd.DataFrame:
-    """``medtl manifest finding``: the one-finding manifest written at ``out``."""
+    """``medtl manifest finding``: the one-finding manifest written whole at ``out``; the input is kept."""
+    if Path(out).resolve() == Path(path).resolve():
+        raise ManifestError(f"--out {out}: that is the manifest the finding is taken from; write it to a new file "
+                            f"(e.g. {Path(out).with_name(_slug(finding) + '.csv')}), so the sheet of every finding is kept")
     table = one_finding(read_manifest(path), finding, out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    write_table(table, out)
     return table

@@ -291,9 +291,9 @@ def label_column_problem(labels: pd.Series) -> str | None:
 
 
 def class_names(manifest: Manifest, configured: list[str] | None) -> list[str]:
-    """Configured classes, else the manifest's labels sorted (integers numerically); a label column of several
-    findings per case or of free text, or labels that look like one class spelt two ways, are refused there, since
-    each label would become a class."""
+    """Configured classes, else the manifest's labels sorted (integers numerically); a label column that holds no
+    set of classes (``findings.unfit_labels``), or labels that look like one class spelt two ways, are refused there,
+    since each label would become a class."""
     if configured:
         return list(configured)
     from medtl.data.findings import unfit_labels

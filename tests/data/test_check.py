@@ -295,6 +295,10 @@ def test_a_sheet_of_several_findings_per_case_is_named_and_one_finding_makes_a_m
     for finding, said in (("effusion", "write 'Effusion'"), ("Pneumonia", "its findings: Atelectasis, Edema")):
         res = run_cli("manifest", "finding", str(tmp_path / "d" / "m.csv"), finding, "--out", str(tmp_path / "x.csv"))
         assert res.returncode == 2 and said in res.stderr and not (tmp_path / "x.csv").exists(), res.stderr
+    before = (tmp_path / "d" / "m.csv").read_bytes()
+    res = run_cli("manifest", "finding", str(tmp_path / "d" / "m.csv"), "Effusion", "--out", str(tmp_path / "d" / "m.csv"))
+    assert res.returncode == 2 and "that is the manifest the finding is taken from" in res.stderr
+    assert (tmp_path / "d" / "m.csv").read_bytes() == before  # the sheet of every finding is kept
     plain = pd.DataFrame({"case_id": ["a", "b", "c"], "image": "d/a.nii.gz", "label": ["left|upper", "right|lower", "no"]})
     plain.to_csv(tmp_path / "p.csv", index=False)  # class names that hold a bar, no part of them recurring: classes
     assert not [p for p in check_manifest(read_manifest(tmp_path / "p.csv")) if p.kind == "label column"]
