@@ -187,6 +187,8 @@ def model_versions(uri: str, name: str | None = None) -> pd.DataFrame:
     figures its model card tagged it with: what a person chooses a champion from."""
     from datetime import datetime, timezone
 
+    from medtl.model_card import test_auroc
+
     client = mlflow.MlflowClient(uri)
     if name is not None:
         try:
@@ -202,11 +204,11 @@ def model_versions(uri: str, name: str | None = None) -> pd.DataFrame:
             aliases.setdefault(str(v), []).append(alias)
         for mv in client.search_model_versions(f"name = '{model}'"):
             t = mv.tags
+            key, auroc, low, high = test_auroc(t)
             rows.append({
                 "model": model, "version": int(mv.version), "aliases": ", ".join(sorted(aliases.get(str(mv.version), []))),
-                "test AUROC [95% CI]": _three(t.get("test_auroc")) + (
-                    f" [{_three(t.get('test_auroc_ci_low'))}, {_three(t['test_auroc_ci_high'])}]"
-                    if t.get("test_auroc") and "test_auroc_ci_high" in t else ""),
+                "test AUROC [95% CI]": _three(auroc) + (f" [{_three(low)}, {_three(high)}]" if auroc and high else "")
+                + (" (macro)" if key == "test_auroc_macro" else ""),
                 "ECE after T": _three(t.get("test_ece_calibrated")), "test Dice": _three(t.get("test_dice_mean")),
                 "dataset": t.get("dataset_sha256", ""),
                 "registered": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),

@@ -13,6 +13,11 @@ from medtl.config import Config
 from medtl.evaluate.report import fmt
 
 NEEDS = "NEEDS INPUT"
+PERFORMANCE = (("AUROC", "auroc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("PPV", "ppv"),
+               ("NPV", "npv"), ("Dice (mean)", "dice_mean"))
+SEVERAL_CLASSES = (("AUROC macro (one-vs-rest)", "auroc_macro"), ("accuracy", "accuracy"),
+                   ("balanced accuracy", "balanced_accuracy"))
+"""A model of several classes calls each case its most probable class: no sensitivity at a threshold."""
 
 
 def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], dataset_digest: str, notes: list[str],
@@ -33,17 +38,16 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
         lines += [f"Subgroups recorded: {', '.join(sites)}.", ""]
     lines += ["## Performance (test split, 95% CI by patient bootstrap)",
               "| metric | value |", "| --- | --- |",
-              *[f"| {name} | {fmt(metrics, key)} |" for name, key in (("AUROC", "auroc"), ("sensitivity", "sensitivity"),
-                                                                       ("specificity", "specificity"), ("PPV", "ppv"),
-                                                                       ("NPV", "npv"), ("Dice (mean)", "dice_mean"))
-                if key in metrics], "",
+              *[f"| {name} | {fmt(metrics, key)} |"
+                for name, key in (SEVERAL_CLASSES if "auroc_macro" in metrics else PERFORMANCE) if key in metrics], "",
               "## Calibration", f"ECE {fmt(metrics, 'ece')} before and {fmt(metrics, 'ece_calibrated')} after temperature "
               f"scaling (T = {metrics.get('temperature', math.nan):.3f}, fitted on validation)"
               + (f"; {fmt(metrics, 'ece_prior_adjusted')} after the prior-shift correction to prevalence "
                  f"{metrics['prevalence_used']:.3f}." if "ece_prior_adjusted" in metrics else "."), "",
               "## Subgroups"]
     sub = sorted({k.rsplit("_", 1)[0] for k in metrics if k.startswith("subgroup_") and k.endswith("_n")})
-    shown = ("Dice", "_dice_mean") if "dice_mean" in metrics else ("AUROC", "_auroc")
+    shown = (("Dice", "_dice_mean") if "dice_mean" in metrics else ("AUROC macro", "_auroc_macro")
+             if "auroc_macro" in metrics else ("AUROC", "_auroc"))
     lines += [f"- {s.removeprefix('subgroup_')}: n {int(metrics[s + '_n'])}, {shown[0]} {fmt(metrics, s + shown[1])}"
               for s in sub] or ["- none recorded (set data.subgroups)"]
     lines += ["", "## Limitations", *[f"- {n}" for n in notes],
@@ -79,16 +83,27 @@ def _markdown_counts(counts: pd.DataFrame | pd.Series) -> list[str]:
 
 def card_tags(metrics: dict[str, float], dataset_digest: str) -> dict[str, Any]:
     """Registry tags to sort and filter versions by, and that the promotion gate reads."""
-    keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "ece_calibrated", "dice_mean")
+    keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "auroc_macro", "auroc_macro_ci_low", "auroc_macro_ci_high",
+            "ece_calibrated", "dice_mean")
     tags = {f"test_{k}": f"{metrics[k]:.4f}" for k in keys if k in metrics and not math.isnan(metrics[k])}
     return {**tags, "dataset_sha256": dataset_digest[:16]}
 
 
+def test_auroc(tags: dict[str, str]) -> tuple[str, str | None, str | None, str | None]:
+    """A version's test AUROC and its CI from its tags: the binary one, or a model of several classes' macro
+    one-vs-rest AUROC. The tag it is read from, then value, CI low and CI high as tagged (None where not)."""
+    key = "test_auroc" if "test_auroc" in tags or "test_auroc_macro" not in tags else "test_auroc_macro"
+    return key, tags.get(key), tags.get(f"{key}_ci_low"), tags.get(f"{key}_ci_high")
+
+
 def gate_failures(tags: dict[str, str], min_auroc_ci_low: float | None, max_ece: float | None) -> list[str]:
-    """Why a version may not be promoted under the configured gates (empty: it may)."""
-    failures = []
+    """Why a version may not be promoted under the configured gates (empty: it may). The gates are a classifier's:
+    a segmentation model (tagged with its Dice) has no AUROC or ECE to hold them to."""
+    failures: list[str] = []
+    if "test_dice_mean" in tags:
+        return failures
     if min_auroc_ci_low is not None:
-        low = float(tags.get("test_auroc_ci_low", "nan"))
+        low = float(test_auroc(tags)[2] or "nan")
         if not low >= min_auroc_ci_low:
             failures.append(f"AUROC CI lower bound {low:.3f} is below the gate {min_auroc_ci_low:.3f}")
     if max_ece is not None:

@@ -77,9 +77,13 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     bundle.extra["source_prior"] = chosen.source_prior
     if chosen.call_rates is not None:
         bundle.extra["source_call_rates"] = chosen.call_rates
-    logger.info("temperature %.3f; decision threshold %.4f (%s on %s validation probabilities): the one applied",
-                chosen.temperature, chosen.threshold, cfg.train.threshold_rule,
-                "calibrated" if cfg.evaluate.calibrate else "uncalibrated")
+    if len(bundle.classes) == 2:
+        logger.info("temperature %.3f; decision threshold %.4f (%s on %s validation probabilities): the one applied",
+                    chosen.temperature, chosen.threshold, cfg.train.threshold_rule,
+                    "calibrated" if cfg.evaluate.calibrate else "uncalibrated")
+    else:  # no threshold: the most probable class is called
+        logger.info("temperature %.3f; each case called its most probable of the %d classes", chosen.temperature,
+                    len(bundle.classes))
     typicality_step(result)
 
 
@@ -220,8 +224,8 @@ def strategy_variant(cfg: Config, strategy: str, register: bool = True) -> Confi
 
 
 def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
-    """One row per run: AUROC [CI], sensitivity/specificity at the threshold, ECE before/after temperature;
-    for segmentation, Dice and HD95 (mean, median)."""
+    """One row per run: AUROC [CI], sensitivity/specificity at the threshold, ECE before/after temperature; for
+    several classes, macro AUROC, accuracy and balanced accuracy; for segmentation, Dice and HD95 (mean, median)."""
     import pandas as pd
 
     from medtl.evaluate.report import fmt
@@ -229,6 +233,10 @@ def summary_table(rows: list[tuple[str, dict[str, float]]]) -> "Any":
     if any("dice_mean" in m for _, m in rows):
         return pd.DataFrame([{"strategy": name, "test Dice (mean)": fmt(m, "dice_mean"), "Dice (median)": fmt(m, "dice_median"),
                               "HD95 mm (mean)": fmt(m, "hd95_mm_mean"), "cases": int(m["n"]) if "n" in m else "undefined"} for name, m in rows])
+    if any("auroc_macro" in m for _, m in rows):  # several classes: no one positive class to be sensitive to
+        return pd.DataFrame([{"strategy": name, "test AUROC macro [95% CI]": fmt(m, "auroc_macro"),
+                              "accuracy": fmt(m, "accuracy"), "balanced accuracy": fmt(m, "balanced_accuracy"),
+                              "ECE before": fmt(m, "ece"), "ECE after": fmt(m, "ece_calibrated")} for name, m in rows])
     shifted = any("ece_prior_adjusted" in m for _, m in rows)
     return pd.DataFrame([{
         "strategy": name,

@@ -185,6 +185,37 @@ def test_promotion_is_gated_on_ci_and_calibration_and_forcing_is_recorded(tmp_pa
         assert bad.returncode == 2 and f"alias {alias!r}" in bad.stderr and "unexpected" not in bad.stderr
 
 
+def test_models_of_several_classes_and_segmentation_models_are_gated_and_listed_on_their_own_figures(tmp_path, monkeypatch):
+    """A segmentation model, or one of three classes, was refused promotion for an "AUROC CI lower bound nan": the
+    gate read a binary AUROC neither has. A model of several classes is gated and listed on its macro AUROC, and its
+    card reports that, accuracy and balanced accuracy; a segmentation model has no AUROC or ECE gate to meet."""
+    import mlflow
+
+    from medtl.config import load_config
+    from medtl.mlflow_model import model_versions, register
+    from medtl.model_card import card_tags, model_card
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    (tmp_path / "m").mkdir()
+    gates = {"min_auroc_ci_low": 0.7, "max_ece": 0.1}
+    three = {"auroc_macro": 0.9, "auroc_macro_ci_low": 0.8, "auroc_macro_ci_high": 0.95, "accuracy": 0.7,
+             "balanced_accuracy": 0.65, "ece": 0.2, "ece_calibrated": 0.05, "temperature": 1.2, "n": 90.0}
+    weak = {**three, "auroc_macro_ci_low": 0.6}
+    versions = {name: register(str(tmp_path / "m"), name, "candidate", "card", card_tags(m, "0" * 64), gates)
+                for name, m in (("three", three), ("weak", weak), ("seg", {"dice_mean": 0.8}))}
+    for name, ok in (("three", True), ("seg", True), ("weak", False)):
+        res = run_cli("models", "promote", name, str(versions[name]), "champion", env={"MLFLOW_TRACKING_URI": uri})
+        assert (res.returncode == 0) == ok, (name, res.stderr)
+    assert "AUROC CI lower bound 0.600 is below the gate 0.700" in res.stderr
+    listed = model_versions(uri).set_index("model")
+    assert listed.loc["three", "test AUROC [95% CI]"] == "0.900 [0.800, 0.950] (macro)"
+    card = model_card(load_config(None, []), pd.DataFrame({"split": ["test"], "label": ["a"]}), three, "0" * 64, [])
+    assert "| AUROC macro (one-vs-rest) | 0.900 [0.800, 0.950] |" in card and "| balanced accuracy | 0.650 |" in card
+    assert "sensitivity" not in card
+
+
 def test_model_card_and_params_name_the_objective_that_shaped_the_model():
     from medtl.config import load_config
     from medtl.model_card import model_card

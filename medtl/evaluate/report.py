@@ -197,7 +197,7 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
              "| metric | value [95% CI] |", "| --- | --- |"]
     for name in ("auroc", "auroc_macro", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
                  "ppv", "npv", "f1", "threshold"):
-        if name in m:
+        if name in m and (name != "threshold" or len(classes) == 2):  # several classes: the most probable is called
             lines.append(f"| {name} | {fmt(m, name)} |")
     shifted = "ece_prior_adjusted" in m
     lines += ["", "| calibration | before temperature | after temperature |" + (" after prior shift |" if shifted else ""),
@@ -228,8 +228,12 @@ def headline(m: dict[str, float], title: str) -> str:
     if "dice_mean" in m:
         rows = [("Dice (mean)", f"{m['dice_mean']:.3f}"), ("HD95 mm (mean)", f"{m.get('hd95_mm_mean', float('nan')):.2f}"),
                 ("cases", f"{int(m['n'])}")]
+    elif "auroc_macro" in m:  # several classes: each case called its most probable, no threshold
+        rows = [("AUROC macro [95% CI]", fmt(m, "auroc_macro")), ("accuracy", fmt(m, "accuracy")),
+                ("balanced accuracy", fmt(m, "balanced_accuracy")),
+                ("ECE before / after temperature", f"{fmt(m, 'ece')} / {fmt(m, 'ece_calibrated')}"), ("cases", f"{int(m.get('n', 0))}")]
     else:
-        rows = [("AUROC [95% CI]", fmt(m, "auroc") if "auroc" in m else fmt(m, "auroc_macro")),
+        rows = [("AUROC [95% CI]", fmt(m, "auroc")),
                 ("sensitivity at the threshold", fmt(m, "sensitivity")), ("specificity at the threshold", fmt(m, "specificity")),
                 ("threshold (chosen on validation)", fmt(m, "threshold")),
                 ("ECE before / after temperature", f"{fmt(m, 'ece')} / {fmt(m, 'ece_calibrated')}")]

@@ -52,6 +52,25 @@ def test_multiclass_metrics_match_sklearn():
     assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p.argmax(1)))
 
 
+def test_a_model_of_several_classes_is_summed_up_by_its_own_figures_not_undefined_binary_ones():
+    """The closing table and the run's description showed ``sensitivity undefined`` and a 0.5 threshold for a
+    three-class model, which calls each case its most probable class."""
+    from medtl.evaluate.report import headline
+    from medtl.steps import summary_table
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    m = multiclass_metrics(y, apply_temperature(rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[y], 1.0))
+    m.update(ece=0.1, ece_calibrated=0.05, threshold=0.5)
+    row = summary_table([("fine_tune", m)]).iloc[0].to_dict()
+    assert row == {"strategy": "fine_tune", "test AUROC macro [95% CI]": f"{m['auroc_macro']:.3f}",
+                   "accuracy": f"{m['accuracy']:.3f}", "balanced accuracy": f"{m['balanced_accuracy']:.3f}",
+                   "ECE before": "0.100", "ECE after": "0.050"}
+    said = headline(m, "fine_tune")
+    assert f"| AUROC macro [95% CI] | {m['auroc_macro']:.3f} |" in said and "| cases | 300 |" in said
+    assert "threshold" not in said and "undefined" not in said
+
+
 @pytest.mark.parametrize("strategy", ["uniform", "quantile"])
 def test_ece_matches_sklearn_calibration_curve_and_brier_nll(strategy):
     rng = np.random.default_rng(3)
