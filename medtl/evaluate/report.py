@@ -209,13 +209,13 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
     lines.append(f"\nTemperature: {m.get('temperature', 1.0):.3f}")
     sub = sorted({k.rsplit('_', 1)[0] for k in m if k.startswith("subgroup_") and k.endswith("_n")})
     if sub:
-        lines += ["", "| subgroup | n | AUROC | sensitivity | specificity |", "| --- | --- | --- | --- | --- |"]
+        shown = (("AUROC macro", "auroc_macro"), ("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy")) \
+            if "auroc_macro" in m else (("AUROC", "auroc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"))
+        lines += ["", "| subgroup | n | " + " | ".join(name for name, _ in shown) + " |", "| --- | --- | --- | --- | --- |"]
         for s in sub:
-            if f"{s}_sensitivity" not in m and f"{s}_accuracy" not in m:
-                lines.append(f"| {s.removeprefix('subgroup_')} | {int(m[s + '_n'])} | too small | too small | too small |")
-                continue
-            lines.append(f"| {s.removeprefix('subgroup_')} | {int(m[s + '_n'])} | {fmt(m, s + '_auroc')} | "
-                         f"{fmt(m, s + '_sensitivity')} | {fmt(m, s + '_specificity')} |")
+            measured = f"{s}_{shown[1][1]}" in m
+            lines.append(f"| {s.removeprefix('subgroup_')} | {int(m[s + '_n'])} | "
+                         + " | ".join(fmt(m, f"{s}_{key}") if measured else "too small" for _, key in shown) + " |")
     if ev.notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in ev.notes]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -21,7 +21,7 @@ from medtl.errors import MedtlError
 from medtl.evaluate.bootstrap import bootstrap_ci
 from medtl.evaluate.calibration import apply_temperature, calibration_metrics, ece_binary, fit_temperature
 from medtl.evaluate.metrics import binary_metrics, multiclass_metrics
-from medtl.evaluate.report import evaluate_classification
+from medtl.evaluate.report import evaluate_classification, fmt
 from medtl.evaluate.segmentation import case_metrics
 
 
@@ -69,6 +69,21 @@ def test_a_model_of_several_classes_is_summed_up_by_its_own_figures_not_undefine
     said = headline(m, "fine_tune")
     assert f"| AUROC macro [95% CI] | {m['auroc_macro']:.3f} |" in said and "| cases | 300 |" in said
     assert "threshold" not in said and "undefined" not in said
+
+
+def test_the_report_of_a_model_of_several_classes_gives_its_subgroups_own_figures(tmp_path):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 120)
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(120)], "label": np.array(["a", "b", "c"])[y],
+                          "patient_id": range(120), "site": ["X"] * 100 + ["Y"] * 20})
+    ev = evaluate_classification(table, rng.normal(size=(120, 3)) + 2 * np.eye(3)[y], ["a", "b", "c"], 0.5, 1.0,
+                                 EvaluateConfig(bootstrap=20, min_subgroup_size=30), tmp_path, ["site"])
+    report = (tmp_path / "report.md").read_text()
+    x = ev.metrics
+    assert "| subgroup | n | AUROC macro | accuracy | balanced accuracy |" in report and "threshold" not in report
+    assert (f"| site_X | 100 | {fmt(x, 'subgroup_site_X_auroc_macro')} | {fmt(x, 'subgroup_site_X_accuracy')} | "
+            f"{fmt(x, 'subgroup_site_X_balanced_accuracy')} |") in report
+    assert "| site_Y | 20 | too small | too small | too small |" in report and "undefined" not in report
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "quantile"])
