@@ -178,6 +178,7 @@ def compare_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the comparison, its table and figures.")],
     names: Annotated[str, typer.Option(help="Names of A and B, comma-separated.")] = "A,B",
     bootstrap: Annotated[int, typer.Option(min=0, help="Paired bootstrap resamples (0: no intervals).")] = 1000,
+    positive: Annotated[Optional[str], typer.Option(help="Models of several classes: the class compared against the rest.")] = None,
 ) -> None:
     """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE and a decision
     curve; for segmentations, ΔDice, ΔIoU, ΔHD95, ΔASD (CIs) and Wilcoxon.
@@ -203,7 +204,7 @@ def compare_cmd(
     else:
         for table, path in zip(tables, (a, b)):
             require_prediction_columns(table, str(path))  # named by its file here, not as A or B
-        write_comparison(compare_predictions(*tables, pair, bootstrap), out)
+        write_comparison(compare_predictions(*tables, pair, bootstrap, positive=positive), out)
     typer.echo((out / "paired_comparison.md").read_text())
 
 

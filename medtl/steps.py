@@ -154,10 +154,15 @@ def paired_step(tracker: Tracker, a: Any, b: Any, names: tuple[str, str], folder
                 metric_prefix: str | None = None, figures: bool = True) -> Any:
     """Two models' test predictions (classification) or per-case results (segmentation) compared on the same
     cases; files under ``folder`` are logged to the run (in an artifact folder of the same name), metrics too
-    when ``metric_prefix`` is given."""
+    when ``metric_prefix`` is given. Models of several classes are not compared here (None): which class to
+    compare against the rest is the reader's question, ``medtl compare --positive`` answers it."""
     from medtl.evaluate.paired import compare_predictions, write_comparison
     from medtl.evaluate.paired_segmentation import compare_segmentations, write_segmentation_comparison
 
+    if sum(c.startswith("prob_") for c in a.columns) > 2:
+        logger.warning("%s and %s predict several classes: no paired comparison here; run `medtl compare` on their "
+                       "evaluation_test/predictions.csv with --positive CLASS", *names)
+        return None
     if "dice" in a.columns:
         cmp = compare_segmentations(a, b, names, n_resamples or 1000)
         files = write_segmentation_comparison(cmp, folder, figures)

@@ -81,6 +81,8 @@ class PairedComparison:
     y: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     probs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     """Each model's positive-class probabilities on the paired cases, for the overlay figures."""
+    positive: str = ""
+    """The class compared against the rest, where the models have several."""
 
 
 def compare_models(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, names: tuple[str, str] = ("a", "b"),
@@ -118,7 +120,8 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
     a, b = cmp.names
     m = cmp.metrics
     files = [out_dir / "paired_comparison.json", out_dir / "decision_curve.csv", out_dir / "paired_comparison.md"]
-    files[0].write_text(json.dumps({"a": a, "b": b, **m}, indent=1, default=float))
+    files[0].write_text(json.dumps({"a": a, "b": b, **({"positive": cmp.positive} if cmp.positive else {}), **m},
+                                   indent=1, default=float))
     cmp.curve.to_csv(files[1], index=False)
 
     def row(key: str, label: str) -> str:
@@ -128,7 +131,8 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
             return f"| {label} | {m[key]:+.3f} (no interval: 0 bootstrap resamples) |"
         return f"| {label} | {m[key]:+.3f} [{m[key + '_ci_low']:+.3f}, {m[key + '_ci_high']:+.3f}] |"
 
-    lines = [f"# {a} vs {b} on the same {int(m['n'])} cases", "", "| difference (a − b) | value [95% CI] |", "| --- | --- |",
+    against = f", {cmp.positive} against the other classes" if cmp.positive else ""
+    lines = [f"# {a} vs {b} on the same {int(m['n'])} cases{against}", "", "| difference (a − b) | value [95% CI] |", "| --- | --- |",
              row("delta_auroc", "ΔAUROC (paired bootstrap)"), row("delta_brier", "ΔBrier"), row("delta_ece", "ΔECE")]
     if "delong_p" in m:
         lines += ["", f"DeLong: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}, z = {m['delong_z']:.2f}, p = {m['delong_p']:.3g}"]
@@ -187,13 +191,24 @@ def shared_cases(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]) -> pd
 
 
 def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str], n_resamples: int = 1000,
-                        seed: int = 0) -> PairedComparison:
+                        seed: int = 0, positive: str | None = None) -> PairedComparison:
     """Two predictions tables (case_id, label, prob_<class>...) of the same cases; the positive class is the
-    last probability column (the second of a binary model)."""
+    second of a binary model's, or ``positive`` against the rest (a model of several classes must name it)."""
+    from medtl.errors import MedtlError
+
     merged = shared_cases(a, b, names)
-    positive = [c for c in a.columns if c.startswith("prob_")][-1]
+    classes = [c.removeprefix("prob_") for c in a.columns if c.startswith("prob_")]
+    if positive is None and len(classes) > 2:
+        raise MedtlError(f"{names[0]} and {names[1]} predict {len(classes)} classes ({', '.join(classes)}); the paired "
+                         "comparison (ΔAUROC, DeLong, decision curve) is of one class against the rest: name it with "
+                         "--positive CLASS")
+    if positive is not None and positive not in classes:
+        raise MedtlError(f"--positive {positive}: not a class of these predictions ({', '.join(classes)})")
+    positive = f"prob_{positive or classes[-1]}"
     y = (merged["label"].astype(str) == positive.removeprefix("prob_")).to_numpy().astype(int)
     groups = next((merged[c].astype(str).to_numpy() for c in ("patient_id_a", "patient_id", "patient_id_b") if c in merged),
                   None)  # each case its own patient when neither table knows them (a predictions.csv)
-    return compare_models(y, merged[f"{positive}_a"].to_numpy(), merged[f"{positive}_b"].to_numpy(), names, groups,
-                          n_resamples, seed=seed)
+    cmp = compare_models(y, merged[f"{positive}_a"].to_numpy(), merged[f"{positive}_b"].to_numpy(), names, groups,
+                         n_resamples, seed=seed)
+    cmp.positive = positive.removeprefix("prob_") if len(classes) > 2 else ""
+    return cmp

@@ -26,7 +26,7 @@ def run(cfg: Config, strategies: tuple[str, ...] = STRATEGIES) -> dict:
         summary = table.to_string(index=False)
         pair = cfg.study.compare
         if all(predictions.get(s) is not None for s in pair):
-            paired_step(parent, predictions[pair[0]], predictions[pair[1]], pair, run_dir(cfg) / "paired",
-                        cfg.evaluate.bootstrap, "paired_")  # the parent's figures: always
-            summary += "\n\n" + (run_dir(cfg) / "paired" / "paired_comparison.md").read_text()
+            if paired_step(parent, predictions[pair[0]], predictions[pair[1]], pair, run_dir(cfg) / "paired",
+                           cfg.evaluate.bootstrap, "paired_") is not None:  # the parent's figures: always
+                summary += "\n\n" + (run_dir(cfg) / "paired" / "paired_comparison.md").read_text()
     return {"table": table, "summary": summary}

@@ -102,6 +102,8 @@ def _paired(predictions: dict, pair: tuple[str, str], out: Path, parent, n_resam
             continue
         cmp = paired_step(parent, a, predictions[(pair[1], fraction, 0)], pair, out / f"paired_f{fraction:g}", n_resamples,
                           figures=figures)
+        if cmp is None:
+            break
         keys = PAIRED_SEGMENTATION if "delta_dice" in cmp.metrics else PAIRED_CLASSIFICATION
         rows.append({"fraction": fraction, **{k: cmp.metrics.get(k, math.nan) for k in keys}})
     return pd.DataFrame(rows)

@@ -146,3 +146,42 @@ def test_only_cases_both_scored_are_compared_and_mismatches_are_refused(caplog):
         shared_cases(a, a[["case_id", "label"]], ("A", "B"))
     with pytest.raises(MedtlError, match="share no case"):
         shared_cases(a, a.assign(case_id="x" + a["case_id"]), ("A", "B"))
+
+
+def test_models_of_several_classes_are_compared_on_the_class_named_against_the_rest(tmp_path, caplog):
+    """The last class's probability was compared with the rest unasked (a 3-class model's 'AUROC' was viral against
+    the others). Now the class is named (``--positive``), or the comparison is refused; pipelines skip it, saying so."""
+    import pandas as pd
+
+    from medtl.errors import MedtlError
+    from medtl.evaluate.paired import compare_predictions
+    from medtl.log import logger
+    from medtl.observe import NullTracker
+    from medtl.steps import paired_step
+
+    rng = np.random.default_rng(8)
+    classes = np.array(["bacterial", "normal", "viral"])
+    y = rng.integers(0, 3, 90)
+
+    def table(noise):
+        p = np.exp(2 * np.eye(3)[y] + noise * rng.normal(size=(90, 3)))
+        p /= p.sum(1, keepdims=True)
+        return pd.DataFrame({"case_id": [f"c{i}" for i in range(90)], "label": classes[y],
+                             **{f"prob_{c}": p[:, k] for k, c in enumerate(classes)}})
+
+    a, b = table(1.0), table(3.0)
+    with pytest.raises(MedtlError, match=r"predict 3 classes \(bacterial, normal, viral\).*--positive CLASS"):
+        compare_predictions(a, b, ("A", "B"), 10)
+    with pytest.raises(MedtlError, match="--positive covid: not a class"):
+        compare_predictions(a, b, ("A", "B"), 10, positive="covid")
+    cmp = compare_predictions(a, b, ("A", "B"), 10, positive="normal")
+    want = roc_auc_score(y == 1, a["prob_normal"]) - roc_auc_score(y == 1, b["prob_normal"])
+    assert cmp.metrics["delta_auroc"] == pytest.approx(want) and cmp.positive == "normal"
+    write_comparison(cmp, tmp_path / "cmp", figures=False)
+    assert "on the same 90 cases, normal against the other classes" in (tmp_path / "cmp" / "paired_comparison.md").read_text()
+    logger.addHandler(caplog.handler)
+    try:
+        assert paired_step(NullTracker(), a, b, ("A", "B"), tmp_path / "p", 10) is None
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "--positive CLASS" in caplog.text and not (tmp_path / "p").exists()
