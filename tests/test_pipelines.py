@@ -125,6 +125,23 @@ def test_label_efficiency_trains_nested_subsets_and_logs_the_curve(tmp_path):
     assert len(pd.read_csv(tmp_path / "runs" / "le" / "paired_by_size.csv")) == 2
 
 
+def test_label_efficiency_of_several_classes_draws_macro_auroc_and_skips_the_binary_comparison(tmp_path):
+    """Its curve was of the binary AUROC, undefined for three classes: every point NaN."""
+    m = make_classification_set(tmp_path / "d", n=45, kind="png", size=(16, 16), split=True)
+    table = pd.read_csv(m, dtype=str)
+    table["label"] = np.array(["a", "b", "c"])[np.arange(len(table)) % 3]
+    table.to_csv(m, index=False)
+    res = run_cli("run", "label_efficiency", *sets(
+        f"data.manifest={m}", "data.image_size=[16,16]", f"train.out_dir={tmp_path / 'runs'}", "train.epochs=1",
+        "evaluate.bootstrap=20", "evaluate.figures=false", "study.strategies=[scratch,feature_extraction]",
+        "study.compare=[feature_extraction,scratch]", "study.fractions=[1.0]", "study.seeds=1", "tracking.enabled=false",
+        "name=le3"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    curve = pd.read_csv(tmp_path / "runs" / "le3" / "learning_curve.csv")
+    assert "auroc_macro" in curve and curve["auroc_macro"].notna().all() and curve["ci_low"].notna().all()
+    assert "--positive CLASS" in res.stderr  # no paired ΔAUROC of an arbitrary class against the rest
+
+
 def test_a_studys_models_spend_no_pass_on_typicality(tmp_path):
     """Dozens of models measured for a curve, not put to scoring: each would read up to 3,000 cases once more."""
     from medtl.config import load_config

@@ -192,7 +192,7 @@ def paired_dice_plot(dice_a: np.ndarray, dice_b: np.ndarray, names: tuple[str, s
     return [_save(fig, path), path.with_suffix(".svg")]
 
 
-_METRIC_NAMES = {"auroc": "AUROC", "dice_mean": "Dice"}
+_METRIC_NAMES = {"auroc": "AUROC", "auroc_macro": "AUROC (macro, one-vs-rest)", "dice_mean": "Dice"}
 
 
 def learning_curve_plot(curve: Any, metric: str, path: Path) -> list[Path]:

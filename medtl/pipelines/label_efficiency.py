@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from medtl.config import Config
-from medtl.data.manifest import read_manifest, rows_of_split
+from medtl.data.manifest import class_names, read_manifest, rows_of_split
 from medtl.data.splits import nested_subsets, split_manifest
 from medtl.errors import ConfigError
 from medtl.evaluate.plots import learning_curve_plot
@@ -32,7 +32,8 @@ def run(cfg: Config) -> dict:
     train = rows_of_split(table, "train")
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    metric = "dice_mean" if seg else "auroc"
+    several = not seg and manifest.has_labels and len(class_names(manifest, cfg.data.classes)) > 2
+    metric = "dice_mean" if seg else "auroc_macro" if several else "auroc"
     rows, predictions = [], {}
     with run_context(cfg.tracking, f"{cfg.name}-label-efficiency") as parent:
         for seed in range(study.seeds):
