@@ -273,6 +273,18 @@ def test_crossval_nested_fold_runs_and_parent_mean_sd(tmp_path):
     assert sorted(tests["case_id"]) == sorted(pd.read_csv(m)["case_id"])  # every case tested exactly once
 
 
+def test_crossval_sums_up_what_every_fold_reports_without_failing_on_a_figure_one_fold_lacks():
+    """A fold whose test cases were all of one class had no sensitivity, and the summary ended in a KeyError; a model
+    of several classes is summed up by its macro AUROC."""
+    from medtl.pipelines.crossval import summarise_folds, summary_lines
+
+    folds = [{"auroc": 0.9, "sensitivity": 0.8, "ece": 0.1}, {"auroc": 0.8, "sensitivity": float("nan"), "ece": 0.2}]
+    said = summary_lines(summarise_folds(folds))
+    assert said.splitlines() == [f"auroc: 0.850 ± {np.std([0.9, 0.8], ddof=1):.3f}", f"ece: 0.150 ± {np.std([0.1, 0.2], ddof=1):.3f}"]
+    several = summarise_folds([{"auroc_macro": 0.7, "balanced_accuracy": 0.5}, {"auroc_macro": 0.9, "balanced_accuracy": 0.7}])
+    assert summary_lines(several).splitlines()[0].startswith("auroc_macro: 0.800 ± ")
+
+
 def test_crossval_of_a_segmentation_config_nests_the_segmentation_pipeline(tmp_path, monkeypatch):
     """Each fold runs the pipeline of the config's task and the summary reports its metrics (Dice, not AUROC)."""
     from medtl.config import load_config

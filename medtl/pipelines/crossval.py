@@ -5,7 +5,6 @@ and sd of each test metric."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from medtl.config import Config
 from medtl.data.manifest import read_manifest
@@ -50,11 +49,18 @@ def run(cfg: Config, folds: int = 5) -> dict:
             per_fold.append(result["evaluation"].metrics if result["evaluation"] else {})
         summary = summarise_folds(per_fold)
         parent.log_metrics(summary)
-    table_out = pd.DataFrame(per_fold)
-    shown = ("auroc", "sensitivity", "specificity", "ece", "ece_calibrated", "dice_mean", "iou_mean", "hd95_mm_mean")
-    keys = [c for c in shown if c in table_out]
-    return {"folds": per_fold, "cv": summary,
-            "summary": "\n".join(f"{key}: {summary[f'cv_test_{key}_mean']:.3f} ± {summary[f'cv_test_{key}_sd']:.3f}" for key in keys)}
+    return {"folds": per_fold, "cv": summary, "summary": summary_lines(summary)}
+
+
+SHOWN = ("auroc", "sensitivity", "specificity", "auroc_macro", "balanced_accuracy", "ece", "ece_calibrated",
+         "dice_mean", "iou_mean", "hd95_mm_mean")
+
+
+def summary_lines(summary: dict[str, float]) -> str:
+    """Mean ± sd of each headline figure every fold reports: a fold whose test cases are all of one class has no
+    sensitivity, and a model of several classes reports macro AUROC instead."""
+    return "\n".join(f"{key}: {summary[f'cv_test_{key}_mean']:.3f} ± {summary[f'cv_test_{key}_sd']:.3f}"
+                     for key in SHOWN if f"cv_test_{key}_mean" in summary)
 
 
 def summarise_folds(per_fold: list[dict[str, float]]) -> dict[str, float]:
