@@ -187,7 +187,7 @@ def model_versions(uri: str, name: str | None = None) -> pd.DataFrame:
     figures its model card tagged it with: what a person chooses a champion from."""
     from datetime import datetime, timezone
 
-    from medtl.model_card import test_auroc
+    from medtl.model_card import tagged_auroc
 
     client = mlflow.MlflowClient(uri)
     if name is not None:
@@ -204,7 +204,7 @@ def model_versions(uri: str, name: str | None = None) -> pd.DataFrame:
             aliases.setdefault(str(v), []).append(alias)
         for mv in client.search_model_versions(f"name = '{model}'"):
             t = mv.tags
-            key, auroc, low, high = test_auroc(t)
+            key, auroc, low, high = tagged_auroc(t)
             rows.append({
                 "model": model, "version": int(mv.version), "aliases": ", ".join(sorted(aliases.get(str(mv.version), []))),
                 "test AUROC [95% CI]": _three(auroc) + (f" [{_three(low)}, {_three(high)}]" if auroc and high else "")

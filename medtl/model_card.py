@@ -89,7 +89,7 @@ def card_tags(metrics: dict[str, float], dataset_digest: str) -> dict[str, Any]:
     return {**tags, "dataset_sha256": dataset_digest[:16]}
 
 
-def test_auroc(tags: dict[str, str]) -> tuple[str, str | None, str | None, str | None]:
+def tagged_auroc(tags: dict[str, str]) -> tuple[str, str | None, str | None, str | None]:
     """A version's test AUROC and its CI from its tags: the binary one, or a model of several classes' macro
     one-vs-rest AUROC. The tag it is read from, then value, CI low and CI high as tagged (None where not)."""
     key = "test_auroc" if "test_auroc" in tags or "test_auroc_macro" not in tags else "test_auroc_macro"
@@ -103,7 +103,7 @@ def gate_failures(tags: dict[str, str], min_auroc_ci_low: float | None, max_ece:
     if "test_dice_mean" in tags:
         return failures
     if min_auroc_ci_low is not None:
-        low = float(test_auroc(tags)[2] or "nan")
+        low = float(tagged_auroc(tags)[2] or "nan")
         if not low >= min_auroc_ci_low:
             failures.append(f"AUROC CI lower bound {low:.3f} is below the gate {min_auroc_ci_low:.3f}")
     if max_ece is not None:
