@@ -13,7 +13,8 @@ from rich.markup import escape
 from medtl import __version__
 from medtl.cli_data import manifest_app, weights_app
 from medtl.cli_models import models_app
-from medtl.cli_options import ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, SetOption, SplitsOption
+from medtl.cli_options import (ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, PrevalenceOption, SetOption,
+                               SplitsOption)
 from medtl.cli_score import score_cmd
 from medtl.errors import MedtlError
 from medtl.log import console, setup_logging
@@ -94,13 +95,18 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option(help="Split to evaluate, or 'all'.")] = "test",
     splits: SplitsOption = None,
     device: DeviceOption = "auto",
+    prevalence: PrevalenceOption = None,
+    bootstrap: Annotated[Optional[int], typer.Option(min=0, help="Patient bootstrap resamples for the CIs (default: the model's, 1000 unless its config said otherwise).")] = None,
 ) -> None:
     """Evaluate a trained model: outcome and calibration metrics with CIs, subgroups, plots, report."""
     from medtl.evaluate.report import fmt
-    from medtl.evaluate.run import evaluate_bundle
+    from medtl.evaluate.run import evaluate_bundle, evaluation_config
     from medtl.models.loader import load_any_model
 
-    ev = evaluate_bundle(load_any_model(model), manifest, split, out, device=device, splits=splits)
+    bundle = load_any_model(model)
+    cfg = evaluation_config(bundle, prevalence if prevalence in (None, "em") else float(prevalence))
+    cfg = cfg if bootstrap is None else cfg.model_copy(update={"bootstrap": bootstrap})
+    ev = evaluate_bundle(bundle, manifest, split, out, cfg, device=device, splits=splits)
     key = "auroc" if "auroc" in ev.metrics else ("auroc_macro" if "auroc_macro" in ev.metrics else "dice_mean")
     typer.echo(f"{key}: {fmt(ev.metrics, key)}  report: {out / 'report.md'}")
 

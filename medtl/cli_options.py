@@ -37,3 +37,22 @@ CaseIdsOption = Annotated[str, typer.Option(
     "--ids", callback=_one_of(CaseIds),
     help="Case ids from each scan's file or series folder (folder), or its whole path below the folder (path), "
          "for exports whose series folders repeat (PATIENT/STUDY/SE0001).")]
+
+
+def _prevalence(value: Optional[str]) -> Optional[str]:
+    """A positive-class fraction in (0, 1), or ``em``; said before any model loads."""
+    if value is None or value == "em":
+        return value
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = float("nan")
+    if not 0.0 < fraction < 1.0:
+        raise typer.BadParameter(f"{value!r}: give the positive-class fraction, between 0 and 1, or em to estimate it "
+                                 "from the cases' own scores (labels unused)")
+    return value
+
+
+PrevalenceOption = Annotated[Optional[str], typer.Option(
+    callback=_prevalence, help="The site's prevalence of the positive class (a prior-shift correction after the "
+                               "temperature), or em: the one the cases' own scores imply, labels unused.")]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
-from medtl.cli_options import CaseIdsOption, DeviceOption
+from medtl.cli_options import CaseIdsOption, DeviceOption, PrevalenceOption
 from medtl.errors import MedtlError
 from medtl.log import wide_console
 
@@ -52,7 +52,7 @@ def score_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 16,
     device: DeviceOption = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,
-    prevalence: Annotated[Optional[str], typer.Option(help="This site's prevalence of the positive class (prior-shift correction), or em: the one the batch's own scores imply, labels unused.")] = None,
+    prevalence: PrevalenceOption = None,
     engine: Annotated[str, typer.Option(help="local (this machine) or spark (mlflow spark_udf, Parquet out).")] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help="Spark master URL (spark-submit's MASTER wins).")] = "local[*]",
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Spark: the only folder executors may read (default: the manifest's).")] = None,
@@ -63,7 +63,6 @@ def score_cmd(
     from medtl.scoring import input_cases, score, set_prevalence
     from medtl.steps import run_context
 
-    known = None if prevalence in (None, "em") else _fraction(prevalence)  # a typo is said before any model loads
     if engine == "spark":
         _score_on_spark(model, manifest, out, spark_master, data_root, spark_chunk,
                         {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps})
@@ -74,8 +73,8 @@ def score_cmd(
     bundle = load_any_model(model)
     if masks_out is not None and bundle.task != "segmentation":
         raise MedtlError(f"--masks-out: {model} is a {bundle.task} model; only segmentation models write masks")
-    if known is not None:
-        set_prevalence(bundle, known)
+    if prevalence not in (None, "em"):
+        set_prevalence(bundle, float(prevalence))
     cases = input_cases(manifest, input_dir, ids)
     from medtl.config import TrackingConfig
 
@@ -94,17 +93,6 @@ def score_cmd(
     if len(summary.errors):
         _print_failures(summary.errors)
         raise typer.Exit(1)
-
-
-def _fraction(prevalence: str) -> float:
-    try:
-        value = float(prevalence)
-    except ValueError:
-        raise MedtlError(f"--prevalence {prevalence}: give the positive-class fraction, between 0 and 1, or em to "
-                         "estimate it from the batch's scores") from None
-    if not 0.0 < value < 1.0:
-        raise MedtlError(f"--prevalence {prevalence}: give the positive-class fraction, between 0 and 1")
-    return value
 
 
 def _print_failures(errors: pd.DataFrame) -> None:

@@ -300,7 +300,7 @@ def test_prevalence_em_writes_what_the_prevalence_the_batch_implies_would_and_ke
     assert few.prevalence_applied is None and "prevalence not estimated: fewer than 20 cases" in few.prevalence_note
     np.testing.assert_array_equal(read_predictions(tmp_path / "few.csv")["prob_lesion"], p[:10])
     res = run_cli("score", "--model", "x.pt", "--input", str(tmp_path), "--out", str(tmp_path / "y.csv"), "--prevalence", "half")
-    assert res.returncode == 2 and "--prevalence half: give the positive-class fraction" in res.stderr, res.stderr
+    assert res.returncode == 2 and "'half': give the positive-class fraction" in res.stderr, res.stderr
 
 
 def test_batch_score_pipeline_takes_a_prevalence_or_em_as_score_does(tmp_path, monkeypatch):

@@ -152,7 +152,7 @@ def _target_prior(cal: np.ndarray, source: np.ndarray, threshold: float, source_
     scores), and how it was obtained."""
     if cfg.prevalence == "em":
         return estimate_prior(cal, source, threshold, source_rates)
-    return np.array([1 - cfg.prevalence, cfg.prevalence]), "given in evaluate.prevalence"
+    return np.array([1 - cfg.prevalence, cfg.prevalence]), "given: evaluate.prevalence, or evaluate --prevalence"
 
 
 def _resampled_shift(temperature: float, threshold: float, source_prior: list[float] | None,

@@ -73,10 +73,17 @@ def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None,
     return evaluate_table(bundle, select_split(table, split, splits), out_dir, cfg, device)
 
 
+def evaluation_config(bundle: ModelBundle, prevalence: float | str | None = None) -> EvaluateConfig:
+    """The model's own evaluation settings; ``prevalence`` (a value, or ``em``) in place of its own where given, for
+    a site whose prevalence is not the one the model was evaluated at."""
+    cfg = bundle.config.evaluate if bundle.config is not None else EvaluateConfig(prevalence=bundle.spec.prevalence)
+    return cfg if prevalence is None else cfg.model_copy(update={"prevalence": prevalence})
+
+
 def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg: EvaluateConfig | None = None,
                    device: str = "auto") -> Evaluation:
     """Evaluates the cases of ``table`` (manifest rows with resolved paths)."""
-    cfg = cfg or (bundle.config.evaluate if bundle.config is not None else EvaluateConfig(prevalence=bundle.spec.prevalence))
+    cfg = cfg or evaluation_config(bundle)
     table = table.reset_index(drop=True)
     dev = device_for(device)
     _require_references(table, bundle.task)

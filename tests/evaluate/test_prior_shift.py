@@ -163,3 +163,33 @@ def test_logistic_recalibration_matches_scikit_learn_and_stays_finite_on_separab
     assert slope == pytest.approx(lr.coef_[0, 0], rel=1e-4) and intercept == pytest.approx(lr.intercept_[0], rel=1e-4, abs=1e-5)
     separable = np.column_stack([np.zeros(40), np.where(np.arange(40) < 20, -1.0, 1.0)])
     assert logistic_recalibration(separable, (np.arange(40) >= 20).astype(int))[0] == pytest.approx(20.0)  # its bound
+
+
+def test_evaluate_takes_a_sites_prevalence_or_em_in_place_of_the_models_own(tmp_path):
+    """``medtl evaluate --prevalence``: an external site's known prevalence, or EM on its cases' scores; the
+    model's own setting otherwise. It used to take only the one the model was trained with."""
+    import json
+
+    from medtl.config import load_config
+    from medtl.data.synthetic import make_classification_set
+    from medtl.steps import fit_model
+    from tests.conftest import run_cli
+
+    m = make_classification_set(tmp_path / "d", n=48, kind="png", size=(32, 32))
+    cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
+                             "train.epochs=1", "train.max_steps_per_epoch=2", f"train.out_dir={tmp_path / 'runs'}",
+                             "evaluate.figures=false", "evaluate.gradcam=0", "tracking.enabled=false"])
+    model = str(fit_model(cfg).model_path)
+    said = {}
+    for given in (None, "0.3", "em"):
+        out = tmp_path / f"ev_{given}"
+        res = run_cli("evaluate", "--model", model, "--manifest", str(m), "--split", "all", "--out", str(out),
+                      "--bootstrap", "20", *(["--prevalence", given] if given else []))
+        assert res.returncode == 0, res.stderr[-2000:]
+        said[given] = json.loads((out / "metrics.json").read_text()), (out / "report.md").read_text()
+    assert "prevalence_used" not in said[None][0]  # the model's own: no prior shift configured
+    assert said["0.3"][0]["prevalence_used"] == pytest.approx(0.3) and "0.300 (given" in said["0.3"][1]
+    assert "prevalence_used" in said["em"][0] and "48 cases" in said["em"][1] and "labels unused" in said["em"][1]
+    assert "ece_calibrated_ci_low" in said[None][0]  # --bootstrap 20: intervals still, from fewer resamples
+    res = run_cli("evaluate", "--model", model, "--manifest", str(m), "--out", str(tmp_path / "x"), "--prevalence", "1")
+    assert res.returncode == 2 and "'1': give the positive-class fraction" in res.stderr and not (tmp_path / "x").exists()
