@@ -13,7 +13,7 @@ from medtl.data.datasets import case_items
 from medtl.data.manifest import read_manifest, rows_of_split
 from medtl.data.readers import load_scan
 from medtl.data.splits import with_saved_splits
-from medtl.errors import DataError, ManifestError
+from medtl.errors import DataError, ManifestError, MedtlError
 from medtl.evaluate import plots
 from medtl.explain import cam_layer, cam_maps
 from medtl.files import claim_folder
@@ -76,6 +76,9 @@ def evaluate_bundle(bundle: ModelBundle, manifest_path: Path, split: str | None,
 def evaluation_config(bundle: ModelBundle, prevalence: float | str | None = None) -> EvaluateConfig:
     """The model's own evaluation settings; ``prevalence`` (a value, or ``em``) in place of its own where given, for
     a site whose prevalence is not the one the model was evaluated at."""
+    if prevalence is not None and (bundle.task != "classification" or len(bundle.classes) != 2):
+        raise MedtlError(f"--prevalence: this is a {bundle.task} model of {len(bundle.classes)} classes; a prevalence "
+                         "shifts a binary classifier's calibration only: evaluate without it")
     cfg = bundle.config.evaluate if bundle.config is not None else EvaluateConfig(prevalence=bundle.spec.prevalence)
     return cfg if prevalence is None else cfg.model_copy(update={"prevalence": prevalence})
 

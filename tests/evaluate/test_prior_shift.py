@@ -193,3 +193,20 @@ def test_evaluate_takes_a_sites_prevalence_or_em_in_place_of_the_models_own(tmp_
     assert "ece_calibrated_ci_low" in said[None][0]  # --bootstrap 20: intervals still, from fewer resamples
     res = run_cli("evaluate", "--model", model, "--manifest", str(m), "--out", str(tmp_path / "x"), "--prevalence", "1")
     assert res.returncode == 2 and "'1': give the positive-class fraction" in res.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_prevalence_for_a_model_that_is_not_a_binary_classifier_is_refused_not_ignored():
+    import torch
+
+    from medtl.config import Config
+    from medtl.errors import MedtlError
+    from medtl.evaluate.run import evaluation_config
+    from medtl.models.checkpoint import ModelBundle
+
+    cfg = Config.model_validate({"data": {"image_size": [8, 8]}, "tracking": {"enabled": False}})
+    three = ModelBundle(torch.nn.Linear(1, 3), cfg, ["a", "b", "c"])
+    assert evaluation_config(three).prevalence is None
+    with pytest.raises(MedtlError, match="model of 3 classes; a prevalence shifts a binary classifier's"):
+        evaluation_config(three, "em")
+    two = ModelBundle(torch.nn.Linear(1, 2), cfg, ["a", "b"])
+    assert evaluation_config(two, 0.2).prevalence == 0.2 and evaluation_config(two, "em").prevalence == "em"
