@@ -284,6 +284,14 @@ def test_a_sheet_of_several_findings_per_case_is_named_and_one_finding_makes_a_m
     assert f"medtl manifest finding {m.path} Effusion --out {m.path.with_name('effusion.csv')}" in column.detail
     with pytest.raises(ManifestError, match="join several findings"):
         class_names(m, None)
+    (tmp_path / "films").mkdir()  # the same sheet joined to films by manifest build: said there, first
+    for case in table["case_id"]:
+        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "films" / f"{case}.png")
+    table[["case_id", "label"]].to_csv(tmp_path / "sheet.csv", index=False)
+    built = run_cli("manifest", "build", str(tmp_path / "films"), "--labels", str(tmp_path / "sheet.csv"), "--out",
+                    str(tmp_path / "built.csv"))
+    assert built.returncode == 0 and "7 cases' labels join several findings" in built.stderr, built.stderr
+    assert "medtl manifest finding" in " ".join(built.stderr.split())  # the log wraps the line at 80 columns
     res = run_cli("manifest", "finding", str(tmp_path / "d" / "m.csv"), "Effusion", "--out", str(tmp_path / "e.csv"))
     assert res.returncode == 0 and "e.csv: 42 cases; Effusion_absent 27, Effusion_present 14" in res.stdout, res.stderr
     one = read_manifest(tmp_path / "e.csv")
