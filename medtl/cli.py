@@ -104,7 +104,7 @@ def evaluate_cmd(
     from medtl.models.loader import load_any_model
 
     bundle = load_any_model(model)
-    cfg = evaluation_config(bundle, prevalence if prevalence in (None, "em") else float(prevalence))
+    cfg = evaluation_config(bundle, prevalence)
     cfg = cfg if bootstrap is None else cfg.model_copy(update={"bootstrap": bootstrap})
     ev = evaluate_bundle(bundle, manifest, split, out, cfg, device=device, splits=splits)
     key = "auroc" if "auroc" in ev.metrics else ("auroc_macro" if "auroc_macro" in ev.metrics else "dice_mean")

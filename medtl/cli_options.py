@@ -7,7 +7,7 @@ from typing import Annotated, Any, Callable, Optional, get_args
 
 import typer
 
-from medtl.config_sections import CaseIds, Device
+from medtl.config_sections import CaseIds, Device, a_prevalence
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -39,18 +39,15 @@ CaseIdsOption = Annotated[str, typer.Option(
          "for exports whose series folders repeat (PATIENT/STUDY/SE0001).")]
 
 
-def _prevalence(value: Optional[str]) -> Optional[str]:
-    """A positive-class fraction in (0, 1), or ``em``; said before any model loads."""
+def _prevalence(value: Optional[str]) -> float | str | None:
+    """``em``, or the positive-class fraction in (0, 1) as a number: parsed once, said before any model loads."""
     if value is None or value == "em":
         return value
     try:
-        fraction = float(value)
+        return float(a_prevalence(float(value)))  # type: ignore[arg-type]
     except ValueError:
-        fraction = float("nan")
-    if not 0.0 < fraction < 1.0:
         raise typer.BadParameter(f"{value!r}: give the positive-class fraction, between 0 and 1, or em to estimate it "
-                                 "from the cases' own scores (labels unused)")
-    return value
+                                 "from the cases' own scores (labels unused)") from None
 
 
 PrevalenceOption = Annotated[Optional[str], typer.Option(

@@ -73,8 +73,8 @@ def score_cmd(
     bundle = load_any_model(model)
     if masks_out is not None and bundle.task != "segmentation":
         raise MedtlError(f"--masks-out: {model} is a {bundle.task} model; only segmentation models write masks")
-    if prevalence not in (None, "em"):
-        set_prevalence(bundle, float(prevalence))
+    if isinstance(prevalence, float):
+        set_prevalence(bundle, prevalence)
     cases = input_cases(manifest, input_dir, ids)
     from medtl.config import TrackingConfig
 

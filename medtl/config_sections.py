@@ -203,10 +203,11 @@ class EvaluateConfig(Section):
     @field_validator("prevalence")
     @classmethod
     def _prevalence_is_a_fraction(cls, v: float | str | None) -> float | str | None:
-        return _a_prevalence(v)
+        return a_prevalence(v)
 
 
-def _a_prevalence(v: float | str | None) -> float | str | None:
+def a_prevalence(v: float | str | None) -> float | str | None:
+    """A deployment prevalence as configs and ``--prevalence`` take it: a fraction in (0, 1), ``em``, or None."""
     if isinstance(v, float) and not 0.0 < v < 1.0:
         raise ValueError("prevalence must be between 0 and 1 (exclusive), 'em', or null")
     return v
@@ -271,7 +272,7 @@ class ScoreConfig(Section):
     @field_validator("prevalence")
     @classmethod
     def _prevalence_is_a_fraction(cls, v: float | str | None) -> float | str | None:
-        return _a_prevalence(v)
+        return a_prevalence(v)
 
 
 class AdaptationConfig(Section):

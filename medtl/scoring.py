@@ -80,10 +80,15 @@ def set_prevalence(bundle: ModelBundle, prevalence: float) -> None:
     """Scores for a site whose positive-class prevalence is known: a prior-shift offset after temperature."""
     if not 0.0 < prevalence < 1.0:
         raise MedtlError(f"--prevalence {prevalence}: give the positive-class fraction, between 0 and 1")
-    if len(bundle.classes) != 2 or "source_prior" not in bundle.extra:
-        raise MedtlError("--prevalence: this model has no calibration prevalence (binary models calibrated by "
-                         "`medtl run diagnosis` have one); score without --prevalence")
+    _require_calibration_prevalence(bundle, "--prevalence")
     bundle.extra["target_prior"] = [1.0 - prevalence, prevalence]
+
+
+def _require_calibration_prevalence(bundle: ModelBundle, option: str) -> None:
+    """A prevalence shifts probabilities from the one they were calibrated at: a binary model calibrated by medtl."""
+    if bundle.task != "classification" or len(bundle.classes) != 2 or "source_prior" not in bundle.extra:
+        raise MedtlError(f"{option}: this model has no calibration prevalence (binary models calibrated by "
+                         "`medtl run diagnosis` have one); score without --prevalence")
 
 
 def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "folder") -> list[dict[str, str]]:
@@ -250,10 +255,8 @@ def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out
     writes ``out`` at a time: two appending to it would each score the cases the other is scoring. ``heatmaps``:
     a folder for each scored case's Grad-CAM figure (2-D binary classifiers). ``estimate_prevalence``
     (``--prevalence em``): rows go to a journal, and ``out`` is written whole at the prevalence the batch implies."""
-    if estimate_prevalence and (bundle.task != "classification" or len(bundle.classes) != 2
-                                or "source_prior" not in bundle.extra):
-        raise MedtlError("--prevalence em: this model has no calibration prevalence (binary models calibrated by "
-                         "`medtl run diagnosis` have one); score without --prevalence")
+    if estimate_prevalence:
+        _require_calibration_prevalence(bundle, "--prevalence em")
     with one_writer(out, "give each process its own --out"):
         return _score(bundle, cases, out, masks_out, batch_size, device, num_workers, tracker or NullTracker(),
                       heatmaps, estimate_prevalence)
