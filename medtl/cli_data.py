@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medtl.cli_options import CaseIdsOption, SetOption
+from medtl.cli_options import CaseIdsOption, SetOption, UncertainOption
 
 manifest_app = typer.Typer(help="Build, check and split manifests.", no_args_is_help=True)
 weights_app = typer.Typer(help="List, import and verify pretrained weights (offline cache).", no_args_is_help=True)
@@ -81,14 +81,17 @@ def manifest_split(
 
 @manifest_app.command("finding")
 def manifest_finding(
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV whose labels join several findings (Effusion|Infiltration).")],
-    finding: Annotated[str, typer.Argument(help="The finding a model is to learn, as the labels write it.")],
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV whose labels join several findings (Effusion|Infiltration), "
+                                                  "or with a column per finding (1, 0, -1, blank), as CheXpert's.")],
+    finding: Annotated[str, typer.Argument(help="The finding a model is to learn, as the labels or its column write it.")],
     out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write: the finding present or absent per case.")],
+    uncertain: UncertainOption = None,
 ) -> None:
-    """One finding of a sheet of several per case, present or absent: the manifest a model of it trains on."""
+    """One finding of a sheet of several per case, present or absent: the manifest a model of it trains on. In a
+    finding's own column, 1 is present and 0 or blank (not mentioned) absent."""
     from medtl.data.findings import present_absent, write_one_finding
 
-    table = write_one_finding(manifest, finding, out)
+    table = write_one_finding(manifest, finding, out, uncertain)  # type: ignore[arg-type]
     counts = table["label"].value_counts()
     typer.echo(f"{out}: {len(table):,} cases; " + ", ".join(f"{c} {int(counts.get(c, 0)):,}" for c in present_absent(finding)))
 

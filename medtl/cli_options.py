@@ -7,7 +7,7 @@ from typing import Annotated, Any, Callable, Optional, get_args
 
 import typer
 
-from medtl.config_sections import CaseIds, Device, a_prevalence
+from medtl.config_sections import CaseIds, Device, Uncertain, a_prevalence
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -37,6 +37,10 @@ CaseIdsOption = Annotated[str, typer.Option(
     "--ids", callback=_one_of(CaseIds),
     help="Case ids from each scan's file or series folder (folder), or its whole path below the folder (path), "
          "for exports whose series folders repeat (PATIENT/STUDY/SE0001).")]
+
+UncertainOption = Annotated[Optional[str], typer.Option(
+    callback=lambda value: value if value is None else _one_of(Uncertain)(value),
+    help="A finding's column marked -1 (uncertain): present (U-Ones), absent (U-Zeros) or drop the case.")]
 
 
 def _prevalence(value: Optional[str]) -> float | str | None:

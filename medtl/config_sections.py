@@ -22,6 +22,8 @@ Device = Literal["auto", "cpu", "cuda"]
 CaseIds = Literal["folder", "path"]
 """How found scans are named: by their own file or series folder, or by their whole path below the folder given
 (for exports whose series folders repeat, PATIENT/STUDY/SE0001; folder names may then carry patient names)."""
+Uncertain = Literal["present", "absent", "drop"]
+"""What a finding marked -1 (uncertain) in its own column becomes: CheXpert's U-Ones, U-Zeros, or no row."""
 DEFAULT_MAX_VOXELS = 2**29  # 2 GiB as float32; MEDTL_MAX_VOXELS raises or lowers it
 
 

@@ -17,20 +17,13 @@ import pandas as pd
 
 from medtl.config_sections import CaseIds
 from medtl.data import dicom
+from medtl.data.label_sheets import case_id_from_file, join_labels
 from medtl.data.manifest import SPLIT_NAMES, read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, archive_hint
 from medtl.errors import ManifestError
 from medtl.files import table_path, write_table
 
 logger = logging.getLogger(__name__)
-
-
-def _case_id_from_file(path: Path) -> str:
-    name = path.name
-    for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False,
@@ -48,11 +41,11 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
     """
     folder = Path(folder)
     if folder.is_file():  # one scan given by itself (a single-file DICOM, NIfTI or image)
-        return [(_case_id_from_file(folder), str(folder))]
+        return [(case_id_from_file(folder), str(folder))]
     found: list[tuple[str, str, Path]] = []  # case id, reference, what names it
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name.lower().endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)):
-            found.append((_case_id_from_file(path), str(path), path))
+            found.append((case_id_from_file(path), str(path), path))
     series, not_scans = dicom.scan_series(folder, progress)
     in_series = {h.path for headers in series.values() for h in headers} | set(not_scans)
     if not_scans:
@@ -64,12 +57,12 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
             by_parent.setdefault(parent, []).append(uid)
     for path in sorted(folder.rglob("*.dcm")):
         if path.is_file() and path not in in_series:  # unreadable DICOM: listed so the problem is reported, not lost
-            found.append((_case_id_from_file(path), str(path), path))
+            found.append((case_id_from_file(path), str(path), path))
     for uid, headers in sorted(series.items(), key=lambda kv: str(kv[1][0].path)):
         parents = {h.path.parent for h in headers}
         parent = headers[0].path.parent
         if len(headers) == 1 and len(by_parent[parent]) > 1:
-            found.append((_case_id_from_file(headers[0].path), str(headers[0].path), headers[0].path))
+            found.append((case_id_from_file(headers[0].path), str(headers[0].path), headers[0].path))
         elif len(parents) == 1 and len(by_parent[parent]) == 1:
             found.append((parent.name if parent != folder else f"series_{uid[-8:]}", str(parent), parent))
         else:
@@ -87,7 +80,7 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
 
 def _path_id(path: Path, folder: Path) -> str:
     rel = path.relative_to(folder)
-    return "_".join([*rel.parts[:-1], _case_id_from_file(rel)])
+    return "_".join([*rel.parts[:-1], case_id_from_file(rel)])
 
 
 def _refuse_shared_ids(cases: list[tuple[str, str]], folder: Path, ids: CaseIds) -> None:
@@ -120,7 +113,7 @@ def pair_masks(cases: list[tuple[str, str]], masks: Path | None) -> tuple[list[t
     if masks is not None:
         root = Path(masks).resolve()
         for path in sorted(p for p in Path(masks).rglob("*") if p.is_file()):
-            c = _case_id_from_file(path)
+            c = case_id_from_file(path)
             found[_mask_of(c) or c] = str(path)
         cases = [(c, ref) for c, ref in cases if root not in Path(dicom.parse_series_ref(ref)[0]).resolve().parents]
     ids = {c for c, _ in cases}
@@ -144,12 +137,29 @@ def salted_patient_id(case_id: str, salt: str) -> str:
     return "p_" + hashlib.sha256(f"{salt}:{case_id}".encode()).hexdigest()[:12]
 
 
-def _patient_ids(cases: list[tuple[str, str]], identifiers: dict[str, dict[str, str]], salt: str) -> list[str]:
-    """A patient id per case where the labels sheet gives none: for a DICOM series, a keyed pseudonym of its
-    PatientID, so a patient's series (reconstructions, follow-ups) split together; else a hash of the case id."""
+PATIENT_FOLDER = re.compile(r"(patient|subject|sub)[-_]?[a-z]*\d+[a-z\d]*", re.IGNORECASE)
+"""A folder named for its patient: CheXpert's ``patient00001``, BIDS's ``sub-01``, ``Subject_12``."""
+
+
+def patient_folder(ref: str, root: Path) -> str | None:
+    """The deepest folder between ``root`` and a scan named for its patient, or None."""
+    path = Path(os.path.abspath(dicom.parse_series_ref(ref)[0])).relative_to(os.path.abspath(root))
+    return next((p.name for p in path.parents if PATIENT_FOLDER.fullmatch(p.name)), None)
+
+
+def _patient_ids(cases: list[tuple[str, str]], identifiers: dict[str, dict[str, str]], salt: str,
+                 root: Path) -> list[str]:
+    """A patient id per case where the labels sheet gives none: a keyed pseudonym of a DICOM series' PatientID, or
+    of the patient folder every scan lies in (``patient00001/study1/view1.jpg``), so a patient's scans (series,
+    studies, follow-ups) split together; else a hash of the case id."""
     from medtl.data.pseudonyms import id_key, pseudonym
 
     patients = {ref: ids["patient_id"] for ref, ids in identifiers.items() if "patient_id" in ids}
+    folders = {ref: patient_folder(ref, root) for _, ref in cases if ref not in patients}
+    if folders and all(folders.values()):  # a folder per patient only where every scan has one
+        patients |= folders  # a folder may be named with a hospital number: pseudonymised, and never shown
+        logger.info("patient_id from the patient folder each scan lies in, pseudonymised: %d patients, so a "
+                    "patient's scans split together", len(set(folders.values())))
     key = id_key() if any(ref in patients for _, ref in cases) else b""
     return [pseudonym(patients[ref], key) if ref in patients else salted_patient_id(case, salt) for case, ref in cases]
 
@@ -189,70 +199,19 @@ def build_manifest(
     if labels is not None and label_folders:
         raise ManifestError("--labels and --label-folders: give one source of labels")
     if labels is not None:
-        table = _join_labels(table, Path(labels), {case: identifiers.get(ref, {}) for case, ref in cases})
+        table = join_labels(table, Path(labels), cases, {case: identifiers.get(ref, {}) for case, ref in cases}, out)
     if label_folders:
         table = table.merge(folder_labels(cases, folder), on="case_id", how="left")
     views = [dicom.film_view(ref) or None for _, ref in cases]  # a column to sort laterals out by, a subgroup
     if any(views) and "view" not in table:
         table["view"] = views
-    derived = pd.Series(_patient_ids(cases, identifiers, salt), index=table.index)
+    derived = pd.Series(_patient_ids(cases, identifiers, salt, folder), index=table.index)
     table["patient_id"] = table["patient_id"].fillna(derived) if "patient_id" in table else derived
     front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
     _refuse_losing_columns(out, table)
     write_table(table, out)
     return table
-
-
-ACCESSION_NAMES = {"accession", "accessionnumber", "accessionno", "accno", "acc"}
-"""How a sheet heads the accession number (any capitals, spaces, dots, dashes or underscores)."""
-
-
-def _keyed_by_tags(sheet: pd.DataFrame, labels: Path, identifiers: dict[str, dict[str, str]]) -> pd.DataFrame:
-    """A sheet keyed by accession number or patient id, as a hospital's report registry is, as one keyed by case id:
-    every series of a study (or scan of a patient) takes that row. ``identifiers`` holds each case's raw DICOM
-    values; the manifest gets none of them, and messages count them, never show them."""
-    sheet = sheet.rename(columns={c: "accession" for c in sheet.columns
-                                  if re.sub(r"[\s._-]+", "", c.lower()) in ACCESSION_NAMES})
-    key = next((k for k in ("accession", "patient_id") if k in sheet), None)
-    if key is None:
-        raise ManifestError(f"{labels}: needs a case_id column to join on, or for DICOM scans an accession number or "
-                            f"patient_id column (has {', '.join(sheet.columns)})")
-    if not any(key in ids for ids in identifiers.values()):
-        raise ManifestError(f"{labels}: keyed by {key}, which none of the scans states (only DICOM carries it); give "
-                            "a case_id column")
-    rows = sheet.dropna(subset=[key]).drop_duplicates()
-    repeated = int(rows[key].duplicated().sum())
-    if repeated:
-        raise ManifestError(f"{labels}: {repeated} {key} value(s) have two different rows; give one row per {key}")
-    rows = rows.set_index(key)
-    matched = [(case, ids[key]) for case, ids in identifiers.items() if ids.get(key) in rows.index]
-    unused = len(set(rows.index) - {value for _, value in matched})
-    say = logger.warning if unused else logger.info
-    say("%s is keyed by %s: %d scans take its rows%s", labels.name, key, len(matched),
-        f"; {unused} of its rows match no scan" if unused else "")
-    keyed = rows.loc[[value for _, value in matched]].reset_index(drop=True)
-    keyed.insert(0, "case_id", [case for case, _ in matched])
-    return keyed.drop(columns=["patient_id"], errors="ignore")  # the hospital's patient number stays out
-
-
-def _excel_hint(unmatched: list[str], cases: pd.Series) -> tuple[str, str]:
-    """An unmatched sheet id to show, and what a spreadsheet did to it where that is plain: ids like 1-2 read as
-    dates, 007 stored as the number 7 (its leading zeros gone), or 12 saved as the decimal 12.0."""
-    dates = [c for c in unmatched if re.fullmatch(r"\d{4}-\d\d-\d\d( 00:00:00)?", c)]
-    if dates:
-        return dates[0], ("; Excel reads ids like 1-2 or 3/4 as dates: format the case_id column as Text and type "
-                          "them again")
-    padded = {c.lstrip("0") or "0": c for c in cases if isinstance(c, str) and c.isdigit() and c.startswith("0")}
-    stripped = [c for c in unmatched if c.isdigit() and c in padded]
-    if stripped:
-        return stripped[0], (f"; scan {padded[stripped[0]]!r} has this id with leading zeros, which a spreadsheet "
-                             "drops from numbers: format the case_id column as Text and type the ids again")
-    decimals = [c for c in unmatched if re.fullmatch(r"\d+\.0+", c) and c.split(".")[0] in set(cases)]
-    if decimals:
-        return decimals[0], (f"; scan {decimals[0].split('.')[0]!r} has this id without the decimals, which the "
-                             "sheet's ids gained when saved as numbers (a column with an empty cell): write them as text")
-    return unmatched[0], ""
 
 
 def folder_labels(cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
@@ -287,38 +246,3 @@ def _refuse_losing_columns(out: Path, table: pd.DataFrame) -> None:
     if lost:
         raise ManifestError(f"--out {out}: the manifest there has column(s) {', '.join(lost)} that the new one would not; "
                             "write to a new file (or give --labels with them)")
-
-
-def _join_labels(table: pd.DataFrame, labels: Path, identifiers: dict[str, dict[str, str]]) -> pd.DataFrame:
-    if not labels.is_file():
-        raise ManifestError(f"{labels}: labels file not found")
-    sheet = read_sheet(labels)
-    if "case_id" not in sheet:
-        sheet = _keyed_by_tags(sheet, labels, identifiers)
-    if "label" not in sheet and "mask" not in table:
-        logger.warning("%s has no label column (it has %s): the manifest holds no labels until the column that holds "
-                       "the classes is named 'label'", labels.name, ", ".join(sheet.columns))
-    stems = sheet["case_id"].map(lambda c: _case_id_from_file(Path(c)) if isinstance(c, str) else c)
-    if stems.isin(table["case_id"]).sum() > sheet["case_id"].isin(table["case_id"]).sum():
-        logger.info("%s names cases by file (e.g. %s): read as case %s", labels.name,
-                    sheet["case_id"][stems != sheet["case_id"]].iloc[0], stems[stems != sheet["case_id"]].iloc[0])
-        sheet = sheet.assign(case_id=stems)
-    copies = sheet.duplicated()
-    if copies.any():  # a row pasted twice says nothing new; two rows that differ are a question only a person can answer
-        logger.warning("%s: %d row(s) repeat an earlier row exactly (e.g. case %s); each is read once", labels.name,
-                       int(copies.sum()), sheet.loc[copies, "case_id"].iloc[0])
-        sheet = sheet[~copies]
-    repeated = sheet["case_id"][sheet["case_id"].duplicated()]
-    if len(repeated):
-        case = repeated.iloc[0]
-        raise ManifestError(f"{labels}: case {case} has {int((sheet['case_id'] == case).sum())} rows; give one row per "
-                            "case_id (a case with two labels cannot be trained on)")
-    unmatched = sorted(set(sheet["case_id"]) - set(table["case_id"]))
-    if unmatched:
-        example, hint = _excel_hint(unmatched, table["case_id"])
-        logger.warning("%d label rows match no scan (e.g. %s)%s", len(unmatched), example, hint)
-    unlabelled = sorted(set(table["case_id"]) - set(sheet["case_id"]))
-    if unlabelled:
-        logger.warning("%d scans have no row in %s (e.g. %s): they stay unlabelled", len(unlabelled), labels.name,
-                       unlabelled[0])
-    return table.merge(sheet, on="case_id", how="left")

@@ -116,7 +116,8 @@ def _known_names(columns: list[str]) -> list[str]:
     subgroups a config names) keep theirs, and a name already taken is not doubled."""
     def known(c: str) -> str:
         plain = re.sub(r"[\s.-]+", "_", c.lower())
-        plain = {"caseid": "case_id", "patientid": "patient_id"}.get(plain, plain)
+        plain = {"caseid": "case_id", "patientid": "patient_id", "labels": "label",
+                 "finding_labels": "label"}.get(plain, plain)  # ChestX-ray14 heads its labels "Finding Labels"
         return plain if plain in KNOWN_COLUMNS and plain not in columns else c
 
     renamed = [known(c) for c in columns]

@@ -1,0 +1,179 @@
+"""Label sheets joined to the scans ``manifest build`` found. A sheet names its cases by case id, by file (as public
+sets do: ChestX-ray14's ``Image Index``, CheXpert's ``Path``), or, for DICOM, by accession or patient number (as a
+hospital's report registry does); each is read as case ids, and no DICOM identifier reaches the manifest."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from medtl.data import dicom
+from medtl.data.manifest import KNOWN_COLUMNS, read_sheet
+from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+from medtl.errors import ManifestError
+
+logger = logging.getLogger(__name__)
+
+ACCESSION_NAMES = {"accession", "accessionnumber", "accessionno", "accno", "acc"}
+"""How a sheet heads the accession number (any capitals, spaces, dots, dashes or underscores)."""
+
+TAIL_DEPTH = 6
+"""The most trailing path parts a sheet's file reference is matched on (``train/patient00001/study1/view1.jpg``)."""
+
+
+def case_id_from_file(path: Path) -> str:
+    name = path.name
+    for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def join_labels(table: pd.DataFrame, labels: Path, cases: list[tuple[str, str]],
+                identifiers: dict[str, dict[str, str]], out: Path) -> pd.DataFrame:
+    """``table`` (one row per scan) with the sheet's columns joined on case id, for the manifest at ``out``.
+    ``cases`` is (case id, reference) per scan; ``identifiers`` each case's raw DICOM numbers, to join a sheet keyed
+    by them."""
+    if not labels.is_file():
+        raise ManifestError(f"{labels}: labels file not found")
+    sheet = read_sheet(labels)
+    if "case_id" not in sheet:
+        sheet = keyed_by_files(sheet, labels, cases)
+    if "case_id" not in sheet:
+        sheet = keyed_by_tags(sheet, labels, identifiers)
+    if "label" not in sheet and "mask" not in table:
+        logger.warning("%s has no label column (it has %s): the manifest holds no labels until the column that holds "
+                       "the classes is named 'label'%s", labels.name, ", ".join(sheet.columns), _findings_hint(sheet, out))
+    stems = sheet["case_id"].map(lambda c: case_id_from_file(Path(c)) if isinstance(c, str) else c)
+    if stems.isin(table["case_id"]).sum() > sheet["case_id"].isin(table["case_id"]).sum():
+        logger.info("%s names cases by file (e.g. %s): read as case %s", labels.name,
+                    sheet["case_id"][stems != sheet["case_id"]].iloc[0], stems[stems != sheet["case_id"]].iloc[0])
+        sheet = sheet.assign(case_id=stems)
+    copies = sheet.duplicated()
+    if copies.any():  # a row pasted twice says nothing new; two rows that differ are a question only a person can answer
+        logger.warning("%s: %d row(s) repeat an earlier row exactly (e.g. case %s); each is read once", labels.name,
+                       int(copies.sum()), sheet.loc[copies, "case_id"].iloc[0])
+        sheet = sheet[~copies]
+    repeated = sheet["case_id"][sheet["case_id"].duplicated()]
+    if len(repeated):
+        case = repeated.iloc[0]
+        raise ManifestError(f"{labels}: case {case} has {int((sheet['case_id'] == case).sum())} rows; give one row per "
+                            "case_id (a case with two labels cannot be trained on)")
+    _say_unjoined(sheet, table, labels)
+    return table.merge(sheet, on="case_id", how="left")
+
+
+def _say_unjoined(sheet: pd.DataFrame, table: pd.DataFrame, labels: Path) -> None:
+    unmatched = sorted(set(sheet["case_id"].dropna()) - set(table["case_id"]))
+    if unmatched:
+        example, hint = _excel_hint(unmatched, table["case_id"])
+        logger.warning("%d label rows match no scan (e.g. %s)%s", len(unmatched), example, hint)
+    unlabelled = sorted(set(table["case_id"]) - set(sheet["case_id"]))
+    if unlabelled:
+        logger.warning("%d scans have no row in %s (e.g. %s): they stay unlabelled", len(unlabelled), labels.name,
+                       unlabelled[0])
+
+
+def _findings_hint(sheet: pd.DataFrame, out: Path) -> str:
+    import shlex
+
+    from medtl.data.findings import finding_columns, slug
+
+    columns = finding_columns(sheet)
+    if not columns:
+        return ""
+    return (f"; {', '.join(columns[:4])}{' …' if len(columns) > 4 else ''} hold findings (1, 0, -1 or blank): "
+            f"`medtl manifest finding {shlex.quote(str(out))} {shlex.quote(columns[0])} --out "
+            f"{shlex.quote(str(out.with_name(slug(columns[0]) + '.csv')))}` writes the manifest of one")
+
+
+def _parts(reference: str) -> tuple[str, ...]:
+    return tuple(p for p in re.split(r"[\\/]+", reference.strip()) if p not in ("", "."))
+
+
+def _file_index(cases: list[tuple[str, str]]) -> dict[tuple[str, ...], str | None]:
+    """Each scan's trailing path parts (the last one with and without its suffix) to its case id; None where two
+    scans share them (``view1_frontal.jpg`` in every study folder)."""
+    index: dict[tuple[str, ...], str | None] = {}
+    for case, ref in cases:
+        parts = _parts(os.path.abspath(dicom.parse_series_ref(ref)[0]))
+        for k in range(1, min(TAIL_DEPTH, len(parts)) + 1):
+            tail = parts[-k:]
+            for key in {tail, (*tail[:-1], case_id_from_file(Path(tail[-1])))}:
+                index[key] = case if index.get(key, case) == case else None
+    return index
+
+
+def keyed_by_files(sheet: pd.DataFrame, labels: Path, cases: list[tuple[str, str]]) -> pd.DataFrame:
+    """A sheet keyed by the scans' files (``00000001_000.png``, ``train/patient00001/study1/view1_frontal.jpg``,
+    a DICOM file's name without ``.dcm``) read as one keyed by case id: the key is the column whose values name the
+    most scans, each one scan alone, when they name at least half of its rows. Else the sheet as it is."""
+    index = _file_index(cases)
+
+    def case_of(value: object) -> str | None:
+        return index.get(_parts(value)[-TAIL_DEPTH:]) if isinstance(value, str) and _parts(value) else None
+
+    best, best_cases, best_count = None, None, 0
+    for column in (c for c in sheet.columns if c not in KNOWN_COLUMNS):
+        found = sheet[column].map(case_of)
+        count = int(found.notna().sum())
+        if count > best_count and count * 2 >= sheet[column].notna().sum():
+            best, best_cases, best_count = column, found, count
+    if best is None:
+        return sheet
+    logger.info("%s names scans by its %r column: %d of its %d rows name a scan", labels.name, best, best_count,
+                len(sheet))
+    keyed = sheet.drop(columns=[best])
+    keyed.insert(0, "case_id", best_cases.where(best_cases.notna(), sheet[best]))
+    return keyed
+
+
+def keyed_by_tags(sheet: pd.DataFrame, labels: Path, identifiers: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """A sheet keyed by accession number or patient id, as a hospital's report registry is, as one keyed by case id:
+    every series of a study (or scan of a patient) takes that row. ``identifiers`` holds each case's raw DICOM
+    values; the manifest gets none of them, and messages count them, never show them."""
+    sheet = sheet.rename(columns={c: "accession" for c in sheet.columns
+                                  if re.sub(r"[\s._-]+", "", c.lower()) in ACCESSION_NAMES})
+    key = next((k for k in ("accession", "patient_id") if k in sheet), None)
+    if key is None:
+        raise ManifestError(f"{labels}: needs a case_id column to join on, a column of the scans' file names or paths, "
+                            f"or for DICOM scans an accession number or patient_id column (has {', '.join(sheet.columns)})")
+    if not any(key in ids for ids in identifiers.values()):
+        raise ManifestError(f"{labels}: keyed by {key}, which none of the scans states (only DICOM carries it); give "
+                            "a case_id column, or a column of the scans' file names")
+    rows = sheet.dropna(subset=[key]).drop_duplicates()
+    repeated = int(rows[key].duplicated().sum())
+    if repeated:
+        raise ManifestError(f"{labels}: {repeated} {key} value(s) have two different rows; give one row per {key}")
+    rows = rows.set_index(key)
+    matched = [(case, ids[key]) for case, ids in identifiers.items() if ids.get(key) in rows.index]
+    unused = len(set(rows.index) - {value for _, value in matched})
+    say = logger.warning if unused else logger.info
+    say("%s is keyed by %s: %d scans take its rows%s", labels.name, key, len(matched),
+        f"; {unused} of its rows match no scan" if unused else "")
+    keyed = rows.loc[[value for _, value in matched]].reset_index(drop=True)
+    keyed.insert(0, "case_id", [case for case, _ in matched])
+    return keyed.drop(columns=["patient_id"], errors="ignore")  # the hospital's patient number stays out
+
+
+def _excel_hint(unmatched: list[str], cases: pd.Series) -> tuple[str, str]:
+    """An unmatched sheet id to show, and what a spreadsheet did to it where that is plain: ids like 1-2 read as
+    dates, 007 stored as the number 7 (its leading zeros gone), or 12 saved as the decimal 12.0."""
+    dates = [c for c in unmatched if re.fullmatch(r"\d{4}-\d\d-\d\d( 00:00:00)?", c)]
+    if dates:
+        return dates[0], ("; Excel reads ids like 1-2 or 3/4 as dates: format the case_id column as Text and type "
+                          "them again")
+    padded = {c.lstrip("0") or "0": c for c in cases if isinstance(c, str) and c.isdigit() and c.startswith("0")}
+    stripped = [c for c in unmatched if c.isdigit() and c in padded]
+    if stripped:
+        return stripped[0], (f"; scan {padded[stripped[0]]!r} has this id with leading zeros, which a spreadsheet "
+                             "drops from numbers: format the case_id column as Text and type the ids again")
+    decimals = [c for c in unmatched if re.fullmatch(r"\d+\.0+", c) and c.split(".")[0] in set(cases)]
+    if decimals:
+        return decimals[0], (f"; scan {decimals[0].split('.')[0]!r} has this id without the decimals, which the "
+                             "sheet's ids gained when saved as numbers (a column with an empty cell): write them as text")
+    return unmatched[0], ""

@@ -1,0 +1,107 @@
+"""Label sheets as public chest X-ray sets ship them: keyed by file, a column per finding, patients in folders."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medtl.data.build import build_manifest
+from medtl.data.manifest import read_manifest
+from tests.conftest import run_cli
+
+
+def film(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (16, 16), dtype=np.uint8)).save(path)
+
+
+CARDIOMEGALY = ["1.0", "0.0", "-1.0", None, "1.0", "-1.0", "0.0", "1.0"]
+"""Patient p's two studies take values 2p and 2p+1."""
+
+
+def chexpert_like(root: Path) -> Path:
+    """CheXpert's layout: PATIENT/STUDY/view1_frontal.jpg, every file of one name, and a sheet keyed by its path
+    with a column per finding (1, 0, -1 uncertain, blank not mentioned) and none for patients."""
+    rows = []
+    for p in range(1, 5):
+        for s in (1, 2):
+            rel = f"CheXpert-v1.0-small/train/patient{p:05d}/study{s}/view1_frontal.jpg"
+            film(root / rel, 10 * p + s)
+            rows.append({"Path": rel, "Sex": "Female", "No Finding": None,
+                         "Cardiomegaly": CARDIOMEGALY[2 * (p - 1) + s - 1], "Edema": "0.0"})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    return root / "train.csv"
+
+
+def test_a_chexpert_sheet_keyed_by_path_joins_its_films_and_groups_each_patients_studies(tmp_path, caplog):
+    """Such a sheet used to stop the build ("needs a case_id column"), and a patient's two studies, as separate
+    cases of no patient, could land one in training and one in test."""
+    import logging
+
+    sheet = chexpert_like(tmp_path)
+    caplog.set_level(logging.INFO, logger="medtl")
+    build_manifest(tmp_path, tmp_path / "m.csv", labels=sheet, ids="path")
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "names scans by its 'Path' column: 8 of its 8 rows name a scan" in said
+    assert f"`medtl manifest finding {tmp_path / 'm.csv'} Cardiomegaly --out {tmp_path / 'cardiomegaly.csv'}`" in said
+    assert "patient_id from the patient folder each scan lies in, pseudonymised: 4 patients" in said
+    table = pd.read_csv(tmp_path / "m.csv", dtype=str).set_index("image")
+    for p in range(1, 5):
+        for s in (1, 2):
+            value = table.loc[f"CheXpert-v1.0-small/train/patient{p:05d}/study{s}/view1_frontal.jpg", "Cardiomegaly"]
+            assert (None if pd.isna(value) else value) == CARDIOMEGALY[2 * (p - 1) + s - 1]
+    patients = table.groupby("patient_id").size()
+    assert len(patients) == 4 and (patients == 2).all()
+    assert [table["patient_id"].iloc[i] == table["patient_id"].iloc[i + 1] for i in (0, 2, 4, 6)] == [True] * 4
+    assert "Path" not in table and not any("patient0000" in str(v) for v in table["patient_id"])
+    assert "patient0000" not in said  # a folder may be named with a hospital number: never shown
+
+
+def test_a_findings_column_becomes_one_findings_manifest_with_the_uncertain_policy_asked_for(tmp_path):
+    sheet = chexpert_like(tmp_path)
+    build_manifest(tmp_path, tmp_path / "m.csv", labels=sheet, ids="path")
+    args = ("manifest", "finding", str(tmp_path / "m.csv"), "Cardiomegaly", "--out", str(tmp_path / "c.csv"))
+    res = run_cli(*args)
+    assert res.returncode == 2 and "2 cases mark Cardiomegaly -1 (uncertain)" in res.stderr, res.stderr
+    assert "--uncertain present (U-Ones)" in res.stderr and not (tmp_path / "c.csv").exists()
+    ones = {"1.0": "present", "0.0": "absent", None: "absent"}  # blank: not mentioned in the report
+    for policy, n in (("present", 8), ("absent", 8), ("drop", 6)):
+        res = run_cli(*args, "--uncertain", policy)
+        assert res.returncode == 0, res.stderr
+        want = [f"Cardiomegaly_{ones.get(v, policy)}" for v in CARDIOMEGALY if not (v == "-1.0" and policy == "drop")]
+        one = read_manifest(tmp_path / "c.csv")
+        assert list(one.table["label"]) == want and len(one.table) == n
+        assert f"Cardiomegaly_present {want.count('Cardiomegaly_present')}" in res.stdout
+        assert one.table["image_path"].map(lambda p: Path(p).is_file()).all()
+    for finding, said in (("cardiomegaly", "write 'Cardiomegaly'"), ("No Finding", "no case marks it 1 (present)"),
+                          ("Sex", "Sex is 'Female'; a finding's column holds 1 (present)")):
+        res = run_cli("manifest", "finding", str(tmp_path / "m.csv"), finding, "--out", str(tmp_path / "x.csv"))
+        assert res.returncode == 2 and said in res.stderr and not (tmp_path / "x.csv").exists(), res.stderr
+    assert run_cli(*args, "--uncertain", "maybe").returncode == 2
+
+
+def test_a_chestxray14_sheet_joins_by_image_index_with_its_finding_labels_and_patient_ids(tmp_path):
+    names = [f"{p:08d}_{k:03d}.png" for p in (1, 2, 3) for k in (0, 1)]
+    for i, name in enumerate(names):
+        film(tmp_path / "images" / name, i)
+    labels = ["Effusion", "Effusion|Infiltration", "No Finding", "Infiltration", "Mass|Effusion", "No Finding"]
+    pd.DataFrame({"Image Index": names, "Finding Labels": labels, "Follow-up #": ["0", "1"] * 3,
+                  "Patient ID": ["1", "1", "2", "2", "3", "3"]}).to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    table = build_manifest(tmp_path / "images", tmp_path / "m.csv", labels=tmp_path / "Data_Entry_2017.csv")
+    assert list(table.set_index("case_id").loc[[n[:-4] for n in names], "label"]) == labels
+    assert table.groupby("patient_id").size().tolist() == [2, 2, 2]
+    res = run_cli("manifest", "finding", str(tmp_path / "m.csv"), "Effusion", "--out", str(tmp_path / "e.csv"))
+    assert res.returncode == 0 and "Effusion_absent 3, Effusion_present 3" in res.stdout, res.stderr
+
+
+def test_a_sheet_whose_file_names_repeat_is_not_joined_on_them_and_a_folder_above_the_data_names_no_patient(tmp_path):
+    root = tmp_path / "sub-01" / "scans"  # the researcher's own folder, above the data: no patient of the scans
+    for study in ("a", "b"):
+        film(root / study / "view1_frontal.jpg", ord(study))
+    pd.DataFrame({"file": ["view1_frontal.jpg"], "label": ["x"]}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(Exception, match="a column of the scans' file names or paths"):
+        build_manifest(root, tmp_path / "m.csv", labels=tmp_path / "s.csv", ids="path")
+    table = build_manifest(root, tmp_path / "m.csv", ids="path")
+    assert table["patient_id"].nunique() == 2
