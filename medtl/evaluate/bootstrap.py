@@ -1,6 +1,9 @@
 """Confidence intervals by bootstrap resampling of patients, stratified by label.
 
-A patient with several scans is drawn as a unit, so correlated scans do not narrow the interval.
+A patient with several scans is drawn as a unit, so correlated scans do not narrow the interval. A share of cases
+(sensitivity, specificity, PPV, NPV, accuracy) gets at least its Wilson score interval too: resamples of 4 positive
+cases all found give sensitivity 1 every time, an interval of no width, where 4 of 4 is as plausible at a
+sensitivity of 0.6.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.stats import binomtest
 
 
 def patient_strata(y: np.ndarray, groups: np.ndarray) -> list[list[np.ndarray]]:
@@ -56,3 +60,16 @@ def bootstrap_ci(
         v = v[np.isfinite(v)]
         out[name] = (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) if v.size else (float("nan"), float("nan"))
     return out
+
+
+def widen_to_wilson(intervals: dict[str, float], counts: dict[str, tuple[int, int]], ci: float = 0.95) -> None:
+    """Widens each ``NAME_ci_low``/``NAME_ci_high`` in ``intervals`` whose metric is a share of cases to cover its
+    Wilson score interval (``counts``: cases counted and cases it is a share of). The bootstrap keeps what patients
+    add; Wilson what a few cases, or a share of 0 or 1, leave uncertain."""
+    for name, (k, n) in counts.items():
+        if n == 0 or f"{name}_ci_low" not in intervals:
+            continue
+        wilson = binomtest(k, n).proportion_ci(confidence_level=ci, method="wilson")
+        low, high = intervals[f"{name}_ci_low"], intervals[f"{name}_ci_high"]
+        intervals[f"{name}_ci_low"] = float(np.fmin(low, wilson.low))
+        intervals[f"{name}_ci_high"] = float(np.fmax(high, wilson.high))

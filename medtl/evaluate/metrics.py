@@ -83,6 +83,18 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: flo
     return multiclass_metrics(y_true, p)
 
 
+def proportion_counts(y_true: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, tuple[int, int]]:
+    """Each metric that is a share of cases as (cases counted, cases it is a share of): sensitivity is TP of TP + FN."""
+    y, p = check_inputs(y_true, probs)
+    if p.ndim == 2 and p.shape[1] == 2:
+        p = p[:, 1]
+    if p.ndim == 2:
+        return {"accuracy": (int((p.argmax(1) == y).sum()), len(y))}
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).ravel())
+    return {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp), "npv": (tn, tn + fn),
+            "accuracy": (tp + tn, len(y))}
+
+
 def undefined_reasons(y_true: np.ndarray, metrics: dict[str, float]) -> list[str]:
     """Why some metrics are NaN, in words for the report."""
     notes = []

@@ -14,9 +14,9 @@ import pandas as pd
 
 from medtl.config import EvaluateConfig
 from medtl.evaluate import plots
-from medtl.evaluate.bootstrap import bootstrap_ci
+from medtl.evaluate.bootstrap import bootstrap_ci, widen_to_wilson
 from medtl.evaluate.calibration import apply_temperature, calibration_metrics, ece_and_brier, estimate_prior
-from medtl.evaluate.metrics import classification_metrics, undefined_reasons
+from medtl.evaluate.metrics import classification_metrics, proportion_counts, undefined_reasons
 from medtl.evaluate.subgroups import subgroup_metrics
 from medtl.probability import decide, log_prior_ratio, probabilities
 
@@ -55,6 +55,7 @@ def _point_and_ci(y: np.ndarray, cal: np.ndarray, logits: np.ndarray, threshold:
         stacked = np.hstack([cal, logits])
         for name, (lo, hi) in bootstrap_ci(fn, y, stacked, groups, cfg.bootstrap, cfg.ci, cfg.seed).items():
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
+        widen_to_wilson(out, proportion_counts(y, cal, threshold), cfg.ci)
     return out
 
 
@@ -69,6 +70,7 @@ def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold:
         if cfg.bootstrap > 0:
             for name, (lo, hi) in bootstrap_ci(fn, y[idx], probs[idx], groups[idx], cfg.bootstrap, cfg.ci, cfg.seed).items():
                 out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
+            widen_to_wilson(out, proportion_counts(y[idx], probs[idx], threshold), cfg.ci)
         return out
 
     return subgroup_metrics(table, columns, cfg.min_subgroup_size, notes, measure)
@@ -96,6 +98,7 @@ def evaluate_classification(
     prior = _prior_shift(logits, y, cal, temperature, threshold, source_prior, source_rates, cfg, metrics, notes)
     shift = None if prior is None else _resampled_shift(temperature, threshold, source_prior, source_rates, cfg)
     metrics.update(_point_and_ci(y, cal, logits, threshold, groups, cfg, shift))
+    notes += _no_width_notes(metrics, len(y))
     metrics.update(_subgroups(table, y, cal, threshold, groups, subgroups or [], cfg, notes))
     pred = decide(cal, threshold)
     predictions = pd.DataFrame({"case_id": table["case_id"].to_numpy(), "label": table["label"].to_numpy(),
@@ -111,6 +114,15 @@ def evaluate_classification(
     ev = Evaluation(metrics, notes, files, predictions.assign(patient_id=groups), prior)
     files += write_report(ev, out_dir, classes)
     return ev
+
+
+def _no_width_notes(metrics: dict[str, float], n: int) -> list[str]:
+    """What an AUROC interval of no width means: classes the model separates perfectly in every resample, which
+    says the cases are few, not that the figure is certain."""
+    return [f"{name}: its interval has no width, because the {n} cases' classes are separated perfectly in every "
+            "resample; that says the cases are few, not that the figure is certain: evaluate on more cases"
+            for name in ("auroc", "auroc_macro")
+            if metrics.get(f"{name}_ci_low") is not None and metrics[f"{name}_ci_low"] == metrics[f"{name}_ci_high"] == 1.0]
 
 
 def _with_typicality(predictions: pd.DataFrame, typicality: np.ndarray, metrics: dict[str, float],

@@ -287,3 +287,45 @@ def test_every_figure_title_names_the_model_and_the_split(tmp_path, monkeypatch)
     assert subject == "pneu-fine_tune, test split"
     evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20), tmp_path, subject=subject)
     assert len(titles) >= 4 and all("pneu-fine_tune, test split" in t and "n = 20" in t for t in titles), titles
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval, by its formula."""
+    from scipy.stats import norm
+
+    p, z = k / n, norm.ppf(0.975)
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_a_share_of_few_cases_has_at_least_its_wilson_interval_and_a_perfect_auroc_says_the_cases_are_few(tmp_path):
+    """Four positive cases all found gave sensitivity 1.000 [1.000, 1.000]: every resample finds them all, yet 4 of
+    4 is as plausible at a sensitivity of 0.6. Shares of cases now cover their Wilson score interval; an AUROC
+    interval of no width says why. A large split keeps its patient-bootstrap interval where that is the wider."""
+    y = np.array([1] * 4 + [0] * 16)
+    logits = np.column_stack([np.zeros(20), np.where(y == 1, 3.0, -3.0)])
+    logits[4, 1] = 1.0  # one negative called positive: specificity 15 of 16
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(20)], "label": np.array(["a", "b"])[y],
+                          "patient_id": range(20)})
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=200), tmp_path)
+    m = ev.metrics
+    for name, (k, n) in (("sensitivity", (4, 4)), ("specificity", (15, 16)), ("ppv", (4, 5)), ("npv", (15, 15)),
+                         ("accuracy", (19, 20))):
+        low, high = wilson(k, n)
+        assert m[name] == pytest.approx(k / n)
+        assert m[f"{name}_ci_low"] <= low + 1e-9 and m[f"{name}_ci_high"] >= high - 1e-9, name
+    assert m["sensitivity_ci_low"] == pytest.approx(wilson(4, 4)[0]) and m["sensitivity_ci_high"] == 1.0
+    assert m["auroc_ci_low"] == m["auroc_ci_high"] == 1.0
+    assert any("auroc: its interval has no width, because the 20 cases' classes are separated perfectly" in n
+               for n in ev.notes)
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = rng.integers(0, 2, n)
+    big = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y],
+                        "patient_id": np.arange(n) // 4})  # four cases a patient: wider than Wilson, kept
+    logits = np.column_stack([np.zeros(n), np.repeat(rng.normal(0, 1, n // 4), 4) + y])
+    ev = evaluate_classification(big, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=200), tmp_path / "big")
+    boot = bootstrap_ci(lambda yy, pp: binary_metrics(yy, pp[:, 1], 0.5), y, apply_temperature(logits, 1.0),
+                        big["patient_id"].to_numpy(), 200, 0.95, 0)
+    assert (ev.metrics["sensitivity_ci_low"], ev.metrics["sensitivity_ci_high"]) == pytest.approx(boot["sensitivity"])
+    assert not any("no width" in note for note in ev.notes)
