@@ -20,7 +20,8 @@ from medtl.evaluate.metrics import classification_metrics, proportion_counts, un
 from medtl.evaluate.subgroups import subgroup_metrics
 from medtl.probability import decide, log_prior_ratio, probabilities
 
-CI_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "balanced_accuracy", "auroc_macro", "accuracy")
+CI_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "auroc_macro",
+              "accuracy")
 
 
 @dataclass

@@ -328,4 +328,5 @@ def test_a_share_of_few_cases_has_at_least_its_wilson_interval_and_a_perfect_aur
     boot = bootstrap_ci(lambda yy, pp: binary_metrics(yy, pp[:, 1], 0.5), y, apply_temperature(logits, 1.0),
                         big["patient_id"].to_numpy(), 200, 0.95, 0)
     assert (ev.metrics["sensitivity_ci_low"], ev.metrics["sensitivity_ci_high"]) == pytest.approx(boot["sensitivity"])
+    assert (ev.metrics["f1_ci_low"], ev.metrics["f1_ci_high"]) == pytest.approx(boot["f1"])  # F1 had no interval
     assert not any("no width" in note for note in ev.notes)
