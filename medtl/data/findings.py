@@ -81,6 +81,16 @@ def finding_columns(table: pd.DataFrame) -> list[str]:
     return [str(c) for c in table.columns if c not in KNOWN_COLUMNS and holds_finding(table[c])]
 
 
+def findings_hint(table: pd.DataFrame, manifest: Path) -> str:
+    """Where ``table`` has columns of findings: "; ..." naming them and the command that writes one's manifest."""
+    columns = finding_columns(table)
+    if not columns:
+        return ""
+    return (f"; {', '.join(columns[:4])}{' …' if len(columns) > 4 else ''} hold findings (1, 0, -1 or blank): "
+            f"`medtl manifest finding {shlex.quote(str(manifest))} {shlex.quote(columns[0])} --out "
+            f"{shlex.quote(str(manifest.with_name(slug(columns[0]) + '.csv')))}` writes the manifest of one")
+
+
 def one_finding(manifest: Manifest, finding: str, folder: Path, uncertain: Uncertain | None = None) -> pd.DataFrame:
     """The manifest's table for a manifest in ``folder`` whose label says whether each case has ``finding``: from
     its column of its own, or from the findings the labels join; an unlabelled case stays unlabelled."""

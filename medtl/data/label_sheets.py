@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from medtl.data import dicom
+from medtl.data.findings import findings_hint
 from medtl.data.manifest import KNOWN_COLUMNS, read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from medtl.errors import ManifestError
@@ -47,7 +48,7 @@ def join_labels(table: pd.DataFrame, labels: Path, cases: list[tuple[str, str]],
         sheet = keyed_by_tags(sheet, labels, identifiers)
     if "label" not in sheet and "mask" not in table:
         logger.warning("%s has no label column (it has %s): the manifest holds no labels until the column that holds "
-                       "the classes is named 'label'%s", labels.name, ", ".join(sheet.columns), _findings_hint(sheet, out))
+                       "the classes is named 'label'%s", labels.name, ", ".join(sheet.columns), findings_hint(sheet, out))
     stems = sheet["case_id"].map(lambda c: case_id_from_file(Path(c)) if isinstance(c, str) else c)
     if stems.isin(table["case_id"]).sum() > sheet["case_id"].isin(table["case_id"]).sum():
         logger.info("%s names cases by file (e.g. %s): read as case %s", labels.name,
@@ -78,19 +79,6 @@ def _say_unjoined(sheet: pd.DataFrame, table: pd.DataFrame, labels: Path) -> Non
                        unlabelled[0])
 
 
-def _findings_hint(sheet: pd.DataFrame, out: Path) -> str:
-    import shlex
-
-    from medtl.data.findings import finding_columns, slug
-
-    columns = finding_columns(sheet)
-    if not columns:
-        return ""
-    return (f"; {', '.join(columns[:4])}{' …' if len(columns) > 4 else ''} hold findings (1, 0, -1 or blank): "
-            f"`medtl manifest finding {shlex.quote(str(out))} {shlex.quote(columns[0])} --out "
-            f"{shlex.quote(str(out.with_name(slug(columns[0]) + '.csv')))}` writes the manifest of one")
-
-
 def _parts(reference: str) -> tuple[str, ...]:
     return tuple(p for p in re.split(r"[\\/]+", reference.strip()) if p not in ("", "."))
 
@@ -118,7 +106,9 @@ def keyed_by_files(sheet: pd.DataFrame, labels: Path, cases: list[tuple[str, str
         return index.get(_parts(value)[-TAIL_DEPTH:]) if isinstance(value, str) and _parts(value) else None
 
     best, best_cases, best_count = None, None, 0
-    for column in (c for c in sheet.columns if c not in KNOWN_COLUMNS):
+    for column in (c for c in sheet.columns if c == "image" or c not in KNOWN_COLUMNS):
+        if not sheet[column].dropna().head(200).map(case_of).notna().any():  # a sheet of 200,000 rows: columns at a glance
+            continue
         found = sheet[column].map(case_of)
         count = int(found.notna().sum())
         if count > best_count and count * 2 >= sheet[column].notna().sum():

@@ -50,9 +50,12 @@ def preflight(data: DataConfig, train: TrainConfig) -> Manifest:
         if "label" in manifest.table:
             raise ConfigError(f"data.task: classification needs labels, and {manifest.path.name}'s label column is "
                               "empty; fill it")
+        from medtl.data.findings import findings_hint
+
         columns = [c for c in manifest.table.columns if c not in ("image_path", "mask_path")]
         raise ConfigError(f"data.task: classification needs a label column, and {manifest.path.name} has none (it has "
-                          f"{', '.join(columns)}); name the column that holds the classes 'label'")
+                          f"{', '.join(columns)}); name the column that holds the classes 'label'"
+                          + findings_hint(manifest.table, manifest.path))
     if data.task == "classification" and train.loss not in ("ce", "focal"):
         raise ConfigError(f"train.loss: {train.loss} is for segmentation; use ce or focal for classification")
     if data.task == "segmentation" and train.loss not in ("dice_ce", "dice_focal"):

@@ -30,7 +30,7 @@ def chexpert_like(root: Path) -> Path:
             rel = f"CheXpert-v1.0-small/train/patient{p:05d}/study{s}/view1_frontal.jpg"
             film(root / rel, 10 * p + s)
             rows.append({"Path": rel, "Sex": "Female", "No Finding": None,
-                         "Cardiomegaly": CARDIOMEGALY[2 * (p - 1) + s - 1], "Edema": "0.0"})
+                         "Cardiomegaly": CARDIOMEGALY[2 * (p - 1) + s - 1], "Edema": "1.0" if p == s else "0.0"})
     pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
     return root / "train.csv"
 
@@ -80,6 +80,10 @@ def test_a_findings_column_becomes_one_findings_manifest_with_the_uncertain_poli
         res = run_cli("manifest", "finding", str(tmp_path / "m.csv"), finding, "--out", str(tmp_path / "x.csv"))
         assert res.returncode == 2 and said in res.stderr and not (tmp_path / "x.csv").exists(), res.stderr
     assert run_cli(*args, "--uncertain", "maybe").returncode == 2
+    res = run_cli("train", "--set", f"data.manifest={tmp_path / 'm.csv'}", "--set", f"train.out_dir={tmp_path}")
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "Cardiomegaly, Edema hold findings" in said, said  # not: rename one 'label'
+    assert f"`medtl manifest finding {tmp_path / 'm.csv'} Cardiomegaly --out {tmp_path / 'cardiomegaly.csv'}`" in said
 
 
 def test_a_chestxray14_sheet_joins_by_image_index_with_its_finding_labels_and_patient_ids(tmp_path):
@@ -94,6 +98,9 @@ def test_a_chestxray14_sheet_joins_by_image_index_with_its_finding_labels_and_pa
     assert table.groupby("patient_id").size().tolist() == [2, 2, 2]
     res = run_cli("manifest", "finding", str(tmp_path / "m.csv"), "Effusion", "--out", str(tmp_path / "e.csv"))
     assert res.returncode == 0 and "Effusion_absent 3, Effusion_present 3" in res.stdout, res.stderr
+    pd.DataFrame({"Image": [f"images/{n}" for n in names], "Label": labels}).to_csv(tmp_path / "s.csv", index=False)
+    table = build_manifest(tmp_path / "images", tmp_path / "m2.csv", labels=tmp_path / "s.csv")
+    assert list(table.set_index("case_id").loc[[n[:-4] for n in names], "label"]) == labels  # keyed by its image
 
 
 def test_a_sheet_whose_file_names_repeat_is_not_joined_on_them_and_a_folder_above_the_data_names_no_patient(tmp_path):
