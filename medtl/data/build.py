@@ -199,7 +199,8 @@ def build_manifest(
     if labels is not None and label_folders:
         raise ManifestError("--labels and --label-folders: give one source of labels")
     if labels is not None:
-        table = join_labels(table, Path(labels), cases, {case: identifiers.get(ref, {}) for case, ref in cases}, out)
+        raw = {case: identifiers.get(ref, {}) for case, ref in cases}
+        table = join_labels(table, Path(labels), cases, folder, raw, out)
     if label_folders:
         table = table.merge(folder_labels(cases, folder), on="case_id", how="left")
     views = [dicom.film_view(ref) or None for _, ref in cases]  # a column to sort laterals out by, a subgroup

@@ -34,16 +34,16 @@ def case_id_from_file(path: Path) -> str:
     return name
 
 
-def join_labels(table: pd.DataFrame, labels: Path, cases: list[tuple[str, str]],
+def join_labels(table: pd.DataFrame, labels: Path, cases: list[tuple[str, str]], folder: Path,
                 identifiers: dict[str, dict[str, str]], out: Path) -> pd.DataFrame:
-    """``table`` (one row per scan) with the sheet's columns joined on case id, for the manifest at ``out``.
-    ``cases`` is (case id, reference) per scan; ``identifiers`` each case's raw DICOM numbers, to join a sheet keyed
-    by them."""
+    """``table`` (one row per scan found in ``folder``) with the sheet's columns joined on case id, for the manifest
+    at ``out``. ``cases`` is (case id, reference) per scan; ``identifiers`` each case's raw DICOM numbers, to join a
+    sheet keyed by them."""
     if not labels.is_file():
         raise ManifestError(f"{labels}: labels file not found")
     sheet = read_sheet(labels)
     if "case_id" not in sheet:
-        sheet = keyed_by_files(sheet, labels, cases)
+        sheet = keyed_by_files(sheet, labels, cases, folder)
     if "case_id" not in sheet:
         sheet = keyed_by_tags(sheet, labels, identifiers)
     if "label" not in sheet and "mask" not in table:
@@ -83,27 +83,40 @@ def _parts(reference: str) -> tuple[str, ...]:
     return tuple(p for p in re.split(r"[\\/]+", reference.strip()) if p not in ("", "."))
 
 
-def _file_index(cases: list[tuple[str, str]]) -> dict[tuple[str, ...], str | None]:
-    """Each scan's trailing path parts (the last one with and without its suffix) to its case id; None where two
-    scans share them (``view1_frontal.jpg`` in every study folder)."""
-    index: dict[tuple[str, ...], str | None] = {}
+def _file_index(cases: list[tuple[str, str]], folder: Path) -> tuple[dict[tuple[str, ...], str | None], ...]:
+    """Each scan's trailing path parts (the last one with and without its suffix) to its case id, and its path below
+    ``folder`` to its case id; None where two scans share them (``view1_frontal.jpg`` in every study folder)."""
+    tails: dict[tuple[str, ...], str | None] = {}
+    below: dict[tuple[str, ...], str | None] = {}
+    root = os.path.abspath(folder)
     for case, ref in cases:
-        parts = _parts(os.path.abspath(dicom.parse_series_ref(ref)[0]))
-        for k in range(1, min(TAIL_DEPTH, len(parts)) + 1):
-            tail = parts[-k:]
-            for key in {tail, (*tail[:-1], case_id_from_file(Path(tail[-1])))}:
-                index[key] = case if index.get(key, case) == case else None
-    return index
+        path = os.path.abspath(dicom.parse_series_ref(ref)[0])
+        parts, relative = _parts(path), _parts(os.path.relpath(path, root))
+        for index, keys in ((tails, [parts[-k:] for k in range(1, min(TAIL_DEPTH, len(parts)) + 1)]),
+                            (below, [relative])):
+            for tail in keys:
+                for key in {tail, (*tail[:-1], case_id_from_file(Path(tail[-1])))}:
+                    index[key] = case if index.get(key, case) == case else None
+    return tails, below
 
 
-def keyed_by_files(sheet: pd.DataFrame, labels: Path, cases: list[tuple[str, str]]) -> pd.DataFrame:
+def keyed_by_files(sheet: pd.DataFrame, labels: Path, cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
     """A sheet keyed by the scans' files (``00000001_000.png``, ``train/patient00001/study1/view1_frontal.jpg``,
     a DICOM file's name without ``.dcm``) read as one keyed by case id: the key is the column whose values name the
-    most scans, each one scan alone, when they name at least half of its rows. Else the sheet as it is."""
-    index = _file_index(cases)
+    most scans, each one scan alone, when they name at least half of its rows. A value names a scan when it ends
+    its path, or when the scan's whole path below ``folder`` ends the value (the sheet's folders above it named
+    otherwise: ``CheXpert-v1.0-small/train/...`` for scans unpacked into ``chexpert/train/...``). Else the sheet as
+    it is."""
+    tails, below = _file_index(cases, folder)
+    depths = sorted({len(k) for k in below}, reverse=True)
 
     def case_of(value: object) -> str | None:
-        return index.get(_parts(value)[-TAIL_DEPTH:]) if isinstance(value, str) and _parts(value) else None
+        parts = _parts(value) if isinstance(value, str) else ()
+        if not parts:
+            return None
+        found = tails.get(parts[-TAIL_DEPTH:])
+        return found if found or parts[-TAIL_DEPTH:] in tails else next(
+            (below[parts[-k:]] for k in depths if k < len(parts) and parts[-k:] in below), None)
 
     best, best_cases, best_count = None, None, 0
     for column in (c for c in sheet.columns if c == "image" or c not in KNOWN_COLUMNS):

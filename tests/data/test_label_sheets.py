@@ -112,3 +112,14 @@ def test_a_sheet_whose_file_names_repeat_is_not_joined_on_them_and_a_folder_abov
         build_manifest(root, tmp_path / "m.csv", labels=tmp_path / "s.csv", ids="path")
     table = build_manifest(root, tmp_path / "m.csv", ids="path")
     assert table["patient_id"].nunique() == 2
+
+
+def test_a_sheet_whose_folders_above_the_scans_are_named_otherwise_still_joins_on_the_path_below(tmp_path):
+    """CheXpert's sheet says ``CheXpert-v1.0-small/train/...``; unpacked into ``chexpert/``, the scans' path below
+    the folder given still names each one."""
+    sheet = chexpert_like(tmp_path / "shipped")
+    (tmp_path / "shipped" / "CheXpert-v1.0-small").rename(tmp_path / "chexpert")
+    table = build_manifest(tmp_path / "chexpert", tmp_path / "m.csv", labels=sheet, ids="path")
+    assert table["Cardiomegaly"].notna().sum() == sum(v is not None for v in CARDIOMEGALY)
+    joined = table.set_index("image")["Cardiomegaly"]
+    assert joined["chexpert/train/patient00001/study2/view1_frontal.jpg"] == CARDIOMEGALY[1]
