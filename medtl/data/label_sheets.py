@@ -112,11 +112,9 @@ def keyed_by_files(sheet: pd.DataFrame, labels: Path, cases: list[tuple[str, str
 
     def case_of(value: object) -> str | None:
         parts = _parts(value) if isinstance(value, str) else ()
-        if not parts:
-            return None
-        found = tails.get(parts[-TAIL_DEPTH:])
-        return found if found or parts[-TAIL_DEPTH:] in tails else next(
-            (below[parts[-k:]] for k in depths if k < len(parts) and parts[-k:] in below), None)
+        if parts[-TAIL_DEPTH:] in tails:  # None there: several scans end so
+            return tails[parts[-TAIL_DEPTH:]]
+        return next((below[parts[-k:]] for k in depths if k < len(parts) and parts[-k:] in below), None)
 
     best, best_cases, best_count = None, None, 0
     for column in (c for c in sheet.columns if c == "image" or c not in KNOWN_COLUMNS):
