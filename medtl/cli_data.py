@@ -70,12 +70,15 @@ def manifest_split(
     test: Annotated[float, typer.Option(help="Fraction of patients for test.")] = 0.15,
     folds: Annotated[Optional[int], typer.Option(help="Write k cross-validation folds instead.")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives the same split.")] = 0,
+    test_list: Annotated[Optional[Path], typer.Option(
+        "--test-list", help="The test cases, one per line (case ids, file names or paths), as a public set's official "
+        "test split (ChestX-ray14's test_list.txt); --val is then a fraction of the other patients.")] = None,
 ) -> None:
     """Patient-grouped, label-stratified split."""
     from medtl.data.check_tables import print_counts
     from medtl.data.splits import write_split
 
-    table, column = write_split(manifest, out, val, test, folds, seed)
+    table, column = write_split(manifest, out, val, test, folds, seed, test_list)
     print_counts(table, column)
 
 

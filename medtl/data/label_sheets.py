@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -100,13 +101,11 @@ def _file_index(cases: list[tuple[str, str]], folder: Path) -> tuple[dict[tuple[
     return tails, below
 
 
-def keyed_by_files(sheet: pd.DataFrame, labels: Path, cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
-    """A sheet keyed by the scans' files (``00000001_000.png``, ``train/patient00001/study1/view1_frontal.jpg``,
-    a DICOM file's name without ``.dcm``) read as one keyed by case id: the key is the column whose values name the
-    most scans, each one scan alone, when they name at least half of its rows. A value names a scan when it ends
-    its path, or when the scan's whole path below ``folder`` ends the value (the sheet's folders above it named
-    otherwise: ``CheXpert-v1.0-small/train/...`` for scans unpacked into ``chexpert/train/...``). Else the sheet as
-    it is."""
+def file_matcher(cases: list[tuple[str, str]], folder: Path) -> Callable[[object], str | None]:
+    """value -> the case id of the one scan it names, or None. A value names a scan when it ends the scan's path
+    (``00000001_000.png``, ``train/patient00001/study1/view1_frontal.jpg``, a file's name without its suffix), or
+    when the scan's whole path below ``folder`` ends the value (the folders above named otherwise:
+    ``CheXpert-v1.0-small/train/...`` for scans unpacked into ``chexpert/train/...``)."""
     tails, below = _file_index(cases, folder)
     depths = sorted({len(k) for k in below}, reverse=True)
 
@@ -115,6 +114,15 @@ def keyed_by_files(sheet: pd.DataFrame, labels: Path, cases: list[tuple[str, str
         if parts[-TAIL_DEPTH:] in tails:  # None there: several scans end so
             return tails[parts[-TAIL_DEPTH:]]
         return next((below[parts[-k:]] for k in depths if k < len(parts) and parts[-k:] in below), None)
+
+    return case_of
+
+
+def keyed_by_files(sheet: pd.DataFrame, labels: Path, cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
+    """A sheet keyed by the scans' files (``file_matcher``) read as one keyed by case id: the key is the column whose
+    values name the most scans, each one scan alone, when they name at least half of its rows. Else the sheet as it
+    is."""
+    case_of = file_matcher(cases, folder)
 
     best, best_cases, best_count = None, None, 0
     for column in (c for c in sheet.columns if c == "image" or c not in KNOWN_COLUMNS):

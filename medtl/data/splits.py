@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from medtl.data.manifest import read_manifest, read_sheet, rebased
+from medtl.data.manifest import Manifest, read_manifest, read_sheet, rebased
 from medtl.errors import ManifestError
 from medtl.files import write_table
 from medtl.log import logger
@@ -67,15 +67,22 @@ def with_saved_splits(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     return table.assign(split=table["case_id"].astype(str).map(saved.set_index("case_id")["split"]))
 
 
-def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed: int = 0) -> pd.DataFrame:
-    """Assigns train/val/test to every row; rows keep their order. Deterministic for a seed."""
+def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed: int = 0,
+                   test_cases: set[str] | None = None) -> pd.DataFrame:
+    """Assigns train/val/test to every row; rows keep their order. Deterministic for a seed. ``test_cases``, when
+    given, are the test split (a public set's official one), and ``val`` a fraction of the other patients."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ManifestError(f"--val {val} and --test {test} must be fractions in [0, 1) that add up to less than 1")
-    _warn_rare_classes(table, 1 + (val > 0) + (test > 0), "splits")
+    _warn_rare_classes(table, 1 + (val > 0) + (test > 0 or bool(test_cases)), "splits")
     out = table.copy()
     out["split"] = "train"
     remaining = np.ones(len(out), bool)
-    if test > 0:
+    if test_cases is not None:
+        is_test = out["case_id"].astype(str).isin(test_cases).to_numpy()
+        _refuse_split_patients(out, is_test)
+        out.loc[is_test, "split"] = "test"
+        remaining, test = ~is_test, 0.0
+    elif test > 0:
         is_test = _holdout(out, test, seed)
         out.loc[is_test, "split"] = "test"
         remaining = ~is_test
@@ -84,6 +91,40 @@ def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, s
         is_val = _holdout(rest, val / (1 - test), seed + 1)
         out.loc[rest.index[is_val], "split"] = "val"
     return out
+
+
+def _refuse_split_patients(table: pd.DataFrame, listed: np.ndarray) -> None:
+    """A test list that takes some of a patient's cases and not the others would test on a patient trained on."""
+    patients = pd.Series(listed).groupby(table["patient_id"].to_numpy()).agg(["any", "all"])
+    torn = patients.index[patients["any"] & ~patients["all"]]
+    if len(torn):
+        case = table.loc[(table["patient_id"] == torn[0]).to_numpy() & ~listed, "case_id"].iloc[0]
+        raise ManifestError(f"--test-list names some of a patient's cases and not others ({len(torn)} patient(s); e.g. "
+                            f"case {case} is not listed, its patient's other cases are): list every case of a patient, "
+                            "or none")
+
+
+def listed_cases(path: Path, manifest: Manifest) -> set[str]:
+    """The cases a list names, one per line (case ids, file names or paths; a CSV's first column), as a public set
+    ships its official test split (ChestX-ray14's ``test_list.txt``)."""
+    from medtl.data.label_sheets import file_matcher
+
+    if not path.is_file():
+        raise ManifestError(f"--test-list {path}: file not found")
+    names = [line.split(",")[0].strip().strip('"') for line in path.read_text(errors="replace").splitlines()]
+    names = [n for n in names if n]
+    table = manifest.table
+    ids = set(table["case_id"].astype(str))
+    case_of = file_matcher(list(zip(table["case_id"].astype(str), table["image_path"].astype(str))), manifest.path.parent)
+    found = [n if n in ids else case_of(n) for n in names]
+    unmatched = [n for n, case in zip(names, found) if case is None]
+    if len(unmatched) == len(names):
+        raise ManifestError(f"--test-list {path}: none of its {len(names)} names is a case of {manifest.path.name} "
+                            f"(e.g. {names[0] if names else 'no name at all'}); give case ids, or the scans' file names")
+    if unmatched:
+        logger.warning("--test-list %s: %d of its %d names match no case (e.g. %s); the %d others are the test split",
+                       path.name, len(unmatched), len(names), unmatched[0], len(names) - len(unmatched))
+    return {case for case in found if case is not None}
 
 
 def validation_from_training(table: pd.DataFrame, fraction: float = 0.15, seed: int = 0) -> pd.DataFrame:
@@ -102,19 +143,24 @@ def validation_from_training(table: pd.DataFrame, fraction: float = 0.15, seed: 
 
 
 def write_split(manifest: Path, out: Path, val: float = 0.15, test: float = 0.15, folds: int | None = None,
-                seed: int = 0) -> tuple[pd.DataFrame, str]:
+                seed: int = 0, test_list: Path | None = None) -> tuple[pd.DataFrame, str]:
     """``medtl manifest split``: the manifest with a new split (or, with ``folds``, fold) column, written to ``out``
-    with image paths that still reach the scans from there; returns the table and the column. The input is kept."""
+    with image paths that still reach the scans from there; returns the table and the column. The input is kept.
+    ``test_list`` names the test cases (``listed_cases``)."""
     if Path(out).resolve() == Path(manifest).resolve():
         raise ManifestError(f"--out {out}: that is the manifest being split; write the split to a new file "
                             f"(e.g. {Path(out).with_name(Path(out).stem + '_split.csv')}), so the input is kept")
-    table = rebased(read_manifest(manifest), Path(out).parent)
+    if test_list is not None and folds is not None:
+        raise ManifestError("--test-list and --folds: folds take every case; give one of them")
+    read = read_manifest(manifest)
+    test_cases = listed_cases(Path(test_list), read) if test_list is not None else None
+    table = rebased(read, Path(out).parent)
     column = "fold" if folds is not None else "split"
     existing = table[column].dropna().astype(str) if column in table else pd.Series(dtype=str)
     if len(existing):
         counts = ", ".join(f"{k} {n}" for k, n in existing.value_counts().sort_index().items())
         logger.warning("%s: its %s column (%s) is replaced by the new one in %s", manifest, column, counts, out)
-    table = fold_manifest(table, folds, seed) if folds is not None else split_manifest(table, val, test, seed)
+    table = fold_manifest(table, folds, seed) if folds is not None else split_manifest(table, val, test, seed, test_cases)
     write_table(table, out)
     return table, column
 

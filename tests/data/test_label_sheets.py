@@ -123,3 +123,31 @@ def test_a_sheet_whose_folders_above_the_scans_are_named_otherwise_still_joins_o
     assert table["Cardiomegaly"].notna().sum() == sum(v is not None for v in CARDIOMEGALY)
     joined = table.set_index("image")["Cardiomegaly"]
     assert joined["chexpert/train/patient00001/study2/view1_frontal.jpg"] == CARDIOMEGALY[1]
+
+
+def test_a_public_sets_official_test_list_is_the_test_split_whole_patients_and_all(tmp_path):
+    """ChestX-ray14 ships test_list.txt: published figures are on those films, so a random split is not comparable."""
+    names = [f"{p:08d}_{k:03d}.png" for p in range(1, 13) for k in (0, 1)]
+    for i, name in enumerate(names):
+        film(tmp_path / "images" / name, i)
+    pd.DataFrame({"Image Index": names, "Finding Labels": ["Effusion", "No Finding"] * 12,
+                  "Patient ID": [str(p) for p in range(1, 13) for _ in (0, 1)]}).to_csv(tmp_path / "entry.csv", index=False)
+    build_manifest(tmp_path / "images", tmp_path / "m.csv", labels=tmp_path / "entry.csv")
+    listed = names[:6]  # patients 1-3
+    (tmp_path / "test_list.txt").write_text("\n".join(listed + ["99999999_000.png"]) + "\n")
+    res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--test-list", str(tmp_path / "test_list.txt"),
+                  "--val", "0.25", "--out", str(tmp_path / "s.csv"))
+    assert res.returncode == 0, res.stderr
+    assert "1 of its 7 names match no case (e.g. 99999999_000.png)" in " ".join(res.stderr.split())
+    split = pd.read_csv(tmp_path / "s.csv", dtype=str).set_index("case_id")["split"]
+    assert set(split[split == "test"].index) == {n[:-4] for n in listed}
+    assert (split == "val").sum() > 0 and (split == "train").sum() > 0
+    assert pd.read_csv(tmp_path / "s.csv", dtype=str).groupby("patient_id")["split"].nunique().max() == 1
+    (tmp_path / "torn.txt").write_text(names[0] + "\n")  # patient 1's first film, not their second
+    res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--test-list", str(tmp_path / "torn.txt"), "--out",
+                  str(tmp_path / "t.csv"))
+    assert res.returncode == 2 and f"case {names[1][:-4]} is not listed" in res.stderr and not (tmp_path / "t.csv").exists()
+    (tmp_path / "none.txt").write_text("a.png\nb.png\n")
+    res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--test-list", str(tmp_path / "none.txt"), "--out",
+                  str(tmp_path / "t.csv"))
+    assert res.returncode == 2 and "none of its 2 names is a case of m.csv" in res.stderr, res.stderr
