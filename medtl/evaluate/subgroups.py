@@ -20,7 +20,7 @@ def subgroup_metrics(table: pd.DataFrame, columns: list[str], min_size: int, not
     for col in columns:
         named: set[str] = set()
         for value, idx in table.groupby(col, dropna=False).indices.items():
-            key = f"subgroup_{col}_{unique_name(metric_name(value), named)}"
+            key = f"subgroup_{metric_name(col)}_{unique_name(metric_name(value), named)}"
             out[f"{key}_n"] = float(len(idx))
             if len(idx) < min_size:
                 notes.append(f"{col}={value}: {len(idx)} cases, below the minimum of {min_size}; not reported")
@@ -30,8 +30,9 @@ def subgroup_metrics(table: pd.DataFrame, columns: list[str], min_size: int, not
 
 
 def metric_name(value: object) -> str:
-    """A subgroup value as MLflow takes it in a metric name (letters, digits, ``_ - .`` and spaces): a site
-    called "St. Mary's (north)" would otherwise fail the logging call and send the whole run offline."""
+    """A subgroup's column or value as MLflow takes it in a metric name (letters, digits, ``_ - .`` and spaces): a
+    site called "St. Mary's (north)", or a column headed "Sex (M/F)", would otherwise fail the logging call and send
+    the whole run offline."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "missing"
     return re.sub(r"[^\w.\- ]", "_", str(value)).strip() or "_"

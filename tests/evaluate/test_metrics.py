@@ -163,13 +163,14 @@ def test_subgroups_take_any_site_name_mlflow_accepts_and_carry_patient_bootstrap
     y = rng.integers(0, 2, n)
     site = np.array(["St. Mary's (north)", "Hôpital: CT/2", None], dtype=object)[np.arange(n) % 3]
     table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y],
-                          "patient_id": np.arange(n) // 2, "site": site})
+                          "patient_id": np.arange(n) // 2, "site": site, "Sex (M/F)": np.array(["M", "F"])[np.arange(n) % 2]})
     logits = np.column_stack([np.zeros(n), y + rng.normal(0, 1, n)])
     ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=100, min_subgroup_size=5),
-                                 tmp_path, ["site"])
+                                 tmp_path, ["site", "Sex (M/F)"])  # a column headed as CheXpert's or a form's are
     keys = [k for k in ev.metrics if k.startswith("subgroup_")]
     for key in keys:
         _validate_metric_name(key)
+    assert ev.metrics["subgroup_Sex _M_F__M_n"] == 45
     m = ev.metrics
     for name, rows in (("St. Mary_s _north_", site == "St. Mary's (north)"), ("Hôpital_ CT_2", site == "Hôpital: CT/2"),
                        ("missing", pd.isna(site))):
