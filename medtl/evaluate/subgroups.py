@@ -19,7 +19,8 @@ def subgroup_metrics(table: pd.DataFrame, columns: list[str], min_size: int, not
     out: dict[str, float] = {}
     for col in columns:
         named: set[str] = set()
-        for value, idx in table.groupby(col, dropna=False).indices.items():
+        values = banded(table[col], notes)
+        for value, idx in values.groupby(values, dropna=False).indices.items():
             key = f"subgroup_{metric_name(col)}_{unique_name(metric_name(value), named)}"
             out[f"{key}_n"] = float(len(idx))
             if len(idx) < min_size:
@@ -27,6 +28,24 @@ def subgroup_metrics(table: pd.DataFrame, columns: list[str], min_size: int, not
                 continue
             out.update({f"{key}_{name}": v for name, v in measure(idx).items()})
     return out
+
+
+MAX_LEVELS = 10
+"""A numeric column of more values than this (age, BMI) is reported in quartile bands, not one subgroup a value."""
+
+
+def banded(column: pd.Series, notes: list[str]) -> pd.Series:
+    """``column`` as the subgroups it is reported in: its values, or for a number of many values (age) its quartile
+    bands over these cases, each from its lower edge up to the next (the last up to and with its top)."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().sum() != column.notna().sum() or numbers.nunique() <= MAX_LEVELS:
+        return column
+    edges = np.unique(np.quantile(numbers.dropna(), [0, 0.25, 0.5, 0.75, 1]))
+    band = np.clip(np.searchsorted(edges, numbers, side="right") - 1, 0, len(edges) - 2)
+    labels = np.array([f"{lo:g} to {hi:g}" for lo, hi in zip(edges[:-1], edges[1:])], dtype=object)
+    notes.append(f"{column.name}: {numbers.nunique()} values, reported in quartile bands of these cases "
+                 f"({', '.join(labels)}; each up to the next band's lower edge)")
+    return pd.Series(np.where(numbers.notna(), labels[band], None), index=column.index, name=column.name)
 
 
 def metric_name(value: object) -> str:

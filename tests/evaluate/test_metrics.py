@@ -331,3 +331,31 @@ def test_a_share_of_few_cases_has_at_least_its_wilson_interval_and_a_perfect_aur
     assert (ev.metrics["sensitivity_ci_low"], ev.metrics["sensitivity_ci_high"]) == pytest.approx(boot["sensitivity"])
     assert (ev.metrics["f1_ci_low"], ev.metrics["f1_ci_high"]) == pytest.approx(boot["f1"])  # F1 had no interval
     assert not any("no width" in note for note in ev.notes)
+
+
+def test_a_numeric_subgroup_of_many_values_is_reported_in_quartile_bands_not_one_subgroup_an_age(tmp_path):
+    """An age column reported 60 subgroups of one or two cases, each 'below the minimum; not reported'."""
+    rng = np.random.default_rng(1)
+    n = 200
+    y = rng.integers(0, 2, n)
+    age = rng.integers(20, 90, n).astype(float)
+    age[:5] = np.nan
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y],
+                          "patient_id": range(n), "age": [None if np.isnan(a) else f"{a:g}" for a in age],
+                          "ward": np.array(["1", "2", "3"])[np.arange(n) % 3]})  # numbers, but few: kept as they are
+    logits = np.column_stack([np.zeros(n), y + rng.normal(0, 1, n)])
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20, min_subgroup_size=5),
+                                 tmp_path, ["age", "ward"])
+    edges = np.quantile(age[5:], [0, 0.25, 0.5, 0.75, 1])
+    bands = {k.removeprefix("subgroup_age_").removesuffix("_n"): v for k, v in ev.metrics.items()
+             if k.startswith("subgroup_age_") and k.endswith("_n")}
+    assert len(bands) == 5 and bands.pop("missing") == 5
+    for (name, count), lo, hi, last in zip(bands.items(), edges[:-1], edges[1:], [False] * 3 + [True]):
+        assert name == f"{lo:g} to {hi:g}"
+        inside = (age >= lo) & ((age <= hi) if last else (age < hi))
+        assert count == inside.sum()
+        key = f"subgroup_age_{name}"
+        assert ev.metrics[f"{key}_auroc"] == pytest.approx(roc_auc_score(y[inside], logits[inside, 1]))
+    assert {k for k in ev.metrics if k.startswith("subgroup_ward_") and k.endswith("_n")} == {
+        "subgroup_ward_1_n", "subgroup_ward_2_n", "subgroup_ward_3_n"}
+    assert any(note.startswith("age: ") and "quartile bands" in note for note in ev.notes)
