@@ -19,26 +19,29 @@ def subgroup_metrics(table: pd.DataFrame, columns: list[str], min_size: int, not
     out: dict[str, float] = {}
     for col in columns:
         named: set[str] = set()
-        values = banded(table[col], notes)
+        values = banded(table[col], notes, min_size)
         for value, idx in values.groupby(values, dropna=False).indices.items():
             key = f"subgroup_{metric_name(col)}_{unique_name(metric_name(value), named)}"
             out[f"{key}_n"] = float(len(idx))
             if len(idx) < min_size:
-                notes.append(f"{col}={value}: {len(idx)} cases, below the minimum of {min_size}; not reported")
+                notes.append(f"{col}={value}: {len(idx)} case{'s' * (len(idx) != 1)}, below the minimum of {min_size}; "
+                             "not reported")
                 continue
             out.update({f"{key}_{name}": v for name, v in measure(idx).items()})
     return out
 
 
 MAX_LEVELS = 10
-"""A numeric column of more values than this (age, BMI) is reported in quartile bands, not one subgroup a value."""
+"""A numeric column of more values than this (age, BMI) is reported in quartile bands, not one subgroup a value; so
+is one of more than 4 values where fewer cases than that many subgroups of the minimum size are evaluated."""
 
 
-def banded(column: pd.Series, notes: list[str]) -> pd.Series:
+def banded(column: pd.Series, notes: list[str], min_size: int = 1) -> pd.Series:
     """``column`` as the subgroups it is reported in: its values, or for a number of many values (age) its quartile
     bands over these cases, each from its lower edge up to the next (the last up to and with its top)."""
     numbers = pd.to_numeric(column, errors="coerce")
-    if numbers.notna().sum() != column.notna().sum() or numbers.nunique() <= MAX_LEVELS:
+    most = max(4, min(MAX_LEVELS, len(column) // max(1, min_size)))
+    if numbers.notna().sum() != column.notna().sum() or numbers.nunique() <= most:
         return column
     edges = np.unique(np.quantile(numbers.dropna(), [0, 0.25, 0.5, 0.75, 1]))
     band = np.clip(np.searchsorted(edges, numbers, side="right") - 1, 0, len(edges) - 2)

@@ -359,3 +359,8 @@ def test_a_numeric_subgroup_of_many_values_is_reported_in_quartile_bands_not_one
     assert {k for k in ev.metrics if k.startswith("subgroup_ward_") and k.endswith("_n")} == {
         "subgroup_ward_1_n", "subgroup_ward_2_n", "subgroup_ward_3_n"}
     assert any(note.startswith("age: ") and "quartile bands" in note for note in ev.notes)
+    few = table.iloc[:20].assign(age=[f"{a}" for a in range(30, 50)])  # 20 cases, 20 ages: bands of 5, not 20 of 1
+    ev = evaluate_classification(few, logits[:20], ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20, min_subgroup_size=5),
+                                 tmp_path / "few", ["age", "ward"])
+    assert sorted(v for k, v in ev.metrics.items() if k.startswith("subgroup_age_") and k.endswith("_n")) == [5] * 4
+    assert sum(k.startswith("subgroup_ward_") and k.endswith("_n") for k in ev.metrics) == 3
