@@ -49,6 +49,7 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
     shown = (("Dice", "_dice_mean") if "dice_mean" in metrics else ("AUROC macro", "_auroc_macro")
              if "auroc_macro" in metrics else ("AUROC", "_auroc"))
     lines += [f"- {s.removeprefix('subgroup_')}: n {int(metrics[s + '_n'])}, {shown[0]} {fmt(metrics, s + shown[1])}"
+              + (f", ECE after temperature {fmt(metrics, s + '_ece_calibrated')}" if s + "_ece_calibrated" in metrics else "")
               for s in sub] or ["- none recorded (set data.subgroups)"]
     lines += ["", "## Limitations", *[f"- {n}" for n in notes],
               f"- {NEEDS}: populations, scanners and sites not represented in the training data; measured shift, if any.",

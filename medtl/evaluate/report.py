@@ -62,9 +62,11 @@ def _point_and_ci(y: np.ndarray, cal: np.ndarray, logits: np.ndarray, threshold:
 
 def _subgroups(table: pd.DataFrame, y: np.ndarray, probs: np.ndarray, threshold: float, groups: np.ndarray,
                columns: list[str], cfg: EvaluateConfig, notes: list[str]) -> dict[str, float]:
-    """The headline metrics per subgroup, with patient-bootstrap CIs, like the whole split's."""
+    """The headline metrics per subgroup, calibration after temperature among them (a model may be calibrated for
+    all and not for a site or a sex), with patient-bootstrap CIs, like the whole split's."""
     def fn(yy: np.ndarray, pp: np.ndarray) -> dict[str, float]:
-        return {n: v for n, v in classification_metrics(yy, pp, threshold).items() if n in CI_METRICS}
+        out = {n: v for n, v in classification_metrics(yy, pp, threshold).items() if n in CI_METRICS}
+        return out | {f"{n}_calibrated": v for n, v in ece_and_brier(yy, pp, cfg.bins).items()}
 
     def measure(idx: np.ndarray) -> dict[str, float]:
         out = fn(y[idx], probs[idx])
@@ -222,9 +224,11 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
     lines.append(f"\nTemperature: {m.get('temperature', 1.0):.3f}")
     sub = sorted({k.rsplit('_', 1)[0] for k in m if k.startswith("subgroup_") and k.endswith("_n")})
     if sub:
-        shown = (("AUROC macro", "auroc_macro"), ("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy")) \
-            if "auroc_macro" in m else (("AUROC", "auroc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"))
-        lines += ["", "| subgroup | n | " + " | ".join(name for name, _ in shown) + " |", "| --- | --- | --- | --- | --- |"]
+        shown = ((("AUROC macro", "auroc_macro"), ("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"))
+                 if "auroc_macro" in m else (("AUROC", "auroc"), ("sensitivity", "sensitivity"),
+                                             ("specificity", "specificity"))) + (("ECE after temperature", "ece_calibrated"),)
+        lines += ["", "| subgroup | n | " + " | ".join(name for name, _ in shown) + " |",
+                  "| --- | --- |" + " --- |" * len(shown)]
         for s in sub:
             measured = f"{s}_{shown[1][1]}" in m
             lines.append(f"| {s.removeprefix('subgroup_')} | {int(m[s + '_n'])} | "

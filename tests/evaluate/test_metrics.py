@@ -80,10 +80,11 @@ def test_the_report_of_a_model_of_several_classes_gives_its_subgroups_own_figure
                                  EvaluateConfig(bootstrap=20, min_subgroup_size=30), tmp_path, ["site"])
     report = (tmp_path / "report.md").read_text()
     x = ev.metrics
-    assert "| subgroup | n | AUROC macro | accuracy | balanced accuracy |" in report and "threshold" not in report
+    assert "| subgroup | n | AUROC macro | accuracy | balanced accuracy | ECE after temperature |" in report
+    assert "threshold" not in report
     assert (f"| site_X | 100 | {fmt(x, 'subgroup_site_X_auroc_macro')} | {fmt(x, 'subgroup_site_X_accuracy')} | "
             f"{fmt(x, 'subgroup_site_X_balanced_accuracy')} |") in report
-    assert "| site_Y | 20 | too small | too small | too small |" in report and "undefined" not in report
+    assert "| site_Y | 20 | too small | too small | too small | too small |" in report and "undefined" not in report
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "quantile"])
@@ -178,6 +179,11 @@ def test_subgroups_take_any_site_name_mlflow_accepts_and_carry_patient_bootstrap
         assert m[f"{key}_n"] == rows.sum()
         assert m[f"{key}_auroc"] == pytest.approx(roc_auc_score(y[rows], logits[rows, 1]))
         assert m[f"{key}_auroc_ci_low"] < m[f"{key}_auroc"] < m[f"{key}_auroc_ci_high"]
+        p = apply_temperature(logits[rows], 1.0)[:, 1]  # calibration per subgroup: a hand ECE of 15 equal bins
+        bins = np.minimum((p * 15).astype(int), 14)
+        hand = sum(abs(y[rows][bins == b].mean() - p[bins == b].mean()) * (bins == b).mean() for b in np.unique(bins))
+        assert m[f"{key}_ece_calibrated"] == pytest.approx(hand)
+        assert m[f"{key}_ece_calibrated_ci_low"] <= m[f"{key}_ece_calibrated_ci_high"]
     assert "| site_missing | 30 |" in (tmp_path / "report.md").read_text()
 
 
