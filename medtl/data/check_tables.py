@@ -29,6 +29,12 @@ def print_check(manifest: Manifest, problems: list[Problem]) -> None:
         out.print(f"[red]{len(problems)} problem(s) in {len({p.case_id for p in problems})} of {cases} cases[/]")
     else:
         out.print(f"[green]{manifest.path.name}: {cases} cases, no problem found[/]")
+    if not manifest.has_labels:  # fine to score; to train, its findings' columns say what to do
+        from medtl.data.findings import findings_hint
+
+        hint = findings_hint(manifest.table, manifest.path)
+        if hint:
+            out.print(f"no label column, so nothing to train on as it is{hint}", markup=False, highlight=False)
 
 
 def print_counts(table: pd.DataFrame, by: str) -> None:

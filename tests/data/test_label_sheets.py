@@ -80,6 +80,8 @@ def test_a_findings_column_becomes_one_findings_manifest_with_the_uncertain_poli
         res = run_cli("manifest", "finding", str(tmp_path / "m.csv"), finding, "--out", str(tmp_path / "x.csv"))
         assert res.returncode == 2 and said in res.stderr and not (tmp_path / "x.csv").exists(), res.stderr
     assert run_cli(*args, "--uncertain", "maybe").returncode == 2
+    res = run_cli("manifest", "check", str(tmp_path / "m.csv"))  # fine to score; to train on, a finding's manifest
+    assert res.returncode == 0 and "Cardiomegaly, Edema hold findings" in " ".join(res.stdout.split()), res.stdout
     res = run_cli("train", "--set", f"data.manifest={tmp_path / 'm.csv'}", "--set", f"train.out_dir={tmp_path}")
     said = " ".join(res.stderr.split())
     assert res.returncode == 2 and "Cardiomegaly, Edema hold findings" in said, said  # not: rename one 'label'
