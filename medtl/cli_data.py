@@ -18,7 +18,9 @@ weights_app = typer.Typer(help="List, import and verify pretrained weights (offl
 def manifest_build(
     folder: Annotated[Path, typer.Argument(help="Folder holding DICOM series, NIfTI or PNG files.")],
     out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
-    labels: Annotated[Optional[Path], typer.Option(help="CSV or .xlsx workbook with case_id and label (and any subgroup columns).")] = None,
+    labels: Annotated[Optional[list[Path]], typer.Option(
+        help="CSV or .xlsx workbook with case_id (or the scans' file names) and label, and any subgroup columns; "
+             "repeat it for a set that ships several (CheXpert's train.csv and valid.csv).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of masks named like their cases.")] = None,
     ids: CaseIdsOption = "folder",
     label_folders: Annotated[bool, typer.Option(

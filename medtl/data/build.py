@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -167,7 +168,7 @@ def _patient_ids(cases: list[tuple[str, str]], identifiers: dict[str, dict[str, 
 def build_manifest(
     folder: Path,
     out: Path,
-    labels: Path | None = None,
+    labels: Path | Sequence[Path] | None = None,
     masks: Path | None = None,
     salt: str = "medtl",
     ids: CaseIds = "folder",
@@ -175,8 +176,9 @@ def build_manifest(
     label_folders: bool = False,
 ) -> pd.DataFrame:
     """Writes the manifest CSV at ``out`` with paths relative to it and returns the table. Labels come from the
-    ``labels`` sheet, or with ``label_folders`` from the folder each scan lies in (``folder_labels``)."""
+    ``labels`` sheet (or sheets), or with ``label_folders`` from the folder each scan lies in (``folder_labels``)."""
     folder, out = Path(folder), table_path(out)  # refused before the folder is walked
+    sheets = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels or []]
     if not folder.is_dir():
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
     if masks is not None and not Path(masks).is_dir():
@@ -189,18 +191,18 @@ def build_manifest(
         raise ManifestError(f"--masks {masks}: no file there is named like a case of {folder} (e.g. {cases[0][0]}.nii.gz "
                             f"or {cases[0][0]}_mask.nii.gz)")
     out = Path(out)
-    if labels is not None and out.resolve() == Path(labels).resolve():
+    if any(out.resolve() == sheet.resolve() for sheet in sheets):
         raise ManifestError(f"--out {out}: that is the label sheet; write the manifest to a new file so the sheet is kept")
     base = out.resolve().parent
     rows = [{"case_id": c, "image": _relative(ref, base)} for c, ref in cases]
     table = pd.DataFrame(rows)
     if mask_refs:
         table["mask"] = [_relative(mask_refs[c], base) if c in mask_refs else None for c in table["case_id"]]
-    if labels is not None and label_folders:
+    if sheets and label_folders:
         raise ManifestError("--labels and --label-folders: give one source of labels")
-    if labels is not None:
+    if sheets:
         raw = {case: identifiers.get(ref, {}) for case, ref in cases}
-        table = join_labels(table, Path(labels), cases, folder, raw, out)
+        table = join_labels(table, sheets, cases, folder, raw, out)
     if label_folders:
         table = table.merge(folder_labels(cases, folder), on="case_id", how="left")
     views = [dicom.film_view(ref) or None for _, ref in cases]  # a column to sort laterals out by, a subgroup

@@ -35,11 +35,34 @@ def case_id_from_file(path: Path) -> str:
     return name
 
 
-def join_labels(table: pd.DataFrame, labels: Path, cases: list[tuple[str, str]], folder: Path,
+def join_labels(table: pd.DataFrame, labels: list[Path], cases: list[tuple[str, str]], folder: Path,
                 identifiers: dict[str, dict[str, str]], out: Path) -> pd.DataFrame:
-    """``table`` (one row per scan found in ``folder``) with the sheet's columns joined on case id, for the manifest
-    at ``out``. ``cases`` is (case id, reference) per scan; ``identifiers`` each case's raw DICOM numbers, to join a
-    sheet keyed by them."""
+    """``table`` (one row per scan found in ``folder``) with the sheets' columns joined on case id, for the manifest
+    at ``out``; several sheets are one (CheXpert's train.csv and valid.csv). ``cases`` is (case id, reference) per
+    scan; ``identifiers`` each case's raw DICOM numbers, to join a sheet keyed by them."""
+    sheets = [_keyed_sheet(Path(p), table, cases, folder, identifiers) for p in labels]
+    sheet = pd.concat(sheets, ignore_index=True) if len(sheets) > 1 else sheets[0]
+    name = " + ".join(Path(p).name for p in labels)
+    if "label" not in sheet and "mask" not in table:
+        logger.warning("%s has no label column (it has %s): the manifest holds no labels until the column that holds "
+                       "the classes is named 'label'%s", name, ", ".join(sheet.columns), findings_hint(sheet, out))
+    copies = sheet.duplicated()
+    if copies.any():  # a row pasted twice says nothing new; two rows that differ are a question only a person can answer
+        logger.warning("%s: %d row(s) repeat an earlier row exactly (e.g. case %s); each is read once", name,
+                       int(copies.sum()), sheet.loc[copies, "case_id"].iloc[0])
+        sheet = sheet[~copies]
+    repeated = sheet["case_id"][sheet["case_id"].duplicated()]
+    if len(repeated):
+        case = repeated.iloc[0]
+        raise ManifestError(f"{name}: case {case} has {int((sheet['case_id'] == case).sum())} rows; give one row per "
+                            "case_id (a case with two labels cannot be trained on)")
+    _say_unjoined(sheet, table, name)
+    return table.merge(sheet, on="case_id", how="left")
+
+
+def _keyed_sheet(labels: Path, table: pd.DataFrame, cases: list[tuple[str, str]], folder: Path,
+                 identifiers: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """One sheet with a case_id column: its own, or read from the scans' files or DICOM numbers it is keyed by."""
     if not labels.is_file():
         raise ManifestError(f"{labels}: labels file not found")
     sheet = read_sheet(labels)
@@ -47,36 +70,22 @@ def join_labels(table: pd.DataFrame, labels: Path, cases: list[tuple[str, str]],
         sheet = keyed_by_files(sheet, labels, cases, folder)
     if "case_id" not in sheet:
         sheet = keyed_by_tags(sheet, labels, identifiers)
-    if "label" not in sheet and "mask" not in table:
-        logger.warning("%s has no label column (it has %s): the manifest holds no labels until the column that holds "
-                       "the classes is named 'label'%s", labels.name, ", ".join(sheet.columns), findings_hint(sheet, out))
     stems = sheet["case_id"].map(lambda c: case_id_from_file(Path(c)) if isinstance(c, str) else c)
     if stems.isin(table["case_id"]).sum() > sheet["case_id"].isin(table["case_id"]).sum():
         logger.info("%s names cases by file (e.g. %s): read as case %s", labels.name,
                     sheet["case_id"][stems != sheet["case_id"]].iloc[0], stems[stems != sheet["case_id"]].iloc[0])
         sheet = sheet.assign(case_id=stems)
-    copies = sheet.duplicated()
-    if copies.any():  # a row pasted twice says nothing new; two rows that differ are a question only a person can answer
-        logger.warning("%s: %d row(s) repeat an earlier row exactly (e.g. case %s); each is read once", labels.name,
-                       int(copies.sum()), sheet.loc[copies, "case_id"].iloc[0])
-        sheet = sheet[~copies]
-    repeated = sheet["case_id"][sheet["case_id"].duplicated()]
-    if len(repeated):
-        case = repeated.iloc[0]
-        raise ManifestError(f"{labels}: case {case} has {int((sheet['case_id'] == case).sum())} rows; give one row per "
-                            "case_id (a case with two labels cannot be trained on)")
-    _say_unjoined(sheet, table, labels)
-    return table.merge(sheet, on="case_id", how="left")
+    return sheet
 
 
-def _say_unjoined(sheet: pd.DataFrame, table: pd.DataFrame, labels: Path) -> None:
+def _say_unjoined(sheet: pd.DataFrame, table: pd.DataFrame, name: str) -> None:
     unmatched = sorted(set(sheet["case_id"].dropna()) - set(table["case_id"]))
     if unmatched:
         example, hint = _excel_hint(unmatched, table["case_id"])
         logger.warning("%d label rows match no scan (e.g. %s)%s", len(unmatched), example, hint)
     unlabelled = sorted(set(table["case_id"]) - set(sheet["case_id"]))
     if unlabelled:
-        logger.warning("%d scans have no row in %s (e.g. %s): they stay unlabelled", len(unlabelled), labels.name,
+        logger.warning("%d scans have no row in %s (e.g. %s): they stay unlabelled", len(unlabelled), name,
                        unlabelled[0])
 
 

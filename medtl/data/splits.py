@@ -117,6 +117,8 @@ def listed_cases(path: Path, manifest: Manifest) -> set[str]:
     ids = set(table["case_id"].astype(str))
     case_of = file_matcher(list(zip(table["case_id"].astype(str), table["image_path"].astype(str))), manifest.path.parent)
     found = [n if n in ids else case_of(n) for n in names]
+    if len(names) > 1 and found[0] is None and any(found[1:]):  # a CSV's header (valid.csv's "Path")
+        names, found = names[1:], found[1:]
     unmatched = [n for n, case in zip(names, found) if case is None]
     if len(unmatched) == len(names):
         raise ManifestError(f"--test-list {path}: none of its {len(names)} names is a case of {manifest.path.name} "

@@ -136,7 +136,7 @@ def test_a_public_sets_official_test_list_is_the_test_split_whole_patients_and_a
                   "Patient ID": [str(p) for p in range(1, 13) for _ in (0, 1)]}).to_csv(tmp_path / "entry.csv", index=False)
     build_manifest(tmp_path / "images", tmp_path / "m.csv", labels=tmp_path / "entry.csv")
     listed = names[:6]  # patients 1-3
-    (tmp_path / "test_list.txt").write_text("\n".join(listed + ["99999999_000.png"]) + "\n")
+    (tmp_path / "test_list.txt").write_text("\n".join(listed[:1] + ["99999999_000.png"] + listed[1:]) + "\n")
     res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--test-list", str(tmp_path / "test_list.txt"),
                   "--val", "0.25", "--out", str(tmp_path / "s.csv"))
     assert res.returncode == 0, res.stderr
@@ -153,3 +153,28 @@ def test_a_public_sets_official_test_list_is_the_test_split_whole_patients_and_a
     res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--test-list", str(tmp_path / "none.txt"), "--out",
                   str(tmp_path / "t.csv"))
     assert res.returncode == 2 and "none of its 2 names is a case of m.csv" in res.stderr, res.stderr
+
+
+def test_chexperts_train_and_valid_sheets_label_one_manifest_and_valid_is_the_test_split(tmp_path):
+    """CheXpert ships train.csv and valid.csv: both sheets are one, and valid.csv, as a list, names the test films."""
+    chexpert_like(tmp_path)  # train/ films and train.csv
+    rows = []
+    for p in (70, 71, 72):
+        rel = f"CheXpert-v1.0-small/valid/patient{p:05d}/study1/view1_frontal.jpg"
+        film(tmp_path / rel, p)
+        rows.append({"Path": rel, "Sex": "Male", "No Finding": None, "Cardiomegaly": "1.0", "Edema": "0.0"})
+    pd.DataFrame(rows).to_csv(tmp_path / "valid.csv", index=False)
+    res = run_cli("manifest", "build", str(tmp_path / "CheXpert-v1.0-small"), "--ids", "path", "--labels",
+                  str(tmp_path / "train.csv"), "--labels", str(tmp_path / "valid.csv"), "--out", str(tmp_path / "m.csv"))
+    assert res.returncode == 0 and "have no row" not in res.stderr, res.stderr
+    table = pd.read_csv(tmp_path / "m.csv", dtype=str)
+    assert len(table) == 11 and table["Sex"].notna().all()
+    res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--test-list", str(tmp_path / "valid.csv"),
+                  "--val", "0", "--out", str(tmp_path / "s.csv"))
+    assert res.returncode == 0, res.stderr
+    split = pd.read_csv(tmp_path / "s.csv", dtype=str).set_index("image")["split"]
+    assert sorted(split[split == "test"].index) == sorted(r["Path"] for r in rows)
+    assert "match no case" not in res.stderr  # its header is no name
+    res = run_cli("manifest", "build", str(tmp_path / "CheXpert-v1.0-small"), "--ids", "path", "--labels",
+                  str(tmp_path / "train.csv"), "--labels", str(tmp_path / "train.csv"), "--out", str(tmp_path / "t.csv"))
+    assert res.returncode == 0 and "8 row(s) repeat an earlier row exactly" in " ".join(res.stderr.split())
