@@ -43,7 +43,10 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
               "## Calibration", f"ECE {fmt(metrics, 'ece')} before and {fmt(metrics, 'ece_calibrated')} after temperature "
               f"scaling (T = {metrics.get('temperature', math.nan):.3f}, fitted on validation)"
               + (f"; {fmt(metrics, 'ece_prior_adjusted')} after the prior-shift correction to prevalence "
-                 f"{metrics['prevalence_used']:.3f}." if "ece_prior_adjusted" in metrics else "."), "",
+                 f"{metrics['prevalence_used']:.3f}." if "ece_prior_adjusted" in metrics else ".")
+              + (f" Calibration slope {fmt(metrics, 'calibration_slope_calibrated')} and intercept "
+                 f"{fmt(metrics, 'calibration_intercept_calibrated')} after temperature (1 and 0 are perfect)."
+                 if "calibration_slope_calibrated" in metrics else ""), "",
               "## Subgroups"]
     sub = sorted({k.rsplit("_", 1)[0] for k in metrics if k.startswith("subgroup_") and k.endswith("_n")})
     shown = (("Dice", "_dice_mean") if "dice_mean" in metrics else ("AUROC macro", "_auroc_macro")

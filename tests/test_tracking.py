@@ -240,6 +240,10 @@ def test_model_card_and_params_name_the_objective_that_shaped_the_model():
     from_manifest = model_card(cfg, table, {}, "0" * 64, [], classes=["normal", "lesion"], views=["AP", "PA"])
     assert "classes: normal, lesion. Trained" in from_manifest  # a config that names no classes used to leave them out
     assert "Takes AP, PA films only (DICOM ViewPosition)" in from_manifest
+    line = {"calibration_slope_calibrated": 0.812, "calibration_slope_calibrated_ci_low": 0.7,
+            "calibration_slope_calibrated_ci_high": 0.93, "calibration_intercept_calibrated": -0.25}
+    assert ("Calibration slope 0.812 [0.700, 0.930] and intercept -0.250 after temperature (1 and 0 are perfect)."
+            in model_card(cfg, table, line, "0" * 64, []))
     assert "transfer.probe_first" not in applied_params(frozen)  # the probe is the whole of feature extraction
     assert "train.mixup_alpha" not in applied_params(load_config(None, []))  # not configured: not a param
 

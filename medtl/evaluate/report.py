@@ -16,6 +16,7 @@ from medtl.config import EvaluateConfig
 from medtl.evaluate import plots
 from medtl.evaluate.bootstrap import bootstrap_ci, widen_to_wilson
 from medtl.evaluate.calibration import apply_temperature, calibration_metrics, ece_and_brier, estimate_prior
+from medtl.evaluate.calibration_line import calibration_line, suffixed
 from medtl.evaluate.metrics import classification_metrics, proportion_counts, undefined_reasons
 from medtl.evaluate.subgroups import subgroup_metrics
 from medtl.probability import decide, log_prior_ratio, probabilities
@@ -97,6 +98,8 @@ def evaluate_classification(
     notes = undefined_reasons(y, {})
     metrics = calibration_metrics(y, raw, cfg.bins)
     metrics.update({f"{k}_calibrated": v for k, v in calibration_metrics(y, cal, cfg.bins).items()})
+    if cal.shape[1] == 2:
+        metrics |= calibration_line(y, raw[:, 1], cfg.ci) | suffixed(calibration_line(y, cal[:, 1], cfg.ci), "_calibrated")
     metrics["temperature"], metrics["threshold"] = float(temperature), float(threshold)
     prior = _prior_shift(logits, y, cal, temperature, threshold, source_prior, source_rates, cfg, metrics, notes)
     shift = None if prior is None else _resampled_shift(temperature, threshold, source_prior, source_rates, cfg)
@@ -155,6 +158,7 @@ def _prior_shift(logits: np.ndarray, y: np.ndarray, cal: np.ndarray, temperature
         return None
     adjusted = probabilities(logits, temperature, log_prior_ratio(source, target))
     metrics.update({f"{k}_prior_adjusted": v for k, v in calibration_metrics(y, adjusted, cfg.bins).items()})
+    metrics.update(suffixed(calibration_line(y, adjusted[:, 1], cfg.ci), "_prior_adjusted"))
     metrics["prevalence_used"], metrics["prevalence_calibration"] = float(target[1]), float(source[1])
     notes.append(f"prior shift: positive-class prevalence {target[1]:.3f} ({how}) instead of {source[1]:.3f} "
                  "(the validation cases the temperature was fitted on); applied as a logit offset after temperature")
@@ -217,10 +221,15 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
     shifted = "ece_prior_adjusted" in m
     lines += ["", "| calibration | before temperature | after temperature |" + (" after prior shift |" if shifted else ""),
               "| --- | --- | --- |" + (" --- |" if shifted else "")]
-    for name in ("ece", "ece_equal_mass", "mce", "brier", "nll", "ece_classwise"):
+    for name in ("ece", "ece_equal_mass", "mce", "brier", "nll", "ece_classwise", "calibration_slope",
+                 "calibration_intercept"):
         if name in m:
             lines.append(f"| {name} | {fmt(m, name)} | {fmt(m, name + '_calibrated')} |"
                          + (f" {fmt(m, name + '_prior_adjusted')} |" if shifted else ""))
+    if "calibration_slope" in m:
+        lines.append("\nCalibration slope 1 and intercept 0 are perfect: a slope below 1 is probabilities too extreme, "
+                     "above 1 too modest; an intercept below 0 is risks overestimated on the whole, above 0 "
+                     "underestimated (Wald 95% intervals).")
     lines.append(f"\nTemperature: {m.get('temperature', 1.0):.3f}")
     sub = sorted({k.rsplit('_', 1)[0] for k in m if k.startswith("subgroup_") and k.endswith("_n")})
     if sub:

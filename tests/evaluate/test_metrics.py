@@ -370,3 +370,53 @@ def test_a_numeric_subgroup_of_many_values_is_reported_in_quartile_bands_not_one
                                  tmp_path / "few", ["age", "ward"])
     assert sorted(v for k, v in ev.metrics.items() if k.startswith("subgroup_age_") and k.endswith("_n")) == [5] * 4
     assert sum(k.startswith("subgroup_ward_") and k.endswith("_n") for k in ev.metrics) == 3
+
+
+def test_calibration_slope_and_intercept_match_an_independent_logistic_fit_and_read_as_they_should(tmp_path):
+    """Van Calster et al. (2019): a reviewer reads slope and intercept beside the plot. The slope against scikit-learn's
+    unpenalised logistic regression, the intercept against the root of its score equation, the intervals against a
+    finite-difference information; probabilities too extreme give a slope near 1/2, a lower prevalence an intercept
+    below 0."""
+    from scipy.optimize import brentq
+    from scipy.special import expit, logit
+    from sklearn.linear_model import LogisticRegression
+
+    from medtl.evaluate.calibration_line import calibration_line
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    true = expit(rng.normal(0, 1.5, n))
+    y = (rng.random(n) < true).astype(int)
+    extreme = expit(2 * logit(true))  # twice the true log-odds: too extreme
+    line = calibration_line(y, extreme)
+    z = logit(extreme)
+    fit = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(z[:, None], y)
+    assert line["calibration_slope"] == pytest.approx(fit.coef_[0, 0], abs=1e-5)
+    assert line["calibration_slope_ci_low"] < 0.5 < line["calibration_slope_ci_high"]
+    a = brentq(lambda a: np.sum(y - expit(a + z)), -10, 10, xtol=1e-12)
+    assert line["calibration_intercept"] == pytest.approx(a, abs=1e-6)
+
+    def nll(b0: float, b1: float) -> float:
+        s = b0 + b1 * z
+        return float(np.sum(np.logaddexp(0, s) - y * s))
+
+    b0, b1, h = fit.intercept_[0], fit.coef_[0, 0], 1e-4
+    info = np.array([[nll(b0 + h, b1) - 2 * nll(b0, b1) + nll(b0 - h, b1),
+                      (nll(b0 + h, b1 + h) - nll(b0 + h, b1 - h) - nll(b0 - h, b1 + h) + nll(b0 - h, b1 - h)) / 4],
+                     [0.0, nll(b0, b1 + h) - 2 * nll(b0, b1) + nll(b0, b1 - h)]]) / h ** 2
+    info[1, 0] = info[0, 1]
+    se = np.sqrt(np.linalg.inv(info)[1, 1])
+    assert line["calibration_slope_ci_high"] - line["calibration_slope"] == pytest.approx(1.959964 * se, rel=1e-3)
+    honest = calibration_line(y, true)
+    assert honest["calibration_slope_ci_low"] < 1 < honest["calibration_slope_ci_high"]
+    assert honest["calibration_intercept_ci_low"] < 0 < honest["calibration_intercept_ci_high"]
+    rare = y.copy()
+    rare[(y == 1) & (rng.random(n) < 0.5)] = 0  # half the positives gone: risks overestimated
+    assert calibration_line(rare, true)["calibration_intercept_ci_high"] < 0
+    separated = calibration_line(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))
+    assert np.isnan(separated["calibration_slope"])  # no finite maximum: no figure, rather than a huge one
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y], "patient_id": range(n)})
+    logits = np.column_stack([np.zeros(n), z])
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 2.0, EvaluateConfig(bootstrap=0), tmp_path)
+    assert ev.metrics["calibration_slope_calibrated"] == pytest.approx(2 * ev.metrics["calibration_slope"], rel=1e-4)
+    assert "| calibration_slope | " in (tmp_path / "report.md").read_text()
