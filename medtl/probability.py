@@ -14,12 +14,22 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, log_prior_ratio:
     float32 logits from the network are widened first, so a probability does not depend on the dtype the
     caller happened to hold. ``log_prior_ratio`` (log target prior - log source prior, per class) is the
     prior-shift correction of Saerens et al. (2002), applied after temperature scaling."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    if log_prior_ratio is not None:
-        z = z + np.asarray(log_prior_ratio, dtype=np.float64)
+    z = _scaled(logits, temperature, log_prior_ratio)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _scaled(logits: np.ndarray, temperature: float, log_prior_ratio: np.ndarray | None) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    return z if log_prior_ratio is None else z + np.asarray(log_prior_ratio, dtype=np.float64)
+
+
+def log_odds(logits: np.ndarray, temperature: float = 1.0, log_prior_ratio: np.ndarray | None = None) -> np.ndarray:
+    """A binary model's log-odds of the positive class, exactly the logit of ``probabilities``' second column and
+    finite where that probability rounds to 1."""
+    z = _scaled(logits, temperature, log_prior_ratio)
+    return z[:, 1] - z[:, 0]
 
 
 def decide(probs: np.ndarray, threshold: float) -> np.ndarray:

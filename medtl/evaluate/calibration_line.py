@@ -4,15 +4,15 @@ far the probabilities are off; these say how: a slope below 1 is probabilities t
 site's harder cases), above 1 too modest; an intercept below 0 is risks overestimated on the whole (a new site's lower
 prevalence), above 0 underestimated. Perfect calibration is slope 1, intercept 0.
 
-- slope: b in logit P(y = 1) = a + b · logit(p), the logistic recalibration fit;
-- intercept (calibration-in-the-large): a in logit P(y = 1) = a + logit(p), the slope held at 1.
+- slope: b in logit P(y = 1) = a + b · z, the logistic recalibration fit on the model's log-odds z = logit(p);
+- intercept (calibration-in-the-large): a in logit P(y = 1) = a + z, the slope held at 1.
 
 Each comes with its Wald interval from the fit's information (cases taken as independent)."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, logit
+from scipy.special import expit
 from scipy.stats import norm
 
 MAX_SLOPE = 50.0
@@ -42,11 +42,12 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: np.ndarray) -> tuple[np.
     return None
 
 
-def calibration_line(y_true: np.ndarray, p_positive: np.ndarray, ci: float = 0.95) -> dict[str, float]:
-    """``calibration_slope`` and ``calibration_intercept`` of a binary model's positive-class probabilities, each with
-    ``_ci_low`` and ``_ci_high``; NaN where the cases hold one class or the scores separate them."""
+def calibration_line(y_true: np.ndarray, log_odds: np.ndarray, ci: float = 0.95) -> dict[str, float]:
+    """``calibration_slope`` and ``calibration_intercept`` of a binary model's log-odds of the positive class (from its
+    logits: a probability that rounds to 1 has none), each with ``_ci_low`` and ``_ci_high``; NaN where the cases
+    hold one class or the scores separate them."""
     y = np.asarray(y_true, dtype=float)
-    z = logit(np.clip(np.asarray(p_positive, dtype=float), 1e-7, 1 - 1e-7))
+    z = np.asarray(log_odds, dtype=float)
     out = {f"calibration_{name}{end}": float("nan") for name in ("slope", "intercept") for end in ("", "_ci_low", "_ci_high")}
     if len(np.unique(y)) < 2:
         return out

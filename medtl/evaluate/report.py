@@ -19,7 +19,7 @@ from medtl.evaluate.calibration import apply_temperature, calibration_metrics, e
 from medtl.evaluate.calibration_line import calibration_line, suffixed
 from medtl.evaluate.metrics import classification_metrics, proportion_counts, undefined_reasons
 from medtl.evaluate.subgroups import subgroup_metrics
-from medtl.probability import decide, log_prior_ratio, probabilities
+from medtl.probability import decide, log_odds, log_prior_ratio, probabilities
 
 CI_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "auroc_macro",
               "accuracy")
@@ -99,7 +99,8 @@ def evaluate_classification(
     metrics = calibration_metrics(y, raw, cfg.bins)
     metrics.update({f"{k}_calibrated": v for k, v in calibration_metrics(y, cal, cfg.bins).items()})
     if cal.shape[1] == 2:
-        metrics |= calibration_line(y, raw[:, 1], cfg.ci) | suffixed(calibration_line(y, cal[:, 1], cfg.ci), "_calibrated")
+        metrics |= calibration_line(y, log_odds(logits), cfg.ci)
+        metrics |= suffixed(calibration_line(y, log_odds(logits, temperature), cfg.ci), "_calibrated")
     metrics["temperature"], metrics["threshold"] = float(temperature), float(threshold)
     prior = _prior_shift(logits, y, cal, temperature, threshold, source_prior, source_rates, cfg, metrics, notes)
     shift = None if prior is None else _resampled_shift(temperature, threshold, source_prior, source_rates, cfg)
@@ -156,9 +157,10 @@ def _prior_shift(logits: np.ndarray, y: np.ndarray, cal: np.ndarray, temperature
     if target is None:
         notes.append(f"prior shift: prevalence {how}; no correction applied")
         return None
-    adjusted = probabilities(logits, temperature, log_prior_ratio(source, target))
+    shift = log_prior_ratio(source, target)
+    adjusted = probabilities(logits, temperature, shift)
     metrics.update({f"{k}_prior_adjusted": v for k, v in calibration_metrics(y, adjusted, cfg.bins).items()})
-    metrics.update(suffixed(calibration_line(y, adjusted[:, 1], cfg.ci), "_prior_adjusted"))
+    metrics.update(suffixed(calibration_line(y, log_odds(logits, temperature, shift), cfg.ci), "_prior_adjusted"))
     metrics["prevalence_used"], metrics["prevalence_calibration"] = float(target[1]), float(source[1])
     notes.append(f"prior shift: positive-class prevalence {target[1]:.3f} ({how}) instead of {source[1]:.3f} "
                  "(the validation cases the temperature was fitted on); applied as a logit offset after temperature")

@@ -388,8 +388,8 @@ def test_calibration_slope_and_intercept_match_an_independent_logistic_fit_and_r
     true = expit(rng.normal(0, 1.5, n))
     y = (rng.random(n) < true).astype(int)
     extreme = expit(2 * logit(true))  # twice the true log-odds: too extreme
-    line = calibration_line(y, extreme)
     z = logit(extreme)
+    line = calibration_line(y, z)
     fit = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(z[:, None], y)
     assert line["calibration_slope"] == pytest.approx(fit.coef_[0, 0], abs=1e-5)
     assert line["calibration_slope_ci_low"] < 0.5 < line["calibration_slope_ci_high"]
@@ -407,16 +407,17 @@ def test_calibration_slope_and_intercept_match_an_independent_logistic_fit_and_r
     info[1, 0] = info[0, 1]
     se = np.sqrt(np.linalg.inv(info)[1, 1])
     assert line["calibration_slope_ci_high"] - line["calibration_slope"] == pytest.approx(1.959964 * se, rel=1e-3)
-    honest = calibration_line(y, true)
+    honest = calibration_line(y, logit(true))
     assert honest["calibration_slope_ci_low"] < 1 < honest["calibration_slope_ci_high"]
     assert honest["calibration_intercept_ci_low"] < 0 < honest["calibration_intercept_ci_high"]
     rare = y.copy()
     rare[(y == 1) & (rng.random(n) < 0.5)] = 0  # half the positives gone: risks overestimated
-    assert calibration_line(rare, true)["calibration_intercept_ci_high"] < 0
-    separated = calibration_line(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))
+    assert calibration_line(rare, logit(true))["calibration_intercept_ci_high"] < 0
+    separated = calibration_line(np.array([0, 0, 1, 1]), logit(np.array([0.1, 0.2, 0.8, 0.9])))
     assert np.isnan(separated["calibration_slope"])  # no finite maximum: no figure, rather than a huge one
     table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y], "patient_id": range(n)})
     logits = np.column_stack([np.zeros(n), z])
     ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 2.0, EvaluateConfig(bootstrap=0), tmp_path)
-    assert ev.metrics["calibration_slope_calibrated"] == pytest.approx(2 * ev.metrics["calibration_slope"], rel=1e-4)
+    assert ev.metrics["calibration_slope_calibrated"] == pytest.approx(2 * ev.metrics["calibration_slope"], rel=1e-6)
+    assert ev.metrics["calibration_slope"] == pytest.approx(line["calibration_slope"], rel=1e-9)  # from the logits
     assert "| calibration_slope | " in (tmp_path / "report.md").read_text()
