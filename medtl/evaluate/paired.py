@@ -85,10 +85,31 @@ class PairedComparison:
     """The class compared against the rest, where the models have several."""
 
 
+def mcnemar(y_true: np.ndarray, call_a: np.ndarray, call_b: np.ndarray) -> dict[str, float]:
+    """McNemar's exact test of two models' calls on the same cases, among the positives (sensitivity) and among the
+    negatives (specificity): the cases one model calls right and the other wrong, and the two-sided binomial p that
+    they split as evenly as chance would."""
+    from scipy.stats import binomtest
+
+    y, a, b = (np.asarray(v).astype(int) for v in (y_true, call_a, call_b))
+    out: dict[str, float] = {}
+    for name, cls in (("sensitivity", 1), ("specificity", 0)):
+        right_a, right_b = (a == cls) & (y == cls), (b == cls) & (y == cls)
+        only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
+        out[f"{name}_only_a"], out[f"{name}_only_b"] = only_a, only_b
+        out[f"mcnemar_{name}_p"] = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return out
+
+
+def _share(right: np.ndarray, of: np.ndarray) -> float:
+    return float(right[of].mean()) if of.any() else np.nan
+
+
 def compare_models(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, names: tuple[str, str] = ("a", "b"),
                    groups: np.ndarray | None = None, n_resamples: int = 1000, ci: float = 0.95, seed: int = 0,
-                   bins: int = 15) -> PairedComparison:
-    """Model a minus model b on the same cases (positive-class probabilities, aligned by case)."""
+                   bins: int = 15, calls: tuple[np.ndarray, np.ndarray] | None = None) -> PairedComparison:
+    """Model a minus model b on the same cases (positive-class probabilities, aligned by case); with ``calls``, each
+    model's positive calls at its own threshold, their sensitivity and specificity too."""
     y, pa = check_inputs(y_true, p_a)
     _, pb = check_inputs(y_true, p_b)
 
@@ -97,12 +118,18 @@ def compare_models(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, names: 
         out = {"delta_brier": float(np.mean((a - yy) ** 2) - np.mean((b - yy) ** 2)),
                "delta_ece": ece_binary(yy, a, bins)[0] - ece_binary(yy, b, bins)[0]}
         out["delta_auroc"] = float(roc_auc_score(yy, a) - roc_auc_score(yy, b)) if len(np.unique(yy)) == 2 else np.nan
+        if both.shape[1] == 4:
+            ca, cb, pos = both[:, 2] == 1, both[:, 3] == 1, yy == 1
+            out["delta_sensitivity"] = _share(ca, pos) - _share(cb, pos)
+            out["delta_specificity"] = _share(~ca, ~pos) - _share(~cb, ~pos)
         return out
 
-    both = np.column_stack([pa, pb])  # one resample of patients scores both models: the pairing
+    both = np.column_stack([pa, pb, *([np.asarray(c, dtype=float) for c in calls] if calls else [])])  # the pairing
     metrics: dict[str, float] = {"n": float(len(y)), **deltas(y, both)}
     if len(np.unique(y)) == 2:
         metrics.update({k: v for k, v in delong_test(y, pa, pb).items() if k != "delta_auroc"})
+    if calls is not None:
+        metrics.update(mcnemar(y, *calls))
     for key, (low, high) in bootstrap_ci(deltas, y, both, groups, n_resamples, ci, seed).items():
         metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = low, high
     both_probs = {names[0]: pa, names[1]: pb}
@@ -134,10 +161,17 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
     against = f", {cmp.positive} against the other classes" if cmp.positive else ""
     lines = [f"# {a} vs {b} on the same {int(m['n'])} cases{against}", "", "| difference (a − b) | value [95% CI] |", "| --- | --- |",
              row("delta_auroc", "ΔAUROC (paired bootstrap)"), row("delta_brier", "ΔBrier"), row("delta_ece", "ΔECE")]
+    if "delta_sensitivity" in m:
+        lines += [row("delta_sensitivity", "Δsensitivity, each at its own threshold"),
+                  row("delta_specificity", "Δspecificity, each at its own threshold")]
     if "delong_p" in m:
         lines += ["", f"DeLong: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}, z = {m['delong_z']:.2f}, p = {m['delong_p']:.3g}"]
     elif "auroc_a" in m:
         lines += ["", f"DeLong: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}; no test: it needs two or more cases of each class"]
+    if "mcnemar_sensitivity_p" in m:
+        lines += ["", *[f"McNemar (exact), {name}: {int(m[f'{name}_only_a'])} {what} only {a} calls right, "
+                        f"{int(m[f'{name}_only_b'])} only {b}; p = {m[f'mcnemar_{name}_p']:.3g}"
+                        for name, what in (("sensitivity", "positive cases"), ("specificity", "negative cases"))]]
     files[2].write_text("\n".join(lines) + "\n")
     if not figures:
         return files
@@ -208,7 +242,10 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]
     y = (merged["label"].astype(str) == positive.removeprefix("prob_")).to_numpy().astype(int)
     groups = next((merged[c].astype(str).to_numpy() for c in ("patient_id_a", "patient_id", "patient_id_b") if c in merged),
                   None)  # each case its own patient when neither table knows them (a predictions.csv)
+    called = positive.removeprefix("prob_")
+    calls = (tuple((merged[f"predicted_{s}"].astype(str) == called).to_numpy() for s in "ab")
+             if {"predicted_a", "predicted_b"} <= set(merged.columns) else None)  # each model's calls, at its threshold
     cmp = compare_models(y, merged[f"{positive}_a"].to_numpy(), merged[f"{positive}_b"].to_numpy(), names, groups,
-                         n_resamples, seed=seed)
+                         n_resamples, seed=seed, calls=calls)
     cmp.positive = positive.removeprefix("prob_") if len(classes) > 2 else ""
     return cmp

@@ -185,3 +185,36 @@ def test_models_of_several_classes_are_compared_on_the_class_named_against_the_r
     finally:
         logger.removeHandler(caplog.handler)
     assert "--positive CLASS" in caplog.text and not (tmp_path / "p").exists()
+
+
+def test_sensitivity_and_specificity_at_each_models_threshold_are_compared_with_mcnemars_exact_test(tmp_path):
+    """Two models' calls on the same films: a reviewer asks whether one finds more of the positives, not only whether
+    it ranks better. Δsensitivity and Δspecificity against hand counts, McNemar's p against the binomial sum."""
+    from math import comb
+
+    import pandas as pd
+
+    from medtl.evaluate.paired import compare_predictions
+
+    rng = np.random.default_rng(5)
+    n = 300
+    y = rng.integers(0, 2, n)
+    p_a, p_b = np.clip(y * 0.3 + rng.random(n) * 0.7, 0, 1), np.clip(y * 0.2 + rng.random(n) * 0.8, 0, 1)
+    call_a, call_b = p_a >= 0.5, p_b >= 0.6  # each at its own threshold
+    tables = [pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["neg", "pos"])[y],
+                            "prob_neg": 1 - p, "prob_pos": p, "predicted": np.array(["neg", "pos"])[c.astype(int)]})
+              for p, c in ((p_a, call_a), (p_b, call_b))]
+    cmp = compare_predictions(*tables, ("a", "b"), n_resamples=200)
+    m = cmp.metrics
+    pos, neg = y == 1, y == 0
+    assert m["delta_sensitivity"] == pytest.approx(call_a[pos].mean() - call_b[pos].mean())
+    assert m["delta_specificity"] == pytest.approx((~call_a)[neg].mean() - (~call_b)[neg].mean())
+    assert m["delta_sensitivity_ci_low"] < m["delta_sensitivity"] < m["delta_sensitivity_ci_high"]
+    for name, among, right_a, right_b in (("sensitivity", pos, call_a, call_b), ("specificity", neg, ~call_a, ~call_b)):
+        b, c = int(np.sum(among & right_a & ~right_b)), int(np.sum(among & right_b & ~right_a))
+        assert (m[f"{name}_only_a"], m[f"{name}_only_b"]) == (b, c)
+        hand = min(1.0, 2 * sum(comb(b + c, k) for k in range(min(b, c) + 1)) / 2 ** (b + c))
+        assert m[f"mcnemar_{name}_p"] == pytest.approx(hand)
+    write_comparison(cmp, tmp_path / "cmp", figures=False)
+    text = (tmp_path / "cmp" / "paired_comparison.md").read_text()
+    assert "Δsensitivity, each at its own threshold" in text and "McNemar (exact), sensitivity:" in text
