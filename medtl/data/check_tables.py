@@ -29,6 +29,10 @@ def print_check(manifest: Manifest, problems: list[Problem]) -> None:
         out.print(f"[red]{len(problems)} problem(s) in {len({p.case_id for p in problems})} of {cases} cases[/]")
     else:
         out.print(f"[green]{manifest.path.name}: {cases} cases, no problem found[/]")
+    from medtl.data.splits import OWN_PATIENTS, own_patients
+
+    if own_patients(manifest.table):
+        out.print(OWN_PATIENTS, markup=False, highlight=False)
     if not manifest.has_labels:  # fine to score; to train, its findings' columns say what to do
         from medtl.data.findings import findings_hint
 

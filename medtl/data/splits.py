@@ -67,12 +67,25 @@ def with_saved_splits(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     return table.assign(split=table["case_id"].astype(str).map(saved.set_index("case_id")["split"]))
 
 
+OWN_PATIENTS = ("no patient_id: each case is taken as its own patient, so one patient's scans may land in training "
+                "and test; if a patient has several scans, give the manifest a patient_id column (manifest build "
+                "writes one)")
+"""Said wherever medtl splits, or checks, a manifest whose every case is its own patient."""
+
+
+def own_patients(table: pd.DataFrame) -> bool:
+    """Whether every case is its own patient as far as the manifest says: no patient_id, or one per case id."""
+    return len(table) > 1 and bool((table["patient_id"].astype(str) == table["case_id"].astype(str)).all())
+
+
 def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed: int = 0,
                    test_cases: set[str] | None = None) -> pd.DataFrame:
     """Assigns train/val/test to every row; rows keep their order. Deterministic for a seed. ``test_cases``, when
     given, are the test split (a public set's official one), and ``val`` a fraction of the other patients."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ManifestError(f"--val {val} and --test {test} must be fractions in [0, 1) that add up to less than 1")
+    if own_patients(table):
+        logger.warning(OWN_PATIENTS)
     _warn_rare_classes(table, 1 + (val > 0) + (test > 0 or bool(test_cases)), "splits")
     out = table.copy()
     out["split"] = "train"

@@ -178,3 +178,26 @@ def test_chexperts_train_and_valid_sheets_label_one_manifest_and_valid_is_the_te
     res = run_cli("manifest", "build", str(tmp_path / "CheXpert-v1.0-small"), "--ids", "path", "--labels",
                   str(tmp_path / "train.csv"), "--labels", str(tmp_path / "train.csv"), "--out", str(tmp_path / "t.csv"))
     assert res.returncode == 0 and "8 row(s) repeat an earlier row exactly" in " ".join(res.stderr.split())
+
+
+def test_a_manifest_that_names_no_patients_is_said_to_take_each_case_as_its_own_patient(tmp_path, caplog):
+    """A hand-written manifest without patient_id split one patient's films across training and test, unsaid."""
+    import logging
+
+    from medtl.data.splits import split_manifest
+
+    for i in range(12):
+        film(tmp_path / f"f{i}.png", i)
+    table = pd.DataFrame({"case_id": [f"f{i}" for i in range(12)], "image": [f"f{i}.png" for i in range(12)],
+                          "label": ["a", "b"] * 6})
+    table.to_csv(tmp_path / "m.csv", index=False)
+    table.assign(patient_id=[f"p{i // 2}" for i in range(12)]).to_csv(tmp_path / "p.csv", index=False)
+    caplog.set_level(logging.WARNING, logger="medtl")
+    split_manifest(read_manifest(tmp_path / "m.csv").table, 0.25, 0.25)
+    assert any("each case is taken as its own patient" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    split_manifest(read_manifest(tmp_path / "p.csv").table, 0.25, 0.25)
+    assert not caplog.records
+    res = run_cli("manifest", "check", str(tmp_path / "m.csv"))
+    assert "no patient_id: each case is taken as its own patient" in " ".join(res.stdout.split()), res.stdout
+    assert "own patient" not in run_cli("manifest", "check", str(tmp_path / "p.csv")).stdout
