@@ -30,8 +30,10 @@ def _resampling(groups: np.ndarray | None, n: int) -> str:
 
 
 def roc_plot(y: np.ndarray, p: np.ndarray, threshold: float, path: Path, groups: np.ndarray | None = None,
-             n_boot: int = 200, seed: int = 0, title: str = "ROC") -> Path:
-    """ROC curve with AUROC [95% CI] in the legend, its bootstrap band, and the operating point."""
+             n_boot: int = 200, seed: int = 0, title: str = "ROC", auroc_ci: tuple[float, float] | None = None) -> Path:
+    """ROC curve with AUROC [95% CI] in the legend, its bootstrap band, and the operating point. ``auroc_ci``, the
+    report's interval, is the legend's, so one evaluation gives one interval for its AUROC; else the band's
+    resamples give it."""
     fig, ax = plt.subplots(figsize=(5, 5))
     fpr, tpr, _ = roc_curve(y, p)
     grid = np.linspace(0, 1, 101)
@@ -45,7 +47,9 @@ def roc_plot(y: np.ndarray, p: np.ndarray, threshold: float, path: Path, groups:
             curves.append(np.interp(grid, f, t))
             aucs.append(roc_auc_score(y[idx], p[idx]))
     auc = roc_auc_score(y, p)
-    label = f"AUROC {auc:.3f}" + (f" [{np.percentile(aucs, 2.5):.3f}, {np.percentile(aucs, 97.5):.3f}]" if aucs else "")
+    if auroc_ci is None and aucs:
+        auroc_ci = (float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5)))
+    label = f"AUROC {auc:.3f}" + (f" [{auroc_ci[0]:.3f}, {auroc_ci[1]:.3f}]" if auroc_ci and np.isfinite(auroc_ci).all() else "")
     if curves:
         lo, hi = np.percentile(curves, [2.5, 97.5], axis=0)
         ax.fill_between(grid, lo, hi, alpha=0.25, label=f"95% CI (bootstrap over {_resampling(groups, len(y))})")
@@ -110,7 +114,7 @@ def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, b
     ax.set(ylabel="observed frequency", title=f"Reliability, {positive}{_of(subject)} (n = {len(y)}, {bins} equal-mass bins)",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8, loc="upper left")
-    axc.set(xlabel=f"predicted probability of {positive}", ylabel="cases per bin")
+    axc.set(xlabel=f"predicted probability of {positive}", ylabel="cases per bin", ylim=(0, None))  # from 0: 62 vs 63 is no dip
     return _save(fig, path)
 
 

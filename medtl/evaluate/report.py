@@ -116,7 +116,7 @@ def evaluate_classification(
     files = [out_dir / "predictions.csv"]
     predictions.to_csv(files[0], index=False)
     if cfg.figures:
-        files += _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg, subject)
+        files += _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg, subject, metrics)
     # patients stay in memory, for the paired comparison's patient bootstrap; predictions.csv never holds them
     ev = Evaluation(metrics, notes, files, predictions.assign(patient_id=groups), prior)
     files += write_report(ev, out_dir, classes)
@@ -188,16 +188,24 @@ def _resampled_shift(temperature: float, threshold: float, source_prior: list[fl
     return shift
 
 
-def _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg, subject) -> list[Path]:
-    """Every title names the model, the split and n (``subject``: "MODEL, SPLIT split")."""
+def _classification_plots(y, raw, cal, pred, classes, threshold, groups, out_dir, cfg, subject, metrics) -> list[Path]:
+    """Every title names the model, the split and n (``subject``: "MODEL, SPLIT split"); the reliability diagram's
+    legend gives each curve's calibration slope and intercept beside its ECE."""
     files = [plots.confusion_plot(y, pred, classes, out_dir / "confusion_matrix.png", subject)]
     if len(classes) == 2 and len(np.unique(y)) == 2:
+        reported = (metrics["auroc_ci_low"], metrics["auroc_ci_high"]) if "auroc_ci_low" in metrics else None
         files.append(plots.roc_plot(y, cal[:, 1], threshold, out_dir / "roc.png", groups, seed=cfg.seed,
-                                    title=f"ROC — {subject}" if subject else "ROC"))
+                                    title=f"ROC — {subject}" if subject else "ROC", auroc_ci=reported))
         files.append(plots.pr_plot(y, cal[:, 1], out_dir / "precision_recall.png", threshold,
                                    title=f"Precision-recall — {subject}" if subject else "Precision-recall"))
-        files.append(plots.reliability_plot(y, {"before temperature": raw[:, 1], "after temperature": cal[:, 1]},
-                                            out_dir / "reliability.png", min(cfg.bins, 10), classes[1], subject=subject))
+        def named(step: str, suffix: str) -> str:
+            slope, intercept = metrics.get(f"calibration_slope{suffix}"), metrics.get(f"calibration_intercept{suffix}")
+            known = slope is not None and intercept is not None and np.isfinite([slope, intercept]).all()
+            return f"{step} (slope {slope:.2f}, intercept {intercept:+.2f})" if known else step
+
+        curves = {named("before temperature", ""): raw[:, 1], named("after temperature", "_calibrated"): cal[:, 1]}
+        files.append(plots.reliability_plot(y, curves, out_dir / "reliability.png", min(cfg.bins, 10), classes[1],
+                                            subject=subject))
     return files + [f.with_suffix(".svg") for f in files if f.with_suffix(".svg").is_file()]
 
 

@@ -243,7 +243,12 @@ def test_segmentation_subgroups_report_each_sites_dice_with_its_interval():
     assert m["subgroup_site_missing_n"] == 10 and any("site=North (A): 10 cases" in n for n in notes)
 
 
-def test_report_writes_plots_and_ci(tmp_path):
+def test_report_writes_plots_and_ci(tmp_path, monkeypatch):
+    from medtl.evaluate import plots
+
+    drawn = {}
+    roc_plot = plots.roc_plot
+    monkeypatch.setattr(plots, "roc_plot", lambda *a, **k: drawn.update(k) or roc_plot(*a, **k))
     rng = np.random.default_rng(0)
     n = 120
     lab = rng.integers(0, 2, n)
@@ -255,6 +260,7 @@ def test_report_writes_plots_and_ci(tmp_path):
     assert m["auroc_ci_low"] <= m["auroc"] <= m["auroc_ci_high"]
     assert m["auroc"] == pytest.approx(roc_auc_score(lab, logits[:, 1]))
     assert "ece_calibrated" in m and "subgroup_site_A_auroc" in m
+    assert drawn["auroc_ci"] == (m["auroc_ci_low"], m["auroc_ci_high"])  # the figure's 200 resamples gave another
     for name in ("roc", "reliability", "confusion_matrix", "precision_recall"):
         for suffix in (".png", ".svg"):  # the dashboard's and the paper's
             assert (tmp_path / f"{name}{suffix}").stat().st_size > 0
@@ -421,3 +427,21 @@ def test_calibration_slope_and_intercept_match_an_independent_logistic_fit_and_r
     assert ev.metrics["calibration_slope_calibrated"] == pytest.approx(2 * ev.metrics["calibration_slope"], rel=1e-6)
     assert ev.metrics["calibration_slope"] == pytest.approx(line["calibration_slope"], rel=1e-9)  # from the logits
     assert "| calibration_slope | " in (tmp_path / "report.md").read_text()
+
+
+def test_a_figure_title_too_long_for_its_axes_is_broken_into_lines_it_holds():
+    """Titles naming the model, the split and n ran past the figure's edges, cut off on both sides."""
+    import matplotlib.pyplot as plt
+
+    from medtl.figures import wrap_titles
+
+    fig, (ax, short) = plt.subplots(1, 2, figsize=(8, 4))
+    ax.set_title("Reliability, pneumonia — demo-fine_tune, test split (n = 624, 10 equal-mass bins)")
+    short.set_title("ROC")
+    wrap_titles(fig)
+    fig.canvas.draw()
+    lines = ax.title.get_text().split("\n")
+    assert len(lines) >= 2 and " ".join(lines) == "Reliability, pneumonia — demo-fine_tune, test split (n = 624, 10 equal-mass bins)"
+    box, axes_box = ax.title.get_window_extent(), ax.get_window_extent()
+    assert box.width <= axes_box.width * 1.1 and short.title.get_text() == "ROC"
+    plt.close(fig)
