@@ -83,6 +83,8 @@ class PairedComparison:
     """Each model's positive-class probabilities on the paired cases, for the overlay figures."""
     positive: str = ""
     """The class compared against the rest, where the models have several."""
+    class_name: str = "positive class"
+    """The class whose probabilities are compared, as figures name it."""
 
 
 def mcnemar(y_true: np.ndarray, call_a: np.ndarray, call_b: np.ndarray) -> dict[str, float]:
@@ -178,7 +180,8 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
     files += plots.decision_curve_plot(cmp.curve, (a, b), out_dir / "decision_curve.png")
     if len(np.unique(cmp.y)) == 2:  # both arms on one ROC and one reliability diagram
         files += [plots.roc_overlay_plot(cmp.y, cmp.probs, out_dir / "roc_both.png"), out_dir / "roc_both.svg",
-                  plots.reliability_plot(cmp.y, cmp.probs, out_dir / "reliability_both.png"), out_dir / "reliability_both.svg"]
+                  plots.reliability_plot(cmp.y, cmp.probs, out_dir / "reliability_both.png", positive=cmp.class_name,
+                                         subject=f"{a} vs {b}"), out_dir / "reliability_both.svg"]
     return files
 
 
@@ -248,4 +251,5 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]
     cmp = compare_models(y, merged[f"{positive}_a"].to_numpy(), merged[f"{positive}_b"].to_numpy(), names, groups,
                          n_resamples, seed=seed, calls=calls)
     cmp.positive = positive.removeprefix("prob_") if len(classes) > 2 else ""
+    cmp.class_name = positive.removeprefix("prob_")
     return cmp
