@@ -93,6 +93,9 @@ def split_manifest(table: pd.DataFrame, val: float = 0.15, test: float = 0.15, s
     if test_cases is not None:
         is_test = out["case_id"].astype(str).isin(test_cases).to_numpy()
         _refuse_split_patients(out, is_test)
+        if is_test.all():
+            raise ManifestError(f"--test-list names all {len(out)} cases, so none is left to train on; list the test "
+                                "cases only")
         out.loc[is_test, "split"] = "test"
         remaining, test = ~is_test, 0.0
     elif test > 0:
@@ -126,6 +129,9 @@ def listed_cases(path: Path, manifest: Manifest) -> set[str]:
         raise ManifestError(f"--test-list {path}: file not found")
     names = [line.split(",")[0].strip().strip('"') for line in path.read_text(errors="replace").splitlines()]
     names = [n for n in names if n]
+    if not names:
+        raise ManifestError(f"--test-list {path}: the file names no case; give the test cases' ids or file names, one "
+                            "per line")
     table = manifest.table
     ids = set(table["case_id"].astype(str))
     case_of = file_matcher(list(zip(table["case_id"].astype(str), table["image_path"].astype(str))), manifest.path.parent)
@@ -135,7 +141,7 @@ def listed_cases(path: Path, manifest: Manifest) -> set[str]:
     unmatched = [n for n, case in zip(names, found) if case is None]
     if len(unmatched) == len(names):
         raise ManifestError(f"--test-list {path}: none of its {len(names)} names is a case of {manifest.path.name} "
-                            f"(e.g. {names[0] if names else 'no name at all'}); give case ids, or the scans' file names")
+                            f"(e.g. {names[0]}); give case ids, or the scans' file names")
     if unmatched:
         logger.warning("--test-list %s: %d of its %d names match no case (e.g. %s); the %d others are the test split",
                        path.name, len(unmatched), len(names), unmatched[0], len(names) - len(unmatched))

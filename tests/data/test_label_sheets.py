@@ -153,6 +153,10 @@ def test_a_public_sets_official_test_list_is_the_test_split_whole_patients_and_a
     res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--test-list", str(tmp_path / "none.txt"), "--out",
                   str(tmp_path / "t.csv"))
     assert res.returncode == 2 and "none of its 2 names is a case of m.csv" in res.stderr, res.stderr
+    (tmp_path / "all.txt").write_text("\n".join(names))
+    res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--test-list", str(tmp_path / "all.txt"), "--out",
+                  str(tmp_path / "t.csv"))
+    assert res.returncode == 2 and "names all 24 cases, so none is left to train on" in res.stderr, res.stderr
 
 
 def test_chexperts_train_and_valid_sheets_label_one_manifest_and_valid_is_the_test_split(tmp_path):
