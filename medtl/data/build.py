@@ -181,6 +181,9 @@ def build_manifest(
     sheets = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels or []]
     if not folder.is_dir():
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
+    missing = next((sheet for sheet in sheets if not sheet.is_file()), None)
+    if missing is not None:  # said before a walk of 100,000 files, not after
+        raise ManifestError(f"{missing}: labels file not found")
     if masks is not None and not Path(masks).is_dir():
         raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
     identifiers: dict[str, dict[str, str]] = {}

@@ -63,8 +63,6 @@ def join_labels(table: pd.DataFrame, labels: list[Path], cases: list[tuple[str, 
 def _keyed_sheet(labels: Path, table: pd.DataFrame, cases: list[tuple[str, str]], folder: Path,
                  identifiers: dict[str, dict[str, str]]) -> pd.DataFrame:
     """One sheet with a case_id column: its own, or read from the scans' files or DICOM numbers it is keyed by."""
-    if not labels.is_file():
-        raise ManifestError(f"{labels}: labels file not found")
     sheet = read_sheet(labels)
     if "case_id" not in sheet:
         sheet = keyed_by_files(sheet, labels, cases, folder)

@@ -205,3 +205,13 @@ def test_a_manifest_that_names_no_patients_is_said_to_take_each_case_as_its_own_
     res = run_cli("manifest", "check", str(tmp_path / "m.csv"))
     assert "no patient_id: each case is taken as its own patient" in " ".join(res.stdout.split()), res.stdout
     assert "own patient" not in run_cli("manifest", "check", str(tmp_path / "p.csv")).stdout
+
+
+def test_a_missing_label_sheet_is_said_before_the_folder_is_walked(tmp_path, monkeypatch):
+    import medtl.data.build as build
+    from medtl.errors import ManifestError
+
+    film(tmp_path / "scans" / "a.png", 0)
+    monkeypatch.setattr(build, "discover_cases", lambda *a, **k: pytest.fail("walked 100,000 files first"))
+    with pytest.raises(ManifestError, match="valid.csv: labels file not found"):
+        build_manifest(tmp_path / "scans", tmp_path / "m.csv", labels=[tmp_path / "scans" / "a.png", tmp_path / "valid.csv"])
