@@ -108,7 +108,11 @@ def evaluate_cmd(
     cfg = cfg if bootstrap is None else cfg.model_copy(update={"bootstrap": bootstrap})
     ev = evaluate_bundle(bundle, manifest, split, out, cfg, device=device, splits=splits)
     key = "auroc" if "auroc" in ev.metrics else ("auroc_macro" if "auroc_macro" in ev.metrics else "dice_mean")
-    typer.echo(f"{key}: {fmt(ev.metrics, key)}  report: {out / 'report.md'}")
+    step = "_prior_adjusted" if "calibration_slope_prior_adjusted" in ev.metrics else "_calibrated"
+    line = "" if f"calibration_slope{step}" not in ev.metrics else (  # how a site's risks are off, at a glance
+        f"  ECE {fmt(ev.metrics, 'ece' + step)}, calibration slope {fmt(ev.metrics, 'calibration_slope' + step)}, "
+        f"intercept {fmt(ev.metrics, 'calibration_intercept' + step)}")
+    typer.echo(f"{key}: {fmt(ev.metrics, key)}{line}  report: {out / 'report.md'}")
 
 
 @app.command("recalibrate")

@@ -187,6 +187,9 @@ def test_evaluate_takes_a_sites_prevalence_or_em_in_place_of_the_models_own(tmp_
                       "--bootstrap", "20", *(["--prevalence", given] if given else []))
         assert res.returncode == 0, res.stderr[-2000:]
         said[given] = json.loads((out / "metrics.json").read_text()), (out / "report.md").read_text()
+        step = "_calibrated" if given is None else "_prior_adjusted"  # the last step's calibration, said at once
+        slope = said[given][0][f"calibration_slope{step}"]
+        assert (slope is None and "calibration slope undefined" in res.stdout) or f"calibration slope {slope:.3f}" in res.stdout
     assert "prevalence_used" not in said[None][0]  # the model's own: no prior shift configured
     assert said["0.3"][0]["prevalence_used"] == pytest.approx(0.3) and "0.300 (given" in said["0.3"][1]
     assert "prevalence_used" in said["em"][0] and "48 cases" in said["em"][1] and "labels unused" in said["em"][1]
