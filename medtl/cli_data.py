@@ -29,14 +29,16 @@ def manifest_build(
 ) -> None:
     """Walk a folder and write a manifest (one row per series or file)."""
     from medtl.data.build import build_manifest
-
-    from medtl.data.findings import unfit_labels
+    from medtl.data.findings import finding_counts, unfit_labels
     from medtl.log import logger
 
     table = build_manifest(folder, out, labels, masks, ids=ids, progress=True, label_folders=label_folders)
     counts = [f"{column}s " + ", ".join(f"{k} {v:,}" for k, v in table[column].value_counts().sort_index().items())
               for column in ("label", "split", "view") if column in table and table[column].notna().any()]
     typer.echo("; ".join([f"{out}: {len(table):,} cases", *counts]))
+    findings = "" if "label" in table else finding_counts(table)
+    if findings:  # a column per finding: how many of each, before choosing one
+        typer.echo(findings)
     unfit = unfit_labels(table["label"], out) if "label" in table and table["label"].notna().any() else None
     if unfit:  # said now, not first by the check or the training that refuses it
         logger.warning("%s: %s", out.name, unfit)

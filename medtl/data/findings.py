@@ -81,6 +81,14 @@ def finding_columns(table: pd.DataFrame) -> list[str]:
     return [str(c) for c in table.columns if c not in KNOWN_COLUMNS and holds_finding(table[c])]
 
 
+def finding_counts(table: pd.DataFrame) -> str:
+    """"findings present (uncertain): Cardiomegaly 10 (8), ..." for a table with a column per finding, or ""."""
+    columns = finding_columns(table)
+    numbers = {c: pd.to_numeric(table[c], errors="coerce") for c in columns}
+    return "findings present (uncertain): " + ", ".join(
+        f"{c} {int((n == 1).sum()):,} ({int((n == -1).sum()):,})" for c, n in numbers.items()) if columns else ""
+
+
 def findings_hint(table: pd.DataFrame, manifest: Path) -> str:
     """Where ``table`` has columns of findings: "; ..." naming them and the command that writes one's manifest."""
     columns = finding_columns(table)

@@ -171,6 +171,9 @@ def test_chexperts_train_and_valid_sheets_label_one_manifest_and_valid_is_the_te
     res = run_cli("manifest", "build", str(tmp_path / "CheXpert-v1.0-small"), "--ids", "path", "--labels",
                   str(tmp_path / "train.csv"), "--labels", str(tmp_path / "valid.csv"), "--out", str(tmp_path / "m.csv"))
     assert res.returncode == 0 and "have no row" not in res.stderr, res.stderr
+    cardiomegaly = CARDIOMEGALY + ["1.0"] * 3
+    assert (f"findings present (uncertain): Cardiomegaly {cardiomegaly.count('1.0')} ({cardiomegaly.count('-1.0')}), "
+            "Edema 2 (0)") in res.stdout, res.stdout
     table = pd.read_csv(tmp_path / "m.csv", dtype=str)
     assert len(table) == 11 and table["Sex"].notna().all()
     res = run_cli("manifest", "split", str(tmp_path / "m.csv"), "--test-list", str(tmp_path / "valid.csv"),
