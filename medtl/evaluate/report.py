@@ -129,7 +129,8 @@ def _no_width_notes(metrics: dict[str, float], n: int) -> list[str]:
     return [f"{name}: its interval has no width, because the {n} cases' classes are separated perfectly in every "
             "resample; that says the cases are few, not that the figure is certain: evaluate on more cases"
             for name in ("auroc", "auroc_macro")
-            if metrics.get(f"{name}_ci_low") is not None and metrics[f"{name}_ci_low"] == metrics[f"{name}_ci_high"] == 1.0]
+            if metrics.get(f"{name}_ci_low") is not None
+            and np.allclose([metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"]], 1.0, rtol=0, atol=1e-9)]  # 1 - 1e-16
 
 
 def _with_typicality(predictions: pd.DataFrame, typicality: np.ndarray, metrics: dict[str, float],
