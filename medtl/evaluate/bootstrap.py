@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import norm
 
 
 def patient_strata(y: np.ndarray, groups: np.ndarray) -> list[list[np.ndarray]]:
@@ -69,7 +69,16 @@ def widen_to_wilson(intervals: dict[str, float], counts: dict[str, tuple[int, in
     for name, (k, n) in counts.items():
         if n == 0 or f"{name}_ci_low" not in intervals:
             continue
-        wilson = binomtest(k, n).proportion_ci(confidence_level=ci, method="wilson")
-        low, high = intervals[f"{name}_ci_low"], intervals[f"{name}_ci_high"]
-        intervals[f"{name}_ci_low"] = float(np.fmin(low, wilson.low))
-        intervals[f"{name}_ci_high"] = float(np.fmax(high, wilson.high))
+        low, high = wilson_interval(np.array(k), np.array(n), ci)
+        intervals[f"{name}_ci_low"] = float(np.fmin(intervals[f"{name}_ci_low"], low))
+        intervals[f"{name}_ci_high"] = float(np.fmax(intervals[f"{name}_ci_high"], high))
+
+
+def wilson_interval(k: np.ndarray, n: np.ndarray, ci: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval of k successes in n trials (element-wise; n > 0): the one every share of cases,
+    and every reliability bin, is given."""
+    z = norm.ppf(0.5 + ci / 2)
+    f = np.asarray(k, dtype=float) / n
+    centre = (f + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half

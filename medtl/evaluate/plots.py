@@ -15,7 +15,7 @@ import matplotlib.ticker  # noqa: E402
 from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score,  # noqa: E402
                              roc_curve)
 
-from medtl.evaluate.bootstrap import patient_strata, resample_indices  # noqa: E402
+from medtl.evaluate.bootstrap import patient_strata, resample_indices, wilson_interval  # noqa: E402
 from medtl.evaluate.calibration import reliability_bins  # noqa: E402
 from medtl.figures import save_figure as _save  # noqa: E402
 
@@ -103,11 +103,9 @@ def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, b
     for i, (name, p) in enumerate(curves.items()):
         r = reliability_bins(y, p, bins, strategy)
         n, f = r["count"], r["frequency"]
-        z = 1.96
-        centre = (f + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        low, high = wilson_interval(f * n, n)
         ece = ece_binary(y, p, bins, strategy)[0]
-        below, above = np.clip(f - (centre - half), 0, None), np.clip(centre + half - f, 0, None)  # ≥ 0 despite rounding
+        below, above = np.clip(f - low, 0, None), np.clip(high - f, 0, None)  # ≥ 0 despite rounding
         ax.errorbar(r["confidence"], f, yerr=[below, above], fmt="o-", capsize=2, ms=4,
                     label=f"{name}: ECE {ece:.3f}")
         axc.plot(r["confidence"], n, "o-", ms=3, label=name)
