@@ -191,7 +191,8 @@ def compare_cmd(
     positive: Annotated[Optional[str], typer.Option(help="Models of several classes: the class compared against the rest.")] = None,
 ) -> None:
     """Paired comparison of two models on the same cases: ΔAUROC (CI, DeLong), ΔBrier, ΔECE, Δsensitivity and
-    Δspecificity at each model's threshold (McNemar) and a decision curve; for segmentations, ΔDice, ΔIoU, ΔHD95, ΔASD (CIs) and Wilcoxon.
+    Δspecificity at each model's threshold (McNemar) and a decision curve; for segmentations, ΔDice, ΔIoU, ΔHD95,
+    ΔASD (CIs) and Wilcoxon.
 
     These files hold no patient ids, so each case is resampled as its own patient here; the compare,
     label_efficiency and demo pipelines resample patients."""

@@ -241,15 +241,15 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]
                          "--positive CLASS")
     if positive is not None and positive not in classes:
         raise MedtlError(f"--positive {positive}: not a class of these predictions ({', '.join(classes)})")
-    positive = f"prob_{positive or classes[-1]}"
-    y = (merged["label"].astype(str) == positive.removeprefix("prob_")).to_numpy().astype(int)
+    compared = positive or classes[-1]
+    column = f"prob_{compared}"
+    y = (merged["label"].astype(str) == compared).to_numpy().astype(int)
     groups = next((merged[c].astype(str).to_numpy() for c in ("patient_id_a", "patient_id", "patient_id_b") if c in merged),
                   None)  # each case its own patient when neither table knows them (a predictions.csv)
-    called = positive.removeprefix("prob_")
-    calls = (tuple((merged[f"predicted_{s}"].astype(str) == called).to_numpy() for s in "ab")
+    calls = (tuple((merged[f"predicted_{s}"].astype(str) == compared).to_numpy() for s in "ab")
              if {"predicted_a", "predicted_b"} <= set(merged.columns) else None)  # each model's calls, at its threshold
-    cmp = compare_models(y, merged[f"{positive}_a"].to_numpy(), merged[f"{positive}_b"].to_numpy(), names, groups,
+    cmp = compare_models(y, merged[f"{column}_a"].to_numpy(), merged[f"{column}_b"].to_numpy(), names, groups,
                          n_resamples, seed=seed, calls=calls)
-    cmp.positive = positive.removeprefix("prob_") if len(classes) > 2 else ""
-    cmp.class_name = positive.removeprefix("prob_")
+    cmp.positive = compared if len(classes) > 2 else ""
+    cmp.class_name = compared
     return cmp
