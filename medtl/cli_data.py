@@ -3,6 +3,7 @@ anything trains. Thin, like the rest of the CLI: parse, call one library functio
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,10 +60,11 @@ def manifest_check(
 
     cfg = load_config(config, set_).data if (config or set_) else None
     m = read_manifest(manifest, cfg.data_root if cfg else None, keep_going=True)
+    views: Counter[str] = Counter()
     problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep, progress=True,
-                              modality=cfg.modality if cfg else None, views=cfg.views if cfg else None)
-    print_check(m, problems)
-    if problems:
+                              modality=cfg.modality if cfg else None, views=cfg.views if cfg else None,
+                              seen_views=views)
+    if print_check(m, problems, views):
         raise typer.Exit(1)
 
 

@@ -21,8 +21,8 @@ from medtl.typicality import measures_typicality, unlike_training
 
 
 class MedtlPyfunc(mlflow.pyfunc.PythonModel):
-    """``predict(DataFrame with an 'image' column of paths)`` → calibrated probabilities and the label
-    at the stored threshold; unreadable cases get status 'error' and a reason."""
+    """``predict(DataFrame with an 'image' column of paths, and optionally each film's 'view')`` → calibrated
+    probabilities and the label at the stored threshold; unreadable cases get status 'error' and a reason."""
 
     def load_context(self, context: Any) -> None:
         self.bundle = load_bundle(Path(context.artifacts["checkpoint"]))
@@ -35,9 +35,10 @@ class MedtlPyfunc(mlflow.pyfunc.PythonModel):
         ids = model_input["case_id"].astype(str) if "case_id" in model_input else model_input.index.astype(str)
         root = served_root()
         items, refused = [], {}
-        for c, p in zip(ids, model_input["image"]):
-            if allowed_path(str(p), root):
-                items.append({"case_id": c, "image": str(p)})
+        views = model_input["view"] if "view" in model_input else pd.Series("", index=model_input.index)
+        for c, p, view in zip(ids, model_input["image"], views):
+            if allowed_path(str(p), root):  # a view the film's header does not state, as its manifest does
+                items.append({"case_id": c, "image": str(p)} | ({"view": view} if isinstance(view, str) and view else {}))
             else:
                 refused[c] = {"case_id": c, "error": REFUSED, "affine": None}
         preds = {rec["case_id"]: rec for rec in Predictor.of(self.bundle, device_for("auto")).predict(items)}
@@ -95,7 +96,8 @@ def signature(bundle: ModelBundle) -> ModelSignature:
     if measures_typicality(bundle):
         outputs += [ColSpec("double", "typicality"), ColSpec("string", "unlike_training")]
     outputs += [ColSpec("string", "status"), ColSpec("string", "error")]
-    return ModelSignature(inputs=Schema([ColSpec("string", "image")]), outputs=Schema(outputs))
+    return ModelSignature(inputs=Schema([ColSpec("string", "image"), ColSpec("string", "view", required=False)]),
+                          outputs=Schema(outputs))
 
 
 def log_pyfunc(bundle: ModelBundle, checkpoint: Path, name: str, run_id: str, epoch: int) -> tuple[str, str]:

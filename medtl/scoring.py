@@ -96,7 +96,9 @@ def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "f
         raise MedtlError("give exactly one of --manifest M.csv or --input DIR")
     if manifest:
         m = read_manifest(manifest)
-        return [{"case_id": str(r.case_id), "image": r.image_path} for r in m.table.itertuples(index=False)]
+        views = m.table["view"] if "view" in m.table else pd.Series(pd.NA, index=m.table.index)
+        return [{"case_id": str(r.case_id), "image": r.image_path} | ({"view": view} if isinstance(view, str) else {})
+                for r, view in zip(m.table.itertuples(index=False), views)]
     if not Path(input_dir).exists():  # type: ignore[arg-type]
         raise MedtlError(f"--input {input_dir}: not found; give a folder of scans, or one scan file")
     images, _ = pair_masks(discover_cases(Path(input_dir), ids, progress=True), None)  # type: ignore[arg-type]

@@ -97,7 +97,10 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
 
     from medtl.data.manifest import read_manifest  # not medtl.scoring: the driver never reads a scan
 
-    cases = [{"case_id": str(r.case_id), "image": r.image_path} for r in read_manifest(manifest).table.itertuples(index=False)]
+    table = read_manifest(manifest).table
+    views = table["view"].fillna("") if "view" in table else pd.Series("", index=table.index)  # "": the film's own
+    cases = [{"case_id": str(r.case_id), "image": r.image_path, "view": view}
+             for r, view in zip(table.itertuples(index=False), views)]
     root = Path(data_root or manifest.parent).resolve()
     os.environ["MEDTL_DATA_ROOT"] = str(root)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # this environment's Python unless the cluster says otherwise
@@ -120,7 +123,7 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     for i in range(0, len(todo), chunk):
         part = pd.DataFrame(todo[i : i + chunk])
         df = spark.createDataFrame(part).repartition(max(1, spark.sparkContext.defaultParallelism), "case_id")
-        scored = df.withColumn("p", udf(F.col("image"))).select("case_id", "image", "p.*")
+        scored = df.withColumn("p", udf(F.col("image"), F.col("view"))).select("case_id", "image", "p.*")
         for key, value in {**identity, "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}.items():
             scored = scored.withColumn(key, F.lit(value))
         scored.write.mode("append").parquet(str(out))  # one job: the chunk is committed whole or not at all

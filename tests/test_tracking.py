@@ -78,6 +78,9 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
     monkeypatch.setenv("MEDTL_DATA_ROOT", str(tmp_path))
     reloaded = mlflow.pyfunc.load_model("models:/tiny@candidate", dst_path=str(tmp_path)).predict(pd.DataFrame({"image": images}))
     np.testing.assert_allclose(reloaded["prob_lesion"], preds["prob_lesion"], rtol=1e-5, atol=1e-6)
+    stated = mlflow.pyfunc.load_model("models:/tiny@candidate", dst_path=str(tmp_path)).predict(
+        pd.DataFrame({"image": images, "view": "PA"}))  # the signature takes each film's view beside its path
+    np.testing.assert_allclose(stated["prob_lesion"], preds["prob_lesion"], rtol=1e-5, atol=1e-6)
     # medtl score with the registered model gives the same probabilities too
     test_manifest = tmp_path / "test_cases.csv"
     pd.DataFrame({"case_id": preds["case_id"], "image": images}).to_csv(test_manifest, index=False)
@@ -239,7 +242,7 @@ def test_model_card_and_params_name_the_objective_that_shaped_the_model():
     assert applied_params(cfg)["train.mixup_alpha"] == 0.2 and "train.mixup_alpha" not in applied_params(frozen)
     from_manifest = model_card(cfg, table, {}, "0" * 64, [], classes=["normal", "lesion"], views=["AP", "PA"])
     assert "classes: normal, lesion. Trained" in from_manifest  # a config that names no classes used to leave them out
-    assert "Takes AP, PA films only (DICOM ViewPosition)" in from_manifest
+    assert "Takes AP, PA films only (DICOM ViewPosition, or the manifest's view column)" in from_manifest
     line = {"calibration_slope_calibrated": 0.812, "calibration_slope_calibrated_ci_low": 0.7,
             "calibration_slope_calibrated_ci_high": 0.93, "calibration_intercept_calibrated": -0.25}
     assert ("Calibration slope 0.812 [0.700, 0.930] and intercept -0.250 after temperature (1 and 0 are perfect)."

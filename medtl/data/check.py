@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -19,6 +21,10 @@ from medtl.data.readers import check_nifti_size, dicom_headers, nifti_problem, s
 from medtl.errors import DataError
 from medtl.files import sha256_file
 from medtl.log import counted
+
+
+OTHER_VIEW = "other view"
+"""The kind of problem that training, given data.views, settles by leaving the film out: a choice, not a fault."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,8 @@ class Geometry:
     modality: str = ""
     """The DICOM Modality tag; empty for NIfTI and image files, which carry none."""
     view: str = ""
-    """A DICOM film's ViewPosition; empty where it states none."""
+    """A DICOM film's ViewPosition, else the manifest's view (``view_source``); empty where neither states one."""
+    view_source: str = "DICOM ViewPosition"
 
 
 def _dicom_file_geometry(path: Path) -> Geometry:
@@ -128,10 +135,11 @@ def check_manifest(
     progress: bool = False,
     modality: str | None = None,
     views: list[str] | None = None,
-    seen_views: set[str] | None = None,
+    seen_views: Counter[str] | None = None,
 ) -> list[Problem]:
     """Every problem found, in manifest order; an empty list means the manifest is safe to train on. ``seen_views``
-    is filled with the views the films state, read with the headers the check reads anyway."""
+    counts the views the films state (read with the headers the check reads anyway), or where a film states none
+    the manifest's ``view`` column."""
     table = manifest.table
     problems: list[Problem] = []
     if table.empty:
@@ -151,9 +159,10 @@ def check_manifest(
             problems.append(Problem(case, "no image", "empty image cell; give the scan's path or remove the row"))
             continue
         try:
-            image_geometry = _image_geometry(str(row.image_path), deep, spatial_dims, modality, views)
+            image_geometry = _image_geometry(str(row.image_path), deep, spatial_dims, modality, views,
+                                             manifest_view(row))
             if seen_views is not None and image_geometry.view:
-                seen_views.add(image_geometry.view)
+                seen_views[image_geometry.view] += 1
         except DataError as exc:
             problems.append(Problem(case, _kind_of(str(exc)), f"{row.image}: {exc}"))
         mask_path = getattr(row, "mask_path", None)
@@ -177,14 +186,22 @@ def check_manifest(
     return problems
 
 
+def manifest_view(row: Any) -> str:
+    """The view a manifest row states for its film (a sheet's ``View Position``), for films that state none."""
+    view = getattr(row, "view", None)
+    return view if isinstance(view, str) else ""
+
+
 def _image_geometry(path: str, deep: bool, spatial_dims: int | None, modality: str | None,
-                    views: list[str] | None) -> Geometry:
+                    views: list[str] | None, stated_view: str = "") -> Geometry:
     """The image's geometry, or the DataError that makes it unfit: wrong dimensionality, other modality or view,
-    blank."""
+    blank. ``stated_view`` is the manifest's view, which stands where the file states none (PNG, JPEG)."""
     geometry = _geometry(path, deep)
+    if not geometry.view and stated_view:
+        geometry = replace(geometry, view=stated_view, view_source=dicom.STATED_IN_MANIFEST)
     _check_dims(geometry, spatial_dims)
     other = ((modality and dicom.modality_mismatch(geometry.modality, modality))
-             or dicom.view_mismatch(geometry.view, views))
+             or dicom.view_mismatch(geometry.view, views, geometry.view_source))
     if other:
         raise DataError(other)
     if geometry.blank is not None:  # a mask of zeros is a case without a lesion; an image is not

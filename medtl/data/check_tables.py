@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pandas as pd
 from rich.table import Table
 
-from medtl.data.check import Problem, class_counts
+from medtl.data.check import OTHER_VIEW, Problem, class_counts
 from medtl.data.manifest import Manifest
 from medtl.log import wide_console
 
 
-def print_check(manifest: Manifest, problems: list[Problem]) -> None:
-    """One table per kind of problem (case id and detail), then class counts per split."""
+def print_check(manifest: Manifest, problems: list[Problem], views: Counter[str] | None = None) -> list[Problem]:
+    """One table per kind of problem (case id and detail), then class counts per split and the films' views; returns
+    the problems that would stop training (not the films data.views leaves out)."""
     out = wide_console()
     by_kind: dict[str, list[Problem]] = {}
     for p in problems:
         by_kind.setdefault(p.kind, []).append(p)
+    left_out = {p.case_id for p in by_kind.get(OTHER_VIEW, [])}
+    problems = [p for p in problems if p.case_id not in left_out]
     for kind, items in by_kind.items():
-        table = Table(title=f"{kind} ({len(items)})", title_justify="left")
+        title = (f"{kind} ({len(items)}): training leaves these films out (data.views)" if kind == OTHER_VIEW
+                 else f"{kind} ({len(items)})")
+        table = Table(title=title, title_justify="left")
         table.add_column("case_id")
         table.add_column("detail")
         for p in items:
@@ -25,6 +32,10 @@ def print_check(manifest: Manifest, problems: list[Problem]) -> None:
         out.print(table)
     print_counts(manifest.table, "split")
     cases = manifest.table["case_id"].nunique()
+    if views and len(views) > 1:
+        out.print("views: " + ", ".join(f"{v} {n:,}" for v, n in sorted(views.items()))
+                  + ("" if left_out else "; one model takes them all unless data.views names the ones it is to take"),
+                  markup=False, highlight=False)
     if problems:
         out.print(f"[red]{len(problems)} problem(s) in {len({p.case_id for p in problems})} of {cases} cases[/]")
     else:
@@ -39,6 +50,7 @@ def print_check(manifest: Manifest, problems: list[Problem]) -> None:
         hint = findings_hint(manifest.table, manifest.path)
         if hint:
             out.print(f"no label column, so nothing to train on as it is{hint}", markup=False, highlight=False)
+    return problems
 
 
 def print_counts(table: pd.DataFrame, by: str) -> None:

@@ -21,7 +21,7 @@ from medtl.log import progress_enabled
 
 
 def case_items(table: pd.DataFrame, classes: list[str] | None, with_mask: bool = False) -> list[dict[str, Any]]:
-    """Plain dicts MONAI transforms read: image path, class index, mask path, case id."""
+    """Plain dicts MONAI transforms read: image path, class index, mask path, case id, and the manifest's view."""
     index = {name: i for i, name in enumerate(classes or [])}
     items = []
     for row in table.itertuples(index=False):
@@ -33,6 +33,8 @@ def case_items(table: pd.DataFrame, classes: list[str] | None, with_mask: bool =
             item["label"] = index[label]
         if with_mask:
             item["mask"] = row.mask_path
+        if isinstance(getattr(row, "view", None), str):  # checked where the film states no view (CheckAcquisitiond)
+            item["view"] = row.view
         items.append(item)
     return items
 

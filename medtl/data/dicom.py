@@ -157,12 +157,16 @@ def film_view(ref: str) -> str:
     return "" if header.problem else view_tag(header)
 
 
-def view_mismatch(view: str, views: list[str] | None) -> str | None:
-    """Why a film of ViewPosition ``view`` does not belong with a model of ``views`` (a lateral film through a model of
-    frontal ones is still given a confident answer), or None; a film that states no view is not judged."""
+STATED_IN_MANIFEST = "the manifest's view column"
+
+
+def view_mismatch(view: str, views: list[str] | None, source: str = "DICOM ViewPosition") -> str | None:
+    """Why a film of ``view`` (as ``source`` states it) does not belong with a model of ``views`` (a lateral film
+    through a model of frontal ones is still given a confident answer), or None; a film that states no view is not
+    judged."""
     if not views or not view or view in views:
         return None
-    return (f"other view: a {view} film (DICOM ViewPosition), and the model takes {', '.join(views)} films only "
+    return (f"other view: a {view} film ({source}), and the model takes {', '.join(views)} films only "
             f"(data.views); leave the case out, or train a model with {view} films (or with {view} in data.views)")
 
 

@@ -41,7 +41,7 @@ def join_labels(table: pd.DataFrame, labels: list[Path], cases: list[tuple[str, 
     at ``out``; several sheets are one (CheXpert's train.csv and valid.csv). ``cases`` is (case id, reference) per
     scan; ``identifiers`` each case's raw DICOM numbers, to join a sheet keyed by them."""
     sheets = [_keyed_sheet(Path(p), table, cases, folder, identifiers) for p in labels]
-    sheet = pd.concat(sheets, ignore_index=True) if len(sheets) > 1 else sheets[0]
+    sheet = sheet_views(pd.concat(sheets, ignore_index=True) if len(sheets) > 1 else sheets[0])
     name = " + ".join(Path(p).name for p in labels)
     if "label" not in sheet and "mask" not in table:
         logger.warning("%s has no label column (it has %s): the manifest holds no labels until the column that holds "
@@ -58,6 +58,21 @@ def join_labels(table: pd.DataFrame, labels: list[Path], cases: list[tuple[str, 
                             "case_id (a case with two labels cannot be trained on)")
     _say_unjoined(sheet, table, name)
     return table.merge(sheet, on="case_id", how="left")
+
+
+def sheet_views(sheet: pd.DataFrame) -> pd.DataFrame:
+    """The sheet with a ``view`` column where it states each film's view as CheXpert does: a ``Frontal/Lateral``
+    column, and the frontal films' ``AP/PA``. A lateral film is ``LATERAL``, a frontal one without AP or PA
+    ``FRONTAL``; the sheet's own columns stay. (ChestX-ray14's ``View Position`` is read as ``view`` by its name.)"""
+    side = next((c for c in sheet.columns if str(c).replace(" ", "").lower() == "frontal/lateral"), None)
+    if "view" in sheet or side is None:
+        return sheet
+    projection = next((c for c in sheet.columns if str(c).replace(" ", "").lower() == "ap/pa"), None)
+    stated = sheet[projection].str.upper() if projection else pd.Series(pd.NA, index=sheet.index, dtype="object")
+    lateral = sheet[side].str.lower().str.startswith("lat", na=False)
+    frontal = sheet[side].str.lower().str.startswith("front", na=False)
+    view = stated.where(stated.notna() & frontal, pd.NA)
+    return sheet.assign(view=view.mask(lateral, "LATERAL").mask(frontal & view.isna(), "FRONTAL"))
 
 
 def _keyed_sheet(labels: Path, table: pd.DataFrame, cases: list[tuple[str, str]], folder: Path,

@@ -108,7 +108,7 @@ def _refuse_doubled_columns(path: Path, columns: list[str]) -> None:
                                 "or rename the other")
 
 
-KNOWN_COLUMNS = ("case_id", "patient_id", "image", "mask", "label", "split", "fold")
+KNOWN_COLUMNS = ("case_id", "patient_id", "image", "mask", "label", "split", "fold", "view")
 
 
 def _known_names(columns: list[str]) -> list[str]:
@@ -116,8 +116,8 @@ def _known_names(columns: list[str]) -> list[str]:
     subgroups a config names) keep theirs, and a name already taken is not doubled."""
     def known(c: str) -> str:
         plain = re.sub(r"[\s.-]+", "_", c.lower())
-        plain = {"caseid": "case_id", "patientid": "patient_id", "labels": "label",
-                 "finding_labels": "label"}.get(plain, plain)  # ChestX-ray14 heads its labels "Finding Labels"
+        plain = {"caseid": "case_id", "patientid": "patient_id", "labels": "label", "finding_labels": "label",
+                 "view_position": "view", "viewposition": "view"}.get(plain, plain)  # as ChestX-ray14 heads them
         return plain if plain in KNOWN_COLUMNS and plain not in columns else c
 
     renamed = [known(c) for c in columns]
@@ -189,6 +189,8 @@ def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: b
     if bad.any():
         row = table[bad].iloc[0]
         raise ManifestError(f"{path}: case {row['case_id']}: split {row['split']!r} is not one of train, val, test (or empty)")
+    if "view" in table:  # as DICOM writes a ViewPosition, so a sheet's "pa" is the header's PA
+        table["view"] = table["view"].map(lambda v: v.upper() if isinstance(v, str) else v)
     root = path.resolve().parent
     escapes: list[tuple[str, str]] = []
 

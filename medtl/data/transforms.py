@@ -166,7 +166,8 @@ class CheckDimsd(MapTransform):
 
 class CheckAcquisitiond(MapTransform):
     """Refuses a DICOM scan the model never saw the like of and would still answer for: another modality than
-    the configured one (``dicom.modality_mismatch``), or a film of another view (``dicom.view_mismatch``)."""
+    the configured one (``dicom.modality_mismatch``), or a film of another view (``dicom.view_mismatch``), as its
+    header states it or, where it states none, the case's ``view`` from the manifest."""
 
     def __init__(self, keys: list[str], modality: str, views: list[str] | None = None) -> None:
         super().__init__(keys)
@@ -175,8 +176,11 @@ class CheckAcquisitiond(MapTransform):
     def __call__(self, data: Any) -> Any:
         for key in self.key_iterator(data):
             meta = getattr(data[key], "meta", {})
+            view, source = str(meta.get("dicom_view", "")), "DICOM ViewPosition"
+            if not view and isinstance(data.get("view"), str):
+                view, source = data["view"], dicom.STATED_IN_MANIFEST
             other = (dicom.modality_mismatch(str(meta.get("dicom_modality", "")), self.modality)
-                     or dicom.view_mismatch(str(meta.get("dicom_view", "")), self.views))
+                     or dicom.view_mismatch(view, self.views, source))
             if other:
                 raise DataError(f"case {data.get('case_id', '?')}: {other}")
         return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from monai.data import DataLoader
 
 from medtl.config import DataConfig, TrainConfig
-from medtl.data.check import check_manifest
+from medtl.data.check import OTHER_VIEW, check_manifest
 from medtl.data.datasets import GuardedDataset, case_items, make_dataset
 from medtl.data.dicom import film_view
 from medtl.data.manifest import Manifest, class_names, read_manifest, rows_of_split
@@ -76,21 +77,7 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
     classes = class_names(manifest, data.classes) if data.task == "classification" else data.mask_classes
     if data.task == "classification" and not data.classes and len(classes) == 2:
         _say_positive_class(classes)
-    table = manifest.table
-    skipped: list[str] = []
-    seen_views: set[str] | None = set() if check else None
-    if check:
-        problems = check_manifest(manifest, classes if data.task == "classification" else None, data.spatial_dims,
-                                  modality=data.modality, views=data.views, seen_views=seen_views)
-        if problems:
-            bad = sorted({p.case_id for p in problems})
-            if not data.skip_bad_cases:
-                first = problems[0]
-                raise DataError(f"{manifest.path.name}: {len(problems)} problem(s) in {len(bad)} case(s), first: case {first.case_id}: "
-                                f"{first.detail}; run `medtl manifest check {manifest.path}` for all, or set data.skip_bad_cases=true")
-            logger.warning("skipping %d bad case(s): %s", len(bad), ", ".join(bad))
-            skipped = bad
-            table = table[~table["case_id"].isin(bad)]
+    table, skipped, seen_views = _checked_cases(data, manifest, classes) if check else (manifest.table, [], None)
     splits_file, fresh = out_dir / "splits.csv", False
     if table["split"].isna().all():
         if splits_file.is_file():
@@ -110,20 +97,52 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
         table[["case_id", "split"]].to_csv(splits_file, index=False)
     if data.views is not None or data.spatial_dims == 3:
         views = data.views
-        if views and seen_views == set():
+        if views and seen_views is not None and not seen_views:
             logger.warning("data.views is %s, and no film of %s states a view (PNG, NIfTI, or DICOM without "
-                           "ViewPosition): nothing is checked against it, in training or in scoring",
-                           ", ".join(views), manifest.path.name)
+                           "ViewPosition, and no view column): nothing is checked against it, in training or in "
+                           "scoring", ", ".join(views), manifest.path.name)
     else:  # the films' own views, from the headers the check read where it ran
         views = (sorted(seen_views) or None) if seen_views is not None else film_views(table)
+        if seen_views and len(seen_views) > 1:
+            logger.info("films of %d views train one model (%s); data.views names the ones a model is to take alone",
+                        len(seen_views), ", ".join(f"{v} {n:,}" for v, n in sorted(seen_views.items())))
     return PreparedData(manifest, table.reset_index(drop=True), classes, skipped, views)
 
 
+def _checked_cases(data: DataConfig, manifest: Manifest, classes: list[str]
+                   ) -> tuple[pd.DataFrame, list[str], Counter[str]]:
+    """The cases fit to train on, the bad ones skipped (where allowed), and the count of each view the films state.
+    A film of a view data.views does not name is left out, not a fault: the config chose the views."""
+    seen_views: Counter[str] = Counter()
+    problems = check_manifest(manifest, classes if data.task == "classification" else None, data.spatial_dims,
+                              modality=data.modality, views=data.views, seen_views=seen_views)
+    other_views = {p.case_id for p in problems if p.kind == OTHER_VIEW}
+    table, problems = manifest.table, [p for p in problems if p.case_id not in other_views]
+    if other_views:
+        named = ",".join(data.views or [])
+        logger.warning("data.views is %s: %d film(s) of other views left out (first: case %s); `medtl manifest check "
+                       "%s --set data.views=[%s]` lists them", named, len(other_views), sorted(other_views)[0],
+                       manifest.path.name, named)
+        table = table[~table["case_id"].isin(other_views)]
+    if not problems:
+        return table, [], seen_views
+    bad = sorted({p.case_id for p in problems})
+    if not data.skip_bad_cases:
+        first = problems[0]
+        raise DataError(f"{manifest.path.name}: {len(problems)} problem(s) in {len(bad)} case(s), first: case {first.case_id}: "
+                        f"{first.detail}; run `medtl manifest check {manifest.path}` for all, or set data.skip_bad_cases=true")
+    logger.warning("skipping %d bad case(s): %s", len(bad), ", ".join(bad))
+    return table[~table["case_id"].isin(bad)], bad, seen_views
+
+
 def film_views(table: pd.DataFrame) -> list[str] | None:
-    """The ViewPositions the manifest's DICOM films state: the views a 2-D model then takes alone (CheckAcquisitiond), so a
-    model of frontal chest films refuses a lateral one rather than answering for it. None where no film says; a
-    file that cannot be read states nothing (checking the cases is ``check_manifest``'s)."""
-    views = {film_view(ref) for ref in table["image_path"] if isinstance(ref, str)} - {""}
+    """The ViewPositions the manifest's DICOM films state, or its view column for films that state none: the views a
+    2-D model then takes alone (CheckAcquisitiond), so a model of frontal chest films refuses a lateral one rather
+    than answering for it. None where no film says; a file that cannot be read states nothing (checking the cases is
+    ``check_manifest``'s)."""
+    stated = table["view"] if "view" in table else pd.Series(pd.NA, index=table.index)
+    views = {film_view(ref) or (said if isinstance(said, str) else "")
+             for ref, said in zip(table["image_path"], stated) if isinstance(ref, str)} - {""}
     return sorted(views) or None
 
 

@@ -381,3 +381,57 @@ def test_views_set_for_films_that_state_none_say_nothing_is_checked(tmp_path, ca
     finally:
         logger.removeHandler(caplog.handler)
     assert "data.views is PA, and no film of manifest.csv states a view" in caplog.text
+
+
+def test_a_manifests_view_column_chooses_the_films_a_model_trains_on_and_is_checked_when_scoring(tmp_path, caplog,
+                                                                                                monkeypatch):
+    """PNG and JPEG films state no view; a sheet's view column (``manifest build`` reads CheXpert's and
+    ChestX-ray14's) used to be checked nowhere: data.views guarded nothing, and a lateral film was scored by a model
+    of frontal ones."""
+    import torch
+
+    from medtl.config import load_config
+    from medtl.log import logger
+    from medtl.models.checkpoint import ModelBundle
+    from medtl.scoring import input_cases, read_predictions, score
+    from medtl.train.data import prepare_cases
+
+    m = make_classification_set(tmp_path / "d", n=30, kind="png", size=(16, 16), split=True)
+    table = pd.read_csv(m)
+    table["view"] = (["PA", "ap", "Lateral"] * 10)[: len(table)]  # as a person writes them
+    table.loc[len(table) - 1, "view"] = None  # a film nothing states a view of: it is not judged
+    table.to_csv(m, index=False)
+    lateral = sorted(table.loc[table["view"] == "Lateral", "case_id"])
+    res = run_cli("manifest", "check", str(m))
+    said = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "views: AP 10, LATERAL 9, PA 10; one model takes them all" in said, said
+    res = run_cli("manifest", "check", str(m), "--set", "data.views=[PA,AP]", "--set", "data.image_size=16")
+    said = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "other view (9): training leaves these films out (data.views)" in said, said
+    assert "a LATERAL film (the manifest's view column), and the model takes AP, PA films only" in said
+
+    cfg = load_config(None, [f"data.manifest={m}", "data.image_size=16", "data.views=[PA,AP]", "tracking.enabled=false"])
+    logger.addHandler(caplog.handler)
+    try:
+        frontal = prepare_cases(cfg.data, 0, read_manifest(m), tmp_path / "out")
+        every = prepare_cases(cfg.data.model_copy(update={"views": None}), 0, read_manifest(m), tmp_path / "out2")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert not set(lateral) & set(frontal.table["case_id"]) and len(frontal.table) == 21 and not frontal.skipped
+    assert f"data.views is AP,PA: 9 film(s) of other views left out (first: case {lateral[0]})" in caplog.text
+    assert every.views == ["AP", "LATERAL", "PA"] and len(every.table) == 30
+
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    bundle = ModelBundle(net, cfg, ["normal", "lesion"])
+    score(bundle, input_cases(m, None), tmp_path / "p.csv", device="cpu")
+    scored = read_predictions(tmp_path / "p.csv").set_index("case_id")
+    assert (scored.loc[lateral, "status"] == "error").all() and (scored.drop(index=lateral)["status"] == "ok").all()
+    assert "a LATERAL film (the manifest's view column)" in scored.loc[lateral[0], "error"]
+    from medtl.mlflow_model import MedtlPyfunc  # served, and as Spark's executors call it: a view column beside image
+
+    monkeypatch.setenv("MEDTL_DATA_ROOT", str(tmp_path))
+    served, rows = MedtlPyfunc(), read_manifest(m).table
+    served.bundle = bundle
+    out = served.predict(None, pd.DataFrame({"case_id": rows["case_id"], "image": rows["image_path"],
+                                             "view": rows["view"].fillna("")}))
+    assert out["status"].tolist() == ["error" if c in lateral else "ok" for c in rows["case_id"]]

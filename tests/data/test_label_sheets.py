@@ -218,3 +218,26 @@ def test_a_missing_label_sheet_is_said_before_the_folder_is_walked(tmp_path, mon
     monkeypatch.setattr(build, "discover_cases", lambda *a, **k: pytest.fail("walked 100,000 files first"))
     with pytest.raises(ManifestError, match="valid.csv: labels file not found"):
         build_manifest(tmp_path / "scans", tmp_path / "m.csv", labels=[tmp_path / "scans" / "a.png", tmp_path / "valid.csv"])
+
+
+def test_a_sheets_view_columns_become_the_manifests_view_and_choose_the_films_a_model_takes(tmp_path):
+    """CheXpert states each film's view in ``Frontal/Lateral`` and ``AP/PA``, ChestX-ray14 in ``View Position``; a
+    PNG or JPEG states none itself. Those columns used to stay subgroup material: a model of frontal films trained on
+    the laterals too, and scored them, without a word."""
+    sides = [("Frontal", "PA"), ("Frontal", "AP"), ("Lateral", None), ("Frontal", None)] * 3
+    rows = []
+    for i, (side, projection) in enumerate(sides):
+        rel = f"CheXpert-v1.0-small/train/patient{i:05d}/study1/view1_{side.lower()}.jpg"
+        film(tmp_path / rel, i)
+        rows.append({"Path": rel, "Frontal/Lateral": side, "AP/PA": projection, "Edema": ["1.0", "0.0"][i % 2]})
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    table = build_manifest(tmp_path, tmp_path / "m.csv", labels=tmp_path / "train.csv", ids="path")
+    assert table["view"].tolist() == ["PA", "AP", "LATERAL", "FRONTAL"] * 3
+    assert {"Frontal/Lateral", "AP/PA"} <= set(table.columns)  # the sheet's own columns stay
+    names = [f"{p:08d}_000.png" for p in range(4)]
+    for i, name in enumerate(names):
+        film(tmp_path / "nih" / name, i)
+    pd.DataFrame({"Image Index": names, "Finding Labels": ["Effusion", "No Finding"] * 2,
+                  "View Position": ["PA", "AP", "pa", "AP"]}).to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    build_manifest(tmp_path / "nih", tmp_path / "nih.csv", labels=tmp_path / "Data_Entry_2017.csv")
+    assert read_manifest(tmp_path / "nih.csv").table["view"].tolist() == ["PA", "AP", "PA", "AP"]
