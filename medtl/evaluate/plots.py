@@ -95,7 +95,8 @@ def pr_plot(y: np.ndarray, p: np.ndarray, path: Path, threshold: float | None = 
 def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, bins: int = 10,
                      positive: str = "positive class", strategy: str = "quantile", subject: str = "") -> Path:
     """Observed frequency against mean predicted probability in equal-mass bins (each holds ~n/bins cases),
-    with a 95% Wilson interval per bin and each curve's ECE in the legend; bin counts below."""
+    with a 95% Wilson interval per bin and each curve's ECE over those bins in the legend (the report's ``ece`` is
+    over equal-width bins, so the two differ); bin counts below."""
     from medtl.evaluate.calibration import ece_binary
 
     fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
@@ -107,7 +108,7 @@ def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, b
         ece = ece_binary(y, p, bins, strategy)[0]
         below, above = np.clip(f - low, 0, None), np.clip(high - f, 0, None)  # ≥ 0 despite rounding
         ax.errorbar(r["confidence"], f, yerr=[below, above], fmt="o-", capsize=2, ms=4,
-                    label=f"{name}: ECE {ece:.3f}")
+                    label=f"{name}: ECE {ece:.3f} over these bins")
         axc.plot(r["confidence"], n, "o-", ms=3, label=name)
     ax.set(ylabel="observed frequency", title=f"Reliability, {positive}{_of(subject)} (n = {len(y)}, {bins} equal-mass bins)",
            xlim=(0, 1), ylim=(0, 1))

@@ -240,7 +240,8 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
     if "calibration_slope" in m:
         lines.append("\nCalibration slope 1 and intercept 0 are perfect: a slope below 1 is probabilities too extreme, "
                      "above 1 too modest; an intercept below 0 is risks overestimated on the whole, above 0 "
-                     "underestimated (Wald 95% intervals).")
+                     "underestimated (Wald 95% intervals). ece is over equal-width bins, ece_equal_mass over bins of "
+                     "equal counts; the reliability diagram's legend gives the ECE over the diagram's own bins.")
     lines.append(f"\nTemperature: {m.get('temperature', 1.0):.3f}")
     sub = sorted({k.rsplit('_', 1)[0] for k in m if k.startswith("subgroup_") and k.endswith("_n")})
     if sub:

@@ -269,14 +269,19 @@ def test_report_writes_plots_and_ci(tmp_path, monkeypatch):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_reliability_figure_takes_a_bin_whose_cases_are_all_one_class(tmp_path):
-    """A pure bin of 6 positives puts the Wilson bound on the frequency up to rounding (-1e-16): no crash."""
-    from medtl.evaluate.plots import reliability_plot
+def test_reliability_figure_takes_a_bin_whose_cases_are_all_one_class(tmp_path, monkeypatch):
+    """A pure bin of 6 positives puts the Wilson bound on the frequency up to rounding (-1e-16): no crash. The
+    legend's ECE is over the diagram's bins, and says so: it used to read as the report's, over other bins."""
+    import medtl.evaluate.plots as plots
 
+    labels, errorbar = [], plots.plt.Axes.errorbar
+    monkeypatch.setattr(plots.plt.Axes, "errorbar", lambda ax, *a, **k: labels.append(k["label"]) or errorbar(ax, *a, **k))
     y = np.array([0] * 6 + [1] * 6)
     p = np.linspace(0.05, 0.95, 12)
-    path = reliability_plot(y, {"model": p}, tmp_path / "rel.png", bins=2)
+    path = plots.reliability_plot(y, {"model": p}, tmp_path / "rel.png", bins=2)
     assert path.is_file() and path.with_suffix(".svg").is_file()
+    by_hand = 0.5 * abs(p[:6].mean() - 0) + 0.5 * abs(p[6:].mean() - 1)  # two bins of six: all 0, all 1
+    assert labels == [f"model: ECE {by_hand:.3f} over these bins"]
 
 
 def test_every_figure_title_names_the_model_and_the_split(tmp_path, monkeypatch):
