@@ -54,7 +54,7 @@ def manifest_check(
 ) -> None:
     """Print every problem in a manifest; exit 1 when there is any."""
     from medtl.config import load_config
-    from medtl.data.check import check_manifest
+    from medtl.data.check import check_manifest, in_hounsfield
     from medtl.data.manifest import read_manifest
     from medtl.data.check_tables import print_check
 
@@ -63,7 +63,7 @@ def manifest_check(
     views: Counter[str] = Counter()
     problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep, progress=True,
                               modality=cfg.modality if cfg else None, views=cfg.views if cfg else None,
-                              seen_views=views)
+                              seen_views=views, hounsfield=cfg is not None and in_hounsfield(cfg.modality, cfg.ct_window))
     if print_check(m, problems, views):
         raise typer.Exit(1)
 

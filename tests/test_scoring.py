@@ -183,8 +183,9 @@ def test_a_film_of_a_view_the_model_never_saw_is_that_cases_error(tmp_path):
     assert film_views(m.table) == ["AP", "LL", "PA"]
     frontal = Config.model_validate({"data": {"image_size": [16, 16], "views": ["pa", "AP"]}, "tracking": {"enabled": False}})
     assert frontal.data.views == ["AP", "PA"]
-    problems = check_manifest(m, spatial_dims=2, views=frontal.data.views)
-    assert [(p.case_id, p.kind) for p in problems if p.kind != "duplicate image"] == [("lateral", "other view")]
+    for deep in (False, True):  # reading every voxel used to drop the view the header states
+        problems = check_manifest(m, spatial_dims=2, views=frontal.data.views, deep=deep)
+        assert [(p.case_id, p.kind) for p in problems if p.kind != "duplicate image"] == [("lateral", "other view")]
     net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
     cases = [{"case_id": c, "image": str(p)} for c, p in zip(m.table["case_id"], m.table["image_path"])]
     score(ModelBundle(net, frontal, ["normal", "lesion"]), cases, tmp_path / "p.csv", device="cpu")

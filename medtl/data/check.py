@@ -45,6 +45,8 @@ class Geometry:
     view: str = ""
     """A DICOM film's ViewPosition, else the manifest's view (``view_source``); empty where neither states one."""
     view_source: str = "DICOM ViewPosition"
+    minimum: float | None = None
+    """The lowest voxel, when ``deep`` read them all."""
 
 
 def _dicom_file_geometry(path: Path) -> Geometry:
@@ -82,12 +84,12 @@ def _geometry(ref: str, deep: bool) -> Geometry:
             problem = nifti_problem(img.get_data_dtype(), shape, img.affine)
             if problem:
                 raise DataError(problem)
-            blank = _blank(np.asanyarray(img.dataobj)) if deep else None
+            blank, minimum = _voxels(np.asanyarray(img.dataobj)) if deep else (None, None)
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
             raise DataError(f"unreadable NIfTI ({type(exc).__name__})") from None
-        return Geometry(shape, img.affine, blank)
+        return Geometry(shape, img.affine, blank, minimum=minimum)
     if kind == "image":
         try:
             with Image.open(path) as im:
@@ -98,7 +100,8 @@ def _geometry(ref: str, deep: bool) -> Geometry:
                     pixels = np.asarray(im)
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"unreadable image ({type(exc).__name__})") from None
-        return Geometry((size[0], size[1]), None, _blank(pixels) if deep else None)
+        blank, minimum = _voxels(pixels) if deep else (None, None)
+        return Geometry((size[0], size[1]), None, blank, minimum=minimum)
     if path.is_file():
         geometry = _dicom_file_geometry(path)
     else:
@@ -116,15 +119,19 @@ def _geometry(ref: str, deep: bool) -> Geometry:
     if deep:
         from medtl.data.readers import load_scan
 
-        geometry = Geometry(geometry.shape, geometry.affine, _blank(load_scan(ref).numpy()), geometry.modality)
+        blank, minimum = _voxels(load_scan(ref).numpy())
+        geometry = replace(geometry, blank=blank, minimum=minimum)  # its modality and view kept
     return geometry
 
 
-def _blank(data: np.ndarray) -> float | None:
-    """The value every voxel holds, or None; NaN or Inf anywhere is the case's error."""
+def _voxels(data: np.ndarray) -> tuple[float | None, float | None]:
+    """The value every voxel holds (or None) and the lowest; NaN or Inf anywhere is the case's error."""
     if not np.all(np.isfinite(data)):
         raise DataError(f"{int(np.sum(~np.isfinite(data)))} NaN/Inf voxels")
-    return float(data.flat[0]) if data.size and data.min() == data.max() else None
+    if not data.size:
+        return None, None
+    low = float(data.min())
+    return (low if low == float(data.max()) else None), low
 
 
 def check_manifest(
@@ -136,10 +143,12 @@ def check_manifest(
     modality: str | None = None,
     views: list[str] | None = None,
     seen_views: Counter[str] | None = None,
+    hounsfield: bool = False,
 ) -> list[Problem]:
     """Every problem found, in manifest order; an empty list means the manifest is safe to train on. ``seen_views``
     counts the views the films state (read with the headers the check reads anyway), or where a film states none
-    the manifest's ``view`` column."""
+    the manifest's ``view`` column. ``hounsfield``: scans are CT read in HU (``in_hounsfield``), which ``deep``
+    checks."""
     table = manifest.table
     problems: list[Problem] = []
     if table.empty:
@@ -160,7 +169,7 @@ def check_manifest(
             continue
         try:
             image_geometry = _image_geometry(str(row.image_path), deep, spatial_dims, modality, views,
-                                             manifest_view(row))
+                                             manifest_view(row), hounsfield)
             if seen_views is not None and image_geometry.view:
                 seen_views[image_geometry.view] += 1
         except DataError as exc:
@@ -193,7 +202,7 @@ def manifest_view(row: Any) -> str:
 
 
 def _image_geometry(path: str, deep: bool, spatial_dims: int | None, modality: str | None,
-                    views: list[str] | None, stated_view: str = "") -> Geometry:
+                    views: list[str] | None, stated_view: str = "", hounsfield: bool = False) -> Geometry:
     """The image's geometry, or the DataError that makes it unfit: wrong dimensionality, other modality or view,
     blank. ``stated_view`` is the manifest's view, which stands where the file states none (PNG, JPEG)."""
     geometry = _geometry(path, deep)
@@ -206,7 +215,26 @@ def _image_geometry(path: str, deep: bool, spatial_dims: int | None, modality: s
         raise DataError(other)
     if geometry.blank is not None:  # a mask of zeros is a case without a lesion; an image is not
         raise DataError(blank_problem(geometry.blank))
+    unlike_ct = hounsfield_problem(geometry.minimum) if hounsfield and geometry.minimum is not None else None
+    if unlike_ct:
+        raise DataError(unlike_ct)
     return geometry
+
+
+def in_hounsfield(modality: str, ct_window: tuple[float, float]) -> bool:
+    """Whether a config reads its scans as CT in Hounsfield units: its window starts below 0 (air is -1000)."""
+    return modality == "ct" and ct_window[0] < 0
+
+
+def hounsfield_problem(minimum: float) -> str | None:
+    """Why a CT scan whose lowest voxel is ``minimum`` is not in Hounsfield units, or None. A CT holds air (-1000)
+    or at least fat (-100); a conversion that dropped the DICOM RescaleIntercept stores them at 0 or above, and an
+    MR scan has no negative values. Windowed as HU, either would train or score as a wrong image without a word."""
+    if minimum < 0:
+        return None
+    return (f"not in Hounsfield units: no voxel is below 0 (lowest {minimum:g}), where a CT holds air (-1000) or fat "
+            "(-100); convert it to HU (a NIfTI written without the DICOM RescaleIntercept, or an MR scan?), or set "
+            "data.ct_window to the range its values are in")
 
 
 def blank_problem(value: float) -> str:
@@ -298,6 +326,7 @@ def _kind_of(message: str) -> str:
                 "missing slice", "duplicate slice", "inconsistent", "NaN/Inf", "unexpected dimensionality",
                 "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable",
                 "not class indices", "classes (0 to", "blank", "other modality", "other view", "complex-valued",
+                "not in Hounsfield units",
                 "voxel size of 0"):
         if key in message:
             return "labels not class indices" if key in ("not class indices", "classes (0 to") else key

@@ -34,7 +34,7 @@ from monai.utils import convert_to_tensor
 
 from medtl.config import DataConfig
 from medtl.data import dicom
-from medtl.data.check import blank_problem, mask_problem
+from medtl.data.check import blank_problem, hounsfield_problem, in_hounsfield, mask_problem
 from medtl.data.readers import ScanReader
 from medtl.errors import DataError
 
@@ -89,6 +89,19 @@ class CheckVoxelsd(MapTransform):
             if key == "image" and voxels.numel() and voxels.min() == voxels.max():
                 raise DataError(f"case {d.get('case_id', '?')}: {blank_problem(float(voxels.flatten()[0]))}")
         return d
+
+
+class CheckHounsfieldd(MapTransform):
+    """Refuses a scan a CT config would window as Hounsfield units but whose values are not (``hounsfield_problem``):
+    no voxel below 0."""
+
+    def __call__(self, data: Any) -> Any:
+        for key in self.key_iterator(data):
+            voxels = torch.as_tensor(data[key])
+            problem = hounsfield_problem(float(voxels.min())) if voxels.numel() else None
+            if problem:
+                raise DataError(f"case {data.get('case_id', '?')}: {problem}")
+        return data
 
 
 class MaskIndicesd(MapTransform):
@@ -216,6 +229,8 @@ def deterministic_transforms(cfg: DataConfig, with_mask: bool = False, keep_meta
     keys = ["image", "mask"] if with_mask else ["image"]
     steps: list[Any] = [LoadScand(keys), EnsureChannelFirstd(keys), CheckDimsd(keys, cfg.spatial_dims),
                         CheckAcquisitiond(["image"], cfg.modality, cfg.views), CheckVoxelsd(keys)]
+    if in_hounsfield(cfg.modality, cfg.ct_window):
+        steps.append(CheckHounsfieldd(["image"]))
     if with_mask:
         steps.append(MaskIndicesd(["mask"], len(cfg.mask_classes)))
     if cfg.spatial_dims == 3:

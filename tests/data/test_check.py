@@ -435,3 +435,35 @@ def test_a_manifests_view_column_chooses_the_films_a_model_trains_on_and_is_chec
     out = served.predict(None, pd.DataFrame({"case_id": rows["case_id"], "image": rows["image_path"],
                                              "view": rows["view"].fillna("")}))
     assert out["status"].tolist() == ["error" if c in lateral else "ok" for c in rows["case_id"]]
+
+
+def test_a_ct_scan_not_in_hounsfield_units_is_named_by_the_check_and_refused_where_it_is_read(tmp_path):
+    """A CT NIfTI written without the DICOM RescaleIntercept (air stored at 24, not -1000), or an MR scan under a
+    CT config, used to be windowed -1000..1000 as if in HU, and trained on and scored as a wrong image without a
+    word."""
+    from medtl.config import load_config
+    from medtl.data.transforms import build_transforms
+    from medtl.errors import DataError
+
+    vol = np.round(synthetic_volume(np.random.default_rng(3), (16, 16, 8), False)[0])  # HU: air about -1000
+    write_nifti(tmp_path / "hu.nii.gz", vol)
+    write_nifti(tmp_path / "stored.nii.gz", vol - vol.min())  # the stored values, their intercept dropped
+    write_ct_series(tmp_path / "series", vol)  # DICOM: medtl applies the rescale itself
+    rows = [("hu", "hu.nii.gz"), ("stored", "stored.nii.gz"), ("series", "series")]
+    pd.DataFrame([{"case_id": c, "image": i, "label": "normal"} for c, i in rows]).to_csv(tmp_path / "m.csv", index=False)
+    ct = ["--set", "data.modality=ct", "--set", "data.spatial_dims=3", "--set", "data.image_size=16"]
+    res = run_cli("manifest", "check", str(tmp_path / "m.csv"), "--deep", *ct)
+    said = " ".join(res.stdout.split())
+    assert res.returncode == 1 and "not in Hounsfield units (1)" in said, said
+    assert "stored │ stored.nii.gz: not in Hounsfield units: no voxel is below 0 (lowest 0)" in said
+    assert run_cli("manifest", "check", str(tmp_path / "m.csv"), *ct).returncode == 0  # the headers cannot tell
+    wide = run_cli("manifest", "check", str(tmp_path / "m.csv"), "--deep", *ct, "--set", "data.ct_window=[0,2000]")
+    assert wide.returncode == 0, wide.stdout  # a window for the values as stored: read as they are
+    cfg = load_config(None, ["data.modality=ct", "data.spatial_dims=3", "data.image_size=16"]).data
+    read = build_transforms(cfg, train=False)
+    assert read({"case_id": "hu", "image": str(tmp_path / "hu.nii.gz")})["image"].shape[1:] == (16, 16, 16)
+    read({"case_id": "series", "image": str(tmp_path / "series")})
+    with pytest.raises(DataError, match="case stored: not in Hounsfield units"):  # training and scoring: the case's error
+        read({"case_id": "stored", "image": str(tmp_path / "stored.nii.gz")})
+    as_mr = build_transforms(cfg.model_copy(update={"modality": "mr"}), train=False)
+    as_mr({"case_id": "stored", "image": str(tmp_path / "stored.nii.gz")})  # an MR config takes values as they are
