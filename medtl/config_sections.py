@@ -191,6 +191,9 @@ class EvaluateConfig(Section):
     bins: int = Field(15, ge=2)
     min_subgroup_size: int = Field(10, ge=1)
     calibrate: bool = True
+    drift_calibration: bool = False
+    """Fit the temperature on the validation cases and on copies of them under growing Gaussian noise (Tomani et al.
+    2021), so a model stays honest where scans drift from the training data; off, on the clean cases alone."""
     prevalence: float | Literal["em"] | None = None
     """Deployment prevalence of the positive class: a known value in (0, 1), ``em`` to estimate it from the
     evaluated cases' unlabelled scores (Saerens et al. 2002), or None for no prior-shift correction."""

@@ -71,8 +71,9 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
     bundle, cfg = result.bundle, result.bundle.config
     if result.val is None or not is_main_process():
         return
+    drift = drift_step(result) if cfg.evaluate.calibrate and cfg.evaluate.drift_calibration else None
     chosen = calibrate(result.val["logits"], result.val["labels"], cfg.train.threshold_rule,
-                       cfg.train.target_sensitivity, cfg.evaluate.calibrate)
+                       cfg.train.target_sensitivity, cfg.evaluate.calibrate, temperature=drift)
     bundle.temperature, bundle.threshold = chosen.temperature, chosen.threshold
     bundle.extra["source_prior"] = chosen.source_prior
     if chosen.call_rates is not None:
@@ -85,6 +86,28 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
         logger.info("temperature %.3f; each case called its most probable of the %d classes", chosen.temperature,
                     len(bundle.classes))
     typicality_step(result)
+
+
+def drift_step(result: TrainResult) -> float | None:
+    """The temperature fitted under simulated drift (``medtl.drift_calibration``), recorded with the model; None
+    (the clean validation temperature, as without it) where it cannot be fitted."""
+    from medtl.data.datasets import case_items
+    from medtl.drift_calibration import LEVELS, drift_temperature
+    from medtl.models.checkpoint import unwrap
+    from medtl.models.predictor import Predictor
+
+    bundle = result.bundle
+    items = case_items(rows_of_split(result.prepared.table, "val"), bundle.classes)
+    predictor = Predictor(unwrap(bundle.model), bundle.spec, next(bundle.model.parameters()).device,
+                          batch_size=bundle.config.train.batch_size, cache=True)
+    drift = drift_temperature(predictor, items, bundle.config.evaluate.seed)
+    if drift is None:
+        return None
+    bundle.extra["drift_calibration"] = {"temperature": drift.temperature, "strongest_noise": drift.strongest_noise}
+    logger.info("temperature %.3f fitted under drift: the %d validation cases clean and under Gaussian noise up to "
+                "sigma %.3f, where the model no longer tells the classes apart", drift.temperature,
+                drift.cases // (LEVELS + 1), drift.strongest_noise)
+    return drift.temperature
 
 
 def typicality_step(result: TrainResult) -> None:

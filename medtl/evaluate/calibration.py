@@ -150,15 +150,17 @@ class Calibration:
 
 
 def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_sensitivity: float = 0.9,
-              temperature_scaling: bool = True, cases: str = "validation cases") -> Calibration:
-    """Temperature fitted on validation (or 1 without ``temperature_scaling``), then the decision threshold
-    chosen on the validation probabilities it gives (binary): the one place either is chosen. A temperature
-    with no optimum on these cases is reported (``cases`` names them)."""
+              temperature_scaling: bool = True, cases: str = "validation cases",
+              temperature: float | None = None) -> Calibration:
+    """Temperature fitted on validation (or 1 without ``temperature_scaling``, or ``temperature`` where one was
+    fitted otherwise), then the decision threshold chosen on the validation probabilities it gives (binary): the one
+    place either is chosen. A temperature with no optimum on these cases is reported (``cases`` names them)."""
     from medtl.evaluate.threshold import choose_threshold
     from medtl.log import logger
 
     y = np.asarray(val_labels).astype(int)
-    temperature = fit_temperature(val_logits, y) if temperature_scaling else 1.0
+    if temperature is None:
+        temperature = fit_temperature(val_logits, y) if temperature_scaling else 1.0
     why = unfit_temperature(val_logits, y, temperature) if temperature_scaling else None
     if why:
         logger.warning("temperature %.3f cannot be trusted: the %d %s %s, so neither can the threshold chosen on "

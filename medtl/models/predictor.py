@@ -4,7 +4,7 @@ the batch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, get_args
 
 import numpy as np
@@ -84,6 +84,8 @@ class Predictor:
         self.temperature, self.log_prior_ratio = temperature, log_prior_ratio
         self.batch_size, self.num_workers = batch_size, num_workers
         self.memo: dict[str, Any] | None = {} if cache else None
+        self.perturb: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """Applied to each preprocessed batch before the model: the noise drift calibration fits under."""
         self.task = make_task(spec.task)
         self.transform = build_transforms(spec.data, train=False, in_channels=spec.model.in_channels,
                                           keep_meta=self.task.keeps_geometry)
@@ -111,6 +113,8 @@ class Predictor:
     @torch.no_grad()
     def _outputs(self, good: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         x = torch.stack([r["image"] for r in good]).to(self.device, non_blocking=True)
+        if self.perturb is not None:
+            x = self.perturb(x)
         bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.task.outputs(self, x, good)
