@@ -91,3 +91,13 @@ def _auroc(labels: np.ndarray, logits: np.ndarray) -> float:
     if probs.shape[1] == 2:
         return float(roc_auc_score(labels, probs[:, 1]))
     return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(probs.shape[1]))))
+
+
+def card_note(payload: dict[str, Any] | None) -> list[str]:
+    """The model card's line on a drift temperature: how its probabilities were made less sure than validation alone
+    would make them."""
+    if not payload:
+        return []
+    return [f"Its temperature ({payload['temperature']:.3f}) was fitted on the validation cases clean and under Gaussian "
+            f"noise up to sigma {payload['strongest_noise']:.3f} (Tomani et al. 2021), so its probabilities are less sure "
+            "than validation alone would make them, for scans that drift from the training data."]

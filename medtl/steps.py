@@ -219,11 +219,13 @@ def register_step(result: TrainResult, tracker: Tracker, evaluation: Evaluation 
     info: dict[str, Any] = {"model_uri": uri}
     if cfg.registered_model:
         from medtl.model_card import card_tags, model_card
+        from medtl.drift_calibration import card_note as drift_note
         from medtl.typicality import card_note
 
         metrics = evaluation.metrics if evaluation else {}
         digest = result.prepared.manifest.digest()
-        notes = [*(evaluation.notes if evaluation else []), *card_note(result.bundle.extra.get("typicality"))]
+        notes = [*(evaluation.notes if evaluation else []), *card_note(result.bundle.extra.get("typicality")),
+                 *drift_note(result.bundle.extra.get("drift_calibration"))]
         card = model_card(result.bundle.config, result.prepared.table, metrics, digest, notes,
                           classes=result.prepared.classes, views=result.prepared.views)
         gates = {"min_auroc_ci_low": cfg.gate_min_auroc_ci_low, "max_ece": cfg.gate_max_ece}

@@ -100,3 +100,7 @@ def test_a_run_with_drift_calibration_applies_and_stores_the_drift_temperature(t
     stored = bundle.extra["drift_calibration"]
     assert bundle.temperature == stored["temperature"] and stored["strongest_noise"] in SIGMA_GRID
     assert pd.read_csv(m)["split"].eq("val").sum() > 0
+    from medtl.drift_calibration import card_note
+
+    assert f"Its temperature ({bundle.temperature:.3f}) was fitted on the validation cases clean and under Gaussian" in (
+        card_note(stored)[0])
