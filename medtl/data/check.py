@@ -325,7 +325,7 @@ def _kind_of(message: str) -> str:
     for key in ("header declares", "missing file", "empty file", "truncated DICOM", "DICOM without pixel data", "several series",
                 "missing slice", "duplicate slice", "inconsistent", "NaN/Inf", "unexpected dimensionality",
                 "shape mismatch", "affine mismatch", "not a DICOM", "not a readable DICOM", "unreadable",
-                "not class indices", "classes (0 to", "blank", "other modality", "other view", "complex-valued",
+                "not class indices", "classes (0 to", "blank", "other modality", OTHER_VIEW, "complex-valued",
                 "not in Hounsfield units",
                 "voxel size of 0"):
         if key in message:

@@ -118,6 +118,9 @@ def _checked_cases(data: DataConfig, manifest: Manifest, classes: list[str]
                               modality=data.modality, views=data.views, seen_views=seen_views)
     other_views = {p.case_id for p in problems if p.kind == OTHER_VIEW}
     table, problems = manifest.table, [p for p in problems if p.case_id not in other_views]
+    if other_views and other_views >= set(table["case_id"].astype(str)):
+        raise DataError(f"data.views is {', '.join(data.views or [])}, and no film of {manifest.path.name} is of those "
+                        f"views; `medtl manifest check {manifest.path}` counts the views its films are")
     if other_views:
         named = ",".join(data.views or [])
         logger.warning("data.views is %s: %d film(s) of other views left out (first: case %s); `medtl manifest check "

@@ -391,6 +391,7 @@ def test_a_manifests_view_column_chooses_the_films_a_model_trains_on_and_is_chec
     import torch
 
     from medtl.config import load_config
+    from medtl.errors import DataError
     from medtl.log import logger
     from medtl.models.checkpoint import ModelBundle
     from medtl.scoring import input_cases, read_predictions, score
@@ -420,6 +421,10 @@ def test_a_manifests_view_column_chooses_the_films_a_model_trains_on_and_is_chec
     assert not set(lateral) & set(frontal.table["case_id"]) and len(frontal.table) == 21 and not frontal.skipped
     assert f"data.views is AP,PA: 9 film(s) of other views left out (first: case {lateral[0]})" in caplog.text
     assert every.views == ["AP", "LATERAL", "PA"] and len(every.table) == 30
+    table.dropna(subset=["view"]).to_csv(m.parent / "stated.csv", index=False)  # every film states its view
+    with pytest.raises(DataError, match="data.views is RL, and no film of stated.csv is of those views"):
+        prepare_cases(cfg.data.model_copy(update={"views": ["RL"]}), 0, read_manifest(m.parent / "stated.csv"),
+                      tmp_path / "out3")  # it used to end in "ValueError: cannot convert float NaN to integer"
 
     net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
     bundle = ModelBundle(net, cfg, ["normal", "lesion"])
