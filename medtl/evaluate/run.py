@@ -22,6 +22,7 @@ from medtl.evaluate.report import Evaluation, evaluate_classification, fmt, writ
 from medtl.evaluate.segmentation import case_metrics, subgroup_summaries, summarise
 from medtl.models.checkpoint import ModelBundle
 from medtl.models.predictor import Predictor, device_for
+from medtl.data.check import OTHER_VIEW
 from medtl.typicality import measures_typicality
 
 
@@ -47,10 +48,14 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
                    batch_size: int = 32) -> tuple[np.ndarray, pd.DataFrame]:
     """Uncalibrated logits for every case in order, with the cases they belong to (and each one's typicality, where
     the model measures it). A case that cannot be read is an error naming it, or, when the model's config skips bad
-    cases, a warning and one case less."""
+    cases, a warning and one case less; a film of a view the model does not take is left out, as training leaves it
+    out, and counted."""
     items = case_items(table, None)
-    logits, kept, typicality = [], [], []
+    logits, kept, typicality, other_views = [], [], [], []
     for i, rec in enumerate(Predictor.of(bundle, device, batch_size).predict(items)):
+        if rec["error"] and rec["error"].startswith(OTHER_VIEW):
+            other_views.append(rec["case_id"])
+            continue
         if rec["error"]:
             if not bundle.spec.data.skip_bad_cases:
                 raise DataError(f"case {rec['case_id']}: {rec['error']}")
@@ -59,8 +64,12 @@ def predict_logits(bundle: ModelBundle, table: pd.DataFrame, device: torch.devic
         logits.append(rec["logits"])
         typicality.append(rec.get("typicality", np.nan))
         kept.append(i)
+    if other_views:
+        logger.warning("%d film(s) of views the model does not take (%s) left out of the evaluation (first: case %s)",
+                       len(other_views), ", ".join(bundle.spec.data.views or []), other_views[0])
     if not logits:
-        raise DataError("no case of the evaluated split could be read")
+        raise DataError("no case of the evaluated split could be read" + (", or is of a view the model takes"
+                                                                          if other_views else ""))
     kept_table = table.iloc[kept].reset_index(drop=True)
     if measures_typicality(bundle):
         kept_table = kept_table.assign(typicality=typicality)

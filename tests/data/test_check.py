@@ -432,6 +432,10 @@ def test_a_manifests_view_column_chooses_the_films_a_model_trains_on_and_is_chec
     scored = read_predictions(tmp_path / "p.csv").set_index("case_id")
     assert (scored.loc[lateral, "status"] == "error").all() and (scored.drop(index=lateral)["status"] == "ok").all()
     assert "a LATERAL film (the manifest's view column)" in scored.loc[lateral[0], "error"]
+    from medtl.evaluate.run import predict_logits  # evaluated as trained: the films of other views left out, counted
+
+    _, evaluated = predict_logits(bundle, read_manifest(m).table, torch.device("cpu"))
+    assert len(evaluated) == 21 and not set(lateral) & set(evaluated["case_id"])
     from medtl.mlflow_model import MedtlPyfunc  # served, and as Spark's executors call it: a view column beside image
 
     monkeypatch.setenv("MEDTL_DATA_ROOT", str(tmp_path))
