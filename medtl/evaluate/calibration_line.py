@@ -17,6 +17,9 @@ from scipy.stats import norm
 
 MAX_SLOPE = 50.0
 """Beyond this the outcome is separated by the scores (the likelihood has no finite maximum): no slope is reported."""
+MAX_SE = 10.0
+"""A standard error above this many log-odds units says the cases carry no information on the figure (scores so far
+apart that the likelihood is flat around its maximum): it is not reported, rather than with an interval of ±10⁶."""
 
 
 def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -45,7 +48,7 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: np.ndarray) -> tuple[np.
 def calibration_line(y_true: np.ndarray, log_odds: np.ndarray, ci: float = 0.95) -> dict[str, float]:
     """``calibration_slope`` and ``calibration_intercept`` of a binary model's log-odds of the positive class (from its
     logits: a probability that rounds to 1 has none), each with ``_ci_low`` and ``_ci_high``; NaN where the cases
-    hold one class or the scores separate them."""
+    hold one class or the scores separate them, and where the cases say nothing of it (``MAX_SE``)."""
     y = np.asarray(y_true, dtype=float)
     z = np.asarray(log_odds, dtype=float)
     out = {f"calibration_{name}{end}": float("nan") for name in ("slope", "intercept") for end in ("", "_ci_low", "_ci_high")}
@@ -59,6 +62,8 @@ def calibration_line(y_true: np.ndarray, log_odds: np.ndarray, ci: float = 0.95)
         if fit is None:
             continue
         value, se = fit[0][index], float(np.sqrt(fit[1][index, index]))
+        if not se <= MAX_SE:
+            continue
         out |= {f"calibration_{name}": float(value), f"calibration_{name}_ci_low": float(value - q * se),
                 f"calibration_{name}_ci_high": float(value + q * se)}
     return out

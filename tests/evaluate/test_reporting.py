@@ -136,6 +136,9 @@ def test_calibration_slope_and_intercept_match_an_independent_logistic_fit_and_r
     assert calibration_line(rare, logit(true))["calibration_intercept_ci_high"] < 0
     separated = calibration_line(np.array([0, 0, 1, 1]), logit(np.array([0.1, 0.2, 0.8, 0.9])))
     assert np.isnan(separated["calibration_slope"])  # no finite maximum: no figure, rather than a huge one
+    far_apart = calibration_line(np.array([0, 0, 1, 1] * 5), np.array([-20.0, -18.0, 18.0, 20.0] * 5))
+    assert np.isnan(far_apart["calibration_intercept"])  # its interval was ±4,713: the cases say nothing of it
+    assert separated["calibration_intercept_ci_high"] - separated["calibration_intercept"] < 3  # informative: kept
     table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y], "patient_id": range(n)})
     logits = np.column_stack([np.zeros(n), z])
     ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 2.0, EvaluateConfig(bootstrap=0), tmp_path)
