@@ -3,7 +3,6 @@ anything trains. Thin, like the rest of the CLI: parse, call one library functio
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,17 +53,17 @@ def manifest_check(
 ) -> None:
     """Print every problem in a manifest; exit 1 when there is any."""
     from medtl.config import load_config
-    from medtl.data.check import check_manifest, in_hounsfield
+    from medtl.data.check import Geometry, check_manifest, in_hounsfield
     from medtl.data.manifest import read_manifest
     from medtl.data.check_tables import print_check
 
     cfg = load_config(config, set_).data if (config or set_) else None
     m = read_manifest(manifest, cfg.data_root if cfg else None, keep_going=True)
-    views: Counter[str] = Counter()
+    seen: dict[str, Geometry] = {}
     problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep, progress=True,
                               modality=cfg.modality if cfg else None, views=cfg.views if cfg else None,
-                              seen_views=views, hounsfield=cfg is not None and in_hounsfield(cfg.modality, cfg.ct_window))
-    if print_check(m, problems, views):
+                              seen=seen, hounsfield=cfg is not None and in_hounsfield(cfg.modality, cfg.ct_window))
+    if print_check(m, problems, seen):
         raise typer.Exit(1)
 
 

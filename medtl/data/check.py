@@ -142,13 +142,13 @@ def check_manifest(
     progress: bool = False,
     modality: str | None = None,
     views: list[str] | None = None,
-    seen_views: Counter[str] | None = None,
+    seen: dict[str, Geometry] | None = None,
     hounsfield: bool = False,
 ) -> list[Problem]:
-    """Every problem found, in manifest order; an empty list means the manifest is safe to train on. ``seen_views``
-    counts the views the films state (read with the headers the check reads anyway), or where a film states none
-    the manifest's ``view`` column. ``hounsfield``: scans are CT read in HU (``in_hounsfield``), which ``deep``
-    checks."""
+    """Every problem found, in manifest order; an empty list means the manifest is safe to train on. ``seen`` is
+    filled with each fit image's geometry by case id, read with the headers the check reads anyway: its shape, and
+    the view its film states, or where it states none the manifest's ``view`` column. ``hounsfield``: scans are CT
+    read in HU (``in_hounsfield``), which ``deep`` checks."""
     table = manifest.table
     problems: list[Problem] = []
     if table.empty:
@@ -170,8 +170,8 @@ def check_manifest(
         try:
             image_geometry = _image_geometry(str(row.image_path), deep, spatial_dims, modality, views,
                                              manifest_view(row), hounsfield)
-            if seen_views is not None and image_geometry.view:
-                seen_views[image_geometry.view] += 1
+            if seen is not None:
+                seen[case] = image_geometry
         except DataError as exc:
             problems.append(Problem(case, _kind_of(str(exc)), f"{row.image}: {exc}"))
         mask_path = getattr(row, "mask_path", None)
@@ -193,6 +193,11 @@ def check_manifest(
     problems.extend(_leakage(table))
     problems.extend(_duplicate_images(table, deep))
     return problems
+
+
+def view_counts(seen: dict[str, Geometry]) -> Counter[str]:
+    """How many of the checked films state each view."""
+    return Counter(g.view for g in seen.values() if g.view)
 
 
 def manifest_view(row: Any) -> str:

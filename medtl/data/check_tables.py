@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pandas as pd
 from rich.table import Table
 
-from medtl.data.check import OTHER_VIEW, Problem, class_counts
+from medtl.data.check import OTHER_VIEW, Geometry, Problem, class_counts, view_counts
 from medtl.data.manifest import Manifest
+from medtl.data.shortcuts import shortcuts
 from medtl.log import wide_console
 
 
-def print_check(manifest: Manifest, problems: list[Problem], views: Counter[str] | None = None) -> list[Problem]:
-    """One table per kind of problem (case id and detail), then class counts per split and the films' views; returns
-    the problems that would stop training (not the films data.views leaves out)."""
+def print_check(manifest: Manifest, problems: list[Problem], seen: dict[str, Geometry] | None = None) -> list[Problem]:
+    """One table per kind of problem (case id and detail), then class counts per split, the films' views and what
+    the label goes with beside the finding (``shortcuts``); returns the problems that would stop training (not the
+    films data.views leaves out)."""
     out = wide_console()
+    views = view_counts(seen or {})
     by_kind: dict[str, list[Problem]] = {}
     for p in problems:
         by_kind.setdefault(p.kind, []).append(p)
@@ -36,6 +37,8 @@ def print_check(manifest: Manifest, problems: list[Problem], views: Counter[str]
         out.print("views: " + ", ".join(f"{v} {n:,}" for v, n in sorted(views.items()))
                   + ("" if left_out else "; one model takes them all unless data.views names the ones it is to take"),
                   markup=False, highlight=False)
+    for line in shortcuts(manifest.table, seen or {}):
+        out.print(f"note: {line}", markup=False, highlight=False)
     if problems:
         out.print(f"[red]{len(problems)} problem(s) in {len({p.case_id for p in problems})} of {cases} cases[/]")
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +11,11 @@ import torch
 from monai.data import DataLoader
 
 from medtl.config import DataConfig, TrainConfig
-from medtl.data.check import OTHER_VIEW, check_manifest
+from medtl.data.check import OTHER_VIEW, Geometry, check_manifest, view_counts
 from medtl.data.datasets import GuardedDataset, case_items, make_dataset
 from medtl.data.dicom import film_view
 from medtl.data.manifest import Manifest, class_names, read_manifest, rows_of_split
+from medtl.data.shortcuts import shortcuts
 from medtl.data.splits import split_manifest, validation_from_training, with_saved_splits
 from medtl.data.transforms import build_transforms
 from medtl.errors import ConfigError, DataError
@@ -77,7 +77,10 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
     classes = class_names(manifest, data.classes) if data.task == "classification" else data.mask_classes
     if data.task == "classification" and not data.classes and len(classes) == 2:
         _say_positive_class(classes)
-    table, skipped, seen_views = _checked_cases(data, manifest, classes) if check else (manifest.table, [], None)
+    table, skipped, seen = _checked_cases(data, manifest, classes) if check else (manifest.table, [], None)
+    seen_views = view_counts(seen) if seen is not None else None
+    for line in shortcuts(table, seen or {}) if data.task == "classification" else []:
+        logger.warning("%s: %s", manifest.path.name, line)
     splits_file, fresh = out_dir / "splits.csv", False
     if table["split"].isna().all():
         if splits_file.is_file():
@@ -110,12 +113,12 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
 
 
 def _checked_cases(data: DataConfig, manifest: Manifest, classes: list[str]
-                   ) -> tuple[pd.DataFrame, list[str], Counter[str]]:
-    """The cases fit to train on, the bad ones skipped (where allowed), and the count of each view the films state.
-    A film of a view data.views does not name is left out, not a fault: the config chose the views."""
-    seen_views: Counter[str] = Counter()
+                   ) -> tuple[pd.DataFrame, list[str], dict[str, Geometry]]:
+    """The cases fit to train on, the bad ones skipped (where allowed), and each fit image's geometry. A film of a
+    view data.views does not name is left out, not a fault: the config chose the views."""
+    seen: dict[str, Geometry] = {}
     problems = check_manifest(manifest, classes if data.task == "classification" else None, data.spatial_dims,
-                              modality=data.modality, views=data.views, seen_views=seen_views)
+                              modality=data.modality, views=data.views, seen=seen)
     other_views = {p.case_id for p in problems if p.kind == OTHER_VIEW}
     table, problems = manifest.table, [p for p in problems if p.case_id not in other_views]
     if other_views and other_views >= set(table["case_id"].astype(str)):
@@ -128,14 +131,14 @@ def _checked_cases(data: DataConfig, manifest: Manifest, classes: list[str]
                        manifest.path.name, named)
         table = table[~table["case_id"].isin(other_views)]
     if not problems:
-        return table, [], seen_views
+        return table, [], seen
     bad = sorted({p.case_id for p in problems})
     if not data.skip_bad_cases:
         first = problems[0]
         raise DataError(f"{manifest.path.name}: {len(problems)} problem(s) in {len(bad)} case(s), first: case {first.case_id}: "
                         f"{first.detail}; run `medtl manifest check {manifest.path}` for all, or set data.skip_bad_cases=true")
     logger.warning("skipping %d bad case(s): %s", len(bad), ", ".join(bad))
-    return table[~table["case_id"].isin(bad)], bad, seen_views
+    return table[~table["case_id"].isin(bad)], bad, seen
 
 
 def film_views(table: pd.DataFrame) -> list[str] | None:
