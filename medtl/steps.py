@@ -225,7 +225,8 @@ def register_step(result: TrainResult, tracker: Tracker, evaluation: Evaluation 
         metrics = evaluation.metrics if evaluation else {}
         digest = result.prepared.manifest.digest()
         notes = [*(evaluation.notes if evaluation else []), *card_note(result.bundle.extra.get("typicality")),
-                 *drift_note(result.bundle.extra.get("drift_calibration"))]
+                 *drift_note(result.bundle.extra.get("drift_calibration")),
+                 *(f"In the training manifest, {line}." for line in result.prepared.shortcuts)]
         card = model_card(result.bundle.config, result.prepared.table, metrics, digest, notes,
                           classes=result.prepared.classes, views=result.prepared.views)
         gates = {"min_auroc_ci_low": cfg.gate_min_auroc_ci_low, "max_ece": cfg.gate_max_ece}

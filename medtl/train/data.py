@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ class PreparedData:
     skipped: list[str]
     views: list[str] | None = None
     """The DICOM views the model takes: data.views, or those the manifest's films state (``film_views``)."""
+    shortcuts: list[str] = field(default_factory=list)
+    """What the labels go with besides the finding (``medtl.data.shortcuts``): a limitation the model card states."""
 
 
 def preflight(data: DataConfig, train: TrainConfig) -> Manifest:
@@ -79,7 +81,8 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
         _say_positive_class(classes)
     table, skipped, seen = _checked_cases(data, manifest, classes) if check else (manifest.table, [], None)
     seen_views = view_counts(seen) if seen is not None else None
-    for line in shortcuts(table, seen or {}) if data.task == "classification" else []:
+    noted = shortcuts(table, seen or {}) if data.task == "classification" else []
+    for line in noted:
         logger.warning("%s: %s", manifest.path.name, line)
     splits_file, fresh = out_dir / "splits.csv", False
     if table["split"].isna().all():
@@ -109,7 +112,7 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
         if seen_views and len(seen_views) > 1:
             logger.info("films of %d views train one model (%s); data.views names the ones a model is to take alone",
                         len(seen_views), ", ".join(f"{v} {n:,}" for v, n in sorted(seen_views.items())))
-    return PreparedData(manifest, table.reset_index(drop=True), classes, skipped, views)
+    return PreparedData(manifest, table.reset_index(drop=True), classes, skipped, views, noted)
 
 
 def _checked_cases(data: DataConfig, manifest: Manifest, classes: list[str]

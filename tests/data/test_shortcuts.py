@@ -42,10 +42,11 @@ def test_labels_that_go_with_the_film_size_are_said_by_the_check_and_the_trainin
     cfg = load_config(None, [f"data.manifest={m}", "data.image_size=16", "data.classes=[normal,pneumonia]"])
     logger.addHandler(caplog.handler)
     try:
-        prepare_cases(cfg.data, 0, read_manifest(m), tmp_path / "out")
+        prepared = prepare_cases(cfg.data, 0, read_manifest(m), tmp_path / "out")
     finally:
         logger.removeHandler(caplog.handler)
     assert "m.csv: the labels go with the image size" in caplog.text
+    assert len(prepared.shortcuts) == 1 and prepared.shortcuts[0].startswith("the labels go with the image size")
 
 
 def test_sizes_and_views_that_hold_both_classes_alike_say_nothing_and_many_sizes_are_banded(tmp_path):
