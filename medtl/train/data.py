@@ -133,6 +133,10 @@ def _checked_cases(data: DataConfig, manifest: Manifest, classes: list[str]
                        "%s --set data.views=[%s]` lists them", named, len(other_views), sorted(other_views)[0],
                        manifest.path.name, named)
         table = table[~table["case_id"].isin(other_views)]
+    unstated = sorted(case for case, g in seen.items() if not g.view)
+    if data.views and unstated and len(unstated) < len(seen):  # where none states one, prepare_cases says so
+        logger.warning("data.views is %s: %d film(s) state no view and are kept, unjudged (first: case %s); give them "
+                       "a view column in the manifest", ",".join(data.views), len(unstated), unstated[0])
     if not problems:
         return table, [], seen
     bad = sorted({p.case_id for p in problems})

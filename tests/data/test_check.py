@@ -420,6 +420,8 @@ def test_a_manifests_view_column_chooses_the_films_a_model_trains_on_and_is_chec
         logger.removeHandler(caplog.handler)
     assert not set(lateral) & set(frontal.table["case_id"]) and len(frontal.table) == 21 and not frontal.skipped
     assert f"data.views is AP,PA: 9 film(s) of other views left out (first: case {lateral[0]})" in caplog.text
+    unstated = table.loc[table["view"].isna(), "case_id"].iloc[0]
+    assert f"data.views is AP,PA: 1 film(s) state no view and are kept, unjudged (first: case {unstated})" in caplog.text
     assert every.views == ["AP", "LATERAL", "PA"] and len(every.table) == 30
     table.dropna(subset=["view"]).to_csv(m.parent / "stated.csv", index=False)  # every film states its view
     with pytest.raises(DataError, match="data.views is RL, and no film of stated.csv is of those views"):
