@@ -218,8 +218,8 @@ def register_step(result: TrainResult, tracker: Tracker, evaluation: Evaluation 
         return {}
     info: dict[str, Any] = {"model_uri": uri}
     if cfg.registered_model:
-        from medtl.model_card import card_tags, model_card
         from medtl.drift_calibration import card_note as drift_note
+        from medtl.model_card import card_tags, model_card
         from medtl.typicality import card_note
 
         metrics = evaluation.metrics if evaluation else {}

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from medtl.config import EvaluateConfig
+from medtl.data.check import OTHER_VIEW
 from medtl.data.datasets import case_items
 from medtl.data.manifest import read_manifest, rows_of_split
 from medtl.data.readers import load_scan
@@ -22,7 +23,6 @@ from medtl.evaluate.report import Evaluation, evaluate_classification, fmt, writ
 from medtl.evaluate.segmentation import case_metrics, subgroup_summaries, summarise
 from medtl.models.checkpoint import ModelBundle
 from medtl.models.predictor import Predictor, device_for
-from medtl.data.check import OTHER_VIEW
 from medtl.typicality import measures_typicality
 
 
