@@ -11,7 +11,8 @@ from medtl.data.shortcuts import shortcuts
 from medtl.log import wide_console
 
 
-def print_check(manifest: Manifest, problems: list[Problem], seen: dict[str, Geometry] | None = None) -> list[Problem]:
+def print_check(manifest: Manifest, problems: list[Problem], seen: dict[str, Geometry] | None = None,
+                sites: list[str] | None = None) -> list[Problem]:
     """One table per kind of problem (case id and detail), then class counts per split, the films' views and what
     the label goes with beside the finding (``shortcuts``); returns the problems that would stop training (not the
     films data.views leaves out)."""
@@ -37,7 +38,7 @@ def print_check(manifest: Manifest, problems: list[Problem], seen: dict[str, Geo
         out.print("views: " + ", ".join(f"{v} {n:,}" for v, n in sorted(views.items()))
                   + ("" if left_out else "; one model takes them all unless data.views names the ones it is to take"),
                   markup=False, highlight=False)
-    for line in shortcuts(manifest.table, seen or {}):
+    for line in shortcuts(manifest.table, seen or {}, sites or []):
         out.print(f"note: {line}", markup=False, highlight=False)
     if problems:
         out.print(f"[red]{len(problems)} problem(s) in {len({p.case_id for p in problems})} of {cases} cases[/]")

@@ -1,8 +1,9 @@
-"""What a manifest's labels go with besides the finding: the films' size or view. Where pneumonia films came from one
-hospital and normal ones from another, a network learns the hospital (Zech et al. 2018, PLOS Medicine: a pneumonia
-model that read the site from the film); where the sickest patients are filmed AP in bed, it learns the view. Both
-show in what the check reads anyway, before anything trains: each film's size and stated view. A strong association
-is said, with the figures; it is not a fault of any one case, so it stops nothing."""
+"""What a manifest's labels go with besides the finding: the films' size or view, or a configured site. Where
+pneumonia films came from one hospital and normal ones from another, a network learns the hospital (Zech et al. 2018,
+PLOS Medicine: a pneumonia model that read the site from the film); where the sickest patients are filmed AP in bed,
+it learns the view. Both show in what the check reads anyway, before anything trains: each film's size and stated
+view, and the site column a config names as a subgroup. A strong association is said, with the figures; it is not a
+fault of any one case, so it stops nothing."""
 
 from __future__ import annotations
 
@@ -21,23 +22,25 @@ MAX_SIZES = 10
 """Distinct sizes above which sizes are taken in quartile bands of their pixel count."""
 
 
-def shortcuts(table: pd.DataFrame, seen: dict[str, Any]) -> list[str]:
-    """One line per attribute (image size, view) the labels of ``table`` go with (Cramér's V at least ``STRONG``),
-    from each fit image's geometry in ``seen`` (case id to ``Geometry``)."""
+def shortcuts(table: pd.DataFrame, seen: dict[str, Any], sites: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """One line per attribute the labels of ``table`` go with (Cramér's V at least ``STRONG``): the image size and
+    view of each fit image's geometry in ``seen`` (case id to ``Geometry``), and each of the configured subgroup
+    columns ``sites`` of no more than ``MAX_SIZES`` values (a site, a scanner; not a measurement such as age)."""
     if "label" not in table:
         return []
-    labels = table.set_index(table["case_id"].astype(str))["label"].dropna()
+    indexed = table.set_index(table["case_id"].astype(str))
+    labels = indexed["label"].dropna()
     labels = labels[labels.index.isin(list(seen))]
     if len(labels) < MIN_CASES or labels.nunique() < 2:
         return []
     sizes = pd.Series({case: "×".join(str(n) for n in seen[case].shape) for case in labels.index})
     views = pd.Series({case: seen[case].view for case in labels.index}).replace("", np.nan).dropna()
-    said = []
-    for name, values in (("image size", _banded_sizes(sizes, seen)), ("view", views)):
-        line = _association(name, values, labels)
-        if line:
-            said.append(line)
-    return said
+    attributes = [("image size", _banded_sizes(sizes, seen), "test on films from a source the training did not see"),
+                  ("view", views, "read the test figures within each view (data.subgroups: [view])")]
+    attributes += [(column, indexed.loc[labels.index, column], f"read the test figures within each {column} (the "
+                    "report gives them)") for column in sites
+                   if column in indexed and column != "view" and indexed[column].nunique() <= MAX_SIZES]
+    return [line for name, values, within in attributes if (line := _association(name, values, labels, within))]
 
 
 def _banded_sizes(sizes: pd.Series, seen: dict[str, Any]) -> pd.Series:
@@ -58,7 +61,7 @@ def cramers_v(counts: np.ndarray) -> float:
     return float(association(counts, method="cramer"))
 
 
-def _association(name: str, values: pd.Series, labels: pd.Series) -> str | None:
+def _association(name: str, values: pd.Series, labels: pd.Series, within: str) -> str | None:
     joined = pd.DataFrame({"value": values, "label": labels}).dropna()
     counts = joined["value"].value_counts()
     joined = joined[joined["value"].isin(counts[counts >= MIN_GROUP].index)]
@@ -71,8 +74,6 @@ def _association(name: str, values: pd.Series, labels: pd.Series) -> str | None:
     shares = table.div(table.sum(axis=1), axis=0)
     shown = [f"{value} {shares.loc[value].max():.0%} {shares.loc[value].idxmax()} (n {int(table.loc[value].sum())})"
              for value in table.sum(axis=1).sort_values(ascending=False).index[:4]]
-    within = ("read the test figures within each view (data.subgroups: [view])" if name == "view" else
-              "test on films from a source the training did not see")
     return (f"the labels go with the {name} (Cramér's V {v:.2f}): {'; '.join(shown)}. A model can learn the {name}, "
             f"and so where or how a film was taken, in place of the finding (Zech et al. 2018): give each {name} "
             f"cases of every class, and {within}")

@@ -81,7 +81,7 @@ def prepare_cases(data: DataConfig, seed: int, manifest: Manifest, out_dir: Path
         _say_positive_class(classes)
     table, skipped, seen = _checked_cases(data, manifest, classes) if check else (manifest.table, [], None)
     seen_views = view_counts(seen) if seen is not None else None
-    noted = shortcuts(table, seen or {}) if data.task == "classification" else []
+    noted = shortcuts(table, seen or {}, data.subgroups) if data.task == "classification" else []
     for line in noted:
         logger.warning("%s: %s", manifest.path.name, line)
     splits_file, fresh = out_dir / "splits.csv", False

@@ -63,3 +63,20 @@ def test_sizes_and_views_that_hold_both_classes_alike_say_nothing_and_many_sizes
     said = shortcuts(m.table, seen)
     assert len(said) == 2 and "the labels go with the image size" in said[0] and " pixels 100% " in said[0]
     assert said[1].startswith("the labels go with the view (Cramér's V 0.90): AP 90% pneumonia (n 20); PA 100% normal (n 20)")
+
+
+def test_labels_that_go_with_a_configured_site_are_said_and_a_measurement_such_as_age_is_not(tmp_path):
+    rows = [(f"c{i}", "pneumonia" if i < 20 else "normal", 32, 32, None) for i in range(40)]
+    m = films(tmp_path / "sites", rows)
+    table = pd.read_csv(m)
+    table["site"] = ["St Mary"] * 19 + ["North"] * 21  # one hospital sent the pneumonia films
+    table["age"] = range(40)  # 40 values: a measurement, not a source
+    table.to_csv(m, index=False)
+    manifest = read_manifest(m)
+    seen = {}
+    check_manifest(manifest, seen=seen)
+    assert shortcuts(manifest.table, seen) == []  # a column no config names is not read
+    said = shortcuts(manifest.table, seen, ["site", "age"])
+    assert len(said) == 1 and said[0].startswith("the labels go with the site (Cramér's V 0.95): North 95% normal (n 21)")
+    res = run_cli("manifest", "check", str(m), "--set", "data.subgroups=[site]", "--set", "data.image_size=16")
+    assert "note: the labels go with the site" in " ".join(res.stdout.split()), res.stdout
