@@ -19,7 +19,7 @@ import pandas as pd
 from medtl.batch_prevalence import MIN_CASES, BatchPrevalence, batch_prevalence, scores_plot
 from medtl.config_sections import CaseIds
 from medtl.data.build import discover_cases, pair_masks
-from medtl.data.manifest import UNREADABLE_CSV, read_manifest
+from medtl.data.manifest import UNREADABLE_CSV, read_manifest, scan_cases
 from medtl.data.dicom import parse_series_ref
 from medtl.data.readers import IMAGE_SUFFIXES, archive_hint, dicom_headers, scan_kind
 from medtl.errors import MedtlError
@@ -95,10 +95,7 @@ def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "f
     if bool(manifest) == bool(input_dir):
         raise MedtlError("give exactly one of --manifest M.csv or --input DIR")
     if manifest:
-        m = read_manifest(manifest)
-        views = m.table["view"] if "view" in m.table else pd.Series(pd.NA, index=m.table.index)
-        return [{"case_id": str(r.case_id), "image": r.image_path} | ({"view": view} if isinstance(view, str) else {})
-                for r, view in zip(m.table.itertuples(index=False), views)]
+        return scan_cases(read_manifest(manifest).table)
     if not Path(input_dir).exists():  # type: ignore[arg-type]
         raise MedtlError(f"--input {input_dir}: not found; give a folder of scans, or one scan file")
     images, _ = pair_masks(discover_cases(Path(input_dir), ids, progress=True), None)  # type: ignore[arg-type]

@@ -95,12 +95,9 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     import sys
     import warnings
 
-    from medtl.data.manifest import read_manifest  # not medtl.scoring: the driver never reads a scan
+    from medtl.data.manifest import read_manifest, scan_cases  # not medtl.scoring: the driver never reads a scan
 
-    table = read_manifest(manifest).table
-    views = table["view"].fillna("") if "view" in table else pd.Series("", index=table.index)  # "": the film's own
-    cases = [{"case_id": str(r.case_id), "image": r.image_path, "view": view}
-             for r, view in zip(table.itertuples(index=False), views)]
+    cases = scan_cases(read_manifest(manifest).table)
     root = Path(data_root or manifest.parent).resolve()
     os.environ["MEDTL_DATA_ROOT"] = str(root)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # this environment's Python unless the cluster says otherwise

@@ -21,6 +21,14 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
 """How people name the splits (any capitals), in medtl's words."""
 
 
+def scan_cases(table: pd.DataFrame) -> list[dict[str, str]]:
+    """Each row as scoring takes it, locally or on Spark: case id, image path, and the view the manifest states
+    ("" where it states none, so the film's own header is what counts)."""
+    views = table["view"].fillna("") if "view" in table else pd.Series("", index=table.index)
+    return [{"case_id": str(r.case_id), "image": r.image_path, "view": view}
+            for r, view in zip(table.itertuples(index=False), views)]
+
+
 def rows_of_split(table: pd.DataFrame, name: str) -> pd.DataFrame:
     """The rows of one split: "train", "val" or "test"."""
     return table[table["split"] == name]

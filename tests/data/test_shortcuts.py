@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from medtl.data.check import check_manifest
@@ -32,7 +33,7 @@ def test_labels_that_go_with_the_film_size_are_said_by_the_check_and_the_trainin
     observed = np.array([[16, 2], [4, 18]])  # rows 40×40, 32×32; columns normal, pneumonia
     expected = observed.sum(1, keepdims=True) * observed.sum(0, keepdims=True) / observed.sum()
     by_hand = np.sqrt(((observed - expected) ** 2 / expected).sum() / observed.sum())  # 2×2: min(r, c) - 1 = 1
-    assert cramers_v(observed) == __import__("pytest").approx(by_hand)
+    assert cramers_v(observed) == pytest.approx(by_hand)
     assert res.returncode == 0, said  # a note, not a problem of any one case
     assert f"note: the labels go with the image size (Cramér's V {by_hand:.2f}): 32×32 82% pneumonia (n 22); 40×40 89% normal (n 18)" in said
     from medtl.config import load_config
