@@ -22,10 +22,6 @@ from medtl.evaluate.calibration import Calibration, at_bound, calibrate
 from medtl.log import logger
 from medtl.models.checkpoint import ModelBundle
 
-MIN_PER_CLASS = 20
-"""Below this many cases of a class the re-chosen threshold rests on too few; the run warns."""
-
-
 def site_labels(bundle: ModelBundle, table: pd.DataFrame) -> np.ndarray:
     """The class index of every case; a missing or unknown label, or a class absent from the sample, is an
     error naming it (no calibration or threshold can be chosen without both classes)."""
@@ -43,10 +39,6 @@ def site_labels(bundle: ModelBundle, table: pd.DataFrame) -> np.ndarray:
     if (counts == 0).any():
         missing = bundle.classes[int(np.flatnonzero(counts == 0)[0])]
         raise ManifestError(f"no case of class {missing!r} in the site's sample: recalibration needs cases of every class")
-    if counts.min() < MIN_PER_CLASS:
-        logger.warning("only %d case(s) of class %r in the site's sample: the recalibration and threshold rest on few "
-                       "cases (%d or more per class recommended)", counts.min(), bundle.classes[int(counts.argmin())],
-                       MIN_PER_CLASS)
     return y
 
 
@@ -90,9 +82,12 @@ def recalibrate(bundle: ModelBundle, table: pd.DataFrame, rule: str = "youden", 
             unwrap(bundle.model).head[-1].bias[1] += shift
         logits = logits.astype(np.float64)
         logits[:, 1] += shift
-    chosen = calibrate(logits, y, rule, target_sensitivity, cases="cases of the site")
+    chosen = calibrate(logits, y, rule, target_sensitivity, cases="cases of the site", classes=bundle.classes)
     bundle.extra.pop("target_prior", None)
     bundle.temperature, bundle.threshold = chosen.temperature, chosen.threshold
+    bundle.extra.pop("calibration_caveat", None)
+    if chosen.caveat:
+        bundle.extra["calibration_caveat"] = chosen.caveat
     bundle.extra["source_prior"] = [float(v) for v in chosen.source_prior]
     bundle.extra.pop("source_call_rates", None)
     if chosen.call_rates is not None:

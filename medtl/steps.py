@@ -73,8 +73,10 @@ def calibrate_step(result: TrainResult, tracker: Tracker) -> None:
         return
     drift = drift_step(result) if cfg.evaluate.calibrate and cfg.evaluate.drift_calibration else None
     chosen = calibrate(result.val["logits"], result.val["labels"], cfg.train.threshold_rule,
-                       cfg.train.target_sensitivity, cfg.evaluate.calibrate, temperature=drift)
+                       cfg.train.target_sensitivity, cfg.evaluate.calibrate, temperature=drift, classes=bundle.classes)
     bundle.temperature, bundle.threshold = chosen.temperature, chosen.threshold
+    if chosen.caveat:
+        bundle.extra["calibration_caveat"] = chosen.caveat
     bundle.extra["source_prior"] = chosen.source_prior
     if chosen.call_rates is not None:
         bundle.extra["source_call_rates"] = chosen.call_rates
@@ -224,7 +226,9 @@ def register_step(result: TrainResult, tracker: Tracker, evaluation: Evaluation 
 
         metrics = evaluation.metrics if evaluation else {}
         digest = result.prepared.manifest.digest()
+        caveat = result.bundle.extra.get("calibration_caveat")
         notes = [*(evaluation.notes if evaluation else []), *card_note(result.bundle.extra.get("typicality")),
+                 *([f"Chosen on validation: {caveat}."] if caveat else []),
                  *drift_note(result.bundle.extra.get("drift_calibration")),
                  *(f"In the training manifest, {line}." for line in result.prepared.shortcuts)]
         card = model_card(result.bundle.config, result.prepared.table, metrics, digest, notes,

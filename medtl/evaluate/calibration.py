@@ -147,31 +147,55 @@ class Calibration:
     threshold: float
     source_prior: list[float]
     call_rates: list[float] | None
+    caveat: str | None = None
+    """Why these choices rest on too little (said once, when they are made), or None."""
+
+
+MIN_PER_CLASS = 20
+"""Below this many cases of a class a fitted temperature and a chosen threshold rest on too few: said, not refused
+(a pilot has few cases, and the choice is still the best these cases allow)."""
+
+
+def calibration_caveat(logits: np.ndarray, y: np.ndarray, temperature: float, fitted: bool, cases: str,
+                       classes: list[str] | None) -> str | None:
+    """Why the temperature and threshold chosen on these cases cannot be trusted, or rest on few, or None."""
+    why = unfit_temperature(logits, y, temperature) if fitted else None
+    if why:
+        return (f"temperature {temperature:.3f} cannot be trusted: the {len(y)} {cases} {why}, so neither can the "
+                "threshold chosen on them; add cases")
+    counts = np.bincount(y, minlength=logits.shape[1])
+    if counts.min() >= MIN_PER_CLASS:
+        return None
+    k = int(counts.argmin())
+    name = repr(classes[k]) if classes else str(k)
+    chosen = f"temperature {temperature:.3f} and the decision threshold" if fitted else "the decision threshold"
+    return (f"{chosen} rest on few cases: {counts.min()} of class {name} among the {len(y)} {cases} "
+            f"({MIN_PER_CLASS} or more per class recommended)")
 
 
 def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, rule: str, target_sensitivity: float = 0.9,
               temperature_scaling: bool = True, cases: str = "validation cases",
-              temperature: float | None = None) -> Calibration:
+              temperature: float | None = None, classes: list[str] | None = None) -> Calibration:
     """Temperature fitted on validation (or 1 without ``temperature_scaling``, or ``temperature`` where one was
     fitted otherwise), then the decision threshold chosen on the validation probabilities it gives (binary): the one
-    place either is chosen. A temperature with no optimum on these cases is reported (``cases`` names them)."""
+    place either is chosen. A temperature with no optimum on these cases, or choices resting on few cases of a
+    class, are said (``cases`` names the cases, ``classes`` the classes) and kept as the caveat."""
     from medtl.evaluate.threshold import choose_threshold
     from medtl.log import logger
 
     y = np.asarray(val_labels).astype(int)
     if temperature is None:
         temperature = fit_temperature(val_logits, y) if temperature_scaling else 1.0
-    why = unfit_temperature(val_logits, y, temperature) if temperature_scaling else None
-    if why:
-        logger.warning("temperature %.3f cannot be trusted: the %d %s %s, so neither can the threshold chosen on "
-                       "them; add cases", temperature, len(y), cases, why)
+    caveat = calibration_caveat(np.asarray(val_logits), y, temperature, temperature_scaling, cases, classes)
+    if caveat:
+        logger.warning("%s", caveat)
     probs = apply_temperature(val_logits, temperature)
     threshold, rates = 0.5, None
     if val_logits.shape[1] == 2:
         threshold = choose_threshold(y, probs[:, 1], rule, target_sensitivity)
         rates = call_rates(y, probs[:, 1], threshold)
     counts = np.bincount(y, minlength=val_logits.shape[1]).astype(float) + 0.5
-    return Calibration(temperature, threshold, [float(c) for c in counts / counts.sum()], rates)
+    return Calibration(temperature, threshold, [float(c) for c in counts / counts.sum()], rates, caveat)
 
 
 def em_prior(probs: np.ndarray, source_prior: np.ndarray, tol: float = 1e-6, max_iter: int = 1000) -> np.ndarray:

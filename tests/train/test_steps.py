@@ -54,3 +54,27 @@ def test_a_temperature_on_its_bound_is_reported(tmp_path, caplog, signal, noise,
         steps.logger.removeHandler(caplog.handler)
     bound = [r.getMessage() for r in caplog.records if "cannot be trusted" in r.getMessage()]
     assert (warned in bound[0] and "20 validation cases" in bound[0]) if warned else not bound
+
+
+@pytest.mark.parametrize("positives, said", [(100, False), (8, True)])
+def test_choices_resting_on_few_cases_of_a_class_are_said_and_kept_with_the_model(tmp_path, caplog, positives, said):
+    """A temperature fitted and a threshold chosen on 8 cases of a class are the best those allow, and rest on
+    little: the log says so, naming the class and its count, and the model keeps it for its card."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], [200 - positives, positives])
+    logits = np.column_stack([np.zeros(200), 2.0 * (labels - 0.5) + rng.normal(0, 1.5, 200)])
+    result = SimpleNamespace(bundle=ModelBundle(torch.nn.Linear(2, 2), Config(), ["normal", "lesion"]),
+                             model_path=tmp_path / "model.pt", val={"logits": logits, "labels": labels})
+    steps.logger.addHandler(caplog.handler)
+    try:
+        with steps.model_written(result):
+            steps.calibrate_step(result, steps.NullTracker())
+    finally:
+        steps.logger.removeHandler(caplog.handler)
+    few = sorted({r.getMessage() for r in caplog.records if "rest on few cases" in r.getMessage()})
+    kept = read_checkpoint(result.model_path)["extra"].get("calibration_caveat")
+    if said:
+        assert len(few) == 1 and "8 of class 'lesion' among the 200 validation cases" in few[0]
+        assert kept == few[0]
+    else:
+        assert not few and kept is None
