@@ -91,3 +91,20 @@ def claim_folder(folder: Path, option: str, owner: str = "") -> None:
                          "overwrite; give a new or empty folder")
     folder.mkdir(parents=True, exist_ok=True)
     mark.write_text(owner)
+
+
+def claim_case_files(folder: Path, option: str, case_ids: list[str], owner: str, instead: str) -> None:
+    """A folder of one file per case (CASE_ID.png, .nii.gz): an id holding a path separator would write elsewhere
+    (``../x`` outside the folder), two ids that differ only in capitals are one file on Windows or macOS, and a
+    folder of files medtl did not write is refused (``claim_folder``) — each before anything is written. ``instead``
+    says what else the user can do ("score without --masks-out")."""
+    folded: dict[str, str] = {}
+    for case in case_ids:
+        if case in (".", "..") or any(ch in case for ch in "/\\\0"):
+            raise MedtlError(f"case {case!r}: its id cannot name a file of {option} (it holds a path separator); "
+                             f"rename the case, or {instead}")
+        other = folded.setdefault(case.casefold(), case)
+        if other != case:
+            raise MedtlError(f"cases {other!r} and {case!r}: their files in {option} would be one file on Windows or "
+                             f"macOS; rename one, or {instead}")
+    claim_folder(folder, option, owner)

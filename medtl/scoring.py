@@ -25,7 +25,7 @@ from medtl.data.readers import IMAGE_SUFFIXES, archive_hint, dicom_headers, scan
 from medtl.errors import MedtlError
 from medtl.explain import heatmap_problem, write_heatmaps
 from medtl.faults import fault_point
-from medtl.files import claim_folder, one_writer
+from medtl.files import claim_case_files, one_writer
 from medtl.log import make_progress
 from medtl.models.checkpoint import ModelBundle, bundle_digest
 from medtl.models.predictor import Predictor, device_for
@@ -208,22 +208,6 @@ def _same_columns(stream: Path, columns: list[str]) -> None:
                          "write to a new --out")
 
 
-def _claim_case_files(folder: Path, option: str, case_ids: list[str], model_id: str) -> None:
-    """A folder of one file per case (CASE_ID.png, .nii.gz): an id holding a path separator would write elsewhere
-    (``../x`` outside the folder), two ids that differ only in capitals are one file on Windows or macOS, and a
-    folder of files medtl did not write is refused (``claim_folder``) — each before anything is written."""
-    folded: dict[str, str] = {}
-    for case in case_ids:
-        if case in (".", "..") or any(ch in case for ch in "/\\\0"):
-            raise MedtlError(f"case {case!r}: its id cannot name a file of {option} (it holds a path separator); "
-                             f"rename the case, or score without {option}")
-        other = folded.setdefault(case.casefold(), case)
-        if other != case:
-            raise MedtlError(f"cases {other!r} and {case!r}: their files in {option} would be one file on Windows or "
-                             f"macOS; rename one, or score without {option}")
-    claim_folder(folder, option, model_id)
-
-
 def _size_columns(bundle: ModelBundle) -> list[str]:
     return ["lesion_pixels", "lesion_area_mm2"] if bundle.spec.data.spatial_dims == 2 else ["lesion_volume_ml"]
 
@@ -278,12 +262,13 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     model_id = bundle_digest(bundle)
     done = done_cases(stream, model_id)
     if masks_out is not None:  # a folder of reference masks named like the cases would be overwritten file by file
-        _claim_case_files(masks_out, "--masks-out", [c["case_id"] for c in cases], model_id)
+        claim_case_files(masks_out, "--masks-out", [c["case_id"] for c in cases], model_id,
+                         "score without --masks-out")
     if heatmaps is not None:
         problem = heatmap_problem(bundle)
         if problem:
             raise MedtlError(f"--heatmaps: {problem}; score without it")
-        _claim_case_files(heatmaps, "--heatmaps", [c["case_id"] for c in cases], model_id)
+        claim_case_files(heatmaps, "--heatmaps", [c["case_id"] for c in cases], model_id, "score without --heatmaps")
     todo = [c for c in cases if c["case_id"] not in done]
     refs = {c["case_id"]: c["image"] for c in todo}
     meta = {"model_name": bundle.extra.get("model_name", ""), "model_version": bundle.extra.get("model_version", ""),

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -27,8 +28,18 @@ from medtl.files import table_path, write_table
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class DicomWalk:
+    """What discovery read besides the cases, for a step that needs it without walking the folder again: each
+    DICOM case's slice headers, by reference, and the DICOM objects that hold no scan (structure sets among them)."""
+
+    series: dict[str, list[dicom.SliceHeader]] = field(default_factory=dict)
+    not_scans: list[Path] = field(default_factory=list)
+
+
 def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False,
-                   identifiers: dict[str, dict[str, str]] | None = None) -> list[tuple[str, str]]:
+                   identifiers: dict[str, dict[str, str]] | None = None,
+                   walk: DicomWalk | None = None) -> list[tuple[str, str]]:
     """(case_id, image reference) for every scan under ``folder`` (or ``folder`` itself when it is one file): one
     per DICOM series, NIfTI or image file. DICOM objects that hold no scan (a DICOMDIR, reports, presentation
     states, segmentations) are not cases.
@@ -38,7 +49,7 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
     never share a case id: that would put one patient's prediction, or mask file, in another's place.
     ``identifiers``, when given, is filled with each DICOM series' PatientID and AccessionNumber by reference
     (``patient_id``, ``accession``): raw, for ``build_manifest`` to key into a pseudonym and to join a sheet keyed
-    by them; they go nowhere else.
+    by them; they go nowhere else. ``walk``, when given, is filled with what else the walk read.
     """
     folder = Path(folder)
     if folder.is_file():  # one scan given by itself (a single-file DICOM, NIfTI or image)
@@ -49,6 +60,8 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
             found.append((case_id_from_file(path), str(path), path))
     series, not_scans = dicom.scan_series(folder, progress)
     in_series = {h.path for headers in series.values() for h in headers} | set(not_scans)
+    if walk is not None:
+        walk.not_scans[:] = not_scans
     if not_scans:
         logger.info("%s: %d DICOM object(s) hold no scan (a DICOMDIR, reports, segmentations); not cases",
                     folder, len(not_scans))
@@ -69,6 +82,8 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
         else:
             where = parent if len(parents) == 1 else folder
             found.append((f"{parent.name}_{uid[-8:]}", dicom.series_ref(where, uid), where / uid[-8:]))
+        if walk is not None:
+            walk.series[found[-1][1]] = headers
         ds = headers[0].dataset
         tags = {key: str(ds.get(tag, "")).strip() for key, tag in (("patient_id", "PatientID"),
                                                                   ("accession", "AccessionNumber"))} if ds is not None else {}
@@ -174,20 +189,19 @@ def build_manifest(
     ids: CaseIds = "folder",
     progress: bool = False,
     label_folders: bool = False,
+    contours: Sequence[str] = (),
+    contours_out: Path | None = None,
 ) -> pd.DataFrame:
     """Writes the manifest CSV at ``out`` with paths relative to it and returns the table. Labels come from the
-    ``labels`` sheet (or sheets), or with ``label_folders`` from the folder each scan lies in (``folder_labels``)."""
+    ``labels`` sheet (or sheets), or with ``label_folders`` from the folder each scan lies in (``folder_labels``);
+    masks from the ``masks`` folder, or with ``contours`` from the structure sets beside the DICOM series, written
+    to ``contours_out`` (``medtl.data.contours``)."""
     folder, out = Path(folder), table_path(out)  # refused before the folder is walked
     sheets = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels or []]
-    if not folder.is_dir():
-        raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
-    missing = next((sheet for sheet in sheets if not sheet.is_file()), None)
-    if missing is not None:  # said before a walk of 100,000 files, not after
-        raise ManifestError(f"{missing}: labels file not found")
-    if masks is not None and not Path(masks).is_dir():
-        raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
+    _refuse_sources(folder, sheets, masks, contours, label_folders)
     identifiers: dict[str, dict[str, str]] = {}
-    cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, identifiers), masks)
+    walk = DicomWalk()
+    cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, identifiers, walk), masks)
     if not cases:
         raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found{archive_hint(folder)}")
     if masks is not None and not any(c in mask_refs for c, _ in cases):
@@ -201,8 +215,6 @@ def build_manifest(
     table = pd.DataFrame(rows)
     if mask_refs:
         table["mask"] = [_relative(mask_refs[c], base) if c in mask_refs else None for c in table["case_id"]]
-    if sheets and label_folders:
-        raise ManifestError("--labels and --label-folders: give one source of labels")
     if sheets:
         raw = {case: identifiers.get(ref, {}) for case, ref in cases}
         table = join_labels(table, sheets, cases, folder, raw, out)
@@ -213,11 +225,39 @@ def build_manifest(
         table["view"] = views
     derived = pd.Series(_patient_ids(cases, identifiers, salt, folder), index=table.index)
     table["patient_id"] = table["patient_id"].fillna(derived) if "patient_id" in table else derived
+    if contours:
+        table["mask"] = None
     front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
     _refuse_losing_columns(out, table)
+    if contours:
+        from medtl.data.contours import write_contour_masks
+
+        made = write_contour_masks(cases, walk.series, walk.not_scans, list(contours),
+                                   Path(contours_out) if contours_out else out.with_name(f"{out.stem}_masks"))
+        table["mask"] = [_relative(str(made[c]), base) if c in made else None for c in table["case_id"]]
     write_table(table, out)
     return table
+
+
+def _refuse_sources(folder: Path, sheets: list[Path], masks: Path | None, contours: Sequence[str],
+                    label_folders: bool) -> None:
+    """Sources that cannot be read, or that contradict each other, refused before the folder is walked."""
+    if not folder.is_dir():
+        raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
+    missing = next((sheet for sheet in sheets if not sheet.is_file()), None)
+    if missing is not None:  # said before a walk of 100,000 files, not after
+        raise ManifestError(f"{missing}: labels file not found")
+    if sheets and label_folders:
+        raise ManifestError("--labels and --label-folders: give one source of labels")
+    if masks is not None and contours:
+        raise ManifestError("--masks and --contours: give one source of masks")
+    if contours:
+        from medtl.data.contours import structure_names
+
+        structure_names(list(contours))
+    if masks is not None and not Path(masks).is_dir():
+        raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
 
 
 def folder_labels(cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:
