@@ -26,12 +26,13 @@ def manifest_build(
     label_folders: Annotated[bool, typer.Option(
         "--label-folders", help="Label each scan by the folder it lies in (NORMAL/, PNEUMONIA/); a train/, val/ or "
         "test/ folder above it sets its split.")] = False,
-    contours: Annotated[Optional[list[str]], typer.Option(
-        help="Masks from the RTSTRUCT structure sets beside the DICOM series: a structure's name (any case), one class "
-             "each time it is given (--contours GTV --contours PTV: labels 1 and 2, a later one winning where they "
-             "overlap); NAME,OTHER for the names one structure goes by at different sites.")] = None,
-    contours_out: Annotated[Optional[Path], typer.Option(
-        help="Folder for the masks --contours writes, one CASE.nii.gz each (default: beside --out, named after it "
+    structures: Annotated[Optional[list[str]], typer.Option(
+        help="Masks from the RTSTRUCT structure sets or DICOM-SEG segmentations beside the DICOM series: a structure's "
+             "or segment's name (any case), one class each time it is given (--structures PTV --structures GTV: labels "
+             "1 and 2, the later winning where they overlap); NAME,OTHER for the names one goes by at different "
+             "sites.")] = None,
+    structures_out: Annotated[Optional[Path], typer.Option(
+        help="Folder for the masks --structures writes, one CASE.nii.gz each (default: beside --out, named after it "
              "with _masks).")] = None,
 ) -> None:
     """Walk a folder and write a manifest (one row per series or file)."""
@@ -40,11 +41,11 @@ def manifest_build(
     from medtl.log import logger
 
     table = build_manifest(folder, out, labels, masks, ids=ids, progress=True, label_folders=label_folders,
-                           contours=contours or (), contours_out=contours_out)
+                           structures=structures or (), structures_out=structures_out)
     counts = [f"{column}s " + ", ".join(f"{k} {v:,}" for k, v in table[column].value_counts().sort_index().items())
               for column in ("label", "split", "view") if column in table and table[column].notna().any()]
-    if contours:
-        counts.append(f"masks from contours {int(table['mask'].notna().sum()):,}")
+    if structures:
+        counts.append(f"masks from structures {int(table['mask'].notna().sum()):,}")
     typer.echo("; ".join([f"{out}: {len(table):,} cases", *counts]))
     findings = "" if "label" in table else finding_counts(table)
     if findings:  # a column per finding: how many of each, before choosing one

@@ -189,16 +189,16 @@ def build_manifest(
     ids: CaseIds = "folder",
     progress: bool = False,
     label_folders: bool = False,
-    contours: Sequence[str] = (),
-    contours_out: Path | None = None,
+    structures: Sequence[str] = (),
+    structures_out: Path | None = None,
 ) -> pd.DataFrame:
     """Writes the manifest CSV at ``out`` with paths relative to it and returns the table. Labels come from the
     ``labels`` sheet (or sheets), or with ``label_folders`` from the folder each scan lies in (``folder_labels``);
-    masks from the ``masks`` folder, or with ``contours`` from the structure sets beside the DICOM series, written
-    to ``contours_out`` (``medtl.data.contours``)."""
+    masks from the ``masks`` folder, or with ``structures`` from the structure sets or segmentations beside the
+    DICOM series, written to ``structures_out`` (``medtl.data.structures``)."""
     folder, out = Path(folder), table_path(out)  # refused before the folder is walked
     sheets = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels or []]
-    _refuse_sources(folder, sheets, masks, contours, label_folders)
+    _refuse_sources(folder, sheets, masks, structures, label_folders)
     identifiers: dict[str, dict[str, str]] = {}
     walk = DicomWalk()
     cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, identifiers, walk), masks)
@@ -225,22 +225,22 @@ def build_manifest(
         table["view"] = views
     derived = pd.Series(_patient_ids(cases, identifiers, salt, folder), index=table.index)
     table["patient_id"] = table["patient_id"].fillna(derived) if "patient_id" in table else derived
-    if contours:
+    if structures:
         table["mask"] = None
     front = ["case_id", "patient_id", "image"] + [c for c in ("mask", "label", "split") if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
     _refuse_losing_columns(out, table)
-    if contours:
-        from medtl.data.contours import write_contour_masks
+    if structures:
+        from medtl.data.structures import write_structure_masks
 
-        made = write_contour_masks(cases, walk.series, walk.not_scans, list(contours),
-                                   Path(contours_out) if contours_out else out.with_name(f"{out.stem}_masks"))
+        made = write_structure_masks(cases, walk.series, walk.not_scans, list(structures),
+                                     Path(structures_out) if structures_out else out.with_name(f"{out.stem}_masks"))
         table["mask"] = [_relative(str(made[c]), base) if c in made else None for c in table["case_id"]]
     write_table(table, out)
     return table
 
 
-def _refuse_sources(folder: Path, sheets: list[Path], masks: Path | None, contours: Sequence[str],
+def _refuse_sources(folder: Path, sheets: list[Path], masks: Path | None, structures: Sequence[str],
                     label_folders: bool) -> None:
     """Sources that cannot be read, or that contradict each other, refused before the folder is walked."""
     if not folder.is_dir():
@@ -250,12 +250,12 @@ def _refuse_sources(folder: Path, sheets: list[Path], masks: Path | None, contou
         raise ManifestError(f"{missing}: labels file not found")
     if sheets and label_folders:
         raise ManifestError("--labels and --label-folders: give one source of labels")
-    if masks is not None and contours:
-        raise ManifestError("--masks and --contours: give one source of masks")
-    if contours:
-        from medtl.data.contours import structure_names
+    if masks is not None and structures:
+        raise ManifestError("--masks and --structures: give one source of masks")
+    if structures:
+        from medtl.data.structures import structure_names
 
-        structure_names(list(contours))
+        structure_names(list(structures))
     if masks is not None and not Path(masks).is_dir():
         raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
 

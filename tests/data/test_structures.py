@@ -6,6 +6,7 @@ import logging
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -83,7 +84,7 @@ def test_contours_become_masks_on_the_voxels_they_enclose(tmp_path, caplog, orie
             "GTVp": [square(orientation, 5, 10, 8, 14, 3), square(orientation, 7, 8, 10, 11, 3)]}
     patient(tmp_path / "scans", "p1", orientation, rois)
     with caplog.at_level(logging.INFO):
-        table = build_manifest(tmp_path / "scans", tmp_path / "m.csv", contours=["ptv", "GTV,gtvp"])
+        table = build_manifest(tmp_path / "scans", tmp_path / "m.csv", structures=["ptv", "GTV,gtvp"])
     assert list(table["case_id"]) == ["p1"]  # the structure set is no case of its own
     mask = nib.load(tmp_path / table["mask"][0])
     expected = np.zeros(SHAPE, np.uint8)
@@ -109,13 +110,13 @@ def test_a_case_without_its_structure_is_said_and_left_without_a_mask(tmp_path, 
     patient(root, "between", rois={"GTV": [square(AXIAL, 5, 10, 8, 14, 3.5)]}, seed=2)
     patient(root, "bare", seed=3)
     with caplog.at_level(logging.INFO):
-        table = build_manifest(root, tmp_path / "m.csv", contours=["GTV"])
+        table = build_manifest(root, tmp_path / "m.csv", structures=["GTV"])
     masks = dict(zip(table["case_id"], table["mask"]))
     assert masks["good"] == "m_masks/good.nii.gz" and (tmp_path / masks["good"]).is_file()
     assert all(pd.isna(masks[c]) for c in ("renamed", "between", "bare"))
-    assert "case renamed: no mask from contours: its structure set RS.dcm names no gtv (it names body, tumour)" in caplog.text
-    assert "case between: no mask from contours: a contour does not lie on the slices" in caplog.text
-    assert "1 DICOM series have no structure set referencing them, so no mask (e.g. case bare)" in caplog.text
+    assert "case renamed: no mask from its structures: its structure set RS.dcm names no gtv (it names body, tumour)" in caplog.text
+    assert "case between: no mask from its structures: a contour does not lie on the slices" in caplog.text
+    assert "1 DICOM series have no structure set or segmentation referencing them, so no mask (e.g. case bare)" in caplog.text
     problems = check_manifest(read_manifest(tmp_path / "m.csv"), ["background", "gtv"], 3)
     assert sorted(p.case_id for p in problems) == ["bare", "between", "renamed"]
 
@@ -123,15 +124,15 @@ def test_a_case_without_its_structure_is_said_and_left_without_a_mask(tmp_path, 
 def test_contours_that_give_no_mask_at_all_or_clash_with_masks_are_refused(tmp_path):
     root = tmp_path / "scans"
     patient(root, "p1")
-    with pytest.raises(ManifestError, match="no RTSTRUCT structure set found"):
-        build_manifest(root, tmp_path / "m.csv", contours=["GTV"])
+    with pytest.raises(ManifestError, match="no RTSTRUCT structure set or DICOM-SEG segmentation found"):
+        build_manifest(root, tmp_path / "m.csv", structures=["GTV"])
     patient(root, "p2", rois={"Tumour": [square(AXIAL, 5, 10, 8, 14, 3)]}, seed=1)
     with pytest.raises(ManifestError, match="no case got a mask"):
-        build_manifest(root, tmp_path / "m.csv", contours=["GTV"])
-    with pytest.raises(ManifestError, match="--masks and --contours: give one source of masks"):
-        build_manifest(root, tmp_path / "m.csv", masks=tmp_path, contours=["GTV"])
+        build_manifest(root, tmp_path / "m.csv", structures=["GTV"])
+    with pytest.raises(ManifestError, match="--masks and --structures: give one source of masks"):
+        build_manifest(root, tmp_path / "m.csv", masks=tmp_path, structures=["GTV"])
     with pytest.raises(ManifestError, match="structure 'gtv' is named for two classes"):
-        build_manifest(root, tmp_path / "m.csv", contours=["GTV", "gtv,GTVp"])
+        build_manifest(root, tmp_path / "m.csv", structures=["GTV", "gtv,GTVp"])
     assert not (tmp_path / "m.csv").exists()
 
 
@@ -141,10 +142,10 @@ def test_contours_are_not_written_over_files_medtl_did_not_write(tmp_path):
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "p1.nii.gz").write_bytes(b"a radiologist's own mask")
     with pytest.raises(Exception, match="holds files medtl did not write"):
-        build_manifest(root, tmp_path / "m.csv", contours=["GTV"], contours_out=tmp_path / "theirs")
+        build_manifest(root, tmp_path / "m.csv", structures=["GTV"], structures_out=tmp_path / "theirs")
     assert (tmp_path / "theirs" / "p1.nii.gz").read_bytes() == b"a radiologist's own mask"
-    build_manifest(root, tmp_path / "m.csv", contours=["GTV"])
-    build_manifest(root, tmp_path / "m.csv", contours=["GTV"])  # its own folder it may fill again
+    build_manifest(root, tmp_path / "m.csv", structures=["GTV"])
+    build_manifest(root, tmp_path / "m.csv", structures=["GTV"])  # its own folder it may fill again
 
 
 def test_manifest_build_takes_contours_and_says_how_many_cases_got_a_mask(tmp_path):
@@ -152,10 +153,65 @@ def test_manifest_build_takes_contours_and_says_how_many_cases_got_a_mask(tmp_pa
 
     root = tmp_path / "scans"
     patient(root, "p1", rois={"GTV": [square(AXIAL, 5, 10, 8, 14, 3)], "PTV": [square(AXIAL, 3, 14, 4, 19, 3)]})
-    done = run_cli("manifest", "build", root, "--out", tmp_path / "m.csv", "--contours", "PTV", "--contours", "GTV",
-                   "--contours-out", tmp_path / "rt")
+    done = run_cli("manifest", "build", root, "--out", tmp_path / "m.csv", "--structures", "PTV", "--structures", "GTV",
+                   "--structures-out", tmp_path / "rt")
     assert done.returncode == 0, done.stderr
-    assert "masks from contours 1" in done.stdout
+    assert "masks from structures 1" in done.stdout
     assert np.bincount(np.asarray(nib.load(tmp_path / "rt" / "p1.nii.gz").dataobj).ravel()).tolist()[1:] == [12 * 16 - 42, 42]
-    refused = run_cli("manifest", "build", root, "--out", tmp_path / "m2.csv", "--contours", " , ")
+    refused = run_cli("manifest", "build", root, "--out", tmp_path / "m2.csv", "--structures", " , ")
     assert refused.returncode != 0 and refused.stderr.count("\n") == 1 and "empty structure name" in refused.stderr
+
+
+def sources_by_position(folder) -> list:
+    """The series' files ordered by hand along the slice normal of an axial series (z of ImagePositionPatient)."""
+    files = [pydicom.dcmread(p) for p in folder.iterdir() if p.name != "RS.dcm"]
+    return sorted(files, key=lambda ds: float(ds.ImagePositionPatient[2]))
+
+
+def test_a_segmentation_beside_its_series_becomes_its_mask(tmp_path, caplog):
+    """A DICOM-SEG of two overlapping segments, its frames made from the slices sorted by hand (only those holding a
+    segment kept), comes back on the voxels it was drawn on, the later class winning."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    patient(tmp_path / "scans", "p1")
+    sources = sources_by_position(tmp_path / "scans" / "p1")
+    frames = np.zeros((SHAPE[2], SHAPE[1], SHAPE[0], 2), bool)  # slice, row, column, segment
+    frames[2:6, 4:20, 3:15, 0] = True  # Liver
+    frames[3, 8:15, 5:11, 1] = True  # Tumour, inside it
+    described = [hd.seg.SegmentDescription(
+        segment_number=n, segment_label=label, segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        for n, label in ((1, "Liver"), (2, "Tumour"))]
+    seg = hd.seg.Segmentation(source_images=sources, pixel_array=frames,
+                              segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=described,
+                              series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+                              instance_number=1, manufacturer="a viewer", manufacturer_model_name="test",
+                              software_versions="1", device_serial_number="1")
+    assert seg.NumberOfFrames < 2 * SHAPE[2]  # empty frames left out, as viewers write them
+    seg.save_as(tmp_path / "scans" / "p1" / "SEG.dcm")
+    with caplog.at_level(logging.INFO):
+        table = build_manifest(tmp_path / "scans", tmp_path / "m.csv", structures=["liver", "tumor,tumour"])
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[3:15, 4:20, 2:6] = 1
+    expected[5:11, 8:15, 3] = 2
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / table["mask"][0]).dataobj), expected)
+    assert check_manifest(read_manifest(tmp_path / "m.csv"), ["background", "liver", "tumour"], 3, deep=True) == []
+    assert "P1" not in caplog.text + (tmp_path / "m.csv").read_text()
+
+
+def test_a_reader_corrected_medtl_segmentation_comes_back_as_a_training_mask(tmp_path):
+    """DICOM in, DICOM out, and back: the DICOM-SEG ``score --masks-out`` writes, filed beside its series (as a
+    viewer returns it corrected), is read onto the voxels it was written from."""
+    from medtl.data.dicom import load_series
+    from medtl.data.readers import dicom_headers
+    from medtl.dicom_seg import write_dicom_seg
+
+    patient(tmp_path / "scans", "p1")
+    _, affine = load_series(dicom_headers(tmp_path / "scans" / "p1"))
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[4:9, 6:12, 2:5] = 1
+    write_dicom_seg(str(tmp_path / "scans" / "p1"), labels, affine, ["background", "lesion"],
+                    tmp_path / "scans" / "p1" / "corrected.dcm", "medtl-model", "3")
+    table = build_manifest(tmp_path / "scans", tmp_path / "m.csv", structures=["lesion"])
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / table["mask"][0]).dataobj), labels)
