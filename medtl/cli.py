@@ -13,6 +13,7 @@ from rich.markup import escape
 from medtl import __version__
 from medtl.cli_data import manifest_app, weights_app
 from medtl.cli_models import models_app
+from medtl.cli_pacs import pacs_app
 from medtl.cli_options import (ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, PrevalenceOption, SetOption,
                                SplitsOption)
 from medtl.cli_score import score_cmd
@@ -31,6 +32,7 @@ config_app = typer.Typer(help="Show and validate configs.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(weights_app, name="weights")
+app.add_typer(pacs_app, name="pacs")
 
 def _version(value: bool) -> None:
     if value:

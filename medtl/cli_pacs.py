@@ -1,0 +1,57 @@
+"""``medtl pacs``: studies pulled from a PACS over DICOMweb into a folder to build a manifest from, and the DICOM-SEG
+a scoring wrote pushed back to it (``medtl.pacs``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+pacs_app = typer.Typer(help="Pull studies from a PACS, and push DICOM-SEG back to it (DICOMweb).", no_args_is_help=True)
+
+UrlArg = Annotated[str, typer.Argument(help="The server's DICOMweb root, e.g. https://pacs.example.org/dicom-web.")]
+TokenOption = Annotated[Optional[str], typer.Option(
+    "--token-env", help="Name of the environment variable that holds a bearer token (never the token itself).")]
+
+
+@pacs_app.command("pull")
+def pacs_pull(
+    url: UrlArg,
+    studies: Annotated[Path, typer.Option(help="Text file of StudyInstanceUIDs, one a line.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to retrieve into (new, or one an earlier pull filled).")],
+    modality: Annotated[Optional[str], typer.Option(help="Only series of this DICOM Modality (CT, MR, DX...).")] = None,
+    token_env: TokenOption = None,
+) -> None:
+    """Retrieve each study's series into OUT/study0001/study0001_SE01 (no UID in a name; OUT/studies.csv says which
+    is which); a rerun retrieves only what is missing."""
+    from medtl.config import redact_uri
+    from medtl.pacs import pull, read_study_list
+
+    summary = pull(url, read_study_list(studies), out, modality and modality.upper(), token_env, str(studies),
+                   progress=True)
+    typer.echo(f"{out}: {summary.retrieved} series retrieved now, {summary.present} already there (from "
+               f"{redact_uri(url)})")
+    for where, why in summary.failed.items():
+        typer.echo(f"{where}: {why}", err=True)
+    if summary.failed:
+        typer.echo(f"{len(summary.failed)} of the studies gave no series; rerun to retry them", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"next: medtl manifest build {out} --out manifest.csv")
+
+
+@pacs_app.command("push")
+def pacs_push(
+    url: UrlArg,
+    folder: Annotated[Path, typer.Argument(help="A scoring's --masks-out folder: its DICOM-SEG files are stored.")],
+    token_env: TokenOption = None,
+) -> None:
+    """Store the DICOM-SEG of a scoring on the server, beside the studies they segment; a rerun sends only the rest."""
+    from medtl.pacs import push
+
+    stored, before, failed = push(url, folder, token_env, progress=True)
+    typer.echo(f"{folder}: {stored} segmentation(s) stored now, {before} by an earlier push")
+    for name, why in failed.items():
+        typer.echo(f"{name}: {why}", err=True)
+    if failed:
+        raise typer.Exit(1)

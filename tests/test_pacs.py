@@ -1,0 +1,206 @@
+"""medtl pacs against a DICOMweb server on this machine (QIDO-RS, WADO-RS, STOW-RS over HTTP on a port the OS
+chooses): studies pulled into a folder the manifest is built from, resumed after a failure, no UID in a name or a
+line, and DICOM-SEG pushed back once."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pydicom
+import pytest
+
+from medtl.data.synthetic import write_ct_series
+from medtl.errors import MedtlError
+from medtl.pacs import pull, push, read_study_list
+from tests.conftest import run_cli
+
+
+class Archive:
+    """What the server holds (study -> series -> files), what it was sent, and the faults to stage."""
+
+    def __init__(self) -> None:
+        self.studies: dict[str, dict[str, list[Path]]] = {}
+        self.stored: list[pydicom.Dataset] = []
+        self.token: str | None = None
+        self.broken: set[str] = set()  # series whose retrieval fails with HTTP 500
+        self.refuse_store = False
+        self.requests: list[str] = []
+
+
+def handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
+    class DICOMweb(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _allowed(self) -> bool:
+            if archive.token and self.headers.get("Authorization") != f"Bearer {archive.token}":
+                self.send_response(401)
+                self.end_headers()
+                return False
+            return True
+
+        def _send(self, status: int, body: bytes = b"", content_type: str = "application/dicom+json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            archive.requests.append(self.path)
+            if not self._allowed():
+                return
+            parts = urlsplit(self.path)
+            match = re.fullmatch(r"/dicom-web/studies/([\d.]+)/series(?:/([\d.]+))?", parts.path)
+            if not match or match.group(1) not in archive.studies:
+                return self._send(404)
+            study, series = archive.studies[match.group(1)], match.group(2)
+            if series is None:  # QIDO-RS: the study's series
+                wanted = parse_qs(parts.query).get("Modality", [None])[0]
+                found = []
+                for uid, files in study.items():
+                    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+                    if wanted in (None, ds.Modality):
+                        found.append({"0020000E": {"vr": "UI", "Value": [uid]}, "00080060": {"vr": "CS", "Value": [ds.Modality]},
+                                      "00200011": {"vr": "IS", "Value": [int(ds.get("SeriesNumber", 1))]}})
+                return self._send(200, json.dumps(found).encode()) if found else self._send(204)
+            if series not in study or series in archive.broken:  # WADO-RS: the series' instances
+                return self._send(404 if series not in study else 500)
+            boundary = uuid.uuid4().hex
+            body = b"".join(b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), f.read_bytes())
+                            for f in study[series]) + b"--%s--" % boundary.encode()
+            self._send(200, body, f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+        def do_POST(self) -> None:  # noqa: N802 - STOW-RS
+            if not self._allowed():
+                return
+            if self.headers.get("Transfer-Encoding") == "chunked":
+                raw = bytearray()
+                while (size := int(self.rfile.readline().strip(), 16)):
+                    raw += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+            else:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+            boundary = re.search(r'boundary="?([^";]+)', self.headers["Content-Type"]).group(1).encode()
+            for part in bytes(raw).split(b"--" + boundary)[1:-1]:
+                archive.stored.append(pydicom.dcmread(io.BytesIO(part.split(b"\r\n\r\n", 1)[1][:-2])))
+            answer = {"00081198": {"vr": "SQ", "Value": [{}]}} if archive.refuse_store else {}
+            self._send(200, json.dumps(answer).encode())
+
+    return DICOMweb
+
+
+@pytest.fixture
+def server():
+    archive = Archive()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler(archive))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield archive, f"http://127.0.0.1:{httpd.server_address[1]}/dicom-web"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def study_on(archive: Archive, root: Path, name: str, n_series: int = 2, seed: int = 0) -> str:
+    """A study of ``n_series`` small CT series, the last one numbered first; returns its StudyInstanceUID."""
+    study = pydicom.uid.generate_uid()
+    archive.studies[study] = {}
+    for s in range(n_series):
+        folder = root / f"{name}_{s}"
+        volume = np.random.default_rng(seed + s).normal(0, 50, (8, 8, 3)).astype(np.float32)
+        uid = write_ct_series(folder, volume, patient_tag=name.upper(), seed=seed + s)
+        for path in folder.iterdir():
+            ds = pydicom.dcmread(path)
+            ds.StudyInstanceUID, ds.SeriesNumber = study, n_series - s
+            ds.save_as(path, enforce_file_format=True)
+        archive.studies[study][uid] = sorted(folder.iterdir())
+    return study
+
+
+def test_studies_are_pulled_by_position_and_a_rerun_fetches_only_what_is_missing(server, tmp_path, caplog):
+    archive, url = server
+    first, second = study_on(archive, tmp_path / "pacs", "alice"), study_on(archive, tmp_path / "pacs", "bob", 1, seed=5)
+    (tmp_path / "studies.txt").write_text(f"# from the registry\n{first}\n\n{pydicom.uid.generate_uid()}\n{second}\n")
+    broken = next(iter(archive.studies[second]))
+    archive.broken.add(broken)
+    summary = pull(url, read_study_list(tmp_path / "studies.txt"), tmp_path / "export", token_env=None,
+                   source="studies.txt")
+    assert (summary.retrieved, summary.present) == (2, 0)
+    assert summary.failed == {"entry 2 of studies.txt": "not found on the server (HTTP 404)",
+                              "entry 3 of studies.txt": "HTTP 500"}
+    export = tmp_path / "export"
+    names = sorted(str(p.relative_to(export)) for p in export.rglob("*") if p.is_dir())
+    assert names == ["study0001", "study0001/study0001_SE01", "study0001/study0001_SE02", "study0003"]
+    series_number_one = [uid for uid, files in archive.studies[first].items()
+                         if pydicom.dcmread(files[0]).SeriesNumber == 1]
+    assert {pydicom.dcmread(p).SeriesInstanceUID for p in (export / "study0001" / "study0001_SE01").iterdir()} == set(
+        series_number_one)  # series in SeriesNumber order, each whole
+    assert not any(p.name.startswith(".partial") for p in export.rglob("*"))  # the failed series left nothing half
+    archive.broken.clear()
+    again = pull(url, read_study_list(tmp_path / "studies.txt"), export, source="studies.txt")
+    assert (again.retrieved, again.present) == (1, 2)
+    index = (export / "studies.csv").read_text()
+    assert first in index and second in index and "study0003/study0003_SE01" in index
+    done = run_cli("manifest", "build", export, "--out", tmp_path / "m.csv")
+    assert done.returncode == 0, done.stderr
+    manifest = (tmp_path / "m.csv").read_text()
+    assert "study0001_SE02" in manifest and "study0003_SE01" in manifest
+    for uid in (first, second, broken):  # identifiers stay in the export's own index
+        assert uid not in manifest and uid not in caplog.text and uid not in done.stdout + done.stderr
+
+
+def test_a_server_that_cannot_be_reached_or_refuses_stops_in_one_line(server, tmp_path, monkeypatch):
+    archive, url = server
+    study = study_on(archive, tmp_path / "pacs", "carol", 1)
+    (tmp_path / "s.txt").write_text(study + "\n")
+    archive.token = "s3cret"
+    refused = run_cli("pacs", "pull", url, "--studies", tmp_path / "s.txt", "--out", tmp_path / "e1")
+    assert refused.returncode != 0 and "refused access (HTTP 401); give a token with --token-env" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and study not in refused.stderr
+    monkeypatch.setenv("PACS_TOKEN", "s3cret")
+    done = run_cli("pacs", "pull", url, "--studies", tmp_path / "s.txt", "--out", tmp_path / "e2", "--token-env",
+                   "PACS_TOKEN", "--modality", "ct")
+    assert done.returncode == 0, done.stderr
+    assert "1 series retrieved now" in done.stdout and "s3cret" not in done.stdout + done.stderr
+    gone = "http://127.0.0.1:9/dicom-web"  # the discard port: nothing listens
+    lost = run_cli("pacs", "pull", gone, "--studies", tmp_path / "s.txt", "--out", tmp_path / "e3")
+    assert lost.returncode != 0 and "cannot reach the DICOMweb server" in lost.stderr
+    assert run_cli("pacs", "pull", url, "--studies", tmp_path / "s.txt", "--out", tmp_path / "e4", "--token-env",
+                   "UNSET_VAR").stderr.startswith("error: --token-env UNSET_VAR: that environment variable is empty")
+    (tmp_path / "bad.txt").write_text("alice\n")
+    with pytest.raises(MedtlError, match="entry 1 is not a DICOM UID"):
+        read_study_list(tmp_path / "bad.txt")
+
+
+def test_segmentations_are_pushed_once(server, tmp_path):
+    """Only the DICOM-SEG of a --masks-out folder go; a rerun sends none again; a refusal is said per file."""
+    from medtl.data import dicom
+    from medtl.data.readers import dicom_headers
+    from medtl.dicom_seg import write_dicom_seg
+
+    archive, url = server
+    study_on(archive, tmp_path / "pacs", "dave", 1)
+    source = next(iter(next(iter(archive.studies.values())).values()))[0].parent
+    _, affine = dicom.load_series(dicom_headers(source))
+    labels = np.zeros((8, 8, 3), np.uint8)
+    labels[2:5, 2:6, 1] = 1
+    out = tmp_path / "masks"
+    write_dicom_seg(str(source), labels, affine, ["background", "lesion"], out / "dave_0.dcm", "medtl", "1")
+    (out / "dave_0.nii.gz").write_bytes(b"a NIfTI mask is not sent")
+    assert push(url, out) == (1, 0, {})
+    assert [ds.Modality for ds in archive.stored] == ["SEG"]
+    assert push(url, out) == (0, 1, {})
+    archive.refuse_store = True
+    (out / ".medtl-pushed").unlink()
+    assert push(url, out) == (0, 0, {"dave_0.dcm": "refused by the server (FailedSOPSequence)"})
+    with pytest.raises(MedtlError, match="holds no DICOM-SEG"):
+        push(url, source)
