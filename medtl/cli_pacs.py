@@ -20,7 +20,9 @@ def pacs_pull(
     url: UrlArg,
     studies: Annotated[Path, typer.Option(help="Text file of StudyInstanceUIDs, one a line.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to retrieve into (new, or one an earlier pull filled).")],
-    modality: Annotated[Optional[str], typer.Option(help="Only series of this DICOM Modality (CT, MR, DX...).")] = None,
+    modality: Annotated[Optional[list[str]], typer.Option(
+        help="Only series of this DICOM Modality (CT, MR, DX...); repeat it for several (--modality CT --modality "
+             "RTSTRUCT: scans and their contours, for manifest build --structures).")] = None,
     token_env: TokenOption = None,
 ) -> None:
     """Retrieve each study's series into OUT/study0001/study0001_SE01 (no UID in a name; OUT/studies.csv says which
@@ -28,7 +30,7 @@ def pacs_pull(
     from medtl.config import redact_uri
     from medtl.pacs import pull, read_study_list
 
-    summary = pull(url, read_study_list(studies), out, modality and modality.upper(), token_env, str(studies),
+    summary = pull(url, read_study_list(studies), out, [m.upper() for m in modality or []], token_env, str(studies),
                    progress=True)
     typer.echo(f"{out}: {summary.retrieved} series retrieved now, {summary.present} already there (from "
                f"{redact_uri(url)})")

@@ -155,9 +155,10 @@ def _retrieve(client: Any, study: str, series: str, folder: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def pull(url: str, studies: list[str], out: Path, modality: str | None = None, token_env: str | None = None,
+def pull(url: str, studies: list[str], out: Path, modalities: list[str] | None = None, token_env: str | None = None,
          source: str = "--studies", progress: bool = False) -> PullSummary:
-    """Retrieves every series of ``studies`` (of ``modality`` where given) into ``out``; see the module's docstring.
+    """Retrieves every series of ``studies`` (of ``modalities`` where given: CT and RTSTRUCT, say, for a scan and its
+    contours) into ``out``; see the module's docstring.
     A server that cannot be reached or refuses access stops the pull in one line; a study it cannot give is counted
     in the summary by its entry in ``source``, and the pull goes on."""
     from medtl.files import claim_folder
@@ -172,10 +173,10 @@ def pull(url: str, studies: list[str], out: Path, modality: str | None = None, t
     for entry, study in enumerate(counted(studies, "studies", progress), start=1):
         label, where = labels[study], f"entry {entry} of {source}"
         try:
-            found = client.search_for_series(study_instance_uid=study, search_filters={"Modality": modality}
-                                              if modality else None, fields=["SeriesNumber", "Modality"])
+            found = [s for s in client.search_for_series(study_instance_uid=study, fields=["SeriesNumber", "Modality"])
+                     if not modalities or _value(s, "00080060").upper() in modalities]
             if not found:
-                summary.failed[where] = f"no {modality + ' ' if modality else ''}series on the server"
+                summary.failed[where] = f"no {' or '.join(modalities or [])}{' ' if modalities else ''}series on the server"
             found.sort(key=lambda s: (int(_value(s, "00200011") or 0), _value(s, "0020000E")))
             for item in found:
                 series = _value(item, "0020000E")

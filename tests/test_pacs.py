@@ -204,3 +204,35 @@ def test_segmentations_are_pushed_once(server, tmp_path):
     assert push(url, out) == (0, 0, {"dave_0.dcm": "refused by the server (FailedSOPSequence)"})
     with pytest.raises(MedtlError, match="holds no DICOM-SEG"):
         push(url, source)
+
+
+def test_a_study_and_its_contours_pulled_together_build_a_segmentation_manifest(server, tmp_path):
+    """--modality CT --modality RTSTRUCT brings a scan with its structure set and leaves the rest on the server;
+    manifest build --structures then draws the structure on the scan pulled beside it."""
+    from tests.data.test_structures import AXIAL, patient, square
+
+    archive, url = server
+    patient(tmp_path / "pacs", "erin", rois={"GTV": [square(AXIAL, 5, 10, 8, 14, 3)]})
+    files = sorted((tmp_path / "pacs" / "erin").iterdir())
+    study = pydicom.uid.generate_uid()
+    archive.studies[study] = {}
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesNumber = study, 2 if ds.Modality == "RTSTRUCT" else 1
+        ds.save_as(path, enforce_file_format=True)
+        archive.studies[study].setdefault(ds.SeriesInstanceUID, []).append(path)
+    other = study_on(archive, tmp_path / "pacs", "frank", 1, seed=9)
+    archive.studies[study].update(archive.studies.pop(other))  # a series of another modality in the same study
+    dx = list(archive.studies[study])[-1]
+    for path in archive.studies[study][dx]:
+        ds = pydicom.dcmread(path)
+        ds.Modality = "DX"
+        ds.save_as(path, enforce_file_format=True)
+    (tmp_path / "s.txt").write_text(study + "\n")
+    done = run_cli("pacs", "pull", url, "--studies", tmp_path / "s.txt", "--out", tmp_path / "export", "--modality",
+                   "ct", "--modality", "RTSTRUCT")
+    assert done.returncode == 0, done.stderr
+    assert "2 series retrieved now" in done.stdout
+    built = run_cli("manifest", "build", tmp_path / "export", "--out", tmp_path / "m.csv", "--structures", "gtv")
+    assert built.returncode == 0, built.stderr
+    assert "1 cases" in built.stdout and "masks from structures 1" in built.stdout
