@@ -49,6 +49,10 @@ class Delineation:
     series_uids: frozenset[str]
     contours: dict[str, list[np.ndarray]] = field(default_factory=dict)
     segments: dict[str, int] = field(default_factory=dict)
+    image_uids: frozenset[str] = frozenset()
+    """The slices its contours name (ContourImageSequence), for a structure set that names no series."""
+    frame_uid: str = ""
+    """Its Frame of Reference, for one that names neither series nor slices."""
 
     @property
     def names(self) -> list[str]:
@@ -87,16 +91,20 @@ def read_delineation(path: Path) -> Delineation | None:
                 for frame in ds.get("ReferencedFrameOfReferenceSequence", [])
                 for study in frame.get("RTReferencedStudySequence", [])
                 for series in study.get("RTReferencedSeriesSequence", [])}
-        names = {int(roi.ROINumber): str(roi.get("ROIName", "")).strip().lower()
-                 for roi in ds.get("StructureSetROISequence", [])}
+        rois = list(ds.get("StructureSetROISequence", []))
+        names = {int(roi.ROINumber): str(roi.get("ROIName", "")).strip().lower() for roi in rois}
         contours: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
+        images: set[str] = set()
         for roi in ds.get("ROIContourSequence", []):
-            polygons = contours.setdefault(names.get(int(roi.ReferencedROINumber), ""), [])
-            polygons += [_points(c) for c in roi.get("ContourSequence", [])
-                         if str(c.get("ContourGeometricType", "")).upper() == "CLOSED_PLANAR"]
+            closed = [c for c in roi.get("ContourSequence", [])
+                      if str(c.get("ContourGeometricType", "")).upper() == "CLOSED_PLANAR"]
+            contours.setdefault(names.get(int(roi.ReferencedROINumber), ""), []).extend(_points(c) for c in closed)
+            images |= {str(i.ReferencedSOPInstanceUID) for c in closed for i in c.get("ContourImageSequence", [])}
+        frames = {str(roi.get("ReferencedFrameOfReferenceUID", "")) for roi in rois} - {""}
     except (AttributeError, KeyError, TypeError, ValueError):
         raise DataError(f"{path.name}: a {KINDS[kind]} whose structure tags are malformed; export it again") from None
-    return Delineation(path, KINDS[kind], frozenset(uids), contours=contours)
+    return Delineation(path, KINDS[kind], frozenset(uids), contours=contours, image_uids=frozenset(images),
+                       frame_uid=frames.pop() if len(frames) == 1 else "")
 
 
 def _points(contour: Any) -> np.ndarray:
@@ -187,10 +195,23 @@ def label_map(found: list[Delineation], classes: list[list[str]], headers: list[
     return nib.Nifti1Image(labels, affine)
 
 
-def delineations(paths: list[Path]) -> dict[str, list[Delineation]]:
-    """The structure sets and segmentations among ``paths`` (DICOM objects that hold no scan), by the series each
-    references; one that cannot be read is said and left out."""
-    by_series: dict[str, list[Delineation]] = {}
+def delineations(paths: list[Path],
+                 series: dict[str, list[dicom.SliceHeader]]) -> tuple[dict[str, list[Delineation]], int]:
+    """The structure sets and segmentations among ``paths`` (DICOM objects that hold no scan), by the series (of
+    ``series``: slice headers by reference) each references, and how many there are; one that cannot be read, or
+    placed, is said and left out.
+
+    A structure set names its series in RTReferencedSeriesSequence; one that does not (the tag is optional, and some
+    planning and auto-contouring systems leave it out) is placed by the slices its contours name, else by its Frame
+    of Reference where one series alone shares it."""
+    by_slice = {str(h.dataset.get("SOPInstanceUID", "")): h.series_uid for hs in series.values() for h in hs
+                if h.dataset is not None}
+    by_frame: dict[str, set[str]] = {}
+    for headers in series.values():
+        if headers[0].dataset is not None:
+            by_frame.setdefault(str(headers[0].dataset.get("FrameOfReferenceUID", "")), set()).add(headers[0].series_uid)
+    found_by_series: dict[str, list[Delineation]] = {}
+    count = 0
     for path in paths:
         try:
             found = read_delineation(path)
@@ -200,9 +221,18 @@ def delineations(paths: list[Path]) -> dict[str, list[Delineation]]:
         except Exception:  # noqa: BLE001 - pydicom raises several types for a damaged file
             logger.warning("%s: not a readable DICOM file; left out", path.name)
             continue
-        for uid in found.series_uids if found else ():
-            by_series.setdefault(uid, []).append(found)  # type: ignore[arg-type]
-    return by_series
+        if found is None:
+            continue
+        count += 1
+        uids = found.series_uids or {by_slice[u] for u in found.image_uids if u in by_slice}
+        if not uids and len(by_frame.get(found.frame_uid, ())) == 1:
+            uids = by_frame[found.frame_uid]
+        if not uids:
+            logger.warning("%s: a %s that names no series found here, by series, slice or frame of reference; left "
+                           "out", path.name, found.kind)
+        for uid in uids:
+            found_by_series.setdefault(uid, []).append(found)
+    return found_by_series, count
 
 
 def write_structure_masks(cases: list[tuple[str, str]], series: dict[str, list[dicom.SliceHeader]],
@@ -213,8 +243,8 @@ def write_structure_masks(cases: list[tuple[str, str]], series: dict[str, list[d
     from medtl.files import claim_case_files, write_atomically
 
     classes = structure_names(values)
-    sets = delineations(not_scans)
-    if not sets:
+    sets, count = delineations(not_scans, series)
+    if not count:
         raise ManifestError("--structures: no RTSTRUCT structure set or DICOM-SEG segmentation found among the DICOM "
                             "files; export them with their series, or give NIfTI masks with --masks")
     mine = {case: (series[ref], sets.get(series[ref][0].series_uid, [])) for case, ref in cases if ref in series}

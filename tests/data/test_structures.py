@@ -37,8 +37,19 @@ def square(orientation, c0: int, c1: int, r0: int, r1: int, k: float) -> list[fl
     return [float(v) for c, r in corners for v in lps(orientation, c, r, k)]
 
 
-def write_structure_set(path, series_uid: str, rois: dict[str, list[list[float]]], patient_tag: str = "ANON") -> None:
+def sources_by_position(folder) -> list:
+    """The series' files ordered by hand along the slice normal of an axial series (z of ImagePositionPatient)."""
+    files = [pydicom.dcmread(p) for p in folder.iterdir() if p.name != "RS.dcm"]
+    return sorted(files, key=lambda ds: float(ds.ImagePositionPatient[2]))
+
+
+def write_structure_set(path, series_uid: str, rois: dict[str, list[list[float]]], patient_tag: str = "ANON",
+                        refer: str = "series") -> None:
+    """``refer``: how the set names its series: in RTReferencedSeriesSequence (``series``), only through the slice each
+    contour lies on (``slices``), or only by Frame of Reference (``frame``), as systems that leave optional tags out."""
+    scan = sources_by_position(path.parent)
     ds = _base_dataset(path, RTStructureSetStorage, patient_tag, generate_uid(), generate_uid())
+    ds.FrameOfReferenceUID = scan[0].FrameOfReferenceUID
     for pixel_tag in ("SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
                       "PixelRepresentation"):
         delattr(ds, pixel_tag)
@@ -48,7 +59,8 @@ def write_structure_set(path, series_uid: str, rois: dict[str, list[list[float]]
     study.RTReferencedSeriesSequence = Sequence([series])
     frame.FrameOfReferenceUID = ds.FrameOfReferenceUID
     frame.RTReferencedStudySequence = Sequence([study])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    if refer == "series":
+        ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
     ds.StructureSetROISequence, ds.ROIContourSequence = Sequence(), Sequence()
     for number, (name, contours) in enumerate(rois.items(), start=1):
         roi = Dataset()
@@ -61,18 +73,28 @@ def write_structure_set(path, series_uid: str, rois: dict[str, list[list[float]]
             contour = Dataset()
             contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", len(points) // 3
             contour.ContourData = points
+            if refer == "slices":
+                image = Dataset()
+                image.ReferencedSOPClassUID = scan[0].SOPClassUID
+                image.ReferencedSOPInstanceUID = scan[round(on_slice(points))].SOPInstanceUID
+                contour.ContourImageSequence = Sequence([image])
             item.ContourSequence.append(contour)
         ds.ROIContourSequence.append(item)
     ds.save_as(path, enforce_file_format=True)
 
 
-def patient(root, name: str, orientation=AXIAL, rois=None, seed: int = 0) -> str:
+def on_slice(points: list[float]) -> float:
+    """The slice an axial contour lies on, from its z and the series' origin and spacing."""
+    return (points[2] - ORIGIN[2]) / SPACING[2]
+
+
+def patient(root, name: str, orientation=AXIAL, rois=None, seed: int = 0, refer: str = "series") -> str:
     """A CT series in ROOT/NAME (slices numbered against their position) with its structure set beside it."""
     volume = np.random.default_rng(seed).normal(-500.0, 50.0, SHAPE).astype(np.float32)
     uid = write_ct_series(root / name, volume, SPACING, ORIGIN, patient_tag=name.upper(), seed=seed,
                           orientation=orientation)
     if rois is not None:
-        write_structure_set(root / name / "RS.dcm", uid, rois, patient_tag=name.upper())
+        write_structure_set(root / name / "RS.dcm", uid, rois, patient_tag=name.upper(), refer=refer)
     return uid
 
 
@@ -162,12 +184,6 @@ def test_manifest_build_takes_contours_and_says_how_many_cases_got_a_mask(tmp_pa
     assert refused.returncode != 0 and refused.stderr.count("\n") == 1 and "empty structure name" in refused.stderr
 
 
-def sources_by_position(folder) -> list:
-    """The series' files ordered by hand along the slice normal of an axial series (z of ImagePositionPatient)."""
-    files = [pydicom.dcmread(p) for p in folder.iterdir() if p.name != "RS.dcm"]
-    return sorted(files, key=lambda ds: float(ds.ImagePositionPatient[2]))
-
-
 def test_a_segmentation_beside_its_series_becomes_its_mask(tmp_path, caplog):
     """A DICOM-SEG of two overlapping segments, its frames made from the slices sorted by hand (only those holding a
     segment kept), comes back on the voxels it was drawn on, the later class winning."""
@@ -215,3 +231,25 @@ def test_a_reader_corrected_medtl_segmentation_comes_back_as_a_training_mask(tmp
                     tmp_path / "scans" / "p1" / "corrected.dcm", "medtl-model", "3")
     table = build_manifest(tmp_path / "scans", tmp_path / "m.csv", structures=["lesion"])
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / table["mask"][0]).dataobj), labels)
+
+
+@pytest.mark.parametrize("refer", ["slices", "frame"])
+def test_a_structure_set_that_names_no_series_is_placed_by_its_slices_or_frame_of_reference(tmp_path, caplog, refer):
+    """RTReferencedSeriesSequence is optional: a structure set without it goes to the series whose slices its contours
+    name, or else to the one series sharing its Frame of Reference; where two share it, it is said and left out."""
+    root = tmp_path / "scans"
+    patient(root, "p1", rois={"GTV": [square(AXIAL, 5, 10, 8, 14, 3)]}, refer=refer)
+    patient(root, "p2", seed=1)
+    table = build_manifest(root, tmp_path / "m.csv", structures=["GTV"])
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[5:11, 8:15, 3] = 1
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / table["mask"][0]).dataobj), expected)
+    if refer == "frame":  # a second series in the same frame of reference: which one is meant cannot be told
+        p2 = [pydicom.dcmread(p) for p in (root / "p2").iterdir()]
+        frame = pydicom.dcmread(root / "p1" / "RS.dcm").FrameOfReferenceUID
+        for ds in p2:
+            ds.FrameOfReferenceUID = frame
+            ds.save_as(ds.filename, enforce_file_format=True)
+        with pytest.raises(ManifestError, match="no case got a mask"):
+            build_manifest(root, tmp_path / "m2.csv", structures=["GTV"])
+        assert "RS.dcm: a structure set that names no series found here, by series, slice or frame of reference" in caplog.text
