@@ -11,8 +11,8 @@ the series itself loads with, so image and mask share one world by construction,
 
 Why not rt-utils, which DESIGN.md names for RTSTRUCT: it needs opencv-python (a GUI build that wants libGL on
 import), places a contour on a slice only through the optional ContourImageSequence, and rounds each vertex to a
-whole pixel before filling. Matplotlib's point-in-polygon test, on the geometry ``medtl.data.dicom`` already
-derives, needs none of that.
+whole pixel before filling. An even-odd scanline fill of the exact vertices (``inside_polygon``, checked against
+matplotlib's point-in-polygon test), on the geometry ``medtl.data.dicom`` already derives, needs none of that.
 
 Only geometry and structure names are read: no patient or study tag leaves this module.
 """
@@ -117,8 +117,6 @@ def _points(contour: Any) -> np.ndarray:
 def rasterize(polygons: list[np.ndarray], shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
     """The voxels of an (i, j, k) grid with RAS ``affine`` whose centres lie inside ``polygons`` (LPS mm), combined by
     exclusive or on each slice. A polygon off the grid's slices, or outside it, is a DataError."""
-    from matplotlib.path import Path as Polygon
-
     mask = np.zeros(shape, dtype=bool)
     to_voxel = np.linalg.inv(affine)
     for points in polygons:
@@ -134,10 +132,24 @@ def rasterize(polygons: list[np.ndarray], shape: tuple[int, int, int], affine: n
         hi = np.minimum(np.ceil(ijk[:, :2].max(0)).astype(int) + 1, shape[:2])
         if (hi <= lo).any():
             raise DataError("a contour lies outside the series' field of view")
-        ii, jj = np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij")
-        inside = Polygon(ijk[:, :2]).contains_points(np.c_[ii.ravel(), jj.ravel()]).reshape(ii.shape)
-        mask[lo[0]:hi[0], lo[1]:hi[1], int(k)] ^= inside
+        mask[lo[0]:hi[0], lo[1]:hi[1], int(k)] ^= inside_polygon(ijk[:, :2], lo, hi)
     return mask
+
+
+def inside_polygon(polygon: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Whether each pixel centre (i, j) of the box ``lo`` <= (i, j) < ``hi`` lies inside ``polygon`` (vertices in
+    (i, j)), by the even-odd rule, one row of j at a time: a body outline of 500 vertices over a 512 x 512 slice
+    takes milliseconds, where a point-by-point test takes a third of a second."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    x2, y2 = np.roll(x, -1), np.roll(y, -1)
+    rows = np.arange(lo[1], hi[1], dtype=float)[:, None]
+    crosses = (np.minimum(y, y2) <= rows) & (rows < np.maximum(y, y2))  # each edge counted once per row it spans
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = np.where(crosses, x + (rows - y) * (x2 - x) / (y2 - y), np.inf)
+    at.sort(axis=1)
+    columns = np.arange(lo[0], hi[0], dtype=float)
+    left = np.stack([np.searchsorted(row, columns, side="right") for row in at], axis=1)  # crossings left of each
+    return left % 2 == 1
 
 
 def segment_mask(path: Path, number: int, ordered: list[dicom.SliceHeader]) -> np.ndarray:
