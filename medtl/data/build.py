@@ -234,7 +234,8 @@ def build_manifest(
         from medtl.data.structures import write_structure_masks
 
         made = write_structure_masks(cases, walk.series, walk.not_scans, list(structures),
-                                     Path(structures_out) if structures_out else out.with_name(f"{out.stem}_masks"))
+                                     Path(structures_out) if structures_out else out.with_name(f"{out.stem}_masks"),
+                                     progress)
         table["mask"] = [_relative(str(made[c]), base) if c in made else None for c in table["case_id"]]
     write_table(table, out)
     return table

@@ -248,11 +248,13 @@ def delineations(paths: list[Path],
 
 
 def write_structure_masks(cases: list[tuple[str, str]], series: dict[str, list[dicom.SliceHeader]],
-                          not_scans: list[Path], values: list[str], out_dir: Path) -> dict[str, Path]:
+                          not_scans: list[Path], values: list[str], out_dir: Path,
+                          progress: bool = False) -> dict[str, Path]:
     """For each DICOM case (``cases``: id and reference; ``series``: slice headers by reference) whose series a
     structure set or segmentation references, the mask of the ``--structures`` written to ``out_dir/CASE.nii.gz``;
     by case id. A case that gets none is said with why; its row keeps an empty mask for ``manifest check`` to list."""
     from medtl.files import claim_case_files, write_atomically
+    from medtl.log import counted
 
     classes = structure_names(values)
     sets, count = delineations(not_scans, series)
@@ -263,9 +265,7 @@ def write_structure_masks(cases: list[tuple[str, str]], series: dict[str, list[d
     claim_case_files(out_dir, "--structures-out", [case for case, (_, found) in mine.items() if found], "structures",
                      "build without --structures")
     written: dict[str, Path] = {}
-    for case, (headers, found) in mine.items():
-        if not found:
-            continue
+    for case, (headers, found) in counted([(c, m) for c, m in mine.items() if m[1]], "drawing structures", progress):
         try:
             image = label_map(found, classes, headers)
         except DataError as err:
