@@ -1,5 +1,5 @@
-"""``medtl pacs``: studies pulled from a PACS over DICOMweb into a folder to build a manifest from, and the DICOM-SEG
-a scoring wrote pushed back to it (``medtl.pacs``)."""
+"""``medtl pacs``: studies pulled from a PACS (DICOMweb or DIMSE) into a folder to build a manifest from, and the
+DICOM-SEG a scoring wrote pushed back to it (``medtl.pacs``, ``medtl.archives``)."""
 
 from __future__ import annotations
 
@@ -8,32 +8,38 @@ from typing import Annotated, Optional
 
 import typer
 
-pacs_app = typer.Typer(help="Pull studies from a PACS, and push DICOM-SEG back to it (DICOMweb).", no_args_is_help=True)
+pacs_app = typer.Typer(help="Pull studies from a PACS, and push DICOM-SEG back to it (DICOMweb or DIMSE).",
+                       no_args_is_help=True)
 
-UrlArg = Annotated[str, typer.Argument(help="The server's DICOMweb root, e.g. https://pacs.example.org/dicom-web.")]
+ArchiveArg = Annotated[str, typer.Argument(
+    help="The archive: its DICOMweb root (https://pacs.example.org/dicom-web) or its DIMSE node "
+         "(dicom://CALLED_AE@host:port).")]
 TokenOption = Annotated[Optional[str], typer.Option(
-    "--token-env", help="Name of the environment variable that holds a bearer token (never the token itself).")]
+    "--token-env", help="DICOMweb: name of the environment variable that holds a bearer token (never the token).")]
+CallingOption = Annotated[str, typer.Option(
+    "--calling-ae", help="DIMSE: medtl's AE title, as the archive knows it.")]
 
 
 @pacs_app.command("pull")
 def pacs_pull(
-    url: UrlArg,
+    archive: ArchiveArg,
     studies: Annotated[Path, typer.Option(help="Text file of StudyInstanceUIDs, one a line.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to retrieve into (new, or one an earlier pull filled).")],
     modality: Annotated[Optional[list[str]], typer.Option(
         help="Only series of this DICOM Modality (CT, MR, DX...); repeat it for several (--modality CT --modality "
              "RTSTRUCT: scans and their contours, for manifest build --structures).")] = None,
     token_env: TokenOption = None,
+    calling_ae: CallingOption = "MEDTL",
 ) -> None:
     """Retrieve each study's series into OUT/study0001/study0001_SE01 (no UID in a name; OUT/studies.csv says which
     is which); a rerun retrieves only what is missing."""
-    from medtl.config import redact_uri
+    from medtl.archives import open_archive
     from medtl.pacs import pull, read_study_list
 
-    summary = pull(url, read_study_list(studies), out, [m.upper() for m in modality or []], token_env, str(studies),
+    source = open_archive(archive, token_env, calling_ae)
+    summary = pull(source, read_study_list(studies), out, [m.upper() for m in modality or []], str(studies),
                    progress=True)
-    typer.echo(f"{out}: {summary.retrieved} series retrieved now, {summary.present} already there (from "
-               f"{redact_uri(url)})")
+    typer.echo(f"{out}: {summary.retrieved} series retrieved now, {summary.present} already there (from {source.name})")
     for where, why in summary.failed.items():
         typer.echo(f"{where}: {why}", err=True)
     if summary.failed:
@@ -44,14 +50,16 @@ def pacs_pull(
 
 @pacs_app.command("push")
 def pacs_push(
-    url: UrlArg,
+    archive: ArchiveArg,
     folder: Annotated[Path, typer.Argument(help="A scoring's --masks-out folder: its DICOM-SEG files are stored.")],
     token_env: TokenOption = None,
+    calling_ae: CallingOption = "MEDTL",
 ) -> None:
-    """Store the DICOM-SEG of a scoring on the server, beside the studies they segment; a rerun sends only the rest."""
+    """Store the DICOM-SEG of a scoring in the archive, beside the studies they segment; a rerun sends only the rest."""
+    from medtl.archives import open_archive
     from medtl.pacs import push
 
-    stored, before, failed = push(url, folder, token_env, progress=True)
+    stored, before, failed = push(open_archive(archive, token_env, calling_ae), folder, progress=True)
     typer.echo(f"{folder}: {stored} segmentation(s) stored now, {before} by an earlier push")
     for name, why in failed.items():
         typer.echo(f"{name}: {why}", err=True)

@@ -19,6 +19,7 @@ import pytest
 
 from medtl.data.synthetic import write_ct_series
 from medtl.errors import MedtlError
+from medtl.archives import DicomWeb
 from medtl.pacs import pull, push, read_study_list
 from tests.conftest import run_cli
 
@@ -132,7 +133,7 @@ def test_studies_are_pulled_by_position_and_a_rerun_fetches_only_what_is_missing
     (tmp_path / "studies.txt").write_text(f"# from the registry\n{first}\n\n{pydicom.uid.generate_uid()}\n{second}\n")
     broken = next(iter(archive.studies[second]))
     archive.broken.add(broken)
-    summary = pull(url, read_study_list(tmp_path / "studies.txt"), tmp_path / "export", token_env=None,
+    summary = pull(DicomWeb(url), read_study_list(tmp_path / "studies.txt"), tmp_path / "export",
                    source="studies.txt")
     assert (summary.retrieved, summary.present) == (2, 0)
     assert summary.failed == {"entry 2 of studies.txt": "not found on the server (HTTP 404)",
@@ -146,7 +147,7 @@ def test_studies_are_pulled_by_position_and_a_rerun_fetches_only_what_is_missing
         series_number_one)  # series in SeriesNumber order, each whole
     assert not any(p.name.startswith(".partial") for p in export.rglob("*"))  # the failed series left nothing half
     archive.broken.clear()
-    again = pull(url, read_study_list(tmp_path / "studies.txt"), export, source="studies.txt")
+    again = pull(DicomWeb(url), read_study_list(tmp_path / "studies.txt"), export, source="studies.txt")
     assert (again.retrieved, again.present) == (1, 2)
     index = (export / "studies.csv").read_text()
     assert first in index and second in index and "study0003/study0003_SE01" in index
@@ -196,14 +197,14 @@ def test_segmentations_are_pushed_once(server, tmp_path):
     out = tmp_path / "masks"
     write_dicom_seg(str(source), labels, affine, ["background", "lesion"], out / "dave_0.dcm", "medtl", "1")
     (out / "dave_0.nii.gz").write_bytes(b"a NIfTI mask is not sent")
-    assert push(url, out) == (1, 0, {})
+    assert push(DicomWeb(url), out) == (1, 0, {})
     assert [ds.Modality for ds in archive.stored] == ["SEG"]
-    assert push(url, out) == (0, 1, {})
+    assert push(DicomWeb(url), out) == (0, 1, {})
     archive.refuse_store = True
     (out / ".medtl-pushed").unlink()
-    assert push(url, out) == (0, 0, {"dave_0.dcm": "refused by the server (FailedSOPSequence)"})
+    assert push(DicomWeb(url), out) == (0, 0, {"dave_0.dcm": "refused by the server (FailedSOPSequence)"})
     with pytest.raises(MedtlError, match="holds no DICOM-SEG"):
-        push(url, source)
+        push(DicomWeb(url), source)
 
 
 def test_a_study_and_its_contours_pulled_together_build_a_segmentation_manifest(server, tmp_path):
@@ -236,3 +237,83 @@ def test_a_study_and_its_contours_pulled_together_build_a_segmentation_manifest(
     built = run_cli("manifest", "build", tmp_path / "export", "--out", tmp_path / "m.csv", "--structures", "gtv")
     assert built.returncode == 0, built.stderr
     assert "1 cases" in built.stdout and "masks from structures 1" in built.stdout
+
+
+@pytest.fixture
+def dimse_node():
+    """A DICOM node (pynetdicom) answering C-FIND and C-GET from an ``Archive`` and taking C-STOREs, on a port the OS
+    chooses; it accepts only the calling AE title MEDTL_TEST."""
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+    from pynetdicom.sop_class import (SegmentationStorage, StudyRootQueryRetrieveInformationModelFind,
+                                      StudyRootQueryRetrieveInformationModelGet)
+
+    from medtl.archives import retrievable
+
+    archive = Archive()
+
+    def on_find(event):
+        query = event.identifier
+        for uid, files in archive.studies.get(str(query.StudyInstanceUID), {}).items():
+            ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+            answer = pydicom.Dataset()
+            answer.QueryRetrieveLevel, answer.StudyInstanceUID, answer.SeriesInstanceUID = "SERIES", query.StudyInstanceUID, uid
+            answer.Modality, answer.SeriesNumber = ds.Modality, ds.get("SeriesNumber", 1)
+            yield 0xFF00, answer
+
+    def on_get(event):
+        query = event.identifier
+        files = archive.studies.get(str(query.StudyInstanceUID), {}).get(str(query.SeriesInstanceUID), [])
+        yield len(files)
+        for path in files:
+            yield 0xFF00, pydicom.dcmread(path)
+
+    def on_store(event):
+        archive.stored.append(event.dataset)
+        return 0xA700 if archive.refuse_store else 0x0000
+
+    ae = AE(ae_title="ARCHIVE")
+    ae.require_calling_aet = ["MEDTL_TEST"]
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    for context in retrievable():
+        ae.add_supported_context(context, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+    ae.add_supported_context(SegmentationStorage, ALL_TRANSFER_SYNTAXES)
+    node = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_C_GET, on_get),
+                                                                          (evt.EVT_C_STORE, on_store)])
+    yield archive, f"dicom://ARCHIVE@127.0.0.1:{node.server_address[1]}"
+    node.shutdown()
+
+
+def test_a_dimse_archive_gives_the_same_export_and_takes_the_segmentations(dimse_node, tmp_path):
+    """C-FIND lists the series, C-GET brings each whole; an unknown calling AE title gets no association, said in one
+    line; C-STORE takes the DICOM-SEG back, and a refusal is said per file."""
+    from medtl.archives import Dimse
+    from medtl.data import dicom
+    from medtl.data.readers import dicom_headers
+    from medtl.dicom_seg import write_dicom_seg
+
+    archive, address = dimse_node
+    study = study_on(archive, tmp_path / "pacs", "gina", 2)
+    (tmp_path / "s.txt").write_text(study + "\n")
+    refused = run_cli("pacs", "pull", address, "--studies", tmp_path / "s.txt", "--out", tmp_path / "e1")
+    assert refused.returncode != 0 and "no association" in refused.stderr and "calling AE title MEDTL" in refused.stderr
+    done = run_cli("pacs", "pull", address, "--studies", tmp_path / "s.txt", "--out", tmp_path / "export",
+                   "--calling-ae", "MEDTL_TEST")
+    assert done.returncode == 0, done.stderr
+    assert "2 series retrieved now" in done.stdout
+    for number in (1, 2):
+        pulled = sorted((tmp_path / "export" / "study0001" / f"study0001_SE0{number}").iterdir())
+        uid = next(u for u, files in archive.studies[study].items() if pydicom.dcmread(files[0]).SeriesNumber == number)
+        assert sorted(pydicom.dcmread(p).SOPInstanceUID for p in pulled) == sorted(
+            pydicom.dcmread(p).SOPInstanceUID for p in archive.studies[study][uid])
+    source = next(iter(archive.studies[study].values()))[0].parent
+    _, affine = dicom.load_series(dicom_headers(source))
+    labels = np.zeros((8, 8, 3), np.uint8)
+    labels[2:5, 2:6, 1] = 1
+    write_dicom_seg(str(source), labels, affine, ["background", "lesion"], tmp_path / "masks" / "gina.dcm", "medtl", "1")
+    node = Dimse(address, "MEDTL_TEST")
+    assert push(node, tmp_path / "masks") == (1, 0, {})
+    assert [ds.Modality for ds in archive.stored] == ["SEG"]
+    archive.refuse_store = True
+    (tmp_path / "masks" / ".medtl-pushed").unlink()
+    assert push(node, tmp_path / "masks") == (0, 0, {"gina.dcm": "C-STORE status 0xA700"})
