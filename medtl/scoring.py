@@ -208,6 +208,19 @@ def _same_columns(stream: Path, columns: list[str]) -> None:
                          "write to a new --out")
 
 
+def _claim_outputs(bundle: ModelBundle, case_ids: list[str], masks_out: Path | None, heatmaps: Path | None,
+                   model_id: str) -> None:
+    """The folders of one file per case, claimed before anything is scored: a folder of reference masks named like
+    the cases would otherwise be overwritten file by file."""
+    if masks_out is not None:
+        claim_case_files(masks_out, "--masks-out", case_ids, model_id, "score without --masks-out")
+    if heatmaps is not None:
+        problem = heatmap_problem(bundle)
+        if problem:
+            raise MedtlError(f"--heatmaps: {problem}; score without it")
+        claim_case_files(heatmaps, "--heatmaps", case_ids, model_id, "score without --heatmaps")
+
+
 def _size_columns(bundle: ModelBundle) -> list[str]:
     return ["lesion_pixels", "lesion_area_mm2"] if bundle.spec.data.spatial_dims == 2 else ["lesion_volume_ml"]
 
@@ -261,14 +274,7 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     stream.parent.mkdir(parents=True, exist_ok=True)
     model_id = bundle_digest(bundle)
     done = done_cases(stream, model_id)
-    if masks_out is not None:  # a folder of reference masks named like the cases would be overwritten file by file
-        claim_case_files(masks_out, "--masks-out", [c["case_id"] for c in cases], model_id,
-                         "score without --masks-out")
-    if heatmaps is not None:
-        problem = heatmap_problem(bundle)
-        if problem:
-            raise MedtlError(f"--heatmaps: {problem}; score without it")
-        claim_case_files(heatmaps, "--heatmaps", [c["case_id"] for c in cases], model_id, "score without --heatmaps")
+    _claim_outputs(bundle, [c["case_id"] for c in cases], masks_out, heatmaps, model_id)
     todo = [c for c in cases if c["case_id"] not in done]
     refs = {c["case_id"]: c["image"] for c in todo}
     meta = {"model_name": bundle.extra.get("model_name", ""), "model_version": bundle.extra.get("model_version", ""),
