@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 ON_SLICE = 0.25
 """How far (in slices) a contour may lie off the nearest slice centre: rounding in planning systems stays far below."""
 KINDS = {"RTSTRUCT": "structure set", "SEG": "segmentation"}
+CLOSED = {"CLOSED_PLANAR", "CLOSEDPLANAR_XOR"}
+"""Contour types that enclose an area: both combine by exclusive or (the second says so outright, since 2021)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def read_delineation(path: Path) -> Delineation | None:
         images: set[str] = set()
         for roi in ds.get("ROIContourSequence", []):
             closed = [c for c in roi.get("ContourSequence", [])
-                      if str(c.get("ContourGeometricType", "")).upper() == "CLOSED_PLANAR"]
+                      if str(c.get("ContourGeometricType", "")).upper() in CLOSED]
             contours.setdefault(names.get(int(roi.ReferencedROINumber), ""), []).extend(_points(c) for c in closed)
             images |= {str(i.ReferencedSOPInstanceUID) for c in closed for i in c.get("ContourImageSequence", [])}
         frames = {str(roi.get("ReferencedFrameOfReferenceUID", "")) for roi in rois} - {""}

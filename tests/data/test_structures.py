@@ -44,7 +44,7 @@ def sources_by_position(folder) -> list:
 
 
 def write_structure_set(path, series_uid: str, rois: dict[str, list[list[float]]], patient_tag: str = "ANON",
-                        refer: str = "series") -> None:
+                        refer: str = "series", kind: str = "CLOSED_PLANAR") -> None:
     """``refer``: how the set names its series: in RTReferencedSeriesSequence (``series``), only through the slice each
     contour lies on (``slices``), or only by Frame of Reference (``frame``), as systems that leave optional tags out."""
     scan = sources_by_position(path.parent)
@@ -71,7 +71,7 @@ def write_structure_set(path, series_uid: str, rois: dict[str, list[list[float]]
         item.ContourSequence = Sequence()
         for points in contours:
             contour = Dataset()
-            contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", len(points) // 3
+            contour.ContourGeometricType, contour.NumberOfContourPoints = kind, len(points) // 3
             contour.ContourData = points
             if refer == "slices":
                 image = Dataset()
@@ -88,23 +88,25 @@ def on_slice(points: list[float]) -> float:
     return (points[2] - ORIGIN[2]) / SPACING[2]
 
 
-def patient(root, name: str, orientation=AXIAL, rois=None, seed: int = 0, refer: str = "series") -> str:
+def patient(root, name: str, orientation=AXIAL, rois=None, seed: int = 0, refer: str = "series",
+            kind: str = "CLOSED_PLANAR") -> str:
     """A CT series in ROOT/NAME (slices numbered against their position) with its structure set beside it."""
     volume = np.random.default_rng(seed).normal(-500.0, 50.0, SHAPE).astype(np.float32)
     uid = write_ct_series(root / name, volume, SPACING, ORIGIN, patient_tag=name.upper(), seed=seed,
                           orientation=orientation)
     if rois is not None:
-        write_structure_set(root / name / "RS.dcm", uid, rois, patient_tag=name.upper(), refer=refer)
+        write_structure_set(root / name / "RS.dcm", uid, rois, patient_tag=name.upper(), refer=refer, kind=kind)
     return uid
 
 
-@pytest.mark.parametrize("orientation", [AXIAL, SAGITTAL], ids=["axial", "sagittal"])
-def test_contours_become_masks_on_the_voxels_they_enclose(tmp_path, caplog, orientation):
+@pytest.mark.parametrize("orientation, kind", [(AXIAL, "CLOSED_PLANAR"), (SAGITTAL, "CLOSED_PLANAR"),
+                                               (AXIAL, "CLOSEDPLANAR_XOR")], ids=["axial", "sagittal", "xor"])
+def test_contours_become_masks_on_the_voxels_they_enclose(tmp_path, caplog, orientation, kind):
     """An outer square with an inner one cuts a ring (exclusive or); a second class drawn inside the first wins
     where they overlap; the mask lies on the image's grid, which the deep check confirms."""
     rois = {"PTV": [square(orientation, 3, 14, 4, 19, 3), square(orientation, 3, 14, 4, 19, 4)],
             "GTVp": [square(orientation, 5, 10, 8, 14, 3), square(orientation, 7, 8, 10, 11, 3)]}
-    patient(tmp_path / "scans", "p1", orientation, rois)
+    patient(tmp_path / "scans", "p1", orientation, rois, kind=kind)
     with caplog.at_level(logging.INFO):
         table = build_manifest(tmp_path / "scans", tmp_path / "m.csv", structures=["ptv", "GTV,gtvp"])
     assert list(table["case_id"]) == ["p1"]  # the structure set is no case of its own
