@@ -28,10 +28,12 @@ class ArchiveUnavailable(MedtlError):
     """The archive cannot be used at all: nothing more can be asked of it in this run."""
 
 
-def open_archive(address: str, token_env: str | None = None, calling_ae: str = "MEDTL") -> DicomWeb | Dimse:
-    """The archive at ``address``; a DICOMweb token is read from ``$token_env``."""
+def open_archive(address: str, token_env: str | None = None, calling_ae: str = "MEDTL",
+                 move_port: int | None = None) -> DicomWeb | Dimse:
+    """The archive at ``address``; a DICOMweb token is read from ``$token_env``; a DIMSE archive moves series to
+    ``move_port`` where one is given (C-MOVE), else gives them over the association (C-GET)."""
     if address.startswith("dicom://"):
-        return Dimse(address, calling_ae)
+        return Dimse(address, calling_ae, move_port)
     if address.startswith(("http://", "https://")):
         return DicomWeb(address, token_env)
     raise MedtlError(f"{address}: not an archive address; give a DICOMweb root (https://host/dicom-web) or a DIMSE "
@@ -103,10 +105,12 @@ def _json(item: dict[str, Any], tag: str) -> str:
 
 
 class Dimse:
-    """A DICOM node (``dicom://CALLED_AE@host:port``), asked as ``calling_ae``: C-FIND lists series, C-GET retrieves
-    them over the same association (so the archive need not know medtl's address, as C-MOVE would), C-STORE stores."""
+    """A DICOM node (``dicom://CALLED_AE@host:port``), asked as ``calling_ae``: C-FIND lists series, C-STORE stores.
+    A series comes by C-GET over the same association, so the archive need not know medtl's address; or, with
+    ``move_port``, by C-MOVE to medtl listening there as ``calling_ae``, for the many archives that allow only C-MOVE
+    to the nodes their administrator has entered."""
 
-    def __init__(self, address: str, calling_ae: str = "MEDTL") -> None:
+    def __init__(self, address: str, calling_ae: str = "MEDTL", move_port: int | None = None) -> None:
         match = re.fullmatch(r"dicom://([^@/]{1,16})@([^:/]+):(\d{1,5})/?", address)
         if not match:
             raise MedtlError(f"{address}: not a DIMSE address; give dicom://CALLED_AE@host:port (an AE title of up to "
@@ -116,7 +120,7 @@ class Dimse:
         except ImportError:
             raise MedtlError(MISSING) from None
         self.called, self.host, self.port = match.group(1), match.group(2), int(match.group(3))
-        self.calling, self.name = calling_ae, address
+        self.calling, self.name, self.move_port = calling_ae, address, move_port
 
     def _associate(self, contexts: list[str], roles: list[Any] | None = None, handlers: list[Any] | None = None) -> Any:
         from pynetdicom import AE
@@ -140,6 +144,10 @@ class Dimse:
                     raise RuntimeError(f"{service}: no answer (the association ended)")
                 if status.Status in (0xFF00, 0xFF01):
                     found.append(identifier)
+                elif status.Status == 0xA801:  # move destination unknown: true of every study
+                    raise ArchiveUnavailable(f"{self.name}: the archive does not know medtl's node (C-MOVE status "
+                                             f"0xA801); ask its administrator to enter AE title {self.calling} with "
+                                             f"this host and port {self.move_port}")
                 elif status.Status != 0x0000:
                     raise RuntimeError(f"{service} status 0x{status.Status:04X}")
         finally:
@@ -161,9 +169,8 @@ class Dimse:
     def retrieve(self, study: str, series: str, folder: Path) -> None:
         from pydicom.dataset import Dataset
         from pynetdicom import build_role, evt
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as Get
 
-        written = []
+        written: list[Path] = []
 
         def on_store(event: Any) -> int:
             ds = event.dataset
@@ -175,11 +182,36 @@ class Dimse:
         query = Dataset()
         query.QueryRetrieveLevel, query.StudyInstanceUID, query.SeriesInstanceUID = "SERIES", study, series
         storage = retrievable()
-        assoc = self._associate([Get, *storage], [build_role(c, scp_role=True) for c in storage],
-                                [(evt.EVT_C_STORE, on_store)])
-        self._responses(assoc, assoc.send_c_get(query, Get), "C-GET")
+        if self.move_port is None:
+            from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as Get
+
+            assoc = self._associate([Get, *storage], [build_role(c, scp_role=True) for c in storage],
+                                    [(evt.EVT_C_STORE, on_store)])
+            self._responses(assoc, assoc.send_c_get(query, Get), "C-GET")
+        else:
+            self._move(query, storage, on_store)
         if not written:
-            raise RuntimeError("C-GET sent no instance")
+            raise RuntimeError("the archive sent no instance")
+
+    def _move(self, query: Any, storage: list[str], on_store: Callable[[Any], int]) -> None:
+        """C-MOVE to medtl itself, listening on ``move_port`` for the archive's C-STOREs while the move runs."""
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as Move
+
+        listener = AE(ae_title=self.calling)
+        for context in storage:
+            listener.add_supported_context(context)
+        try:
+            server = listener.start_server(("", self.move_port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        except OSError as exc:
+            raise ArchiveUnavailable(f"--move-port {self.move_port}: medtl cannot listen there ({exc.strerror}); give "
+                                     "the port the archive sends to, free on this machine") from None
+        try:
+            assoc = self._associate([Move])
+            self._responses(assoc, assoc.send_c_move(query, self.calling, Move), "C-MOVE")
+        finally:
+            server.shutdown()
 
     def store(self, ds: Any) -> str | None:
         assoc = self._associate([ds.SOPClassUID])

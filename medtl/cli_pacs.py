@@ -30,13 +30,16 @@ def pacs_pull(
              "RTSTRUCT: scans and their contours, for manifest build --structures).")] = None,
     token_env: TokenOption = None,
     calling_ae: CallingOption = "MEDTL",
+    move_port: Annotated[Optional[int], typer.Option(
+        min=1, max=65535, help="DIMSE: retrieve by C-MOVE to medtl listening on this port, as the archive's "
+        "administrator entered medtl's node (--calling-ae, this host, this port); without it, by C-GET.")] = None,
 ) -> None:
     """Retrieve each study's series into OUT/study0001/study0001_SE01 (no UID in a name; OUT/studies.csv says which
     is which); a rerun retrieves only what is missing."""
     from medtl.archives import open_archive
     from medtl.pacs import pull, read_study_list
 
-    source = open_archive(archive, token_env, calling_ae)
+    source = open_archive(archive, token_env, calling_ae, move_port)
     summary = pull(source, read_study_list(studies), out, [m.upper() for m in modality or []], str(studies),
                    progress=True)
     typer.echo(f"{out}: {summary.retrieved} series retrieved now, {summary.present} already there (from {source.name})")

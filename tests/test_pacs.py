@@ -34,6 +34,7 @@ class Archive:
         self.broken: set[str] = set()  # series whose retrieval fails with HTTP 500
         self.refuse_store = False
         self.requests: list[str] = []
+        self.nodes: dict[str, tuple[str, int]] = {}  # AE titles a C-MOVE may send to
 
 
 def handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
@@ -245,7 +246,8 @@ def dimse_node():
     chooses; it accepts only the calling AE title MEDTL_TEST."""
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
     from pynetdicom.sop_class import (SegmentationStorage, StudyRootQueryRetrieveInformationModelFind,
-                                      StudyRootQueryRetrieveInformationModelGet)
+                                      StudyRootQueryRetrieveInformationModelGet,
+                                      StudyRootQueryRetrieveInformationModelMove)
 
     from medtl.archives import retrievable
 
@@ -267,6 +269,14 @@ def dimse_node():
         for path in files:
             yield 0xFF00, pydicom.dcmread(path)
 
+    def on_move(event):
+        query = event.identifier
+        yield archive.nodes.get(event.move_destination.strip(), (None, None))
+        files = archive.studies.get(str(query.StudyInstanceUID), {}).get(str(query.SeriesInstanceUID), [])
+        yield len(files)
+        for path in files:
+            yield 0xFF00, pydicom.dcmread(path)
+
     def on_store(event):
         archive.stored.append(event.dataset)
         return 0xA700 if archive.refuse_store else 0x0000
@@ -275,10 +285,13 @@ def dimse_node():
     ae.require_calling_aet = ["MEDTL_TEST"]
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
     for context in retrievable():
         ae.add_supported_context(context, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+        ae.add_requested_context(context)  # a C-MOVE's sub-operations go out as C-STOREs
     ae.add_supported_context(SegmentationStorage, ALL_TRANSFER_SYNTAXES)
     node = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_C_GET, on_get),
+                                                                          (evt.EVT_C_MOVE, on_move),
                                                                           (evt.EVT_C_STORE, on_store)])
     yield archive, f"dicom://ARCHIVE@127.0.0.1:{node.server_address[1]}"
     node.shutdown()
@@ -317,3 +330,24 @@ def test_a_dimse_archive_gives_the_same_export_and_takes_the_segmentations(dimse
     archive.refuse_store = True
     (tmp_path / "masks" / ".medtl-pushed").unlink()
     assert push(node, tmp_path / "masks") == (0, 0, {"gina.dcm": "C-STORE status 0xA700"})
+
+
+def test_a_dimse_archive_that_allows_only_c_move_sends_to_medtl_listening(dimse_node, tmp_path):
+    """--move-port: medtl listens as its calling AE title while the archive moves each series to it; an archive
+    that does not know medtl's node says so, and the pull stops in one line that says what to ask for."""
+    from tests.conftest import free_port
+
+    archive, address = dimse_node
+    study = study_on(archive, tmp_path / "pacs", "hana", 2)
+    (tmp_path / "s.txt").write_text(study + "\n")
+    port = free_port()
+    unknown = run_cli("pacs", "pull", address, "--studies", tmp_path / "s.txt", "--out", tmp_path / "e1",
+                      "--calling-ae", "MEDTL_TEST", "--move-port", str(port))
+    assert unknown.returncode != 0 and "does not know medtl's node (C-MOVE status 0xA801)" in unknown.stderr
+    archive.nodes["MEDTL_TEST"] = ("127.0.0.1", port)
+    done = run_cli("pacs", "pull", address, "--studies", tmp_path / "s.txt", "--out", tmp_path / "export",
+                   "--calling-ae", "MEDTL_TEST", "--move-port", str(port))
+    assert done.returncode == 0, done.stderr
+    assert "2 series retrieved now" in done.stdout
+    pulled = {pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "export").rglob("*.dcm")}
+    assert pulled == {pydicom.dcmread(p).SOPInstanceUID for files in archive.studies[study].values() for p in files}
