@@ -45,7 +45,9 @@ def manifest_build(
     counts = [f"{column}s " + ", ".join(f"{k} {v:,}" for k, v in table[column].value_counts().sort_index().items())
               for column in ("label", "split", "view") if column in table and table[column].notna().any()]
     if structures:
-        counts.append(f"masks from structures {int(table['mask'].notna().sum()):,}")
+        names = [s.split(",")[0].strip().lower() for s in structures]
+        counts.append(f"masks from structures {int(table['mask'].notna().sum()):,} (data.classes: "
+                      f"[background, {', '.join(names)}])")
     typer.echo("; ".join([f"{out}: {len(table):,} cases", *counts]))
     findings = "" if "label" in table else finding_counts(table)
     if findings:  # a column per finding: how many of each, before choosing one

@@ -180,7 +180,7 @@ def test_manifest_build_takes_contours_and_says_how_many_cases_got_a_mask(tmp_pa
     done = run_cli("manifest", "build", root, "--out", tmp_path / "m.csv", "--structures", "PTV", "--structures", "GTV",
                    "--structures-out", tmp_path / "rt")
     assert done.returncode == 0, done.stderr
-    assert "masks from structures 1" in done.stdout
+    assert "masks from structures 1 (data.classes: [background, ptv, gtv])" in done.stdout
     assert np.bincount(np.asarray(nib.load(tmp_path / "rt" / "p1.nii.gz").dataobj).ravel()).tolist()[1:] == [12 * 16 - 42, 42]
     refused = run_cli("manifest", "build", root, "--out", tmp_path / "m2.csv", "--structures", " , ")
     assert refused.returncode != 0 and refused.stderr.count("\n") == 1 and "empty structure name" in refused.stderr
