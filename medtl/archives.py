@@ -76,6 +76,15 @@ class DicomWeb:
                                          "--token-env, or ask for access to these studies") from None
             raise RuntimeError("not found on the server (HTTP 404)" if status == 404 else f"HTTP {status}") from None
 
+    def echo(self) -> str:
+        """How the server answered a search for one study (QIDO-RS), the way to ask a DICOMweb server if it is there."""
+        try:
+            self._call(lambda: self.client.search_for_studies(limit=1))
+        except RuntimeError as exc:
+            raise ArchiveUnavailable(f"{self.name}: a study search (QIDO-RS) got {exc}; check that this is the "
+                                     "server's DICOMweb root") from None
+        return "answers a study search (QIDO-RS)"
+
     def series(self, study: str) -> list[dict[str, str]]:
         """The study's series: uid, modality and number."""
         found = self._call(lambda: self.client.search_for_series(study_instance_uid=study,
@@ -153,6 +162,20 @@ class Dimse:
         finally:
             assoc.release()
         return found
+
+    def echo(self) -> str:
+        """C-ECHO: the association, and the node's answer to it."""
+        from pynetdicom.sop_class import Verification
+
+        assoc = self._associate([Verification])
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            assoc.release()
+        if not status or status.Status != 0x0000:
+            raise ArchiveUnavailable(f"{self.name}: the association opened, but C-ECHO got "
+                                     f"{'no answer' if not status else f'status 0x{status.Status:04X}'}")
+        return f"answers C-ECHO from calling AE title {self.calling}"
 
     def series(self, study: str) -> list[dict[str, str]]:
         from pydicom.dataset import Dataset

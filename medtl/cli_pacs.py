@@ -20,6 +20,15 @@ CallingOption = Annotated[str, typer.Option(
     "--calling-ae", help="DIMSE: medtl's AE title, as the archive knows it.")]
 
 
+@pacs_app.command("echo")
+def pacs_echo(archive: ArchiveArg, token_env: TokenOption = None, calling_ae: CallingOption = "MEDTL") -> None:
+    """Check that the archive answers (C-ECHO, or a DICOMweb study search) before a pull or a push."""
+    from medtl.archives import open_archive
+
+    source = open_archive(archive, token_env, calling_ae)
+    typer.echo(f"{source.name}: {source.echo()}")
+
+
 @pacs_app.command("pull")
 def pacs_pull(
     archive: ArchiveArg,

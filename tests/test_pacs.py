@@ -61,6 +61,9 @@ def handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
             if not self._allowed():
                 return
             parts = urlsplit(self.path)
+            if parts.path == "/dicom-web/studies":  # QIDO-RS: the studies (asked by pacs echo)
+                found = [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid in archive.studies]
+                return self._send(200, json.dumps(found).encode()) if found else self._send(204)
             match = re.fullmatch(r"/dicom-web/studies/([\d.]+)/series(?:/([\d.]+))?", parts.path)
             if not match or match.group(1) not in archive.studies:
                 return self._send(404)
@@ -164,7 +167,9 @@ def test_a_server_that_cannot_be_reached_or_refuses_stops_in_one_line(server, tm
     archive, url = server
     study = study_on(archive, tmp_path / "pacs", "carol", 1)
     (tmp_path / "s.txt").write_text(study + "\n")
+    assert "answers a study search (QIDO-RS)" in run_cli("pacs", "echo", url).stdout
     archive.token = "s3cret"
+    assert "refused access (HTTP 401)" in run_cli("pacs", "echo", url).stderr
     refused = run_cli("pacs", "pull", url, "--studies", tmp_path / "s.txt", "--out", tmp_path / "e1")
     assert refused.returncode != 0 and "refused access (HTTP 401); give a token with --token-env" in refused.stderr
     assert refused.stderr.count("\n") == 1 and study not in refused.stderr
@@ -247,7 +252,7 @@ def dimse_node():
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
     from pynetdicom.sop_class import (SegmentationStorage, StudyRootQueryRetrieveInformationModelFind,
                                       StudyRootQueryRetrieveInformationModelGet,
-                                      StudyRootQueryRetrieveInformationModelMove)
+                                      StudyRootQueryRetrieveInformationModelMove, Verification)
 
     from medtl.archives import retrievable
 
@@ -283,6 +288,7 @@ def dimse_node():
 
     ae = AE(ae_title="ARCHIVE")
     ae.require_calling_aet = ["MEDTL_TEST"]
+    ae.add_supported_context(Verification)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
@@ -306,6 +312,8 @@ def test_a_dimse_archive_gives_the_same_export_and_takes_the_segmentations(dimse
     from medtl.dicom_seg import write_dicom_seg
 
     archive, address = dimse_node
+    assert "answers C-ECHO from calling AE title MEDTL_TEST" in run_cli("pacs", "echo", address, "--calling-ae",
+                                                                        "MEDTL_TEST").stdout
     study = study_on(archive, tmp_path / "pacs", "gina", 2)
     (tmp_path / "s.txt").write_text(study + "\n")
     refused = run_cli("pacs", "pull", address, "--studies", tmp_path / "s.txt", "--out", tmp_path / "e1")
