@@ -15,6 +15,7 @@ import pydicom
 from medtl import __version__
 from medtl.data import dicom
 from medtl.data.readers import dicom_headers
+from medtl.data.structures import OWN
 
 
 TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -59,7 +60,7 @@ def write_dicom_seg(image_ref: str, labels: np.ndarray, affine: np.ndarray, clas
         source_images=sources, pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
         series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="medtl", manufacturer_model_name=algorithm[:64], software_versions=__version__,
+        manufacturer=OWN, manufacturer_model_name=algorithm[:64], software_versions=__version__,
         device_serial_number="medtl", omit_empty_frames=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(out)

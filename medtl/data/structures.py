@@ -6,7 +6,7 @@ each drawn on one slice. A voxel is in a structure when its centre lies inside t
 combine by exclusive or, so an inner contour cuts a hole (the convention of plastimatch and of most planning
 systems). Research archives, viewers (3D Slicer, OHIF) and medtl's own ``score --masks-out`` keep them as DICOM-SEG:
 frames of pixels, each naming the source slice it lies on, which highdicom reads onto the series' slices (a reader's
-corrections to medtl's own segmentation come back this way as training labels). The mask is written with the affine
+corrections to medtl's own segmentation come back this way as training labels; medtl's own, uncorrected, never do). The mask is written with the affine
 the series itself loads with, so image and mask share one world by construction, which ``manifest check`` confirms.
 
 Why not rt-utils, which DESIGN.md names for RTSTRUCT: it needs opencv-python (a GUI build that wants libGL on
@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 ON_SLICE = 0.25
 """How far (in slices) a contour may lie off the nearest slice centre: rounding in planning systems stays far below."""
 KINDS = {"RTSTRUCT": "structure set", "SEG": "segmentation"}
+OWN = "medtl"
+"""The Manufacturer of the DICOM-SEG that ``score --masks-out`` writes (``medtl.dicom_seg``)."""
 CLOSED = {"CLOSED_PLANAR", "CLOSEDPLANAR_XOR"}
 """Contour types that enclose an area: both combine by exclusive or (the second says so outright, since 2021)."""
 
@@ -55,6 +57,8 @@ class Delineation:
     """The slices its contours name (ContourImageSequence), for a structure set that names no series."""
     frame_uid: str = ""
     """Its Frame of Reference, for one that names neither series nor slices."""
+    own: bool = False
+    """A segmentation medtl's scoring wrote: a model's own output, never read as a training label."""
 
     @property
     def names(self) -> list[str]:
@@ -85,6 +89,8 @@ def read_delineation(path: Path) -> Delineation | None:
         return None
     try:
         if kind == "SEG":
+            if str(ds.get("Manufacturer", "")) == OWN:
+                return Delineation(path, KINDS[kind], frozenset(), own=True)
             uids = {str(s.SeriesInstanceUID) for s in ds.get("ReferencedSeriesSequence", [])}
             segments = {str(s.get("SegmentLabel", "")).strip().lower(): int(s.SegmentNumber)
                         for s in ds.get("SegmentSequence", [])}
@@ -210,10 +216,10 @@ def label_map(found: list[Delineation], classes: list[list[str]], headers: list[
 
 
 def delineations(paths: list[Path],
-                 series: dict[str, list[dicom.SliceHeader]]) -> tuple[dict[str, list[Delineation]], int]:
+                 series: dict[str, list[dicom.SliceHeader]]) -> tuple[dict[str, list[Delineation]], int, int]:
     """The structure sets and segmentations among ``paths`` (DICOM objects that hold no scan), by the series (of
-    ``series``: slice headers by reference) each references, and how many there are; one that cannot be read, or
-    placed, is said and left out.
+    ``series``: slice headers by reference) each references, how many there are, and how many medtl's scoring wrote
+    (left out: a model's own output is no training label); one that cannot be read, or placed, is said and left out.
 
     A structure set names its series in RTReferencedSeriesSequence; one that does not (the tag is optional, and some
     planning and auto-contouring systems leave it out) is placed by the slices its contours name, else by its Frame
@@ -225,7 +231,7 @@ def delineations(paths: list[Path],
         if headers[0].dataset is not None:
             by_frame.setdefault(str(headers[0].dataset.get("FrameOfReferenceUID", "")), set()).add(headers[0].series_uid)
     found_by_series: dict[str, list[Delineation]] = {}
-    count = 0
+    count, own = 0, 0
     for path in paths:
         try:
             found = read_delineation(path)
@@ -235,7 +241,8 @@ def delineations(paths: list[Path],
         except Exception:  # noqa: BLE001 - pydicom raises several types for a damaged file
             logger.warning("%s: not a readable DICOM file; left out", path.name)
             continue
-        if found is None:
+        if found is None or found.own:
+            own += found is not None
             continue
         count += 1
         uids = found.series_uids or {by_slice[u] for u in found.image_uids if u in by_slice}
@@ -246,7 +253,10 @@ def delineations(paths: list[Path],
                            "out", path.name, found.kind)
         for uid in uids:
             found_by_series.setdefault(uid, []).append(found)
-    return found_by_series, count
+    if own:
+        logger.info("%d DICOM-SEG that medtl's scoring wrote left out: a model's own output is no training label (a "
+                    "reader's correction, saved by a viewer as a new object, is read)", own)
+    return found_by_series, count, own
 
 
 def write_structure_masks(cases: list[tuple[str, str]], series: dict[str, list[dicom.SliceHeader]],
@@ -259,7 +269,11 @@ def write_structure_masks(cases: list[tuple[str, str]], series: dict[str, list[d
     from medtl.log import counted
 
     classes = structure_names(values)
-    sets, count = delineations(not_scans, series)
+    sets, count, own = delineations(not_scans, series)
+    if not count and own:
+        raise ManifestError("--structures: the only segmentations here are DICOM-SEG that medtl's scoring wrote, and a "
+                            "model's own output is no training label; have a reader correct them in a viewer (which "
+                            "saves a new object), or give masks with --masks")
     if not count:
         raise ManifestError("--structures: no RTSTRUCT structure set or DICOM-SEG segmentation found among the DICOM "
                             "files; export them with their series, or give NIfTI masks with --masks")

@@ -219,8 +219,9 @@ def test_a_segmentation_beside_its_series_becomes_its_mask(tmp_path, caplog):
 
 
 def test_a_reader_corrected_medtl_segmentation_comes_back_as_a_training_mask(tmp_path):
-    """DICOM in, DICOM out, and back: the DICOM-SEG ``score --masks-out`` writes, filed beside its series (as a
-    viewer returns it corrected), is read onto the voxels it was written from."""
+    """DICOM in, DICOM out, and back: the DICOM-SEG ``score --masks-out`` writes is no training label as it stands,
+    and once a reader's viewer saves it anew (corrected) beside its series, it is read onto the voxels it lies on,
+    the model's own left out beside it."""
     from medtl.data.dicom import load_series
     from medtl.data.readers import dicom_headers
     from medtl.dicom_seg import write_dicom_seg
@@ -229,8 +230,14 @@ def test_a_reader_corrected_medtl_segmentation_comes_back_as_a_training_mask(tmp
     _, affine = load_series(dicom_headers(tmp_path / "scans" / "p1"))
     labels = np.zeros(SHAPE, np.uint8)
     labels[4:9, 6:12, 2:5] = 1
-    write_dicom_seg(str(tmp_path / "scans" / "p1"), labels, affine, ["background", "lesion"],
-                    tmp_path / "scans" / "p1" / "corrected.dcm", "medtl-model", "3")
+    ours = tmp_path / "scans" / "p1" / "predicted.dcm"
+    write_dicom_seg(str(tmp_path / "scans" / "p1"), labels, affine, ["background", "lesion"], ours, "medtl-model", "3")
+    with pytest.raises(ManifestError, match="the only segmentations here are DICOM-SEG that medtl's scoring wrote"):
+        build_manifest(tmp_path / "scans", tmp_path / "m.csv", structures=["lesion"])  # its own output is no label
+    corrected = pydicom.dcmread(ours)
+    corrected.Manufacturer, corrected.SOPInstanceUID = "a viewer", generate_uid()  # saved anew by the reader's viewer
+    corrected.file_meta.MediaStorageSOPInstanceUID = corrected.SOPInstanceUID
+    corrected.save_as(tmp_path / "scans" / "p1" / "corrected.dcm")
     table = build_manifest(tmp_path / "scans", tmp_path / "m.csv", structures=["lesion"])
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / table["mask"][0]).dataobj), labels)
 
