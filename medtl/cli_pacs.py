@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-pacs_app = typer.Typer(help="Pull studies from a PACS, and push DICOM-SEG back to it (DICOMweb or DIMSE).",
+pacs_app = typer.Typer(help="Pull studies from a PACS, and push DICOM-SEG and SR back to it (DICOMweb or DIMSE).",
                        no_args_is_help=True)
 
 ArchiveArg = Annotated[str, typer.Argument(
@@ -63,16 +63,18 @@ def pacs_pull(
 @pacs_app.command("push")
 def pacs_push(
     archive: ArchiveArg,
-    folder: Annotated[Path, typer.Argument(help="A scoring's --masks-out folder: its DICOM-SEG files are stored.")],
+    folder: Annotated[Path, typer.Argument(
+        help="A scoring's --masks-out or --reports-out folder: its DICOM-SEG and SR files are stored.")],
     token_env: TokenOption = None,
     calling_ae: CallingOption = "MEDTL",
 ) -> None:
-    """Store the DICOM-SEG of a scoring in the archive, beside the studies they segment; a rerun sends only the rest."""
+    """Store a scoring's DICOM-SEG and SR in the archive, beside the studies they describe; a rerun sends only the
+    rest."""
     from medtl.archives import open_archive
     from medtl.pacs import push
 
     stored, before, failed = push(open_archive(archive, token_env, calling_ae), folder, progress=True)
-    typer.echo(f"{folder}: {stored} segmentation(s) stored now, {before} by an earlier push")
+    typer.echo(f"{folder}: {stored} object(s) stored now, {before} by an earlier push")
     for name, why in failed.items():
         typer.echo(f"{name}: {why}", err=True)
     if failed:

@@ -49,6 +49,7 @@ def score_cmd(
     ids: CaseIdsOption = "folder",
     masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
     heatmaps: Annotated[Optional[Path], typer.Option("--heatmaps", help="Folder for each case's Grad-CAM figure (2-D binary classifiers).")] = None,
+    reports_out: Annotated[Optional[Path], typer.Option("--reports-out", help="Folder for a DICOM SR of each DICOM case's result, to file in PACS beside its study (classifiers; medtl pacs push stores them).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 16,
     device: DeviceOption = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,
@@ -65,10 +66,11 @@ def score_cmd(
 
     if engine == "spark":
         _score_on_spark(model, manifest, out, spark_master, data_root, spark_chunk,
-                        {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps})
+                        {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps,
+                         "--reports-out": reports_out})
     if engine != "local":
         raise MedtlError(f"--engine {engine}: use local or spark")
-    _outside_input(input_dir, {"--masks-out": masks_out, "--heatmaps": heatmaps})
+    _outside_input(input_dir, {"--masks-out": masks_out, "--heatmaps": heatmaps, "--reports-out": reports_out})
 
     bundle = load_any_model(model)
     if masks_out is not None and bundle.task != "segmentation":
@@ -81,7 +83,7 @@ def score_cmd(
     tracking = TrackingConfig(enabled=track)  # the store MLFLOW_TRACKING_URI names (or ./mlflow.db), as `medtl models` uses
     with run_context(tracking, f"score-{bundle.spec.name}") as tracker:
         summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker, heatmaps=heatmaps,
-                        estimate_prevalence=prevalence == "em")
+                        estimate_prevalence=prevalence == "em", reports=reports_out)
     typer.echo(f"{out}: {summary.scored} scored now, {summary.skipped_existing} already there, "
                f"{len(summary.errors)} error(s), {summary.cases_per_s:.1f} cases/s")
     if summary.batch is not None:

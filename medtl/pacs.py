@@ -147,20 +147,21 @@ def pull(archive: Archive, studies: list[str], out: Path, modalities: list[str] 
 
 
 def push(archive: Archive, folder: Path, progress: bool = False) -> tuple[int, int, dict[str, str]]:
-    """Stores every DICOM-SEG under ``folder`` (``score --masks-out``) in the archive; returns how many were stored
-    now, how many an earlier push stored (listed in ``folder/.medtl-pushed``, so a rerun sends only the rest), and the
-    files the archive refused, with why."""
+    """Stores every DICOM-SEG and DICOM SR under ``folder`` (``score --masks-out`` or ``--reports-out``) in the
+    archive; returns how many were stored now, how many an earlier push stored (listed in ``folder/.medtl-pushed``, so
+    a rerun sends only the rest), and the files the archive refused, with why."""
     import pydicom
 
     from medtl.data.dicom import is_dicom_file
     from medtl.log import counted
 
+    fix = "give the --masks-out or --reports-out folder of a scoring of DICOM studies"
     if not folder.is_dir():
-        raise MedtlError(f"{folder}: not a folder; give the --masks-out folder of a scoring of DICOM series")
-    segs = [p for p in sorted(folder.rglob("*")) if p.is_file() and is_dicom_file(p)
-            and str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")) == "SEG"]
+        raise MedtlError(f"{folder}: not a folder; {fix}")
+    segs = [p for p in sorted(folder.rglob("*")) if p.is_file() and is_dicom_file(p) and str(
+        pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")) in ("SEG", "SR")]
     if not segs:
-        raise MedtlError(f"{folder}: holds no DICOM-SEG; give the --masks-out folder of a scoring of DICOM series")
+        raise MedtlError(f"{folder}: holds no DICOM-SEG or SR; {fix}")
     log = folder / PUSHED
     done = set(log.read_text().splitlines()) if log.is_file() else set()
     todo = [p for p in segs if str(p.relative_to(folder)) not in done]

@@ -208,12 +208,15 @@ def _same_columns(stream: Path, columns: list[str]) -> None:
                          "write to a new --out")
 
 
-def _claim_outputs(bundle: ModelBundle, case_ids: list[str], masks_out: Path | None, heatmaps: Path | None,
+def _claim_outputs(bundle: ModelBundle, case_ids: list[str], masks_out: Path | None, per_case: dict[str, Path | None],
                    model_id: str) -> None:
     """The folders of one file per case, claimed before anything is scored: a folder of reference masks named like
     the cases would otherwise be overwritten file by file."""
     if masks_out is not None:
         claim_case_files(masks_out, "--masks-out", case_ids, model_id, "score without --masks-out")
+    if per_case["reports"] is not None:
+        claim_case_files(per_case["reports"], "--reports-out", case_ids, model_id, "score without --reports-out")
+    heatmaps = per_case["heatmaps"]
     if heatmaps is not None:
         problem = heatmap_problem(bundle)
         if problem:
@@ -246,20 +249,25 @@ def _affine_3d(affine_2d: np.ndarray) -> np.ndarray:
 
 def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out: Path | None = None,
           batch_size: int = 16, device: str = "auto", num_workers: int | None = None,
-          tracker: Tracker | None = None, heatmaps: Path | None = None, estimate_prevalence: bool = False) -> ScoreSummary:
+          tracker: Tracker | None = None, heatmaps: Path | None = None, estimate_prevalence: bool = False,
+          reports: Path | None = None) -> ScoreSummary:
     """Scores every case not yet in ``out``; rows are appended and flushed as each batch completes. One process
     writes ``out`` at a time: two appending to it would each score the cases the other is scoring. ``heatmaps``:
-    a folder for each scored case's Grad-CAM figure (2-D binary classifiers). ``estimate_prevalence``
-    (``--prevalence em``): rows go to a journal, and ``out`` is written whole at the prevalence the batch implies."""
+    a folder for each scored case's Grad-CAM figure (2-D binary classifiers); ``reports``: for each scored DICOM
+    case's DICOM SR (classifiers). ``estimate_prevalence`` (``--prevalence em``): rows go to a journal, and ``out``
+    is written whole at the prevalence the batch implies."""
     if estimate_prevalence:
         _require_calibration_prevalence(bundle, "--prevalence em")
+    if reports is not None and bundle.task != "classification":
+        raise MedtlError("--reports-out: DICOM SR reports are written for classifiers; a segmentation model writes its "
+                         "DICOM-SEG to --masks-out")
     with one_writer(out, "give each process its own --out"):
         return _score(bundle, cases, out, masks_out, batch_size, device, num_workers, tracker or NullTracker(),
-                      heatmaps, estimate_prevalence)
+                      {"heatmaps": heatmaps, "reports": reports}, estimate_prevalence)
 
 
 def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out: Path | None, batch_size: int,
-           device: str, num_workers: int | None, tracker: Tracker, heatmaps: Path | None,
+           device: str, num_workers: int | None, tracker: Tracker, per_case: dict[str, Path | None],
            estimate_prevalence: bool) -> ScoreSummary:
     from medtl.mlflow_model import prediction_row
 
@@ -274,7 +282,7 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     stream.parent.mkdir(parents=True, exist_ok=True)
     model_id = bundle_digest(bundle)
     done = done_cases(stream, model_id)
-    _claim_outputs(bundle, [c["case_id"] for c in cases], masks_out, heatmaps, model_id)
+    _claim_outputs(bundle, [c["case_id"] for c in cases], masks_out, per_case, model_id)
     todo = [c for c in cases if c["case_id"] not in done]
     refs = {c["case_id"]: c["image"] for c in todo}
     meta = {"model_name": bundle.extra.get("model_name", ""), "model_version": bundle.extra.get("model_version", ""),
@@ -309,8 +317,10 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
                          "cases_error": float(len(errors)), "cases_per_s": rate})
     tracker.set_tags({"input_digest": input_digest(cases), **{k: str(v) for k, v in meta.items()}})
     unlike = _what_the_batch_says(bundle, table, batch, out, tracker)
-    if heatmaps is not None and not table.empty:
-        _draw_heatmaps(bundle, cases, table, heatmaps, device_for(device))
+    if per_case["heatmaps"] is not None and not table.empty:
+        _draw_heatmaps(bundle, cases, table, per_case["heatmaps"], device_for(device))
+    if per_case["reports"] is not None and not table.empty:
+        _write_reports(bundle, cases, table, per_case["reports"], model_id)
     return ScoreSummary(out, n, len(done), errors, rate, batch, unlike, note, applied)
 
 
@@ -360,3 +370,23 @@ def _draw_heatmaps(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.D
     todo = [{"case_id": r["case_id"], "image": images[r["case_id"]], "p": r[f"prob_{bundle.classes[1]}"],
              "predicted": r["predicted"]} for r in rows]
     write_heatmaps(bundle, todo, folder, device)
+
+
+def _write_reports(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.DataFrame, folder: Path,
+                   model_id: str) -> None:
+    """A DICOM SR for each DICOM case scored without error that has none yet (a rerun writes the rest), from its row
+    as written: at the prevalence ``--prevalence`` applied. A case not stored as DICOM has no study to file one in."""
+    from medtl.dicom_sr import write_dicom_sr
+    from medtl.log import logger
+
+    images = {c["case_id"]: c["image"] for c in cases}
+    ok = table[(table["status"] == "ok") & table["case_id"].isin(images)].to_dict("records")
+    dicom_rows = [r for r in ok if scan_kind(images[r["case_id"]]) == "dicom"]
+    name = bundle.extra.get("model_name") or bundle.extra.get("backbone") or "medtl model"
+    version = str(bundle.extra.get("model_version") or model_id)
+    for row in dicom_rows:
+        path = folder / f"{row['case_id']}.sr.dcm"
+        if not path.exists():
+            write_dicom_sr(images[row["case_id"]], row, bundle.classes, path, name, version)
+    if len(dicom_rows) < len(ok):
+        logger.info("%d of the %d cases scored are not DICOM: no DICOM SR for them", len(ok) - len(dicom_rows), len(ok))

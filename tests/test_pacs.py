@@ -189,7 +189,7 @@ def test_a_server_that_cannot_be_reached_or_refuses_stops_in_one_line(server, tm
 
 
 def test_segmentations_are_pushed_once(server, tmp_path):
-    """Only the DICOM-SEG of a --masks-out folder go; a rerun sends none again; a refusal is said per file."""
+    """Only the DICOM-SEG and SR of a scoring's folder go; a rerun sends none again; a refusal is said per file."""
     from medtl.data import dicom
     from medtl.data.readers import dicom_headers
     from medtl.dicom_seg import write_dicom_seg
@@ -203,13 +203,18 @@ def test_segmentations_are_pushed_once(server, tmp_path):
     out = tmp_path / "masks"
     write_dicom_seg(str(source), labels, affine, ["background", "lesion"], out / "dave_0.dcm", "medtl", "1")
     (out / "dave_0.nii.gz").write_bytes(b"a NIfTI mask is not sent")
-    assert push(DicomWeb(url), out) == (1, 0, {})
-    assert [ds.Modality for ds in archive.stored] == ["SEG"]
-    assert push(DicomWeb(url), out) == (0, 1, {})
+    from medtl.dicom_sr import write_dicom_sr
+
+    write_dicom_sr(str(source), {"prob_normal": 0.2, "prob_lesion": 0.8, "predicted": "lesion"}, ["normal", "lesion"],
+                   out / "dave_0.sr.dcm", "medtl", "1")
+    assert push(DicomWeb(url), out) == (2, 0, {})
+    assert [ds.Modality for ds in archive.stored] == ["SEG", "SR"]
+    assert push(DicomWeb(url), out) == (0, 2, {})
     archive.refuse_store = True
     (out / ".medtl-pushed").unlink()
-    assert push(DicomWeb(url), out) == (0, 0, {"dave_0.dcm": "refused by the server (FailedSOPSequence)"})
-    with pytest.raises(MedtlError, match="holds no DICOM-SEG"):
+    assert push(DicomWeb(url), out) == (0, 0, {"dave_0.dcm": "refused by the server (FailedSOPSequence)",
+                                                "dave_0.sr.dcm": "refused by the server (FailedSOPSequence)"})
+    with pytest.raises(MedtlError, match="holds no DICOM-SEG or SR"):
         push(DicomWeb(url), source)
 
 

@@ -6,6 +6,7 @@ import subprocess
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 
 from medtl.config import load_config
@@ -368,3 +369,58 @@ def test_heatmaps_are_drawn_for_each_case_scored_and_a_rerun_draws_only_the_miss
     with pytest.raises(MedtlError, match="--heatmaps: heat maps are drawn for 2-D binary classifiers"):
         score(seg, cases, tmp_path / "seg.csv", device="cpu", heatmaps=tmp_path / "seg_maps")
     assert not (tmp_path / "seg.csv").exists()
+
+
+def test_each_scored_dicom_film_gets_a_dicom_sr_that_files_with_its_study(tmp_path, caplog):
+    """``score --reports-out``: a TID 1500 report per DICOM case scored, holding the probabilities and the call of
+    its row and referencing the film it was made from, with the patient module it needs to file beside it (and that
+    module nowhere else); a PNG case gets none, a rerun writes only what is missing, and a segmentation model is sent
+    to --masks-out."""
+    import highdicom as hd
+    from PIL import Image
+
+    from medtl.config import Config
+    from medtl.models.checkpoint import ModelBundle
+    from medtl.models.registry import build_model
+    from medtl.scoring import score
+
+    m = make_classification_set(tmp_path / "d", n=3, kind="dicom", size=(32, 32))
+    films = pd.read_csv(m, dtype=str)
+    cases = [{"case_id": r.case_id, "image": str(m.parent / r.image)} for r in films.itertuples()]
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / "film.png")
+    cases.append({"case_id": "png", "image": str(tmp_path / "film.png")})
+    cfg = Config.model_validate({"data": {"image_size": [32, 32]}, "model": {"pretrained": "none"},
+                                 "tracking": {"enabled": False}})
+    bundle = ModelBundle(build_model(cfg.model, "classification", 2, 2, [32, 32]).model.eval(), cfg, ["normal", "lesion"])
+    from medtl.log import logger
+
+    reports = tmp_path / "reports"
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger=logger.name):
+            score(bundle, cases, tmp_path / "p.csv", device="cpu", reports=reports)
+    finally:
+        logger.removeHandler(caplog.handler)
+    rows = pd.read_csv(tmp_path / "p.csv", dtype={"case_id": str}).set_index("case_id")
+    assert sorted(p.name for p in reports.glob("*.dcm")) == [f"{c}.sr.dcm" for c in sorted(films["case_id"])]
+    assert "1 of the 4 cases scored are not DICOM: no DICOM SR for them" in caplog.text
+    for case in films.itertuples():
+        sr = hd.sr.srread(str(reports / f"{case.case_id}.sr.dcm"))
+        film = pydicom.dcmread(m.parent / case.image)
+        assert sr.PatientID == film.PatientID and sr.StudyInstanceUID == film.StudyInstanceUID
+        group = sr.content.get_image_measurement_groups()[0]
+        got = {mm.name.meaning: mm.value for mm in group.get_measurements()}
+        assert got == pytest.approx({"Probability of normal": rows.loc[case.case_id, "prob_normal"],
+                                     "Probability of lesion": rows.loc[case.case_id, "prob_lesion"]})
+        assert [q.value.meaning for q in group.get_qualitative_evaluations()] == [rows.loc[case.case_id, "predicted"]]
+        assert [s.referenced_sop_instance_uid for s in group.source_images] == [film.SOPInstanceUID]
+        assert film.PatientID not in caplog.text and film.PatientID not in (tmp_path / "p.csv").read_text()
+    (reports / f"{films['case_id'][0]}.sr.dcm").unlink()
+    kept = (reports / f"{films['case_id'][1]}.sr.dcm").stat().st_mtime_ns
+    score(bundle, cases, tmp_path / "p.csv", device="cpu", reports=reports)
+    assert (reports / f"{films['case_id'][0]}.sr.dcm").is_file()
+    assert (reports / f"{films['case_id'][1]}.sr.dcm").stat().st_mtime_ns == kept
+    seg = ModelBundle(bundle.model, cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": "segmentation"})}),
+                      ["background", "lesion"])
+    with pytest.raises(MedtlError, match="--reports-out: DICOM SR reports are written for classifiers"):
+        score(seg, cases, tmp_path / "seg.csv", device="cpu", reports=tmp_path / "r2")

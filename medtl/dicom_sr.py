@@ -1,0 +1,67 @@
+"""DICOM in, DICOM out, for classifiers: a scored DICOM study goes back to PACS as a DICOM Structured Report, the
+imaging measurement report of TID 1500 (highdicom), which viewers such as OHIF list beside the images. It holds,
+for the scans it references: the probability of each class, the model's call and, where the model measures it,
+whether the scan looks unlike the training scans, with the model named as the observing device.
+
+Like the DICOM-SEG of ``medtl.dicom_seg``, the report carries the patient and study modules, because the standard
+requires them for the object to file with its study. It is written only to the folder the user names
+(``score --reports-out``) and never reaches MLflow or a log. medtl's classes are the user's own words, so they are
+coded in a private scheme (99MEDTL), as the standard provides for concepts no public terminology names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from medtl import __version__
+from medtl.data import dicom
+from medtl.data.readers import dicom_headers
+from medtl.data.structures import OWN
+from medtl.dicom_seg import _with_type2
+from medtl.files import write_atomically
+
+SCHEME = "99MEDTL"
+
+
+def _concept(value: str, meaning: str) -> Any:
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value=value[:64], scheme_designator=SCHEME, meaning=meaning[:64])
+
+
+def write_dicom_sr(image_ref: str, row: dict[str, Any], classes: list[str], out: Path, algorithm: str,
+                   version: str) -> Path:
+    """Writes the report of one scored case (``row``: a predictions row, with ``prob_CLASS`` for each class and
+    ``predicted``) on the scan at ``image_ref``; returns its path."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    path, uid = dicom.parse_series_ref(image_ref)
+    ordered, _ = dicom.order_slices(dicom_headers(path, uid))
+    sources = [_with_type2(pydicom.dcmread(h.path, stop_before_pixels=True)) for h in ordered]
+    algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm[:64], version=version[:64])
+    measurements = [hd.sr.Measurement(name=_concept(f"p-{c}", f"Probability of {c}"), value=float(row[f"prob_{c}"]),
+                                      unit=codes.UCUM.NoUnits, algorithm_id=algorithm_id) for c in classes]
+    evaluations = [hd.sr.QualitativeEvaluation(_concept("call", "Model call"),
+                                               _concept(f"class-{row['predicted']}", str(row["predicted"])))]
+    if row.get("unlike_training") in ("yes", "no"):
+        evaluations.append(hd.sr.QualitativeEvaluation(_concept("unlike-training", "Unlike the training scans"),
+                                                       codes.SCT.Yes if row["unlike_training"] == "yes" else codes.SCT.No))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="medtl classification"),
+        algorithm_id=algorithm_id, measurements=measurements, qualitative_evaluations=evaluations,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources])
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=algorithm[:64]))
+    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=device),
+                                     procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging"),
+                                     imaging_measurements=[group])
+    sr = hd.sr.Comprehensive3DSR(evidence=sources, content=report, series_instance_uid=hd.UID(), series_number=901,
+                                 sop_instance_uid=hd.UID(), instance_number=1, manufacturer=OWN, is_complete=True,
+                                 software_versions=__version__)
+    write_atomically(out, lambda fh: sr.save_as(fh, enforce_file_format=True), binary=True)  # a crash leaves none
+    return out
