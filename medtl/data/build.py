@@ -198,7 +198,7 @@ def build_manifest(
     DICOM series, written to ``structures_out`` (``medtl.data.structures``)."""
     folder, out = Path(folder), table_path(out)  # refused before the folder is walked
     sheets = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels or []]
-    _refuse_sources(folder, sheets, masks, structures, label_folders)
+    structures_out = _refuse_sources(folder, out, sheets, masks, structures, structures_out, label_folders)
     identifiers: dict[str, dict[str, str]] = {}
     walk = DicomWalk()
     cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, identifiers, walk), masks)
@@ -233,17 +233,16 @@ def build_manifest(
     if structures:
         from medtl.data.structures import write_structure_masks
 
-        made = write_structure_masks(cases, walk.series, walk.not_scans, list(structures),
-                                     Path(structures_out) if structures_out else out.with_name(f"{out.stem}_masks"),
-                                     progress)
+        made = write_structure_masks(cases, walk.series, walk.not_scans, list(structures), structures_out, progress)
         table["mask"] = [_relative(str(made[c]), base) if c in made else None for c in table["case_id"]]
     write_table(table, out)
     return table
 
 
-def _refuse_sources(folder: Path, sheets: list[Path], masks: Path | None, structures: Sequence[str],
-                    label_folders: bool) -> None:
-    """Sources that cannot be read, or that contradict each other, refused before the folder is walked."""
+def _refuse_sources(folder: Path, out: Path, sheets: list[Path], masks: Path | None, structures: Sequence[str],
+                    structures_out: Path | None, label_folders: bool) -> Path:
+    """Sources that cannot be read, or that contradict each other, refused before the folder is walked; returns the
+    folder the structures' masks go to (beside ``out`` unless given), refused inside ``folder``."""
     if not folder.is_dir():
         raise ManifestError(f"{folder}: not a folder; give the folder that holds the scans")
     missing = next((sheet for sheet in sheets if not sheet.is_file()), None)
@@ -253,12 +252,17 @@ def _refuse_sources(folder: Path, sheets: list[Path], masks: Path | None, struct
         raise ManifestError("--labels and --label-folders: give one source of labels")
     if masks is not None and structures:
         raise ManifestError("--masks and --structures: give one source of masks")
+    structures_out = Path(structures_out) if structures_out else out.with_name(f"{out.stem}_masks")
     if structures:
         from medtl.data.structures import structure_names
 
         structure_names(list(structures))
+        if structures_out.resolve().is_relative_to(folder.resolve()):
+            raise ManifestError(f"--structures-out {structures_out}: inside {folder}, where the next build would read "
+                                "its masks as scans; give --structures-out (or --out, beside which it goes) outside it")
     if masks is not None and not Path(masks).is_dir():
         raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
+    return structures_out
 
 
 def folder_labels(cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:

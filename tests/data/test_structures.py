@@ -157,6 +157,8 @@ def test_contours_that_give_no_mask_at_all_or_clash_with_masks_are_refused(tmp_p
         build_manifest(root, tmp_path / "m.csv", masks=tmp_path, structures=["GTV"])
     with pytest.raises(ManifestError, match="structure 'gtv' is named for two classes"):
         build_manifest(root, tmp_path / "m.csv", structures=["GTV", "gtv,GTVp"])
+    with pytest.raises(ManifestError, match="inside .*scans, where the next build would read its masks as scans"):
+        build_manifest(root, root / "m.csv", structures=["GTV"])
     assert not (tmp_path / "m.csv").exists()
 
 
