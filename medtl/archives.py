@@ -85,6 +85,12 @@ class DicomWeb:
                                      "server's DICOMweb root") from None
         return "answers a study search (QIDO-RS)"
 
+    def studies(self, accession: str) -> list[str]:
+        """The StudyInstanceUIDs filed under an accession number."""
+        found = self._call(lambda: self.client.search_for_studies(search_filters={"AccessionNumber": accession},
+                                                                  fields=["StudyInstanceUID"]))
+        return [uid for uid in (_json(s, "0020000D") for s in found) if uid]
+
     def series(self, study: str) -> list[dict[str, str]]:
         """The study's series: uid, modality and number."""
         found = self._call(lambda: self.client.search_for_series(study_instance_uid=study,
@@ -176,6 +182,16 @@ class Dimse:
             raise ArchiveUnavailable(f"{self.name}: the association opened, but C-ECHO got "
                                      f"{'no answer' if not status else f'status 0x{status.Status:04X}'}")
         return f"answers C-ECHO from calling AE title {self.calling}"
+
+    def studies(self, accession: str) -> list[str]:
+        from pydicom.dataset import Dataset
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Find
+
+        query = Dataset()
+        query.QueryRetrieveLevel, query.AccessionNumber, query.StudyInstanceUID = "STUDY", accession, ""
+        assoc = self._associate([Find])
+        found = self._responses(assoc, assoc.send_c_find(query, Find), "C-FIND")
+        return [str(s.StudyInstanceUID) for s in found if s is not None and s.get("StudyInstanceUID")]
 
     def series(self, study: str) -> list[dict[str, str]]:
         from pydicom.dataset import Dataset

@@ -32,8 +32,11 @@ def pacs_echo(archive: ArchiveArg, token_env: TokenOption = None, calling_ae: Ca
 @pacs_app.command("pull")
 def pacs_pull(
     archive: ArchiveArg,
-    studies: Annotated[Path, typer.Option(help="Text file of StudyInstanceUIDs, one a line.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to retrieve into (new, or one an earlier pull filled).")],
+    studies: Annotated[Optional[Path], typer.Option(help="Text file of StudyInstanceUIDs, one a line.")] = None,
+    accessions: Annotated[Optional[Path], typer.Option(
+        help="Text file of accession numbers, one a line, as a report registry keys studies (in place of --studies); "
+             "manifest build --labels then joins a sheet keyed by them.")] = None,
     modality: Annotated[Optional[list[str]], typer.Option(
         help="Only series of this DICOM Modality (CT, MR, DX...); repeat it for several (--modality CT --modality "
              "RTSTRUCT: scans and their contours, for manifest build --structures).")] = None,
@@ -46,11 +49,15 @@ def pacs_pull(
     """Retrieve each study's series into OUT/study0001/study0001_SE01 (no UID in a name; OUT/studies.csv says which
     is which); a rerun retrieves only what is missing."""
     from medtl.archives import open_archive
+    from medtl.errors import MedtlError
     from medtl.pacs import pull, read_study_list
 
+    if (studies is None) == (accessions is None):
+        raise MedtlError("give --studies (StudyInstanceUIDs) or --accessions (accession numbers): one list of studies")
+    by, listed = ("study", studies) if studies is not None else ("accession", accessions)
+    entries = read_study_list(listed, by)  # type: ignore[arg-type]
     source = open_archive(archive, token_env, calling_ae, move_port)
-    summary = pull(source, read_study_list(studies), out, [m.upper() for m in modality or []], str(studies),
-                   progress=True)
+    summary = pull(source, entries, out, [m.upper() for m in modality or []], str(listed), progress=True, by=by)
     typer.echo(f"{out}: {summary.retrieved} series retrieved now, {summary.present} already there (from {source.name})")
     for where, why in summary.failed.items():
         typer.echo(f"{where}: {why}", err=True)

@@ -38,19 +38,43 @@ class PullSummary:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def read_study_list(path: Path) -> list[str]:
-    """StudyInstanceUIDs, one a line (blank lines and # comments skipped), each once in the order given."""
+def read_study_list(path: Path, by: str = "study") -> list[str]:
+    """The entries of a list file, one a line (blank lines and # comments skipped), each once in the order given:
+    StudyInstanceUIDs (``by="study"``), or accession numbers (``by="accession"``), as a report registry keys studies."""
+    option = "--studies" if by == "study" else "--accessions"
+    what = "StudyInstanceUID" if by == "study" else "accession number"
     if not path.is_file():
-        raise MedtlError(f"--studies {path}: file not found; give a text file of StudyInstanceUIDs, one a line")
+        raise MedtlError(f"{option} {path}: file not found; give a text file of {what}s, one a line")
     lines = [line.split("#", 1)[0].strip() for line in path.read_text(errors="replace").splitlines()]
-    uids = list(dict.fromkeys(line for line in lines if line))
-    bad = next((i for i, uid in enumerate(uids) if not all(part.isdigit() for part in uid.split("."))), None)
-    if bad is not None:
-        raise MedtlError(f"--studies {path}: entry {bad + 1} is not a DICOM UID (digits and dots); give one "
-                         "StudyInstanceUID a line")
-    if not uids:
-        raise MedtlError(f"--studies {path}: no StudyInstanceUID in it")
-    return uids
+    entries = list(dict.fromkeys(line for line in lines if line))
+    if by == "study":
+        bad = next((i for i, uid in enumerate(entries) if not all(part.isdigit() for part in uid.split("."))), None)
+        if bad is not None:
+            raise MedtlError(f"{option} {path}: entry {bad + 1} is not a DICOM UID (digits and dots); give one "
+                             f"{what} a line, or accession numbers with --accessions")
+    if not entries:
+        raise MedtlError(f"{option} {path}: no {what} in it")
+    return entries
+
+
+def resolve_accessions(archive: Archive, accessions: list[str], source: str,
+                       summary: PullSummary) -> list[tuple[str, str]]:
+    """(entry, StudyInstanceUID) for each study the archive files under each accession number; an accession number
+    it does not know is counted in ``summary`` by its entry, never shown (it identifies a patient's visit)."""
+    found: list[tuple[str, str]] = []
+    for entry, accession in enumerate(accessions, start=1):
+        where = f"entry {entry} of {source}"
+        try:
+            studies = archive.studies(accession)
+        except ArchiveUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the transports each raise their own
+            summary.failed[where] = _failure(exc)
+            continue
+        if not studies:
+            summary.failed[where] = "no study with that accession number in the archive"
+        found += [(where, study) for study in studies]
+    return found
 
 
 def _index(out: Path) -> list[dict[str, str]]:
@@ -107,21 +131,24 @@ def _failure(exc: Exception) -> str:
     return str(exc) if isinstance(exc, RuntimeError) and str(exc) else type(exc).__name__
 
 
-def pull(archive: Archive, studies: list[str], out: Path, modalities: list[str] | None = None,
-         source: str = "--studies", progress: bool = False) -> PullSummary:
-    """Retrieves every series of ``studies`` (of ``modalities`` where given: CT and RTSTRUCT, say, for a scan and its
-    contours) into ``out``; see the module's docstring. An archive that cannot be used stops the pull in one line; a
-    study it cannot give is counted in the summary by its entry in ``source``, and the pull goes on."""
+def pull(archive: Archive, entries: list[str], out: Path, modalities: list[str] | None = None,
+         source: str = "--studies", progress: bool = False, by: str = "study") -> PullSummary:
+    """Retrieves every series of the studies ``entries`` name (StudyInstanceUIDs, or accession numbers with
+    ``by="accession"``), of ``modalities`` where given (CT and RTSTRUCT, say, for a scan and its contours), into
+    ``out``; see the module's docstring. An archive that cannot be used stops the pull in one line; a study it cannot
+    give is counted in the summary by its entry in ``source``, and the pull goes on."""
     from medtl.files import claim_folder
     from medtl.log import counted
 
     claim_folder(out, "--out", "pacs")
-    rows = _index(out)
-    labels = _study_labels(studies, rows)
-    known = {(r["study_instance_uid"], r["series_instance_uid"]): r["folder"] for r in rows}
     summary = PullSummary()
-    for entry, study in enumerate(counted(studies, "studies", progress), start=1):
-        label, where = labels[study], f"entry {entry} of {source}"
+    studies = (resolve_accessions(archive, entries, source, summary) if by == "accession"
+               else [(f"entry {n} of {source}", uid) for n, uid in enumerate(entries, start=1)])
+    rows = _index(out)
+    labels = _study_labels([uid for _, uid in studies], rows)
+    known = {(r["study_instance_uid"], r["series_instance_uid"]): r["folder"] for r in rows}
+    for where, study in counted(studies, "studies", progress):
+        label = labels[study]
         try:
             found = [s for s in archive.series(study) if not modalities or s["modality"].upper() in modalities]
             if not found:

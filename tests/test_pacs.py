@@ -61,8 +61,10 @@ def handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
             if not self._allowed():
                 return
             parts = urlsplit(self.path)
-            if parts.path == "/dicom-web/studies":  # QIDO-RS: the studies (asked by pacs echo)
-                found = [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid in archive.studies]
+            if parts.path == "/dicom-web/studies":  # QIDO-RS: the studies, of an accession number where asked
+                wanted = parse_qs(parts.query).get("AccessionNumber", [None])[0]
+                found = [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid, series in archive.studies.items()
+                         if wanted in (None, pydicom.dcmread(next(iter(series.values()))[0]).AccessionNumber)]
                 return self._send(200, json.dumps(found).encode()) if found else self._send(204)
             match = re.fullmatch(r"/dicom-web/studies/([\d.]+)/series(?:/([\d.]+))?", parts.path)
             if not match or match.group(1) not in archive.studies:
@@ -265,6 +267,13 @@ def dimse_node():
 
     def on_find(event):
         query = event.identifier
+        if query.QueryRetrieveLevel == "STUDY":
+            for uid, series in archive.studies.items():
+                if pydicom.dcmread(next(iter(series.values()))[0]).AccessionNumber == query.AccessionNumber:
+                    answer = pydicom.Dataset()
+                    answer.QueryRetrieveLevel, answer.StudyInstanceUID = "STUDY", uid
+                    yield 0xFF00, answer
+            return
         for uid, files in archive.studies.get(str(query.StudyInstanceUID), {}).items():
             ds = pydicom.dcmread(files[0], stop_before_pixels=True)
             answer = pydicom.Dataset()
@@ -364,3 +373,21 @@ def test_a_dimse_archive_that_allows_only_c_move_sends_to_medtl_listening(dimse_
     assert "2 series retrieved now" in done.stdout
     pulled = {pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "export").rglob("*.dcm")}
     assert pulled == {pydicom.dcmread(p).SOPInstanceUID for files in archive.studies[study].values() for p in files}
+
+
+@pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
+def test_studies_are_found_by_their_accession_numbers(request, tmp_path, kind):
+    """A report registry keys studies by accession number: --accessions finds each one's studies (QIDO-RS, or C-FIND at
+    study level) and pulls them; one the archive does not know is named by its entry, never shown."""
+    archive, address = request.getfixturevalue("server" if kind == "dicomweb" else "dimse_node")
+    study = study_on(archive, tmp_path / "pacs", "ines", 2)
+    (tmp_path / "acc.txt").write_text("INES-ACC\nNOBODY-ACC\n")
+    done = run_cli("pacs", "pull", address, "--accessions", tmp_path / "acc.txt", "--out", tmp_path / "export",
+                   "--calling-ae", "MEDTL_TEST")
+    assert done.returncode == 1, done.stderr
+    assert "2 series retrieved now" in done.stdout
+    assert "entry 2 of" in done.stderr and "no study with that accession number in the archive" in done.stderr
+    assert "NOBODY" not in done.stdout + done.stderr and "INES" not in done.stdout + done.stderr
+    assert study in (tmp_path / "export" / "studies.csv").read_text()
+    both = run_cli("pacs", "pull", address, "--out", tmp_path / "e2")
+    assert both.returncode != 0 and "give --studies (StudyInstanceUIDs) or --accessions" in both.stderr
