@@ -142,8 +142,9 @@ class Dimse:
 
         ae = AE(ae_title=self.calling)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        for context in contexts:
-            ae.add_requested_context(context)
+        storage = set(retrievable())
+        for context in contexts:  # storage classes, which instances come back in, in any syntax medtl decodes
+            ae.add_requested_context(context, syntaxes() if context in storage else None)
         assoc = ae.associate(self.host, self.port, ae_title=self.called, ext_neg=roles, evt_handlers=handlers)
         if not assoc.is_established:
             raise ArchiveUnavailable(f"{self.name}: no association (refused, aborted or no answer); check the AE title, "
@@ -239,7 +240,7 @@ class Dimse:
 
         listener = AE(ae_title=self.calling)
         for context in storage:
-            listener.add_supported_context(context)
+            listener.add_supported_context(context, syntaxes())
         try:
             server = listener.start_server(("", self.move_port), block=False,
                                            evt_handlers=[(evt.EVT_C_STORE, on_store)])
@@ -261,6 +262,15 @@ class Dimse:
         if not status:
             return "no answer to C-STORE (the association ended)"
         return None if status.Status in (0x0000, 0xB000, 0xB006, 0xB007) else f"C-STORE status 0x{status.Status:04X}"
+
+
+def syntaxes() -> list[str]:
+    """The transfer syntaxes medtl takes an instance in: uncompressed first, then the compressions its readers decode
+    (GDCM and pydicom), so an archive that stores JPEG Lossless need not transcode for it."""
+    from pydicom import uid
+
+    return [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.JPEGLosslessSV1, uid.JPEGLossless,
+            uid.JPEGLSLossless, uid.JPEG2000Lossless, uid.JPEG2000, uid.JPEGBaseline8Bit, uid.RLELossless]
 
 
 def retrievable() -> list[str]:
