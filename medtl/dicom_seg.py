@@ -47,12 +47,13 @@ def write_dicom_seg(image_ref: str, labels: np.ndarray, affine: np.ndarray, clas
         lps = dicom.LPS_TO_RAS @ affine
         frames = hd.Volume(frames, lps[:, [2, 1, 0, 3]], coordinate_system="PATIENT",
                            frame_of_reference_uid=sources[0].FrameOfReferenceUID)
+    algorithm, version = algorithm.replace("\\", "/"), version.replace("\\", "/")  # a backslash separates values
     algorithm_id = hd.AlgorithmIdentificationSequence(name=algorithm[:64], version=version[:64],
                                                       family=codes.cid7162.ArtificialIntelligence)
     segments = []
     for number, name in enumerate(classes[1:], start=1):
         segments.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=name[:64],
+            segment_number=number, segment_label=name.replace("\\", "/")[:64],
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm_id))

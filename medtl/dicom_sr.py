@@ -27,8 +27,10 @@ SCHEME = "99MEDTL"
 
 
 def _concept(value: str, meaning: str) -> Any:
+    """A concept of the private scheme; a backslash, DICOM's separator of values, is written as a slash."""
     import highdicom as hd
 
+    value, meaning = value.replace("\\", "/"), meaning.replace("\\", "/")
     return hd.sr.CodedConcept(value=value[:64], scheme_designator=SCHEME, meaning=meaning[:64])
 
 
@@ -42,6 +44,7 @@ def write_dicom_sr(image_ref: str, row: dict[str, Any], classes: list[str], out:
     path, uid = dicom.parse_series_ref(image_ref)
     ordered, _ = dicom.order_slices(dicom_headers(path, uid))
     sources = [_with_type2(pydicom.dcmread(h.path, stop_before_pixels=True)) for h in ordered]
+    algorithm, version = algorithm.replace("\\", "/"), version.replace("\\", "/")
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm[:64], version=version[:64])
     measurements = [hd.sr.Measurement(name=_concept(f"p-{c}", f"Probability of {c}"), value=float(row[f"prob_{c}"]),
                                       unit=codes.UCUM.NoUnits, algorithm_id=algorithm_id) for c in classes]

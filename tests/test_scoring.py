@@ -420,6 +420,10 @@ def test_each_scored_dicom_film_gets_a_dicom_sr_that_files_with_its_study(tmp_pa
     score(bundle, cases, tmp_path / "p.csv", device="cpu", reports=reports)
     assert (reports / f"{films['case_id'][0]}.sr.dcm").is_file()
     assert (reports / f"{films['case_id'][1]}.sr.dcm").stat().st_mtime_ns == kept
+    odd = ModelBundle(bundle.model, cfg, ["normal", "a\\b"])  # a backslash is DICOM's separator of values
+    score(odd, cases[:1], tmp_path / "odd.csv", device="cpu", reports=tmp_path / "odd")
+    group = hd.sr.srread(str(tmp_path / "odd" / f"{cases[0]['case_id']}.sr.dcm")).content.get_image_measurement_groups()[0]
+    assert [mm.name.meaning for mm in group.get_measurements()] == ["Probability of normal", "Probability of a/b"]
     seg = ModelBundle(bundle.model, cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": "segmentation"})}),
                       ["background", "lesion"])
     with pytest.raises(MedtlError, match="--reports-out: DICOM SR reports are written for classifiers"):
