@@ -85,6 +85,19 @@ class DicomWeb:
                                      "server's DICOMweb root") from None
         return "answers a study search (QIDO-RS)"
 
+    def find(self, filters: dict[str, str]) -> list[str]:
+        """The StudyInstanceUIDs of every study matching ``filters`` (DICOM keywords: StudyDate as a range,
+        ModalitiesInStudy), page after page until one brings nothing new: a server may cap a page below the limit
+        asked for, and one that ignores the offset would otherwise be asked forever."""
+        uids: list[str] = []
+        while True:
+            page = self._call(lambda: self.client.search_for_studies(
+                search_filters=filters, fields=["StudyInstanceUID"], offset=len(uids), limit=1000))
+            new = [u for u in dict.fromkeys(_json(s, "0020000D") for s in page) if u and u not in set(uids)]
+            if not new:
+                return uids
+            uids += new
+
     def studies(self, accession: str) -> list[str]:
         """The StudyInstanceUIDs filed under an accession number."""
         found = self._call(lambda: self.client.search_for_studies(search_filters={"AccessionNumber": accession},
@@ -185,11 +198,17 @@ class Dimse:
         return f"answers C-ECHO from calling AE title {self.calling}"
 
     def studies(self, accession: str) -> list[str]:
+        return self.find({"AccessionNumber": accession})
+
+    def find(self, filters: dict[str, str]) -> list[str]:
+        """C-FIND at study level: the StudyInstanceUIDs of every study matching ``filters`` (DICOM keywords)."""
         from pydicom.dataset import Dataset
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Find
 
         query = Dataset()
-        query.QueryRetrieveLevel, query.AccessionNumber, query.StudyInstanceUID = "STUDY", accession, ""
+        query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ""
+        for keyword, value in filters.items():
+            setattr(query, keyword, value)
         assoc = self._associate([Find])
         found = self._responses(assoc, assoc.send_c_find(query, Find), "C-FIND")
         return [str(s.StudyInstanceUID) for s in found if s is not None and s.get("StudyInstanceUID")]

@@ -29,6 +29,29 @@ def pacs_echo(archive: ArchiveArg, token_env: TokenOption = None, calling_ae: Ca
     typer.echo(f"{source.name}: {source.echo()}")
 
 
+@pacs_app.command("find")
+def pacs_find(
+    archive: ArchiveArg,
+    out: Annotated[Path, typer.Option("--out", help="Text file to write the studies' StudyInstanceUIDs to, one a line.")],
+    modality: Annotated[Optional[str], typer.Option(help="Studies holding a series of this DICOM Modality (CT, MR...).")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Studies on or after this date (YYYY-MM-DD).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Studies on or before this date (YYYY-MM-DD).")] = None,
+    token_env: TokenOption = None,
+    calling_ae: CallingOption = "MEDTL",
+) -> None:
+    """Find a cohort's studies (a modality, a range of dates) and write their list for pacs pull --studies; only the
+    count is shown."""
+    from medtl.archives import open_archive
+    from medtl.pacs import study_filters, write_study_list
+
+    filters = study_filters(modality, since, until)
+    source = open_archive(archive, token_env, calling_ae)
+    uids = list(dict.fromkeys(source.find(filters)))
+    write_study_list(uids, out)
+    typer.echo(f"{out}: {len(uids):,} studies" + (f"; next: medtl pacs pull {source.name} --studies {out} --out export/"
+                                                  if uids else ""))
+
+
 @pacs_app.command("pull")
 def pacs_pull(
     archive: ArchiveArg,

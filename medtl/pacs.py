@@ -206,3 +206,30 @@ def push(archive: Archive, folder: Path, progress: bool = False) -> tuple[int, i
         with open(log, "a") as fh:
             fh.write(f"{path.relative_to(folder)}\n")
     return len(todo) - len(failed), len(segs) - len(todo), failed
+
+
+def study_filters(modality: str | None, since: str | None, until: str | None) -> dict[str, str]:
+    """Query keys for the studies of a modality between two dates (YYYY-MM-DD, either end open), as a cohort is
+    defined; a date that is no date is refused in one line."""
+    from datetime import date
+
+    filters: dict[str, str] = {}
+    days = []
+    for option, value in (("--since", since), ("--until", until)):
+        try:
+            days.append(date.fromisoformat(value).strftime("%Y%m%d") if value else "")
+        except ValueError:
+            raise MedtlError(f"{option} {value}: not a date; give it as YYYY-MM-DD") from None
+    if any(days):
+        filters["StudyDate"] = f"{days[0]}-{days[1]}"
+    if modality:
+        filters["ModalitiesInStudy"] = modality.upper()
+    if not filters:
+        raise MedtlError("medtl pacs find: give --modality, --since or --until; a search for every study in an "
+                         "archive is refused")
+    return filters
+
+
+def write_study_list(uids: list[str], out: Path) -> None:
+    """The list ``pacs pull --studies`` reads, written whole; identifiers go to this file alone, never to a log."""
+    write_atomically(out, lambda fh: fh.write("".join(f"{uid}\n" for uid in uids)))

@@ -35,6 +35,21 @@ class Archive:
         self.refuse_store = False
         self.requests: list[str] = []
         self.nodes: dict[str, tuple[str, int]] = {}  # AE titles a C-MOVE may send to
+        self.ignore_offset = False  # a server that answers every page with the first
+
+
+def matching_studies(archive: Archive, keys: dict[str, str]) -> list[str]:
+    """The studies a study-level query matches, as an archive reads its keys: AccessionNumber exactly, StudyDate as a
+    range (either end open), ModalitiesInStudy by any series' modality."""
+    found = []
+    for uid, series in archive.studies.items():
+        first = [pydicom.dcmread(files[0], stop_before_pixels=True) for files in series.values()]
+        date, (since, _, until) = str(first[0].StudyDate), keys.get("StudyDate", "-").partition("-")
+        if (keys.get("AccessionNumber") in (None, first[0].AccessionNumber)
+                and (not since or date >= since) and (not until or date <= until)
+                and keys.get("ModalitiesInStudy") in (None, *(ds.Modality for ds in first))):
+            found.append(uid)
+    return found
 
 
 def handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
@@ -61,10 +76,12 @@ def handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
             if not self._allowed():
                 return
             parts = urlsplit(self.path)
-            if parts.path == "/dicom-web/studies":  # QIDO-RS: the studies, of an accession number where asked
-                wanted = parse_qs(parts.query).get("AccessionNumber", [None])[0]
-                found = [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid, series in archive.studies.items()
-                         if wanted in (None, pydicom.dcmread(next(iter(series.values()))[0]).AccessionNumber)]
+            if parts.path == "/dicom-web/studies":  # QIDO-RS: the studies a query's keys match
+                asked = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                keys = {k: v for k, v in asked.items() if k not in ("includefield", "limit", "offset")}
+                found = [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid in matching_studies(archive, keys)]
+                if not archive.ignore_offset:
+                    found = found[int(asked.get("offset", 0)):][:min(1, int(asked.get("limit", 10**6)))]  # capped pages
                 return self._send(200, json.dumps(found).encode()) if found else self._send(204)
             match = re.fullmatch(r"/dicom-web/studies/([\d.]+)/series(?:/([\d.]+))?", parts.path)
             if not match or match.group(1) not in archive.studies:
@@ -117,8 +134,9 @@ def server():
     httpd.server_close()
 
 
-def study_on(archive: Archive, root: Path, name: str, n_series: int = 2, seed: int = 0) -> str:
-    """A study of ``n_series`` small CT series, the last one numbered first; returns its StudyInstanceUID."""
+def study_on(archive: Archive, root: Path, name: str, n_series: int = 2, seed: int = 0, date: str = "20260101") -> str:
+    """A study of ``n_series`` small CT series, the last one numbered first, on ``date``; returns its
+    StudyInstanceUID."""
     study = pydicom.uid.generate_uid()
     archive.studies[study] = {}
     for s in range(n_series):
@@ -127,7 +145,7 @@ def study_on(archive: Archive, root: Path, name: str, n_series: int = 2, seed: i
         uid = write_ct_series(folder, volume, patient_tag=name.upper(), seed=seed + s)
         for path in folder.iterdir():
             ds = pydicom.dcmread(path)
-            ds.StudyInstanceUID, ds.SeriesNumber = study, n_series - s
+            ds.StudyInstanceUID, ds.SeriesNumber, ds.StudyDate = study, n_series - s, date
             ds.save_as(path, enforce_file_format=True)
         archive.studies[study][uid] = sorted(folder.iterdir())
     return study
@@ -268,11 +286,11 @@ def dimse_node():
     def on_find(event):
         query = event.identifier
         if query.QueryRetrieveLevel == "STUDY":
-            for uid, series in archive.studies.items():
-                if pydicom.dcmread(next(iter(series.values()))[0]).AccessionNumber == query.AccessionNumber:
-                    answer = pydicom.Dataset()
-                    answer.QueryRetrieveLevel, answer.StudyInstanceUID = "STUDY", uid
-                    yield 0xFF00, answer
+            keys = {k: str(query.get(k)) for k in ("AccessionNumber", "StudyDate", "ModalitiesInStudy") if k in query}
+            for uid in matching_studies(archive, keys):
+                answer = pydicom.Dataset()
+                answer.QueryRetrieveLevel, answer.StudyInstanceUID = "STUDY", uid
+                yield 0xFF00, answer
             return
         for uid, files in archive.studies.get(str(query.StudyInstanceUID), {}).items():
             ds = pydicom.dcmread(files[0], stop_before_pixels=True)
@@ -391,3 +409,29 @@ def test_studies_are_found_by_their_accession_numbers(request, tmp_path, kind):
     assert study in (tmp_path / "export" / "studies.csv").read_text()
     both = run_cli("pacs", "pull", address, "--out", tmp_path / "e2")
     assert both.returncode != 0 and "give --studies (StudyInstanceUIDs) or --accessions" in both.stderr
+
+
+@pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
+def test_a_cohort_is_found_by_modality_and_dates_and_only_counted(request, tmp_path, kind):
+    """pacs find: the studies of a modality between two dates go to a list pacs pull reads; the output counts them and
+    shows no UID; a search with no key, or a date that is no date, is refused in one line."""
+    archive, address = request.getfixturevalue("server" if kind == "dicomweb" else "dimse_node")
+    early = study_on(archive, tmp_path / "pacs", "jan", 1, date="20230115")
+    late = study_on(archive, tmp_path / "pacs", "kim", 1, seed=3, date="20240301")
+    found = run_cli("pacs", "find", address, "--modality", "ct", "--since", "2023-01-01", "--until", "2023-12-31",
+                    "--out", tmp_path / "cohort.txt", "--calling-ae", "MEDTL_TEST")
+    assert found.returncode == 0, found.stderr
+    assert (tmp_path / "cohort.txt").read_text().split() == [early]
+    assert "1 studies" in found.stdout and early not in found.stdout + found.stderr
+    mr = run_cli("pacs", "find", address, "--modality", "MR", "--out", tmp_path / "none.txt", "--calling-ae", "MEDTL_TEST")
+    assert mr.returncode == 0 and "0 studies" in mr.stdout and (tmp_path / "none.txt").read_text() == ""
+    since = run_cli("pacs", "find", address, "--since", "2024-01-01", "--out", tmp_path / "late.txt", "--calling-ae",
+                    "MEDTL_TEST")
+    assert since.returncode == 0 and (tmp_path / "late.txt").read_text().split() == [late]
+    archive.ignore_offset = True  # DICOMweb: pages of one study each, or the same page again and again
+    every = run_cli("pacs", "find", address, "--modality", "CT", "--out", tmp_path / "all.txt", "--calling-ae", "MEDTL_TEST")
+    assert every.returncode == 0 and sorted((tmp_path / "all.txt").read_text().split()) == sorted([early, late])
+    bare = run_cli("pacs", "find", address, "--out", tmp_path / "all.txt")
+    assert bare.returncode != 0 and "give --modality, --since or --until" in bare.stderr
+    bad = run_cli("pacs", "find", address, "--since", "2023-13-01", "--out", tmp_path / "x.txt")
+    assert bad.returncode != 0 and "--since 2023-13-01: not a date; give it as YYYY-MM-DD" in bad.stderr
