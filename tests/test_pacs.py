@@ -275,7 +275,8 @@ def dimse_node():
     """A DICOM node (pynetdicom) answering C-FIND and C-GET from an ``Archive`` and taking C-STOREs, on a port the OS
     chooses; it accepts only the calling AE title MEDTL_TEST."""
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-    from pynetdicom.sop_class import (SegmentationStorage, StudyRootQueryRetrieveInformationModelFind,
+    from pynetdicom.sop_class import (Comprehensive3DSRStorage, SegmentationStorage,
+                                      StudyRootQueryRetrieveInformationModelFind,
                                       StudyRootQueryRetrieveInformationModelGet,
                                       StudyRootQueryRetrieveInformationModelMove, Verification)
 
@@ -328,6 +329,7 @@ def dimse_node():
         ae.add_supported_context(context, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
         ae.add_requested_context(context)  # a C-MOVE's sub-operations go out as C-STOREs
     ae.add_supported_context(SegmentationStorage, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Comprehensive3DSRStorage, ALL_TRANSFER_SYNTAXES)
     node = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_C_GET, on_get),
                                                                           (evt.EVT_C_MOVE, on_move),
                                                                           (evt.EVT_C_STORE, on_store)])
@@ -364,12 +366,17 @@ def test_a_dimse_archive_gives_the_same_export_and_takes_the_segmentations(dimse
     labels = np.zeros((8, 8, 3), np.uint8)
     labels[2:5, 2:6, 1] = 1
     write_dicom_seg(str(source), labels, affine, ["background", "lesion"], tmp_path / "masks" / "gina.dcm", "medtl", "1")
+    from medtl.dicom_sr import write_dicom_sr
+
+    write_dicom_sr(str(source), {"prob_normal": 0.9, "prob_lesion": 0.1, "predicted": "normal"}, ["normal", "lesion"],
+                   tmp_path / "masks" / "gina.sr.dcm", "medtl", "1")
     node = Dimse(address, "MEDTL_TEST")
-    assert push(node, tmp_path / "masks") == (1, 0, {})
-    assert [ds.Modality for ds in archive.stored] == ["SEG"]
+    assert push(node, tmp_path / "masks") == (2, 0, {})
+    assert [ds.Modality for ds in archive.stored] == ["SEG", "SR"]
     archive.refuse_store = True
     (tmp_path / "masks" / ".medtl-pushed").unlink()
-    assert push(node, tmp_path / "masks") == (0, 0, {"gina.dcm": "C-STORE status 0xA700"})
+    assert push(node, tmp_path / "masks") == (0, 0, {"gina.dcm": "C-STORE status 0xA700",
+                                                     "gina.sr.dcm": "C-STORE status 0xA700"})
 
 
 def test_a_dimse_archive_that_allows_only_c_move_sends_to_medtl_listening(dimse_node, tmp_path):
