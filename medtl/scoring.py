@@ -384,9 +384,10 @@ def _write_reports(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.D
     dicom_rows = [r for r in ok if scan_kind(images[r["case_id"]]) == "dicom"]
     name = bundle.extra.get("model_name") or bundle.extra.get("backbone") or "medtl model"
     version = str(bundle.extra.get("model_version") or model_id)
-    for row in dicom_rows:
-        path = folder / f"{row['case_id']}.sr.dcm"
-        if not path.exists():
-            write_dicom_sr(images[row["case_id"]], row, bundle.classes, path, name, version)
+    todo = [r for r in dicom_rows if not (folder / f"{r['case_id']}.sr.dcm").exists()]
+    for row in todo:
+        write_dicom_sr(images[row["case_id"]], row, bundle.classes, folder / f"{row['case_id']}.sr.dcm", name, version)
+    logger.info("%s: %d DICOM SR written now, %d already there (medtl pacs push stores them)", folder, len(todo),
+                len(dicom_rows) - len(todo))
     if len(dicom_rows) < len(ok):
         logger.info("%d of the %d cases scored are not DICOM: no DICOM SR for them", len(ok) - len(dicom_rows), len(ok))

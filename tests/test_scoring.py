@@ -404,6 +404,7 @@ def test_each_scored_dicom_film_gets_a_dicom_sr_that_files_with_its_study(tmp_pa
     rows = pd.read_csv(tmp_path / "p.csv", dtype={"case_id": str}).set_index("case_id")
     assert sorted(p.name for p in reports.glob("*.dcm")) == [f"{c}.sr.dcm" for c in sorted(films["case_id"])]
     assert "1 of the 4 cases scored are not DICOM: no DICOM SR for them" in caplog.text
+    assert "3 DICOM SR written now, 0 already there" in caplog.text
     for case in films.itertuples():
         sr = hd.sr.srread(str(reports / f"{case.case_id}.sr.dcm"))
         film = pydicom.dcmread(m.parent / case.image)
