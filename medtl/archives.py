@@ -100,9 +100,7 @@ class DicomWeb:
 
     def studies(self, accession: str) -> list[str]:
         """The StudyInstanceUIDs filed under an accession number."""
-        found = self._call(lambda: self.client.search_for_studies(search_filters={"AccessionNumber": accession},
-                                                                  fields=["StudyInstanceUID"]))
-        return [uid for uid in (_json(s, "0020000D") for s in found) if uid]
+        return self.find({"AccessionNumber": accession})
 
     def series(self, study: str) -> list[dict[str, str]]:
         """The study's series: uid, modality and number."""

@@ -14,13 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pydicom
-
 from medtl import __version__
-from medtl.data import dicom
-from medtl.data.readers import dicom_headers
 from medtl.data.structures import OWN
-from medtl.dicom_seg import _with_type2
+from medtl.dicom_seg import source_datasets, value_text
 from medtl.files import write_atomically
 
 SCHEME = "99MEDTL"
@@ -30,8 +26,7 @@ def _concept(value: str, meaning: str) -> Any:
     """A concept of the private scheme; a backslash, DICOM's separator of values, is written as a slash."""
     import highdicom as hd
 
-    value, meaning = value.replace("\\", "/"), meaning.replace("\\", "/")
-    return hd.sr.CodedConcept(value=value[:64], scheme_designator=SCHEME, meaning=meaning[:64])
+    return hd.sr.CodedConcept(value=value_text(value), scheme_designator=SCHEME, meaning=value_text(meaning))
 
 
 def write_dicom_sr(image_ref: str, row: dict[str, Any], classes: list[str], out: Path, algorithm: str,
@@ -41,11 +36,9 @@ def write_dicom_sr(image_ref: str, row: dict[str, Any], classes: list[str], out:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    path, uid = dicom.parse_series_ref(image_ref)
-    ordered, _ = dicom.order_slices(dicom_headers(path, uid))
-    sources = [_with_type2(pydicom.dcmread(h.path, stop_before_pixels=True)) for h in ordered]
-    algorithm, version = algorithm.replace("\\", "/"), version.replace("\\", "/")
-    algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm[:64], version=version[:64])
+    sources = source_datasets(image_ref, pixels=False)
+    algorithm, version = value_text(algorithm), value_text(version)
+    algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm, version=version)
     measurements = [hd.sr.Measurement(name=_concept(f"p-{c}", f"Probability of {c}"), value=float(row[f"prob_{c}"]),
                                       unit=codes.UCUM.NoUnits, algorithm_id=algorithm_id) for c in classes]
     evaluations = [hd.sr.QualitativeEvaluation(_concept("call", "Model call"),
@@ -59,7 +52,7 @@ def write_dicom_sr(image_ref: str, row: dict[str, Any], classes: list[str], out:
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources])
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=algorithm[:64]))
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=algorithm))
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=device),
                                      procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging"),
                                      imaging_measurements=[group])
