@@ -16,7 +16,7 @@ weights_app = typer.Typer(help="List, import and verify pretrained weights (offl
 
 @manifest_app.command("build")
 def manifest_build(
-    folder: Annotated[Path, typer.Argument(help="Folder holding DICOM series, NIfTI or PNG files.")],
+    folder: Annotated[Path, typer.Argument(help="Folder holding DICOM series, NIfTI, MetaImage, NRRD or PNG files.")],
     out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
     labels: Annotated[Optional[list[Path]], typer.Option(
         help="CSV or .xlsx workbook with case_id (or the scans' file names) and label, and any subgroup columns; "

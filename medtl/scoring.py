@@ -21,6 +21,7 @@ from medtl.config_sections import CaseIds
 from medtl.data.build import discover_cases, pair_masks
 from medtl.data.manifest import UNREADABLE_CSV, read_manifest, scan_cases
 from medtl.data.dicom import parse_series_ref
+from medtl.data.itk_formats import write_itk_mask
 from medtl.data.readers import IMAGE_SUFFIXES, archive_hint, dicom_headers, scan_kind
 from medtl.errors import MedtlError
 from medtl.explain import heatmap_problem, write_heatmaps
@@ -102,7 +103,7 @@ def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "f
     cases = [{"case_id": c, "image": ref} for c, ref in images]  # a mask beside its scan is no case to score
     if not cases:
         hint = archive_hint(Path(input_dir)) if Path(input_dir).is_dir() else ""  # type: ignore[arg-type]
-        raise MedtlError(f"--input {input_dir}: no DICOM, NIfTI or image file found in it or below"
+        raise MedtlError(f"--input {input_dir}: no DICOM, NIfTI, MetaImage, NRRD or image file found in it or below"
                          + (hint or "; check the folder"))
     return cases
 
@@ -172,8 +173,9 @@ def done_cases(stream: Path, model_id: str) -> set[str]:
 
 def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundle: ModelBundle,
               model_id: str) -> dict[str, Any]:
-    """Writes the mask on the source grid: PNG for a film, NIfTI with the source affine otherwise, and for a
-    DICOM series also a DICOM-SEG referencing it; adds the lesion's size and the path."""
+    """Writes the mask on the source grid: PNG for a film, MetaImage or NRRD for a scan in that format, NIfTI with
+    the source affine otherwise, and for a DICOM series also a DICOM-SEG referencing it; adds the lesion's size and
+    the path."""
     mask = rec["mask"]
     row = {**_lesion_size(mask, image_ref, bundle.spec.data.spatial_dims), "mask_path": ""}
     if masks_out is not None:
@@ -184,6 +186,8 @@ def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundl
             path = masks_out / f"{rec['case_id']}.png"
             labels = mask.labels * (255 if mask.labels.max(initial=0) <= 1 else 1)
             Image.fromarray(labels.astype(np.uint8).T).save(path)
+        elif scan_kind(image_ref) == "itk":  # back in its own format, for the viewer or challenge that gave it
+            path = write_itk_mask(mask.labels, Path(image_ref), masks_out / rec["case_id"])
         else:
             path = masks_out / f"{rec['case_id']}.nii.gz"
             affine = mask.affine if mask.affine.shape == (4, 4) else _affine_3d(mask.affine)
@@ -236,7 +240,7 @@ def _lesion_size(mask: SourceMask, image_ref: str, spatial_dims: int) -> dict[st
         return {"lesion_volume_ml": n * mask.voxel_ml}
     kind = scan_kind(image_ref)
     path, uid = parse_series_ref(image_ref)
-    stated = kind == "nifti" or (kind == "dicom" and any(
+    stated = kind in ("nifti", "itk") or (kind == "dicom" and any(
         tag in dicom_headers(path, uid)[0].dataset for tag in ("PixelSpacing", "ImagerPixelSpacing")))
     return {"lesion_pixels": n, "lesion_area_mm2": n * mask.pixel_mm2 if stated else float("nan")}
 

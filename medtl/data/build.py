@@ -21,7 +21,7 @@ from medtl.config_sections import CaseIds
 from medtl.data import dicom
 from medtl.data.label_sheets import case_id_from_file, join_labels
 from medtl.data.manifest import SPLIT_NAMES, read_sheet
-from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, archive_hint
+from medtl.data.readers import IMAGE_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, archive_hint
 from medtl.errors import ManifestError
 from medtl.files import table_path, write_table
 
@@ -56,7 +56,7 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
         return [(case_id_from_file(folder), str(folder))]
     found: list[tuple[str, str, Path]] = []  # case id, reference, what names it
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name.lower().endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)):
+        if path.is_file() and path.name.lower().endswith((*NIFTI_SUFFIXES, *ITK_SUFFIXES, *IMAGE_SUFFIXES)):
             found.append((case_id_from_file(path), str(path), path))
     series, not_scans = dicom.scan_series(folder, progress)
     in_series = {h.path for headers in series.values() for h in headers} | set(not_scans)
@@ -110,7 +110,8 @@ def _refuse_shared_ids(cases: list[tuple[str, str]], folder: Path, ids: CaseIds)
         first[case] = ref
 
 
-MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
+MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt", ".seg", "-label")
+"""How a mask beside its scan is named; the last two as 3D Slicer saves a segmentation and a labelmap."""
 
 
 def _mask_of(case_id: str) -> str | None:
@@ -123,8 +124,8 @@ def _mask_of(case_id: str) -> str | None:
 
 def pair_masks(cases: list[tuple[str, str]], masks: Path | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Splits discovered files into image cases and their masks: files under ``masks`` (named like their
-    image, optionally with a mask suffix), and files beside their image named ``<case>_mask`` (or ``_seg``,
-    ``_label``, ``_gt``). A mask is never listed as a case of its own."""
+    image, optionally with a mask suffix), and files beside their image named ``<case>_mask`` (or another of
+    ``MASK_SUFFIXES``). A mask is never listed as a case of its own."""
     found: dict[str, str] = {}
     if masks is not None:
         root = Path(masks).resolve()
@@ -203,7 +204,7 @@ def build_manifest(
     walk = DicomWalk()
     cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, identifiers, walk), masks)
     if not cases:
-        raise ManifestError(f"{folder}: no DICOM, NIfTI or PNG file found{archive_hint(folder)}")
+        raise ManifestError(f"{folder}: no DICOM, NIfTI, MetaImage, NRRD or PNG file found{archive_hint(folder)}")
     if masks is not None and not any(c in mask_refs for c, _ in cases):
         raise ManifestError(f"--masks {masks}: no file there is named like a case of {folder} (e.g. {cases[0][0]}.nii.gz "
                             f"or {cases[0][0]}_mask.nii.gz)")

@@ -17,6 +17,7 @@ from medtl.config_sections import DEFAULT_MASK_CLASSES
 from medtl.data import dicom
 from medtl.data.findings import unfit_labels
 from medtl.data.manifest import Manifest, label_spelling, other_spellings, typing_slip
+from medtl.data.itk_formats import load_itk, read_itk_header
 from medtl.data.readers import check_nifti_size, dicom_headers, nifti_problem, scan_kind
 from medtl.errors import DataError
 from medtl.files import sha256_file
@@ -90,6 +91,10 @@ def _geometry(ref: str, deep: bool) -> Geometry:
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
             raise DataError(f"unreadable NIfTI ({type(exc).__name__})") from None
         return Geometry(shape, img.affine, blank, minimum=minimum)
+    if kind == "itk":
+        header = read_itk_header(path)
+        blank, minimum = _voxels(load_itk(path)[0]) if deep else (None, None)
+        return Geometry(header.shape, header.affine, blank, minimum=minimum)
     if kind == "image":
         try:
             with Image.open(path) as im:

@@ -15,7 +15,7 @@ import pandas as pd
 from medtl.data import dicom
 from medtl.data.findings import findings_hint
 from medtl.data.manifest import KNOWN_COLUMNS, read_sheet
-from medtl.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+from medtl.data.readers import IMAGE_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES
 from medtl.errors import ManifestError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ TAIL_DEPTH = 6
 
 def case_id_from_file(path: Path) -> str:
     name = path.name
-    for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, ".dcm"):
+    for suffix in (*NIFTI_SUFFIXES, *ITK_SUFFIXES, *IMAGE_SUFFIXES, ".dcm"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -1,7 +1,8 @@
-"""One MONAI ImageReader for every scan medtl accepts: DICOM series or file, NIfTI, PNG/JPEG.
+"""One MONAI ImageReader for every scan medtl accepts: DICOM series or file, NIfTI, MetaImage, NRRD, PNG/JPEG.
 
 NIfTI and PNG go to MONAI's NibabelReader and PILReader; DICOM goes through medtl's series loader, which
-orders slices by position (see ``medtl.data.dicom``). Every failure becomes a DataError naming the file.
+orders slices by position (see ``medtl.data.dicom``); MetaImage and NRRD through SimpleITK
+(``medtl.data.itk_formats``). Every failure becomes a DataError naming the file.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from monai.utils import MetaKeys, SpaceKeys
 
 from medtl.config_sections import max_voxels
 from medtl.data import dicom
+from medtl.data.itk_formats import ITK_FORMATS, load_itk
 from medtl.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = tuple(ITK_FORMATS)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 """How PACS and data-sharing exports often arrive: scans packed in an archive, which medtl does not open."""
-OTHER_FORMATS = {".mha": "MetaImage", ".mhd": "MetaImage", ".nrrd": "NRRD", ".nhdr": "NRRD", ".hdr": "Analyze",
-                 ".img": "Analyze", ".mgz": "FreeSurfer", ".mgh": "FreeSurfer", ".npy": "NumPy", ".npz": "NumPy"}
+OTHER_FORMATS = {".hdr": "Analyze", ".img": "Analyze", ".mgz": "FreeSurfer", ".mgh": "FreeSurfer", ".npy": "NumPy", ".npz": "NumPy"}
 """Research formats medtl does not read, by suffix: each is converted to NIfTI with its geometry in one call."""
 
 DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this: a larger claim is a forged header
@@ -55,7 +57,7 @@ def check_nifti_size(path: Path) -> tuple[int, ...]:
 
 
 def scan_kind(path: Path | str) -> str:
-    """'dicom', 'nifti' or 'image' from what the path is; DataError when it is none of them."""
+    """'dicom', 'nifti', 'itk' (MetaImage, NRRD) or 'image' from what the path is; DataError when it is none."""
     path, uid = dicom.parse_series_ref(str(path))
     if uid:
         return "dicom"
@@ -66,6 +68,8 @@ def scan_kind(path: Path | str) -> str:
         return "nifti"
     if name.endswith(IMAGE_SUFFIXES):
         return "image"
+    if name.endswith(ITK_SUFFIXES):
+        return "itk"
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if dicom.is_dicom_file(path):
@@ -75,13 +79,13 @@ def scan_kind(path: Path | str) -> str:
     if path.suffix.lower() in OTHER_FORMATS:
         raise DataError(f"{path.name}: in {OTHER_FORMATS[path.suffix.lower()]} format, which medtl does not read; "
                         "convert it to NIfTI with its spacing and orientation (SimpleITK's or nibabel's save does)")
-    raise DataError(f"{path.name}: not a DICOM, NIfTI or PNG file")
+    raise DataError(f"{path.name}: not a DICOM, NIfTI, MetaImage, NRRD or PNG file")
 
 
 
 def archive_hint(folder: Path) -> str:
     """What to do when a folder holds no scan medtl reads but archives of them (a zipped PACS export) or scans in a
-    research format (MetaImage, NRRD ...); empty when it holds neither."""
+    research format medtl does not read (Analyze, FreeSurfer ...); empty when it holds neither."""
     files = [p.name for p in sorted(folder.rglob("*"))]
     packed = [f for f in files if f.lower().endswith(ARCHIVE_SUFFIXES)]
     if packed:
@@ -119,6 +123,8 @@ class ScanReader(ImageReader):
             raise DataError(f"{path}: file not found")
         if kind == "nifti":
             check_nifti_size(path)
+        if kind == "itk":
+            return kind, path, path  # get_data reads the header before the voxels
         try:
             if kind == "nifti":
                 image = self._nifti.read(str(path))
@@ -144,20 +150,32 @@ class ScanReader(ImageReader):
                 return self._image.get_data(payload)
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"{path.name}: cannot decode {kind} voxels ({type(exc).__name__}: {exc})") from None
+        if kind == "itk":
+            try:
+                array, affine = load_itk(payload)
+            except DataError as exc:
+                raise DataError(f"{path.name}: {exc}") from None
+            return array, _meta(array, affine)
         array, affine = dicom.load_series(payload)
         rank = array.ndim
         if rank == 2:
             affine = np.array([[affine[0, 0], 0, 0], [0, affine[1, 1], 0], [0, 0, 1.0]])
-        meta = {
-            MetaKeys.AFFINE: affine,
-            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
-            MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape),
-            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
-            MetaKeys.SPACE: SpaceKeys.RAS,
-            "dicom_modality": dicom.modality_tag(payload[0]),  # for CheckAcquisitiond; NIfTI and films carry none
-            "dicom_view": dicom.view_tag(payload[0]),
-        }
+        # for CheckAcquisitiond; the other formats carry neither
+        meta = _meta(array, affine, dicom_modality=dicom.modality_tag(payload[0]),
+                     dicom_view=dicom.view_tag(payload[0]))
         return array.astype(np.float32), meta
+
+
+def _meta(array: np.ndarray, affine: np.ndarray, **tags: Any) -> dict[str, Any]:
+    """MONAI's metadata for voxels medtl decoded itself, in RAS."""
+    return {
+        MetaKeys.AFFINE: affine,
+        MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+        MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape),
+        MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+        MetaKeys.SPACE: SpaceKeys.RAS,
+        **tags,
+    }
 
 
 def nifti_problem(dtype: Any, shape: tuple[int, ...], affine: np.ndarray) -> str | None:

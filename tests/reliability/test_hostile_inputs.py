@@ -461,12 +461,11 @@ def test_a_zipped_export_or_a_research_format_says_what_to_do(tmp_path, model_2d
     pd.DataFrame({"case_id": ["a"], "image": ["export/study.zip"]}).to_csv(tmp_path / "m.csv", index=False)
     problem, = check_manifest(read_manifest(tmp_path / "m.csv"))
     assert problem.case_id == "a" and "study.zip: an archive, not a scan; unpack it" in problem.detail
-    research = tmp_path / "luna"  # a research set in MetaImage, as LUNA16 ships
+    research = tmp_path / "subjects"  # a research set as FreeSurfer keeps it
     research.mkdir()
-    (research / "1.3.6.mhd").write_text("ObjectType = Image\nNDims = 3\n")
-    (research / "1.3.6.raw").write_bytes(bytes(64))
-    with pytest.raises(ManifestError, match=r"1 MetaImage file\(s\) \(1.3.6.mhd\), which medtl does not read: convert"):
+    (research / "T1.mgz").write_bytes(bytes(64))
+    with pytest.raises(ManifestError, match=r"1 FreeSurfer file\(s\) \(T1.mgz\), which medtl does not read: convert"):
         build_manifest(research, tmp_path / "m2.csv")
-    pd.DataFrame({"case_id": ["b"], "image": ["luna/1.3.6.mhd"]}).to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame({"case_id": ["b"], "image": ["subjects/T1.mgz"]}).to_csv(tmp_path / "m.csv", index=False)
     problem, = check_manifest(read_manifest(tmp_path / "m.csv"))
-    assert "1.3.6.mhd: in MetaImage format, which medtl does not read; convert it to NIfTI" in problem.detail
+    assert "T1.mgz: in FreeSurfer format, which medtl does not read; convert it to NIfTI" in problem.detail
