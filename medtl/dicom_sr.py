@@ -1,7 +1,9 @@
-"""DICOM in, DICOM out, for classifiers: a scored DICOM study goes back to PACS as a DICOM Structured Report, the
-imaging measurement report of TID 1500 (highdicom), which viewers such as OHIF list beside the images. It holds,
-for the scans it references: the probability of each class, the model's call and, where the model measures it,
-whether the scan looks unlike the training scans, with the model named as the observing device.
+"""DICOM in, DICOM out: a scored DICOM study goes back to PACS as a DICOM Structured Report, the imaging
+measurement report of TID 1500 (highdicom), which viewers such as OHIF list beside the images, with the model named
+as the observing device. A classifier's holds, for the scans it references, the probability of each class, the
+model's call and, where the model measures it, whether the scan looks unlike the training scans. A segmentation
+model's holds each class's volume, measured on the segment of the DICOM-SEG it references, so a tumour board or a
+registry reads the number and a viewer shows the region it was measured on.
 
 Like the DICOM-SEG of ``medtl.dicom_seg``, the report carries the patient and study modules, because the standard
 requires them for the object to file with its study. It is written only to the folder the user names
@@ -50,14 +52,46 @@ def write_dicom_sr(image_ref: str, row: dict[str, Any], classes: list[str], out:
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="medtl classification"),
         algorithm_id=algorithm_id, measurements=measurements, qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources])
+    return _write_report(sources, [group], algorithm, out)
+
+
+def write_segmentation_sr(image_ref: str, seg_path: Path, volumes: dict[str, float], out: Path, algorithm: str,
+                          version: str) -> Path:
+    """Writes the report of one segmented case: for each class of ``volumes`` (mL, by class name), in the order of
+    the DICOM-SEG's segments at ``seg_path``, a volumetric measurement group that references its segment."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    sources = source_datasets(image_ref, pixels=False)
+    seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    algorithm, version = value_text(algorithm), value_text(version)
+    algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm, version=version)
+    millilitre = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
+    groups = []
+    for number, (name, ml) in enumerate(volumes.items(), start=1):
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=value_text(f"medtl {name}")),
+            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
+            finding_type=_concept(f"class-{name}", name), algorithm_id=algorithm_id,
+            measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=ml, unit=millilitre,
+                                            algorithm_id=algorithm_id)]))
+    return _write_report(sources, groups, algorithm, out, evidence=[seg])
+
+
+def _write_report(sources: list[Any], groups: list[Any], algorithm: str, out: Path, evidence: list[Any] = ()) -> Path:
+    """The TID 1500 report of ``groups`` on ``sources``, observed by the model as a device, written whole or not."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=algorithm))
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=device),
                                      procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging"),
-                                     imaging_measurements=[group])
-    sr = hd.sr.Comprehensive3DSR(evidence=sources, content=report, series_instance_uid=hd.UID(), series_number=901,
-                                 sop_instance_uid=hd.UID(), instance_number=1, manufacturer=OWN, is_complete=True,
-                                 software_versions=__version__)
+                                     imaging_measurements=groups)
+    sr = hd.sr.Comprehensive3DSR(evidence=[*sources, *evidence], content=report, series_instance_uid=hd.UID(),
+                                 series_number=901, sop_instance_uid=hd.UID(), instance_number=1, manufacturer=OWN,
+                                 is_complete=True, software_versions=__version__)
     write_atomically(out, lambda fh: sr.save_as(fh, enforce_file_format=True), binary=True)  # a crash leaves none
     return out

@@ -10,32 +10,26 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from medtl.batch_prevalence import MIN_CASES, BatchPrevalence, batch_prevalence, scores_plot
+from medtl.case_outputs import claim_outputs, draw_heatmaps, mask_row, size_columns, write_reports
 from medtl.config_sections import CaseIds
 from medtl.data.build import discover_cases, pair_masks
 from medtl.data.manifest import UNREADABLE_CSV, read_manifest, scan_cases
-from medtl.data.dicom import parse_series_ref
-from medtl.data.itk_formats import write_itk_mask
-from medtl.data.readers import IMAGE_SUFFIXES, archive_hint, dicom_headers, scan_kind
+from medtl.data.readers import archive_hint
 from medtl.errors import MedtlError
-from medtl.explain import heatmap_problem, write_heatmaps
 from medtl.faults import fault_point
-from medtl.files import claim_case_files, one_writer
+from medtl.files import one_writer
 from medtl.log import make_progress
 from medtl.models.checkpoint import ModelBundle, bundle_digest
 from medtl.models.predictor import Predictor, device_for
 from medtl.observe import NullTracker, Tracker
 from medtl.probability import decide_labels, log_prior_ratio, probabilities
 from medtl.typicality import UnlikeTraining, unlike_training_cases
-
-if TYPE_CHECKING:
-    from medtl.data.inverse import SourceMask
 
 
 @dataclass
@@ -171,37 +165,6 @@ def done_cases(stream: Path, model_id: str) -> set[str]:
     return set(table["case_id"])
 
 
-def _mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundle: ModelBundle,
-              model_id: str) -> dict[str, Any]:
-    """Writes the mask on the source grid: PNG for a film, MetaImage or NRRD for a scan in that format, NIfTI with
-    the source affine otherwise, and for a DICOM series also a DICOM-SEG referencing it; adds the lesion's size and
-    the path."""
-    mask = rec["mask"]
-    row = {**_lesion_size(mask, image_ref, bundle.spec.data.spatial_dims), "mask_path": ""}
-    if masks_out is not None:
-        masks_out.mkdir(parents=True, exist_ok=True)
-        if image_ref.lower().endswith(IMAGE_SUFFIXES):  # a film in, a PNG of the same size out
-            from PIL import Image
-
-            path = masks_out / f"{rec['case_id']}.png"
-            labels = mask.labels * (255 if mask.labels.max(initial=0) <= 1 else 1)
-            Image.fromarray(labels.astype(np.uint8).T).save(path)
-        elif scan_kind(image_ref) == "itk":  # back in its own format, for the viewer or challenge that gave it
-            path = write_itk_mask(mask.labels, Path(image_ref), masks_out / rec["case_id"])
-        else:
-            path = masks_out / f"{rec['case_id']}.nii.gz"
-            affine = mask.affine if mask.affine.shape == (4, 4) else _affine_3d(mask.affine)
-            nib.save(nib.Nifti1Image(mask.labels, affine), str(path))
-            if scan_kind(image_ref) == "dicom":
-                from medtl.dicom_seg import write_dicom_seg
-
-                name = bundle.extra.get("model_name") or bundle.extra.get("backbone") or "medtl model"
-                version = str(bundle.extra.get("model_version") or model_id)
-                write_dicom_seg(image_ref, mask.labels, mask.affine, bundle.classes, masks_out / f"{rec['case_id']}.seg.dcm", name, version)
-        row["mask_path"] = str(path)
-    return row
-
-
 def _same_columns(stream: Path, columns: list[str]) -> None:
     """Rows appended under another header would put each value in another column (a file a different medtl version
     began, say): refused before the first row is written."""
@@ -212,45 +175,6 @@ def _same_columns(stream: Path, columns: list[str]) -> None:
                          "write to a new --out")
 
 
-def _claim_outputs(bundle: ModelBundle, case_ids: list[str], masks_out: Path | None, per_case: dict[str, Path | None],
-                   model_id: str) -> None:
-    """The folders of one file per case, claimed before anything is scored: a folder of reference masks named like
-    the cases would otherwise be overwritten file by file."""
-    if masks_out is not None:
-        claim_case_files(masks_out, "--masks-out", case_ids, model_id, "score without --masks-out")
-    if per_case["reports"] is not None:
-        claim_case_files(per_case["reports"], "--reports-out", case_ids, model_id, "score without --reports-out")
-    heatmaps = per_case["heatmaps"]
-    if heatmaps is not None:
-        problem = heatmap_problem(bundle)
-        if problem:
-            raise MedtlError(f"--heatmaps: {problem}; score without it")
-        claim_case_files(heatmaps, "--heatmaps", case_ids, model_id, "score without --heatmaps")
-
-
-def _size_columns(bundle: ModelBundle) -> list[str]:
-    return ["lesion_pixels", "lesion_area_mm2"] if bundle.spec.data.spatial_dims == 2 else ["lesion_volume_ml"]
-
-
-def _lesion_size(mask: SourceMask, image_ref: str, spatial_dims: int) -> dict[str, float | int]:
-    """The lesion's volume (mL) in a scan; in a film its pixels and area (mm²), the area only where the file
-    states its pixel spacing: a PNG, or a DICOM film without the tag, gives pixels of unknown size."""
-    n = int((mask.labels > 0).sum())
-    if spatial_dims == 3:
-        return {"lesion_volume_ml": n * mask.voxel_ml}
-    kind = scan_kind(image_ref)
-    path, uid = parse_series_ref(image_ref)
-    stated = kind in ("nifti", "itk") or (kind == "dicom" and any(
-        tag in dicom_headers(path, uid)[0].dataset for tag in ("PixelSpacing", "ImagerPixelSpacing")))
-    return {"lesion_pixels": n, "lesion_area_mm2": n * mask.pixel_mm2 if stated else float("nan")}
-
-
-def _affine_3d(affine_2d: np.ndarray) -> np.ndarray:
-    out = np.eye(4)
-    out[:2, :2], out[:2, 3] = affine_2d[:2, :2], affine_2d[:2, 2]
-    return out
-
-
 def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out: Path | None = None,
           batch_size: int = 16, device: str = "auto", num_workers: int | None = None,
           tracker: Tracker | None = None, heatmaps: Path | None = None, estimate_prevalence: bool = False,
@@ -258,13 +182,16 @@ def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out
     """Scores every case not yet in ``out``; rows are appended and flushed as each batch completes. One process
     writes ``out`` at a time: two appending to it would each score the cases the other is scoring. ``heatmaps``:
     a folder for each scored case's Grad-CAM figure (2-D binary classifiers); ``reports``: for each scored DICOM
-    case's DICOM SR (classifiers). ``estimate_prevalence`` (``--prevalence em``): rows go to a journal, and ``out``
+    case's DICOM SR (classifiers, and 3-D segmentation models beside their DICOM-SEG in ``masks_out``). ``estimate_prevalence`` (``--prevalence em``): rows go to a journal, and ``out``
     is written whole at the prevalence the batch implies."""
     if estimate_prevalence:
         _require_calibration_prevalence(bundle, "--prevalence em")
     if reports is not None and bundle.task != "classification":
-        raise MedtlError("--reports-out: DICOM SR reports are written for classifiers; a segmentation model writes its "
-                         "DICOM-SEG to --masks-out")
+        if bundle.spec.data.spatial_dims != 3:
+            raise MedtlError("--reports-out: DICOM SR reports are written for classifiers and 3-D segmentation models; "
+                             "a 2-D segmentation model writes its DICOM-SEG to --masks-out")
+        if masks_out is None:
+            raise MedtlError("--reports-out: a segmentation's report references its DICOM-SEG; give --masks-out too")
     with one_writer(out, "give each process its own --out"):
         return _score(bundle, cases, out, masks_out, batch_size, device, num_workers, tracker or NullTracker(),
                       {"heatmaps": heatmaps, "reports": reports}, estimate_prevalence)
@@ -286,7 +213,7 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     stream.parent.mkdir(parents=True, exist_ok=True)
     model_id = bundle_digest(bundle)
     done = done_cases(stream, model_id)
-    _claim_outputs(bundle, [c["case_id"] for c in cases], masks_out, per_case, model_id)
+    claim_outputs(bundle, [c["case_id"] for c in cases], masks_out, per_case, model_id)
     todo = [c for c in cases if c["case_id"] not in done]
     refs = {c["case_id"]: c["image"] for c in todo}
     meta = {"model_name": bundle.extra.get("model_name", ""), "model_version": bundle.extra.get("model_version", ""),
@@ -298,8 +225,8 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
         for rec in Predictor.of(bundle, device_for(device), batch_size, num_workers).predict(todo):
             row = prediction_row(bundle, rec)
             if bundle.task == "segmentation":
-                row.update(_mask_row(rec, refs[rec["case_id"]], masks_out, bundle, model_id) if not rec["error"]
-                           else {**dict.fromkeys(_size_columns(bundle), float("nan")), "mask_path": ""})
+                row.update(mask_row(rec, refs[rec["case_id"]], masks_out, bundle, model_id) if not rec["error"]
+                           else {**dict.fromkeys(size_columns(bundle), float("nan")), "mask_path": ""})
             row.update(meta, scored_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             row = {"case_id": row.pop("case_id"), **row}
             if writer is None:
@@ -322,9 +249,9 @@ def _score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_ou
     tracker.set_tags({"input_digest": input_digest(cases), **{k: str(v) for k, v in meta.items()}})
     unlike = _what_the_batch_says(bundle, table, batch, out, tracker)
     if per_case["heatmaps"] is not None and not table.empty:
-        _draw_heatmaps(bundle, cases, table, per_case["heatmaps"], device_for(device))
+        draw_heatmaps(bundle, cases, table, per_case["heatmaps"], device_for(device))
     if per_case["reports"] is not None and not table.empty:
-        _write_reports(bundle, cases, table, per_case["reports"], model_id)
+        write_reports(bundle, cases, table, per_case["reports"], model_id)
     return ScoreSummary(out, n, len(done), errors, rate, batch, unlike, note, applied)
 
 
@@ -364,34 +291,3 @@ def _what_the_batch_says(bundle: ModelBundle, table: pd.DataFrame, batch: BatchP
         tracker.log_metrics({"cases_unlike_training": float(len(unlike.flagged))})
     return unlike
 
-
-def _draw_heatmaps(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.DataFrame, folder: Path,
-                   device: Any) -> None:
-    """A heat map for each case scored without error that has none yet: a rerun after a crash draws the rest."""
-    images = {c["case_id"]: c["image"] for c in cases}
-    ok = table[(table["status"] == "ok") & table["case_id"].isin(images)]
-    rows = [r for r in ok.to_dict("records") if not (folder / f"{r['case_id']}.png").exists()]
-    todo = [{"case_id": r["case_id"], "image": images[r["case_id"]], "p": r[f"prob_{bundle.classes[1]}"],
-             "predicted": r["predicted"]} for r in rows]
-    write_heatmaps(bundle, todo, folder, device)
-
-
-def _write_reports(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.DataFrame, folder: Path,
-                   model_id: str) -> None:
-    """A DICOM SR for each DICOM case scored without error that has none yet (a rerun writes the rest), from its row
-    as written: at the prevalence ``--prevalence`` applied. A case not stored as DICOM has no study to file one in."""
-    from medtl.dicom_sr import write_dicom_sr
-    from medtl.log import logger
-
-    images = {c["case_id"]: c["image"] for c in cases}
-    ok = table[(table["status"] == "ok") & table["case_id"].isin(images)].to_dict("records")
-    dicom_rows = [r for r in ok if scan_kind(images[r["case_id"]]) == "dicom"]
-    name = bundle.extra.get("model_name") or bundle.extra.get("backbone") or "medtl model"
-    version = str(bundle.extra.get("model_version") or model_id)
-    todo = [r for r in dicom_rows if not (folder / f"{r['case_id']}.sr.dcm").exists()]
-    for row in todo:
-        write_dicom_sr(images[row["case_id"]], row, bundle.classes, folder / f"{row['case_id']}.sr.dcm", name, version)
-    logger.info("%s: %d DICOM SR written now, %d already there (medtl pacs push stores them)", folder, len(todo),
-                len(dicom_rows) - len(todo))
-    if len(dicom_rows) < len(ok):
-        logger.info("%d of the %d cases scored are not DICOM: no DICOM SR for them", len(ok) - len(dicom_rows), len(ok))

@@ -6,11 +6,14 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import torch
 
 from medtl.data.readers import load_scan
 from medtl.data.synthetic import synthetic_volume, write_ct_series
 from medtl.evaluate.run import evaluate_table
 from medtl.data.manifest import read_manifest
+from medtl.errors import MedtlError
+from medtl.models.checkpoint import ModelBundle
 from medtl.scoring import score
 from tests.data.test_inverse import bundle_for
 
@@ -79,6 +82,67 @@ def test_dicom_seg_of_an_enhanced_multiframe_source_references_each_frame_at_its
         number = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber
         k = sorted(along).index(along[number - 1])  # slice k of the source grid = k-th along the normal
         assert np.array_equal(pixels[f] > 0, mask[:, :, k].T > 0), f
+
+
+class TwoRegionNet(torch.nn.Module):
+    """ThresholdNet's lesion, called class 2 on every other plane of the model grid's first axis and class 1 on
+    the rest: two classes, each with voxels, wherever the lesion lies."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x[:, :1] - 0.56) * 200.0
+        half = torch.zeros_like(z)
+        half[:, :, ::2] = 100.0
+        return torch.cat([-z, z - half, z + half], 1)
+
+
+def test_a_segmentation_s_dicom_sr_gives_each_class_s_volume_on_its_segment(flipped_series, caplog):
+    """``score --reports-out`` for a 3-D segmentation: one TID 1500 report per DICOM case, with one volumetric group
+    per class that references that class's segment of the DICOM-SEG written beside it, and the volume counted by
+    hand on the written mask; the row gives the same volumes."""
+    import highdicom as hd
+
+    from medtl.log import logger
+
+    root, _, _ = flipped_series
+    base = bundle_for([32, 28, 12])
+    bundle = ModelBundle(TwoRegionNet(), base.config, ["background", "core", "rim"])
+    cases = [{"case_id": "ct", "image": str(root / "series")}]
+    with pytest.raises(MedtlError, match="references its DICOM-SEG; give --masks-out too"):
+        score(bundle, cases, root / "p.csv", device="cpu", reports=root / "sr")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger=logger.name):
+            score(bundle, cases, root / "p.csv", masks_out=root / "out", device="cpu", reports=root / "sr")
+            score(bundle, cases, root / "q.csv", device="cpu")  # scored once without masks, then asked for reports
+            score(bundle, cases, root / "q.csv", masks_out=root / "out2", device="cpu", reports=root / "sr2")
+    finally:
+        logger.removeHandler(caplog.handler)
+    written = nib.load(str(root / "out" / "ct.nii.gz"))
+    labels, voxel_ml = np.asarray(written.dataobj), abs(np.linalg.det(written.affine[:3, :3])) / 1000
+    by_hand = {"core": (labels == 1).sum() * voxel_ml, "rim": (labels == 2).sum() * voxel_ml}
+    assert min(by_hand.values()) > 0
+    row = pd.read_csv(root / "p.csv").iloc[0]
+    assert {c: row[f"volume_ml_{c}"] for c in by_hand} == pytest.approx(by_hand)
+    assert row["lesion_volume_ml"] == pytest.approx(sum(by_hand.values()))
+    seg = pydicom.dcmread(root / "out" / "ct.seg.dcm")
+    sr = hd.sr.srread(str(root / "sr" / "ct.sr.dcm"))
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    got = {}
+    for group in groups:
+        segment = group.referenced_segment
+        assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        number, = segment.referenced_segment_numbers
+        label = seg.SegmentSequence[number - 1].SegmentLabel
+        assert group.finding_type.meaning == label
+        volume, = group.get_measurements()
+        assert volume.name.meaning == "Volume" and volume.unit.value == "mL"
+        got[label] = volume.value
+    assert got == pytest.approx(by_hand)
+    first = pydicom.dcmread(next((root / "series").iterdir()))
+    assert sr.PatientID == first.PatientID and sr.StudyInstanceUID == first.StudyInstanceUID
+    assert first.PatientID not in caplog.text and first.PatientID not in (root / "p.csv").read_text()
+    assert "1 case(s) have no DICOM-SEG beside their mask" in caplog.text and not list((root / "sr2").glob("*.dcm"))
+    assert "sr2: 0 DICOM SR written now, 0 already there" in caplog.text
 
 
 def test_a_dicom_seg_filed_beside_its_series_is_no_scan_and_masks_out_stays_outside_the_input(flipped_series):

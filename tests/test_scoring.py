@@ -82,7 +82,7 @@ def test_mixed_directory_scores_good_cases_and_reports_each_bad_one(tmp_path, mo
     (tmp_path / "empty" / "notes").mkdir(parents=True)
     (tmp_path / "empty" / "notes" / "readme.txt").write_text("no scan here")
     res = run_cli("score", "--model", str(model_3d), "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "e.csv"), "--no-track")
-    assert res.returncode != 0 and "no DICOM, NIfTI or image file found" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode != 0 and "no DICOM, NIfTI, MetaImage, NRRD or image file found" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "e.csv").exists()  # a wrong folder is not an empty, successful scoring
     res = run_cli("score", "--model", str(model_3d), "--input", str(d), "--out", str(tmp_path / "p.txt"), "--no-track")
     assert res.returncode != 0 and "--out" in res.stderr and "give a .csv or .parquet file" in res.stderr
