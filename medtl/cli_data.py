@@ -32,7 +32,8 @@ def manifest_build(
              "1 and 2, the later winning where they overlap); NAME,OTHER for the names one goes by at different "
              "sites.")] = None,
     structures_out: Annotated[Optional[Path], typer.Option(
-        help="Folder for the masks --structures writes, one CASE.nii.gz each (default: beside --out, named after it "
+        help="Folder for the masks --structures writes, and for 3D Slicer segmentations (.seg.nrrd) placed on their "
+             "scan's grid and numbered by segment name, one CASE.nii.gz each (default: beside --out, named after it "
              "with _masks).")] = None,
 ) -> None:
     """Walk a folder and write a manifest (one row per series or file)."""

@@ -22,6 +22,7 @@ from medtl.data import dicom
 from medtl.data.label_sheets import case_id_from_file, join_labels
 from medtl.data.manifest import SPLIT_NAMES, read_sheet
 from medtl.data.readers import IMAGE_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, archive_hint
+from medtl.data.slicer_masks import SLICER_SUFFIX, place_slicer_masks
 from medtl.errors import ManifestError
 from medtl.files import table_path, write_table
 
@@ -196,7 +197,8 @@ def build_manifest(
     """Writes the manifest CSV at ``out`` with paths relative to it and returns the table. Labels come from the
     ``labels`` sheet (or sheets), or with ``label_folders`` from the folder each scan lies in (``folder_labels``);
     masks from the ``masks`` folder, or with ``structures`` from the structure sets or segmentations beside the
-    DICOM series, written to ``structures_out`` (``medtl.data.structures``)."""
+    DICOM series, written to ``structures_out`` (``medtl.data.structures``), where 3D Slicer segmentations that
+    needed placing on their scan's grid also go (``medtl.data.slicer_masks``)."""
     folder, out = Path(folder), table_path(out)  # refused before the folder is walked
     sheets = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels or []]
     structures_out = _refuse_sources(folder, out, sheets, masks, structures, structures_out, label_folders)
@@ -208,6 +210,9 @@ def build_manifest(
     if masks is not None and not any(c in mask_refs for c, _ in cases):
         raise ManifestError(f"--masks {masks}: no file there is named like a case of {folder} (e.g. {cases[0][0]}.nii.gz "
                             f"or {cases[0][0]}_mask.nii.gz)")
+    if any(ref.lower().endswith(SLICER_SUFFIX) for ref in mask_refs.values()):
+        _outside(structures_out, folder, "--structures-out")
+        mask_refs = place_slicer_masks(cases, mask_refs, structures_out)
     out = Path(out)
     if any(out.resolve() == sheet.resolve() for sheet in sheets):
         raise ManifestError(f"--out {out}: that is the label sheet; write the manifest to a new file so the sheet is kept")
@@ -258,12 +263,17 @@ def _refuse_sources(folder: Path, out: Path, sheets: list[Path], masks: Path | N
         from medtl.data.structures import structure_names
 
         structure_names(list(structures))
-        if structures_out.resolve().is_relative_to(folder.resolve()):
-            raise ManifestError(f"--structures-out {structures_out}: inside {folder}, where the next build would read "
-                                "its masks as scans; give --structures-out (or --out, beside which it goes) outside it")
+        _outside(structures_out, folder, "--structures-out")
     if masks is not None and not Path(masks).is_dir():
         raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
     return structures_out
+
+
+def _outside(written: Path, folder: Path, option: str) -> None:
+    """The masks medtl writes go outside the scans' folder, where the next build would read them as scans."""
+    if written.resolve().is_relative_to(folder.resolve()):
+        raise ManifestError(f"{option} {written}: inside {folder}, where the next build would read its masks as scans; "
+                            f"give {option} (or --out, beside which it goes) outside it")
 
 
 def folder_labels(cases: list[tuple[str, str]], folder: Path) -> pd.DataFrame:

@@ -69,7 +69,7 @@ def _dicom_file_geometry(path: Path) -> Geometry:
     return Geometry(shape, None, modality=dicom.modality_tag(header), view=dicom.view_tag(header))
 
 
-def _geometry(ref: str, deep: bool) -> Geometry:
+def scan_geometry(ref: str, deep: bool = False) -> Geometry:
     """Shape (and affine where the format has one) from headers; with ``deep``, every voxel is read too."""
     path, uid = dicom.parse_series_ref(ref)
     if not path.exists():
@@ -185,7 +185,7 @@ def check_manifest(
                                     "against; give the case's mask or remove the row"))
         if isinstance(mask_path, str):
             try:
-                mask_geometry = _geometry(mask_path, deep)
+                mask_geometry = scan_geometry(mask_path, deep)
                 if image_geometry is not None:
                     _check_mask(image_geometry, mask_geometry)
                 if deep:
@@ -215,7 +215,7 @@ def _image_geometry(path: str, deep: bool, spatial_dims: int | None, modality: s
                     views: list[str] | None, stated_view: str = "", hounsfield: bool = False) -> Geometry:
     """The image's geometry, or the DataError that makes it unfit: wrong dimensionality, other modality or view,
     blank. ``stated_view`` is the manifest's view, which stands where the file states none (PNG, JPEG)."""
-    geometry = _geometry(path, deep)
+    geometry = scan_geometry(path, deep)
     if not geometry.view and stated_view:
         geometry = replace(geometry, view=stated_view, view_source=dicom.STATED_IN_MANIFEST)
     _check_dims(geometry, spatial_dims)

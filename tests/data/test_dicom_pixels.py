@@ -6,7 +6,7 @@ import pydicom
 import pytest
 from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
 
-from medtl.data.check import _geometry
+from medtl.data.check import scan_geometry
 from medtl.data.readers import load_scan
 from medtl.data.synthetic import _base_dataset, write_ct_series, write_xray_dicom
 from medtl.errors import DataError
@@ -70,7 +70,7 @@ def test_a_multiframe_cine_loads_column_row_frame_as_check_reports_it(tmp_path):
     ds.PixelData = frames.tobytes()
     ds.save_as(path, enforce_file_format=True)
     loaded = load_scan(path)[0].numpy()
-    assert loaded.shape == _geometry(str(path), deep=False).shape == (30, 20, 5)
+    assert loaded.shape == scan_geometry(str(path), deep=False).shape == (30, 20, 5)
     np.testing.assert_array_equal(loaded, frames.transpose(2, 1, 0))
 
 
@@ -113,7 +113,7 @@ def test_a_localizer_filed_in_its_series_is_left_out_of_the_volume(tmp_path):
     scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
     scout.SOPInstanceUID = generate_uid()
     scout.save_as(tmp_path / "series" / "SCOUT")
-    assert _geometry(str(tmp_path / "series"), deep=False).shape == (12, 10, 5)
+    assert scan_geometry(str(tmp_path / "series"), deep=False).shape == (12, 10, 5)
     np.testing.assert_array_equal(load_scan(tmp_path / "series")[0].numpy(), vol)
 
 

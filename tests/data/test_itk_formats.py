@@ -29,8 +29,9 @@ def _vectors(affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_nrrd(path, data: np.ndarray, affine_ras: np.ndarray, space: str = "left-posterior-superior",
-               encoding: str = "raw") -> None:
-    """NRRD 0004: ``space directions`` are the axes' steps, fastest axis first, in the named space."""
+               encoding: str = "raw", fields: dict[str, str] | None = None) -> None:
+    """NRRD 0004: ``space directions`` are the axes' steps, fastest axis first, in the named space; ``fields`` are
+    key/value pairs (``key:=value``), as 3D Slicer names its segments."""
     steps, origin = _vectors(affine_ras)
     if space == "right-anterior-superior":
         flip = np.array([-1.0, -1.0, 1.0])
@@ -39,7 +40,8 @@ def write_nrrd(path, data: np.ndarray, affine_ras: np.ndarray, space: str = "lef
     header = ("NRRD0004\ntype: short\ndimension: 3\n"
               f"space: {space}\nsizes: {' '.join(str(n) for n in data.shape)}\n"
               f"space directions: {' '.join(fmt(s) for s in steps)}\nkinds: domain domain domain\n"
-              f"endian: little\nencoding: {encoding}\nspace origin: {fmt(origin)}\n\n")
+              f"endian: little\nencoding: {encoding}\nspace origin: {fmt(origin)}\n"
+              + "".join(f"{key}:={value}\n" for key, value in (fields or {}).items()) + "\n")
     body = np.asarray(data, dtype="<i2").tobytes(order="F")  # the first axis fastest
     path.write_bytes(header.encode() + (gzip.compress(body) if encoding == "gzip" else body))
 
