@@ -17,10 +17,9 @@ from medtl.config_sections import DEFAULT_MASK_CLASSES
 from medtl.data import dicom
 from medtl.data.findings import unfit_labels
 from medtl.data.manifest import Manifest, label_spelling, other_spellings, typing_slip
-from medtl.data.itk_formats import load_itk, read_itk_header
+from medtl.data.itk_formats import content_digest, load_itk, read_itk_header
 from medtl.data.readers import check_nifti_size, dicom_headers, nifti_problem, scan_kind
 from medtl.errors import DataError
-from medtl.files import sha256_file
 from medtl.log import counted
 
 
@@ -353,7 +352,7 @@ def _duplicate_images(table: pd.DataFrame, deep: bool) -> list[Problem]:
             continue
         keys = [("same file", path)]
         if deep and "#" not in path and Path(path).is_file():
-            keys.append(("same content", sha256_file(Path(path))))
+            keys.append(("same content", content_digest(Path(path))))
         for kind, key in keys:
             if key in first_of:
                 other, split = first_of[key]

@@ -20,6 +20,9 @@ from medtl.errors import DataError
 ITK_FORMATS = {".mha": "MetaImage", ".mhd": "MetaImage", ".nrrd": "NRRD", ".nhdr": "NRRD"}
 """Suffix to format name; a .mhd or .nhdr header names a data file beside it (.raw, .zraw), which is no scan."""
 
+DETACHED = (".mhd", ".nhdr")
+"""Headers whose voxels lie in a data file beside them: two scans may have the same header and other voxels."""
+
 WRITTEN_AS = {".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd"}
 """A mask is one self-contained file in its scan's format: no detached data file to lose on the way to a viewer."""
 
@@ -122,3 +125,19 @@ def write_itk_mask(labels: np.ndarray, source: Path, out_stem: Path) -> Path:
     out = out_stem.with_name(out_stem.name + WRITTEN_AS[Path(source).suffix.lower()])
     sitk.WriteImage(mask, str(out), useCompression=True)
     return out
+
+
+def content_digest(path: Path) -> str:
+    """What makes two files the same scan: the file's bytes, and for a detached header also its voxels."""
+    import hashlib
+
+    from medtl.files import sha256_file
+
+    digest = sha256_file(Path(path))
+    if Path(path).suffix.lower() in DETACHED:
+        try:
+            voxels, _ = load_itk(Path(path))
+        except DataError:  # the case's own error says why; its header alone is what it has
+            return digest
+        digest = hashlib.sha256(digest.encode() + voxels.tobytes()).hexdigest()
+    return digest

@@ -177,3 +177,17 @@ def test_a_bad_file_is_one_line_naming_it(tmp_path, name, make, says):
     pd.DataFrame({"case_id": ["c"], "image": ["bad.nrrd"], "label": ["x"]}).to_csv(tmp_path / "m.csv", index=False)
     problems = check_manifest(read_manifest(tmp_path / "m.csv"), deep=True)
     assert [p.case_id for p in problems] == ["c"] and says in problems[0].detail
+
+
+def test_two_scans_behind_one_header_text_are_two_scans(tmp_path):
+    """A .mhd names its data file: two patients' folders may hold the same header text (scan.mhd naming scan.raw)
+    over other voxels. Only the same voxels make the same scan."""
+    vol, _, affine = anatomy()
+    for patient, shift in (("p1", 0), ("p2", 1), ("p3", 0)):
+        (tmp_path / patient).mkdir()
+        write_metaimage(tmp_path / patient / "scan.mhd", vol + shift, affine)
+    assert (tmp_path / "p1" / "scan.mhd").read_bytes() == (tmp_path / "p2" / "scan.mhd").read_bytes()
+    pd.DataFrame({"case_id": ["a", "b", "c"], "image": ["p1/scan.mhd", "p2/scan.mhd", "p3/scan.mhd"],
+                  "label": ["x", "y", "x"]}).to_csv(tmp_path / "m.csv", index=False)
+    problems = check_manifest(read_manifest(tmp_path / "m.csv"), deep=True)
+    assert [(p.case_id, p.kind) for p in problems] == [("c", "duplicate image")] and "as case a" in problems[0].detail
