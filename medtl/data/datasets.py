@@ -60,17 +60,18 @@ def make_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataConfi
 
 
 def stamped_hash(item: dict[str, Any]) -> bytes:
-    """The disk cache's key for one case: its entries, each scan file's size and modification time, and medtl's
-    version. A scan re-exported under its old name, or read by a fixed reader, is preprocessed again rather
+    """The disk cache's key for one case: its entries, each scan file's size and modification time (a detached
+    header's data file too), and medtl's version. A scan re-exported under its old name, or read by a fixed reader, is preprocessed again rather
     than trained on from the cache of what it replaced."""
     from medtl import __version__
     from medtl.data.dicom import parse_series_ref
+    from medtl.data.itk_formats import data_files
 
     stamps = []
     for key in ("image", "mask"):
         if isinstance(item.get(key), str):
             path, _ = parse_series_ref(item[key])
-            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path, *data_files(path)]
             stamps += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
     blob = json.dumps([item, stamps, __version__], sort_keys=True, default=str)
     return hashlib.md5(blob.encode(), usedforsecurity=False).hexdigest().encode()

@@ -127,6 +127,24 @@ def write_itk_mask(labels: np.ndarray, source: Path, out_stem: Path) -> Path:
     return out
 
 
+def data_files(path: Path) -> list[Path]:
+    """The files a detached header (.mhd, .nhdr) names for its voxels, read from its text: ``ElementDataFile`` or
+    ``data file``; where it names a list or a pattern, the files beside it with its stem. Empty for other files."""
+    path = Path(path)
+    if path.suffix.lower() not in DETACHED:
+        return []
+    named = None
+    with open(path, "rb") as fh:
+        for raw in fh.read(65536).decode("latin-1").splitlines():
+            key, sep, value = raw.partition("=" if path.suffix.lower() == ".mhd" else ":")
+            if sep and key.strip().lower() in ("elementdatafile", "data file", "datafile"):
+                named = value.strip()
+                break
+    if named and named.upper() != "LOCAL" and not named.upper().startswith("LIST") and "%" not in named:
+        return [path.parent / named]
+    return sorted(p for p in path.parent.glob(f"{path.stem}.*") if p != path and p.is_file())
+
+
 def content_digest(path: Path) -> str:
     """What makes two files the same scan: the file's bytes, and for a detached header also its voxels."""
     import hashlib

@@ -191,3 +191,23 @@ def test_two_scans_behind_one_header_text_are_two_scans(tmp_path):
                   "label": ["x", "y", "x"]}).to_csv(tmp_path / "m.csv", index=False)
     problems = check_manifest(read_manifest(tmp_path / "m.csv"), deep=True)
     assert [(p.case_id, p.kind) for p in problems] == [("c", "duplicate image")] and "as case a" in problems[0].detail
+
+
+def test_the_disk_cache_sees_a_new_data_file_behind_an_unchanged_header(tmp_path):
+    """A re-exported .raw under an unchanged .mhd is another scan to preprocess, not the cache of the old one."""
+    import os
+
+    from medtl.data.datasets import stamped_hash
+    from medtl.data.itk_formats import data_files
+
+    vol, _, affine = anatomy()
+    write_metaimage(tmp_path / "scan.mhd", vol, affine)
+    (tmp_path / "other.nhdr").write_text("NRRD0004\ntype: short\ndimension: 1\nsizes: 4\ndata file: ../far/away.raw.gz\n")
+    write_metaimage(tmp_path / "local.mha", vol, affine)
+    assert data_files(tmp_path / "scan.mhd") == [tmp_path / "scan.raw"]
+    assert data_files(tmp_path / "other.nhdr") == [tmp_path / "../far/away.raw.gz"]
+    assert data_files(tmp_path / "local.mha") == []
+    item = {"case_id": "c", "image": str(tmp_path / "scan.mhd")}
+    before = stamped_hash(item)
+    os.utime(tmp_path / "scan.raw", ns=(0, 10**18))  # rewritten later, header untouched
+    assert stamped_hash(item) != before
