@@ -197,6 +197,10 @@ class EvaluateConfig(Section):
     prevalence: float | Literal["em"] | None = None
     """Deployment prevalence of the positive class: a known value in (0, 1), ``em`` to estimate it from the
     evaluated cases' unlabelled scores (Saerens et al. 2002), or None for no prior-shift correction."""
+    tta: bool = False
+    """Test-time mirroring: every prediction (validation, evaluation, scoring) averages the scan as read and its
+    left-right mirror, the flip training augments with, and takes the mirrored answer back (twice the inference
+    time; nnU-Net's default). Stored with the model, so it is scored as it was evaluated."""
     gradcam: int = Field(4, ge=0)
     figures: bool = True
     """Write the figures (PNG and SVG); a study of many small runs, or a test, may skip them."""

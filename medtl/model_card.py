@@ -31,6 +31,8 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
              "## Model", f"{cfg.model.backbone} ({cfg.model.pretrained} weights), transfer strategy {cfg.transfer.strategy}, "
              f"{cfg.data.spatial_dims}D input {cfg.data.image_size}, {cfg.data.modality}; classes: "
              f"{', '.join(classes or cfg.data.classes or [])}. Trained with {_training(cfg)}."
+             + (" Each prediction averages the scan and its left-right mirror (test-time mirroring)."
+                if cfg.evaluate.tta else "")
              + (f" Takes {', '.join(views)} films only (DICOM ViewPosition, or the manifest's view column); a film of "
                 "another view is refused, one that states none is not checked." if views else ""), "",
              "## Data", f"Manifest digest (SHA-256) `{dataset_digest[:16]}`; patient-level splits.", "",

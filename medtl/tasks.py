@@ -89,6 +89,7 @@ class Classification(Task):
             core = unwrap(predictor.model)  # hooks on the plain module: a compiled graph need not call them
             with stage_statistics(core, predictor.typicality_layers) as seen:
                 out = core(x)
+            out = predictor.mirrored(core, x, spatial=False, first=out)  # the mirror's features are not the scan's
             feats = torch.cat(seen).cpu().numpy()
             if predictor.keep_features:
                 for rec, f in zip(records, feats):
@@ -97,7 +98,7 @@ class Classification(Task):
                 for rec, p in zip(records, predictor.typicality.p_values(feats)):
                     rec["typicality"] = float(p)
         else:
-            out = predictor.model(x)
+            out = predictor.mirrored(predictor.model, x, spatial=False)
         logits = out.float().cpu().numpy()
         probs = probabilities(logits, predictor.temperature, predictor.log_prior_ratio)
         return {r["case_id"]: {"logits": lg, "probs": pr, **rec} for r, lg, pr, rec in zip(cases, logits, probs, records)}
@@ -141,7 +142,9 @@ class Segmentation(Task):
         from medtl.data.inverse import to_source_grid
 
         roi = predictor.spec.patch_size or list(x.shape[2:])
-        probs = torch.softmax(sliding_window_inference(x, roi, 4, predictor.model, overlap=0.25).float(), 1).cpu()
+        probs = predictor.mirrored(lambda v: torch.softmax(sliding_window_inference(v, roi, 4, predictor.model,
+                                                                                    overlap=0.25).float(), 1),
+                                   x, spatial=True).cpu()
         return {r["case_id"]: {"mask": to_source_grid(predictor.transform, r["meta_image"], p)} for r, p in zip(cases, probs)}
 
     def validation_metrics(self, records: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:

@@ -36,14 +36,18 @@ class InferenceSpec:
     patch_size: list[int] | None = None
     prevalence: float | str | None = None
     """The deployment prevalence setting evaluation applies by default (a number, "em", or None)."""
+    tta: bool = False
+    """Each prediction averages the scan and its left-right mirror (``evaluate.tta``)."""
 
     @classmethod
     def from_config(cls, cfg: Config) -> "InferenceSpec":
-        return cls(cfg.name, cfg.data.task, cfg.data, cfg.model, cfg.train.patch_size, cfg.evaluate.prevalence)
+        return cls(cfg.name, cfg.data.task, cfg.data, cfg.model, cfg.train.patch_size, cfg.evaluate.prevalence,
+                   cfg.evaluate.tta)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "task": self.task, "data": self.data.model_dump(mode="json"),
-                "model": self.model.model_dump(mode="json"), "patch_size": self.patch_size, "prevalence": self.prevalence}
+                "model": self.model.model_dump(mode="json"), "patch_size": self.patch_size, "prevalence": self.prevalence,
+                "tta": self.tta}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "model", saved_by: str = "another version") -> "InferenceSpec":
@@ -64,7 +68,8 @@ class InferenceSpec:
                 raise ModelError(f"{source}: its saved {key} does not validate in medtl {__version__} "
                                  f"({problem['msg'].removeprefix('Value error, ')}); score it with medtl {saved_by}, "
                                  "which saved it, or retrain it") from None
-        return cls(d["name"], d["task"], sections[0], sections[1], d.get("patch_size"), d.get("prevalence"))
+        return cls(d["name"], d["task"], sections[0], sections[1], d.get("patch_size"), d.get("prevalence"),
+                   bool(d.get("tta", False)))
 
 
 @dataclass

@@ -110,6 +110,16 @@ class Predictor:
             for r in batch:
                 yield {"case_id": r["case_id"], "error": r["error"], "affine": r["affine"], **outputs.get(r["case_id"], {})}
 
+    def mirrored(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spatial: bool,
+                 first: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(x)`` (or ``first``, where the caller has it), averaged with the answer for x's left-right
+        mirror when the spec asks for it (``evaluate.tta``); an answer that is an image is mirrored back first."""
+        out = forward(x) if first is None else first
+        if not self.spec.tta:
+            return out
+        other = forward(x.flip(2))
+        return (out + (other.flip(2) if spatial else other)) / 2
+
     @torch.no_grad()
     def _outputs(self, good: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         x = torch.stack([r["image"] for r in good]).to(self.device, non_blocking=True)
