@@ -35,7 +35,11 @@ def segment_names(path: Path) -> dict[int, str]:
     n = 0
     while f"Segment{n}_Name" in keys:
         value = reader.GetMetaData(f"Segment{n}_LabelValue") if f"Segment{n}_LabelValue" in keys else str(n + 1)
-        names[int(float(value))] = reader.GetMetaData(f"Segment{n}_Name").strip()
+        try:
+            names[int(float(value))] = reader.GetMetaData(f"Segment{n}_Name").strip()
+        except ValueError:
+            raise DataError(f"segment {n}'s label value {value[:20]!r} is not a number; save it again from "
+                            "3D Slicer") from None
         n += 1
     return names
 
@@ -74,8 +78,8 @@ def place_slicer_masks(cases: list[tuple[str, str]], mask_refs: dict[str, str], 
     placed, unplaced = dict(mask_refs), []
     for case, ref in sorted(slicer.items()):
         try:
-            names = segment_names(Path(ref))
             header, image = read_itk_header(Path(ref)), scan_geometry(images[case])
+            names = segment_names(Path(ref))
         except DataError as exc:
             logger.warning("case %s: %s: %s", case, Path(ref).name, exc)
             continue

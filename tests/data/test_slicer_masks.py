@@ -78,3 +78,18 @@ def test_a_slicer_segmentation_with_no_voxels_is_an_empty_mask_on_its_scan(tmp_p
     table = build_manifest(scans, tmp_path / "m.csv")
     placed = nib.load(str(tmp_path / table["mask"][0]))
     assert placed.shape == vol.shape and not np.asarray(placed.dataobj).any()
+
+
+def test_a_broken_slicer_segmentation_is_said_and_the_build_goes_on(tmp_path, caplog):
+    vol, mask, affine = anatomy()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_nrrd(scans / "a.nrrd", vol, affine)
+    write_nrrd(scans / "b.nrrd", vol + 1, affine)
+    (scans / "a.seg.nrrd").write_bytes(b"NRRD0004\nnot a header at all\n")
+    write_nrrd(scans / "b.seg.nrrd", mask, affine, fields={"Segment0_Name": "x", "Segment0_LabelValue": "one"})
+    with caplog.at_level(logging.WARNING, logger="medtl"):
+        table = build_manifest(scans, tmp_path / "m.csv")
+    assert list(table["mask"]) == ["scans/a.seg.nrrd", "scans/b.seg.nrrd"]  # left for manifest check to name
+    assert "case a: a.seg.nrrd: unreadable NRRD header" in caplog.text
+    assert "case b: b.seg.nrrd: segment 0's label value 'one' is not a number" in caplog.text
