@@ -18,7 +18,7 @@ from medtl.data import dicom
 from medtl.data.findings import unfit_labels
 from medtl.data.manifest import Manifest, label_spelling, other_spellings, typing_slip
 from medtl.data.itk_formats import content_digest, load_itk, read_itk_header
-from medtl.data.readers import check_nifti_size, dicom_headers, nifti_problem, scan_kind
+from medtl.data.readers import check_nifti_size, dicom_headers, nibabel_format, nifti_problem, scan_kind
 from medtl.errors import DataError
 from medtl.log import counted
 
@@ -88,7 +88,7 @@ def scan_geometry(ref: str, deep: bool = False) -> Geometry:
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
-            raise DataError(f"unreadable NIfTI ({type(exc).__name__})") from None
+            raise DataError(f"unreadable {nibabel_format(path)} ({type(exc).__name__})") from None
         return Geometry(shape, img.affine, blank, minimum=minimum)
     if kind == "itk":
         header = read_itk_header(path)

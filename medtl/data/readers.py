@@ -19,15 +19,20 @@ from medtl.data import dicom
 from medtl.data.itk_formats import ITK_FORMATS, load_itk
 from medtl.errors import DataError
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh")
+"""Read by nibabel, with their affine: NIfTI, and FreeSurfer's MGH (``aseg.mgz``, ``brainmask.mgz``)."""
 ITK_SUFFIXES = tuple(ITK_FORMATS)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 """How PACS and data-sharing exports often arrive: scans packed in an archive, which medtl does not open."""
-OTHER_FORMATS = {".hdr": "Analyze", ".img": "Analyze", ".mgz": "FreeSurfer", ".mgh": "FreeSurfer", ".npy": "NumPy", ".npz": "NumPy"}
+OTHER_FORMATS = {".hdr": "Analyze", ".img": "Analyze", ".npy": "NumPy", ".npz": "NumPy"}
 """Research formats medtl does not read, by suffix: each is converted to NIfTI with its geometry in one call."""
 
 DEFLATE_MAX_RATIO = 1032  # no deflate stream expands more than this: a larger claim is a forged header
+
+
+def nibabel_format(path: Path) -> str:
+    return "FreeSurfer" if path.name.lower().endswith((".mgz", ".mgh")) else "NIfTI"
 
 
 def check_nifti_size(path: Path) -> tuple[int, ...]:
@@ -43,13 +48,13 @@ def check_nifti_size(path: Path) -> tuple[int, ...]:
         itemsize = np.dtype(img.get_data_dtype()).itemsize
         offset = int(getattr(img, "dataobj").offset)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken headers
-        raise DataError(f"{path.name}: unreadable NIfTI header ({type(exc).__name__})") from None
+        raise DataError(f"{path.name}: unreadable {nibabel_format(path)} header ({type(exc).__name__})") from None
     voxels = int(np.prod(shape, dtype=np.int64))
     if voxels > max_voxels():
         raise DataError(f"{path.name}: header declares {voxels:,} voxels, above the limit of {max_voxels():,} "
                         "(set MEDTL_MAX_VOXELS to allow larger scans)")
     needed, size = offset + voxels * itemsize, path.stat().st_size
-    available = size * DEFLATE_MAX_RATIO if path.name.lower().endswith(".gz") else size
+    available = size * DEFLATE_MAX_RATIO if path.name.lower().endswith((".gz", ".mgz")) else size
     if needed > available:
         raise DataError(f"{path.name}: header declares {voxels:,} voxels ({needed:,} bytes) but the file cannot hold "
                         "them; it is truncated or its header is wrong")

@@ -96,6 +96,20 @@ def test_a_scan_loads_as_its_nifti_twin_does(tmp_path, fmt):
     assert np.allclose(got.affine.numpy(), affine, atol=1e-6) and np.allclose(got.affine, twin.affine, atol=1e-6)
 
 
+def test_a_freesurfer_volume_loads_as_its_nifti_twin_does(tmp_path):
+    """FreeSurfer's MGH (``brainmask.mgz``) states its affine as NIfTI does; nibabel reads both."""
+    vol, _, affine = anatomy()
+    nib.save(nib.Nifti1Image(vol, affine), str(tmp_path / "twin.nii.gz"))
+    nib.save(nib.MGHImage(vol.astype(np.float32), affine), str(tmp_path / "brainmask.mgz"))
+    got, twin = load_scan(str(tmp_path / "brainmask.mgz")), load_scan(str(tmp_path / "twin.nii.gz"))
+    assert np.array_equal(got.numpy(), twin.numpy()) and np.allclose(got.affine, twin.affine, atol=1e-4)
+    raw = bytearray(nib.MGHImage(np.zeros((2, 2, 2), np.float32), affine).to_bytes())
+    raw[4:16] = np.array([30000, 30000, 30000], dtype=">i4").tobytes()  # width, height, depth: a header is a claim
+    (tmp_path / "forged.mgz").write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match="forged.mgz: header declares 27,000,000,000,000 voxels, above the limit"):
+        load_scan(str(tmp_path / "forged.mgz"))
+
+
 @pytest.mark.parametrize("fmt", ["NRRD, RAS space, gzip", "MetaImage, header and data"])
 def test_a_perfect_prediction_comes_back_in_the_scan_s_format_on_its_grid(tmp_path, fmt):
     """Through the whole path (reorientation, resize, inverse): Dice 1 in evaluation, and the mask written by

@@ -461,11 +461,11 @@ def test_a_zipped_export_or_a_research_format_says_what_to_do(tmp_path, model_2d
     pd.DataFrame({"case_id": ["a"], "image": ["export/study.zip"]}).to_csv(tmp_path / "m.csv", index=False)
     problem, = check_manifest(read_manifest(tmp_path / "m.csv"))
     assert problem.case_id == "a" and "study.zip: an archive, not a scan; unpack it" in problem.detail
-    research = tmp_path / "subjects"  # a research set as FreeSurfer keeps it
+    research = tmp_path / "subjects"  # a research set in Analyze, NIfTI's forerunner, which states no orientation
     research.mkdir()
-    (research / "T1.mgz").write_bytes(bytes(64))
-    with pytest.raises(ManifestError, match=r"1 FreeSurfer file\(s\) \(T1.mgz\), which medtl does not read: convert"):
+    (research / "T1.hdr").write_bytes(bytes(348))
+    with pytest.raises(ManifestError, match=r"1 Analyze file\(s\) \(T1.hdr\), which medtl does not read: convert"):
         build_manifest(research, tmp_path / "m2.csv")
-    pd.DataFrame({"case_id": ["b"], "image": ["subjects/T1.mgz"]}).to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame({"case_id": ["b"], "image": ["subjects/T1.hdr"]}).to_csv(tmp_path / "m.csv", index=False)
     problem, = check_manifest(read_manifest(tmp_path / "m.csv"))
-    assert "T1.mgz: in FreeSurfer format, which medtl does not read; convert it to NIfTI" in problem.detail
+    assert "T1.hdr: in Analyze format, which medtl does not read; convert it to NIfTI" in problem.detail
