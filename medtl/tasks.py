@@ -127,11 +127,14 @@ class Segmentation(Task):
     def __init__(self, loss_fn: nn.Module | None = None, skip_bad_cases: bool = False) -> None:
         super().__init__(loss_fn, skip_bad_cases)
         self._references: dict[str, np.ndarray] = {}
+        self.n_classes = 2
+        """Background included; set by ``items``, which is given the classes."""
 
     def target(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         return batch["mask"].to(device, non_blocking=True).round()
 
     def items(self, table: pd.DataFrame, classes: list[str]) -> list[dict[str, Any]]:
+        self.n_classes = max(len(classes or []), 2)
         return case_items(table, None, with_mask=True)
 
     def outputs(self, predictor: Any, x: torch.Tensor, cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -148,23 +151,26 @@ class Segmentation(Task):
         return {r["case_id"]: {"mask": to_source_grid(predictor.transform, r["meta_image"], p)} for r, p in zip(cases, probs)}
 
     def validation_metrics(self, records: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:
-        """Mean foreground Dice over cases, each on its scan's own grid (both masks empty: Dice 1)."""
+        """Mean Dice over cases, each on its scan's own grid, as evaluation's headline Dice (both masks empty: Dice 1;
+        several foreground classes: the mean of theirs)."""
+        from medtl.evaluate.segmentation import mean_dice
+
         dice = []
         for rec, item in self.readable(records, items):
-            ref = self._reference(item)
-            pred = rec["mask"].labels > 0
+            pred, ref = rec["mask"].labels, self._reference(item)
             if pred.shape != ref.shape:
                 raise DataError(f"case {rec['case_id']}: mask grid {ref.shape} differs from the image grid {pred.shape}; "
                                 "run `medtl manifest check` and give each image the mask drawn on it")
-            total = pred.sum() + ref.sum()
-            dice.append(1.0 if total == 0 else 2.0 * float(np.logical_and(pred, ref).sum()) / float(total))
+            dice.append(mean_dice(pred, ref, self.n_classes))
         return {"val_dice": float(np.mean(dice)) if dice else float("nan")}
 
     def _reference(self, item: dict[str, Any]) -> np.ndarray:
         if item["case_id"] not in self._references:
             from medtl.data.readers import load_scan
+            from medtl.evaluate.segmentation import reference_labels
 
-            self._references[item["case_id"]] = load_scan(item["mask"])[0].numpy() > 0.5
+            mask = load_scan(item["mask"])[0].numpy()
+            self._references[item["case_id"]] = reference_labels(mask, self.n_classes)
         return self._references[item["case_id"]]
 
 

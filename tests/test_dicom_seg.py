@@ -145,6 +145,27 @@ def test_a_segmentation_s_dicom_sr_gives_each_class_s_volume_on_its_segment(flip
     assert "sr2: 0 DICOM SR written now, 0 already there" in caplog.text
 
 
+def test_evaluation_of_several_classes_reports_each_and_sees_a_swap(flipped_series):
+    """The model's own output as the reference: every class's Dice 1; the same reference with the two classes
+    swapped: every class's Dice 0, where one foreground would still read 1."""
+    root, _, _ = flipped_series
+    bundle = ModelBundle(TwoRegionNet(), bundle_for([32, 28, 12]).config, ["background", "core", "rim"])
+    score(bundle, [{"case_id": "ct", "image": str(root / "series")}], root / "p.csv", masks_out=root / "out",
+          device="cpu")
+    own = nib.load(str(root / "out" / "ct.nii.gz"))
+    labels = np.asarray(own.dataobj)
+    nib.save(nib.Nifti1Image(np.where(labels == 1, 2, np.where(labels == 2, 1, 0)).astype(np.uint8), own.affine),
+             str(root / "swapped.nii.gz"))
+    table = read_manifest(root / "m.csv").table
+    same = evaluate_table(bundle, table.assign(mask_path=str(root / "out" / "ct.nii.gz")), root / "ev1")
+    assert same.metrics["dice_mean"] == same.metrics["dice_core_mean"] == same.metrics["dice_rim_mean"] == 1.0
+    swap = evaluate_table(bundle, table.assign(mask_path=str(root / "swapped.nii.gz")), root / "ev2")
+    assert swap.metrics["dice_mean"] == swap.metrics["dice_core_mean"] == swap.metrics["dice_rim_mean"] == 0.0
+    report = (root / "ev2" / "report.md").read_text()
+    assert "| dice (mean of the classes) | 0.000" in report and "| dice core | 0.000" in report
+    assert {"dice_core", "dice_rim", "hd95_mm_rim"} <= set(pd.read_csv(root / "ev2" / "per_case.csv").columns)
+
+
 def test_a_dicom_seg_filed_beside_its_series_is_no_scan_and_masks_out_stays_outside_the_input(flipped_series):
     import shutil
 

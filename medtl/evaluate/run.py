@@ -20,7 +20,7 @@ from medtl.explain import cam_layer, cam_maps
 from medtl.files import claim_folder
 from medtl.log import logger
 from medtl.evaluate.report import Evaluation, evaluate_classification, fmt, write_report
-from medtl.evaluate.segmentation import case_metrics, subgroup_summaries, summarise
+from medtl.evaluate.segmentation import case_metrics, class_names, reference_labels, subgroup_summaries, summarise
 from medtl.models.checkpoint import ModelBundle
 from medtl.models.predictor import Predictor, device_for
 from medtl.typicality import measures_typicality
@@ -194,14 +194,13 @@ def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torc
     for rec, row in zip(Predictor.of(bundle, device, 4).predict(items), table.itertuples(index=False)):
         if rec["error"]:
             raise DataError(f"case {rec['case_id']}: {rec['error']}")
-        ref = load_scan(row.mask_path)
-        ref_np = ref[0].numpy() > 0.5
-        pred = rec["mask"].labels > 0
+        ref_np, pred = reference_labels(load_scan(row.mask_path)[0].numpy(), len(bundle.classes)), rec["mask"].labels
         if pred.shape != ref_np.shape:
             raise DataError(f"case {rec['case_id']}: mask grid {ref_np.shape} differs from the image grid {pred.shape}; "
                             "run `medtl manifest check` and give each image the mask drawn on it")
-        rows.append({"case_id": rec["case_id"], **case_metrics(pred, ref_np, rec["mask"].spacing[: pred.ndim])})
-        views.append((row.image_path, ref_np, pred))
+        rows.append({"case_id": rec["case_id"],
+                     **case_metrics(pred, ref_np, rec["mask"].spacing[: pred.ndim], bundle.classes)})
+        views.append((row.image_path, ref_np > 0, pred > 0))
     per_case = pd.DataFrame(rows)
     per_case.to_csv(out_dir / "per_case.csv", index=False)
     patients = table["patient_id"].astype(str).to_numpy() if "patient_id" in table else None
@@ -234,8 +233,14 @@ def _write_seg_report(ev: Evaluation, out_dir: Path) -> list[Path]:
     (out_dir / "metrics.json").write_text(json.dumps({k: None if math.isnan(v) else v for k, v in m.items()}, indent=1))
     lines = ["# Segmentation evaluation", "", f"Cases: {int(m['n'])}", "",
              "| metric | mean [95% CI] | median | IQR |", "| --- | --- | --- | --- |"]
+    names = class_names(m)
     for key in ("dice", "iou", "hd95_mm", "asd_mm"):
-        lines.append(f"| {key} | {fmt(m, key + '_mean')} | {m[key + '_median']:.3f} | {m[key + '_iqr']:.3f} |")
+        label = f"{key} (mean of the classes)" if names else key
+        lines.append(f"| {label} | {fmt(m, key + '_mean')} | {m[key + '_median']:.3f} | {m[key + '_iqr']:.3f} |")
+    for name in names:
+        for key in ("dice", "hd95_mm"):
+            k = f"{key}_{name}"
+            lines.append(f"| {key} {name} | {fmt(m, k + '_mean')} | {m[k + '_median']:.3f} | {m[k + '_iqr']:.3f} |")
     sub = sorted({k.rsplit("_", 1)[0] for k in m if k.startswith("subgroup_") and k.endswith("_n")})
     if sub:
         lines += ["", "| subgroup | n | Dice [95% CI] | HD95 mm [95% CI] |", "| --- | --- | --- | --- |"]

@@ -205,6 +205,33 @@ def test_segmentation_metrics_match_monai_and_empty_conventions():
     assert one["dice"] == 0.0 and np.isnan(one["hd95_mm"])
 
 
+def test_several_classes_are_measured_one_by_one_and_a_swap_is_no_success(tmp_path):
+    """Measured as one foreground, a model that calls the core oedema and the oedema core is perfect. Class by class
+    (Dice by hand on each label), it is wrong everywhere; validation follows the same headline."""
+    from medtl.evaluate.segmentation import mean_dice, summarise
+
+    ref = np.zeros((20, 20, 10), np.int64)
+    ref[5:12, 5:12, 3:7] = 1
+    ref[8:10, 8:10, 4:6] = 2
+    classes = ["background", "oedema", "core"]
+    swapped = np.where(ref == 1, 2, np.where(ref == 2, 1, 0))
+    assert case_metrics(swapped, ref, (1, 1, 1))["dice"] == 1.0  # one foreground, as before
+    m = case_metrics(swapped, ref, (1, 1, 1), classes)
+    assert m["dice"] == 0.0 and m["dice_oedema"] == 0.0 and m["dice_core"] == 0.0
+    shifted = np.roll(ref, 1, axis=0)
+    m = case_metrics(shifted, ref, (0.5, 0.5, 2.0), classes)
+    by_hand = {name: 2 * ((shifted == k) & (ref == k)).sum() / ((shifted == k).sum() + (ref == k).sum())
+               for k, name in enumerate(classes) if k}
+    assert m["dice_oedema"] == pytest.approx(by_hand["oedema"]) and m["dice_core"] == pytest.approx(by_hand["core"])
+    assert m["dice"] == pytest.approx(np.mean(list(by_hand.values())))
+    want = compute_hausdorff_distance(torch.tensor(shifted == 2)[None, None].float(), torch.tensor(ref == 2)[None, None].float(),
+                                      percentile=95, spacing=[0.5, 0.5, 2.0])
+    assert m["hd95_mm_core"] == pytest.approx(float(want))
+    assert mean_dice(shifted, ref, 3) == pytest.approx(m["dice"]) and mean_dice(swapped, ref, 3) == 0.0
+    summary = summarise([{"case_id": "a", **m}, {"case_id": "b", **case_metrics(ref, ref, (1, 1, 1), classes)}])
+    assert summary["dice_core_mean"] == pytest.approx((by_hand["core"] + 1) / 2)
+
+
 def test_segmentation_means_carry_patient_bootstrap_cis():
     """Dice and distances had no interval, unlike every classification figure; a patient's scans resample
     together, so scans that repeat a patient widen the interval, and an undefined distance stays out of it."""
