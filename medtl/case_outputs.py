@@ -39,7 +39,7 @@ def mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundle
             labels = mask.labels * (255 if mask.labels.max(initial=0) <= 1 else 1)
             Image.fromarray(labels.astype(np.uint8).T).save(path)
         elif scan_kind(image_ref) == "itk":  # back in its own format, for the viewer or challenge that gave it
-            path = write_itk_mask(mask.labels, Path(image_ref), masks_out / rec["case_id"])
+            path = write_itk_mask(mask.labels, Path(image_ref), masks_out / rec["case_id"], bundle.classes)
         else:
             path = masks_out / f"{rec['case_id']}.nii.gz"
             affine = mask.affine if mask.affine.shape == (4, 4) else _affine_3d(mask.affine)

@@ -111,9 +111,10 @@ def load_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(array.T, dtype=np.float32), header.affine
 
 
-def write_itk_mask(labels: np.ndarray, source: Path, out_stem: Path) -> Path:
+def write_itk_mask(labels: np.ndarray, source: Path, out_stem: Path, classes: list[str] | None = None) -> Path:
     """``labels`` (on ``source``'s grid, in medtl's voxel order) as a mask in ``source``'s format, with its origin,
-    spacing and direction copied from ``source``'s header; returns the path written."""
+    spacing and direction copied from ``source``'s header; returns the path written. Beside an NRRD scan it is a
+    3D Slicer segmentation (``.seg.nrrd``) whose segments carry the ``classes``' names (background first)."""
     import SimpleITK as sitk
 
     reader = _reader(Path(source))
@@ -122,7 +123,13 @@ def write_itk_mask(labels: np.ndarray, source: Path, out_stem: Path) -> Path:
     mask.SetOrigin(reader.GetOrigin())
     mask.SetSpacing(reader.GetSpacing())
     mask.SetDirection(reader.GetDirection())
-    out = out_stem.with_name(out_stem.name + WRITTEN_AS[Path(source).suffix.lower()])
+    suffix = WRITTEN_AS[Path(source).suffix.lower()]
+    if suffix == ".nrrd":
+        suffix = ".seg.nrrd"
+        for n, name in enumerate((classes or ["background", "lesion"])[1:]):
+            for key, value in (("ID", f"Segment_{n + 1}"), ("Name", name), ("LabelValue", str(n + 1)), ("Layer", "0")):
+                mask.SetMetaData(f"Segment{n}_{key}", value)
+    out = out_stem.with_name(out_stem.name + suffix)
     sitk.WriteImage(mask, str(out), useCompression=True)
     return out
 

@@ -129,13 +129,17 @@ def test_a_perfect_prediction_comes_back_in_the_scan_s_format_on_its_grid(tmp_pa
 
     score(bundle_for([40, 36, 20]), [{"case_id": "c", "image": str(tmp_path / image)}], tmp_path / "p.csv",
           masks_out=tmp_path / "masks", device="cpu")
-    written_path = tmp_path / "masks" / ("c.nrrd" if "NRRD" in fmt else "c.mha")
+    written_path = tmp_path / "masks" / ("c.seg.nrrd" if "NRRD" in fmt else "c.mha")  # Slicer opens a segmentation
     written, source = sitk.ReadImage(str(written_path)), sitk.ReadImage(str(tmp_path / image))
     assert written.GetOrigin() == pytest.approx(source.GetOrigin())
     assert written.GetSpacing() == pytest.approx(source.GetSpacing())
     assert written.GetDirection() == pytest.approx(source.GetDirection(), abs=1e-9)
     labels = sitk.GetArrayFromImage(written).T  # back to the first axis fastest, as written above
     assert np.array_equal(labels > 0, mask > 0)
+    if "NRRD" in fmt:
+        from medtl.data.slicer_masks import segment_names
+
+        assert segment_names(written_path) == {1: "lesion"}
     volume = pd.read_csv(tmp_path / "p.csv")["lesion_volume_ml"][0]
     assert volume == pytest.approx((labels > 0).sum() * 2.0 / 1000)  # voxels are 1 x 1 x 2 mm
 
