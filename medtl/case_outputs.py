@@ -55,7 +55,7 @@ def mask_row(rec: dict[str, Any], image_ref: str, masks_out: Path | None, bundle
 
 
 def claim_outputs(bundle: ModelBundle, case_ids: list[str], masks_out: Path | None, per_case: dict[str, Path | None],
-                   model_id: str) -> None:
+                  model_id: str) -> None:
     """The folders of one file per case, claimed before anything is scored: a folder of reference masks named like
     the cases would otherwise be overwritten file by file."""
     if masks_out is not None:
@@ -104,7 +104,7 @@ def _affine_3d(affine_2d: np.ndarray) -> np.ndarray:
 
 
 def draw_heatmaps(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.DataFrame, folder: Path,
-                   device: Any) -> None:
+                  device: Any) -> None:
     """A heat map for each case scored without error that has none yet: a rerun after a crash draws the rest."""
     images = {c["case_id"]: c["image"] for c in cases}
     ok = table[(table["status"] == "ok") & table["case_id"].isin(images)]
@@ -115,7 +115,7 @@ def draw_heatmaps(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.Da
 
 
 def write_reports(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.DataFrame, folder: Path,
-                   model_id: str) -> None:
+                  model_id: str) -> None:
     """A DICOM SR for each DICOM case scored without error that has none yet (a rerun writes the rest), from its row
     as written: a classifier's at the prevalence ``--prevalence`` applied, a segmentation's volumes beside the
     DICOM-SEG it references. A case not stored as DICOM has no study to file one in."""

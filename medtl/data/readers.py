@@ -90,7 +90,7 @@ def scan_kind(path: Path | str) -> str:
 
 def archive_hint(folder: Path) -> str:
     """What to do when a folder holds no scan medtl reads but archives of them (a zipped PACS export) or scans in a
-    research format medtl does not read (Analyze, FreeSurfer ...); empty when it holds neither."""
+    research format medtl does not read (Analyze, NumPy); empty when it holds neither."""
     files = [p.name for p in sorted(folder.rglob("*"))]
     packed = [f for f in files if f.lower().endswith(ARCHIVE_SUFFIXES)]
     if packed:
