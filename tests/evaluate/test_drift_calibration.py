@@ -51,6 +51,7 @@ def test_the_temperature_is_fitted_on_every_noise_level_up_to_where_the_model_is
     cfg = Config.model_validate({"data": {"image_size": [16, 16], "classes": ["normal", "lesion"]},
                                  "tracking": {"enabled": False}})
     predictor = Predictor.of(ModelBundle(CentreContrast(40.0), cfg, ["normal", "lesion"]), torch.device("cpu"))
+    predictor.memo = {}  # each film read once, as the run's predictor does; the noise comes after
     drift = drift_temperature(predictor, items, seed=3)
     assert drift is not None and drift.cases == len(items) * (LEVELS + 1)
     y = np.array([it["label"] for it in items])

@@ -145,7 +145,7 @@ def test_edge_cases_answer_with_reasons(tmp_path):
     table = pd.DataFrame({"case_id": [f"c{i}" for i in range(10)], "label": ["a"] * 10, "patient_id": range(10),
                           "site": ["X"] * 9 + ["Y"]})
     logits = np.column_stack([np.zeros(10), np.linspace(-2, 2, 10)])
-    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20, min_subgroup_size=5),
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20, min_subgroup_size=5, figures=False),
                                  tmp_path, ["site"])
     assert any("one class" in n for n in ev.notes) and any("site=Y" in n for n in ev.notes)
     assert "subgroup_site_Y_auroc" not in ev.metrics and ev.metrics["subgroup_site_Y_n"] == 1
@@ -166,7 +166,7 @@ def test_subgroups_take_any_site_name_mlflow_accepts_and_carry_patient_bootstrap
     table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y],
                           "patient_id": np.arange(n) // 2, "site": site, "Sex (M/F)": np.array(["M", "F"])[np.arange(n) % 2]})
     logits = np.column_stack([np.zeros(n), y + rng.normal(0, 1, n)])
-    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=100, min_subgroup_size=5),
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=100, min_subgroup_size=5, figures=False),
                                  tmp_path, ["site", "Sex (M/F)"])  # a column headed as CheXpert's or a form's are
     keys = [k for k in ev.metrics if k.startswith("subgroup_")]
     for key in keys:

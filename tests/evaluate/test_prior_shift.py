@@ -60,7 +60,7 @@ def test_evaluation_reports_calibration_after_the_prior_shift(tmp_path):
     logits = np.column_stack([np.zeros_like(p), np.log(p / (1 - p))])  # calibrated for a 50 % prior
     table = pd.DataFrame({"case_id": [str(i) for i in range(len(y))], "label": np.where(y == 1, "pos", "neg"),
                           "patient_id": [str(i) for i in range(len(y))]})
-    cfg = EvaluateConfig(bootstrap=0, prevalence="em")
+    cfg = EvaluateConfig(bootstrap=0, prevalence="em", figures=False)
     ev = evaluate_classification(table, logits, ["neg", "pos"], 0.5, 1.0, cfg, tmp_path, source_prior=[0.5, 0.5])
     m = ev.metrics
     assert m["prevalence_used"] == pytest.approx(0.25, abs=0.03) and ev.target_prior[1] == m["prevalence_used"]

@@ -31,7 +31,7 @@ def test_a_share_of_few_cases_has_at_least_its_wilson_interval_and_a_perfect_aur
     logits[4, 1] = 1.0  # one negative called positive: specificity 15 of 16
     table = pd.DataFrame({"case_id": [f"c{i}" for i in range(20)], "label": np.array(["a", "b"])[y],
                           "patient_id": range(20)})
-    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=200), tmp_path)
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=200, figures=False), tmp_path)
     m = ev.metrics
     for name, (k, n) in (("sensitivity", (4, 4)), ("specificity", (15, 16)), ("ppv", (4, 5)), ("npv", (15, 15)),
                          ("accuracy", (19, 20))):
@@ -52,7 +52,7 @@ def test_a_share_of_few_cases_has_at_least_its_wilson_interval_and_a_perfect_aur
     big = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y],
                         "patient_id": np.arange(n) // 4})  # four cases a patient: wider than Wilson, kept
     logits = np.column_stack([np.zeros(n), np.repeat(rng.normal(0, 1, n // 4), 4) + y])
-    ev = evaluate_classification(big, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=200), tmp_path / "big")
+    ev = evaluate_classification(big, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=200, figures=False), tmp_path / "big")
     boot = bootstrap_ci(lambda yy, pp: binary_metrics(yy, pp[:, 1], 0.5), y, apply_temperature(logits, 1.0),
                         big["patient_id"].to_numpy(), 200, 0.95, 0)
     assert (ev.metrics["sensitivity_ci_low"], ev.metrics["sensitivity_ci_high"]) == pytest.approx(boot["sensitivity"])
@@ -71,7 +71,7 @@ def test_a_numeric_subgroup_of_many_values_is_reported_in_quartile_bands_not_one
                           "patient_id": range(n), "age": [None if np.isnan(a) else f"{a:g}" for a in age],
                           "ward": np.array(["1", "2", "3"])[np.arange(n) % 3]})  # numbers, but few: kept as they are
     logits = np.column_stack([np.zeros(n), y + rng.normal(0, 1, n)])
-    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20, min_subgroup_size=5),
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20, min_subgroup_size=5, figures=False),
                                  tmp_path, ["age", "ward"])
     edges = np.quantile(age[5:], [0, 0.25, 0.5, 0.75, 1])
     bands = {k.removeprefix("subgroup_age_").removesuffix("_n"): v for k, v in ev.metrics.items()
@@ -87,7 +87,7 @@ def test_a_numeric_subgroup_of_many_values_is_reported_in_quartile_bands_not_one
         "subgroup_ward_1_n", "subgroup_ward_2_n", "subgroup_ward_3_n"}
     assert any(note.startswith("age: ") and "quartile bands" in note for note in ev.notes)
     few = table.iloc[:20].assign(age=[f"{a}" for a in range(30, 50)])  # 20 cases, 20 ages: bands of 5, not 20 of 1
-    ev = evaluate_classification(few, logits[:20], ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20, min_subgroup_size=5),
+    ev = evaluate_classification(few, logits[:20], ["a", "b"], 0.5, 1.0, EvaluateConfig(bootstrap=20, min_subgroup_size=5, figures=False),
                                  tmp_path / "few", ["age", "ward"])
     assert sorted(v for k, v in ev.metrics.items() if k.startswith("subgroup_age_") and k.endswith("_n")) == [5] * 4
     assert sum(k.startswith("subgroup_ward_") and k.endswith("_n") for k in ev.metrics) == 3
@@ -141,7 +141,7 @@ def test_calibration_slope_and_intercept_match_an_independent_logistic_fit_and_r
     assert separated["calibration_intercept_ci_high"] - separated["calibration_intercept"] < 3  # informative: kept
     table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "label": np.array(["a", "b"])[y], "patient_id": range(n)})
     logits = np.column_stack([np.zeros(n), z])
-    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 2.0, EvaluateConfig(bootstrap=0), tmp_path)
+    ev = evaluate_classification(table, logits, ["a", "b"], 0.5, 2.0, EvaluateConfig(bootstrap=0, figures=False), tmp_path)
     assert ev.metrics["calibration_slope_calibrated"] == pytest.approx(2 * ev.metrics["calibration_slope"], rel=1e-6)
     assert ev.metrics["calibration_slope"] == pytest.approx(line["calibration_slope"], rel=1e-9)  # from the logits
     assert "| calibration_slope | " in (tmp_path / "report.md").read_text()
