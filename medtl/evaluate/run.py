@@ -205,7 +205,7 @@ def evaluate_segmentation(bundle: ModelBundle, table: pd.DataFrame, device: torc
     per_case.to_csv(out_dir / "per_case.csv", index=False)
     patients = table["patient_id"].astype(str).to_numpy() if "patient_id" in table else None
     metrics = summarise(rows, patients, cfg.bootstrap, cfg.ci, cfg.seed)
-    files = [out_dir / "per_case.csv", _overlays(per_case, views, out_dir)]
+    files = [out_dir / "per_case.csv", *([_overlays(per_case, views, out_dir)] if cfg.figures else [])]
     notes = [f"{int(metrics['hd95_mm_undefined'])} case(s) with one empty mask: distances undefined"] if metrics["hd95_mm_undefined"] else []
     subgroups = [c for c in bundle.spec.data.subgroups if c in table]
     metrics.update(subgroup_summaries(table, rows, patients, subgroups, cfg.min_subgroup_size, cfg.bootstrap, cfg.ci,

@@ -184,7 +184,7 @@ def test_evaluate_takes_a_sites_prevalence_or_em_in_place_of_the_models_own(tmp_
     for given in (None, "0.3", "em"):
         out = tmp_path / f"ev_{given}"
         res = run_cli("evaluate", "--model", model, "--manifest", str(m), "--split", "all", "--out", str(out),
-                      "--bootstrap", "20", *(["--prevalence", given] if given else []))
+                      "--bootstrap", "20", "--no-figures", *(["--prevalence", given] if given else []))
         assert res.returncode == 0, res.stderr[-2000:]
         said[given] = json.loads((out / "metrics.json").read_text()), (out / "report.md").read_text()
         step = "_calibrated" if given is None else "_prior_adjusted"  # the last step's calibration, said at once

@@ -333,7 +333,7 @@ def test_evaluate_and_compare_write_only_into_folders_that_are_theirs(tmp_path, 
     assert (mine / "report.md").read_text() == "a researcher's own notes"  # was replaced by the evaluation's report
     for _ in range(2):  # its own folder it may write again
         res = run_cli("evaluate", "--model", str(model), "--manifest", str(manifest), "--out", str(tmp_path / "ev"),
-                      "--split", "all", "--bootstrap", "20")
+                      "--split", "all", "--bootstrap", "20", "--no-figures")
         assert res.returncode == 0, res.stderr
     predictions = tmp_path / "ev" / "predictions.csv"
     res = run_cli("compare", str(predictions), str(predictions), "--out", str(mine))
@@ -351,7 +351,7 @@ def test_evaluate_takes_the_runs_splits_for_a_manifest_without_them(tmp_path, mo
     assert res.returncode != 0 and "no split column" in res.stderr and "--splits" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     res = run_cli("evaluate", "--model", str(model), "--manifest", str(bare), "--out", str(tmp_path / "b"),
-                  "--splits", str(tmp_path / "splits.csv"), "--bootstrap", "20")
+                  "--splits", str(tmp_path / "splits.csv"), "--bootstrap", "20", "--no-figures")
     assert res.returncode == 0, res.stderr
     evaluated = pd.read_csv(tmp_path / "b" / "predictions.csv", dtype=str)["case_id"]
     assert sorted(evaluated) == sorted(table.loc[table["split"] == "test", "case_id"])
