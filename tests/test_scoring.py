@@ -117,7 +117,7 @@ def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_pa
     m = make_classification_set(tmp_path / "d", n=48, kind="png", size=(32, 32))
     cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[32,32]",
                              "train.epochs=1", "train.max_steps_per_epoch=2", f"train.out_dir={tmp_path / 'runs'}",
-                             "tracking.enabled=false"])
+                             "tracking.enabled=false", "evaluate.figures=false", "evaluate.bootstrap=20"])
     model = str(fit_model(cfg).model_path)
     whole = tmp_path / "whole.csv"
     assert run_cli("score", "--model", model, "--manifest", str(m), "--out", str(whole), "--no-track").returncode == 0

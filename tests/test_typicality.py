@@ -118,7 +118,7 @@ def _train(root, n: int, *overrides: str):
     cfg = load_config(None, [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]",
                              "model.backbone=resnet10", "model.pretrained=none", "transfer.strategy=scratch",
                              "train.epochs=1", "train.batch_size=32", f"train.out_dir={root / 'runs'}",
-                             "tracking.enabled=false", *overrides])
+                             "tracking.enabled=false", "evaluate.figures=false", "evaluate.bootstrap=20", *overrides])
     return fit_model(cfg).model_path, m
 
 
@@ -164,7 +164,10 @@ def test_each_scored_case_carries_the_typicality_of_the_features_its_call_was_ma
     assert f"{flagged} of the 4 cases scored" in res.stdout or (flagged == 0 and "none of the 4" in res.stdout)
     from medtl.evaluate.run import evaluate_bundle
 
-    ev = evaluate_bundle(bundle, manifest, "val", tmp_path / "ev")  # the same measure in an evaluation's predictions
+    from medtl.config import EvaluateConfig
+
+    ev = evaluate_bundle(bundle, manifest, "val", tmp_path / "ev", EvaluateConfig(figures=False, bootstrap=20))  # the same
+    # measure in an evaluation's predictions
     evaluated = pd.read_csv(tmp_path / "ev" / "predictions.csv", keep_default_na=False).set_index("case_id")
     assert evaluated.loc["case001", "typicality"] == pytest.approx(out.loc["case001", "typicality"], rel=1e-4)
     assert ev.metrics["unlike_training_share"] == pytest.approx((evaluated["typicality"] <= LEVEL).mean())
