@@ -186,7 +186,7 @@ def check_manifest(
             try:
                 mask_geometry = scan_geometry(mask_path, deep)
                 if image_geometry is not None:
-                    _check_mask(image_geometry, mask_geometry)
+                    _check_mask(image_geometry, mask_geometry, slicer=mask_path.lower().endswith(".seg.nrrd"))
                 if deep:
                     _check_mask_values(mask_path, len(classes or DEFAULT_MASK_CLASSES))
             except DataError as exc:
@@ -323,9 +323,11 @@ def mask_problem(values: np.ndarray, n_classes: int) -> tuple[str | None, float]
     return None, scale
 
 
-def _check_mask(image: Geometry, mask: Geometry) -> None:
+def _check_mask(image: Geometry, mask: Geometry, slicer: bool = False) -> None:
     if tuple(image.shape[:3]) != tuple(mask.shape[:3]):
-        raise DataError(f"shape mismatch: mask {mask.shape} vs image {image.shape}")
+        hint = ("; a 3D Slicer segmentation is saved cropped to its segments, and `manifest build` places it on its "
+                "scan's grid" if slicer else "")
+        raise DataError(f"shape mismatch: mask {mask.shape} vs image {image.shape}{hint}")
     if image.affine is not None and mask.affine is not None and not np.allclose(image.affine, mask.affine, atol=1e-3):
         raise DataError("affine mismatch: mask and image are not in the same space")
 

@@ -5,6 +5,7 @@ import logging
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from medtl.data.build import build_manifest
 from medtl.data.check import check_manifest
@@ -66,6 +67,12 @@ def test_slicer_segmentations_are_placed_on_their_scan_and_numbered_by_name(tmp_
     assert "1 3D Slicer segmentation(s) lie on another grid than their scan (d)" in caplog.text
     problems = check_manifest(read_manifest(tmp_path / "m.csv"), classes=["background", "tumour", "oedema"], deep=True)
     assert [(p.case_id, p.kind) for p in problems] == [("d", "mask shape mismatch")]
+    by_hand = pd.read_csv(tmp_path / "m.csv", dtype=str)  # a manifest written without the build
+    by_hand.loc[by_hand["case_id"] == "a", "mask"] = "scans/a.seg.nrrd"
+    by_hand.to_csv(tmp_path / "hand.csv", index=False)
+    problems = check_manifest(read_manifest(tmp_path / "hand.csv"), classes=["background", "tumour", "oedema"])
+    assert "a 3D Slicer segmentation is saved cropped to its segments, and `manifest build` places it" in next(
+        p.detail for p in problems if p.case_id == "a")
 
 
 def test_a_slicer_segmentation_with_no_voxels_is_an_empty_mask_on_its_scan(tmp_path):
