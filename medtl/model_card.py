@@ -11,6 +11,7 @@ import pandas as pd
 
 from medtl.config import Config
 from medtl.evaluate.report import fmt
+from medtl.evaluate.segmentation import class_names
 
 NEEDS = "NEEDS INPUT"
 PERFORMANCE = (("AUROC", "auroc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("PPV", "ppv"),
@@ -42,7 +43,8 @@ def model_card(cfg: Config, table: pd.DataFrame, metrics: dict[str, float], data
     lines += ["## Performance (test split, 95% CI by patient bootstrap)",
               "| metric | value |", "| --- | --- |",
               *[f"| {name} | {fmt(metrics, key)} |"
-                for name, key in (SEVERAL_CLASSES if "auroc_macro" in metrics else PERFORMANCE) if key in metrics], "",
+                for name, key in (SEVERAL_CLASSES if "auroc_macro" in metrics else PERFORMANCE) if key in metrics],
+              *[f"| Dice {name} | {fmt(metrics, f'dice_{name}_mean')} |" for name in class_names(metrics)], "",
               "## Calibration", f"ECE {fmt(metrics, 'ece')} before and {fmt(metrics, 'ece_calibrated')} after temperature "
               f"scaling (T = {metrics.get('temperature', math.nan):.3f}, fitted on validation)"
               + (f"; {fmt(metrics, 'ece_prior_adjusted')} after the prior-shift correction to prevalence "

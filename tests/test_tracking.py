@@ -301,7 +301,12 @@ def test_the_model_card_lists_a_segmentation_models_sites_by_dice():
     table = pd.DataFrame({"split": ["train", "test"], "site": ["A", "A"]})
     metrics = {"dice_mean": 0.8, "subgroup_site_A_n": 12.0, "subgroup_site_A_dice_mean": 0.81,
                "subgroup_site_A_dice_mean_ci_low": 0.75, "subgroup_site_A_dice_mean_ci_high": 0.86}
-    assert "- site_A: n 12, Dice 0.810 [0.750, 0.860]" in model_card(cfg, table, metrics, "0" * 64, [])
+    card = model_card(cfg, table, metrics, "0" * 64, [])
+    assert "- site_A: n 12, Dice 0.810 [0.750, 0.860]" in card and "| Dice core |" not in card
+    several = {**metrics, "dice_core_mean": 0.7, "dice_core_mean_ci_low": 0.6, "dice_core_mean_ci_high": 0.78,
+               "dice_oedema_mean": 0.9, "subgroup_site_A_dice_core_mean": 0.5}
+    card = model_card(cfg, table, several, "0" * 64, [], classes=["background", "core", "oedema"])
+    assert "| Dice core | 0.700 [0.600, 0.780] |" in card and "| Dice oedema | 0.900 |" in card
 
 
 def test_models_list_shows_each_version_with_its_aliases_and_test_figures(tmp_path, monkeypatch):
