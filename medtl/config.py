@@ -89,9 +89,10 @@ class Config(Section):
             raise ValueError("train.mixup_alpha mixes class labels: it works for data.task classification without "
                              "adaptation.method coral or dann; set it to null")
         if self.evaluate.tta and (self.data.modality == "xray" or not self.data.augment):
-            raise ValueError("evaluate.tta averages each scan with its left-right mirror, the flip training augments "
-                             "with; training flips no chest film (data.modality xray: not left-right symmetric) and "
-                             "nothing without data.augment; set it to false")
+            why = ("training flips no chest film (data.modality xray: not left-right symmetric)"
+                   if self.data.modality == "xray" else "data.augment is false, so training flips nothing")
+            raise ValueError(f"evaluate.tta averages each scan with its left-right mirror, the flip training augments "
+                             f"with; {why}: set evaluate.tta to false")
         if self.transfer.probe_first and self.data.task != "classification":
             raise ValueError("transfer.probe_first fits a classification head on frozen features: it works for "
                              "data.task classification; set it to false")

@@ -79,6 +79,7 @@ def test_mirroring_is_kept_with_the_model_and_refused_where_training_never_mirro
     assert InferenceSpec.from_dict(spec.to_dict()).tta
     older = {k: v for k, v in spec.to_dict().items() if k != "tta"}  # a model saved before the setting existed
     assert not InferenceSpec.from_dict(older).tta
-    for data in ({"modality": "xray"}, {"modality": "ct", "augment": False}):
-        with pytest.raises(ValidationError, match="evaluate.tta averages each scan with its left-right mirror"):
+    for data, why in (({"modality": "xray"}, "training flips no chest film"),
+                      ({"modality": "ct", "augment": False}, "data.augment is false, so training flips nothing")):
+        with pytest.raises(ValidationError, match=f"evaluate.tta averages each scan with its left-right mirror.*{why}"):
             Config.model_validate({"data": data, "evaluate": {"tta": True}})
