@@ -207,12 +207,7 @@ def build_manifest(
     cases, mask_refs = pair_masks(discover_cases(folder, ids, progress, identifiers, walk), masks)
     if not cases:
         raise ManifestError(f"{folder}: no DICOM, NIfTI, MetaImage, NRRD or PNG file found{archive_hint(folder)}")
-    if masks is not None and not any(c in mask_refs for c, _ in cases):
-        raise ManifestError(f"--masks {masks}: no file there is named like a case of {folder} (e.g. {cases[0][0]}.nii.gz "
-                            f"or {cases[0][0]}_mask.nii.gz)")
-    if any(ref.lower().endswith(SLICER_SUFFIX) for ref in mask_refs.values()):
-        _outside(structures_out, folder, "--structures-out")
-        mask_refs = place_slicer_masks(cases, mask_refs, structures_out)
+    mask_refs = _paired_masks(cases, mask_refs, masks, folder, structures_out)
     out = Path(out)
     if any(out.resolve() == sheet.resolve() for sheet in sheets):
         raise ManifestError(f"--out {out}: that is the label sheet; write the manifest to a new file so the sheet is kept")
@@ -267,6 +262,19 @@ def _refuse_sources(folder: Path, out: Path, sheets: list[Path], masks: Path | N
     if masks is not None and not Path(masks).is_dir():
         raise ManifestError(f"--masks {masks}: not a folder; give the folder that holds the masks")
     return structures_out
+
+
+def _paired_masks(cases: list[tuple[str, str]], mask_refs: dict[str, str], masks: Path | None, folder: Path,
+                  placed: Path) -> dict[str, str]:
+    """The masks found for the cases: a ``--masks`` folder naming none of them is refused, and 3D Slicer
+    segmentations are placed on their scans' grids in ``placed`` (``medtl.data.slicer_masks``)."""
+    if masks is not None and not any(c in mask_refs for c, _ in cases):
+        raise ManifestError(f"--masks {masks}: no file there is named like a case of {folder} (e.g. {cases[0][0]}.nii.gz "
+                            f"or {cases[0][0]}_mask.nii.gz)")
+    if any(ref.lower().endswith(SLICER_SUFFIX) for ref in mask_refs.values()):
+        _outside(placed, folder, "--structures-out")
+        mask_refs = place_slicer_masks(cases, mask_refs, placed)
+    return mask_refs
 
 
 def _outside(written: Path, folder: Path, option: str) -> None:
