@@ -126,7 +126,8 @@ def _mask_of(case_id: str) -> str | None:
 def pair_masks(cases: list[tuple[str, str]], masks: Path | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Splits discovered files into image cases and their masks: files under ``masks`` (named like their
     image, optionally with a mask suffix), and files beside their image named ``<case>_mask`` (or another of
-    ``MASK_SUFFIXES``). A mask is never listed as a case of its own."""
+    ``MASK_SUFFIXES``). A mask is never listed as a case of its own, nor is a 3D Slicer segmentation named like no
+    scan (Slicer saves ``Segmentation.seg.nrrd`` beside ``CT.nrrd``): it is said, with the name that pairs it."""
     found: dict[str, str] = {}
     if masks is not None:
         root = Path(masks).resolve()
@@ -135,13 +136,18 @@ def pair_masks(cases: list[tuple[str, str]], masks: Path | None) -> tuple[list[t
             found[_mask_of(c) or c] = str(path)
         cases = [(c, ref) for c, ref in cases if root not in Path(dicom.parse_series_ref(ref)[0]).resolve().parents]
     ids = {c for c, _ in cases}
-    images = []
+    images, lone = [], []
     for c, ref in cases:
         owner = _mask_of(c)
         if owner is not None and owner in ids:
             found.setdefault(owner, ref)
+        elif ref.lower().endswith(SLICER_SUFFIX):
+            lone.append(Path(ref).name)
         else:
             images.append((c, ref))
+    if lone:
+        logger.warning("%d 3D Slicer segmentation(s) named like no scan, left out (%s): name each <scan>.seg.nrrd "
+                       "after the scan it was drawn on", len(lone), ", ".join(lone[:3]))
     return images, found
 
 

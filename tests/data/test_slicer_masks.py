@@ -100,3 +100,20 @@ def test_a_broken_slicer_segmentation_is_said_and_the_build_goes_on(tmp_path, ca
     assert list(table["mask"]) == ["scans/a.seg.nrrd", "scans/b.seg.nrrd"]  # left for manifest check to name
     assert "case a: a.seg.nrrd: unreadable NRRD header" in caplog.text
     assert "case b: b.seg.nrrd: segment 0's label value 'one' is not a number" in caplog.text
+
+
+def test_a_slicer_segmentation_named_like_no_scan_is_no_case(tmp_path, caplog):
+    """Slicer saves a scene as CT.nrrd beside Segmentation.seg.nrrd: the segmentation is no scan to train on or score,
+    and the line says how to pair it."""
+    from medtl.scoring import input_cases
+
+    vol, mask, affine = anatomy()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_nrrd(scans / "CT.nrrd", vol, affine)
+    write_nrrd(scans / "Segmentation.seg.nrrd", mask, affine, fields=segments(("tumour", 1)))
+    with caplog.at_level(logging.WARNING, logger="medtl"):
+        table = build_manifest(scans, tmp_path / "m.csv")
+    assert list(table["case_id"]) == ["CT"] and "mask" not in table
+    assert "1 3D Slicer segmentation(s) named like no scan, left out (Segmentation.seg.nrrd)" in caplog.text
+    assert [c["case_id"] for c in input_cases(None, scans)] == ["CT"]
