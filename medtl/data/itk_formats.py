@@ -7,7 +7,7 @@ formats apart. A mask scored on such a scan is written back in the scan's format
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,12 @@ def itk_format(path: Path | str) -> str | None:
 @dataclass(frozen=True)
 class ItkHeader:
     """What the header says, before any voxel is read: shape in medtl's (column, row[, slice]) order and the affine
-    from voxel indices to RAS millimetres (3 x 3 for a film, as medtl's DICOM films have, 4 x 4 for a volume)."""
+    from voxel indices to RAS millimetres (3 x 3 for a film, as medtl's DICOM films have, 4 x 4 for a volume), and
+    the header's key/value fields (3D Slicer names its segments there)."""
 
     shape: tuple[int, ...]
     affine: np.ndarray
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 def _reader(path: Path) -> Any:
@@ -93,7 +95,7 @@ def read_itk_header(path: Path) -> ItkHeader:
     if not np.isfinite(affine).all() or np.linalg.cond(affine[:-1, :-1]) > 1e9:
         raise DataError("its spacing or direction gives a voxel size of 0 or NaN; fix the header or "
                         "re-export the scan with its geometry")
-    return ItkHeader(shape, affine)
+    return ItkHeader(shape, affine, {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()})
 
 
 def load_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtl.data.itk_formats import load_itk, read_itk_header
+from medtl.data.itk_formats import ItkHeader, load_itk, read_itk_header
 from medtl.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -22,21 +22,14 @@ logger = logging.getLogger(__name__)
 SLICER_SUFFIX = ".seg.nrrd"
 
 
-def segment_names(path: Path) -> dict[int, str]:
+def segment_names(header: ItkHeader) -> dict[int, str]:
     """Label value to segment name, from the ``SegmentN_Name`` and ``SegmentN_LabelValue`` fields Slicer writes;
     empty for a file that names none."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    keys = set(reader.GetMetaDataKeys())
-    names: dict[int, str] = {}
-    n = 0
-    while f"Segment{n}_Name" in keys:
-        value = reader.GetMetaData(f"Segment{n}_LabelValue") if f"Segment{n}_LabelValue" in keys else str(n + 1)
+    fields, names, n = header.fields, {}, 0
+    while f"Segment{n}_Name" in fields:
+        value = fields.get(f"Segment{n}_LabelValue", str(n + 1))
         try:
-            names[int(float(value))] = reader.GetMetaData(f"Segment{n}_Name").strip()
+            names[int(float(value))] = fields[f"Segment{n}_Name"].strip()
         except ValueError:
             raise DataError(f"segment {n}'s label value {value[:20]!r} is not a number; save it again from "
                             "3D Slicer") from None
@@ -79,7 +72,7 @@ def place_slicer_masks(cases: list[tuple[str, str]], mask_refs: dict[str, str], 
     for case, ref in sorted(slicer.items()):
         try:
             header, image = read_itk_header(Path(ref)), scan_geometry(images[case])
-            names = segment_names(Path(ref))
+            names = segment_names(header)
         except DataError as exc:
             logger.warning("case %s: %s: %s", case, Path(ref).name, exc)
             continue

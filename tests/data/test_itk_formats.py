@@ -137,9 +137,10 @@ def test_a_perfect_prediction_comes_back_in_the_scan_s_format_on_its_grid(tmp_pa
     labels = sitk.GetArrayFromImage(written).T  # back to the first axis fastest, as written above
     assert np.array_equal(labels > 0, mask > 0)
     if "NRRD" in fmt:
+        from medtl.data.itk_formats import read_itk_header
         from medtl.data.slicer_masks import segment_names
 
-        assert segment_names(written_path) == {1: "lesion"}
+        assert segment_names(read_itk_header(written_path)) == {1: "lesion"}
     volume = pd.read_csv(tmp_path / "p.csv")["lesion_volume_ml"][0]
     assert volume == pytest.approx((labels > 0).sum() * 2.0 / 1000)  # voxels are 1 x 1 x 2 mm
 
