@@ -199,8 +199,8 @@ class EvaluateConfig(Section):
     evaluated cases' unlabelled scores (Saerens et al. 2002), or None for no prior-shift correction."""
     tta: bool = False
     """Test-time mirroring: every prediction (validation, evaluation, scoring) averages the scan as read and its
-    left-right mirror, the flip training augments with, and takes the mirrored answer back (twice the inference
-    time; nnU-Net's default). Stored with the model, so it is scored as it was evaluated."""
+    left-right mirror, the flip training augments with, and takes the mirrored answer back (two passes of the
+    model; nnU-Net's default). Stored with the model, so it is scored as it was evaluated."""
     gradcam: int = Field(4, ge=0)
     figures: bool = True
     """Write the figures (PNG and SVG); a study of many small runs, or a test, may skip them."""
