@@ -1,9 +1,9 @@
-"""``medtl score``: new studies through a model, on this machine or on Spark, with what the batch says about its site."""
+"""``medtl score``: new studies through a model, on this machine, on Spark or on Ray, with what the batch says about its site."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 
 import typer
 
@@ -14,6 +14,8 @@ from medtl.log import wide_console
 if TYPE_CHECKING:
     import pandas as pd
 
+    from medtl.archive_output import ArchiveSummary
+
 
 def _outside_input(input_dir: Path | None, outputs: dict[str, Path | None]) -> None:
     """Masks or heat maps written inside --input would be scored as scans by a rerun."""
@@ -23,22 +25,19 @@ def _outside_input(input_dir: Path | None, outputs: dict[str, Path | None]) -> N
                              "scans; write them to a folder outside it")
 
 
-def _score_on_spark(model: str, manifest: Path | None, out: Path, master: str, data_root: Path | None, chunk: int,
-                    local_only: dict[str, object]) -> NoReturn:
-    """``score --engine spark``: the model as registered, one probability row per case, on Spark's executors; the
-    options only this machine's engine honours are refused rather than silently left out."""
-    from medtl.spark_scoring import score_spark
-
+def _score_on_archive_engine(engine: str, manifest: Path | None, local_only: dict[str, object],
+                             run: Callable[[Path], ArchiveSummary]) -> NoReturn:
+    """``score --engine spark|ray``: the model as registered, one probability row per case, on the engine's workers;
+    the options only this machine's engine honours are refused rather than silently left out."""
     if manifest is None:
-        raise MedtlError("--engine spark scores a --manifest (executors read the paths it lists)")
+        raise MedtlError(f"--engine {engine} scores a --manifest (its workers read the paths it lists)")
     unsupported = next((option for option, value in local_only.items() if value is not None), None)
     if unsupported:
-        raise MedtlError(f"{unsupported}: the spark engine scores the model as registered, without it; score with "
+        raise MedtlError(f"{unsupported}: the {engine} engine scores the model as registered, without it; score with "
                          "--engine local")
-    s = score_spark(model, manifest, out, master, data_root, chunk)
-    typer.echo(f"{out}: {s.scored} scored now, {s.skipped_existing} already there, {s.errors} error row(s), "
-               f"{s.cases_per_s:.1f} cases/s")
-    raise typer.Exit(1 if s.errors else 0)
+    summary = run(manifest)
+    typer.echo(summary.message())
+    raise typer.Exit(1 if summary.errors else 0)
 
 
 def score_cmd(
@@ -54,22 +53,32 @@ def score_cmd(
     device: DeviceOption = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,
     prevalence: PrevalenceOption = None,
-    engine: Annotated[str, typer.Option(help="local (this machine) or spark (mlflow spark_udf, Parquet out).")] = "local",
+    engine: Annotated[str, typer.Option(help="local (this machine), spark (mlflow spark_udf) or ray (Ray Data actors); spark and ray write Parquet.")] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help="Spark master URL (spark-submit's MASTER wins).")] = "local[*]",
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Spark: the only folder executors may read (default: the manifest's).")] = None,
-    spark_chunk: Annotated[int, typer.Option("--spark-chunk", min=1, help="Spark: cases per committed job (a crash costs at most one).")] = 1000,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray: a cluster (auto, HOST:6379 or ray://HOST:10001; default RAY_ADDRESS, else a Ray started here).")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", min=1, help="Ray: scoring actors (default: one per GPU, else one per 4 CPU cores).")] = None,
+    ray_gpus: Annotated[Optional[float], typer.Option("--ray-gpus", min=0, help="Ray: GPUs per actor (default 1 where the cluster has GPUs, else 0).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Spark, Ray: the only folder workers may read (default: the manifest's).")] = None,
+    chunk: Annotated[int, typer.Option("--chunk", "--spark-chunk", min=1, help="Spark, Ray: cases per committed chunk (a crash costs at most one).")] = 1000,
 ) -> None:
     """Score new studies with a registered model; reruns resume where a crash stopped."""
     from medtl.models.loader import load_any_model
     from medtl.scoring import input_cases, score, set_prevalence
     from medtl.steps import run_context
 
+    local_only = {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps, "--reports-out": reports_out}
     if engine == "spark":
-        _score_on_spark(model, manifest, out, spark_master, data_root, spark_chunk,
-                        {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps,
-                         "--reports-out": reports_out})
+        from medtl.spark_scoring import score_spark
+
+        _score_on_archive_engine(engine, manifest, local_only,
+                                 lambda m: score_spark(model, m, out, spark_master, data_root, chunk))
+    if engine == "ray":
+        from medtl.ray_scoring import score_ray
+
+        _score_on_archive_engine(engine, manifest, local_only, lambda m: score_ray(
+            model, m, out, ray_address, data_root, chunk, batch_size, ray_workers, ray_gpus))
     if engine != "local":
-        raise MedtlError(f"--engine {engine}: use local or spark")
+        raise MedtlError(f"--engine {engine}: use local, spark or ray")
     _outside_input(input_dir, {"--masks-out": masks_out, "--heatmaps": heatmaps, "--reports-out": reports_out})
 
     bundle = load_any_model(model)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medtl.errors import ConfigError
 
@@ -270,10 +270,16 @@ class ScoreConfig(Section):
     device: Device = "auto"
     num_workers: int | Literal["auto"] = "auto"
     """Decoding workers (auto: several on a GPU, none on a CPU, where they would take the inference cores)."""
-    engine: Literal["local", "spark"] = "local"
-    """spark: mlflow's spark_udf over a registered model, Parquet out (``--engine spark`` of ``medtl score``)."""
+    engine: Literal["local", "spark", "ray"] = "local"
+    """spark: mlflow's spark_udf over a registered model; ray: Ray Data actors over it; both Parquet out
+    (``--engine`` of ``medtl score``)."""
     spark_master: str = "local[*]"
-    spark_chunk: int = Field(1000, ge=1)
+    ray_address: str | None = None
+    """A Ray cluster (auto, HOST:6379, ray://HOST:10001); None: RAY_ADDRESS, else a Ray started on this machine."""
+    ray_workers: int | None = Field(None, ge=1)
+    ray_gpus: float | None = Field(None, ge=0)
+    chunk: int = Field(1000, ge=1, validation_alias=AliasChoices("chunk", "spark_chunk"))
+    """Spark, Ray: cases per committed chunk (``spark_chunk``, its earlier name, is read too)."""
     prevalence: float | Literal["em"] | None = None
     """This site's prevalence of the positive class, or ``em`` for the one the batch's scores imply (``medtl score
     --prevalence``); the local engine only."""

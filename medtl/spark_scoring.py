@@ -11,50 +11,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
+from medtl.archive_output import ArchiveSummary, done_in, error_rows, model_identity
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
 from medtl.log import logger
-
-
-@dataclass
-class SparkSummary:
-    out: Path
-    scored: int
-    skipped_existing: int
-    errors: int
-    cases_per_s: float
-
-
-def _model_identity(model_uri: str) -> tuple[dict[str, str], str]:
-    """Model name, version and run id for the rows, and the output schema: the model's signature (the columns its
-    pyfunc returns, typicality included where it has one), or the class names of a model logged without one."""
-    import tempfile
-
-    import mlflow
-    from mlflow.models import Model
-
-    with tempfile.TemporaryDirectory() as tmp:  # get_model_info would leave the MLmodel file in the temp folder
-        try:
-            info = Model.load(mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/MLmodel", dst_path=tmp)).get_model_info()
-        except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a missing model or store
-            raise MedtlError(f"--model {model_uri}: no MLflow model there ({type(exc).__name__}); --engine spark scores a "
-                             "registered or logged model: models:/NAME@ALIAS, runs:/RUN_ID/model or a folder with an MLmodel file") from None
-    outputs = info.signature.outputs.inputs if info.signature is not None and info.signature.outputs else None
-    schema = ", ".join(f"{c.name} {c.type.name}" for c in outputs) if outputs else ", ".join(
-        [*(f"prob_{c} double" for c in (info.metadata or {}).get("classes", [])), "predicted string", "status string",
-         "error string"])
-    name, version = "", ""
-    if model_uri.startswith("models:/"):
-        name, _, ref = model_uri.removeprefix("models:/").partition("@")
-        client = mlflow.MlflowClient()
-        version = str(client.get_model_version_by_alias(name, ref).version) if ref else model_uri.rsplit("/", 1)[-1]
-    return {"model_name": name, "model_version": version, "run_id": info.run_id or ""}, schema
 
 
 def _check_master(master: str, timeout: float = 5.0) -> None:
@@ -75,15 +40,8 @@ def _check_master(master: str, timeout: float = 5.0) -> None:
                      "the address, or score on this machine with --spark-master 'local[*]'")
 
 
-def done_in(out: Path, spark) -> set[str]:
-    """Case ids already in the Parquet output (every committed chunk)."""
-    if not out.exists() or not any(out.glob("*.parquet")):
-        return set()
-    return {r.case_id for r in spark.read.parquet(str(out)).select("case_id").distinct().collect()}
-
-
 def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[*]", data_root: Path | None = None,
-                chunk: int = 1000) -> SparkSummary:
+                chunk: int = 1000) -> ArchiveSummary:
     """Scores every case of ``manifest`` not yet in ``out`` (a Parquet folder) on Spark."""
     try:
         import mlflow.pyfunc
@@ -103,7 +61,7 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # this environment's Python unless the cluster says otherwise
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)  # env_manager="local" is the choice: executors share it
-    identity, schema = _model_identity(model_uri)
+    identity = model_identity(model_uri, "spark")
     master = os.environ.get("MASTER", master)
     _check_master(master)
     spark = (SparkSession.builder.master(master).appName("medtl-score")
@@ -113,20 +71,18 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
              .config("spark.locality.wait", "0s").config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
-    done = done_in(out, spark)
+    done = done_in(out)
     todo = [c for c in cases if c["case_id"] not in done]
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=schema, env_manager="local")
-    start, errors = time.perf_counter(), 0
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=identity.spark_schema(), env_manager="local")
+    start = time.perf_counter()
     for i in range(0, len(todo), chunk):
         part = pd.DataFrame(todo[i : i + chunk])
         df = spark.createDataFrame(part).repartition(max(1, spark.sparkContext.defaultParallelism), "case_id")
         scored = df.withColumn("p", udf(F.col("image"), F.col("view"))).select("case_id", "image", "p.*")
-        for key, value in {**identity, "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}.items():
+        for key, value in {**identity.tags, "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}.items():
             scored = scored.withColumn(key, F.lit(value))
         scored.write.mode("append").parquet(str(out))  # one job: the chunk is committed whole or not at all
         fault_point("after_chunks", i // chunk + 1)
         logger.info("scored cases %d-%d of %d", i + 1, min(i + chunk, len(todo)), len(todo))
     rate = len(todo) / max(1e-9, time.perf_counter() - start)
-    if out.exists() and any(out.glob("*.parquet")):
-        errors = spark.read.parquet(str(out)).filter(F.col("status") == "error").count()
-    return SparkSummary(out, len(todo), len(done), errors, rate)
+    return ArchiveSummary(out, len(todo), len(done), error_rows(out), rate)

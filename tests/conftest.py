@@ -164,7 +164,36 @@ def mlflow_server(mlflow_server_process):
     return mlflow_server_process[0]
 
 
-HEAVY_FIRST = ("test_spark.py", "test_two_nodes_log_once", "test_training_run_is_fully_tracked", "test_packaging.py",
+@pytest.fixture(scope="session")
+def registered_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A barely trained 2-D classifier registered as ``tiny-archive@candidate`` (with a typicality density), and a
+    manifest of 16 of its films plus a broken and a missing one: what the archive-scale engines score."""
+    import numpy as np
+    import pandas as pd
+
+    from medtl.data.synthetic import make_classification_set
+
+    tmp = tmp_path_factory.mktemp("archive")
+    m = make_classification_set(tmp / "d", n=220, kind="png", size=(16, 16))
+    table = pd.read_csv(m, dtype=str)  # 99 training and 99 validation cases: enough to measure typicality
+    table["patient_id"] = table["case_id"]
+    table["split"] = np.select([np.arange(220) % 20 < 9, np.arange(220) % 20 < 18], ["train", "val"], "test")
+    table.to_csv(m, index=False)
+    uri = seed_mlflow_store(tmp / "mlflow.db")
+    sets = [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", "train.epochs=1",
+            "model.pretrained=none", "transfer.strategy=scratch", "evaluate.bootstrap=10", "evaluate.gradcam=0",
+            "evaluate.figures=false", f"train.out_dir={tmp / 'runs'}", f"tracking.uri={uri}",
+            "tracking.registered_model=tiny-archive", "tracking.gate_min_auroc_ci_low=null", "tracking.gate_max_ece=null"]
+    res = run_cli("run", "diagnosis", *[x for s in sets for x in ("--set", s)], cwd=tmp)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cases = pd.read_csv(m, dtype=str)[["case_id", "image"]].head(16)
+    (m.parent / "broken.png").write_bytes(b"not a png at all")
+    cases = pd.concat([cases, pd.DataFrame({"case_id": ["broken", "gone"], "image": ["broken.png", "nowhere.png"]})])
+    cases.to_csv(m.parent / "to_score.csv", index=False)
+    return uri, m.parent / "to_score.csv"
+
+
+HEAVY_FIRST = ("test_spark.py", "test_ray.py", "test_two_nodes_log_once", "test_training_run_is_fully_tracked", "test_packaging.py",
                "test_label_efficiency", "test_resume_after_kill9")
 
 

@@ -119,10 +119,11 @@ def test_a_full_disk_is_one_line_that_says_what_to_do_and_other_os_errors_stay_u
     assert res.returncode == 1 and "unexpected error: OSError" in res.stderr and "--debug" in res.stderr
 
 
+@pytest.mark.parametrize("engine", ["spark", "ray"])
 @pytest.mark.parametrize("option", [["--prevalence", "0.3"], ["--heatmaps", "cams"], ["--masks-out", "masks"]])
-def test_an_option_the_spark_engine_cannot_honour_is_refused_not_left_out(tmp_path, option):
+def test_an_option_the_archive_engines_cannot_honour_is_refused_not_left_out(tmp_path, option, engine):
     """``--engine spark --prevalence 0.3`` used to score with no prevalence correction and say nothing."""
     res = run_cli("score", "--model", "models:/any@candidate", "--manifest", str(tmp_path / "m.csv"), "--out",
-                  str(tmp_path / "p.parquet"), "--engine", "spark", *option, cwd=tmp_path)
-    assert res.returncode == 2 and f"{option[0]}: the spark engine scores the model as registered" in res.stderr
+                  str(tmp_path / "p.parquet"), "--engine", engine, *option, cwd=tmp_path)
+    assert res.returncode == 2 and f"{option[0]}: the {engine} engine scores the model as registered" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.parquet").exists()

@@ -142,23 +142,34 @@ def test_sigkill_then_rerun_scores_each_case_once_with_same_probabilities(tmp_pa
     assert len(pd.read_parquet(parquet)) == 48
 
 
-def test_batch_score_pipeline_hands_the_spark_engine_its_settings(tmp_path, monkeypatch):
-    """`score.engine: spark` in a config runs the same Spark path as `medtl score --engine spark`."""
+@pytest.mark.parametrize("engine", ["spark", "ray"])
+def test_batch_score_pipeline_hands_the_archive_engine_its_settings(tmp_path, monkeypatch, engine):
+    """`score.engine: spark` (or ray) in a config runs the same path as `medtl score --engine spark` (or ray)."""
+    import medtl.ray_scoring as ray_scoring
     import medtl.spark_scoring as spark_scoring
+    from medtl.archive_output import ArchiveSummary
 
     seen = {}
 
-    def fake(model_uri, manifest, out, master, data_root, chunk):
-        seen.update(model=model_uri, manifest=manifest, out=out, master=master, root=data_root, chunk=chunk)
-        return spark_scoring.SparkSummary(out, 3, 1, 0, 1.0)
+    def fake_spark(model_uri, manifest, out, master, data_root, chunk):
+        seen.update(engine="spark", model=model_uri, out=out, where=master, chunk=chunk)
+        return ArchiveSummary(out, 3, 1, 0, 1.0)
 
-    monkeypatch.setattr(spark_scoring, "score_spark", fake)
+    def fake_ray(model_uri, manifest, out, address, data_root, chunk, batch_size, workers, gpus):
+        seen.update(engine="ray", model=model_uri, out=out, where=address, chunk=chunk, workers=workers, gpus=gpus)
+        return ArchiveSummary(out, 3, 1, 0, 1.0)
+
+    monkeypatch.setattr(spark_scoring, "score_spark", fake_spark)
+    monkeypatch.setattr(ray_scoring, "score_ray", fake_ray)
     m = make_classification_set(tmp_path / "d", n=4, kind="png", size=(16, 16))
-    res = run_cli("run", "batch_score", "--set", f"data.manifest={m}", "--set", "score.engine=spark", "--set",
-                  "score.spark_master=spark://head:7077", "--set", "score.spark_chunk=50", "--set", "tracking.registered_model=x",
+    where = {"spark": "score.spark_master=spark://head:7077", "ray": "score.ray_address=head:6379"}[engine]
+    chunk = {"spark": "score.spark_chunk=50", "ray": "score.chunk=50"}[engine]  # the earlier key is still read
+    res = run_cli("run", "batch_score", "--set", f"data.manifest={m}", "--set", f"score.engine={engine}", "--set", where,
+                  "--set", chunk, "--set", "score.ray_workers=3", "--set", "tracking.registered_model=x",
                   "--set", f"train.out_dir={tmp_path / 'runs'}")
     assert res.returncode == 0, res.stderr
-    assert seen["model"] == "models:/x@candidate" and seen["master"] == "spark://head:7077" and seen["chunk"] == 50
+    assert seen["engine"] == engine and seen["model"] == "models:/x@candidate" and seen["chunk"] == 50
+    assert seen["where"] == where.split("=", 1)[1] and seen.get("workers", 3) == 3 and seen.get("gpus") is None
     assert seen["out"] == tmp_path / "runs" / "medtl" / "predictions.parquet" and "3 scored now, 1 already there" in res.stdout
 
 

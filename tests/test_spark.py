@@ -10,45 +10,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtl.data.synthetic import make_classification_set
-from tests.conftest import medtl_exe, run_cli, seed_mlflow_store
+from tests.conftest import medtl_exe, run_cli
 
 pyspark = pytest.importorskip("pyspark")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (make install brings one as root)")]
 
 
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("spark")
-    m = make_classification_set(tmp / "d", n=220, kind="png", size=(16, 16))
-    table = pd.read_csv(m, dtype=str)  # 99 training and 99 validation cases: enough to measure typicality
-    table["patient_id"] = table["case_id"]
-    table["split"] = np.select([np.arange(220) % 20 < 9, np.arange(220) % 20 < 18], ["train", "val"], "test")
-    table.to_csv(m, index=False)
-    uri = seed_mlflow_store(tmp / "mlflow.db")
-    sets = [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", "train.epochs=1",
-            "model.pretrained=none", "transfer.strategy=scratch", "evaluate.bootstrap=10", "evaluate.gradcam=0", "evaluate.figures=false",
-            f"train.out_dir={tmp / 'runs'}", f"tracking.uri={uri}", "tracking.registered_model=sparky",
-            "tracking.gate_min_auroc_ci_low=null", "tracking.gate_max_ece=null"]
-    res = run_cli("run", "diagnosis", *[x for s in sets for x in ("--set", s)], cwd=tmp)
-    assert res.returncode == 0, res.stderr[-2000:]
-    cases = pd.read_csv(m, dtype=str)[["case_id", "image"]].head(16)
-    (m.parent / "broken.png").write_bytes(b"not a png at all")
-    cases = pd.concat([cases, pd.DataFrame({"case_id": ["broken", "gone"], "image": ["broken.png", "nowhere.png"]})])
-    cases.to_csv(m.parent / "to_score.csv", index=False)
-    return uri, m.parent / "to_score.csv", tmp
-
-
-def test_spark_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(registered, tmp_path):
-    uri, manifest, _ = registered
+def test_spark_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(registered_classifier, tmp_path):
+    uri, manifest = registered_classifier
     # the JVMs of a few-second job: client compiler and serial GC halve their start-up CPU on 2 shared cores
     env = {"MLFLOW_TRACKING_URI": uri, "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
-    local = run_cli("score", "--model", "models:/sparky@candidate", "--manifest", str(manifest), "--out",
+    local = run_cli("score", "--model", "models:/tiny-archive@candidate", "--manifest", str(manifest), "--out",
                     str(tmp_path / "local.csv"), "--no-track", env=env)
     assert local.returncode == 1  # two broken cases
     out = tmp_path / "spark.parquet"
-    args = ["score", "--model", "models:/sparky@candidate", "--manifest", str(manifest), "--out", str(out),
+    args = ["score", "--model", "models:/tiny-archive@candidate", "--manifest", str(manifest), "--out", str(out),
             "--engine", "spark", "--spark-chunk", "8"]
     killed = subprocess.run([medtl_exe(), *args, "--spark-master", "local[1]"], env={**os.environ, **env, "MEDTL_PROGRESS": "0",
                                                        "MEDTL_FAULT": "after_chunks:1"}, capture_output=True, timeout=600)
@@ -71,7 +48,7 @@ def test_spark_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(re
     assert len(ok) == 16 and ok["typicality"].notna().all()
     assert (ok["unlike_training"] == np.where(ok["typicality"] <= 0.01, "yes", "no")).all()
     assert spark.loc["broken", "status"] == "error" and spark.loc["gone", "status"] == "error"
-    assert (spark["model_name"] == "sparky").all() and (spark["model_version"] == "1").all() and spark["run_id"].str.len().min() > 0
+    assert (spark["model_name"] == "tiny-archive").all() and (spark["model_version"] == "1").all() and spark["run_id"].str.len().min() > 0
 
 
 def test_a_standalone_master_no_one_answers_is_one_line_not_a_minute_of_java_retries():

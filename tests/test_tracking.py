@@ -91,11 +91,12 @@ def test_training_run_is_fully_tracked_and_registered_model_reloads(tmp_path, ml
                      str(tmp_path / "scores.csv"), env={"MLFLOW_TRACKING_URI": mlflow_server}, cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert not any(scratch.iterdir())  # the model downloaded from the server is not left behind in the temp folder
-    from medtl.spark_scoring import _model_identity
+    from medtl.archive_output import model_identity
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    identity, schema = _model_identity("models:/tiny@candidate")  # what the Spark engine stamps on every row
-    assert identity["model_name"] == "tiny" and identity["model_version"] == "1" and identity["run_id"] == run.info.run_id
+    identity = model_identity("models:/tiny@candidate", "spark")  # what the Spark and Ray engines stamp on every row
+    tags, schema = identity.tags, identity.spark_schema()
+    assert tags["model_name"] == "tiny" and tags["model_version"] == "1" and tags["run_id"] == run.info.run_id
     assert schema.startswith("prob_normal double, prob_lesion double, predicted string") and not any(scratch.iterdir())
     merged = preds.merge(pd.read_csv(tmp_path / "scores.csv", dtype={"case_id": str}), on="case_id", suffixes=("", "_scored"))
     np.testing.assert_allclose(merged["prob_lesion_scored"], merged["prob_lesion"], rtol=1e-5, atol=1e-6)

@@ -1,9 +1,10 @@
-"""Scoring throughput on Spark vs one process: the same registered model and the same N cases scored by
-``medtl score`` (single process), and by ``medtl score --engine spark`` on local[1] and local[2]. Prints
-cases/s for the whole command (start-up included) and as each engine reports it (scoring only), the ratio,
-and each run's peak resident memory (driver + JVM + Python workers, from /proc).
+"""Scoring throughput on Spark and Ray vs one process: the same registered model and the same N cases scored by
+``medtl score`` (single process), by ``medtl score --engine spark`` on local[1] and local[2], and by
+``medtl score --engine ray`` on a Ray started on this machine (one worker). Prints cases/s for the whole command
+(start-up included) and as each engine reports it (scoring only), the ratio, and each run's peak resident memory
+(driver + JVM or Ray's processes + Python workers, from /proc).
 
-    python bench/score_spark.py --n 1000
+    python bench/score_engines.py --n 1000
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def main() -> None:
         rows = []
         for name, extra, out in (("medtl score (1 process)", ["--no-track"], "one.csv"),
                                  ("spark local[1]", ["--engine", "spark", "--spark-master", "local[1]"], "s1.parquet"),
-                                 ("spark local[2]", ["--engine", "spark", "--spark-master", "local[2]"], "s2.parquet")):
+                                 ("spark local[2]", ["--engine", "spark", "--spark-master", "local[2]"], "s2.parquet"),
+                                 ("ray, 1 worker", ["--engine", "ray", "--ray-workers", "1"], "r1.parquet")):
             seconds, rss, scoring = timed([exe, "score", *model, "--out", str(tmp / out), *extra], env)
             rows.append((name, len(cases) / seconds, scoring, rss))
     base = rows[0][1]

@@ -1,0 +1,64 @@
+"""Scoring on a real Ray started on this machine: the same rows as ``medtl score``, broken cases as error rows, and a
+job killed between chunks loses nothing and writes nothing twice when rerun."""
+
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtl.archive_output import commit_chunk, done_in, error_rows
+from tests.conftest import run_cli, run_cli_process
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.mark.slow
+def test_ray_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(registered_classifier, tmp_path):
+    uri, manifest = registered_classifier
+    env = {"MLFLOW_TRACKING_URI": uri}
+    local = run_cli("score", "--model", "models:/tiny-archive@candidate", "--manifest", str(manifest), "--out",
+                    str(tmp_path / "local.csv"), "--no-track", env=env)
+    assert local.returncode == 1  # two broken cases
+    out = tmp_path / "ray.parquet"
+    args = ["score", "--model", "models:/tiny-archive@candidate", "--manifest", str(manifest), "--out", str(out),
+            "--engine", "ray", "--chunk", "8", "--batch-size", "4"]
+    killed = run_cli_process(*args, env={**env, "MEDTL_FAULT": "after_chunks:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(pd.read_parquet(out)) == 8  # one committed chunk survived
+    rerun = run_cli_process(*args, env=env)
+    assert rerun.returncode == 1 and "8 already there" in rerun.stdout, rerun.stderr[-2000:]
+    assert rerun.stderr.count("\n") <= 1, rerun.stderr  # medtl's progress line at most: none of Ray's own logging
+    rows = pd.read_parquet(out).set_index("case_id").sort_index()
+    want = pd.read_csv(tmp_path / "local.csv", dtype={"case_id": str}, keep_default_na=False).set_index("case_id").sort_index()
+    assert list(rows.index) == list(want.index) and not rows.index.duplicated().any()
+    for column in ("prob_lesion", "typicality"):  # typicality: one rank among 99 validation cases, as for Spark
+        np.testing.assert_allclose(rows[column].fillna(-1), want[column].replace("", np.nan).astype(float).fillna(-1),
+                                   atol=1e-6 if column == "prob_lesion" else 1 / 100 + 1e-9)
+    assert (rows["status"] == want["status"]).all() and (rows["predicted"].fillna("") == want["predicted"]).all()
+    assert rows.loc["broken", "status"] == "error" and rows.loc["gone", "status"] == "error"
+    assert (rows["model_name"] == "tiny-archive").all() and (rows["model_version"] == "1").all()
+    assert rows["run_id"].str.len().min() > 0 and rows["scored_at"].str.len().min() > 0
+
+
+def test_a_chunk_being_written_is_not_read_as_committed(tmp_path):
+    """A chunk is written aside and renamed: a crash in the middle leaves a hidden file no rerun counts."""
+    import pyarrow as pa
+
+    out = tmp_path / "p.parquet"
+    commit_chunk(pa.table({"case_id": ["a", "b"], "status": ["ok", "error"]}), out)
+    (out / ".part-x.parquet.writing").write_bytes(b"PAR1 half a file")
+    assert done_in(out) == {"a", "b"} and error_rows(out) == 1
+    assert done_in(tmp_path / "nothing_yet") == set() and error_rows(tmp_path / "nothing_yet") == 0
+
+
+def test_a_ray_cluster_no_one_answers_is_one_line_not_a_minute_of_retries(tmp_path):
+    from tests.conftest import free_port
+
+    dead = free_port()
+    (tmp_path / "m.csv").write_text("case_id,image\na,a.png\n")
+    for address in (f"127.0.0.1:{dead}", f"ray://127.0.0.1:{dead}"):
+        res = run_cli("score", "--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.csv"), "--out",
+                      str(tmp_path / "p.parquet"), "--engine", "ray", "--ray-address", address)
+        assert res.returncode == 2 and f"--ray-address {address}: no Ray cluster answers there" in res.stderr, res.stderr
+        assert res.stderr.strip().count("\n") == 0
