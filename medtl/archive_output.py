@@ -67,11 +67,14 @@ def model_identity(model_uri: str, engine: str) -> ModelIdentity:
     return ModelIdentity({"model_name": name, "model_version": version, "run_id": info.run_id or ""}, columns)
 
 
-def done_in(out: Path) -> set[str]:
+def done_in(out: Path, engine: str) -> set[str]:
     """Case ids already in the Parquet folder ``out`` (every committed chunk, whichever engine wrote it; Spark's
     _SUCCESS and .crc files, and a chunk still being written, start with _ or . and are not read)."""
     import pyarrow.dataset as ds
 
+    if out.exists() and not out.is_dir():  # the local engine's predictions, say: not a folder to add chunks to
+        raise MedtlError(f"--out {out}: a file, where the {engine} engine writes a folder of Parquet chunks; name a "
+                         f"folder that is not there yet, or one an earlier --engine spark or ray run wrote")
     if not out.exists() or not any(out.glob("*.parquet")):
         return set()
     return set(ds.dataset(str(out), format="parquet").to_table(columns=["case_id"]).column("case_id").to_pylist())

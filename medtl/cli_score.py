@@ -63,7 +63,7 @@ def score_cmd(
 ) -> None:
     """Score new studies with a registered model; reruns resume where a crash stopped."""
     from medtl.models.loader import load_any_model
-    from medtl.scoring import input_cases, score, set_prevalence
+    from medtl.scoring import check_out, input_cases, score, set_prevalence
     from medtl.steps import run_context
 
     local_only = {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps, "--reports-out": reports_out}
@@ -80,6 +80,7 @@ def score_cmd(
     if engine != "local":
         raise MedtlError(f"--engine {engine}: use local, spark or ray")
     _outside_input(input_dir, {"--masks-out": masks_out, "--heatmaps": heatmaps, "--reports-out": reports_out})
+    check_out(out)
 
     bundle = load_any_model(model)
     if masks_out is not None and bundle.task != "segmentation":

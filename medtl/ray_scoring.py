@@ -132,8 +132,8 @@ def score_ray(model_uri: str, manifest: Path, out: Path, address: str | None = N
     cases = scan_cases(read_manifest(manifest).table)
     root = Path(data_root or manifest.parent).resolve()
     _check_address(address)
+    done = done_in(out, "ray")
     identity = model_identity(model_uri, "ray")
-    done = done_in(out)
     todo = [c for c in cases if c["case_id"] not in done]
     if not todo:
         return ArchiveSummary(out, 0, len(done), error_rows(out), 0.0)

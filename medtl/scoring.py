@@ -109,11 +109,19 @@ def input_digest(cases: list[dict[str, str]]) -> str:
     return h.hexdigest()
 
 
+def check_out(out: Path) -> None:
+    """The local engine writes one .csv or .parquet file; checked before a model is loaded."""
+    if out.suffix not in (".csv", ".parquet"):
+        raise MedtlError(f"--out {out}: give a .csv or .parquet file")
+    if out.is_dir():
+        raise MedtlError(f"--out {out}: a folder (an --engine spark or ray output?), where this engine writes one file; "
+                         "name a file")
+
+
 def _stream_path(out: Path, whole_at_end: bool = False) -> Path:
     """Where rows are appended as they are scored: ``out`` itself for CSV; for Parquet, or when ``out`` is written
     whole at the end (at the prevalence the batch implies), a CSV journal beside it that a rerun resumes from."""
-    if out.suffix not in (".csv", ".parquet"):
-        raise MedtlError(f"--out {out}: give a .csv or .parquet file")
+    check_out(out)
     return out if out.suffix == ".csv" and not whole_at_end else out.with_name(out.name + ".partial.csv")
 
 

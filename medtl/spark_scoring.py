@@ -61,6 +61,7 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # this environment's Python unless the cluster says otherwise
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)  # env_manager="local" is the choice: executors share it
+    done = done_in(out, "spark")
     identity = model_identity(model_uri, "spark")
     master = os.environ.get("MASTER", master)
     _check_master(master)
@@ -71,7 +72,6 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
              .config("spark.locality.wait", "0s").config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
-    done = done_in(out)
     todo = [c for c in cases if c["case_id"] not in done]
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=identity.spark_schema(), env_manager="local")
     start = time.perf_counter()

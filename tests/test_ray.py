@@ -48,8 +48,8 @@ def test_a_chunk_being_written_is_not_read_as_committed(tmp_path):
     out = tmp_path / "p.parquet"
     commit_chunk(pa.table({"case_id": ["a", "b"], "status": ["ok", "error"]}), out)
     (out / ".part-x.parquet.writing").write_bytes(b"PAR1 half a file")
-    assert done_in(out) == {"a", "b"} and error_rows(out) == 1
-    assert done_in(tmp_path / "nothing_yet") == set() and error_rows(tmp_path / "nothing_yet") == 0
+    assert done_in(out, "ray") == {"a", "b"} and error_rows(out) == 1
+    assert done_in(tmp_path / "nothing_yet", "ray") == set() and error_rows(tmp_path / "nothing_yet") == 0
 
 
 def test_a_ray_cluster_no_one_answers_is_one_line_not_a_minute_of_retries(tmp_path):
@@ -62,3 +62,20 @@ def test_a_ray_cluster_no_one_answers_is_one_line_not_a_minute_of_retries(tmp_pa
                       str(tmp_path / "p.parquet"), "--engine", "ray", "--ray-address", address)
         assert res.returncode == 2 and f"--ray-address {address}: no Ray cluster answers there" in res.stderr, res.stderr
         assert res.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("engine", ["spark", "ray"])
+def test_an_output_of_the_other_kind_is_one_line_before_any_engine_starts(tmp_path, engine):
+    """The local engine writes one file, Spark and Ray a folder of chunks: each named where the other is, they used
+    to fail on a mkdir deep inside, as an unexpected error."""
+    (tmp_path / "m.csv").write_text("case_id,image\na,a.png\n")
+    (tmp_path / "p.parquet").write_bytes(b"PAR1 the local engine's file")
+    res = run_cli("score", "--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.csv"), "--out",
+                  str(tmp_path / "p.parquet"), "--engine", engine)
+    assert res.returncode == 2 and f"a file, where the {engine} engine writes a folder of Parquet chunks" in res.stderr
+    assert res.stderr.strip().count("\n") == 0
+    folder = tmp_path / "chunks.parquet"
+    folder.mkdir()
+    res = run_cli("score", "--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.csv"), "--out",
+                  str(folder), "--no-track")
+    assert res.returncode == 2 and "a folder (an --engine spark or ray output?)" in res.stderr, res.stderr
