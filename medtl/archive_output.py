@@ -4,7 +4,7 @@ every row carries, and the Parquet folder they append to in chunks that commit w
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtl.errors import MedtlError
@@ -17,10 +17,12 @@ class ArchiveSummary:
     skipped_existing: int
     errors: int
     cases_per_s: float
+    said: list[str] = field(default_factory=list)
+    """What every row the folder holds says of the site, as ``medtl score`` says it of its batch."""
 
     def message(self) -> str:
-        return (f"{self.out}: {self.scored} scored now, {self.skipped_existing} already there, {self.errors} error row(s), "
-                f"{self.cases_per_s:.1f} cases/s")
+        return "\n".join([f"{self.out}: {self.scored} scored now, {self.skipped_existing} already there, "
+                          f"{self.errors} error row(s), {self.cases_per_s:.1f} cases/s", *self.said])
 
 
 @dataclass(frozen=True)
@@ -103,3 +105,29 @@ def commit_chunk(table, out: Path) -> Path:
     pq.write_table(table, aside)
     os.replace(aside, final)
     return final
+
+
+def what_the_rows_say(model_uri: str, out: Path) -> list[str]:
+    """The prevalence the scores imply (with the scores' figure beside the folder) and the cases unlike the training
+    scans, read from every row ``out`` holds: at archive scale, the first sign that the archive is another site."""
+    import pyarrow.dataset as ds
+
+    from medtl.batch_prevalence import batch_prevalence, scores_plot
+    from medtl.mlflow_model import load_registered_bundle
+    from medtl.typicality import unlike_training_cases
+
+    if not out.is_dir() or not any(out.glob("*.parquet")):
+        return []
+    rows = ds.dataset(str(out), format="parquet")
+    wanted = [c for c in rows.schema.names
+              if c in ("case_id", "status", "predicted", "typicality", "unlike_training") or c.startswith("prob_")]
+    table = rows.to_table(columns=wanted).to_pandas()
+    said = []
+    bundle = load_registered_bundle(model_uri)
+    batch = batch_prevalence(bundle, table)
+    if batch is not None:
+        said.append(f"{batch.message()} ({scores_plot(bundle, table, batch, out.with_name(f'{out.stem}.scores.png'))})")
+    unlike = unlike_training_cases(table)
+    if unlike is not None:
+        said.append(unlike.message())
+    return said

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtl.archive_output import ArchiveSummary, ModelIdentity, commit_chunk, done_in, error_rows, model_identity
+from medtl.archive_output import (ArchiveSummary, ModelIdentity, commit_chunk, done_in, error_rows, model_identity,
+                                  what_the_rows_say)
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
 from medtl.log import logger, make_progress
@@ -136,7 +137,7 @@ def score_ray(model_uri: str, manifest: Path, out: Path, address: str | None = N
     identity = model_identity(model_uri, "ray")
     todo = [c for c in cases if c["case_id"] not in done]
     if not todo:
-        return ArchiveSummary(out, 0, len(done), error_rows(out), 0.0)
+        return ArchiveSummary(out, 0, len(done), error_rows(out), 0.0, what_the_rows_say(model_uri, out))
     model = _model_zip(model_uri)
     _start_ray(address, root)
     try:
@@ -166,7 +167,7 @@ def score_ray(model_uri: str, manifest: Path, out: Path, address: str | None = N
         rate = len(todo) / max(1e-9, time.perf_counter() - start)
     finally:
         ray.shutdown()
-    return ArchiveSummary(out, len(todo), len(done), error_rows(out), rate)
+    return ArchiveSummary(out, len(todo), len(done), error_rows(out), rate, what_the_rows_say(model_uri, out))
 
 
 def _rows_table(scored: pd.DataFrame, identity: ModelIdentity):

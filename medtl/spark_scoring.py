@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtl.archive_output import ArchiveSummary, done_in, error_rows, model_identity
+from medtl.archive_output import ArchiveSummary, done_in, error_rows, model_identity, what_the_rows_say
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
 from medtl.log import logger
@@ -85,4 +85,4 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
         fault_point("after_chunks", i // chunk + 1)
         logger.info("scored cases %d-%d of %d", i + 1, min(i + chunk, len(todo)), len(todo))
     rate = len(todo) / max(1e-9, time.perf_counter() - start)
-    return ArchiveSummary(out, len(todo), len(done), error_rows(out), rate)
+    return ArchiveSummary(out, len(todo), len(done), error_rows(out), rate, what_the_rows_say(model_uri, out))

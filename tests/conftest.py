@@ -167,7 +167,8 @@ def mlflow_server(mlflow_server_process):
 @pytest.fixture(scope="session")
 def registered_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """A barely trained 2-D classifier registered as ``tiny-archive@candidate`` (with a typicality density), and a
-    manifest of 16 of its films plus a broken and a missing one: what the archive-scale engines score."""
+    manifest of 24 of its films (enough for a batch's prevalence) plus a broken and a missing one: what the
+    archive-scale engines score."""
     import numpy as np
     import pandas as pd
 
@@ -186,11 +187,36 @@ def registered_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[str
             "tracking.registered_model=tiny-archive", "tracking.gate_min_auroc_ci_low=null", "tracking.gate_max_ece=null"]
     res = run_cli("run", "diagnosis", *[x for s in sets for x in ("--set", s)], cwd=tmp)
     assert res.returncode == 0, res.stderr[-2000:]
-    cases = pd.read_csv(m, dtype=str)[["case_id", "image"]].head(16)
+    cases = pd.read_csv(m, dtype=str)[["case_id", "image"]].head(24)
     (m.parent / "broken.png").write_bytes(b"not a png at all")
     cases = pd.concat([cases, pd.DataFrame({"case_id": ["broken", "gone"], "image": ["broken.png", "nowhere.png"]})])
     cases.to_csv(m.parent / "to_score.csv", index=False)
     return uri, m.parent / "to_score.csv"
+
+
+def says_what_local_scoring_says(engine: CliResult | subprocess.CompletedProcess, local: CliResult, rows,
+                                  figure: Path) -> None:
+    """An archive engine's closing lines say of all its rows what ``medtl score`` says of the same cases: the prevalence
+    their scores imply (with the scores' figure), and the cases unlike the training scans among its rows. The barely
+    trained model squeezes its probabilities around the threshold, where rounding in another thread count's kernels
+    flips calls and may move a typicality by one rank, so the calls and the cases named are checked against the
+    engine's own rows: each call on the threshold's side of its probability, and the share called as said."""
+    import re
+
+    from medtl.typicality import unlike_training_cases
+
+    def prevalence(stdout: str) -> list[str]:
+        return [re.sub(r"called in \d+%", "called in N%", re.sub(r" \([^()]*scores\.png\)$", "", line))
+                for line in stdout.splitlines() if " called in " in line]
+
+    assert prevalence(engine.stdout) == prevalence(local.stdout) and len(prevalence(local.stdout)) == 1, (
+        engine.stdout, local.stdout)
+    ok = rows[rows["status"] == "ok"]
+    called = ok["predicted"] == "lesion"
+    if called.any() and (~called).any():
+        assert ok.loc[called, "prob_lesion"].min() >= ok.loc[~called, "prob_lesion"].max()
+    assert f"lesion called in {called.mean():.0%} of the {len(ok)} cases scored" in engine.stdout, engine.stdout
+    assert unlike_training_cases(rows.reset_index()).message() in engine.stdout and figure.stat().st_size > 0
 
 
 HEAVY_FIRST = ("test_spark.py", "test_ray.py", "test_two_nodes_log_once", "test_training_run_is_fully_tracked", "test_packaging.py",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import medtl_exe, run_cli
+from tests.conftest import medtl_exe, run_cli, says_what_local_scoring_says
 
 pyspark = pytest.importorskip("pyspark")
 pytestmark = [pytest.mark.slow,
@@ -26,13 +26,13 @@ def test_spark_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(re
     assert local.returncode == 1  # two broken cases
     out = tmp_path / "spark.parquet"
     args = ["score", "--model", "models:/tiny-archive@candidate", "--manifest", str(manifest), "--out", str(out),
-            "--engine", "spark", "--spark-chunk", "8"]
+            "--engine", "spark", "--spark-chunk", "13"]
     killed = subprocess.run([medtl_exe(), *args, "--spark-master", "local[1]"], env={**os.environ, **env, "MEDTL_PROGRESS": "0",
                                                        "MEDTL_FAULT": "after_chunks:1"}, capture_output=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert len(pd.read_parquet(out)) == 8  # one committed chunk survived
+    assert len(pd.read_parquet(out)) == 13  # one committed chunk survived
     rerun = run_cli(*args, "--spark-master", "local[2]", env=env)
-    assert rerun.returncode == 1 and "8 already there" in rerun.stdout, rerun.stderr[-2000:]
+    assert rerun.returncode == 1 and "13 already there" in rerun.stdout, rerun.stderr[-2000:]
     spark = pd.read_parquet(out).set_index("case_id").sort_index()
     want = pd.read_csv(tmp_path / "local.csv", dtype={"case_id": str}, keep_default_na=False).set_index("case_id").sort_index()
     assert list(spark.index) == list(want.index) and not spark.index.duplicated().any()
@@ -45,9 +45,10 @@ def test_spark_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(re
     typical = want["typicality"].replace("", np.nan).astype(float)
     np.testing.assert_allclose(spark["typicality"].fillna(-1), typical.fillna(-1), atol=1 / 100 + 1e-9)
     ok = spark[spark["status"] == "ok"]
-    assert len(ok) == 16 and ok["typicality"].notna().all()
+    assert len(ok) == 24 and ok["typicality"].notna().all()
     assert (ok["unlike_training"] == np.where(ok["typicality"] <= 0.01, "yes", "no")).all()
     assert spark.loc["broken", "status"] == "error" and spark.loc["gone", "status"] == "error"
+    says_what_local_scoring_says(rerun, local, spark, tmp_path / "spark.scores.png")
     assert (spark["model_name"] == "tiny-archive").all() and (spark["model_version"] == "1").all() and spark["run_id"].str.len().min() > 0
 
 

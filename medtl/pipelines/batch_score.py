@@ -29,8 +29,8 @@ def run(cfg: Config, model: str | None = None, out: str | None = None) -> dict:
     if sc.engine != "local":
         target = Path(out or Path(cfg.train.out_dir) / cfg.name / "predictions.parquet")
         s = _archive_engine(uri, sc, cfg.data.manifest, cfg.data.data_root, target)
-        return {"summary": f"{target}: {s.scored} scored now, {s.skipped_existing} already there, {s.errors} error row(s)",
-                "score": s}
+        said = f"{target}: {s.scored} scored now, {s.skipped_existing} already there, {s.errors} error row(s)"
+        return {"summary": "".join([said, *(f"; {part}" for part in s.said)]), "score": s}
     bundle = load_any_model(uri)
     if isinstance(sc.prevalence, float):
         set_prevalence(bundle, sc.prevalence)
