@@ -80,3 +80,23 @@ def test_an_output_of_the_other_kind_is_one_line_before_any_engine_starts(tmp_pa
     res = run_cli("score", "--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.csv"), "--out",
                   str(folder), "--no-track")
     assert res.returncode == 2 and "a folder (an --engine spark or ray output?)" in res.stderr, res.stderr
+
+
+def test_the_pool_takes_a_gpu_per_worker_where_the_cluster_has_them_else_four_cores(monkeypatch):
+    from medtl.errors import MedtlError
+    from medtl.ray_scoring import _pool
+
+    def cluster(**resources):
+        monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+
+    cluster(CPU=32.0, GPU=4.0)
+    assert _pool(None, None) == (4, {"num_gpus": 1.0, "num_cpus": 1.0})
+    assert _pool(None, 0.5) == (8, {"num_gpus": 0.5, "num_cpus": 1.0})  # two models share each GPU
+    assert _pool(2, None) == (2, {"num_gpus": 1.0, "num_cpus": 1.0})
+    assert _pool(None, 0.0) == (8, {"num_cpus": 4.0})  # GPUs there, CPUs asked for
+    with pytest.raises(MedtlError, match="--ray-gpus 8: the cluster has 4 GPU"):
+        _pool(None, 8.0)
+    cluster(CPU=16.0)
+    assert _pool(None, None) == (4, {"num_cpus": 4.0})
+    cluster(CPU=2.0)
+    assert _pool(None, None) == (1, {"num_cpus": 2.0})  # this machine: one worker on both cores
