@@ -55,7 +55,7 @@ def score_cmd(
     prevalence: PrevalenceOption = None,
     engine: Annotated[str, typer.Option(help="local (this machine), spark (mlflow spark_udf) or ray (Ray Data actors); spark and ray write Parquet.")] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help="Spark master URL (spark-submit's MASTER wins).")] = "local[*]",
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray: a cluster (auto, HOST:6379 or ray://HOST:10001; default RAY_ADDRESS, else a Ray started here).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray: a cluster (auto, HOST:6379 or ray://HOST:10001), or local for a Ray started here (the default where RAY_ADDRESS is unset).")] = None,
     ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", min=1, help="Ray: scoring actors (default: one per GPU, else one per 4 CPU cores).")] = None,
     ray_gpus: Annotated[Optional[float], typer.Option("--ray-gpus", min=0, help="Ray: GPUs per actor (default 1 where the cluster has GPUs, else 0).")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Spark, Ray: the only folder workers may read (default: the manifest's).")] = None,

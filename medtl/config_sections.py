@@ -275,7 +275,8 @@ class ScoreConfig(Section):
     (``--engine`` of ``medtl score``)."""
     spark_master: str = "local[*]"
     ray_address: str | None = None
-    """A Ray cluster (auto, HOST:6379, ray://HOST:10001); None: RAY_ADDRESS, else a Ray started on this machine."""
+    """A Ray cluster (auto, HOST:6379, ray://HOST:10001) or local (a Ray started on this machine); None: RAY_ADDRESS,
+    else local."""
     ray_workers: int | None = Field(None, ge=1)
     ray_gpus: float | None = Field(None, ge=0)
     chunk: int = Field(1000, ge=1, validation_alias=AliasChoices("chunk", "spark_chunk"))

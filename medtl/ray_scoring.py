@@ -54,18 +54,25 @@ class PyfuncScorer:
         return pd.concat([batch[["case_id", "image"]].reset_index(drop=True), rows], axis=1)
 
 
+def _starts_here(address: str | None) -> bool:
+    """Whether the job starts its own Ray on this machine: ``local``, or no address and no ``RAY_ADDRESS``."""
+    return address == "local" or (not address and not os.environ.get("RAY_ADDRESS"))
+
+
 def _check_address(address: str | None, timeout: float = 5.0) -> None:
     """A cluster address no one answers is one line now, not Ray's minute of retries."""
     import socket
 
+    named = f"--ray-address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+    address = address or os.environ.get("RAY_ADDRESS")
     if address in (None, "", "auto", "local"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except (OSError, ValueError):
-        raise MedtlError(f"--ray-address {address}: no Ray cluster answers there; start it (ray start --head), fix the "
-                         "address, or leave --ray-address out to score on a Ray started on this machine") from None
+        raise MedtlError(f"{named}: no Ray cluster answers there; start it (ray start --head), fix the address, or "
+                         "score on a Ray started on this machine with --ray-address local") from None
 
 
 def _model_zip(model_uri: str) -> bytes:
@@ -92,7 +99,7 @@ def _start_ray(address: str | None, root: Path) -> None:
     import ray
     import ray.data
 
-    kwargs = {"address": address} if address not in (None, "", "local") else {"include_dashboard": False}
+    kwargs = {"address": "local", "include_dashboard": False} if _starts_here(address) else {"address": address or None}
     ray.init(**kwargs, logging_level=logging.ERROR, log_to_driver=False, configure_logging=True,
              runtime_env={"env_vars": {"MEDTL_DATA_ROOT": str(root)}})
     # after `import ray.data`, which configures it; a failed job is medtl's one line, Ray's traces stay in its session logs
@@ -102,22 +109,23 @@ def _start_ray(address: str | None, root: Path) -> None:
     context.print_on_execution_start = False
 
 
-def _pool(workers: int | None, gpus_per_worker: float | None) -> tuple[int, dict[str, float]]:
-    """How many actors, and what each asks of Ray: a GPU each where the cluster has them, else a few CPU cores."""
+def _pool(workers: int | None, gpus_per_worker: float | None, started_here: bool) -> tuple[int, dict[str, float]]:
+    """How many actors, and what each asks of Ray: a GPU each where the cluster has them, else a few CPU cores (fewer
+    where more actors are asked for than the cores allow four). A cluster may grow to what is asked (an autoscaler);
+    a Ray started here cannot, and GPUs it lacks would be waited for for ever."""
     import ray
 
     resources = ray.cluster_resources()
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if gpus else 0.0
-    if gpus_per_worker > gpus:
-        raise MedtlError(f"--ray-gpus {gpus_per_worker:g}: the cluster has {gpus:g} GPU(s); ask for fewer, or 0 to score on CPUs")
+    if gpus_per_worker > gpus and started_here:
+        raise MedtlError(f"--ray-gpus {gpus_per_worker:g}: this machine has {gpus:g} GPU(s); ask for fewer, 0 to score "
+                         "on CPUs, or name a cluster that has them (--ray-address)")
     if gpus_per_worker:
-        n = workers or max(1, int(gpus // gpus_per_worker))
-        return n, {"num_gpus": gpus_per_worker, "num_cpus": 1.0}
-    threads = min(CPUS_PER_CPU_WORKER, cpus)
-    n = workers or max(1, int(cpus // threads))
-    return n, {"num_cpus": threads}
+        return workers or max(1, int(gpus // gpus_per_worker)), {"num_gpus": gpus_per_worker, "num_cpus": 1.0}
+    n = workers or max(1, int(cpus // min(CPUS_PER_CPU_WORKER, cpus)))
+    return n, {"num_cpus": float(max(1, min(CPUS_PER_CPU_WORKER, int(cpus // n))))}
 
 
 def score_ray(model_uri: str, manifest: Path, out: Path, address: str | None = None, data_root: Path | None = None,
@@ -141,7 +149,7 @@ def score_ray(model_uri: str, manifest: Path, out: Path, address: str | None = N
     model = _model_zip(model_uri)
     _start_ray(address, root)
     try:
-        n, resources = _pool(workers, gpus_per_worker)
+        n, resources = _pool(workers, gpus_per_worker, _starts_here(address))
         frame, rows_per_block = pd.DataFrame(todo), 4 * batch_size
         blocks = [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)]
         with warnings.catch_warnings():  # max_restarts goes through ray_remote_args, deprecated but still the only way

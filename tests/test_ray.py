@@ -63,6 +63,9 @@ def test_a_ray_cluster_no_one_answers_is_one_line_not_a_minute_of_retries(tmp_pa
                       str(tmp_path / "p.parquet"), "--engine", "ray", "--ray-address", address)
         assert res.returncode == 2 and f"--ray-address {address}: no Ray cluster answers there" in res.stderr, res.stderr
         assert res.stderr.strip().count("\n") == 0
+    res = run_cli("score", "--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.csv"), "--out",
+                  str(tmp_path / "p.parquet"), "--engine", "ray", env={"RAY_ADDRESS": f"127.0.0.1:{dead}"})
+    assert res.returncode == 2 and f"RAY_ADDRESS=127.0.0.1:{dead}: no Ray cluster answers there" in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("engine", ["spark", "ray"])
@@ -90,13 +93,16 @@ def test_the_pool_takes_a_gpu_per_worker_where_the_cluster_has_them_else_four_co
         monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
 
     cluster(CPU=32.0, GPU=4.0)
-    assert _pool(None, None) == (4, {"num_gpus": 1.0, "num_cpus": 1.0})
-    assert _pool(None, 0.5) == (8, {"num_gpus": 0.5, "num_cpus": 1.0})  # two models share each GPU
-    assert _pool(2, None) == (2, {"num_gpus": 1.0, "num_cpus": 1.0})
-    assert _pool(None, 0.0) == (8, {"num_cpus": 4.0})  # GPUs there, CPUs asked for
-    with pytest.raises(MedtlError, match="--ray-gpus 8: the cluster has 4 GPU"):
-        _pool(None, 8.0)
+    assert _pool(None, None, False) == (4, {"num_gpus": 1.0, "num_cpus": 1.0})
+    assert _pool(None, 0.5, False) == (8, {"num_gpus": 0.5, "num_cpus": 1.0})  # two models share each GPU
+    assert _pool(2, None, False) == (2, {"num_gpus": 1.0, "num_cpus": 1.0})
+    assert _pool(None, 0.0, False) == (8, {"num_cpus": 4.0})  # GPUs there, CPUs asked for
     cluster(CPU=16.0)
-    assert _pool(None, None) == (4, {"num_cpus": 4.0})
+    assert _pool(None, None, False) == (4, {"num_cpus": 4.0})
+    assert _pool(8, None, False) == (8, {"num_cpus": 2.0})  # more actors, fewer threads each
+    assert _pool(None, 1.0, False) == (1, {"num_gpus": 1.0, "num_cpus": 1.0})  # a cluster may start GPU nodes
     cluster(CPU=2.0)
-    assert _pool(None, None) == (1, {"num_cpus": 2.0})  # this machine: one worker on both cores
+    assert _pool(None, None, True) == (1, {"num_cpus": 2.0})  # this machine: one worker on both cores
+    assert _pool(3, None, True) == (3, {"num_cpus": 1.0})
+    with pytest.raises(MedtlError, match=r"--ray-gpus 1: this machine has 0 GPU\(s\)"):
+        _pool(None, 1.0, True)  # a Ray started here would wait for a GPU for ever
