@@ -71,9 +71,10 @@ def claim_outputs(bundle: ModelBundle, case_ids: list[str], masks_out: Path | No
 
 
 def size_columns(bundle: ModelBundle) -> list[str]:
+    several = len(bundle.classes) > 2
     if bundle.spec.data.spatial_dims == 2:
-        return ["lesion_pixels", "lesion_area_mm2"]
-    return ["lesion_volume_ml", *(volume_column(c) for c in bundle.classes[1:] if len(bundle.classes) > 2)]
+        return ["lesion_pixels", "lesion_area_mm2", *(area_column(c) for c in bundle.classes[1:] if several)]
+    return ["lesion_volume_ml", *(volume_column(c) for c in bundle.classes[1:] if several)]
 
 
 def volume_column(name: str) -> str:
@@ -81,10 +82,21 @@ def volume_column(name: str) -> str:
     return f"volume_ml_{name}"
 
 
+def area_column(name: str) -> str:
+    """The column of one class's area on a film, where a model segments several (lung fields, heart ...)."""
+    return f"area_mm2_{name}"
+
+
+def class_sizes(row: dict[str, Any], classes: list[str], spatial_dims: int) -> dict[str, float]:
+    """Each foreground class's size from a predictions row: volume (mL) in a scan, area (mm²) on a film."""
+    one, each = ("lesion_volume_ml", volume_column) if spatial_dims == 3 else ("lesion_area_mm2", area_column)
+    return {c: float(row[each(c) if len(classes) > 2 else one]) for c in classes[1:]}
+
+
 def _lesion_size(mask: SourceMask, image_ref: str, spatial_dims: int, classes: list[str]) -> dict[str, float | int]:
     """The lesion's volume (mL) in a scan, and each class's where there are several; in a film its pixels and
-    area (mm²), the area only where the file states its pixel spacing: a PNG, or a DICOM film without the tag,
-    gives pixels of unknown size."""
+    area (mm²), and each class's area where there are several, the areas only where the file states its pixel
+    spacing: a PNG, or a DICOM film without the tag, gives pixels of unknown size."""
     n = int((mask.labels > 0).sum())
     if spatial_dims == 3:
         each = {volume_column(c): int((mask.labels == k).sum()) * mask.voxel_ml
@@ -94,7 +106,9 @@ def _lesion_size(mask: SourceMask, image_ref: str, spatial_dims: int, classes: l
     path, uid = parse_series_ref(image_ref)
     stated = kind in ("nifti", "itk") or (kind == "dicom" and any(
         tag in dicom_headers(path, uid)[0].dataset for tag in ("PixelSpacing", "ImagerPixelSpacing")))
-    return {"lesion_pixels": n, "lesion_area_mm2": n * mask.pixel_mm2 if stated else float("nan")}
+    each = {area_column(c): int((mask.labels == k).sum()) * mask.pixel_mm2 if stated else float("nan")
+            for k, c in enumerate(classes) if k and len(classes) > 2}
+    return {"lesion_pixels": n, "lesion_area_mm2": n * mask.pixel_mm2 if stated else float("nan"), **each}
 
 
 def _affine_3d(affine_2d: np.ndarray) -> np.ndarray:
@@ -117,8 +131,8 @@ def draw_heatmaps(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.Da
 def write_reports(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.DataFrame, folder: Path,
                   model_id: str) -> None:
     """A DICOM SR for each DICOM case scored without error that has none yet (a rerun writes the rest), from its row
-    as written: a classifier's at the prevalence ``--prevalence`` applied, a segmentation's volumes beside the
-    DICOM-SEG it references. A case not stored as DICOM has no study to file one in."""
+    as written: a classifier's at the prevalence ``--prevalence`` applied, a segmentation's volumes (areas on a film)
+    beside the DICOM-SEG it references. A case not stored as DICOM has no study to file one in."""
     from medtl.dicom_sr import write_dicom_sr, write_segmentation_sr
     from medtl.log import logger
 
@@ -129,25 +143,40 @@ def write_reports(bundle: ModelBundle, cases: list[dict[str, str]], table: pd.Da
     version = str(bundle.extra.get("model_version") or model_id)
     todo = [r for r in dicom_rows if not (folder / f"{r['case_id']}.sr.dcm").exists()]
     already = len(dicom_rows) - len(todo)
+    segs: dict[str, Path] = {}
     if bundle.task != "classification":
-        segs = {r["case_id"]: _seg_of(r) for r in todo}
-        if any(seg is None for seg in segs.values()):
-            missing = [case for case, seg in segs.items() if seg is None]
-            logger.warning("%d case(s) have no DICOM-SEG beside their mask (scored by an earlier run without "
-                           "--masks-out: %s); no DICOM SR for them", len(missing), ", ".join(missing[:3]))
-            todo = [r for r in todo if segs[r["case_id"]] is not None]
+        todo, segs = _reportable_segmentations(bundle, todo)
     for row in todo:
         out = folder / f"{row['case_id']}.sr.dcm"
         if bundle.task == "classification":
             write_dicom_sr(images[row["case_id"]], row, bundle.classes, out, name, version)
         else:
-            volumes = {c: float(row[volume_column(c) if len(bundle.classes) > 2 else "lesion_volume_ml"])
-                       for c in bundle.classes[1:]}
-            write_segmentation_sr(images[row["case_id"]], segs[row["case_id"]], volumes, out, name, version)
+            write_segmentation_sr(images[row["case_id"]], segs[row["case_id"]],
+                                  class_sizes(row, bundle.classes, bundle.spec.data.spatial_dims), out, name, version,
+                                  planar=bundle.spec.data.spatial_dims == 2)
     logger.info("%s: %d DICOM SR written now, %d already there (medtl pacs push stores them)", folder, len(todo),
                 already)
     if len(dicom_rows) < len(ok):
         logger.info("%d of the %d cases scored are not DICOM: no DICOM SR for them", len(ok) - len(dicom_rows), len(ok))
+
+
+def _reportable_segmentations(bundle: ModelBundle, todo: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """The cases a segmentation's report can be written for, and their DICOM-SEG: one beside the mask, and every
+    class's size known (a film that states no pixel spacing has areas of unknown size). The others are named once."""
+    from medtl.log import logger
+
+    segs = {r["case_id"]: _seg_of(r) for r in todo}
+    missing = [case for case, seg in segs.items() if seg is None]
+    if missing:
+        logger.warning("%d case(s) have no DICOM-SEG beside their mask (scored by an earlier run without "
+                       "--masks-out: %s); no DICOM SR for them", len(missing), ", ".join(missing[:3]))
+    unsized = [r["case_id"] for r in todo if segs[r["case_id"]] is not None
+               and np.isnan(list(class_sizes(r, bundle.classes, bundle.spec.data.spatial_dims).values())).any()]
+    if unsized:
+        logger.warning("%d film(s) state no pixel spacing, so their areas are unknown (%s); no DICOM SR for them",
+                       len(unsized), ", ".join(unsized[:3]))
+    kept = [r for r in todo if segs[r["case_id"]] is not None and r["case_id"] not in unsized]
+    return kept, {r["case_id"]: segs[r["case_id"]] for r in kept}
 
 
 def _seg_of(row: dict[str, Any]) -> Path | None:

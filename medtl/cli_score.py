@@ -48,7 +48,7 @@ def score_cmd(
     ids: CaseIdsOption = "folder",
     masks_out: Annotated[Optional[Path], typer.Option("--masks-out", help="Folder for predicted masks (segmentation).")] = None,
     heatmaps: Annotated[Optional[Path], typer.Option("--heatmaps", help="Folder for each case's Grad-CAM figure (2-D binary classifiers).")] = None,
-    reports_out: Annotated[Optional[Path], typer.Option("--reports-out", help="Folder for a DICOM SR of each DICOM case's result, to file in PACS beside its study: a classifier's probabilities and call, or a 3-D segmentation's volume per class with --masks-out (medtl pacs push stores them).")] = None,
+    reports_out: Annotated[Optional[Path], typer.Option("--reports-out", help="Folder for a DICOM SR of each DICOM case's result, to file in PACS beside its study: a classifier's probabilities and call, or a segmentation's volume (area on a film) per class with --masks-out (medtl pacs push stores them).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases per batch.")] = 16,
     device: DeviceOption = "auto",
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the scoring run in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")] = True,

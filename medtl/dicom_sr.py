@@ -55,10 +55,11 @@ def write_dicom_sr(image_ref: str, row: dict[str, Any], classes: list[str], out:
     return _write_report(sources, [group], algorithm, out)
 
 
-def write_segmentation_sr(image_ref: str, seg_path: Path, volumes: dict[str, float], out: Path, algorithm: str,
-                          version: str) -> Path:
-    """Writes the report of one segmented case: for each class of ``volumes`` (mL, by class name), in the order of
-    the DICOM-SEG's segments at ``seg_path``, a volumetric measurement group that references its segment."""
+def write_segmentation_sr(image_ref: str, seg_path: Path, sizes: dict[str, float], out: Path, algorithm: str,
+                          version: str, planar: bool = False) -> Path:
+    """Writes the report of one segmented case: for each class of ``sizes`` (by class name), in the order of the
+    DICOM-SEG's segments at ``seg_path``, a measurement group that references its segment: volumetric (TID 1411) with
+    the volume in mL for a scan, planar (TID 1410) with the area in mm² for a film."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
@@ -67,15 +68,18 @@ def write_segmentation_sr(image_ref: str, seg_path: Path, volumes: dict[str, flo
     seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
     algorithm, version = value_text(algorithm), value_text(version)
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm, version=version)
-    millilitre = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
+    quantity, unit = ((codes.SCT.Area, hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")) if planar
+                      else (codes.SCT.Volume, hd.sr.CodedConcept("mL", "UCUM", "milliliter")))
     groups = []
-    for number, (name, ml) in enumerate(volumes.items(), start=1):
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=value_text(f"medtl {name}")),
-            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
-            finding_type=_concept(f"class-{name}", name), algorithm_id=algorithm_id,
-            measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=ml, unit=millilitre,
-                                            algorithm_id=algorithm_id)]))
+    for number, (name, size) in enumerate(sizes.items(), start=1):
+        common = {"tracking_identifier": hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=value_text(f"medtl {name}")),
+                  "finding_type": _concept(f"class-{name}", name), "algorithm_id": algorithm_id,
+                  "measurements": [hd.sr.Measurement(name=quantity, value=size, unit=unit, algorithm_id=algorithm_id)]}
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=hd.sr.ReferencedSegmentationFrame.from_segmentation(seg, segment_number=number), **common)
+            if planar else hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number), **common))
     return _write_report(sources, groups, algorithm, out, evidence=[seg])
 
 

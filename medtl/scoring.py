@@ -190,14 +190,11 @@ def score(bundle: ModelBundle, cases: list[dict[str, str]], out: Path, masks_out
     """Scores every case not yet in ``out``; rows are appended and flushed as each batch completes. One process
     writes ``out`` at a time: two appending to it would each score the cases the other is scoring. ``heatmaps``:
     a folder for each scored case's Grad-CAM figure (2-D binary classifiers); ``reports``: for each scored DICOM
-    case's DICOM SR (classifiers, and 3-D segmentation models beside their DICOM-SEG in ``masks_out``). ``estimate_prevalence`` (``--prevalence em``): rows go to a journal, and ``out``
+    case's DICOM SR (classifiers, and segmentation models beside their DICOM-SEG in ``masks_out``). ``estimate_prevalence`` (``--prevalence em``): rows go to a journal, and ``out``
     is written whole at the prevalence the batch implies."""
     if estimate_prevalence:
         _require_calibration_prevalence(bundle, "--prevalence em")
     if reports is not None and bundle.task != "classification":
-        if bundle.spec.data.spatial_dims != 3:
-            raise MedtlError("--reports-out: DICOM SR reports are written for classifiers and 3-D segmentation models; "
-                             "a 2-D segmentation model writes its DICOM-SEG to --masks-out")
         if masks_out is None:
             raise MedtlError("--reports-out: a segmentation's report references its DICOM-SEG; give --masks-out too")
     with one_writer(out, "give each process its own --out"):

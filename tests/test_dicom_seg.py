@@ -234,6 +234,54 @@ def test_a_film_lesion_is_measured_in_square_millimetres_where_the_film_states_i
     assert sizes[["lesion_area_mm2"]].drop("stated.dcm").isna().all().all()
 
 
+def test_a_film_segmentation_s_dicom_sr_gives_each_class_s_area_on_its_segment(tmp_path, caplog):
+    """On a film the report measures each class's area in mm² (TID 1410), on that class's segment of the DICOM-SEG;
+    a film that states no pixel spacing has areas of unknown size and gets no report, in one line."""
+    import highdicom as hd
+
+    from medtl.config import Config
+    from medtl.data.synthetic import write_xray_dicom
+    from medtl.log import logger
+
+    film = np.full((40, 36), 100.0)
+    film[10:20, 5:15] = 3000.0
+    write_xray_dicom(tmp_path / "stated.dcm", film, spacing=0.2)
+    ds = pydicom.dcmread(tmp_path / "stated.dcm")
+    del ds.ImagerPixelSpacing
+    ds.save_as(tmp_path / "unstated.dcm")
+    cfg = Config.model_validate({"data": {"task": "segmentation", "spatial_dims": 2, "image_size": [40, 36],
+                                          "modality": "xray"}, "tracking": {"enabled": False}})
+    bundle = ModelBundle(TwoRegionNet(), cfg, ["background", "core", "rim"])
+    cases = [{"case_id": name, "image": str(tmp_path / f"{name}.dcm")} for name in ("stated", "unstated")]
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger=logger.name):
+            score(bundle, cases, tmp_path / "p.csv", masks_out=tmp_path / "out", device="cpu", reports=tmp_path / "sr")
+    finally:
+        logger.removeHandler(caplog.handler)
+    labels = np.asarray(nib.load(str(tmp_path / "out" / "stated.nii.gz")).dataobj)
+    by_hand = {"core": (labels == 1).sum() * 0.2 * 0.2, "rim": (labels == 2).sum() * 0.2 * 0.2}
+    assert min(by_hand.values()) > 0 and (labels > 0).sum() == 100
+    rows = pd.read_csv(tmp_path / "p.csv").set_index("case_id")
+    assert {c: rows.loc["stated", f"area_mm2_{c}"] for c in by_hand} == pytest.approx(by_hand)
+    assert rows.loc["unstated", ["area_mm2_core", "area_mm2_rim"]].isna().all()
+    seg = pydicom.dcmread(tmp_path / "out" / "stated.seg.dcm")
+    sr = hd.sr.srread(str(tmp_path / "sr" / "stated.sr.dcm"))
+    assert not sr.content.get_volumetric_roi_measurement_groups()
+    got = {}
+    for group in sr.content.get_planar_roi_measurement_groups():
+        segment = group.referenced_segmentation_frame
+        assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        label = seg.SegmentSequence[segment.referenced_segment_numbers[0] - 1].SegmentLabel
+        assert group.finding_type.meaning == label
+        area, = group.get_measurements()
+        assert area.name.meaning == "Area" and area.unit.value == "mm2"
+        got[label] = area.value
+    assert got == pytest.approx(by_hand)
+    assert not (tmp_path / "sr" / "unstated.sr.dcm").exists()
+    assert "1 film(s) state no pixel spacing, so their areas are unknown (unstated); no DICOM SR for them" in caplog.text
+
+
 @pytest.mark.parametrize("ids", [["ok", "../outside"], ["sub/case"], ["Case1", "case1"]])
 def test_a_case_id_that_cannot_name_its_mask_file_is_refused_before_anything_is_written(tmp_path, ids):
     """``../outside`` used to write its mask beside the masks folder, ``sub/case`` to fail mid-batch, and

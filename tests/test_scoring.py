@@ -438,5 +438,5 @@ def test_each_scored_dicom_film_gets_a_dicom_sr_that_files_with_its_study(tmp_pa
     assert [mm.name.meaning for mm in group.get_measurements()] == ["Probability of normal", "Probability of a/b"]
     seg = ModelBundle(bundle.model, cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": "segmentation"})}),
                       ["background", "lesion"])
-    with pytest.raises(MedtlError, match="--reports-out: DICOM SR reports are written for classifiers"):
+    with pytest.raises(MedtlError, match="--reports-out: a segmentation's report references its DICOM-SEG; give --masks-out"):
         score(seg, cases, tmp_path / "seg.csv", device="cpu", reports=tmp_path / "r2")
