@@ -57,6 +57,9 @@ def model_identity(model_uri: str, engine: str) -> ModelIdentity:
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a missing model or store
             raise MedtlError(f"--model {model_uri}: no MLflow model there ({type(exc).__name__}); --engine {engine} scores a "
                              "registered or logged model: models:/NAME@ALIAS, runs:/RUN_ID/model or a folder with an MLmodel file") from None
+    if (info.metadata or {}).get("task") == "segmentation":
+        raise MedtlError(f"--model {model_uri}: a segmentation model; --engine {engine} writes a row of probabilities per "
+                         "case and no mask, so score it with --engine local --masks-out")
     outputs = info.signature.outputs.inputs if info.signature is not None and info.signature.outputs else None
     columns = [(c.name, c.type.name) for c in outputs] if outputs else [
         *((f"prob_{c}", "double") for c in (info.metadata or {}).get("classes", [])),

@@ -106,3 +106,19 @@ def test_the_pool_takes_a_gpu_per_worker_where_the_cluster_has_them_else_four_co
     assert _pool(3, None, True) == (3, {"num_cpus": 1.0})
     with pytest.raises(MedtlError, match=r"--ray-gpus 1: this machine has 0 GPU\(s\)"):
         _pool(None, 1.0, True)  # a Ray started here would wait for a GPU for ever
+
+
+@pytest.mark.parametrize("engine", ["spark", "ray"])
+def test_a_segmentation_model_is_sent_to_the_local_engine_in_one_line(tmp_path, engine):
+    """Its pyfunc gives a status per case and no mask, and not the predicted column its signature names, which the
+    archive engines write: read, that is a failure deep inside, or rows that say nothing."""
+    from mlflow.models import Model
+
+    model = tmp_path / "seg_model"
+    model.mkdir()
+    Model(metadata={"task": "segmentation", "classes": ["background", "lesion"]}).save(str(model / "MLmodel"))
+    (tmp_path / "m.csv").write_text("case_id,image\na,a.nii.gz\n")
+    res = run_cli("score", "--model", str(model), "--manifest", str(tmp_path / "m.csv"), "--out",
+                  str(tmp_path / "p.parquet"), "--engine", engine)
+    assert res.returncode == 2 and f"a segmentation model; --engine {engine} writes a row of probabilities" in res.stderr
+    assert "--engine local --masks-out" in res.stderr and res.stderr.strip().count("\n") == 0
