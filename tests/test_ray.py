@@ -111,7 +111,7 @@ def test_the_pool_takes_a_gpu_per_worker_where_the_cluster_has_them_else_four_co
 @pytest.mark.parametrize("engine", ["spark", "ray"])
 def test_a_segmentation_model_is_sent_to_the_local_engine_in_one_line(tmp_path, engine):
     """Its pyfunc gives a status per case and no mask, and not the predicted column its signature names, which the
-    archive engines write: read, that is a failure deep inside, or rows that say nothing."""
+    archive engines write: at best rows that say nothing of the segmentation."""
     from mlflow.models import Model
 
     model = tmp_path / "seg_model"
