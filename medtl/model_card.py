@@ -79,7 +79,8 @@ def _training(cfg: Config) -> str:
     parts = [*(["the head started from a logistic probe on the frozen features (LP-FT)"] if cfg.transfer.probes_first else []),
              f"{loss} loss" + (f" (gamma {t.focal_gamma:g})" if "focal" in t.loss else ""),
              *([f"{weights.replace('_', '-')} class weights"] if weights != "none" else []),
-             *([f"mixup (alpha {t.mixup_alpha:g})"] if t.mixup_alpha else []), f"up to {t.epochs} epochs"]
+             *([f"mixup (alpha {t.mixup_alpha:g})"] if t.mixup_alpha else []), f"up to {t.epochs} epochs",
+             *([f"the moving average of its weights over about {t.ema_epochs:g} epochs kept"] if t.ema_epochs else [])]
     return ", ".join(parts)
 
 

@@ -51,7 +51,7 @@ def applied_params(cfg: Config) -> dict[str, Any]:
     if cfg.transfer.strategy != "feature_extraction":
         skip.add("transfer.head")
     else:
-        skip.add("train.mixup_alpha")  # the head is fitted on fixed features: nothing is mixed
+        skip |= {"train.mixup_alpha", "train.ema_epochs"}  # the head is fitted on fixed features: nothing is mixed
     return {k: v for k, v in flat.items() if k not in skip and not any(k.startswith(p) for p in drop) and v is not None}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from medtl.train.progress import training_curves
 from medtl.models.transfer import TransferSchedule
 from medtl.observe import Tracker
 from medtl.tasks import Objective, Task
+from medtl.train.averaging import WeightAverage
 from medtl.train.runtime import Runtime, rng_state, set_rng_state
 
 
@@ -57,6 +58,12 @@ class Loop:
     """Reseeds data order and augmentation for an epoch, so a resumed run replays the same epochs."""
     save: Callable[[Path, dict[str, Any] | None], None]
     """Writes a self-describing checkpoint (with training state when given) atomically."""
+    average: WeightAverage | None = None
+    """The moving average of the weights that is validated and kept as ``best.pt`` (``train.ema_epochs``)."""
+
+    def averaged(self) -> AbstractContextManager[None]:
+        """The weights to validate and keep: the moving average where there is one, else the model's own."""
+        return self.average.applied() if self.average else nullcontext()
 
 
 def make_optimizer(schedule: TransferSchedule, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
@@ -122,6 +129,8 @@ def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
                 loop.optimizer.step()
                 loop.optimizer.zero_grad(set_to_none=True)
                 loop.lr_scheduler.step()
+                if loop.average:
+                    loop.average.update()
             loss_sum += loss.detach().float()  # summed on the device: no host sync inside the step
             steps += 1
             seen += x.shape[0]
@@ -147,7 +156,7 @@ def train_state(loop: Loop, state: FitState) -> dict[str, Any]:
         "epoch": state.epoch, "best_metric": state.best_metric, "best_epoch": state.best_epoch,
         "bad_epochs": state.bad_epochs, "history": state.history, "frozen_upto": loop.schedule.frozen_upto,
         "stopped_early": state.stopped_early,
-        "rng": rng_state(),
+        "rng": rng_state(), "average": loop.average.state_dict() if loop.average else None,
     }
 
 
@@ -157,6 +166,8 @@ def restore(loop: Loop, saved: dict[str, Any]) -> FitState:
     loop.schedule.frozen_upto = saved["frozen_upto"]
     loop.schedule.apply()
     set_rng_state(saved["rng"])
+    if loop.average and saved.get("average"):
+        loop.average.load_state_dict(saved["average"])
     return FitState(saved["epoch"], saved["best_metric"], saved["best_epoch"], saved["bad_epochs"],
                     list(saved["history"]), saved.get("stopped_early", False))
 
@@ -175,7 +186,8 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
             metrics = train_one_epoch(loop, epoch)
             if not math.isfinite(metrics["train_loss"]):
                 raise DivergedError(f"training loss {metrics['train_loss']}")
-            metrics = {**metrics, **loop.validate()}
+            with loop.averaged():
+                metrics = {**metrics, **loop.validate()}
             metrics["epoch_s"] = time.perf_counter() - started
         except KeyboardInterrupt:
             if rt.is_main:
@@ -197,7 +209,8 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
         if rt.is_main:
             loop.tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=epoch + 1)
             if improved:
-                loop.save(ckpt_dir / "best.pt", None)
+                with loop.averaged():
+                    loop.save(ckpt_dir / "best.pt", None)
             loop.save(ckpt_dir / "last.pt", train_state(loop, state))
             logger.info("epoch %d: %s%s", epoch + 1, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
                         "  (best)" if improved else "")

@@ -30,6 +30,7 @@ from medtl.models.transfer import TransferSchedule
 from medtl.observe import NullTracker, Tracker
 from medtl.train import features
 from medtl.train.data import PreparedData, device_loader, make_loader, prepare_cases, preflight, train_label_counts
+from medtl.train.averaging import WeightAverage
 from medtl.train.loop import FitState, Loop, fit, make_optimizer, restore, to_device, warmup_cosine
 from medtl.train.losses import build_loss
 from medtl.train.runtime import Runtime, make_runtime, seed_everything
@@ -263,9 +264,10 @@ def _fit(run: Setup, resume: bool) -> FitState:
     def save(path: Path, train_state: dict[str, Any] | None) -> None:
         save_model(run.bundle, path, train_state)
 
+    average = WeightAverage(model, cfg.train.ema_epochs * per_epoch) if cfg.train.ema_epochs else None
     loop = Loop(model=wrapped, schedule=run.schedule, task=run.task, objective=objective, optimizer=optimizer,
                 lr_scheduler=lr_sched, train_loader=train_loader, validate=run.validation, cfg=cfg.train, rt=rt,
-                tracker=run.tracker, on_epoch=on_epoch, save=save)
+                tracker=run.tracker, on_epoch=on_epoch, save=save, average=average)
     state = None
     if resume:
         saved = read_checkpoint(run.ckpt_dir / "last.pt")
