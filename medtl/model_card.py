@@ -80,7 +80,8 @@ def _training(cfg: Config) -> str:
              f"{loss} loss" + (f" (gamma {t.focal_gamma:g})" if "focal" in t.loss else ""),
              *([f"{weights.replace('_', '-')} class weights"] if weights != "none" else []),
              *([f"mixup (alpha {t.mixup_alpha:g})"] if t.mixup_alpha else []), f"up to {t.epochs} epochs",
-             *([f"the moving average of its weights over about {t.ema_epochs:g} epochs kept"] if t.ema_epochs else [])]
+             *([f"its weights averaged over about {t.ema_epochs:g} epoch{'' if t.ema_epochs == 1 else 's'} of steps "
+                "(exponential moving average)"] if t.ema_epochs else [])]
     return ", ".join(parts)
 
 

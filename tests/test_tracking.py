@@ -234,13 +234,18 @@ def test_model_card_and_params_name_the_objective_that_shaped_the_model():
     assert "Trained with the head started from a logistic probe on the frozen features (LP-FT), cross-entropy loss, " \
         "up to 3 epochs." in model_card(probed, table, {}, "0" * 64, [])
     assert applied_params(probed)["transfer.probe_first"] is True
+    averaged = load_config(None, ["train.ema_epochs=1", "train.epochs=3"])
+    assert "cross-entropy loss, up to 3 epochs, its weights averaged over about 1 epoch of steps (exponential moving " \
+        "average)." \
+        in model_card(averaged, table, {}, "0" * 64, [])
+    assert applied_params(averaged)["train.ema_epochs"] == 1
     frozen = load_config(None, ["transfer.strategy=feature_extraction", "transfer.head=logistic",
-                                "train.mixup_alpha=0.2", "transfer.probe_first=true"])
+                                "train.mixup_alpha=0.2", "transfer.probe_first=true", "train.ema_epochs=1"])
     assert "Trained with a logistic head fitted on the frozen backbone's features." \
         in model_card(frozen, table, {}, "0" * 64, [])
     segmentation = load_config(None, ["data.task=segmentation", "train.loss=dice_ce", "train.class_weights=none"])
     assert "Trained with Dice + cross-entropy loss, up to 10 epochs." in model_card(segmentation, table, {}, "0" * 64, [])
-    assert applied_params(cfg)["train.mixup_alpha"] == 0.2 and "train.mixup_alpha" not in applied_params(frozen)
+    assert applied_params(cfg)["train.mixup_alpha"] == 0.2 and not {"train.mixup_alpha", "train.ema_epochs"} & set(applied_params(frozen))
     from_manifest = model_card(cfg, table, {}, "0" * 64, [], classes=["normal", "lesion"], views=["AP", "PA"])
     assert "classes: normal, lesion. Trained" in from_manifest  # a config that names no classes used to leave them out
     assert "Takes AP, PA films only (DICOM ViewPosition, or the manifest's view column)" in from_manifest
