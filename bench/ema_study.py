@@ -29,13 +29,7 @@ without it.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-import numpy as np
-
-from backbone_study import Trained, report_test, study_arguments, train_arms
-from calibration_levers import arm_trainers
+from calibration_levers import sealed_study
 
 EMA = ["train.ema_epochs=1"]
 ARMS: dict[str, tuple[str, list[str]]] = {
@@ -45,24 +39,5 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "scratch + EMA": ("scratch", EMA),
 }
 
-
-def choose(runs: dict[tuple[str, int], Trained], seeds: range) -> str:
-    """``fine_tune + EMA`` if its mean validation NLL after temperature beats the demo's without losing AUROC."""
-    (nll, auroc), (base_nll, base_auroc) = (np.mean([runs[arm, s].validation() for s in seeds], axis=0)
-                                            for arm in ("fine_tune + EMA", "fine_tune"))
-    return "fine_tune + EMA" if nll < base_nll and auroc >= base_auroc else "fine_tune"
-
-
-def main() -> None:
-    args = study_arguments(seeds=3).parse_args()
-    seeds = range(args.seeds)
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = train_arms(arm_trainers(ARMS), seeds, args.train_limit, Path(tmp))
-        print(f"\nchosen on validation: {choose(runs, seeds)}\n\ntest split, opened now:", flush=True)
-        for base in ("fine_tune", "scratch"):
-            report_test({k: v for k, v in runs.items() if k[0].startswith(base)}, seeds, base, args.bootstrap,
-                        Path(tmp) / "test")
-
-
 if __name__ == "__main__":
-    main()
+    sealed_study(ARMS, ("fine_tune + EMA",), ("fine_tune", "scratch"))

@@ -27,13 +27,7 @@ and each arm's paired test difference against ``fine_tune`` of the same seed.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-import numpy as np
-
-from backbone_study import Trained, report_test, study_arguments, train_arms
-from calibration_levers import arm_trainers
+from calibration_levers import sealed_study
 
 ARMS: dict[str, tuple[str, list[str]]] = {
     "fine_tune": ("fine_tune", []),
@@ -41,22 +35,5 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "probe": ("feature_extraction", ["transfer.head=logistic"]),
 }
 
-
-def choose(runs: dict[tuple[str, int], Trained], seeds: range) -> str:
-    """``lp_ft`` if its mean validation NLL after temperature beats the demo's without losing AUROC, else the demo's."""
-    (nll, auroc), (base_nll, base_auroc) = (np.mean([runs[arm, s].validation() for s in seeds], axis=0)
-                                            for arm in ("lp_ft", "fine_tune"))
-    return "lp_ft" if nll < base_nll and auroc >= base_auroc else "fine_tune"
-
-
-def main() -> None:
-    args = study_arguments(seeds=3).parse_args()
-    seeds = range(args.seeds)
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = train_arms(arm_trainers(ARMS), seeds, args.train_limit, Path(tmp))
-        print(f"\nchosen on validation: {choose(runs, seeds)}\n\ntest split, opened now:", flush=True)
-        report_test(runs, seeds, "fine_tune", args.bootstrap, Path(tmp) / "test")
-
-
 if __name__ == "__main__":
-    main()
+    sealed_study(ARMS, ("lp_ft",))

@@ -21,13 +21,7 @@ shift, each arm's means, and per seed each arm's paired test difference against 
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-import numpy as np
-
-from backbone_study import Trained, report_test, study_arguments, train_arms
-from calibration_levers import arm_trainers
+from calibration_levers import sealed_study
 
 STACK = ["transfer.probe_first=true", "train.ema_epochs=1"]
 ARMS: dict[str, tuple[str, list[str]]] = {
@@ -37,22 +31,5 @@ ARMS: dict[str, tuple[str, list[str]]] = {
 }
 CANDIDATES = ("LP-FT + EMA", "LP-FT + EMA + mixup")
 
-
-def choose(runs: dict[tuple[str, int], Trained], seeds: range) -> str:
-    """The candidate of lower mean validation NLL after temperature, if it beats the demo's without losing AUROC."""
-    mean = {arm: np.mean([runs[arm, s].validation() for s in seeds], axis=0) for arm in ("fine_tune", *CANDIDATES)}
-    best = min(CANDIDATES, key=lambda a: mean[a][0])
-    return best if mean[best][0] < mean["fine_tune"][0] and mean[best][1] >= mean["fine_tune"][1] else "fine_tune"
-
-
-def main() -> None:
-    args = study_arguments(seeds=3).parse_args()
-    seeds = range(args.seeds)
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = train_arms(arm_trainers(ARMS), seeds, args.train_limit, Path(tmp))
-        print(f"\nchosen on validation: {choose(runs, seeds)}\n\ntest split, opened now:", flush=True)
-        report_test(runs, seeds, "fine_tune", args.bootstrap, Path(tmp) / "test")
-
-
 if __name__ == "__main__":
-    main()
+    sealed_study(ARMS, CANDIDATES)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from medtl.archive_output import ArchiveSummary
+    from medtl.scoring import ScoreSummary
 
 
 def _outside_input(input_dir: Path | None, outputs: dict[str, Path | None]) -> None:
@@ -94,6 +95,14 @@ def score_cmd(
     with run_context(tracking, f"score-{bundle.spec.name}") as tracker:
         summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker, heatmaps=heatmaps,
                         estimate_prevalence=prevalence == "em", reports=reports_out)
+    _say(summary, out)
+    if len(summary.errors):
+        _print_failures(summary.errors)
+        raise typer.Exit(1)
+
+
+def _say(summary: ScoreSummary, out: Path) -> None:
+    """The closing lines of a local scoring: counts and speed, what the batch's scores say, the films unlike training."""
     typer.echo(f"{out}: {summary.scored} scored now, {summary.skipped_existing} already there, "
                f"{len(summary.errors)} error(s), {summary.cases_per_s:.1f} cases/s")
     if summary.batch is not None:
@@ -102,9 +111,6 @@ def score_cmd(
         typer.echo(summary.prevalence_note)
     if summary.unlike is not None:
         typer.echo(summary.unlike.message())
-    if len(summary.errors):
-        _print_failures(summary.errors)
-        raise typer.Exit(1)
 
 
 def _print_failures(errors: pd.DataFrame) -> None:
