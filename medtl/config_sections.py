@@ -166,8 +166,9 @@ class TrainConfig(Section):
     their labels, the mixing weight drawn from Beta(alpha, alpha); None for none. Ignored by feature_extraction."""
     ema_epochs: float | None = Field(None, gt=0.0)
     """Validate, keep and register the exponential moving average of the weights over about this many epochs of
-    steps (debiased), not the last step's weights: steadier from seed to seed and often better calibrated; None for
-    the last step's. Ignored by feature_extraction."""
+    steps (debiased), not the last step's weights; None for the last step's. On the demo's fine-tune it was steadier
+    from seed to seed and better on the test films; on a three-epoch training from scratch it was worse
+    (docs/studies.md). Ignored by feature_extraction."""
     include_background: bool = False
     sampler: Literal["none", "balanced"] = "none"
     pos_neg_ratio: float = Field(1.0, gt=0.0)
