@@ -24,12 +24,13 @@ arm's paired test difference against ``fine_tune``.
 from __future__ import annotations
 
 from calibration_levers import sealed_study
+from stacked_levers import STACK
 
 LARGE = "data.image_size=[128,128]"
 ARMS: dict[str, tuple[str, list[str]]] = {
     "fine_tune": ("fine_tune", []),
     "128 px": ("fine_tune", [LARGE]),
-    "128 px + LP-FT + EMA": ("fine_tune", [LARGE, "transfer.probe_first=true", "train.ema_epochs=1"]),
+    "128 px + LP-FT + EMA": ("fine_tune", [LARGE, *STACK]),
 }
 CANDIDATES = ("128 px", "128 px + LP-FT + EMA")
 
