@@ -10,6 +10,7 @@ the new site, and its ladder of strengths is set on validation alone. No test ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,21 +54,26 @@ def drift_temperature(predictor: Any, items: list[dict[str, Any]], seed: int = 0
     from medtl.evaluate.calibration import fit_temperature
 
     labels = np.array([it["label"] for it in items])
-    clean = _logits(predictor, items, None)
+    clean = perturbed_logits(predictor, items, None)
     if _auroc(labels, clean) <= CHANCE_AUROC:
         return None
-    strongest = next((s for s in SIGMA_GRID if _auroc(labels, _logits(predictor, items, GaussianNoise(s, seed))) <= CHANCE_AUROC), None)
+    at_chance = (s for s in SIGMA_GRID
+                 if _auroc(labels, perturbed_logits(predictor, items, GaussianNoise(s, seed))) <= CHANCE_AUROC)
+    strongest = next(at_chance, None)
     if strongest is None:
         logger.warning("drift calibration skipped: no noise up to sigma %.2f brings the model to chance on validation",
                        SIGMA_GRID[-1])
         return None
-    ladder = [clean] + [_logits(predictor, items, GaussianNoise(strongest * k / LEVELS, seed + k))
+    ladder = [clean] + [perturbed_logits(predictor, items, GaussianNoise(strongest * k / LEVELS, seed + k))
                         for k in range(1, LEVELS + 1)]
     temperature = fit_temperature(np.concatenate(ladder), np.tile(labels, len(ladder)))
     return DriftTemperature(temperature, strongest, len(labels) * len(ladder))
 
 
-def _logits(predictor: Any, items: list[dict[str, Any]], perturb: GaussianNoise | None) -> np.ndarray:
+def perturbed_logits(predictor: Any, items: list[dict[str, Any]],
+                     perturb: Callable[[torch.Tensor], torch.Tensor] | None) -> np.ndarray:
+    """The uncalibrated logits of every case, each preprocessed batch passed through ``perturb`` first; a case that
+    cannot be read is an error naming it (a perturbed copy of a set needs all of it)."""
     predictor.perturb = perturb
     try:
         records = list(predictor.predict(items))
