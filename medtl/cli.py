@@ -100,6 +100,7 @@ def evaluate_cmd(
     prevalence: PrevalenceOption = None,
     bootstrap: Annotated[Optional[int], typer.Option(min=0, help="Patient bootstrap resamples for the CIs (default: the model's, 1000 unless its config said otherwise).")] = None,
     figures: Annotated[Optional[bool], typer.Option("--figures/--no-figures", help="Draw the figures (ROC, reliability, Grad-CAM, overlays; PNG and SVG), as the model's settings say unless given; --no-figures writes the numbers alone, faster where many models are evaluated.")] = None,
+    site_temperature: Annotated[Optional[bool], typer.Option("--site-temperature/--no-site-temperature", help="Classifiers: fit the temperature on these cases' own scans, labels unused (PseudoCal), in place of the model's validation one; for a site whose scans differ. As the model's settings say unless given.")] = None,
 ) -> None:
     """Evaluate a trained model: outcome and calibration metrics with CIs, subgroups, plots, report."""
     from medtl.evaluate.report import fmt
@@ -108,7 +109,7 @@ def evaluate_cmd(
 
     bundle = load_any_model(model)
     cfg = evaluation_config(bundle, prevalence)
-    given = {"bootstrap": bootstrap, "figures": figures}
+    given = {"bootstrap": bootstrap, "figures": figures, "site_temperature": site_temperature}
     cfg = cfg.model_copy(update={key: value for key, value in given.items() if value is not None})
     ev = evaluate_bundle(bundle, manifest, split, out, cfg, device=device, splits=splits)
     key = "auroc" if "auroc" in ev.metrics else ("auroc_macro" if "auroc_macro" in ev.metrics else "dice_mean")

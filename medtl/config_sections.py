@@ -199,6 +199,11 @@ class EvaluateConfig(Section):
     drift_calibration: bool = False
     """Fit the temperature on the validation cases and on copies of them under growing Gaussian noise (Tomani et al.
     2021), so a model stays honest where scans drift from the training data; off, on the clean cases alone."""
+    site_temperature: bool = False
+    """Fit the temperature on the evaluated cases' own scans, unlabelled (PseudoCal, Hu et al. 2024), in place of the
+    model's validation temperature and before any prior shift: for a site whose scans differ from the training
+    hospital's. The threshold moves with it, so every case is called as before; the report gives ECE at both
+    temperatures. The stored model keeps its validation temperature."""
     prevalence: float | Literal["em"] | None = None
     """Deployment prevalence of the positive class: a known value in (0, 1), ``em`` to estimate it from the
     evaluated cases' unlabelled scores (Saerens et al. 2002), or None for no prior-shift correction."""

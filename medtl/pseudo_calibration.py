@@ -70,3 +70,22 @@ def pseudo_temperature(predictor: Any, items: list[dict[str, Any]], seed: int = 
     if pairs < MIN_PAIRS:
         return None
     return PseudoTemperature(fit_temperature(np.concatenate(logits), np.concatenate(labels)), pairs)
+
+
+def site_temperature(model: torch.nn.Module, spec: Any, table: Any, device: torch.device,
+                     seed: int = 0) -> PseudoTemperature | None:
+    """PseudoCal's temperature for the cases of ``table`` (manifest rows; labels unused), through the model as stored
+    (uncalibrated), each scan preprocessed once for all rounds."""
+    from medtl.data.datasets import case_items
+    from medtl.models.predictor import Predictor
+
+    predictor = Predictor(model, spec, device, batch_size=32, cache=True)
+    return pseudo_temperature(predictor, case_items(table, None), seed)
+
+
+def same_calls_threshold(threshold: float, old: float, new: float) -> float:
+    """The binary threshold at temperature ``new`` that calls every case as ``threshold`` did at ``old``: the cut
+    stays at the same logit difference."""
+    from scipy.special import expit, logit
+
+    return float(expit(logit(threshold) * old / new))

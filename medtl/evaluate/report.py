@@ -84,12 +84,13 @@ def evaluate_classification(
     table: pd.DataFrame, logits: np.ndarray, classes: list[str], threshold: float, temperature: float,
     cfg: EvaluateConfig, out_dir: Path, subgroups: list[str] | None = None,
     source_prior: list[float] | None = None, subject: str = "", source_rates: list[float] | None = None,
-    typicality: np.ndarray | None = None,
+    typicality: np.ndarray | None = None, model_temperature: float | None = None,
 ) -> Evaluation:
     """``table`` holds case_id, label (class name), patient_id and subgroup columns, aligned with ``logits``.
     ``source_prior`` is the class mix the temperature was fitted on, needed for a prior-shift correction;
     ``source_rates`` the model's validation call rates at its threshold, which check an EM estimate;
-    ``typicality`` each case's, where the model measures it (how many look unlike the training cases)."""
+    ``typicality`` each case's, where the model measures it (how many look unlike the training cases);
+    ``model_temperature`` the model's own where ``temperature`` was fitted on these cases (its ECE is reported too)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     index = {c: i for i, c in enumerate(classes)}
     y = table["label"].map(index).to_numpy().astype(int)
@@ -102,6 +103,8 @@ def evaluate_classification(
         metrics |= calibration_line(y, log_odds(logits), cfg.ci)
         metrics |= suffixed(calibration_line(y, log_odds(logits, temperature), cfg.ci), "_calibrated")
     metrics["temperature"], metrics["threshold"] = float(temperature), float(threshold)
+    if model_temperature is not None:
+        notes.append(_site_temperature_note(y, logits, temperature, model_temperature, cfg, metrics))
     prior = _prior_shift(logits, y, cal, temperature, threshold, source_prior, source_rates, cfg, metrics, notes)
     shift = None if prior is None else _resampled_shift(temperature, threshold, source_prior, source_rates, cfg)
     metrics.update(_point_and_ci(y, cal, logits, threshold, groups, cfg, shift))
@@ -121,6 +124,17 @@ def evaluate_classification(
     ev = Evaluation(metrics, notes, files, predictions.assign(patient_id=groups), prior)
     files += write_report(ev, out_dir, classes)
     return ev
+
+
+def _site_temperature_note(y: np.ndarray, logits: np.ndarray, temperature: float, model_temperature: float,
+                           cfg: EvaluateConfig, metrics: dict[str, float]) -> str:
+    """The model's own temperature and its ECE, beside the one fitted on these cases' scans."""
+    metrics["model_temperature"] = float(model_temperature)
+    metrics["ece_model_temperature"] = calibration_metrics(y, apply_temperature(logits, model_temperature), cfg.bins)["ece"]
+    return (f"temperature {temperature:.3f} fitted on these {len(y)} cases' own scans, labels unused (PseudoCal, "
+            f"evaluate.site_temperature), in place of the model's validation temperature {model_temperature:.3f}: ECE "
+            f"after temperature {metrics['ece_calibrated']:.3f} at it, {metrics['ece_model_temperature']:.3f} at the "
+            "model's; the threshold moved with it, so every case is called as before")
 
 
 def _no_width_notes(metrics: dict[str, float], n: int) -> list[str]:
@@ -242,7 +256,8 @@ def write_report(ev: Evaluation, out_dir: Path, classes: list[str]) -> list[Path
                      "above 1 too modest; an intercept below 0 is risks overestimated on the whole, above 0 "
                      "underestimated (Wald 95% intervals). ece is over equal-width bins, ece_equal_mass over bins of "
                      "equal counts; the reliability diagram's legend gives the ECE over the diagram's own bins.")
-    lines.append(f"\nTemperature: {m.get('temperature', 1.0):.3f}")
+    own = f" (fitted on these cases' scans; the model's own {m['model_temperature']:.3f})" if "model_temperature" in m else ""
+    lines.append(f"\nTemperature: {m.get('temperature', 1.0):.3f}{own}")
     sub = sorted({k.rsplit('_', 1)[0] for k in m if k.startswith("subgroup_") and k.endswith("_n")})
     if sub:
         shown = ((("AUROC macro", "auroc_macro"), ("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"))

@@ -86,3 +86,30 @@ def test_in_batch_mixup_mixes_within_the_batch_and_numbers_partners_across_batch
     both = torch.cat([first, second])
     assert sorted(partners[:4]) == [0, 1, 2, 3] and sorted(partners[4:]) == [4, 5, 6]
     assert torch.allclose(torch.cat(out), 0.65 * both + 0.35 * both[torch.as_tensor(partners)])
+
+
+def test_an_evaluation_with_site_temperature_recalibrates_without_changing_a_call(tmp_path):
+    import pandas as pd
+
+    from medtl.config import EvaluateConfig
+    from medtl.evaluate.run import evaluate_table
+
+    items = flat_films(tmp_path / "films")
+    labels = ["lesion" if i >= 6 else "normal" for i in range(12)]
+    labels[5], labels[6] = "lesion", "normal"  # two the model gets wrong, so no temperature is at a bound
+    table = pd.DataFrame({"case_id": [it["case_id"] for it in items], "image_path": [it["image"] for it in items],
+                          "label": labels, "patient_id": [f"p{i}" for i in range(12)]})
+    cfg = Config.model_validate({"data": {"image_size": [8, 8], "modality": "none", "classes": ["normal", "lesion"]},
+                                 "tracking": {"enabled": False}})
+    model = ModelBundle(Brightness(0.2, 115.0), cfg, ["normal", "lesion"], temperature=0.5, threshold=0.3)
+    plain = evaluate_table(model, table, tmp_path / "plain", EvaluateConfig(bootstrap=0, figures=False))
+    site = evaluate_table(model, table, tmp_path / "site", EvaluateConfig(bootstrap=0, figures=False, site_temperature=True))
+    fitted = pseudo_temperature(predictor_of(Brightness(0.2, 115.0), batch_size=32), items, seed=0)  # as evaluation batches
+    m = site.metrics
+    assert m["temperature"] == fitted.temperature != 0.5 and m["model_temperature"] == 0.5
+    assert m["ece_model_temperature"] == plain.metrics["ece_calibrated"]
+    means = np.array([(63 * (10 + 20 * i)) / 64 for i in range(12)])
+    z = 0.2 * (means - 115.0)
+    assert np.allclose(site.predictions["prob_lesion"], 1 / (1 + np.exp(-z / fitted.temperature)))
+    assert list(site.predictions["predicted"]) == list(plain.predictions["predicted"])  # every case called as before
+    assert "PseudoCal" in (tmp_path / "site" / "report.md").read_text()
