@@ -194,6 +194,13 @@ def test_evaluate_takes_a_sites_prevalence_or_em_in_place_of_the_models_own(tmp_
     assert said["0.3"][0]["prevalence_used"] == pytest.approx(0.3) and "0.300 (given" in said["0.3"][1]
     assert "prevalence_used" in said["em"][0] and "48 cases" in said["em"][1] and "labels unused" in said["em"][1]
     assert "ece_calibrated_ci_low" in said[None][0]  # --bootstrap 20: intervals still, from fewer resamples
+    site = run_cli("evaluate", "--model", model, "--manifest", str(m), "--split", "all", "--out", str(tmp_path / "site"),
+                   "--bootstrap", "0", "--no-figures", "--site-temperature", "--prevalence", "em")
+    assert site.returncode == 0, site.stderr[-2000:]
+    fitted = json.loads((tmp_path / "site" / "metrics.json").read_text())
+    own = said[None][0]["temperature"]
+    assert (fitted.get("model_temperature") == pytest.approx(own) and "PseudoCal" in (tmp_path / "site" / "report.md").read_text()
+            or fitted["temperature"] == pytest.approx(own) and "too few" in site.stderr)  # a model that calls all alike
     res = run_cli("evaluate", "--model", model, "--manifest", str(m), "--out", str(tmp_path / "x"), "--prevalence", "1")
     assert res.returncode == 2 and "'1': give the positive-class fraction" in res.stderr and not (tmp_path / "x").exists()
 
