@@ -203,7 +203,8 @@ class EvaluateConfig(Section):
     """Fit the temperature on the evaluated cases' own scans, unlabelled (PseudoCal, Hu et al. 2024), in place of the
     model's validation temperature and before any prior shift: for a site whose scans differ from the training
     hospital's. The threshold moves with it, so every case is called as before; the report gives ECE at both
-    temperatures. The stored model keeps its validation temperature."""
+    temperatures. The stored model keeps its validation temperature. On the demo's chest films it overshoots, on the
+    validation films and the test films alike (docs/studies.md, twenty-eighth session)."""
     prevalence: float | Literal["em"] | None = None
     """Deployment prevalence of the positive class: a known value in (0, 1), ``em`` to estimate it from the
     evaluated cases' unlabelled scores (Saerens et al. 2002), or None for no prior-shift correction."""

@@ -12,12 +12,17 @@ site's own scans against how often it is right; the temperature minimising their
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from medtl.drift_calibration import perturbed_logits
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from medtl.models.checkpoint import InferenceSpec
 
 LAMBDA = 0.65
 """The share of the first scan in each mixture: the paper's fixed ratio."""
@@ -72,7 +77,7 @@ def pseudo_temperature(predictor: Any, items: list[dict[str, Any]], seed: int = 
     return PseudoTemperature(fit_temperature(np.concatenate(logits), np.concatenate(labels)), pairs)
 
 
-def site_temperature(model: torch.nn.Module, spec: Any, table: Any, device: torch.device,
+def site_temperature(model: torch.nn.Module, spec: InferenceSpec, table: pd.DataFrame, device: torch.device,
                      seed: int = 0) -> PseudoTemperature | None:
     """PseudoCal's temperature for the cases of ``table`` (manifest rows; labels unused), through the model as stored
     (uncalibrated), each scan preprocessed once for all rounds."""
