@@ -128,10 +128,12 @@ def site_calibration(bundle: ModelBundle, table: pd.DataFrame, device: torch.dev
     """The temperature and threshold the cases of ``table`` are evaluated at: the model's own, or with
     ``evaluate.site_temperature`` PseudoCal's from these cases' scans (labels unused) and the threshold that calls
     every case as the model's did."""
-    from medtl.pseudo_calibration import same_calls_threshold, site_temperature
+    from medtl.pseudo_calibration import REPEATS, same_calls_threshold, site_temperature
 
     if not cfg.site_temperature:
         return bundle.temperature, bundle.threshold
+    logger.info("fitting a temperature on these %d cases' scans, labels unused (PseudoCal: %d passes over them)",
+                len(table), REPEATS + 1)
     site = site_temperature(bundle.model.to(device), bundle.spec, table, device, cfg.seed)
     if site is None:
         logger.warning("evaluate.site_temperature: the model calls too few of these %d cases differently to fit a "
