@@ -9,8 +9,8 @@ the new site, and its ladder of strengths is set on validation alone. No test ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np

@@ -112,33 +112,33 @@ def evaluate_table(bundle: ModelBundle, table: pd.DataFrame, out_dir: Path, cfg:
                             "were labelled for")
     logits, table = predict_logits(bundle, table, dev)
     subgroups = [c for c in bundle.spec.data.subgroups if c in table]
-    temperature, threshold = site_calibration(bundle, table, dev, cfg)
+    site = site_calibration(bundle, table, dev, cfg)
+    temperature, threshold = site or (bundle.temperature, bundle.threshold)
     ev = evaluate_classification(table, logits, bundle.classes, threshold, temperature, cfg,
                                  out_dir, subgroups, bundle.extra.get("source_prior"), figure_subject(bundle, table),
                                  bundle.extra.get("source_call_rates"),
                                  table["typicality"].to_numpy() if "typicality" in table else None,
-                                 model_temperature=bundle.temperature if temperature != bundle.temperature else None)
+                                 model_temperature=bundle.temperature if site else None)
     if cfg.figures and cfg.gradcam and bundle.spec.data.spatial_dims == 2 and len(bundle.classes) == 2 and ev.predictions is not None:
         ev.files.append(gradcam_examples(bundle, table, ev.predictions, cfg.gradcam, dev, out_dir / "gradcam.png"))
     return ev
 
 
 def site_calibration(bundle: ModelBundle, table: pd.DataFrame, device: torch.device,
-                     cfg: EvaluateConfig) -> tuple[float, float]:
-    """The temperature and threshold the cases of ``table`` are evaluated at: the model's own, or with
-    ``evaluate.site_temperature`` PseudoCal's from these cases' scans (labels unused) and the threshold that calls
-    every case as the model's did."""
+                     cfg: EvaluateConfig) -> tuple[float, float] | None:
+    """With ``evaluate.site_temperature``, PseudoCal's temperature from these cases' scans (labels unused) and the
+    threshold that calls every case as the model's did; None where the model's own stand."""
     from medtl.pseudo_calibration import REPEATS, same_calls_threshold, site_temperature
 
     if not cfg.site_temperature:
-        return bundle.temperature, bundle.threshold
+        return None
     logger.info("fitting a temperature on these %d cases' scans, labels unused (PseudoCal: %d passes over them)",
                 len(table), REPEATS + 1)
     site = site_temperature(bundle.model.to(device), bundle.spec, table, device, cfg.seed)
     if site is None:
         logger.warning("evaluate.site_temperature: the model calls too few of these %d cases differently to fit a "
                        "temperature on them; the model's own (%.3f) stands", len(table), bundle.temperature)
-        return bundle.temperature, bundle.threshold
+        return None
     logger.info("temperature %.3f fitted on these %d cases' scans, unlabelled (PseudoCal, %d mixtures), in place of "
                 "the model's %.3f", site.temperature, len(table), site.pairs, bundle.temperature)
     binary = len(bundle.classes) == 2
