@@ -62,6 +62,10 @@ class DataConfig(Section):
     orientation: str = "RAS"
     crop_foreground: bool = False
     augment: bool = True
+    acquisition_augment: bool = False
+    """Also train on random changes of acquisition: intensity response (gamma, contrast), blur, noise and field of
+    view, each on half the images (BigAug, Zhang et al. 2020), for a model meant for other sites and scanners.
+    Off by default (docs/studies.md: what it did on the demo's films)."""
     cache: Literal["none", "memory", "disk"] = "memory"
     cache_dir: Path | None = None
     data_root: Path | None = None
@@ -116,6 +120,9 @@ class DataConfig(Section):
         if self.classes is not None and (len(names) < 2 or len(set(names)) < len(names) or "" in names):
             raise ValueError(f"classes {self.classes}: name two or more different classes, in label order (or leave it "
                              "out to take them from the manifest)")
+        if self.acquisition_augment and not self.augment:
+            raise ValueError("acquisition_augment is true but augment is false, which turns every random step off; "
+                             "set data.augment to true, or acquisition_augment to false")
         return self
 
 

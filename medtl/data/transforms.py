@@ -16,10 +16,14 @@ from monai.transforms import (
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
+    RandAdjustContrastd,
     RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
     RandShiftIntensityd,
     RepeatChanneld,
     Resized,
@@ -261,6 +265,12 @@ def augmentation_transforms(cfg: DataConfig, with_mask: bool = False, patch_size
     rot = 0.15 if cfg.spatial_dims == 2 else (0.1, 0.1, 0.1)
     steps.append(RandAffined(keys, prob=0.5, rotate_range=rot, scale_range=0.1,
                              mode=["bilinear", "nearest"][: len(keys)], padding_mode="border"))
+    if cfg.acquisition_augment:  # the device path's medtl.train.acquisition; the affine above is its field of view
+        sigma = (0.0, 1.0)
+        steps += [RandAdjustContrastd("image", prob=0.5, gamma=(1 / 1.5, 1.5)),
+                  RandScaleIntensityFixedMeand("image", prob=0.5, factors=0.3),
+                  RandGaussianSmoothd("image", sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=0.5),
+                  RandGaussianNoised("image", prob=0.5, std=0.05)]
     steps.append(RandScaleIntensityd("image", factors=0.1, prob=0.5))
     steps.append(RandShiftIntensityd("image", offsets=0.05, prob=0.5))
     return steps

@@ -176,7 +176,9 @@ def device_loader(data: DataConfig, train: TrainConfig, in_channels: int, prepar
                   generator: torch.Generator | None):
     """The training split as a DeviceLoader when ``train.data_on_device`` asks for it (and it fits), else
     None. Samples in the order the DataLoader's sampler would give; image-level augmentation only (flip,
-    intensity), so the random affine and patch crops of the CPU chain stay with the DataLoader path."""
+    intensity, and the acquisition changes with their zoom), so the random affine and patch crops of the CPU chain
+    stay with the DataLoader path."""
+    from medtl.train.acquisition import AcquisitionAugment
     from medtl.train.device_data import DeviceAugment, DeviceLoader, fits_on_device
 
     seg = data.task == "segmentation"
@@ -202,7 +204,8 @@ def device_loader(data: DataConfig, train: TrainConfig, in_channels: int, prepar
             sampler.generator = generator
     else:
         sampler = torch.utils.data.RandomSampler(range(len(items)), generator=generator)
-    augment = DeviceAugment(rt.device, flip=data.modality != "xray") if data.augment else None
+    acquisition = AcquisitionAugment() if data.acquisition_augment else None
+    augment = DeviceAugment(rt.device, flip=data.modality != "xray", acquisition=acquisition) if data.augment else None
     logger.info("training split on %s: %d images, augmented there", rt.device, len(items))
     return DeviceLoader(images, targets, key, train.batch_size, sampler, augment, generator)
 

@@ -15,13 +15,17 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from medtl.train.acquisition import AcquisitionAugment
+
 
 class DeviceAugment:
-    """Random flip along the first spatial axis (where anatomy allows) and intensity scale/shift per image,
-    drawn from a device generator that ``reseed`` resets each epoch (resume replays the same epochs)."""
+    """Random flip along the first spatial axis (where anatomy allows), the acquisition changes when asked for, and
+    intensity scale/shift per image, drawn from a device generator that ``reseed`` resets each epoch (resume replays
+    the same epochs)."""
 
-    def __init__(self, device: torch.device, flip: bool, scale: float = 0.1, shift: float = 0.05, prob: float = 0.5) -> None:
-        self.flip, self.scale, self.shift, self.prob = flip, scale, shift, prob
+    def __init__(self, device: torch.device, flip: bool, scale: float = 0.1, shift: float = 0.05, prob: float = 0.5,
+                 acquisition: AcquisitionAugment | None = None) -> None:
+        self.flip, self.scale, self.shift, self.prob, self.acquisition = flip, scale, shift, prob, acquisition
         self.generator = torch.Generator(device=device)
 
     def reseed(self, seed: int) -> None:
@@ -37,6 +41,8 @@ class DeviceAugment:
             x = torch.where(flip, x.flip(2), x)
             if mask is not None:
                 mask = torch.where(flip, mask.flip(2), mask)
+        if self.acquisition is not None:
+            x, mask = self.acquisition(x, mask, self._draw, self.generator)
         factor = 1 + self.scale * (2 * self._draw(n, x.device) - 1) * (self._draw(n, x.device) < self.prob)
         offset = self.shift * (2 * self._draw(n, x.device) - 1) * (self._draw(n, x.device) < self.prob)
         return x * factor.view(n, *dims) + offset.view(n, *dims), mask
