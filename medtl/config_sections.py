@@ -66,6 +66,9 @@ class DataConfig(Section):
     """Also train on random changes of acquisition: intensity response (gamma, contrast), blur, noise and field of
     view, each on half the images (BigAug, Zhang et al. 2020), for a model meant for other sites and scanners.
     Off by default (docs/studies.md: what it did on the demo's films)."""
+    acquisition_strength: float = Field(1.0, gt=0, le=3)
+    """Scales every bound of the acquisition changes: 1 is gamma 1/1.5-1.5, contrast ±30 %, blur σ up to 1 voxel,
+    noise up to 5 % of the range, zoom ±10 %, shift ±5 % of the field."""
     cache: Literal["none", "memory", "disk"] = "memory"
     cache_dir: Path | None = None
     data_root: Path | None = None

@@ -266,11 +266,12 @@ def augmentation_transforms(cfg: DataConfig, with_mask: bool = False, patch_size
     steps.append(RandAffined(keys, prob=0.5, rotate_range=rot, scale_range=0.1,
                              mode=["bilinear", "nearest"][: len(keys)], padding_mode="border"))
     if cfg.acquisition_augment:  # the device path's medtl.train.acquisition; the affine above is its field of view
-        sigma = (0.0, 1.0)
-        steps += [RandAdjustContrastd("image", prob=0.5, gamma=(1 / 1.5, 1.5)),
-                  RandScaleIntensityFixedMeand("image", prob=0.5, factors=0.3),
+        k = cfg.acquisition_strength
+        sigma = (0.0, 1.0 * k)
+        steps += [RandAdjustContrastd("image", prob=0.5, gamma=(1.5**-k, 1.5**k)),
+                  RandScaleIntensityFixedMeand("image", prob=0.5, factors=0.3 * k),
                   RandGaussianSmoothd("image", sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=0.5),
-                  RandGaussianNoised("image", prob=0.5, std=0.05)]
+                  RandGaussianNoised("image", prob=0.5, std=0.05 * k)]
     steps.append(RandScaleIntensityd("image", factors=0.1, prob=0.5))
     steps.append(RandShiftIntensityd("image", offsets=0.05, prob=0.5))
     return steps

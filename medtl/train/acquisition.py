@@ -23,6 +23,12 @@ class AcquisitionAugment:
         self.prob, self.gamma, self.contrast, self.blur_sigma = prob, gamma, contrast, blur_sigma
         self.noise, self.zoom, self.shift = noise, zoom, shift
 
+    @classmethod
+    def at_strength(cls, strength: float) -> AcquisitionAugment:
+        """Every bound scaled by ``strength`` (gamma's on a log scale); 1 gives the defaults."""
+        return cls(gamma=1.5**strength, contrast=0.3 * strength, blur_sigma=1.0 * strength, noise=0.05 * strength,
+                   zoom=0.1 * strength, shift=0.05 * strength)
+
     def __call__(self, x: torch.Tensor, mask: torch.Tensor | None, draw: Draw,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, mask = self._field_of_view(x, mask, draw)

@@ -204,7 +204,7 @@ def device_loader(data: DataConfig, train: TrainConfig, in_channels: int, prepar
             sampler.generator = generator
     else:
         sampler = torch.utils.data.RandomSampler(range(len(items)), generator=generator)
-    acquisition = AcquisitionAugment() if data.acquisition_augment else None
+    acquisition = AcquisitionAugment.at_strength(data.acquisition_strength) if data.acquisition_augment else None
     augment = DeviceAugment(rt.device, flip=data.modality != "xray", acquisition=acquisition) if data.augment else None
     logger.info("training split on %s: %d images, augmented there", rt.device, len(items))
     return DeviceLoader(images, targets, key, train.batch_size, sampler, augment, generator)

@@ -81,3 +81,15 @@ def test_the_dataloader_path_takes_the_same_changes_from_monai():
 def test_acquisition_changes_without_augmentation_is_a_config_error():
     with pytest.raises(ValidationError, match="acquisition_augment is true but augment is false"):
         DataConfig(acquisition_augment=True, augment=False)
+
+
+def test_strength_scales_every_bound_on_both_paths():
+    one, two = AcquisitionAugment.at_strength(1.0), AcquisitionAugment.at_strength(2.0)
+    assert vars(one) == vars(AcquisitionAugment())
+    assert two.gamma == pytest.approx(2.25) and two.contrast == pytest.approx(0.6) and two.zoom == pytest.approx(0.2)
+    steps = {type(t).__name__: t for t in augmentation_transforms(DataConfig(acquisition_augment=True,
+                                                                             acquisition_strength=2.0))}
+    assert steps["RandGaussianNoised"].rand_gaussian_noise.std == pytest.approx(0.1)
+    assert steps["RandAdjustContrastd"].adjuster.gamma == pytest.approx((1 / 2.25, 2.25))
+    with pytest.raises(ValidationError, match="acquisition_strength"):
+        DataConfig(acquisition_strength=0)
