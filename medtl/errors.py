@@ -36,3 +36,9 @@ class ModelError(MedtlError):
 
 class DivergedError(MedtlError):
     """Training produced a non-finite loss or non-finite outputs: a learning rate too high, most often."""
+
+
+class PeerLostError(MedtlError):
+    """Another process of a distributed training stopped: this one cannot go on alone, and the run resumes."""
+
+    exit_code = 1

@@ -33,7 +33,7 @@ from medtl.train.data import PreparedData, device_loader, make_loader, prepare_c
 from medtl.train.averaging import WeightAverage
 from medtl.train.loop import FitState, Loop, fit, make_optimizer, restore, to_device, warmup_cosine
 from medtl.train.losses import build_loss
-from medtl.train.runtime import Runtime, make_runtime, seed_everything
+from medtl.train.runtime import Runtime, make_runtime, peer_lost, seed_everything
 from medtl.tasks import DomainAdapted, Mixup, Objective, Task, make_task
 
 
@@ -99,11 +99,16 @@ def train(cfg: Config, resume: bool | str = False, tracker: Tracker | None = Non
     rank0 = int(os.environ.get("RANK", "0")) == 0  # the other ranks of a distributed run share rank 0's folder
     with one_writer(run_dir(cfg), "add --set name=NEW for a separate run") if rank0 else nullcontext():
         run = _set_up(cfg, resume, tracker or NullTracker())
-        if cfg.transfer.strategy == "feature_extraction" and run.task.calibrated:
-            state = _feature_extraction(run)
-        else:
-            state = _fit(run, bool(resume))
-            unwrap(run.model).load_state_dict(read_checkpoint(run.ckpt_dir / "best.pt")["state_dict"])
+        try:
+            if cfg.transfer.strategy == "feature_extraction" and run.task.calibrated:
+                state = _feature_extraction(run)
+            else:
+                state = _fit(run, bool(resume))
+                unwrap(run.model).load_state_dict(read_checkpoint(run.ckpt_dir / "best.pt")["state_dict"])
+        except RuntimeError as err:
+            if (lost := peer_lost(err)) is None:
+                raise
+            raise lost from err
         return _finish(run, state)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from medtl.config import TrainConfig
-from medtl.errors import ConfigError
+from medtl.errors import ConfigError, PeerLostError
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,19 @@ def make_runtime(cfg: TrainConfig, spatial_dims: int) -> Runtime:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda and torch.cuda.is_bf16_supported())
     return Runtime(device, bf16, cfg.channels_last and (use_cuda or spatial_dims == 2), rank, world)
+
+
+def peer_lost(err: BaseException) -> PeerLostError | None:
+    """A collective that failed because another rank died (gloo: "Connection closed by peer"; NCCL: a
+    DistBackendError) as the one line a user can act on; None for any other error, or outside a distributed run."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    said = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if world < 2 or not (isinstance(err, dist.DistError) or any(s in said for s in ("gloo", "NCCL", "by peer"))):
+        return None
+    said = re.sub(r"^\[[^\]]*\]\s*", "", said).split(". ")[0][:160]  # no source path, no "typically caused by"
+    return PeerLostError(f"rank {rank} of {world}: another process of this distributed training stopped ({said}); its "
+                         "own log says why. Fix that, then rerun the same command with --resume on every node: the run "
+                         "continues from its last checkpoint")
 
 
 def seed_everything(seed: int) -> None:

@@ -149,6 +149,9 @@ def test_two_nodes_log_once_and_resume_after_one_rank_is_killed(tmp_path):
     args = ["run", "diagnosis", *[x for s in sets for x in ("--set", s)]]
     killed = _nodes(args, free_port(), fault_on_node1="after_epoch:1")
     assert killed[1].returncode != 0 and killed[0].returncode != 0  # rank 1 died; rank 0 cannot go on alone
+    said = [line for line in killed[0].stderr.splitlines() if line.startswith(("error:", "unexpected error:"))]
+    assert len(said) == 1 and said[0].startswith("error: rank 0 of 2: another process of this distributed training "
+                                                 "stopped") and "--resume on every node" in said[0], killed[0].stderr[-2000:]
     out = tmp_path / "runs" / "ddp"
     assert (out / "checkpoints" / "last.pt").is_file() and not (out / "model.pt").exists()
     resumed = _nodes([*args, "--resume"], free_port())
@@ -159,6 +162,23 @@ def test_two_nodes_log_once_and_resume_after_one_rank_is_killed(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("medtl").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one record, both launches
     assert [h.step for h in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2]
+
+
+def test_only_a_collective_broken_by_another_rank_is_read_as_a_lost_peer(monkeypatch):
+    import torch.distributed as dist
+
+    from medtl.train.runtime import peer_lost
+
+    gloo = RuntimeError("[/w/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.0.0.2]:41153. "
+                        "This is typically caused by a remote worker crashing.")
+    assert peer_lost(gloo) is None  # one process: no peer to lose
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    lost = peer_lost(gloo)
+    assert str(lost).startswith("rank 2 of 4: another process of this distributed training stopped (Connection closed "
+                                "by peer [10.0.0.2]:41153); ") and lost.exit_code == 1
+    assert peer_lost(dist.DistBackendError("NCCL communicator was aborted on rank 1")) is not None
+    assert peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x2)")) is None  # a bug stays one
 
 
 def test_sharded_sampler_gives_each_rank_its_own_cases():
