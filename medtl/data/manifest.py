@@ -179,6 +179,12 @@ def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: b
     ``keep_going`` (for ``manifest check``) records every path that escapes the manifest's folder instead of
     stopping at the first; such a case gets no resolved path."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*") if p.suffix.lower() in (".csv", ".tsv", ".xlsx"))
+        hint = (f"give the manifest inside it ({path / inside[0]})" if len(inside) == 1 else
+                f"give one of its sheets ({', '.join(inside[:3])})" if inside else
+                f"build a manifest of its scans with `medtl manifest build {path} --out manifest.csv`")
+        raise ManifestError(f"{path}: a folder, not a manifest; {hint}")
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; build one with `medtl manifest build DIR --out {path.name}`")
     table = read_sheet(path)

@@ -171,6 +171,12 @@ def test_manifest_schema_errors(tmp_path):
         read_manifest(tmp_path / "m.csv")
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "none.csv")
+    (tmp_path / "scans").mkdir()  # a folder named where its manifest belongs: the manifest inside, or how to build one
+    with pytest.raises(ManifestError, match=r"scans: a folder, not a manifest; build a manifest of its scans with `medtl manifest build"):
+        read_manifest(tmp_path / "scans")
+    (tmp_path / "scans" / "manifest.csv").write_text("case_id,image\na,b\n")
+    with pytest.raises(ManifestError, match=r"a folder, not a manifest; give the manifest inside it \(.*scans/manifest.csv\)"):
+        read_manifest(tmp_path / "scans")
 
 
 def test_a_film_in_a_folder_of_its_own_is_checked_like_the_file(tmp_path):
