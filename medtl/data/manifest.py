@@ -180,7 +180,7 @@ def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: b
     stopping at the first; such a case gets no resolved path."""
     path = Path(path)
     if path.is_dir():
-        inside = sorted(p.name for p in path.glob("*") if p.suffix.lower() in (".csv", ".tsv", ".xlsx"))
+        inside = sorted(p.name for p in path.glob("*") if p.suffix.lower() in (".csv", *WORKBOOKS))
         hint = (f"give the manifest inside it ({path / inside[0]})" if len(inside) == 1 else
                 f"give one of its sheets ({', '.join(inside[:3])})" if inside else
                 f"build a manifest of its scans with `medtl manifest build {path} --out manifest.csv`")
