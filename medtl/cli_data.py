@@ -176,7 +176,7 @@ def weights_list() -> None:
 @weights_app.command("import")
 def weights_import(
     name: Annotated[str, typer.Argument(help="Weight name from `medtl weights list`.")],
-    file: Annotated[Path, typer.Argument(help="The downloaded file.")],
+    file: Annotated[Path, typer.Argument(help="The downloaded file, or the folder it was downloaded to.")],
 ) -> None:
     """Verify a downloaded weight file and copy it into medtl's cache."""
     from medtl.models.weights import import_weights

@@ -191,6 +191,10 @@ def import_weights(name: str, file: Path) -> Path:
     """Verifies ``file`` (digest; it loads safely into the network it is for) and copies it into the cache."""
     spec = get_spec(name)
     file = Path(file)
+    if file.is_dir():  # the download folder: the file it holds, under the name it is published with
+        if not (file / spec.filename).is_file():
+            raise WeightsError(f"{file}: a folder without {spec.filename}; give the path of the downloaded file")
+        file = file / spec.filename
     if not file.is_file():
         raise WeightsError(f"{file}: not found; give the path of the downloaded {spec.filename}")
     _check(file, spec)

@@ -206,7 +206,11 @@ def test_weights_cli_list_import_verify(tmp_path):
     assert max(len(line) for line in res.stdout.splitlines() if "│" in line) <= 80  # the table fits a terminal
     assert "medtl weights import resnet10-medicalnet FILE" in res.stdout  # a missing one says how to get it
     path, _ = medicalnet_checkpoint(tmp_path, 10)
-    res = run_cli("weights", "import", "resnet10-medicalnet", str(path))
+    empty = tmp_path / "downloads"
+    empty.mkdir()
+    res = run_cli("weights", "import", "resnet10-medicalnet", str(empty))
+    assert res.returncode == 2 and f"{empty}: a folder without resnet_10.pth" in res.stderr, res.stderr
+    res = run_cli("weights", "import", "resnet10-medicalnet", str(path.parent))  # the download folder will do
     assert res.returncode == 0, res.stderr
     assert "import resnet10-medicalnet FILE" not in run_cli("weights", "list").stdout
     assert run_cli("weights", "verify").returncode == 0
