@@ -77,7 +77,7 @@ def manifest_check(
     problems = check_manifest(m, cfg.classes if cfg else None, cfg.spatial_dims if cfg else None, deep, progress=True,
                               modality=cfg.modality if cfg else None, views=cfg.views if cfg else None,
                               seen=seen, hounsfield=cfg is not None and in_hounsfield(cfg.modality, cfg.ct_window))
-    if print_check(m, problems, seen, cfg.subgroups if cfg else None):
+    if print_check(m, problems, seen, cfg.subgroups if cfg else None, deep):
         raise typer.Exit(1)
 
 

@@ -12,10 +12,10 @@ from medtl.log import wide_console
 
 
 def print_check(manifest: Manifest, problems: list[Problem], seen: dict[str, Geometry] | None = None,
-                sites: list[str] | None = None) -> list[Problem]:
+                sites: list[str] | None = None, deep: bool = True) -> list[Problem]:
     """One table per kind of problem (case id and detail), then class counts per split, the films' views and what
     the label goes with beside the finding (``shortcuts``); returns the problems that would stop training (not the
-    films data.views leaves out)."""
+    films data.views leaves out). ``deep``: every voxel was read, not the headers alone."""
     out = wide_console()
     views = view_counts(seen or {})
     by_kind: dict[str, list[Problem]] = {}
@@ -43,7 +43,8 @@ def print_check(manifest: Manifest, problems: list[Problem], seen: dict[str, Geo
     if problems:
         out.print(f"[red]{len(problems)} problem(s) in {len({p.case_id for p in problems})} of {cases} cases[/]")
     else:
-        out.print(f"[green]{manifest.path.name}: {cases} cases, no problem found[/]")
+        out.print(f"[green]{manifest.path.name}: {cases} cases, no problem found[/]"
+                  + ("" if deep else " in the headers; --deep also reads every voxel (NaN/Inf, decoding)"))
     from medtl.data.splits import OWN_PATIENTS, own_patients
 
     if own_patients(manifest.table):

@@ -390,6 +390,7 @@ def test_spaces_a_spreadsheet_leaves_around_names_and_labels_are_trimmed(tmp_pat
     trailing.write_text(m.read_text() + ("," * (len(table.columns) - 1) + "\r\n") * 2)  # Excel's empty last rows
     res = run_cli("manifest", "check", str(trailing))
     assert res.returncode == 0 and f"{len(table)} cases, no problem found" in res.stdout, res.stdout + res.stderr
+    assert "in the headers; --deep also reads every voxel" in res.stdout  # not read as a promise about the voxels
 
 
 def test_a_model_saved_by_another_version_loads_or_says_which_saved_key_it_cannot_take(tmp_path, model_2d):
