@@ -299,31 +299,38 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
-    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
-        if debug:
-            raise
-        where = err.filename or "a file"
-        why = {FileExistsError: "a file is where a folder should go; choose another path",
-               NotADirectoryError: "a file is where a folder should go; choose another path",
-               IsADirectoryError: "a folder is where a file should go; give a file name"}.get(
-                   type(err), f"{err.strerror or type(err).__name__}; choose a path you can write, or fix its permissions")
-        console.print(f"[bold red]error:[/] {escape(str(where))}: {escape(why)}", markup=True, highlight=False, soft_wrap=True)
-        sys.exit(2)
     except OSError as err:
         if debug:
             raise
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        said = _file_error(err)
+        if said is None:
             _unexpected(err)
-        where = f"{err.filename}: " if err.filename else ""
-        console.print(f"[bold red]error:[/] {escape(where)}the disk is full (or its quota used up); free space where "
-                      "medtl writes (the run folder, --out, the MLflow store, the cache) and rerun: files written "
-                      "whole stay whole, and a training resumes from its last checkpoint with --resume",
-                      markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(said)}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2)
     except Exception as err:  # noqa: BLE001 - the last line of defence for users
         if debug:
             raise
         _unexpected(err)
+
+
+def _file_error(err: OSError) -> str | None:
+    """What a user can do about a file the OS would not let medtl write, or None where the error is not one of those."""
+    name = Path(err.filename) if err.filename else None
+    if name is not None and name.name.startswith("."):  # medtl's own lock or temporary file: name its folder
+        name = name.parent
+    where = f"{name}: " if name is not None else ""
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        return f"{where or 'a file: '}a file is where a folder should go; choose another path"
+    if isinstance(err, IsADirectoryError):
+        return f"{where or 'a file: '}a folder is where a file should go; give a file name"
+    if isinstance(err, PermissionError) or err.errno == errno.EROFS:
+        why = "the file system is read-only" if err.errno == errno.EROFS else (err.strerror or type(err).__name__)
+        return f"{where or 'a file: '}{why}; choose a path you can write, or fix its permissions"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{where}the disk is full (or its quota used up); free space where medtl writes (the run folder, --out, "
+                "the MLflow store, the cache) and rerun: files written whole stay whole, and a training resumes from "
+                "its last checkpoint with --resume")
+    return None
 
 
 def _unexpected(err: BaseException) -> NoReturn:

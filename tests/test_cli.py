@@ -98,7 +98,7 @@ def test_synthetic_refuses_an_unknown_kind_or_too_few_cases_in_one_line(tmp_path
     assert not (tmp_path / "s").exists()
 
 
-def test_a_full_disk_is_one_line_that_says_what_to_do_and_other_os_errors_stay_unexpected(tmp_path, monkeypatch):
+def test_a_full_disk_or_a_read_only_share_is_one_line_that_says_what_to_do_and_other_os_errors_stay_unexpected(tmp_path, monkeypatch):
     import errno
 
     import pandas as pd
@@ -110,6 +110,14 @@ def test_a_full_disk_is_one_line_that_says_what_to_do_and_other_os_errors_stay_u
     res = run_cli("synthetic", str(tmp_path / "s"), "--n", "8")
     assert res.returncode == 2 and "the disk is full" in res.stderr and "--resume" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+    def read_only(*args, **kwargs):  # a share mounted read-only: no chmod makes one, even for root
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/share/manifest.csv")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", read_only)
+    res = run_cli("synthetic", str(tmp_path / "r"), "--n", "8")
+    assert res.returncode == 2 and "/mnt/share/manifest.csv: the file system is read-only; choose a path you can " \
+        "write" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
