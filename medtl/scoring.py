@@ -23,7 +23,7 @@ from medtl.data.manifest import UNREADABLE_CSV, read_manifest, scan_cases
 from medtl.data.readers import archive_hint
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
-from medtl.files import one_writer
+from medtl.files import WORKBOOKS, one_writer
 from medtl.log import make_progress
 from medtl.models.checkpoint import ModelBundle, bundle_digest
 from medtl.models.predictor import Predictor, device_for
@@ -91,13 +91,16 @@ def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "f
         raise MedtlError("give exactly one of --manifest M.csv or --input DIR")
     if manifest:
         return scan_cases(read_manifest(manifest).table)
-    if not Path(input_dir).exists():  # type: ignore[arg-type]
-        raise MedtlError(f"--input {input_dir}: not found; give a folder of scans, or one scan file")
-    images, _ = pair_masks(discover_cases(Path(input_dir), ids, progress=True), None)  # type: ignore[arg-type]
+    folder = Path(input_dir)  # type: ignore[arg-type]
+    if not folder.exists():
+        raise MedtlError(f"--input {folder}: not found; give a folder of scans, or one scan file")
+    if folder.is_file() and folder.suffix.lower() in (".csv", *WORKBOOKS):
+        raise MedtlError(f"--input {folder}: a sheet, not a scan; a manifest is given as --manifest {folder}")
+    images, _ = pair_masks(discover_cases(folder, ids, progress=True), None)
     cases = [{"case_id": c, "image": ref} for c, ref in images]  # a mask beside its scan is no case to score
     if not cases:
-        hint = archive_hint(Path(input_dir)) if Path(input_dir).is_dir() else ""  # type: ignore[arg-type]
-        raise MedtlError(f"--input {input_dir}: no DICOM, NIfTI, MetaImage, NRRD or image file found in it or below"
+        hint = archive_hint(folder) if folder.is_dir() else ""
+        raise MedtlError(f"--input {folder}: no DICOM, NIfTI, MetaImage, NRRD or image file found in it or below"
                          + (hint or "; check the folder"))
     return cases
 

@@ -441,7 +441,7 @@ def test_a_scan_of_another_modality_is_the_case_error_not_a_confident_answer(tmp
     assert "DICOM Modality MR (mr) under data.modality xray" in out.loc["mr", "error"]
 
 
-def test_a_zipped_export_or_a_research_format_says_what_to_do(tmp_path, model_2d):
+def test_a_zipped_export_a_research_format_or_a_sheet_given_as_input_says_what_to_do(tmp_path, model_2d):
     """PACS and data-sharing exports often arrive zipped: "no file found" sent people looking at the wrong folder."""
     import zipfile
 
@@ -470,3 +470,7 @@ def test_a_zipped_export_or_a_research_format_says_what_to_do(tmp_path, model_2d
     pd.DataFrame({"case_id": ["b"], "image": ["subjects/T1.hdr"]}).to_csv(tmp_path / "m.csv", index=False)
     problem, = check_manifest(read_manifest(tmp_path / "m.csv"))
     assert "T1.hdr: in Analyze format, which medtl does not read; convert it to NIfTI" in problem.detail
+    res = run_cli("score", "--model", str(model_2d[0]), "--input", str(tmp_path / "m.csv"), "--out",
+                  str(tmp_path / "p.csv"), "--no-track")  # was scored as a scan: one error row, "not a DICOM..."
+    assert res.returncode == 2 and f"a sheet, not a scan; a manifest is given as --manifest {tmp_path / 'm.csv'}" \
+        in res.stderr and not (tmp_path / "p.csv").exists(), res.stderr
