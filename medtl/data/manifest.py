@@ -150,6 +150,15 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except UNREADABLE_CSV as exc:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise ManifestError(f"{path}: saved as UTF-16 (Excel's Unicode Text), not comma-separated UTF-8; save "
+                                "it as CSV UTF-8") from None
+        if b"\0" in head:  # no CSV in UTF-8 holds a NUL byte; a scan, an image or an archive does
+            raise ManifestError(f"{path}: a binary file (a scan?), not a sheet; give the CSV or .xlsx that lists the "
+                                "cases (`medtl manifest build DIR` writes one for a folder of scans; `score --input` "
+                                "scores scans as they are)") from None
         raise ManifestError(f"{path}: not a readable CSV ({type(exc).__name__}); save it as comma-separated UTF-8") from None
     sep = next((c for c in ";\t|" if len(table.columns) == 1 and c in str(table.columns[0])), None)
     if sep:

@@ -177,6 +177,12 @@ def test_manifest_schema_errors(tmp_path):
     (tmp_path / "scans" / "manifest.csv").write_text("case_id,image\na,b\n")
     with pytest.raises(ManifestError, match=r"a folder, not a manifest; give the manifest inside it \(.*scans/manifest.csv\)"):
         read_manifest(tmp_path / "scans")
+    import nibabel as nib
+
+    scan = np.random.default_rng(0).normal(size=(8, 8, 4)).astype(np.float32)  # a scan where its manifest belongs
+    nib.save(nib.Nifti1Image(scan, np.eye(4)), tmp_path / "scans" / "a.nii.gz")
+    with pytest.raises(ManifestError, match=r"a.nii.gz: a binary file \(a scan\?\), not a sheet; give the CSV or .xlsx"):
+        read_manifest(tmp_path / "scans" / "a.nii.gz")
 
 
 def test_a_film_in_a_folder_of_its_own_is_checked_like_the_file(tmp_path):

@@ -187,7 +187,7 @@ def test_a_spreadsheet_export_that_is_not_comma_separated_utf8_is_one_line(tmp_p
     table = pd.read_csv(m, dtype=str)
     odd = tmp_path / "odd.csv"
     table.to_csv(odd, index=False, sep=sep, encoding=encoding)
-    said = "separated by" if sep != "," else "not a readable CSV"
+    said = "separated by" if sep != "," else "saved as UTF-16 (Excel's Unicode Text)"
     res = run_cli("manifest", "check", str(odd))
     assert res.returncode == 2 and said in res.stderr and "comma-separated UTF-8" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
