@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from medtl.errors import MedtlError
 
@@ -58,7 +59,14 @@ class DicomWeb:
                                  "token in it")
             headers["Authorization"] = f"Bearer {token}"
         self.name = redact_uri(url)
-        self.client = DICOMwebClient(url.rstrip("/"), headers=headers, timeout=60)
+        try:
+            parts = urlsplit(url)
+            if not parts.hostname or parts.port == 0:
+                raise ValueError(url)
+            self.client = DICOMwebClient(url.rstrip("/"), headers=headers, timeout=60)
+        except ValueError:  # no host, or a port that is no number (urlsplit), or dicomweb_client's "Malformed URL"
+            raise MedtlError(f"{self.name}: not a DICOMweb address; give the server's root, e.g. "
+                             "https://pacs.example.org/dicom-web") from None
         self.client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
 
     def _call(self, ask: Callable[[], Any]) -> Any:

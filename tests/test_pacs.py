@@ -208,6 +208,15 @@ def test_a_server_that_cannot_be_reached_or_refuses_stops_in_one_line(server, tm
         read_study_list(tmp_path / "bad.txt")
 
 
+@pytest.mark.parametrize("address", ["https://", "http://pacs:abc/dicom-web", "http:///dicom-web",
+                                     "https://reader:pw@:443/dicom-web"])
+def test_a_malformed_dicomweb_address_is_one_line_that_shows_the_form(address):
+    """``https://`` (a paste cut short) was dicomweb_client's ValueError, printed as an unexpected error."""
+    res = run_cli("pacs", "echo", address)
+    assert res.returncode == 2 and "not a DICOMweb address; give the server's root, e.g. https://" in res.stderr
+    assert res.stderr.count("\n") == 1 and "pw@" not in res.stderr, res.stderr  # credentials in a URL stay out
+
+
 def test_segmentations_are_pushed_once(server, tmp_path):
     """Only the DICOM-SEG and SR of a scoring's folder go; a rerun sends none again; a refusal is said per file."""
     from medtl.data import dicom
