@@ -146,9 +146,9 @@ class Dimse:
 
     def __init__(self, address: str, calling_ae: str = "MEDTL", move_port: int | None = None) -> None:
         match = re.fullmatch(r"dicom://([^@/]{1,16})@([^:/]+):(\d{1,5})/?", address)
-        if not match:
+        if not match or not 0 < int(match.group(3)) < 65536:
             raise MedtlError(f"{address}: not a DIMSE address; give dicom://CALLED_AE@host:port (an AE title of up to "
-                             "16 characters)")
+                             "16 characters, a port from 1 to 65535)")
         try:
             import pynetdicom  # noqa: F401
         except ImportError:

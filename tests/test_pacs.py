@@ -217,6 +217,13 @@ def test_a_malformed_dicomweb_address_is_one_line_that_shows_the_form(address):
     assert res.stderr.count("\n") == 1 and "pw@" not in res.stderr, res.stderr  # credentials in a URL stay out
 
 
+@pytest.mark.parametrize("address", ["dicom://PACS@127.0.0.1:99999", "dicom://PACS@127.0.0.1:0", "dicom://@pacs:104",
+                                     "dicom://PACS@:104"])
+def test_a_malformed_dimse_address_is_refused_before_any_association(address):
+    res = run_cli("pacs", "echo", address)
+    assert res.returncode == 2 and "not a DIMSE address; give dicom://CALLED_AE@host:port" in res.stderr, res.stderr
+
+
 def test_segmentations_are_pushed_once(server, tmp_path):
     """Only the DICOM-SEG and SR of a scoring's folder go; a rerun sends none again; a refusal is said per file."""
     from medtl.data import dicom
