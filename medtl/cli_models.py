@@ -21,7 +21,7 @@ def models_promote(
     """Move an alias (e.g. champion) to a model version that passes the model's gates (CI, calibration)."""
     from medtl.config import TrackingConfig
     from medtl.mlflow_model import promote
-    from medtl.tracking import require_store, resolve_uri
+    from medtl.tracking_store import require_store, resolve_uri
 
     uri = resolve_uri(TrackingConfig())
     require_store(uri)
@@ -36,7 +36,7 @@ def models_list(name: Annotated[Optional[str], typer.Argument(help="One register
 
     from medtl.config import TrackingConfig, redact_uri
     from medtl.mlflow_model import model_versions
-    from medtl.tracking import require_store, resolve_uri
+    from medtl.tracking_store import require_store, resolve_uri
 
     uri = resolve_uri(TrackingConfig())
     require_store(uri)

@@ -231,7 +231,7 @@ def load_registered_bundle(uri: str) -> ModelBundle:
 
     store = mlflow.get_tracking_uri()
     if uri.startswith(("models:/", "runs:/")):
-        from medtl.tracking import require_store
+        from medtl.tracking_store import require_store
 
         require_store(store)  # seconds and a plain answer, not MLflow's retries, a truncated exception or a new empty store
     try:

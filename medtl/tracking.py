@@ -4,11 +4,7 @@ guard, registration. Training and scoring see only the ``Tracker`` interface."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,56 +17,9 @@ from medtl.data.manifest import public_columns
 from medtl.errors import TrackingError
 from medtl.log import logger
 from medtl.observe import Tracker
+from medtl.tracking_store import check_store, resolve_uri
 
 import warnings
-
-
-def resolve_uri(cfg: TrackingConfig) -> str:
-    """Config, then MLFLOW_TRACKING_URI, then MLflow's local SQLite default in the working folder."""
-    if cfg.uri:
-        return cfg.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def check_store(uri: str, timeout: float = 5.0) -> None:
-    """Fails in seconds, naming the URI, when the store cannot be reached or written."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise OSError(f"HTTP {resp.status}")
-        except (OSError, urllib.error.URLError) as exc:
-            raise TrackingError(f"tracking server {redact_uri(uri)} is unreachable ({exc}); start it, fix tracking.uri, "
-                                "or unset MLFLOW_TRACKING_URI to use the local store") from None
-        return
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-    elif uri.startswith("file:") or "://" not in uri:
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
-            raise TrackingError(f"tracking store {uri}: a folder store (MLflow's old ./mlruns) no longer takes new runs in "
-                                "MLflow 3; use sqlite:///mlflow.db (`mlflow migrate-filestore` moves the old runs "
-                                "there), or set MLFLOW_ALLOW_FILE_STORE=true to keep the folder")
-        folder = Path(uri.removeprefix("file://").removeprefix("file:"))
-    else:
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise TrackingError(f"tracking store {redact_uri(uri)} is not writable ({exc.strerror}); choose another tracking.uri") from None
-
-
-def require_store(uri: str) -> None:
-    """For commands that only read the store (``models``, a ``models:/`` or ``runs:/`` URI): a local store must
-    already exist. MLflow would create an empty one in the working folder, and a command run from the wrong folder
-    would then say the model is not registered, and leave an empty mlflow.db behind."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise TrackingError(f"no MLflow store at {redact_uri(uri)}: nothing was tracked from this folder; run medtl from "
-                            "the folder that holds your mlflow.db, or set MLFLOW_TRACKING_URI to it")
-    check_store(uri)
 
 
 def scrub(value: Any) -> Any:

@@ -1,5 +1,6 @@
 """MLflow end to end against a real `mlflow server` on loopback, the PHI guard, and an unreachable store."""
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -129,6 +130,23 @@ def test_an_old_mlruns_folder_store_says_what_to_do_before_training(tmp_path, mo
     res = run_cli("run", "diagnosis", *overrides(m, tmp_path / "runs", "./mlruns"), cwd=tmp_path)
     assert res.returncode == 2 and "sqlite:///mlflow.db" in res.stderr and "mlflow migrate-filestore" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("uri, said", [
+    ("http://mlflow:abc", "tracking server http://mlflow:abc: not a server address; give one like http://"),
+    ("https://reader:pw@", "not a server address"),
+    ("postgresql://reader:pw@db.example.org/mlflow", "the database driver psycopg is not installed; pip install "
+                                                    "psycopg[binary], or give the MLflow server's http(s):// address"),
+    ("mysql+nosuchdriver://reader:pw@db/mlflow", "not a database URL SQLAlchemy reads (NoSuchModuleError)"),
+    ("ftp://reader:pw@files/mlflow", "not a store MLflow takes; give a tracking server (http://host:5000)"),
+])
+def test_a_store_address_that_cannot_work_is_one_line_with_its_password_masked(uri, said, monkeypatch):
+    """A port that is no number, a database without its driver or a scheme MLflow has no store for was an
+    unexpected error (http.client's InvalidURL, ModuleNotFoundError, MLflow's UnsupportedModelRegistryStoreURI)."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # not installed, wherever the suite runs
+    res = run_cli("models", "list", env={"MLFLOW_TRACKING_URI": uri})
+    assert res.returncode == 2 and said in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "pw" not in res.stderr
 
 
 def _grep_tree(root: Path, needle: bytes, skip: Path) -> list[Path]:

@@ -1,0 +1,108 @@
+"""Which MLflow store a command uses, and a check that it can be used, in seconds and one line, before MLflow's
+retries, its truncated exceptions or a new empty store in the wrong folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from medtl.config import TrackingConfig, redact_uri
+from medtl.errors import TrackingError
+
+DATABASES = ("postgresql", "mysql", "mssql")
+"""Database stores MLflow takes through SQLAlchemy, each needing a driver of its own."""
+
+DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "pymysql": "pymysql",
+           "pyodbc": "pyodbc (and the ODBC driver for SQL Server)"}
+"""A driver module SQLAlchemy asks for → the PyPI package that brings it."""
+
+HOSTED = ("databricks", "databricks-uc", "uc")
+"""MLflow's hosted stores, which MLflow itself checks."""
+
+
+def resolve_uri(cfg: TrackingConfig) -> str:
+    """Config, then MLFLOW_TRACKING_URI, then MLflow's local SQLite default in the working folder."""
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fails in seconds, naming the URI, when the store cannot be reached or written."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout)
+    elif scheme in DATABASES:
+        _check_driver(uri)
+    elif uri.split(":", 1)[0].lower() in HOSTED:
+        return
+    elif scheme and scheme not in ("sqlite", "file"):
+        raise TrackingError(f"tracking store {redact_uri(uri)}: not a store MLflow takes; give a tracking server "
+                            "(http://host:5000), sqlite:///mlflow.db, or a database URL (postgresql://, mysql://, "
+                            "mssql://)")
+    elif uri.startswith("sqlite:///"):
+        _check_writable(uri, Path(uri.removeprefix("sqlite:///")).parent)
+    elif uri.startswith("file:") or not scheme:
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+            raise TrackingError(f"tracking store {uri}: a folder store (MLflow's old ./mlruns) no longer takes new runs in "
+                                "MLflow 3; use sqlite:///mlflow.db (`mlflow migrate-filestore` moves the old runs "
+                                "there), or set MLFLOW_ALLOW_FILE_STORE=true to keep the folder")
+        _check_writable(uri, Path(uri.removeprefix("file://").removeprefix("file:")))
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    try:
+        parts = urlsplit(uri)
+        if not parts.hostname or parts.port == 0:
+            raise ValueError(uri)
+    except ValueError:  # no host, or a port that is no number
+        raise TrackingError(f"tracking server {redact_uri(uri)}: not a server address; give one like "
+                            "http://mlflow.example.org:5000") from None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise OSError(f"HTTP {resp.status}")
+    except (OSError, urllib.error.URLError) as exc:
+        raise TrackingError(f"tracking server {redact_uri(uri)} is unreachable ({exc}); start it, fix tracking.uri, "
+                            "or unset MLFLOW_TRACKING_URI to use the local store") from None
+
+
+def _check_driver(uri: str) -> None:
+    """A database store's driver is installed: SQLAlchemy imports it when the engine is made, before any connection."""
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        sqlalchemy.create_engine(uri).dispose()
+    except ImportError as exc:
+        needed = DRIVERS.get(exc.name or "", exc.name or "its driver")
+        raise TrackingError(f"tracking store {redact_uri(uri)}: the database driver {exc.name} is not installed; "
+                            f"pip install {needed}, or give the MLflow server's http(s):// address") from None
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise TrackingError(f"tracking store {redact_uri(uri)}: not a database URL SQLAlchemy reads ({type(exc).__name__}); "
+                            "give one like postgresql://user@host:5432/mlflow") from None
+
+
+def _check_writable(uri: str, folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise TrackingError(f"tracking store {redact_uri(uri)} is not writable ({exc.strerror}); choose another tracking.uri") from None
+
+
+def require_store(uri: str) -> None:
+    """For commands that only read the store (``models``, a ``models:/`` or ``runs:/`` URI): a local store must
+    already exist. MLflow would create an empty one in the working folder, and a command run from the wrong folder
+    would then say the model is not registered, and leave an empty mlflow.db behind."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"no MLflow store at {redact_uri(uri)}: nothing was tracked from this folder; run medtl from "
+                            "the folder that holds your mlflow.db, or set MLFLOW_TRACKING_URI to it")
+    check_store(uri)
