@@ -10,6 +10,7 @@ every executor sees, under ``--data-root`` (the only folder the served model ope
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +23,19 @@ from medtl.faults import fault_point
 from medtl.log import logger
 
 
-def _check_master(master: str, timeout: float = 5.0) -> None:
-    """A standalone master (``spark://host:port[,host:port]``) that no one answers is one line now, not a minute of
-    Java retries and a Py4J stack trace."""
+MASTER_FORMS = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|k8s|mesos)://\S+")
+"""The master URLs Spark takes; anything else the JVM refuses after seconds, as a Py4J or gateway exception."""
+
+
+def _check_master(master: str, timeout: float = 5.0, named: str = "--spark-master") -> None:
+    """A master URL Spark would refuse, or a standalone master (``spark://host:port[,host:port]``) that no one answers,
+    is one line now, not a minute of Java retries and a Py4J stack trace."""
     import socket
 
+    where = f"{named}={master}" if named == "MASTER" else f"{named} {master}"
+    if not MASTER_FORMS.fullmatch(master):
+        raise MedtlError(f"{where}: not a Spark master URL; give local[*] (this machine), local[N], "
+                         "spark://HOST:7077, yarn or k8s://HOST:PORT")
     if not master.startswith("spark://"):
         return
     for address in master.removeprefix("spark://").split(","):
@@ -36,7 +45,7 @@ def _check_master(master: str, timeout: float = 5.0) -> None:
             return
         except (OSError, ValueError):
             continue
-    raise MedtlError(f"--spark-master {master}: no Spark master answers there; start it (sbin/start-master.sh), fix "
+    raise MedtlError(f"{where}: no Spark master answers there; start it (sbin/start-master.sh), fix "
                      "the address, or score on this machine with --spark-master 'local[*]'")
 
 
@@ -63,8 +72,9 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)  # env_manager="local" is the choice: executors share it
     done = done_in(out, "spark")
     identity = model_identity(model_uri, "spark")
-    master = os.environ.get("MASTER", master)
-    _check_master(master)
+    named = "MASTER" if os.environ.get("MASTER") else "--spark-master"  # spark-submit's MASTER wins, as Spark's does
+    master = os.environ.get("MASTER") or master
+    _check_master(master, named=named)
     spark = (SparkSession.builder.master(master).appName("medtl-score")
              .config("spark.executorEnv.MEDTL_DATA_ROOT", str(root)).config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.shuffle.partitions", str(max(2, os.cpu_count() or 2)))  # not 200 tiny tasks

@@ -68,3 +68,15 @@ def test_a_standalone_master_no_one_answers_is_one_line_not_a_minute_of_java_ret
         alive = listening.getsockname()[1]
         _check_master(f"spark://127.0.0.1:{dead},127.0.0.1:{alive}", timeout=2)  # one master of a pair answers: go on
     _check_master("local[2]")  # nothing to reach
+
+
+@pytest.mark.parametrize("master", ["nonsense", "local[x]", "local[2", "spark//host:7077", "local[*] "])
+def test_a_master_url_spark_would_refuse_is_one_line_before_any_jvm_starts(master):
+    """Spark refuses these after starting its JVM, as a gateway or Py4J error that medtl printed as unexpected."""
+    from medtl.errors import MedtlError
+    from medtl.spark_scoring import _check_master
+
+    with pytest.raises(MedtlError, match=r"^MASTER=.*: not a Spark master URL; give local\[\*\] \(this machine\)"):
+        _check_master(master, named="MASTER")
+    for good in ("local", "local[*]", "local[4]", "local[4,2]", "local-cluster[2,1,1024]", "yarn", "k8s://https://k:443"):
+        _check_master(good)
