@@ -316,8 +316,8 @@ def main() -> None:
 def _file_error(err: OSError) -> str | None:
     """What a user can do about a file the OS would not let medtl write, or None where the error is not one of those."""
     name = Path(err.filename) if err.filename else None
-    if name is not None and name.name.startswith("."):  # medtl's own lock or temporary file: name its folder
-        name = name.parent
+    if name is not None and name.name.startswith(".") and name.suffix in (".lock", ".tmp", ".writing"):
+        name = name.parent  # medtl's own lock or temporary file: the folder is what the user named
     where = f"{name}: " if name is not None else ""
     if isinstance(err, (FileExistsError, NotADirectoryError)):
         return f"{where or 'a file: '}a file is where a folder should go; choose another path"
