@@ -119,6 +119,13 @@ def test_a_full_disk_or_a_read_only_share_is_one_line_that_says_what_to_do_and_o
     assert res.returncode == 2 and "/mnt/share/manifest.csv: the file system is read-only; choose a path you can " \
         "write" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
+    def locked(*args, **kwargs):  # the first file an output gets is medtl's lock beside it: the user named the folder
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/share/.manifest.csv.lock")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", locked)
+    res = run_cli("synthetic", str(tmp_path / "l"), "--n", "8")
+    assert res.stderr.startswith("error: /mnt/share: the file system is read-only"), res.stderr
+
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
