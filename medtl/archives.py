@@ -15,7 +15,6 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from medtl.errors import MedtlError
 
@@ -49,7 +48,7 @@ class DicomWeb:
             from dicomweb_client import DICOMwebClient
         except ImportError:
             raise MedtlError(MISSING) from None
-        from medtl.config import redact_uri
+        from medtl.config import names_a_server, redact_uri
 
         headers = {}
         if token_env:
@@ -60,11 +59,10 @@ class DicomWeb:
             headers["Authorization"] = f"Bearer {token}"
         self.name = redact_uri(url)
         try:
-            parts = urlsplit(url)
-            if not parts.hostname or parts.port == 0:
+            if not names_a_server(url):
                 raise ValueError(url)
             self.client = DICOMwebClient(url.rstrip("/"), headers=headers, timeout=60)
-        except ValueError:  # no host, or a port that is no number (urlsplit), or dicomweb_client's "Malformed URL"
+        except ValueError:  # no host, a port that is no number, or dicomweb_client's own "Malformed URL"
             raise MedtlError(f"{self.name}: not a DICOMweb address; give the server's root, e.g. "
                              "https://pacs.example.org/dicom-web") from None
         self.client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)

@@ -128,6 +128,18 @@ def redact_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
+def names_a_server(url: str) -> bool:
+    """``url`` names a host, and a port from 1 to 65535 where it gives one: ``https://`` or ``http://host:abc``
+    would otherwise fail deep in a client library, as its own exception."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and parts.port != 0  # .port raises ValueError for a port out of range or no number
+    except ValueError:
+        return False
+
+
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     """``["train.lr=0.01", "data.classes=[a,b]"]`` -> nested dict; values parsed as YAML scalars."""
     nested: dict[str, Any] = {}

@@ -44,6 +44,8 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], None], binary: bool 
 WORKBOOKS = (".xlsx", ".xlsm")
 """Workbooks medtl reads (openpyxl); OTHER_WORKBOOKS it asks to be saved as one of these or as CSV."""
 OTHER_WORKBOOKS = (".xls", ".ods", ".numbers")
+SHEETS = (".csv", *WORKBOOKS)
+"""The tables ``read_sheet`` reads: manifests, label sheets, splits."""
 
 
 def table_path(path: Path) -> Path:

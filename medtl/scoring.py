@@ -23,7 +23,7 @@ from medtl.data.manifest import UNREADABLE_CSV, read_manifest, scan_cases
 from medtl.data.readers import archive_hint
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
-from medtl.files import WORKBOOKS, one_writer
+from medtl.files import SHEETS, one_writer
 from medtl.log import make_progress
 from medtl.models.checkpoint import ModelBundle, bundle_digest
 from medtl.models.predictor import Predictor, device_for
@@ -94,7 +94,7 @@ def input_cases(manifest: Path | None, input_dir: Path | None, ids: CaseIds = "f
     folder = Path(input_dir)  # type: ignore[arg-type]
     if not folder.exists():
         raise MedtlError(f"--input {folder}: not found; give a folder of scans, or one scan file")
-    if folder.is_file() and folder.suffix.lower() in (".csv", *WORKBOOKS):
+    if folder.is_file() and folder.suffix.lower() in SHEETS:
         raise MedtlError(f"--input {folder}: a sheet, not a scan; a manifest is given as --manifest {folder}")
     images, _ = pair_masks(discover_cases(folder, ids, progress=True), None)
     cases = [{"case_id": c, "image": ref} for c, ref in images]  # a mask beside its scan is no case to score

@@ -8,9 +8,8 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from medtl.config import TrackingConfig, redact_uri
+from medtl.config import TrackingConfig, names_a_server, redact_uri
 from medtl.errors import TrackingError
 
 DATABASES = ("postgresql", "mysql", "mssql")
@@ -57,13 +56,9 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
 
 
 def _check_server(uri: str, timeout: float) -> None:
-    try:
-        parts = urlsplit(uri)
-        if not parts.hostname or parts.port == 0:
-            raise ValueError(uri)
-    except ValueError:  # no host, or a port that is no number
+    if not names_a_server(uri):
         raise TrackingError(f"tracking server {redact_uri(uri)}: not a server address; give one like "
-                            "http://mlflow.example.org:5000") from None
+                            "http://mlflow.example.org:5000")
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
             if resp.status != 200:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from medtl.data.dicom import parse_series_ref, series_ref
 from medtl.errors import ManifestError
-from medtl.files import OTHER_WORKBOOKS, WORKBOOKS, sha256_file
+from medtl.files import OTHER_WORKBOOKS, SHEETS, WORKBOOKS, sha256_file
 
 REQUIRED = ("case_id", "image")
 SPLITS = ("train", "val", "test")
@@ -189,7 +189,7 @@ def read_manifest(path: str | Path, data_root: Path | None = None, keep_going: b
     stopping at the first; such a case gets no resolved path."""
     path = Path(path)
     if path.is_dir():
-        inside = sorted(p.name for p in path.glob("*") if p.suffix.lower() in (".csv", *WORKBOOKS))
+        inside = sorted(p.name for p in path.glob("*") if p.suffix.lower() in SHEETS)
         hint = (f"give the manifest inside it ({path / inside[0]})" if len(inside) == 1 else
                 f"give one of its sheets ({', '.join(inside[:3])})" if inside else
                 f"build a manifest of its scans with `medtl manifest build {path} --out manifest.csv`")
