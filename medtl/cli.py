@@ -50,8 +50,8 @@ def _root(
 
 
 @config_app.command("show")
-def config_show(config: ConfigArg, set_: SetOption = None) -> None:
-    """Print the resolved config (file + overrides + defaults)."""
+def config_show(config: OptionalConfigArg = None, set_: SetOption = None) -> None:
+    """Print the resolved config (file + overrides + defaults); with no file, the defaults to start one from."""
     from medtl.config import dump_config, load_config
 
     typer.echo(dump_config(load_config(config, set_)), nl=False)

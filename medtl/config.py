@@ -193,7 +193,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if path.is_dir():
             raise ConfigError(f"{path}: a folder, not a config file; give the YAML file's path")
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found; check the path or copy one from configs/")
+            raise ConfigError(f"{path}: config file not found; check the path, or start one from the "
+                              "defaults: medtl config show > my_config.yaml")
         try:
             loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
         except KeyTwice as twice:

@@ -20,6 +20,18 @@ def test_config_show_resolves_overrides(tmp_path):
     assert "epochs: 3" in res.stdout and "lr: 0.01" in res.stdout
 
 
+def test_a_config_not_found_points_at_the_defaults_that_config_show_writes(tmp_path):
+    """Installed from PyPI there is no configs/ folder to copy from: the defaults are where a config starts."""
+    res = run_cli("config", "show", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and "config file not found" in res.stderr and "medtl config show > " in res.stderr
+    start = run_cli("config", "show", "--set", "train.epochs=4")
+    assert start.returncode == 0, start.stderr
+    written = tmp_path / "my_config.yaml"
+    written.write_text(start.stdout)
+    assert run_cli("config", "validate", str(written)).returncode == 0
+    assert "epochs: 4" in run_cli("config", "show", str(written)).stdout
+
+
 def test_config_validate_ok_and_every_problem(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("train:\n  lr: 0.01\n")
