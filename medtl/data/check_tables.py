@@ -62,7 +62,8 @@ def print_counts(table: pd.DataFrame, by: str) -> None:
     counts = class_counts(table.assign(split=table[by].astype(str)) if by in table else table)
     if counts.empty:
         return
-    t = Table(title="cases per class and " + by, title_justify="left")
+    title = "cases per class and " + by
+    t = Table(title=title, title_justify="left", min_width=len(title))  # a narrow table would wrap its title
     t.add_column("label")
     for col in counts.columns:
         t.add_column(str(col), justify="right")

@@ -490,3 +490,11 @@ def test_a_ct_scan_not_in_hounsfield_units_is_named_by_the_check_and_refused_whe
         read({"case_id": "stored", "image": str(tmp_path / "stored.nii.gz")})
     as_mr = build_transforms(cfg.model_copy(update={"modality": "mr"}), train=False)
     as_mr({"case_id": "stored", "image": str(tmp_path / "stored.nii.gz")})  # an MR config takes values as they are
+
+
+def test_the_counts_table_keeps_its_title_on_one_line_however_narrow(tmp_path):
+    """Two short labels and no split column make a table narrower than its title, which rich used to wrap."""
+    m = make_classification_set(tmp_path / "d", n=6, kind="png", size=(8, 8))
+    res = run_cli("manifest", "check", str(m))
+    assert res.returncode == 0, res.stderr
+    assert "cases per class and split\n" in res.stdout, res.stdout
