@@ -106,7 +106,18 @@ class ModelBundle:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save, written whole or not at all: a crash never leaves half a checkpoint."""
-    write_atomically(path, lambda fh: torch.save(obj, fh), binary=True)
+    write_atomically(path, lambda fh: _torch_save(obj, fh), binary=True)
+
+
+def _torch_save(obj: Any, fh: Any) -> None:
+    """torch.save, where a Ctrl-C mid-write stays an interrupt: torch's zip writer reports it as its own
+    ``RuntimeError: unexpected pos``, which medtl printed as an unexpected error instead of saying how to resume."""
+    try:
+        torch.save(obj, fh)
+    except RuntimeError as err:
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
 
 
 def unwrap(model: nn.Module) -> nn.Module:
