@@ -16,8 +16,8 @@ from medtl.cli_models import models_app
 from medtl.cli_pacs import pacs_app
 from medtl.cli_options import (ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, PrevalenceOption, SetOption,
                                SplitsOption)
-from medtl.cli_score import score_cmd
-from medtl.errors import MedtlError
+from medtl.cli_score import SCORED, score_cmd
+from medtl.errors import MedtlError, RunExists, on_interrupt
 from medtl.log import console, setup_logging
 
 app = typer.Typer(
@@ -70,6 +70,9 @@ def config_validate(config: ConfigArg, set_: SetOption = None) -> None:
     typer.echo(f"{config}: valid")
 
 
+RESUME = "the last completed epoch is saved; rerun the same command with --resume"
+
+
 @app.command("train")
 def train_cmd(
     config: OptionalConfigArg = None,
@@ -82,10 +85,8 @@ def train_cmd(
     from medtl.steps import fit_model
 
     cfg = load_config(config, set_)
-    try:
+    with on_interrupt(RESUME):
         result = fit_model(cfg, resume="changed" if resume_changed else resume)
-    except KeyboardInterrupt:
-        raise MedtlError("interrupted: the last completed epoch is saved; rerun the same command with --resume") from None
     typer.echo(f"model: {result.model_path}")
 
 
@@ -180,7 +181,8 @@ def demo_cmd(set_: SetOption = None) -> None:
     """Fine-tune ImageNet EfficientNet-Lite2 on real chest X-rays vs scratch, evaluate, register, score."""
     from medtl.demo import run_demo
 
-    run_demo(set_)
+    with on_interrupt("the demo does not resume; move or delete demo_out/runs and run it again"):
+        run_demo(set_)
 
 
 app.add_typer(models_app, name="models")
@@ -260,7 +262,17 @@ def run_cmd(
         if not accepts(module.run, "folds"):
             raise MedtlError(f"--folds: pipeline {pipeline} does not take folds; use crossval")
         kwargs["folds"] = folds
-    out = module.run(cfg, **kwargs)
+    resumes = accepts(module.run, "resume")
+    try:
+        with on_interrupt(RESUME if resumes else SCORED if pipeline == "batch_score" else
+                          f"{pipeline} does not resume; the models it finished stay in {cfg.train.out_dir}; run it "
+                          "again with --set name=NEW"):
+            out = module.run(cfg, **kwargs)
+    except RunExists as err:
+        if resumes:
+            raise
+        raise MedtlError(f"{err.out_dir} already holds a run of an earlier {pipeline}, which does not resume; add --set "
+                         "name=NEW for a new one, or move that folder away") from None
     summary = out.get("summary") if isinstance(out, dict) else None
     if summary:
         typer.echo(summary)
@@ -290,7 +302,12 @@ def main() -> None:
     if flags:  # "rerun with --debug" is mostly typed at the end of the command; the global flags belong before it
         sys.argv = [sys.argv[0], *flags, *(a for a in sys.argv[1:] if a not in flags)]
     try:
-        app()
+        try:
+            app()
+        except SystemExit as done:
+            if done.code == 130:  # typer's own exit on a Ctrl-C no command caught to say what was kept
+                console.print("interrupted")
+            raise
     except MedtlError as err:
         if debug:
             raise

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 import typer
 
 from medtl.cli_options import CaseIdsOption, DeviceOption, PrevalenceOption
-from medtl.errors import MedtlError
+from medtl.errors import MedtlError, on_interrupt
 from medtl.log import wide_console
 
 if TYPE_CHECKING:
@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
     from medtl.archive_output import ArchiveSummary
     from medtl.scoring import ScoreSummary
+
+SCORED = "every case scored so far is kept; rerun the same command to score the rest"
 
 
 def _outside_input(input_dir: Path | None, outputs: dict[str, Path | None]) -> None:
@@ -36,7 +38,8 @@ def _score_on_archive_engine(engine: str, manifest: Path | None, local_only: dic
     if unsupported:
         raise MedtlError(f"{unsupported}: the {engine} engine scores the model as registered, without it; score with "
                          "--engine local")
-    summary = run(manifest)
+    with on_interrupt(SCORED):
+        summary = run(manifest)
     typer.echo(summary.message())
     raise typer.Exit(1 if summary.errors else 0)
 
@@ -92,7 +95,7 @@ def score_cmd(
     from medtl.config import TrackingConfig
 
     tracking = TrackingConfig(enabled=track)  # the store MLFLOW_TRACKING_URI names (or ./mlflow.db), as `medtl models` uses
-    with run_context(tracking, f"score-{bundle.spec.name}") as tracker:
+    with on_interrupt(SCORED), run_context(tracking, f"score-{bundle.spec.name}") as tracker:
         summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker, heatmaps=heatmaps,
                         estimate_prevalence=prevalence == "em", reports=reports_out)
     _say(summary, out)

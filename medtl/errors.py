@@ -3,6 +3,10 @@
 The CLI prints ``str(error)`` and exits non-zero; tracebacks appear only with ``--debug``.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class MedtlError(Exception):
     """Base of every error medtl raises on purpose."""
@@ -36,6 +40,30 @@ class ModelError(MedtlError):
 
 class DivergedError(MedtlError):
     """Training produced a non-finite loss or non-finite outputs: a learning rate too high, most often."""
+
+
+class RunExists(MedtlError):
+    """A run folder already holds a run: continued with ``--resume`` where the command resumes, or given another name."""
+
+    def __init__(self, message: str, out_dir: Path) -> None:
+        super().__init__(message)
+        self.out_dir = out_dir
+
+
+class Interrupted(MedtlError):
+    """Ctrl-C, said with what was kept and how to go on; 130 is the shell's exit status for it."""
+
+    exit_code = 130
+
+
+@contextmanager
+def on_interrupt(then: str) -> Iterator[None]:
+    """A Ctrl-C inside becomes one line saying ``then`` (what was kept, how to go on): without it the command
+    line library exits 130 silently, and a researcher cannot tell whether an hour of training was lost."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {then}") from None
 
 
 class PeerLostError(MedtlError):

@@ -20,7 +20,7 @@ from torch import nn
 
 from medtl.config import Config, dump_config
 from medtl.data.manifest import Manifest, read_manifest, rows_of_split
-from medtl.errors import ConfigError, ManifestError, MedtlError
+from medtl.errors import ConfigError, ManifestError, MedtlError, RunExists
 from medtl.files import one_writer
 from medtl.log import logger
 from medtl.models.checkpoint import InferenceSpec, ModelBundle, read_checkpoint, save_model, unwrap
@@ -146,7 +146,8 @@ def _set_up(cfg: Config, resume: bool | str, tracker: Tracker) -> Setup:
     if resume and not last.is_file():
         raise MedtlError(f"--resume: no checkpoint at {last}; start without --resume")
     if not resume and last.is_file():
-        raise MedtlError(f"{out_dir} already holds a run; add --resume to continue it or --set name=NEW for a new one")
+        raise RunExists(f"{out_dir} already holds a run; add --resume to continue it or --set name=NEW for a new one",
+                        out_dir)
     kept = next((p for p in (out_dir / "model.pt", out_dir / "checkpoints" / "best.pt") if p.is_file()), None)
     if not resume and kept:  # a feature extraction keeps no last.pt: its model would be replaced unasked
         raise MedtlError(f"{out_dir} already holds a run ({kept.name}) that --resume cannot continue; add --set name=NEW for a "

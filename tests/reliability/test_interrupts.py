@@ -1,0 +1,81 @@
+"""Ctrl-C: each long command says what it kept and how to go on, exits 130, and the way it names works; typer
+used to exit 130 without a word, and a pipeline that cannot resume was told to rerun with --resume."""
+
+import pytest
+
+import medtl.scoring
+import medtl.train.loop
+from medtl.data.synthetic import make_classification_set
+from tests.conftest import run_cli
+
+
+def sets(*pairs: str) -> list[str]:
+    return [x for p in pairs for x in ("--set", p)]
+
+
+def ctrl_c_at(monkeypatch, module, point: str, count: int) -> None:
+    """A KeyboardInterrupt where the fault point ``point`` is reached for the ``count``-th time."""
+    def interrupt(name: str, n: int) -> None:
+        if name == point and n == count:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "fault_point", interrupt)
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(16, 16))
+    return sets(f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", "train.epochs=2",
+                "train.batch_size=8", "model.pretrained=none", "transfer.strategy=scratch", f"train.out_dir={tmp_path / 'runs'}",
+                "tracking.enabled=false", "evaluate.bootstrap=0", "evaluate.figures=false", "evaluate.gradcam=0",
+                "evaluate.typicality=false")
+
+
+@pytest.mark.slow
+def test_an_interrupted_training_says_resume_and_resume_finishes_it(tiny, tmp_path, monkeypatch):
+    ctrl_c_at(monkeypatch, medtl.train.loop, "after_epoch", 1)
+    res = run_cli("run", "diagnosis", *tiny)
+    assert res.returncode == 130, res.stderr
+    assert "interrupted: the last completed epoch is saved; rerun the same command with --resume" in res.stderr
+    assert res.stderr.strip().count("\n") == 0, res.stderr
+    monkeypatch.undo()
+    res = run_cli("run", "diagnosis", *tiny, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "runs" / "medtl" / "model.pt").is_file()
+
+
+def test_an_interrupted_study_that_cannot_resume_says_so_and_its_rerun_does_not_ask_for_resume(tiny, monkeypatch):
+    ctrl_c_at(monkeypatch, medtl.train.loop, "after_epoch", 1)
+    res = run_cli("run", "compare", *tiny)
+    assert res.returncode == 130 and "interrupted: compare does not resume" in res.stderr, res.stderr
+    assert "--set name=NEW" in res.stderr and "--resume" not in res.stderr
+    monkeypatch.undo()
+    res = run_cli("run", "compare", *tiny)
+    assert res.returncode == 2 and "already holds a run of an earlier compare, which does not resume" in res.stderr
+    assert "--resume" not in res.stderr  # `run compare --resume` is refused: it was the advice before
+
+
+@pytest.mark.slow
+def test_an_interrupted_scoring_keeps_its_rows_and_the_rerun_scores_the_rest(tiny, tmp_path, monkeypatch):
+    assert run_cli("train", *tiny).returncode == 0
+    model = tmp_path / "runs" / "medtl" / "model.pt"
+    images = tmp_path / "d" / "images"
+    out = tmp_path / "p.csv"
+    ctrl_c_at(monkeypatch, medtl.scoring, "after_rows", 3)
+    res = run_cli("score", "--model", str(model), "--input", str(images), "--out", str(out), "--no-track")
+    assert res.returncode == 130, res.stderr
+    assert "interrupted: every case scored so far is kept; rerun the same command to score the rest" in res.stderr
+    monkeypatch.undo()
+    res = run_cli("score", "--model", str(model), "--input", str(images), "--out", str(out), "--no-track")
+    assert res.returncode == 0 and "21 scored now, 3 already there" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_ctrl_c_no_command_catches_still_says_interrupted(tmp_path, monkeypatch):
+    import medtl.config
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medtl.config, "load_config", interrupted)
+    res = run_cli("config", "show")
+    assert res.returncode == 130 and res.stderr.strip() == "interrupted", res.stderr
