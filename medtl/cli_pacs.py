@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from medtl.errors import on_interrupt
+
 pacs_app = typer.Typer(help="Pull studies from a PACS, and push DICOM-SEG and SR back to it (DICOMweb or DIMSE).",
                        no_args_is_help=True)
 
@@ -80,7 +82,8 @@ def pacs_pull(
     by, listed = ("study", studies) if studies is not None else ("accession", accessions)
     entries = read_study_list(listed, by)  # type: ignore[arg-type]
     source = open_archive(archive, token_env, calling_ae, move_port)
-    summary = pull(source, entries, out, [m.upper() for m in modality or []], str(listed), progress=True, by=by)
+    with on_interrupt("every series retrieved so far is kept whole; rerun the same command to retrieve the rest"):
+        summary = pull(source, entries, out, [m.upper() for m in modality or []], str(listed), progress=True, by=by)
     typer.echo(f"{out}: {summary.retrieved} series retrieved now, {summary.present} already there (from {source.name})")
     for where, why in summary.failed.items():
         typer.echo(f"{where}: {why}", err=True)
@@ -103,7 +106,9 @@ def pacs_push(
     from medtl.archives import open_archive
     from medtl.pacs import push
 
-    stored, before, failed = push(open_archive(archive, token_env, calling_ae), folder, progress=True)
+    with on_interrupt("the files stored so far are listed in the folder's .medtl-pushed; rerun the same command to "
+                      "store the rest"):
+        stored, before, failed = push(open_archive(archive, token_env, calling_ae), folder, progress=True)
     typer.echo(f"{folder}: {stored} object(s) stored now, {before} by an earlier push")
     for name, why in failed.items():
         typer.echo(f"{name}: {why}", err=True)

@@ -183,6 +183,28 @@ def test_studies_are_pulled_by_position_and_a_rerun_fetches_only_what_is_missing
         assert uid not in manifest and uid not in caplog.text and uid not in done.stdout + done.stderr
 
 
+def test_a_pull_interrupted_keeps_each_series_whole_and_its_rerun_retrieves_the_rest(server, tmp_path, monkeypatch):
+    archive, url = server
+    (tmp_path / "studies.txt").write_text(study_on(archive, tmp_path / "pacs", "alice") + "\n")
+    real, calls = DicomWeb.retrieve, []
+
+    def interrupted_on_the_second(self, *args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(DicomWeb, "retrieve", interrupted_on_the_second)
+    export = tmp_path / "export"
+    res = run_cli("pacs", "pull", url, "--studies", tmp_path / "studies.txt", "--out", export)
+    assert res.returncode == 130, res.stderr
+    assert "interrupted: every series retrieved so far is kept whole; rerun the same command" in res.stderr
+    assert not any(p.name.startswith(".partial") for p in export.rglob("*"))
+    monkeypatch.undo()
+    res = run_cli("pacs", "pull", url, "--studies", tmp_path / "studies.txt", "--out", export)
+    assert res.returncode == 0 and "1 series retrieved now, 1 already there" in res.stdout, res.stdout + res.stderr
+
+
 def test_a_server_that_cannot_be_reached_or_refuses_stops_in_one_line(server, tmp_path, monkeypatch):
     archive, url = server
     study = study_on(archive, tmp_path / "pacs", "carol", 1)
