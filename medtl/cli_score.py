@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 import typer
 
 from medtl.cli_options import CaseIdsOption, DeviceOption, PrevalenceOption
-from medtl.errors import MedtlError, on_interrupt
+from medtl.errors import MedtlError, TrackingError, on_interrupt
 from medtl.log import wide_console
 
 if TYPE_CHECKING:
@@ -95,9 +95,12 @@ def score_cmd(
     from medtl.config import TrackingConfig
 
     tracking = TrackingConfig(enabled=track)  # the store MLFLOW_TRACKING_URI names (or ./mlflow.db), as `medtl models` uses
-    with on_interrupt(SCORED), run_context(tracking, f"score-{bundle.spec.name}") as tracker:
-        summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker, heatmaps=heatmaps,
-                        estimate_prevalence=prevalence == "em", reports=reports_out)
+    try:
+        with on_interrupt(SCORED), run_context(tracking, f"score-{bundle.spec.name}") as tracker:
+            summary = score(bundle, cases, out, masks_out, batch_size, device, tracker=tracker, heatmaps=heatmaps,
+                            estimate_prevalence=prevalence == "em", reports=reports_out)
+    except TrackingError as err:  # the store that records the scoring run, not the model's: scoring needs it not
+        raise TrackingError(f"{err}; or score without recording the run: --no-track") from None
     _say(summary, out)
     if len(summary.errors):
         _print_failures(summary.errors)

@@ -121,6 +121,21 @@ def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
                      "--no-track", env={"MLFLOW_TRACKING_URI": closed})  # a registered model from a server that is down
     assert scored.returncode == 2 and f"tracking server {closed} is unreachable" in scored.stderr
     assert len(scored.stderr.strip().splitlines()) == 1
+    assert "--no-track" not in scored.stderr  # the model itself is on that server: no flag scores without it
+
+
+def test_a_scoring_whose_tracking_server_is_down_says_it_can_run_untracked(tmp_path):
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(16, 16))
+    quick = ("tracking.enabled=false", "model.pretrained=none", "transfer.strategy=scratch", "train.epochs=1",
+             "evaluate.bootstrap=0", "evaluate.figures=false", "evaluate.gradcam=0", "data.subgroups=[]")
+    trained = run_cli("train", *overrides(m, tmp_path / "runs", "x", quick), cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    closed = f"http://127.0.0.1:{free_port()}"
+    args = ["score", "--model", str(tmp_path / "runs" / "medtl" / "model.pt"), "--manifest", str(m), "--out"]
+    res = run_cli(*args, str(tmp_path / "p.csv"), env={"MLFLOW_TRACKING_URI": closed})
+    assert res.returncode == 2 and f"tracking server {closed} is unreachable" in res.stderr, res.stderr
+    assert res.stderr.strip().endswith("or score without recording the run: --no-track"), res.stderr
+    assert run_cli(*args, str(tmp_path / "q.csv"), "--no-track", env={"MLFLOW_TRACKING_URI": closed}).returncode == 0
 
 
 def test_an_old_mlruns_folder_store_says_what_to_do_before_training(tmp_path, monkeypatch):
