@@ -235,7 +235,9 @@ def tracking_sync(run_folder: Annotated[Path, typer.Argument(help="Run folder ho
     """Replay what a run logged while the tracking server was unreachable into its MLflow run."""
     from medtl.tracking import sync_offline
 
-    typer.echo(f"{sync_offline(run_folder)} logged call(s) replayed into the run")
+    with on_interrupt(f"the calls sent so far are recorded; run `medtl tracking sync {run_folder}` again to send the rest"):
+        replayed = sync_offline(run_folder)
+    typer.echo(f"{replayed} logged call(s) replayed into the run")
 
 
 @app.command("run")

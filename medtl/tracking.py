@@ -280,6 +280,9 @@ def sync_offline(run_folder: Path) -> int:
     for sent, call in enumerate(calls[start:], start):
         try:
             status = _replay(client, saved["run_id"], call["kind"], call["args"]) or status
+        except KeyboardInterrupt:  # a rerun sends the rest, not every call again
+            progress.write_text(str(sent))
+            raise
         except Exception as exc:  # noqa: BLE001 - MLflow and requests raise many types for an outage
             progress.write_text(str(sent))
             raise TrackingError(f"{run_folder}: the tracking server stopped answering after {sent} of {len(calls)} "

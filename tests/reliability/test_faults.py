@@ -185,6 +185,28 @@ def test_a_replay_the_server_breaks_off_sends_the_rest_once_and_the_runs_own_sta
     assert client.get_run(run.info.run_id).info.status == "FAILED"
 
 
+def test_a_replay_interrupted_by_ctrl_c_sends_only_the_rest_when_run_again(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    calls = [{"kind": "metrics", "args": [{"loss": float(step)}, step]} for step in range(4)]
+    client, run, folder = offline_run(tmp_path, calls)
+    real, sent = MlflowClient.log_metric, []
+
+    def interrupted(self, run_id, key, value, step=0, **kw):
+        if len(sent) == 2:
+            raise KeyboardInterrupt
+        sent.append(step)
+        return real(self, run_id, key, value, step=step, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_metric", interrupted)
+    res = run_cli("tracking", "sync", str(folder))
+    assert res.returncode == 130 and "interrupted: the calls sent so far are recorded" in res.stderr, res.stderr
+    monkeypatch.setattr(MlflowClient, "log_metric", real)
+    res = run_cli("tracking", "sync", str(folder))
+    assert res.returncode == 0 and "2 logged call(s)" in res.stdout, res.stdout + res.stderr
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2, 3]  # each step once
+
+
 def test_a_second_process_on_the_same_run_folder_or_predictions_file_stops_in_one_line(tmp_path):
     """Two trainings of one name (a SLURM array given one config, say) wrote into one folder at once, and two
     scorings into one file each scored what the other was scoring."""
