@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from medtl.config import TrainConfig
-from medtl.errors import ConfigError, DivergedError
+from medtl.errors import ConfigError, DivergedError, Interrupted
 from medtl.faults import fault_point
 from medtl.log import logger, make_progress, progress_enabled
 from medtl.train.progress import training_curves
@@ -192,6 +192,9 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
         except KeyboardInterrupt:
             if rt.is_main:
                 loop.save(ckpt_dir / "interrupted.pt", None)
+            if state.epoch == 0:  # no last.pt yet: "--resume" would only say there is nothing to resume
+                raise Interrupted(f"interrupted in epoch {epoch + 1}, before its checkpoint: nothing of this training to "
+                                  "resume; run it again without --resume") from None
             raise
         except DivergedError as err:
             kept = f"; the best epoch before it is kept in {ckpt_dir / 'best.pt'}" if (ckpt_dir / "best.pt").is_file() else ""

@@ -44,6 +44,19 @@ def test_an_interrupted_training_says_resume_and_resume_finishes_it(tiny, tmp_pa
     assert (tmp_path / "runs" / "medtl" / "model.pt").is_file()
 
 
+def test_a_training_interrupted_before_its_first_checkpoint_says_to_start_again(tiny, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medtl.train.loop, "train_one_epoch", interrupted)
+    res = run_cli("train", *tiny)
+    assert res.returncode == 130, res.stderr
+    assert "interrupted in epoch 1, before its checkpoint: nothing of this training to resume; run it again without " \
+           "--resume" in res.stderr
+    monkeypatch.undo()
+    assert run_cli("train", *tiny).returncode == 0  # the folder it left is no run to refuse
+
+
 def test_an_interrupted_study_that_cannot_resume_says_so_and_its_rerun_does_not_ask_for_resume(tiny, monkeypatch):
     ctrl_c_at(monkeypatch, medtl.train.loop, "after_epoch", 1)
     res = run_cli("run", "compare", *tiny)
