@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -17,7 +22,7 @@ from medtl.cli_pacs import pacs_app
 from medtl.cli_options import (ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, PrevalenceOption, SetOption,
                                SplitsOption)
 from medtl.cli_score import SCORED, score_cmd
-from medtl.errors import MedtlError, RunExists, on_interrupt
+from medtl.errors import Interrupted, MedtlError, RunExists, Terminated, on_interrupt
 from medtl.log import console, setup_logging
 
 app = typer.Typer(
@@ -304,20 +309,13 @@ def main() -> None:
     if flags:  # "rerun with --debug" is mostly typed at the end of the command; the global flags belong before it
         sys.argv = [sys.argv[0], *flags, *(a for a in sys.argv[1:] if a not in flags)]
     try:
-        try:
-            app()
-        except SystemExit as done:
-            if done.code == 130:  # typer's own exit on a Ctrl-C no command caught to say what was kept
-                console.print("interrupted")
-            raise
+        with _sigterm_as_interrupt():
+            _run_app()
     except MedtlError as err:
         if debug:
             raise
         console.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
     except OSError as err:
         if debug:
             raise
@@ -330,6 +328,39 @@ def main() -> None:
         if debug:
             raise
         _unexpected(err)
+
+
+def _run_app() -> None:
+    """typer's app, where a Ctrl-C or SIGTERM no command caught is said: typer exits 130 on it without a word."""
+    try:
+        app()
+    except KeyboardInterrupt as stop:
+        raise Interrupted("", stop) from None
+    except SystemExit as done:
+        stop = done.__context__
+        while stop is not None and not isinstance(stop, KeyboardInterrupt):
+            stop = stop.__cause__ or stop.__context__
+        if done.code == 130 and stop is not None:
+            raise Interrupted("", stop) from None
+        raise
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's time limit, ``kill``) stops a command as Ctrl-C does, so its MLflow run is closed and it
+    says how to go on; by default it ended the process on the spot and left the run RUNNING for ever. Under torchrun,
+    whose agent stops its workers with SIGTERM, the default stays."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _file_error(err: OSError) -> str | None:

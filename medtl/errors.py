@@ -50,20 +50,28 @@ class RunExists(MedtlError):
         self.out_dir = out_dir
 
 
-class Interrupted(MedtlError):
-    """Ctrl-C, said with what was kept and how to go on; 130 is the shell's exit status for it."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``, ``docker stop``), raised where it arrives so that it stops medtl
+    as Ctrl-C does: checkpoints whole, the MLflow run closed, one line saying how to go on."""
 
-    exit_code = 130
+
+class Interrupted(MedtlError):
+    """Ctrl-C or SIGTERM, said with what was kept and how to go on; 130 and 143 are the shell's exit statuses."""
+
+    def __init__(self, message: str, stop: KeyboardInterrupt | None = None) -> None:
+        word = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        super().__init__(f"{word}{message}")
+        self.exit_code = 143 if isinstance(stop, Terminated) else 130
 
 
 @contextmanager
 def on_interrupt(then: str) -> Iterator[None]:
-    """A Ctrl-C inside becomes one line saying ``then`` (what was kept, how to go on): without it the command
-    line library exits 130 silently, and a researcher cannot tell whether an hour of training was lost."""
+    """A Ctrl-C or SIGTERM inside becomes one line saying ``then`` (what was kept, how to go on): without it the
+    command line library exits 130 silently, and a researcher cannot tell whether an hour of training was lost."""
     try:
         yield
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: {then}") from None
+    except KeyboardInterrupt as stop:
+        raise Interrupted(f": {then}", stop) from None
 
 
 class PeerLostError(MedtlError):

@@ -189,12 +189,12 @@ def fit(loop: Loop, ckpt_dir: Path, state: FitState | None = None) -> FitState:
             with loop.averaged():
                 metrics = {**metrics, **loop.validate()}
             metrics["epoch_s"] = time.perf_counter() - started
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             if rt.is_main:
                 loop.save(ckpt_dir / "interrupted.pt", None)
             if state.epoch == 0:  # no last.pt yet: "--resume" would only say there is nothing to resume
-                raise Interrupted(f"interrupted in epoch {epoch + 1}, before its checkpoint: nothing of this training to "
-                                  "resume; run it again without --resume") from None
+                raise Interrupted(f" in epoch {epoch + 1}, before its checkpoint: nothing of this training to resume; run "
+                                  "it again without --resume", stop) from None
             raise
         except DivergedError as err:
             kept = f"; the best epoch before it is kept in {ckpt_dir / 'best.pt'}" if (ckpt_dir / "best.pt").is_file() else ""

@@ -6,7 +6,7 @@ import pytest
 import medtl.scoring
 import medtl.train.loop
 from medtl.data.synthetic import make_classification_set
-from tests.conftest import run_cli
+from tests.conftest import run_cli, seed_mlflow_store
 
 
 def sets(*pairs: str) -> list[str]:
@@ -91,4 +91,26 @@ def test_a_ctrl_c_no_command_catches_still_says_interrupted(tmp_path, monkeypatc
 
     monkeypatch.setattr(medtl.config, "load_config", interrupted)
     res = run_cli("config", "show")
-    assert res.returncode == 130 and res.stderr.strip() == "interrupted", res.stderr
+    assert res.returncode == 130 and res.stderr.strip() == "error: interrupted", res.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_training_as_ctrl_c_does_and_closes_its_mlflow_run(tiny, tmp_path):
+    """A scheduler's time limit sends SIGTERM: it ended the process on the spot, and the MLflow run stayed RUNNING."""
+    import sqlite3
+    import threading
+
+    store = tmp_path / "mlflow.db"
+    args = [*tiny, "--set", "tracking.enabled=true", "--set", f"tracking.uri={seed_mlflow_store(store)}"]
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("a signal is handled in the main thread only, and this test sends one to its own process")
+    res = run_cli("run", "diagnosis", *args, env={"MEDTL_FAULT": "after_epoch:1:TERM"})  # a real SIGTERM, to itself
+    assert res.returncode == 143, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == ("error: terminated (SIGTERM): the last completed epoch is saved; rerun "
+                                                   "the same command with --resume")
+    with sqlite3.connect(store) as db:
+        assert db.execute("select status from runs").fetchall() == [("FAILED",)]
+    res = run_cli("run", "diagnosis", *args, "--resume")
+    assert res.returncode == 0, res.stderr
+    with sqlite3.connect(store) as db:
+        assert db.execute("select status from runs").fetchall() == [("FINISHED",)]  # the same run, continued
