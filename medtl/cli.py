@@ -353,6 +353,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     if "TORCHELASTIC_RUN_ID" in os.environ or threading.current_thread() is not threading.main_thread():
         yield
         return
+
     def terminated(signum: int, frame: object) -> None:
         raise Terminated
 

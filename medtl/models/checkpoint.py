@@ -115,8 +115,8 @@ def _torch_save(obj: Any, fh: Any) -> None:
     try:
         torch.save(obj, fh)
     except RuntimeError as err:
-        if isinstance(err.__context__, KeyboardInterrupt):
-            raise KeyboardInterrupt from None
+        if isinstance(err.__context__, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (medtl.errors.Terminated)
+            raise err.__context__ from None
         raise
 
 

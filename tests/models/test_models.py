@@ -218,14 +218,18 @@ def test_weights_cli_list_import_verify(tmp_path):
     assert res.returncode == 2 and "unknown weights" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_ctrl_c_while_a_checkpoint_is_written_is_an_interrupt_and_keeps_the_last_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["KeyboardInterrupt", "Terminated"])
+def test_ctrl_c_while_a_checkpoint_is_written_is_an_interrupt_and_keeps_the_last_one(tmp_path, monkeypatch, stop):
     """torch's zip writer turns a KeyboardInterrupt mid-write into ``RuntimeError: unexpected pos``, which the CLI
     printed as an unexpected error in place of how to resume."""
     import io
     import os
 
     import medtl.files
+    from medtl.errors import Terminated
     from medtl.models.checkpoint import atomic_save
+
+    stop = {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminated}[stop]  # SIGTERM keeps its own exit status
 
     path = tmp_path / "last.pt"
     atomic_save({"epoch": 1, "w": torch.zeros(1000)}, path)
@@ -237,12 +241,13 @@ def test_ctrl_c_while_a_checkpoint_is_written_is_an_interrupt_and_keeps_the_last
         def write(self, data):
             Interrupted.writes += 1
             if Interrupted.writes == 3:  # inside the tensor records, after the writer has begun its archive
-                raise KeyboardInterrupt
+                raise stop
             return super().write(data)
 
     monkeypatch.setattr(medtl.files.os, "fdopen", lambda fd, mode, **kw: Interrupted(real_fdopen(fd, "wb", buffering=0)))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(BaseException) as raised:  # not pytest.raises(stop): a wrong KeyboardInterrupt would end the session
         atomic_save({"epoch": 2, "w": torch.ones(100_000), "v": torch.ones(100)}, path)
+    assert type(raised.value) is stop, repr(raised.value)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1  # the last checkpoint, whole
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left beside it
