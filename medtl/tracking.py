@@ -280,11 +280,10 @@ def sync_offline(run_folder: Path) -> int:
     for sent, call in enumerate(calls[start:], start):
         try:
             status = _replay(client, saved["run_id"], call["kind"], call["args"]) or status
-        except KeyboardInterrupt:  # a rerun sends the rest, not every call again
-            progress.write_text(str(sent))
-            raise
-        except Exception as exc:  # noqa: BLE001 - MLflow and requests raise many types for an outage
-            progress.write_text(str(sent))
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - an outage (MLflow raises many types), or Ctrl-C
+            progress.write_text(str(sent))  # a rerun sends the rest, not every call again
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             raise TrackingError(f"{run_folder}: the tracking server stopped answering after {sent} of {len(calls)} "
                                 f"calls ({type(exc).__name__}); run `medtl tracking sync {run_folder}` again to send the rest") from None
     client.set_terminated(saved["run_id"], status)
