@@ -23,6 +23,7 @@ from medtl.cli_options import (ConfigArg, DeviceOption, ModelOption, OptionalCon
                                SplitsOption)
 from medtl.cli_score import SCORED, score_cmd
 from medtl.errors import Interrupted, MedtlError, RunExists, Terminated, on_interrupt
+from medtl.host import settle_user_and_home
 from medtl.log import console, setup_logging
 
 app = typer.Typer(
@@ -52,6 +53,7 @@ def _root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
     setup_logging("WARNING" if quiet else None)
+    settle_user_and_home()
 
 
 @config_app.command("show")

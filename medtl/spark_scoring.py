@@ -20,6 +20,7 @@ import pandas as pd
 from medtl.archive_output import ArchiveSummary, done_in, error_rows, model_identity, what_the_rows_say
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
+from medtl.host import has_passwd_entry
 from medtl.log import logger
 
 
@@ -58,6 +59,10 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
         from pyspark.sql import functions as F
     except ImportError:
         raise MedtlError("--engine spark needs pyspark (pip install pyspark) and a Java runtime") from None
+    if not has_passwd_entry():
+        raise MedtlError(f"--engine spark: this user (UID {os.getuid()}) has no entry in /etc/passwd, and Spark's JVM "
+                         "cannot log in without one; add one (as Spark's own container images do), or score with "
+                         "--engine ray or local")
     import logging
     import sys
     import warnings

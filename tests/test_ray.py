@@ -1,7 +1,9 @@
 """Scoring on a real Ray started on this machine: the same rows as ``medtl score``, broken cases as error rows, and a
 job killed between chunks loses nothing and writes nothing twice when rerun."""
 
+import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +28,8 @@ def test_ray_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(regi
     killed = run_cli_process(*args, env={**env, "MEDTL_FAULT": "after_chunks:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert len(pd.read_parquet(out)) == 13  # one committed chunk survived
-    rerun = run_cli_process(*args, env=env)
+    (tmp_path / "not_a_folder").write_text("")  # and a home it cannot write (a container's HOME=/): Ray keeps a token there
+    rerun = run_cli_process(*args, env={**env, "HOME": str(tmp_path / "not_a_folder")})
     assert rerun.returncode == 1 and "13 already there" in rerun.stdout, rerun.stderr[-2000:]
     assert rerun.stderr.count("\n") <= 1, rerun.stderr  # medtl's progress line at most: none of Ray's own logging
     rows = pd.read_parquet(out).set_index("case_id").sort_index()
@@ -38,6 +41,7 @@ def test_ray_rows_equal_medtl_score_and_a_kill_between_chunks_costs_nothing(regi
     assert (rows["status"] == want["status"]).all()
     assert rows.loc["broken", "status"] == "error" and rows.loc["gone", "status"] == "error"
     says_what_local_scoring_says(rerun, local, rows, tmp_path / "ray.scores.png")
+    assert (Path(os.environ["MEDTL_HOME"]) / ".ray").is_dir()  # the home medtl gave it
     assert (rows["model_name"] == "tiny-archive").all() and (rows["model_version"] == "1").all()
     assert rows["run_id"].str.len().min() > 0 and rows["scored_at"].str.len().min() > 0
 
