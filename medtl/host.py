@@ -1,9 +1,10 @@
-"""What a container started under an arbitrary user lacks, given before any library asks for it.
+"""What a container lacks that a workstation has, made up for before any library asks for it.
 
 OpenShift, ``docker run --user`` and Kubernetes ``runAsUser`` start processes under a UID with no entry in
 ``/etc/passwd`` and, most often, ``HOME=/``, which that UID cannot write. MLflow asks for the login name when it
 starts a run (``getpass`` raises ``KeyError`` there), matplotlib and Ray write under the home, and Spark's JVM cannot
-log in at all without a passwd entry.
+log in at all without a passwd entry. And a container gets 64 MB of shared memory, where a data loader's workers put
+their batches.
 """
 
 from __future__ import annotations
@@ -71,3 +72,53 @@ def has_passwd_entry() -> bool:
     except KeyError:
         return False
     return True
+
+
+SHARED_MEMORY = "/dev/shm"
+"""Where a data loader's workers put the batches they hand over; a container gets 64 MB there by default."""
+
+
+def shared_memory_free() -> int | None:
+    """Bytes free in the shared memory folder, or None where there is none to measure."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(SHARED_MEMORY).free
+    except OSError:
+        return None
+
+
+def workers_shared_memory_holds(workers: int, batch_bytes: int) -> int:
+    """As many loader workers as shared memory holds the batches of (each prepares two ahead, and a batch may be
+    larger than its estimate): more than it holds die mid-epoch with a bus error, after the first steps ran."""
+    free = shared_memory_free()
+    if workers <= 0 or free is None:
+        return workers
+    fits = int(free // max(1, 3 * batch_bytes))
+    if fits >= workers:
+        return workers
+    if (fits, workers) not in _SAID:  # once, not for each split's loader
+        _SAID.add((fits, workers))
+        logger.warning("%s has %s free (a container gets 64 MB): %d data-loading worker(s) instead of %d, which would run "
+                       "out of it; start the container with --shm-size=8g or --ipc=host for them", SHARED_MEMORY,
+                       _size(free), fits, workers)
+    return fits
+
+
+_SAID: set[tuple[int, int]] = set()
+
+
+def out_of_shared_memory(err: BaseException) -> str | None:
+    """The one line for a data loader that ran out of shared memory anyway, or None where ``err`` is not that."""
+    said = str(err)
+    if not isinstance(err, RuntimeError) or not ("out of shared memory" in said or "</torch_" in said):
+        return None
+    free = shared_memory_free()
+    held = f" ({SHARED_MEMORY} has {_size(free)} free)" if free is not None else ""
+    return (f"the data loader's workers ran out of shared memory{held}: start the container with --shm-size=8g or "
+            "--ipc=host, or load the data in the main process (data.num_workers=0); then rerun the same command (a "
+            "training that completed an epoch continues with --resume)")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n // 2**10} kB"

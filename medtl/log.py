@@ -49,6 +49,8 @@ def setup_logging(level: str | int | None = None) -> None:
     logging.getLogger("mlflow").setLevel(quiet)  # and for an mlflow imported already
     # MONAI probes an optional GPU DICOM decoder each time a loader is built; without it, every probe warns
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    # MONAI walks a batch that failed to collate key by key, at CRITICAL; the failure itself is medtl's one line
+    logging.getLogger("dev_collate").setLevel(logging.DEBUG if quiet == "DEBUG" else logging.CRITICAL + 1)
     warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
 
 

@@ -21,7 +21,7 @@ from medtl.data.transforms import build_transforms
 from medtl.errors import ConfigError, DataError
 from medtl.log import logger
 from medtl.train.device_data import lone_last_batch
-from medtl.train.runtime import Runtime, default_workers
+from medtl.train.runtime import Runtime, batch_bytes, default_workers
 from medtl.train.samplers import ShardedSampler, balanced_sampler
 
 
@@ -256,7 +256,8 @@ def make_loader(data: DataConfig, train_cfg: TrainConfig, in_channels: int, prep
     if rt.distributed:
         base = sampler or (torch.utils.data.RandomSampler(dataset, generator=generator) if train else range(len(dataset)))
         sampler = ShardedSampler(base, rt.rank, rt.world)
-    workers = default_workers(rt.device, data.num_workers)
+    size = (train_cfg.patch_size if train and seg else None) or data.image_size
+    workers = default_workers(rt.device, data.num_workers, batch_bytes(train_cfg.batch_size, in_channels, size, seg))
     drawn = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
     return DataLoader(dataset, batch_size=train_cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
                       generator=generator, num_workers=workers, pin_memory=rt.device.type == "cuda",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ import torch.distributed as dist
 
 from medtl.config import TrainConfig
 from medtl.errors import ConfigError, PeerLostError
+from medtl.host import workers_shared_memory_holds
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def default_workers(device: torch.device, requested: int | str) -> int:
-    """On GPU, workers feed the device (cores - 1, at most 8); on CPU they would steal the compute's cores."""
+def default_workers(device: torch.device, requested: int | str, batch_bytes: int) -> int:
+    """On GPU, workers feed the device (cores - 1, at most 8); on CPU they would steal the compute's cores. Never
+    more than shared memory holds the batches of."""
     if requested != "auto":
-        return int(requested)
-    if device.type != "cuda":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+        workers = int(requested)
+    elif device.type != "cuda":
+        workers = 0
+    else:
+        workers = max(1, min(8, (os.cpu_count() or 2) - 1))
+    return workers_shared_memory_holds(workers, batch_bytes)
+
+
+def batch_bytes(batch_size: int, in_channels: int, size: Sequence[int], masks: bool = False) -> int:
+    """What one collated float32 batch of images (and their masks) takes, where a worker hands it over."""
+    return batch_size * (in_channels + int(masks)) * math.prod(size) * 4

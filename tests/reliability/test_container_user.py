@@ -1,16 +1,22 @@
-"""A container's arbitrary user (OpenShift, ``docker run --user``): a UID with no passwd entry and a home it cannot
-write. Training ended in ``unexpected error: KeyError: 'getpwuid(): uid not found'`` (MLflow asks for the login
-name), Ray could not start, and matplotlib warned on every command."""
+"""What a container lacks. Its arbitrary user (OpenShift, ``docker run --user``) has no passwd entry and a home it
+cannot write: training ended in ``unexpected error: KeyError: 'getpwuid(): uid not found'`` (MLflow asks for the
+login name), Ray could not start, and matplotlib warned on every command. Its 64 MB of /dev/shm, where a data loader's
+workers put their batches, ended a GPU training in a screen of torch errors."""
 
 import getpass
 import logging
 import os
 import pwd
+import re
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 
 import pytest
+import torch
 
 from medtl.data.synthetic import make_classification_set
 from medtl.host import settle_user_and_home
@@ -96,3 +102,70 @@ def test_spark_is_refused_in_one_line_before_its_jvm_fails_to_log_in(no_passwd_e
     assert res.stderr.strip() == (f"error: --engine spark: this user (UID {os.getuid()}) has no entry in /etc/passwd, "
                                   "and Spark's JVM cannot log in without one; add one (as Spark's own container images "
                                   "do), or score with --engine ray or local")
+
+
+def test_loader_workers_are_as_many_as_shared_memory_holds_the_batches_of(monkeypatch, caplog):
+    import medtl.host
+    from medtl.train.runtime import batch_bytes, default_workers
+
+    cuda = torch.device("cuda")
+    batch = batch_bytes(16, 3, [224, 224])
+    assert batch == 16 * 3 * 224 * 224 * 4 and batch_bytes(2, 1, [96, 96, 96], masks=True) == 2 * 2 * 96**3 * 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(medtl.host, "shared_memory_free", lambda: 64 * 2**20)  # docker's default
+    monkeypatch.setattr(medtl.host, "_SAID", set())
+    logging.getLogger("medtl").addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="medtl"):
+            assert default_workers(cuda, "auto", batch) == 64 * 2**20 // (3 * batch) == 2  # not 8
+            assert default_workers(cuda, 4, batch) == 2  # asked for, and still more than it holds
+            assert default_workers(cuda, "auto", batch) == 2
+    finally:
+        logging.getLogger("medtl").removeHandler(caplog.handler)
+    said = [f"/dev/shm has 64 MB free (a container gets 64 MB): 2 data-loading worker(s) instead of {n}, which would "
+            "run out of it; start the container with --shm-size=8g or --ipc=host for them" for n in (8, 4)]
+    assert set(caplog.messages) == set(said)
+    assert caplog.messages.count(said[0]) == caplog.messages.count(said[1])  # once each, not once per loader
+    assert default_workers(torch.device("cpu"), "auto", batch) == 0
+    monkeypatch.setattr(medtl.host, "shared_memory_free", lambda: 16 * 2**30)  # --ipc=host
+    assert default_workers(cuda, "auto", batch) == 8
+    monkeypatch.setattr(medtl.host, "shared_memory_free", lambda: None)  # nothing to measure: as asked
+    assert default_workers(cuda, 3, batch) == 3
+
+
+def _small_shared_memory() -> bool:
+    """Whether this process may give a child a private /dev/shm of its own size (root, Linux, util-linux)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=512k tmpfs /dev/shm"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("capped", [True, False])
+def test_a_container_with_little_shared_memory_trains_or_says_what_to_raise(tmp_path, capped):
+    """512 kB of /dev/shm and two loader workers: medtl loads in the main process and says why; where the workers
+    run anyway (a batch larger than its estimate), the torch error that filled a screen is one line."""
+    if not _small_shared_memory():
+        pytest.skip("no private /dev/shm can be mounted here (needs root and unshare)")
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(16, 16))
+    sets = [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[128,128]", "data.num_workers=2",
+            "train.epochs=1", "train.batch_size=16", "model.pretrained=none", "transfer.strategy=scratch",
+            f"train.out_dir={tmp_path / 'runs'}", "tracking.enabled=false"]
+    patch = "" if capped else "import medtl.train.runtime as r; r.workers_shared_memory_holds = lambda w, b: w; "
+    code = f"import sys; {patch}from medtl.cli import main; sys.argv = {['medtl', 'train', *[x for s in sets for x in ('--set', s)]]!r}; main()"
+    res = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=512k tmpfs /dev/shm && exec "$0" -c "$1"',
+                          sys.executable, code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MEDTL_PROGRESS": "0", "MEDTL_LOG_LEVEL": "WARNING", "COLUMNS": "400"})
+    if capped:
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert ("/dev/shm has 512 kB free (a container gets 64 MB): 0 data-loading worker(s) instead of 2, which would run "
+                "out of it; start the container with --shm-size=8g or --ipc=host for them") in res.stderr
+        assert (tmp_path / "runs" / "medtl" / "model.pt").is_file()
+    else:
+        assert res.returncode == 1, res.stderr[-2000:]
+        assert re.fullmatch(
+            r"error: the data loader's workers ran out of shared memory \(/dev/shm has \d+ kB free\): start the container "
+            r"with --shm-size=8g or --ipc=host, or load the data in the main process \(data.num_workers=0\); then rerun "
+            r"the same command \(a training that completed an epoch continues with --resume\)", res.stderr.strip()), res.stderr
