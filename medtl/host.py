@@ -4,7 +4,7 @@ OpenShift, ``docker run --user`` and Kubernetes ``runAsUser`` start processes un
 ``/etc/passwd`` and, most often, ``HOME=/``, which that UID cannot write. MLflow asks for the login name when it
 starts a run (``getpass`` raises ``KeyError`` there), matplotlib and Ray write under the home, and Spark's JVM cannot
 log in at all without a passwd entry. And a container gets 64 MB of shared memory, where a data loader's workers put
-their batches.
+their batches. What runs out all the same (shared memory, a GPU's memory) is one line that says what to change.
 """
 
 from __future__ import annotations
@@ -118,6 +118,25 @@ def out_of_shared_memory(err: BaseException) -> str | None:
     return (f"the data loader's workers ran out of shared memory{held}: start the container with --shm-size=8g or "
             "--ipc=host, or load the data in the main process (data.num_workers=0); then rerun the same command (a "
             "training that completed an epoch continues with --resume)")
+
+
+def out_of_device_memory(err: BaseException) -> str | None:
+    """The one line for a GPU that ran out of memory, or None where ``err`` is not that: torch's own paragraph
+    reads like a bug to report."""
+    import re
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(err, torch.OutOfMemoryError):
+        return None
+    said = str(err)
+    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]iB)", said)
+    total = re.search(r"total capacity of ([\d.]+ [KMGT]iB)", said)
+    what = f" (it asked for {asked[1]} more" + (f", of {total[1]}" if total else "") + ")" if asked else ""
+    return (f"the GPU ran out of memory{what}: use smaller batches (train.batch_size, with train.grad_accum to keep "
+            "their effect; score --batch-size) or inputs (data.image_size, train.patch_size), or keep the training "
+            "split off the GPU (train.data_on_device=false); then rerun the same command (a training that completed "
+            "an epoch continues with --resume)")
 
 
 def _size(n: int) -> str:

@@ -169,3 +169,41 @@ def test_a_container_with_little_shared_memory_trains_or_says_what_to_raise(tmp_
             r"error: the data loader's workers ran out of shared memory \(/dev/shm has \d+ kB free\): start the container "
             r"with --shm-size=8g or --ipc=host, or load the data in the main process \(data.num_workers=0\); then rerun "
             r"the same command \(a training that completed an epoch continues with --resume\)", res.stderr.strip()), res.stderr
+
+
+@pytest.mark.slow
+def test_a_gpu_out_of_memory_is_one_line_that_says_what_to_lower_and_the_run_resumes(tmp_path, monkeypatch):
+    """torch's paragraph (with its allocator settings) was printed as an unexpected error to report."""
+    import medtl.train.loop
+
+    def out_of_memory(name: str, n: int) -> None:
+        if name == "after_epoch" and n == 1:
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.25 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB "
+                "is free. Including non-PyTorch memory, this process has 78.12 GiB memory in use. If reserved but "
+                "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid "
+                "fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html"
+                "#environment-variables)")  # torch 2.13's words
+
+    m = make_classification_set(tmp_path / "d", n=24, kind="png", size=(16, 16))
+    store = tmp_path / "mlflow.db"
+    sets = [f"data.manifest={m}", "data.classes=[normal,lesion]", "data.image_size=[16,16]", "train.epochs=2",
+            "model.pretrained=none", "transfer.strategy=scratch", f"train.out_dir={tmp_path / 'runs'}",
+            f"tracking.uri={seed_mlflow_store(store)}", "evaluate.bootstrap=0", "evaluate.figures=false",
+            "evaluate.gradcam=0", "evaluate.typicality=false"]
+    args = ["run", "diagnosis", *[x for s in sets for x in ("--set", s)]]
+    monkeypatch.setattr(medtl.train.loop, "fault_point", out_of_memory)
+    res = run_cli(*args)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (
+        "error: the GPU ran out of memory (it asked for 2.25 GiB more, of 79.19 GiB): use smaller batches "
+        "(train.batch_size, with train.grad_accum to keep their effect; score --batch-size) or inputs (data.image_size, "
+        "train.patch_size), or keep the training split off the GPU (train.data_on_device=false); then rerun the same "
+        "command (a training that completed an epoch continues with --resume)")
+    with sqlite3.connect(store) as db:
+        assert db.execute("select status from runs").fetchall() == [("FAILED",)]
+    monkeypatch.setattr(medtl.train.loop, "fault_point", lambda name, n: None)
+    res = run_cli(*args, "--resume")
+    assert res.returncode == 0, res.stderr
+    with sqlite3.connect(store) as db:
+        assert db.execute("select status from runs").fetchall() == [("FINISHED",)]
