@@ -72,6 +72,11 @@ class DicomWeb:
 
         try:
             return ask()
+        except requests.exceptions.SSLError as exc:  # reached, and not trusted: no network fault to look for
+            said = re.search(r"certificate verify failed: ([^(']+)", str(exc))
+            raise ArchiveUnavailable(f"{self.name}: its TLS certificate is not trusted here "
+                                     f"({said[1].strip() if said else 'SSLError'}); give the certificate of the CA "
+                                     "that signed it in REQUESTS_CA_BUNDLE (a .pem file), then rerun") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ArchiveUnavailable(f"{self.name}: cannot reach the DICOMweb server ({type(exc).__name__}); check the "
                                      "address, the network and any proxy, then rerun") from None

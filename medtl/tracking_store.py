@@ -4,9 +4,8 @@ retries, its truncated exceptions or a new empty store in the wrong folder."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from medtl.config import TrackingConfig, names_a_server, redact_uri
@@ -59,13 +58,26 @@ def _check_server(uri: str, timeout: float) -> None:
     if not names_a_server(uri):
         raise TrackingError(f"tracking server {redact_uri(uri)}: not a server address; give one like "
                             "http://mlflow.example.org:5000")
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-            if resp.status != 200:
-                raise OSError(f"HTTP {resp.status}")
-    except (OSError, urllib.error.URLError) as exc:
-        raise TrackingError(f"tracking server {redact_uri(uri)} is unreachable ({exc}); start it, fix tracking.uri, "
-                            "or unset MLFLOW_TRACKING_URI to use the local store") from None
+    import requests
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:  # as MLflow will ask: its certificate and TLS settings (MLFLOW_TRACKING_SERVER_CERT_PATH, ...), proxies, auth
+        status = http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=timeout,
+                              raise_on_status=False).status_code
+        why = None if status == 200 else f"HTTP {status}"
+    except Exception as exc:  # noqa: BLE001 - MLflow wraps what requests raised, without its type
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, requests.exceptions.SSLError):
+            said = re.search(r"certificate verify failed: ([^(']+)", str(cause))
+            raise TrackingError(f"tracking server {redact_uri(uri)}: its TLS certificate is not trusted here "
+                                f"({said[1].strip() if said else 'SSLError'}); give the certificate of the CA that "
+                                "signed it in MLFLOW_TRACKING_SERVER_CERT_PATH (a .pem file), then rerun") from None
+        errno_said = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(cause or exc))
+        why = errno_said[1].strip() if errno_said else type(cause or exc).__name__
+    if why is not None:
+        raise TrackingError(f"tracking server {redact_uri(uri)} is unreachable ({why}); start it, fix tracking.uri, "
+                            "or unset MLFLOW_TRACKING_URI to use the local store")
 
 
 def _check_driver(uri: str) -> None:

@@ -230,6 +230,36 @@ def test_a_server_that_cannot_be_reached_or_refuses_stops_in_one_line(server, tm
         read_study_list(tmp_path / "bad.txt")
 
 
+def test_a_server_whose_certificate_is_not_trusted_says_so_and_is_used_once_its_ca_is_given(tmp_path, monkeypatch):
+    """A hospital's DICOMweb server signed by the hospital's own CA was reported as not reached ("check the address,
+    the network and any proxy"), though it answered."""
+    import ssl
+
+    from tests.conftest import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    archive = Archive()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler(archive))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/dicom-web"
+    try:
+        (tmp_path / "s.txt").write_text(study_on(archive, tmp_path / "pacs", "dave", 1) + "\n")
+        res = run_cli("pacs", "echo", url)
+        assert res.returncode != 0 and res.stderr.strip() == (
+            f"error: {url}: its TLS certificate is not trusted here (self-signed certificate); give the certificate of "
+            "the CA that signed it in REQUESTS_CA_BUNDLE (a .pem file), then rerun")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        assert "answers a study search (QIDO-RS)" in run_cli("pacs", "echo", url).stdout
+        done = run_cli("pacs", "pull", url, "--studies", tmp_path / "s.txt", "--out", tmp_path / "export")
+        assert done.returncode == 0 and "1 series retrieved now" in done.stdout, done.stderr
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @pytest.mark.parametrize("address", ["https://", "http://pacs:abc/dicom-web", "http:///dicom-web",
                                      "https://reader:pw@:443/dicom-web"])
 def test_a_malformed_dicomweb_address_is_one_line_that_shows_the_form(address):

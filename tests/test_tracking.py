@@ -392,3 +392,47 @@ def test_models_list_never_prints_a_store_password(monkeypatch):
     with pytest.raises(TrackingError) as info:
         model_versions(f"http://u:s3cret@127.0.0.1:{free_port()}", "cxr")
     assert "s3cret" not in str(info.value) and "http://***@127.0.0.1" in str(info.value)
+
+
+def test_an_https_server_signed_by_a_hospital_ca_is_used_as_mlflow_is_told_to_trust_it(tmp_path):
+    """medtl's check of the server went through urllib, which knows neither MLflow's certificate setting nor
+    REQUESTS_CA_BUNDLE: it refused a server MLflow would use, and called it unreachable ("start it")."""
+    import os
+    import ssl
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.conftest import seed_mlflow_store, self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    port = free_port()
+    (tmp_path / "server").mkdir()
+    seed_mlflow_store(tmp_path / "server" / "mlflow.db")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
+         f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}", "--workers", "1", "--uvicorn-opts",
+         f"--ssl-keyfile {key} --ssl-certfile {cert}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    uri = f"https://127.0.0.1:{port}"
+    try:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1, context=trusting)
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        res = run_cli("models", "list", env={"MLFLOW_TRACKING_URI": uri})
+        assert res.returncode == 2 and res.stderr.strip() == (
+            f"error: tracking server {uri}: its TLS certificate is not trusted here (self-signed certificate); give the "
+            "certificate of the CA that signed it in MLFLOW_TRACKING_SERVER_CERT_PATH (a .pem file), then rerun")
+        for trust in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "REQUESTS_CA_BUNDLE"):
+            res = run_cli("models", "list", env={"MLFLOW_TRACKING_URI": uri, trust: str(cert)})
+            assert res.returncode == 0 and res.stdout.startswith(f"no registered model in {uri}"), (trust, res.stderr)
+    finally:
+        os.killpg(proc.pid, 9)  # not a graceful stop: uvicorn would wait on the client's kept-alive connection
+        proc.wait(timeout=30)
