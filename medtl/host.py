@@ -74,6 +74,15 @@ def has_passwd_entry() -> bool:
     return True
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: a batch job's (SLURM's --cpus-per-task) or a pinned container's, not the
+    machine's, which ``os.cpu_count`` gives and workers sized by would crowd."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 SHARED_MEMORY = "/dev/shm"
 """Where a data loader's workers put the batches they hand over; a container gets 64 MB there by default."""
 

@@ -20,7 +20,7 @@ import pandas as pd
 from medtl.archive_output import ArchiveSummary, done_in, error_rows, model_identity, what_the_rows_say
 from medtl.errors import MedtlError
 from medtl.faults import fault_point
-from medtl.host import has_passwd_entry
+from medtl.host import has_passwd_entry, usable_cpus
 from medtl.log import logger
 
 
@@ -82,7 +82,7 @@ def score_spark(model_uri: str, manifest: Path, out: Path, master: str = "local[
     _check_master(master, named=named)
     spark = (SparkSession.builder.master(master).appName("medtl-score")
              .config("spark.executorEnv.MEDTL_DATA_ROOT", str(root)).config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.shuffle.partitions", str(max(2, os.cpu_count() or 2)))  # not 200 tiny tasks
+             .config("spark.sql.shuffle.partitions", str(max(2, usable_cpus())))  # not 200 tiny tasks
              .config("spark.python.daemon.module", "medtl.spark_daemon")
              .config("spark.locality.wait", "0s").config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .getOrCreate())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ from monai.transforms import Compose
 from medtl.config import DataConfig
 from medtl.data.transforms import find_data_error
 from medtl.errors import DataError
+from medtl.host import usable_cpus
 from medtl.log import progress_enabled
 
 
@@ -87,7 +87,7 @@ def _memory_dataset(items: list[dict[str, Any]], transform: Compose, cfg: DataCo
     shared = _MEMO.get(key)
     if shared is not None:
         return CacheDataset(items, transform, runtime_cache=shared, copy_cache=False)
-    workers = None if len(items) < 64 else (os.cpu_count() if cfg.num_workers == "auto" else int(cfg.num_workers) or None)
+    workers = None if len(items) < 64 else (usable_cpus() if cfg.num_workers == "auto" else int(cfg.num_workers) or None)
     before = set(threading.enumerate())
     try:
         ds = CacheDataset(items, transform, num_workers=workers, progress=progress_enabled() and sys.stderr.isatty(),

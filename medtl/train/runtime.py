@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from medtl.config import TrainConfig
 from medtl.errors import ConfigError, PeerLostError
-from medtl.host import workers_shared_memory_holds
+from medtl.host import usable_cpus, workers_shared_memory_holds
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def default_workers(device: torch.device, requested: int | str, batch_bytes: int
     elif device.type != "cuda":
         workers = 0
     else:
-        workers = max(1, min(8, (os.cpu_count() or 2) - 1))
+        workers = max(1, min(8, usable_cpus() - 1))
     return workers_shared_memory_holds(workers, batch_bytes)
 
 

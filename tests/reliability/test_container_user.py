@@ -104,14 +104,14 @@ def test_spark_is_refused_in_one_line_before_its_jvm_fails_to_log_in(no_passwd_e
                                   "do), or score with --engine ray or local")
 
 
-def test_loader_workers_are_as_many_as_shared_memory_holds_the_batches_of(monkeypatch, caplog):
+def test_loader_workers_are_as_many_as_the_job_has_cores_and_shared_memory_holds_batches_for(monkeypatch, caplog):
     import medtl.host
     from medtl.train.runtime import batch_bytes, default_workers
 
     cuda = torch.device("cuda")
     batch = batch_bytes(16, 3, [224, 224])
     assert batch == 16 * 3 * 224 * 224 * 4 and batch_bytes(2, 1, [96, 96, 96], masks=True) == 2 * 2 * 96**3 * 4
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.setattr(medtl.host, "shared_memory_free", lambda: 64 * 2**20)  # docker's default
     monkeypatch.setattr(medtl.host, "_SAID", set())
     logging.getLogger("medtl").addHandler(caplog.handler)
@@ -129,6 +129,9 @@ def test_loader_workers_are_as_many_as_shared_memory_holds_the_batches_of(monkey
     assert default_workers(torch.device("cpu"), "auto", batch) == 0
     monkeypatch.setattr(medtl.host, "shared_memory_free", lambda: 16 * 2**30)  # --ipc=host
     assert default_workers(cuda, "auto", batch) == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert default_workers(cuda, "auto", batch) == 3  # a batch job's 4 cores (SLURM pins them), not the node's 64
     monkeypatch.setattr(medtl.host, "shared_memory_free", lambda: None)  # nothing to measure: as asked
     assert default_workers(cuda, 3, batch) == 3
 
