@@ -22,8 +22,8 @@ from medtl.cli_pacs import pacs_app
 from medtl.cli_options import (ConfigArg, DeviceOption, ModelOption, OptionalConfigArg, PrevalenceOption, SetOption,
                                SplitsOption)
 from medtl.cli_score import SCORED, score_cmd
-from medtl.errors import Interrupted, MedtlError, RunExists, Terminated, on_interrupt
-from medtl.host import out_of_device_memory, out_of_shared_memory, settle_user_and_home
+from medtl.errors import Interrupted, MedtlError, RunExists, Terminated, on_interrupt, said_in_one_line
+from medtl.host import settle_user_and_home
 from medtl.log import console, setup_logging
 
 app = typer.Typer(
@@ -329,7 +329,7 @@ def main() -> None:
     except Exception as err:  # noqa: BLE001 - the last line of defence for users
         if debug:
             raise
-        said = out_of_shared_memory(err) or out_of_device_memory(err)
+        said = said_in_one_line(err)
         if said is None:
             _unexpected(err)
         console.print(f"[bold red]error:[/] {escape(said)}", markup=True, highlight=False, soft_wrap=True)

@@ -78,3 +78,18 @@ class PeerLostError(MedtlError):
     """Another process of a distributed training stopped: this one cannot go on alone, and the run resumes."""
 
     exit_code = 1
+
+
+def said_in_one_line(err: BaseException) -> str | None:
+    """A library's failure where medtl knows what the user can do about it, said so: shared or GPU memory run out,
+    a tracking server that refused access. None for any other error."""
+    import sys
+
+    from medtl.host import out_of_device_memory, out_of_shared_memory
+
+    said = out_of_shared_memory(err) or out_of_device_memory(err)
+    if said is None and "mlflow" in sys.modules:
+        from medtl.tracking_store import access_refused
+
+        said = access_refused(err)
+    return said

@@ -17,7 +17,7 @@ from medtl.data.manifest import public_columns
 from medtl.errors import TrackingError
 from medtl.log import logger
 from medtl.observe import Tracker
-from medtl.tracking_store import check_store, resolve_uri
+from medtl.tracking_store import access_refused, check_store, resolve_uri
 
 import warnings
 
@@ -209,6 +209,8 @@ def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False, checkp
     try:
         mlflow.set_experiment(cfg.experiment)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad store
+        if access_refused(exc):
+            raise TrackingError(access_refused(exc)) from None
         missing = f": the {exc.name} package it needs is not installed" if isinstance(exc, ModuleNotFoundError) else ""
         raise TrackingError(f"tracking store {redact_uri(uri)}: cannot open experiment {cfg.experiment!r} "
                             f"({type(exc).__name__}{missing})") from None

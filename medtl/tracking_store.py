@@ -31,6 +31,25 @@ def resolve_uri(cfg: TrackingConfig) -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+ACCOUNT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account it "
+           "accepts")
+"""What a server that refuses access needs: MLflow sends these with every request."""
+
+
+def access_refused(err: BaseException) -> str | None:
+    """The one line for an MLflow call a tracking server refused (HTTP 401 or 403, from MLflow's auth app or a proxy
+    in front of it), or None where ``err`` is not that: MLflow says it as an HTTP body."""
+    code = getattr(err, "error_code", None)
+    status = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(str(code))
+    said = re.search(r"failed with error code (401|403) != 200", str(err))
+    status = status or (int(said[1]) if said else None)
+    if status is None or type(err).__module__.split(".")[0] != "mlflow":
+        return None
+    import mlflow
+
+    return f"tracking server {redact_uri(mlflow.get_tracking_uri())} refused access (HTTP {status}); {ACCOUNT}"
+
+
 def check_store(uri: str, timeout: float = 5.0) -> None:
     """Fails in seconds, naming the URI, when the store cannot be reached or written."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
@@ -75,6 +94,8 @@ def _check_server(uri: str, timeout: float) -> None:
                                 "signed it in MLFLOW_TRACKING_SERVER_CERT_PATH (a .pem file), then rerun") from None
         errno_said = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(cause or exc))
         why = errno_said[1].strip() if errno_said else type(cause or exc).__name__
+    if why in ("HTTP 401", "HTTP 403"):
+        raise TrackingError(f"tracking server {redact_uri(uri)} refused access ({why}); {ACCOUNT}")
     if why is not None:
         raise TrackingError(f"tracking server {redact_uri(uri)} is unreachable ({why}); start it, fix tracking.uri, "
                             "or unset MLFLOW_TRACKING_URI to use the local store")

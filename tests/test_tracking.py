@@ -436,3 +436,59 @@ def test_an_https_server_signed_by_a_hospital_ca_is_used_as_mlflow_is_told_to_tr
     finally:
         os.killpg(proc.pid, 9)  # not a graceful stop: uvicorn would wait on the client's kept-alive connection
         proc.wait(timeout=30)
+
+
+def test_a_server_behind_a_login_says_which_variables_give_the_account(tmp_path, monkeypatch):
+    """A proxy in front of MLflow, or MLflow's auth app, answers 401: medtl called the server unreachable ("start
+    it"), or printed MLflow's error with the proxy's HTML page as an unexpected error."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from medtl.tracking_store import check_store
+
+    account = "Basic " + base64.b64encode(b"reader:s3cret").decode()
+    health_open = []
+
+    class Login(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.headers.get("Authorization") == account or (self.path == "/health" and health_open):
+                self.send_response(200 if self.path == "/health" else 404)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+                return
+            page = b"<html><body><h1>401 Authorization Required</h1></body></html>"
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Login)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{httpd.server_address[1]}"
+    said = (f"error: tracking server {uri} refused access (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account it accepts")
+    try:
+        res = run_cli("models", "list", env={"MLFLOW_TRACKING_URI": uri})  # the login guards every path
+        assert res.returncode == 2 and res.stderr.strip() == said, res.stderr
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+        check_store(uri)  # the account is sent, as MLflow sends it
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        health_open.append(True)  # its health check open, its API not
+        res = run_cli("models", "list", env={"MLFLOW_TRACKING_URI": uri})
+        assert res.returncode == 1 and res.stderr.strip() == said, res.stderr
+        m = make_classification_set(tmp_path / "d", n=8, kind="png", size=(16, 16))
+        res = run_cli("run", "diagnosis", *overrides(m, tmp_path / "runs", uri), cwd=tmp_path)
+        assert res.returncode == 2 and res.stderr.strip() == said, res.stderr
+        assert not (tmp_path / "runs").exists()  # refused before any training
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
