@@ -36,7 +36,7 @@ ACCOUNT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW
 """What a server that refuses access needs: MLflow sends these with every request."""
 
 
-def access_refused(err: BaseException) -> str | None:
+def access_refused(err: BaseException, uri: str | None = None) -> str | None:
     """The one line for an MLflow call a tracking server refused (HTTP 401 or 403, from MLflow's auth app or a proxy
     in front of it), or None where ``err`` is not that: MLflow says it as an HTTP body."""
     code = getattr(err, "error_code", None)
@@ -47,7 +47,7 @@ def access_refused(err: BaseException) -> str | None:
         return None
     import mlflow
 
-    return f"tracking server {redact_uri(mlflow.get_tracking_uri())} refused access (HTTP {status}); {ACCOUNT}"
+    return f"tracking server {redact_uri(uri or mlflow.get_tracking_uri())} refused access (HTTP {status}); {ACCOUNT}"
 
 
 def check_store(uri: str, timeout: float = 5.0) -> None:

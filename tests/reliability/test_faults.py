@@ -185,6 +185,34 @@ def test_a_replay_the_server_breaks_off_sends_the_rest_once_and_the_runs_own_sta
     assert client.get_run(run.info.run_id).info.status == "FAILED"
 
 
+def test_a_replay_the_server_refuses_access_to_says_which_variables_give_the_account(tmp_path, monkeypatch):
+    """A token that expired while the run was offline: 'stopped answering ... run it again' could never succeed."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    calls = [{"kind": "metrics", "args": [{"loss": float(step)}, step]} for step in range(4)]
+    client, run, folder = offline_run(tmp_path, calls)
+    real, sent = MlflowClient.log_metric, []
+
+    def refused(self, run_id, key, value, step=0, **kw):
+        if len(sent) == 2:  # MLflow's words for a 401 (rest_utils.http_request)
+            raise MlflowException("API request to endpoint /api/2.0/mlflow/runs/log-metric failed with error code 401 "
+                                  "!= 200. Response body: '<html><h1>401 Authorization Required</h1></html>'")
+        sent.append(step)
+        return real(self, run_id, key, value, step=step, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_metric", refused)
+    res = run_cli("tracking", "sync", str(folder))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"error: {folder}: tracking server {uri} refused access (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account it accepts; then run `medtl tracking sync "
+        f"{folder}` again to send the 2 call(s) left"), res.stderr
+    monkeypatch.setattr(MlflowClient, "log_metric", real)
+    assert run_cli("tracking", "sync", str(folder)).returncode == 0
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2, 3]
+
+
 def test_a_replay_interrupted_by_ctrl_c_sends_only_the_rest_when_run_again(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
