@@ -91,8 +91,28 @@ def discover_cases(folder: Path, ids: CaseIds = "folder", progress: bool = False
         if identifiers is not None and any(tags.values()):
             identifiers[found[-1][1]] = {key: value for key, value in tags.items() if value}
     cases = [(_path_id(named, folder) if ids == "path" and named != folder else case, ref) for case, ref, named in found]
+    _refuse_undecodable_names(cases, folder)
     _refuse_shared_ids(cases, folder, ids)
     return cases
+
+
+def _refuse_undecodable_names(cases: list[tuple[str, str]], folder: Path) -> None:
+    """A name written in an older encoding (Latin-1 from a Windows or SMB share) reaches Python as undecodable bytes,
+    and no manifest, log or MLflow record can hold it: one line naming the first, instead of an error at writing."""
+    bad = [ref for _, ref in cases if not _utf8(ref)]
+    if bad:
+        shown = os.path.relpath(dicom.parse_series_ref(bad[0])[0], folder).encode("utf-8", "surrogateescape")
+        raise ManifestError(f"{folder}: {len(bad)} scan(s) named in an encoding other than UTF-8 (an older Windows or "
+                            f"share's; the first: {shown.decode('utf-8', 'backslashreplace')}); rename them to UTF-8, "
+                            f"for instance with convmv -f latin1 -t utf8 -r --notest {folder}, and run again")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _path_id(path: Path, folder: Path) -> str:

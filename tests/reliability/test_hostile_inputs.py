@@ -474,3 +474,23 @@ def test_a_zipped_export_a_research_format_or_a_sheet_given_as_input_says_what_t
                   str(tmp_path / "p.csv"), "--no-track")  # was scored as a scan: one error row, "not a DICOM..."
     assert res.returncode == 2 and f"a sheet, not a scan; a manifest is given as --manifest {tmp_path / 'm.csv'}" \
         in res.stderr and not (tmp_path / "p.csv").exists(), res.stderr
+
+
+def test_a_scan_named_in_an_older_encoding_is_one_line_that_says_how_to_rename(tmp_path, model_2d):
+    """A Latin-1 name from a Windows share ("Müller") reached the manifest writer as undecodable bytes: an unexpected
+    UnicodeEncodeError after every header was read."""
+    import os
+
+    scans = tmp_path / "scans"
+    make_classification_set(scans, n=4, kind="png", size=(16, 16))
+    first = sorted((scans / "images").glob("*.png"))[0]
+    first.rename(scans / "images" / os.fsdecode(b"M\xfcller.png"))  # the bytes a Latin-1 system wrote
+    said = (f"error: {scans}: 1 scan(s) named in an encoding other than UTF-8 (an older Windows or share's; the first: "
+            rf"images/M\xfcller.png); rename them to UTF-8, for instance with convmv -f latin1 -t utf8 -r --notest "
+            f"{scans}, and run again")
+    res = run_cli("manifest", "build", str(scans), "--out", str(tmp_path / "m.csv"))
+    assert res.returncode == 2 and res.stderr.strip() == said, res.stderr
+    assert not (tmp_path / "m.csv").exists()
+    res = run_cli("score", "--model", str(model_2d[0]), "--input", str(scans), "--out", str(tmp_path / "p.csv"),
+                  "--no-track")
+    assert res.returncode == 2 and res.stderr.strip() == said, res.stderr
