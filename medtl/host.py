@@ -30,7 +30,8 @@ def settle_user_and_home() -> str | None:
     if _usable(was):
         return None
     home = os.environ["HOME"] = str(_private_home())
-    lasts = "" if home == os.environ.get("MEDTL_HOME") else "; set MEDTL_HOME to a folder that lasts to keep them"
+    given = os.environ.get("MEDTL_HOME")
+    lasts = "" if given and Path(given).resolve() == Path(home) else "; set MEDTL_HOME to a folder that lasts to keep them"
     logger.info("%s: MLflow, matplotlib, Ray and medtl's weights cache keep their files in %s%s",
                 f"HOME={was} cannot be written" if was else "HOME is not set", home, lasts)
     return home
@@ -50,7 +51,7 @@ def _private_home() -> Path:
         except OSError:
             pass
         if _usable(given):
-            return Path(given)
+            return Path(given).resolve()  # a relative HOME would move with every change of folder
     home = Path(tempfile.gettempdir()) / f"medtl-home-{os.getuid()}"
     try:
         home.mkdir(mode=0o700, exist_ok=True)

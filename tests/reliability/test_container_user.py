@@ -61,7 +61,8 @@ def test_a_user_with_no_name_and_no_home_gets_both(no_passwd_entry, monkeypatch,
 
 def test_medtl_home_serves_as_the_home_where_it_is_set(no_passwd_entry, tmp_path, monkeypatch):
     """A volume mounted there outlasts the container: the weights cache and what the libraries keep, together."""
-    monkeypatch.setenv("MEDTL_HOME", str(tmp_path / "volume" / "medtl"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDTL_HOME", "volume/medtl")  # relative, as typed: the home is where it is now
     assert settle_user_and_home() == str(tmp_path / "volume" / "medtl") == os.environ["HOME"]
     assert (tmp_path / "volume" / "medtl").is_dir() and not no_passwd_entry.exists()
 
