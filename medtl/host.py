@@ -31,9 +31,10 @@ def settle_user_and_home() -> str | None:
         return None
     home = os.environ["HOME"] = str(_private_home())
     given = os.environ.get("MEDTL_HOME")
-    lasts = "" if given and Path(given).resolve() == Path(home) else "; set MEDTL_HOME to a folder that lasts to keep them"
-    logger.info("%s: MLflow, matplotlib, Ray and medtl's weights cache keep their files in %s%s",
-                f"HOME={was} cannot be written" if was else "HOME is not set", home, lasts)
+    lasts = ("" if given and Path(given).resolve() == Path(home)
+             else "; set MEDTL_HOME to a folder that lasts to keep them")
+    logger.info("%s: MLflow, matplotlib, Ray, medtl's weights cache and its pseudonym key keep their files in "
+                "%s%s", f"HOME={was} cannot be written" if was else "HOME is not set", home, lasts)
     return home
 
 
@@ -109,8 +110,8 @@ def workers_shared_memory_holds(workers: int, batch_bytes: int) -> int:
         return workers
     if (fits, workers) not in _SAID:  # once, not for each split's loader
         _SAID.add((fits, workers))
-        logger.warning("%s has %s free (a container gets 64 MB): %d data-loading worker(s) instead of %d, which would run "
-                       "out of it; start the container with --shm-size=8g or --ipc=host for them", SHARED_MEMORY,
+        logger.warning("%s has %s free (a container gets 64 MB): %d data-loading worker(s) instead of %d, which would "
+                       "run out of it; start the container with --shm-size=8g or --ipc=host for them", SHARED_MEMORY,
                        _size(free), fits, workers)
     return fits
 

@@ -51,9 +51,9 @@ def test_a_user_with_no_name_and_no_home_gets_both(no_passwd_entry, monkeypatch,
             assert settle_user_and_home() == str(no_passwd_entry)
     finally:
         logging.getLogger("medtl").removeHandler(caplog.handler)
-    assert set(caplog.messages) == {f"HOME={tmp_path / 'not_a_folder'} cannot be written: MLflow, matplotlib, Ray and "
-                                    f"medtl's weights cache keep their files in {no_passwd_entry}; set MEDTL_HOME to a "
-                                    "folder that lasts to keep them"}
+    assert set(caplog.messages) == {f"HOME={tmp_path / 'not_a_folder'} cannot be written: MLflow, matplotlib, Ray, "
+                                    f"medtl's weights cache and its pseudonym key keep their files in {no_passwd_entry}; "
+                                    "set MEDTL_HOME to a folder that lasts to keep them"}
     assert getpass.getuser() == f"uid{os.getuid()}" and os.environ["HOME"] == str(no_passwd_entry)
     assert stat.S_IMODE(no_passwd_entry.stat().st_mode) == 0o700
     assert settle_user_and_home() is None  # the home it gave is usable: nothing more to do
