@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medtl.errors import MedtlError
+from medtl.host import untrusted_certificate
 
 logging.getLogger("dicomweb_client").setLevel(logging.ERROR)  # its debug lines carry URLs (UIDs) and headers (tokens)
 logging.getLogger("pynetdicom").setLevel(logging.ERROR)  # its info lines print each identifier it sends
@@ -72,11 +73,9 @@ class DicomWeb:
 
         try:
             return ask()
-        except requests.exceptions.SSLError as exc:  # reached, and not trusted: no network fault to look for
-            said = re.search(r"certificate verify failed: ([^(']+)", str(exc))
-            raise ArchiveUnavailable(f"{self.name}: its TLS certificate is not trusted here "
-                                     f"({said[1].strip() if said else 'SSLError'}); give the certificate of the CA "
-                                     "that signed it in REQUESTS_CA_BUNDLE (a .pem file), then rerun") from None
+        except requests.exceptions.SSLError as exc:
+            raise ArchiveUnavailable(f"{self.name}: {untrusted_certificate(exc)}; give the certificate of the CA that "
+                                     "signed it in REQUESTS_CA_BUNDLE (a .pem file), then rerun") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ArchiveUnavailable(f"{self.name}: cannot reach the DICOMweb server ({type(exc).__name__}); check the "
                                      "address, the network and any proxy, then rerun") from None

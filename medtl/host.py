@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -134,7 +135,6 @@ def out_of_shared_memory(err: BaseException) -> str | None:
 def out_of_device_memory(err: BaseException) -> str | None:
     """The one line for a GPU that ran out of memory, or None where ``err`` is not that: torch's own paragraph
     reads like a bug to report."""
-    import re
     import sys
 
     torch = sys.modules.get("torch")
@@ -148,6 +148,17 @@ def out_of_device_memory(err: BaseException) -> str | None:
             "their effect; score --batch-size) or inputs (data.image_size, train.patch_size), or keep the training "
             "split off the GPU (train.data_on_device=false); then rerun the same command (a training that completed "
             "an epoch continues with --resume)")
+
+
+def untrusted_certificate(err: BaseException | None) -> str | None:
+    """What to say of a server whose TLS certificate this machine does not trust (most often one a hospital's own CA
+    signed), or None where ``err`` is no such failure: it was reached, so no network fault is to be looked for."""
+    import requests
+
+    if not isinstance(err, requests.exceptions.SSLError):
+        return None
+    said = re.search(r"certificate verify failed: ([^(']+)", str(err))
+    return f"its TLS certificate is not trusted here ({said[1].strip() if said else 'SSLError'})"
 
 
 def _size(n: int) -> str:

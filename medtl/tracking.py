@@ -209,8 +209,8 @@ def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False, checkp
     try:
         mlflow.set_experiment(cfg.experiment)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad store
-        if access_refused(exc, uri):
-            raise TrackingError(access_refused(exc, uri)) from None
+        if refused := access_refused(exc, uri):
+            raise TrackingError(refused) from None
         missing = f": the {exc.name} package it needs is not installed" if isinstance(exc, ModuleNotFoundError) else ""
         raise TrackingError(f"tracking store {redact_uri(uri)}: cannot open experiment {cfg.experiment!r} "
                             f"({type(exc).__name__}{missing})") from None
@@ -286,8 +286,8 @@ def sync_offline(run_folder: Path) -> int:
             progress.write_text(str(sent))  # a rerun sends the rest, not every call again
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            if access_refused(exc, uri):
-                raise TrackingError(f"{run_folder}: {access_refused(exc, uri)}; then run `medtl tracking sync {run_folder}` "
+            if refused := access_refused(exc, uri):
+                raise TrackingError(f"{run_folder}: {refused}; then run `medtl tracking sync {run_folder}` "
                                     f"again to send the {len(calls) - sent} call(s) left") from None
             raise TrackingError(f"{run_folder}: the tracking server stopped answering after {sent} of {len(calls)} "
                                 f"calls ({type(exc).__name__}); run `medtl tracking sync {run_folder}` again to send the rest") from None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medtl.config import TrackingConfig, names_a_server, redact_uri
 from medtl.errors import TrackingError
+from medtl.host import untrusted_certificate
 
 DATABASES = ("postgresql", "mysql", "mssql")
 """Database stores MLflow takes through SQLAlchemy, each needing a driver of its own."""
@@ -77,7 +78,6 @@ def _check_server(uri: str, timeout: float) -> None:
     if not names_a_server(uri):
         raise TrackingError(f"tracking server {redact_uri(uri)}: not a server address; give one like "
                             "http://mlflow.example.org:5000")
-    import requests
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -87,11 +87,10 @@ def _check_server(uri: str, timeout: float) -> None:
         why = None if status == 200 else f"HTTP {status}"
     except Exception as exc:  # noqa: BLE001 - MLflow wraps what requests raised, without its type
         cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, requests.exceptions.SSLError):
-            said = re.search(r"certificate verify failed: ([^(']+)", str(cause))
-            raise TrackingError(f"tracking server {redact_uri(uri)}: its TLS certificate is not trusted here "
-                                f"({said[1].strip() if said else 'SSLError'}); give the certificate of the CA that "
-                                "signed it in MLFLOW_TRACKING_SERVER_CERT_PATH (a .pem file), then rerun") from None
+        if untrusted_certificate(cause):
+            raise TrackingError(f"tracking server {redact_uri(uri)}: {untrusted_certificate(cause)}; give the "
+                                "certificate of the CA that signed it in MLFLOW_TRACKING_SERVER_CERT_PATH (a .pem "
+                                "file), then rerun") from None
         errno_said = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(cause or exc))
         why = errno_said[1].strip() if errno_said else type(cause or exc).__name__
     if why in ("HTTP 401", "HTTP 403"):
