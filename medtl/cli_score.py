@@ -66,10 +66,6 @@ def score_cmd(
     chunk: Annotated[int, typer.Option("--chunk", "--spark-chunk", min=1, help="Spark, Ray: cases per committed chunk (a crash costs at most one).")] = 1000,
 ) -> None:
     """Score new studies with a registered model; reruns resume where a crash stopped."""
-    from medtl.models.loader import load_any_model
-    from medtl.scoring import check_out, input_cases, score, set_prevalence
-    from medtl.steps import run_context
-
     local_only = {"--prevalence": prevalence, "--masks-out": masks_out, "--heatmaps": heatmaps, "--reports-out": reports_out}
     if engine == "spark":
         from medtl.spark_scoring import score_spark
@@ -83,6 +79,10 @@ def score_cmd(
             model, m, out, ray_address, data_root, chunk, batch_size, ray_workers, ray_gpus))
     if engine != "local":
         raise MedtlError(f"--engine {engine}: use local, spark or ray")
+    from medtl.models.loader import load_any_model  # the local engine's: Spark's and Ray's drivers never load torch
+    from medtl.scoring import check_out, input_cases, score, set_prevalence
+    from medtl.steps import run_context
+
     _outside_input(input_dir, {"--masks-out": masks_out, "--heatmaps": heatmaps, "--reports-out": reports_out})
     check_out(out)
 
