@@ -79,21 +79,19 @@ def score_cmd(
             model, m, out, ray_address, data_root, chunk, batch_size, ray_workers, ray_gpus))
     if engine != "local":
         raise MedtlError(f"--engine {engine}: use local, spark or ray")
-    from medtl.models.loader import load_any_model  # the local engine's: Spark's and Ray's drivers never load torch
+    from medtl.config import TrackingConfig  # the local engine's modules (torch, MONAI): no Spark or Ray driver reads a scan
+    from medtl.models.loader import load_any_model
     from medtl.scoring import check_out, input_cases, score, set_prevalence
     from medtl.steps import run_context
 
     _outside_input(input_dir, {"--masks-out": masks_out, "--heatmaps": heatmaps, "--reports-out": reports_out})
     check_out(out)
-
     bundle = load_any_model(model)
     if masks_out is not None and bundle.task != "segmentation":
         raise MedtlError(f"--masks-out: {model} is a {bundle.task} model; only segmentation models write masks")
     if isinstance(prevalence, float):
         set_prevalence(bundle, prevalence)
     cases = input_cases(manifest, input_dir, ids)
-    from medtl.config import TrackingConfig
-
     tracking = TrackingConfig(enabled=track)  # the store MLFLOW_TRACKING_URI names (or ./mlflow.db), as `medtl models` uses
     try:
         with on_interrupt(SCORED), run_context(tracking, f"score-{bundle.spec.name}") as tracker:
