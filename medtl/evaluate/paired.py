@@ -1,8 +1,9 @@
 """Two models on the same cases: the paired comparison a reviewer of a clinical ML paper asks for.
 
 ΔAUROC with a paired patient-bootstrap CI (the same resampled patients score both models) and DeLong's
-test (fast algorithm of Sun & Xu 2014), ΔBrier and ΔECE with paired CIs, and a decision-curve analysis
-(Vickers & Elkin 2006): net benefit against threshold probability, with treat-all and treat-none."""
+test (mid-rank placements, as Sun & Xu 2014; by patient, Obuchowski's 1997 extension), ΔBrier and ΔECE with paired
+CIs, and a decision-curve analysis (Vickers & Elkin 2006): net benefit against threshold probability, with treat-all
+and treat-none."""
 
 from __future__ import annotations
 
@@ -30,22 +31,37 @@ def _placements(y: np.ndarray, p: np.ndarray) -> tuple[float, np.ndarray, np.nda
     return float(v10.mean()), v10, v01
 
 
-def delong_test(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> dict[str, float]:
-    """DeLong's test for two correlated AUROCs on the same cases: AUROCs, difference, its SE, z and p."""
+def delong_test(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
+    """DeLong's test for two correlated AUROCs on the same cases: AUROCs, difference, its SE, z and p. With ``groups``
+    (patients), Obuchowski's (1997) extension for clustered data: each patient's structural components are summed
+    before their (co)variances are taken, so a patient's several scans count as one patient, not as independent cases,
+    as the paired bootstrap resamples them; with one case per patient it is DeLong's test exactly."""
     y, pa = check_inputs(y_true, p_a)
     _, pb = check_inputs(y_true, p_b)
-    auc_a, v10a, v01a = _placements(y, pa)
-    auc_b, v10b, v01b = _placements(y, pb)
-    if min(len(v10a), len(v01a)) < 2:  # the variance needs two cases of each class: no test, rather than p = 1
+    patient = np.unique(np.arange(len(y)) if groups is None else np.asarray(groups), return_inverse=True)[1]
+    pos, neg = y == 1, y == 0
+    m, n, patients = int(pos.sum()), int(neg.sum()), int(patient.max(initial=-1)) + 1
+    i10, i01 = len(np.unique(patient[pos])), len(np.unique(patient[neg]))
+    aucs, c10, c01 = [], [], []
+    for p in (pa, pb):
+        auc, v10, v01 = _placements(y, p)
+        aucs.append(auc)  # a patient's components, centred: V10_i - m_i * AUROC (and V01_i - n_i * AUROC)
+        c10.append(np.bincount(patient[pos], weights=v10 - auc, minlength=patients))
+        c01.append(np.bincount(patient[neg], weights=v01 - auc, minlength=patients))
+    auc_a, auc_b = aucs
+    if min(i10, i01) < 2:  # the variance needs two patients of each class: no test, rather than p = 1
         return {"auroc_a": auc_a, "auroc_b": auc_b, "delta_auroc": auc_a - auc_b}
-    s10 = np.cov(np.vstack([v10a, v10b]))
-    s01 = np.cov(np.vstack([v01a, v01b]))
-    cov = s10 / len(v10a) + s01 / len(v01a)
+    c10, c01 = np.stack(c10), np.stack(c01)
+    s10 = i10 / ((i10 - 1) * m) * c10 @ c10.T
+    s01 = i01 / ((i01 - 1) * n) * c01 @ c01.T
+    s11 = patients / (patients - 1) * c10 @ c01.T  # zero unless a patient has cases of both classes
+    cov = s10 / m + s01 / n + (s11 + s11.T) / (m * n)
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     diff = auc_a - auc_b
     z = diff / np.sqrt(var) if var > 0 else (0.0 if diff == 0 else np.inf * np.sign(diff))
-    return {"auroc_a": auc_a, "auroc_b": auc_b, "delta_auroc": diff, "delta_auroc_se": float(np.sqrt(max(var, 0.0))),
-            "delong_z": float(z), "delong_p": float(2 * norm.sf(abs(z)))}
+    out = {"auroc_a": auc_a, "auroc_b": auc_b, "delta_auroc": diff, "delta_auroc_se": float(np.sqrt(max(var, 0.0))),
+           "delong_z": float(z), "delong_p": float(2 * norm.sf(abs(z)))}
+    return out | ({"delong_patients": float(patients)} if patients < len(y) else {})
 
 
 def net_benefit(y_true: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -87,19 +103,30 @@ class PairedComparison:
     """The class whose probabilities are compared, as figures name it."""
 
 
-def mcnemar(y_true: np.ndarray, call_a: np.ndarray, call_b: np.ndarray) -> dict[str, float]:
+def mcnemar(y_true: np.ndarray, call_a: np.ndarray, call_b: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
     """McNemar's exact test of two models' calls on the same cases, among the positives (sensitivity) and among the
     negatives (specificity): the cases one model calls right and the other wrong, and the two-sided binomial p that
-    they split as evenly as chance would."""
-    from scipy.stats import binomtest
+    they split as evenly as chance would. Where ``groups`` gives a patient several of those cases, they are not
+    independent: Obuchowski's (1998) test for clustered data, whose variance comes from each patient's difference."""
+    from scipy.stats import binomtest, chi2
 
     y, a, b = (np.asarray(v).astype(int) for v in (y_true, call_a, call_b))
+    patient = np.unique(np.arange(len(y)) if groups is None else np.asarray(groups), return_inverse=True)[1]
     out: dict[str, float] = {}
     for name, cls in (("sensitivity", 1), ("specificity", 0)):
         right_a, right_b = (a == cls) & (y == cls), (b == cls) & (y == cls)
-        only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
-        out[f"{name}_only_a"], out[f"{name}_only_b"] = only_a, only_b
-        out[f"mcnemar_{name}_p"] = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+        only_a, only_b = right_a & ~right_b, right_b & ~right_a
+        out[f"{name}_only_a"], out[f"{name}_only_b"] = int(only_a.sum()), int(only_b.sum())
+        of_class = patient[y == cls]
+        if len(np.unique(of_class)) == len(of_class):
+            discordant = int(only_a.sum() + only_b.sum())
+            out[f"mcnemar_{name}_p"] = binomtest(int(only_a.sum()), discordant).pvalue if discordant else 1.0
+            continue
+        k = len(np.unique(of_class))  # patients with cases of this class, and each one's b_k - c_k
+        d = np.bincount(patient, weights=only_a.astype(float) - only_b, minlength=int(patient.max()) + 1)
+        stat = (k - 1) / k * d.sum() ** 2 / np.sum(d ** 2) if np.any(d) else 0.0
+        out[f"mcnemar_{name}_p"] = float(chi2.sf(stat, 1)) if k > 1 else np.nan  # one patient: nothing to test
+        out[f"mcnemar_{name}_clustered"] = 1.0
     return out
 
 
@@ -129,9 +156,9 @@ def compare_models(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, names: 
     both = np.column_stack([pa, pb, *([np.asarray(c, dtype=float) for c in calls] if calls else [])])  # the pairing
     metrics: dict[str, float] = {"n": float(len(y)), **deltas(y, both)}
     if len(np.unique(y)) == 2:
-        metrics.update({k: v for k, v in delong_test(y, pa, pb).items() if k != "delta_auroc"})
+        metrics.update({k: v for k, v in delong_test(y, pa, pb, groups).items() if k != "delta_auroc"})
     if calls is not None:
-        metrics.update(mcnemar(y, *calls))
+        metrics.update(mcnemar(y, *calls, groups))
     for key, (low, high) in bootstrap_ci(deltas, y, both, groups, n_resamples, ci, seed).items():
         metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = low, high
     both_probs = {names[0]: pa, names[1]: pb}
@@ -166,13 +193,16 @@ def write_comparison(cmp: PairedComparison, out_dir: Path, figures: bool = True)
     if "delta_sensitivity" in m:
         lines += [row("delta_sensitivity", "Δsensitivity, each at its own threshold"),
                   row("delta_specificity", "Δspecificity, each at its own threshold")]
+    delong = (f"DeLong by patient (Obuchowski 1997, {int(m['delong_patients'])} patients)" if "delong_patients" in m
+              else "DeLong")
     if "delong_p" in m:
-        lines += ["", f"DeLong: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}, z = {m['delong_z']:.2f}, p = {m['delong_p']:.3g}"]
+        lines += ["", f"{delong}: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}, z = {m['delong_z']:.2f}, p = {m['delong_p']:.3g}"]
     elif "auroc_a" in m:
-        lines += ["", f"DeLong: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}; no test: it needs two or more cases of each class"]
+        lines += ["", f"DeLong: AUROC {m['auroc_a']:.3f} vs {m['auroc_b']:.3f}; no test: it needs two or more patients of each class"]
     if "mcnemar_sensitivity_p" in m:
-        lines += ["", *[f"McNemar (exact), {name}: {int(m[f'{name}_only_a'])} {what} only {a} calls right, "
-                        f"{int(m[f'{name}_only_b'])} only {b}; p = {m[f'mcnemar_{name}_p']:.3g}"
+        lines += ["", *[f"McNemar {'by patient (Obuchowski 1998)' if f'mcnemar_{name}_clustered' in m else '(exact)'}, "
+                        f"{name}: {int(m[f'{name}_only_a'])} {what} only {a} calls right, {int(m[f'{name}_only_b'])} only "
+                        f"{b}; p = {m[f'mcnemar_{name}_p']:.3g}"
                         for name, what in (("sensitivity", "positive cases"), ("specificity", "negative cases"))]]
     files[2].write_text("\n".join(lines) + "\n")
     if not figures:

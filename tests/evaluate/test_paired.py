@@ -42,6 +42,80 @@ def test_delong_matches_the_definition_and_sklearn(seed):
     assert got["delong_z"] == pytest.approx(z) and got["delong_p"] == pytest.approx(p)
 
 
+def obuchowski_brute_force(y, a, b, patients):
+    """Obuchowski (1997), Biometrics 53:567, written out from the kernel: per patient i, V10_i sums the placements of
+    its positive cases among all negatives (V01_i of its negatives among all positives); S10, S01 and S11 are their
+    centred sums of products over patients, with I10, I01 and I the patients with a positive, a negative, any case."""
+    ids = sorted(set(patients))
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    m, n = len(pos), len(neg)
+
+    def parts(p):
+        psi = (p[pos][:, None] > p[neg][None, :]) + 0.5 * (p[pos][:, None] == p[neg][None, :])
+        auc = psi.sum() / (m * n)
+        v10 = [sum(psi[j].sum() / n for j, c in enumerate(pos) if patients[c] == i) for i in ids]
+        v01 = [sum(psi[:, k].sum() / m for k, c in enumerate(neg) if patients[c] == i) for i in ids]
+        m_i = [sum(patients[c] == i for c in pos) for i in ids]
+        n_i = [sum(patients[c] == i for c in neg) for i in ids]
+        return auc, np.array(v10) - auc * np.array(m_i), np.array(v01) - auc * np.array(n_i)
+
+    (auc_a, x_a, w_a), (auc_b, x_b, w_b) = parts(a), parts(b)
+    i10, i01, i = len({patients[c] for c in pos}), len({patients[c] for c in neg}), len(ids)
+
+    def cov(x1, w1, x2, w2):
+        return (i10 / ((i10 - 1) * m) * np.sum(x1 * x2) / m + i01 / ((i01 - 1) * n) * np.sum(w1 * w2) / n
+                + i / (i - 1) * (np.sum(x1 * w2) + np.sum(x2 * w1)) / (m * n))
+
+    var = cov(x_a, w_a, x_a, w_a) + cov(x_b, w_b, x_b, w_b) - 2 * cov(x_a, w_a, x_b, w_b)
+    z = (auc_a - auc_b) / np.sqrt(var)
+    return z, 2 * norm.sf(abs(z))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_delong_by_patient_is_obuchowskis_clustered_test(seed):
+    """Patients with one to four films, some with films of both classes (a normal film and a pneumonia film of one
+    patient, the S11 term): the p-value follows the patients, as the paired bootstrap does."""
+    rng = np.random.default_rng(seed)
+    films = rng.integers(1, 5, 45)
+    patients = np.repeat([f"p{i}" for i in range(45)], films)
+    y = (rng.random(len(patients)) < 0.4).astype(int)
+    effect = np.repeat(rng.normal(0, 0.15, 45), films)  # a patient's films look alike
+    a = np.clip(0.3 * y + effect + rng.normal(0.4, 0.15, len(y)), 0, 1).round(2)
+    b = np.clip(0.15 * y + effect + rng.normal(0.4, 0.15, len(y)), 0, 1).round(2)
+    got = delong_test(y, a, b, patients)
+    z, p = obuchowski_brute_force(y, a, b, patients)
+    assert got["delong_z"] == pytest.approx(z) and got["delong_p"] == pytest.approx(p)
+    assert got["auroc_a"] == pytest.approx(roc_auc_score(y, a)) and got["delong_patients"] == 45
+    assert got["delong_p"] != pytest.approx(delong_test(y, a, b)["delong_p"])  # films as independent cases: another p
+
+
+def test_a_patients_repeated_films_do_not_make_delong_or_mcnemar_surer():
+    """Each film three times over, as three films of its patient: the same evidence. By patient, DeLong's z is the
+    single films' exactly, and McNemar's statistic (K-1)/K (B-C)^2/(B+C) by hand; as independent films, z grows by
+    about the square root of 3."""
+    from scipy.stats import chi2
+
+    from medtl.evaluate.paired import mcnemar
+
+    rng = np.random.default_rng(7)
+    y = (rng.random(80) < 0.5).astype(int)
+    a = np.clip(0.35 * y + rng.normal(0.35, 0.2, 80), 0, 1)
+    b = np.clip(0.2 * y + rng.normal(0.4, 0.2, 80), 0, 1)
+    once = delong_test(y, a, b)
+    y3, a3, b3, patients = np.repeat(y, 3), np.repeat(a, 3), np.repeat(b, 3), np.repeat(np.arange(80), 3)
+    assert delong_test(y3, a3, b3, patients)["delong_z"] == pytest.approx(once["delong_z"])
+    assert delong_test(y3, a3, b3)["delong_z"] == pytest.approx(np.sqrt(3) * once["delong_z"], rel=0.05)
+    calls_a, calls_b = a >= 0.5, b >= 0.5
+    by_patient = mcnemar(y3, np.repeat(calls_a, 3), np.repeat(calls_b, 3), patients)
+    for name, cls in (("sensitivity", 1), ("specificity", 0)):
+        right_a, right_b = (calls_a == cls) & (y == cls), (calls_b == cls) & (y == cls)
+        only_a, only_b, k = np.sum(right_a & ~right_b), np.sum(right_b & ~right_a), np.sum(y == cls)
+        assert only_a + only_b > 0
+        want = chi2.sf((k - 1) / k * (only_a - only_b) ** 2 / (only_a + only_b), 1)
+        assert by_patient[f"mcnemar_{name}_p"] == pytest.approx(want) and by_patient[f"{name}_only_a"] == 3 * only_a
+    assert mcnemar(y, calls_a, calls_b).keys() == {k for k in by_patient if not k.endswith("_clustered")}
+
+
 def test_delong_with_one_case_of_a_class_gives_no_test_rather_than_p_1(tmp_path):
     import warnings
 
@@ -51,7 +125,7 @@ def test_delong_with_one_case_of_a_class_gives_no_test_rather_than_p_1(tmp_path)
         got = delong_test(y, a, b)
     assert "delong_p" not in got and got["auroc_a"] == pytest.approx(roc_auc_score(y, a))
     write_comparison(compare_models(y, a, b, ("a", "b"), n_resamples=20), tmp_path, figures=False)
-    assert "no test: it needs two or more cases of each class" in (tmp_path / "paired_comparison.md").read_text()
+    assert "no test: it needs two or more patients of each class" in (tmp_path / "paired_comparison.md").read_text()
 
 
 def test_decision_curve_is_the_net_benefit_formula():
@@ -115,6 +189,12 @@ def test_two_evaluations_are_compared_by_patient_and_predictions_csv_never_holds
     assert (got["delta_auroc_ci_low"], got["delta_auroc_ci_high"]) == pytest.approx(
         (by_patient["delta_auroc_ci_low"], by_patient["delta_auroc_ci_high"]))
     assert got["delta_auroc_ci_low"] != pytest.approx(by_film["delta_auroc_ci_low"])
+    assert got["delong_p"] == pytest.approx(by_patient["delong_p"]) and got["delong_patients"] == 60
+    assert "delong_patients" not in by_film and by_film["delong_p"] != pytest.approx(got["delong_p"])
+    write_comparison(compare_predictions(evals[0].predictions, evals[1].predictions, ("a", "b"), 20), tmp_path / "cmp",
+                     figures=False)
+    said = (tmp_path / "cmp" / "paired_comparison.md").read_text()
+    assert "DeLong by patient (Obuchowski 1997, 60 patients): " in said and "McNemar by patient (Obuchowski 1998), " in said
 
 
 def test_only_cases_both_scored_are_compared_and_mismatches_are_refused(caplog):
