@@ -1,6 +1,6 @@
 """Two segmentation models on the same cases: the mean per-case difference in Dice, IoU, HD95 and ASD with a
 paired patient-bootstrap CI (the same resampled patients score both models), and the Wilcoxon signed-rank test
-on the per-case Dice (cases as the units; the bootstrap is the interval that respects patients)."""
+on the Dice differences, with patients as its units: a patient's several scans give one difference, their mean."""
 
 from __future__ import annotations
 
@@ -52,8 +52,11 @@ def compare_segmentations(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, st
                                              seed).items():
             metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = low, high
     diff = merged["dice_a"].to_numpy(dtype=float) - merged["dice_b"].to_numpy(dtype=float)
-    if len(diff) >= 2 and np.any(diff != 0):  # no test where the models agree on every case
-        metrics["wilcoxon_p"] = float(wilcoxon(merged["dice_a"], merged["dice_b"]).pvalue)
+    units = diff if patients is None else pd.Series(diff).groupby(patients).mean().to_numpy()
+    if len(units) >= 2 and np.any(units != 0):  # no test where the models agree on every patient
+        metrics["wilcoxon_p"] = float(wilcoxon(units).pvalue)
+        if len(units) < len(diff):
+            metrics["wilcoxon_patients"] = float(len(units))
     per_case = merged[["case_id", *(f"{k}_{s}" for k in SUMMARY for s in ("a", "b"))]].assign(delta_dice=diff)
     return PairedSegmentation(names, metrics, per_case)
 
@@ -83,7 +86,9 @@ def write_segmentation_comparison(cmp: PairedSegmentation, out_dir: Path, figure
         lines.append(f"| {label} | {shown} |")
     lines += ["", f"Mean Dice {metrics['dice_mean_a']:.3f} ({a}) vs {metrics['dice_mean_b']:.3f} ({b}); "
               + (f"Wilcoxon signed-rank p = {metrics['wilcoxon_p']:.3g}" if "wilcoxon_p" in metrics
-                 else "no Wilcoxon test: the models agree on every case, or there is one case")]
+                 else "no Wilcoxon test: the models agree on every case, or there is one patient")
+              + (f" (by patient: each of the {int(metrics['wilcoxon_patients'])} patients' mean ΔDice)"
+                 if "wilcoxon_patients" in metrics else "")]
     files[2].write_text("\n".join(lines) + "\n")
     if figures:
         from medtl.evaluate import plots

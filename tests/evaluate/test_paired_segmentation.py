@@ -1,4 +1,4 @@
-"""Two segmentation models on the same cases: paired ΔDice with a patient-bootstrap CI, and Wilcoxon."""
+"""Two segmentation models on the same cases: paired ΔDice with a patient-bootstrap CI, and Wilcoxon by patient."""
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,8 @@ def test_paired_dice_difference_matches_a_hand_computation_and_resamples_patient
     m = cmp.metrics
     assert m["n"] == n and m["delta_dice"] == pytest.approx(np.mean(dice_a - dice_b))
     assert m["delta_hd95_mm"] == pytest.approx(np.nanmean(hd_a - hd_b))
-    assert m["wilcoxon_p"] == pytest.approx(wilcoxon(dice_a, dice_b).pvalue)
+    by_patient = (dice_a - dice_b).reshape(-1, 2).mean(1)  # 20 patients of two scans each: the test's units
+    assert m["wilcoxon_p"] == pytest.approx(wilcoxon(by_patient).pvalue) and m["wilcoxon_patients"] == n // 2
     assert 0 < m["delta_dice_ci_low"] < m["delta_dice"] < m["delta_dice_ci_high"]
     twice_a, twice_b = (pd.concat([t, t.assign(case_id=t.case_id + "x")]) for t in (a, b))  # each scan twice
     grouped = compare_segmentations(twice_a, twice_b, ("a", "b"), n_resamples=400).metrics
@@ -34,11 +35,14 @@ def test_paired_dice_difference_matches_a_hand_computation_and_resamples_patient
                                   ("a", "b"), n_resamples=400).metrics
     width = {k: v["delta_dice_ci_high"] - v["delta_dice_ci_low"] for k, v in (("grouped", grouped), ("naive", naive))}
     assert width["grouped"] > 1.25 * width["naive"]  # a patient's scans are drawn together
+    assert grouped["wilcoxon_p"] == pytest.approx(m["wilcoxon_p"])  # and give one difference: no surer for twice the scans
+    assert naive["wilcoxon_p"] == pytest.approx(wilcoxon(np.tile(dice_a - dice_b, 2)).pvalue)
+    assert naive["wilcoxon_p"] < m["wilcoxon_p"]
     files = write_segmentation_comparison(cmp, tmp_path / "cmp")
     assert {f.name for f in files} >= {"paired_comparison.md", "paired_per_case.csv", "paired_dice.png", "paired_dice.svg"}
     text = (tmp_path / "cmp" / "paired_comparison.md").read_text()
     assert f"| ΔDice | {m['delta_dice']:+.3f} [{m['delta_dice_ci_low']:+.3f}, {m['delta_dice_ci_high']:+.3f}] |" in text
-    assert "Wilcoxon signed-rank p" in text
+    assert f"Wilcoxon signed-rank p = {m['wilcoxon_p']:.3g} (by patient: each of the 20 patients' mean ΔDice)" in text
 
 
 def test_identical_models_have_no_test_and_a_zero_difference():
