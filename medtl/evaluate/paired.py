@@ -31,6 +31,11 @@ def _placements(y: np.ndarray, p: np.ndarray) -> tuple[float, np.ndarray, np.nda
     return float(v10.mean()), v10, v01
 
 
+def _patient_index(groups: np.ndarray | None, n: int) -> np.ndarray:
+    """Each case's patient as 0..K-1; without ``groups``, each case its own patient."""
+    return np.unique(np.arange(n) if groups is None else np.asarray(groups), return_inverse=True)[1]
+
+
 def delong_test(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
     """DeLong's test for two correlated AUROCs on the same cases: AUROCs, difference, its SE, z and p. With ``groups``
     (patients), Obuchowski's (1997) extension for clustered data: each patient's structural components are summed
@@ -38,7 +43,7 @@ def delong_test(y_true: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, groups: np
     as the paired bootstrap resamples them; with one case per patient it is DeLong's test exactly."""
     y, pa = check_inputs(y_true, p_a)
     _, pb = check_inputs(y_true, p_b)
-    patient = np.unique(np.arange(len(y)) if groups is None else np.asarray(groups), return_inverse=True)[1]
+    patient = _patient_index(groups, len(y))
     pos, neg = y == 1, y == 0
     m, n, patients = int(pos.sum()), int(neg.sum()), int(patient.max(initial=-1)) + 1
     i10, i01 = len(np.unique(patient[pos])), len(np.unique(patient[neg]))
@@ -111,7 +116,7 @@ def mcnemar(y_true: np.ndarray, call_a: np.ndarray, call_b: np.ndarray, groups: 
     from scipy.stats import binomtest, chi2
 
     y, a, b = (np.asarray(v).astype(int) for v in (y_true, call_a, call_b))
-    patient = np.unique(np.arange(len(y)) if groups is None else np.asarray(groups), return_inverse=True)[1]
+    patient = _patient_index(groups, len(y))
     out: dict[str, float] = {}
     for name, cls in (("sensitivity", 1), ("specificity", 0)):
         right_a, right_b = (a == cls) & (y == cls), (b == cls) & (y == cls)
